@@ -1,0 +1,104 @@
+"""Architecture configs for the networks of Stable Diffusion.
+
+Each config is a frozen dataclass holding only the numbers that decide the shapes of
+the network. Families (SD1, SD2, SDXL, ...) are declared from these in
+`modules/models/families.py`; tests build scaled-down variants of the same configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, kw_only=True)
+class UNetConfig:
+    """The LDM `openaimodel.UNetModel` hyper-parameters.
+
+    `transformer_depth` has one entry per level (0 means the level has no
+    SpatialTransformer); SD1 is (1, 1, 1, 0), SDXL (0, 2, 10).
+    Exactly one of `num_heads` (SD1: a fixed head count) and `num_head_channels`
+    (SD2/SDXL: 64 channels per head) is set.
+    """
+
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    transformer_depth: tuple[int, ...] = (1, 1, 1, 0)
+    transformer_depth_middle: int = 1
+    context_dim: int = 768
+    num_heads: int | None = 8
+    num_head_channels: int | None = None
+    use_linear_in_transformer: bool = False
+    adm_in_channels: int | None = None
+    norm_num_groups: int = 32
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.model_channels * 4
+
+    def heads_for(self, channels: int) -> int:
+        """Number of attention heads of a transformer with `channels` channels."""
+        if self.num_heads is not None:
+            return self.num_heads
+        assert self.num_head_channels is not None
+        return channels // self.num_head_channels
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEConfig:
+    """The LDM `AutoencoderKL` hyper-parameters (same layout for SD1, SD2 and SDXL)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    embed_dim: int = 4
+    norm_num_groups: int = 32
+    scale_factor: float = 0.18215
+    shift_factor: float = 0.0
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextEncoderConfig:
+    """A CLIP text transformer, run through transformers' CLIP classes.
+
+    `source_layout` says how the checkpoint stores it: "clip_l" is transformers'
+    own layout (SD1, SDXL encoder 0); "open_clip" is OpenCLIP's `transformer.resblocks`
+    layout (SD2, SDXL bigG) and is converted at load.
+    `layer` is the hidden state used as cross-attention context (-1 last, -2
+    penultimate); `final_norm` says whether `final_layer_norm` is applied to it.
+    `pad_with_eos` is SD1's padding; OpenCLIP pads with id 0 after the first EOS.
+    `projection_dim` is set when the pooled output is projected (SDXL bigG).
+    """
+
+    source_layout: Literal["clip_l", "open_clip"] = "clip_l"
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "quick_gelu"
+    vocab_size: int = 49408
+    max_positions: int = 77
+    projection_dim: int | None = None
+    layer: int = -1
+    final_norm: bool = True
+    pad_with_eos: bool = True
+    output_pooled: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseScheduleConfig:
+    """The DDPM training schedule the U-Net was trained on (scaled-linear betas)."""
+
+    num_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
