@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Start Easel, or run its tests, setting up the Python environment on first use.
+
+    python3 launch.py                 # serve the web UI on http://127.0.0.1:7860
+    python3 launch.py --run-tests     # set up the test extras and run the whole test suite
+
+The first run creates `.venv/`, installs what is missing and re-runs itself inside it.
+This file uses the standard library only, because it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# Nothing may reach a model hub at run time, and Gradio must not phone home.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+}
+
+
+def main(argv: list[str]) -> int:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    sys.path.insert(0, str(ROOT))
+    from modules import bootstrap
+
+    run_tests = "--run-tests" in argv
+    if not bootstrap.inside_project_venv(ROOT) and not os.environ.get("EASEL_NO_VENV"):
+        python = bootstrap.ensure_environment(ROOT, with_tests=run_tests)
+        os.execv(str(python), [str(python), str(ROOT / "launch.py"), *argv])
+    if run_tests:
+        return bootstrap.run_tests(ROOT, [a for a in argv if a != "--run-tests"])
+    from modules.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

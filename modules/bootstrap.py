@@ -1,0 +1,151 @@
+"""First-run setup: a project virtual environment with the right torch kept or installed.
+
+Standard library only: this runs before any dependency exists.
+
+Torch policy, in order:
+1. A torch already importable by the interpreter that started us (Colab, a CUDA
+   desktop) is kept: the venv sees it through `--system-site-packages`.
+2. Otherwise, if pip's find-links folder holds a local torch wheel (our CPU
+   machines), that exact build is installed, never a multi-GB download.
+3. Otherwise pip's default torch for the platform is installed.
+Every later install is constrained to the torch version found, so no package can
+silently replace it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+VENV_DIR = ".venv"
+MARKER = ".easel-installed"
+
+
+def inside_project_venv(root: Path) -> bool:
+    return Path(sys.prefix).resolve() == (root / VENV_DIR).resolve()
+
+
+def venv_python(root: Path) -> Path:
+    return root / VENV_DIR / "bin" / "python"
+
+
+def ensure_environment(root: Path, *, with_tests: bool) -> Path:
+    """Create and fill `.venv` if needed; return its interpreter."""
+    python = venv_python(root)
+    if not python.exists():
+        _create_venv(root)
+    wanted = _requirements_digest(root, with_tests)
+    marker = root / VENV_DIR / MARKER
+    installed = marker.read_text().split() if marker.exists() else []
+    if wanted not in installed and _full_digest(root) not in installed:
+        _install(root, python, with_tests=with_tests)
+        marker.write_text("\n".join([*installed, wanted]))
+    return python
+
+
+def run_tests(root: Path, pytest_args: list[str]) -> int:
+    """Run the whole suite (slow and browser tests included) from the project root."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    command = [sys.executable, "-m", "pytest", *pytest_args]
+    print("+", " ".join(command), flush=True)
+    return subprocess.call(command, cwd=root, env=env)
+
+
+def _create_venv(root: Path) -> None:
+    keep_system_torch = _system_has_torch()
+    args = [sys.executable, "-m", "venv", str(root / VENV_DIR)]
+    if keep_system_torch:
+        args.insert(3, "--system-site-packages")
+    print(f"Creating {VENV_DIR} (keeping the installed torch: {keep_system_torch})", flush=True)
+    subprocess.check_call(args)
+
+
+def _system_has_torch() -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+def _requirements_files(root: Path, with_tests: bool) -> list[Path]:
+    name = "test.txt" if with_tests else "base.txt"
+    return [root / "requirements" / name]
+
+
+def _requirements_digest(root: Path, with_tests: bool) -> str:
+    digest = hashlib.sha256()
+    for path in [root / "requirements" / "base.txt", *_requirements_files(root, with_tests)]:
+        digest.update(path.read_bytes())
+    return ("test-" if with_tests else "app-") + digest.hexdigest()[:16]
+
+
+def _full_digest(root: Path) -> str:
+    """A venv set up for the tests also serves the app."""
+    return _requirements_digest(root, True)
+
+
+def _local_torch_wheel() -> str | None:
+    """The version of a torch wheel in pip's find-links folder, if there is one."""
+    for folder in os.environ.get("PIP_FIND_LINKS", "").split():
+        path = Path(folder)
+        if not path.is_dir():
+            continue
+        for wheel in sorted(path.glob("torch-*.whl")):
+            match = re.match(r"torch-([^-]+)-", wheel.name)
+            if match:
+                return match.group(1).split("+")[0]
+    return None
+
+
+def _installed_torch(python: Path) -> str | None:
+    probe = subprocess.run(
+        [str(python), "-c", "import torch; print(torch.__version__.split('+')[0])"],
+        capture_output=True, text=True, check=False,
+    )
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def _install(root: Path, python: Path, *, with_tests: bool) -> None:
+    torch_version = _installed_torch(python)
+    local_wheel = _local_torch_wheel()
+    if torch_version is None:
+        spec = f"torch=={local_wheel}" if local_wheel else "torch"
+        _pip(python, [spec], constraint=None)
+        torch_version = _installed_torch(python)
+        if torch_version is None:
+            raise SystemExit("torch failed to install; see the pip output above")
+    constraint = root / VENV_DIR / "torch-constraint.txt"
+    constraint.write_text(f"torch=={torch_version}\n")
+    requirements = [f"-r{path}" for path in _requirements_files(root, with_tests)]
+    _pip(python, requirements, constraint=constraint, fast=local_wheel is not None)
+    if _installed_torch(python) != torch_version:
+        raise SystemExit(f"an install replaced torch {torch_version}; refusing to continue")
+
+
+def _pip(python: Path, args: list[str], *, constraint: Path | None, fast: bool = False) -> None:
+    """Install with uv when local wheels make it safe (it ignores pip's config), else pip."""
+    extra = ["-c", str(constraint)] if constraint else []
+    if fast and _ensure_uv(python):
+        env = dict(os.environ, VIRTUAL_ENV=str(python.parent.parent),
+                   UV_FIND_LINKS=os.environ.get("PIP_FIND_LINKS", ""))
+        uv = python.parent / "uv"
+        command = [str(uv), "pip", "install", "--python", str(python), *extra, *args]
+        print("+", " ".join(command), flush=True)
+        if subprocess.call(command, env=env) == 0:
+            return
+        print("uv failed; falling back to pip", flush=True)
+    command = [str(python), "-m", "pip", "install", *extra, *args]
+    print("+", " ".join(command), flush=True)
+    subprocess.check_call(command)
+
+
+def _ensure_uv(python: Path) -> bool:
+    if (python.parent / "uv").exists():
+        return True
+    result = subprocess.call([str(python), "-m", "pip", "install", "-q", "uv"])
+    return result == 0 and shutil.which("uv", path=str(python.parent)) is not None

@@ -1,0 +1,124 @@
+"""Command-line flags, named as A1111 users type them.
+
+Flags may also come from the environment variable `COMMANDLINE_ARGS`, as in A1111's
+`webui-user.sh`. Flags kept only for compatibility are accepted and ignored, so a
+user's existing command line keeps working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+# Flags A1111 still accepts but that change nothing (kept so old command lines work).
+COMPAT_NO_OPS = (
+    "--max-batch-count", "--always-batch-cond-uncond", "--unload-gfpgan", "--deepdanbooru",
+    "--show-negative-prompt", "--gradio-img2img-tool", "--gradio-inpaint-tool",
+    "--gradio-queue", "--add-stop-route", "--enable-console-prompts", "--ngrok-region",
+    "--skip-torch-cuda-test", "--skip-python-version-check", "--skip-version-check",
+    "--skip-install", "--skip-prepare-environment", "--no-download-sd-model",
+    "--do-not-download-clip", "--update-check", "--no-gradio-queue",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Easel, a Stable Diffusion web UI")
+    _server_flags(parser)
+    _path_flags(parser)
+    _performance_flags(parser)
+    for flag in COMPAT_NO_OPS:
+        parser.add_argument(flag, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument("--listen", action="store_true", help="bind 0.0.0.0 instead of 127.0.0.1")
+    g.add_argument("--server-name", default=None, help="explicit host to bind")
+    g.add_argument("--port", type=int, default=None, help="port (7860; 7861 with --nowebui)")
+    g.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    g.add_argument("--api", action="store_true", help="also serve /sdapi/v1/* beside the UI")
+    g.add_argument("--nowebui", action="store_true", help="serve the API only")
+    g.add_argument("--api-auth", default=None, help='HTTP Basic auth for the API: "u:p[,u2:p2]"')
+    g.add_argument("--api-log", action="store_true", help="log API requests")
+    g.add_argument("--gradio-auth", default=None, help='login for the UI: "u:p[,u2:p2]"')
+    g.add_argument("--gradio-auth-path", default=None, help="file with u:p lines for the UI")
+    g.add_argument("--subpath", default=None, help="root path behind a reverse proxy")
+    g.add_argument("--cors-allow-origins", default=None)
+    g.add_argument("--cors-allow-origins-regex", default=None)
+    g.add_argument("--enable-insecure-extension-access", action="store_true")
+    g.add_argument("--disable-all-extensions", action="store_true")
+    g.add_argument("--disable-extra-extensions", action="store_true")
+    g.add_argument("--skip-load-model-at-start", action="store_true")
+    g.add_argument("--autolaunch", action="store_true", help="open the browser on start")
+    g.add_argument("--theme", choices=("light", "dark"), default=None)
+    g.add_argument("--freeze-settings", action="store_true")
+    g.add_argument("--no-hashing", action="store_true", help="do not sha256 checkpoints")
+    g.add_argument("--disable-safe-unpickle", action="store_true",
+                   help="accepted for compatibility; Easel always unpickles with an allow-list")
+    g.add_argument("--disable-nan-check", action="store_true")
+    g.add_argument("--max-body-mb", type=float, default=64.0, help="largest API request body")
+
+
+def _path_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("paths")
+    g.add_argument("--data-dir", default=None, help="base folder for models, outputs, config")
+    g.add_argument("--models-dir", default=None)
+    g.add_argument("--ckpt", default=None, help="checkpoint to load at start")
+    g.add_argument("--ckpt-dir", default=None)
+    g.add_argument("--vae-dir", default=None)
+    g.add_argument("--vae-path", default=None)
+    g.add_argument("--lora-dir", default=None)
+    g.add_argument("--embeddings-dir", default=None)
+    g.add_argument("--hypernetwork-dir", default=None)
+    g.add_argument("--controlnet-dir", default=None)
+    g.add_argument("--esrgan-models-path", default=None)
+    g.add_argument("--styles-file", default=None)
+    g.add_argument("--ui-settings-file", default=None)
+    g.add_argument("--ui-config-file", default=None)
+
+
+def _performance_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("performance")
+    g.add_argument("--xformers", action="store_true")
+    g.add_argument("--force-enable-xformers", action="store_true")
+    g.add_argument("--opt-sdp-attention", action="store_true")
+    g.add_argument("--opt-sdp-no-mem-attention", action="store_true")
+    g.add_argument("--opt-sub-quad-attention", action="store_true")
+    g.add_argument("--opt-split-attention", action="store_true")
+    g.add_argument("--disable-opt-split-attention", action="store_true")
+    g.add_argument("--medvram", action="store_true")
+    g.add_argument("--medvram-sdxl", action="store_true")
+    g.add_argument("--lowvram", action="store_true")
+    g.add_argument("--lowram", action="store_true")
+    g.add_argument("--no-half", action="store_true")
+    g.add_argument("--no-half-vae", action="store_true")
+    g.add_argument("--precision", choices=("full", "half", "autocast"), default="autocast")
+    g.add_argument("--upcast-sampling", action="store_true")
+    g.add_argument("--opt-channelslast", action="store_true")
+    g.add_argument("--use-cpu", nargs="+", default=[])
+    g.add_argument("--device-id", default=None)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse `argv` plus `COMMANDLINE_ARGS` (environment first, command line wins)."""
+    extra = shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
+    args = build_parser().parse_args([*extra, *argv])
+    if args.port is None:
+        args.port = 7861 if args.nowebui else 7860
+    return args
+
+
+def parse_auth(spec: str | None) -> dict[str, str]:
+    """`"u:p,u2:p2"` -> {"u": "p", "u2": "p2"}; a malformed entry is an error naming it."""
+    users: dict[str, str] = {}
+    for entry in (spec or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user:
+            raise SystemExit(f"auth entry {entry!r} must be user:password")
+        users[user] = password
+    return users

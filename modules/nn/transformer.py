@@ -1,0 +1,169 @@
+"""The U-Net's spatial transformer: self-attention, cross-attention to text, GEGLU MLP.
+
+Latent Diffusion (Rombach et al., 2022, "High-Resolution Image Synthesis with Latent
+Diffusion Models", https://arxiv.org/abs/2112.10752) conditions the U-Net on text by
+treating each feature-map pixel as a token: a `SpatialTransformer` flattens the map,
+runs `BasicTransformerBlock`s (self-attention over pixels, cross-attention from pixels
+to the text encoder's tokens, a GEGLU feed-forward of Shazeer, 2020, "GLU Variants
+Improve Transformer") and folds it back, with a residual around the whole thing.
+
+Attribute names follow CompVis `ldm/modules/attention.py` (`proj_in`,
+`transformer_blocks.N.attn1.to_q`, `ff.net.0.proj`, ...) so checkpoint keys load by name.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.nn.attention import AttentionLayer, attention
+
+
+class CrossAttention(AttentionLayer):
+    """Multi-head attention from `query_dim` tokens to `context_dim` tokens.
+
+    With no context it is self-attention (`attn1`); with the text context it is the
+    cross-attention (`attn2`). Projections have no bias except the output one.
+    """
+
+    def __init__(self, *, query_dim: int, context_dim: int | None, heads: int, head_dim: int) -> None:
+        """
+        :param query_dim: channels of the pixel tokens
+        :param context_dim: channels of the context tokens (None: same as `query_dim`)
+        :param heads: number of attention heads
+        :param head_dim: channels per head
+        """
+        super().__init__()
+        inner_dim = heads * head_dim
+        self.heads = heads
+        # Query from the pixels; key and value from the context (or the pixels).
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner_dim, bias=False)
+        # Output projection (index 0; LDM's index 1 was dropout).
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim))
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        return x.view(batch, tokens, self.heads, channels // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """:param x: (B, T, query_dim); :param context: (B, S, context_dim) or None."""
+        source = x if context is None else context
+        q = self._split_heads(self.to_q(x))
+        k = self._split_heads(self.to_k(source))
+        v = self._split_heads(self.to_v(source))
+        # softmax(q k^T / sqrt(d)) v with this layer's kernel.
+        out = attention(q, k, v, backend=self.attention_backend)
+        # Merge the heads back into channels.
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    """A linear layer giving 2 x `dim_out` channels, half of them gating the other half."""
+
+    def __init__(self, *, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, gate = self.proj(x).chunk(2, dim=-1)
+        return hidden * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """The transformer MLP: GEGLU to 4x width, then back (`net.0.proj`, `net.2`)."""
+
+    def __init__(self, *, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        inner = dim * mult
+        # Index 1 is LDM's dropout slot (p = 0 in SD), kept so the indices match.
+        self.net = nn.Sequential(GEGLU(dim_in=dim, dim_out=inner), nn.Identity(), nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, cross-attention, feed-forward."""
+
+    def __init__(self, *, dim: int, heads: int, head_dim: int, context_dim: int) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(query_dim=dim, context_dim=None, heads=heads, head_dim=head_dim)
+        self.ff = FeedForward(dim=dim)
+        self.attn2 = CrossAttention(query_dim=dim, context_dim=context_dim, heads=heads, head_dim=head_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # Pixels attend to each other.
+        x = x + self.attn1(self.norm1(x))
+        # Pixels attend to the text tokens.
+        x = x + self.attn2(self.norm2(x), context)
+        # Per-token MLP.
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the pixels of a feature map, conditioned on a context.
+
+    SD1 projects in and out with 1x1 convolutions (before flattening / after
+    unflattening); SD2 and SDXL use linear layers on the flattened tokens
+    (`use_linear`). Both give the same function, only the weight rank differs.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        heads: int,
+        depth: int,
+        context_dim: int,
+        use_linear: bool,
+        norm_num_groups: int = 32,
+    ) -> None:
+        """
+        :param channels: channels of the feature map (= transformer width)
+        :param heads: attention heads; head width is `channels // heads`
+        :param depth: number of `BasicTransformerBlock`s
+        :param context_dim: channels of the cross-attention context
+        :param use_linear: linear `proj_in`/`proj_out` instead of 1x1 convolutions
+        """
+        super().__init__()
+        self.use_linear = use_linear
+        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
+        if use_linear:
+            self.proj_in = nn.Linear(channels, channels)
+        else:
+            self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(dim=channels, heads=heads, head_dim=channels // heads, context_dim=context_dim)
+            for _ in range(depth)
+        )
+        if use_linear:
+            self.proj_out = nn.Linear(channels, channels)
+        else:
+            self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """:param x: (B, C, H, W); :param context: (B, S, context_dim)."""
+        batch, channels, height, width = x.shape
+        h = self.norm(x)
+        # Project in, then flatten pixels into tokens (B, H*W, C).
+        if not self.use_linear:
+            h = self.proj_in(h)
+        h = h.flatten(2).transpose(1, 2)
+        if self.use_linear:
+            h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        # Project out and fold the tokens back into a map.
+        if self.use_linear:
+            h = self.proj_out(h)
+        h = h.transpose(1, 2).reshape(batch, channels, height, width)
+        if not self.use_linear:
+            h = self.proj_out(h)
+        return x + h

@@ -1,0 +1,79 @@
+"""Where models, outputs and state files live, resolved once from the command line.
+
+A1111's layout under `--data-dir` (default: the install folder): `models/<kind>/`,
+`outputs/`, `config.json`, `styles.csv`, `extensions/`. Single folders can be moved
+with `--ckpt-dir`, `--lora-dir`, ... as in A1111.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+NETWORK_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Paths:
+    """All folders Easel reads from or writes to."""
+
+    data_dir: Path
+    models_dir: Path
+    checkpoint_dirs: tuple[Path, ...]
+    vae_dir: Path
+    lora_dir: Path
+    embeddings_dir: Path
+    hypernetwork_dir: Path
+    controlnet_dir: Path
+    esrgan_dir: Path
+    extensions_dirs: tuple[Path, ...]
+    config_file: Path
+    styles_file: Path
+    cache_file: Path
+
+    @staticmethod
+    def from_args(args) -> "Paths":
+        data = Path(args.data_dir or ROOT).resolve()
+        models = Path(args.models_dir).resolve() if args.models_dir else data / "models"
+        ckpt_dirs = [models / "Stable-diffusion"]
+        if args.ckpt_dir:
+            ckpt_dirs.insert(0, Path(args.ckpt_dir).resolve())
+        return Paths(
+            data_dir=data,
+            models_dir=models,
+            checkpoint_dirs=tuple(ckpt_dirs),
+            vae_dir=_pick(args.vae_dir, models / "VAE"),
+            lora_dir=_pick(args.lora_dir, models / "Lora"),
+            embeddings_dir=_pick(args.embeddings_dir, models / "embeddings"),
+            hypernetwork_dir=_pick(args.hypernetwork_dir, models / "hypernetworks"),
+            controlnet_dir=_pick(args.controlnet_dir, models / "ControlNet"),
+            esrgan_dir=_pick(args.esrgan_models_path, models / "ESRGAN"),
+            extensions_dirs=(ROOT / "extensions", data / "extensions")
+            if data != ROOT else (ROOT / "extensions",),
+            config_file=_pick(args.ui_settings_file, data / "config.json"),
+            styles_file=_pick(args.styles_file, data / "styles.csv"),
+            cache_file=data / "cache.json",
+        )
+
+    def output_dir(self, relative: str) -> Path:
+        """An output folder from a setting such as `outputs/txt2img-images`."""
+        path = Path(relative)
+        return path if path.is_absolute() else self.data_dir / path
+
+
+def _pick(flag: str | None, default: Path) -> Path:
+    return Path(flag).resolve() if flag else default
+
+
+def inside(folder: Path, candidate: Path) -> bool:
+    """True when `candidate` (after resolving links) lies inside `folder`."""
+    try:
+        candidate.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,74 @@
+"""The Runtime: the one holder of process state, built by `launch.py` and passed around.
+
+Settings, folders, the compute device, the model manager and the job queue live here
+and nowhere else: no module keeps mutable globals. Tests build their own Runtime over
+temporary folders.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from modules.jobs import JobQueue
+from modules.paths import Paths
+from modules.settings import Settings, load_settings, save_settings
+
+VERSION = "v0.1.0"
+
+
+class SettingsStore:
+    """The saved settings, read as an immutable snapshot and replaced atomically."""
+
+    def __init__(self, path: Path, *, frozen: bool = False):
+        self._path = path
+        self._lock = threading.Lock()
+        self._settings = load_settings(path)
+        self._frozen = frozen
+
+    @property
+    def current(self) -> Settings:
+        with self._lock:
+            return self._settings
+
+    def update(self, changes: Mapping[str, Any]) -> Settings:
+        """Validate `changes`, save them to disk, then make them current."""
+        if self._frozen:
+            raise PermissionError("settings are frozen (--freeze-settings)")
+        with self._lock:
+            updated = self._settings.with_overrides(changes)
+            save_settings(updated, self._path)
+            self._settings = updated
+            return updated
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs, passed explicitly."""
+
+    args: Any
+    paths: Paths
+    settings: SettingsStore
+    models: Any  # modules.models.manager.ModelManager
+    jobs: JobQueue = field(default_factory=JobQueue)
+    version: str = VERSION
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    @staticmethod
+    def create(args) -> "Runtime":
+        from modules import devices
+        from modules.models.manager import ModelManager
+
+        paths = Paths.from_args(args)
+        settings = SettingsStore(paths.config_file, frozen=getattr(args, "freeze_settings", False))
+        device = devices.choose_device(args)
+        models = ModelManager(
+            paths=paths,
+            device=device,
+            dtype=devices.choose_dtype(args, device),
+            vae_dtype=devices.choose_vae_dtype(args, device),
+            hashing=not getattr(args, "no_hashing", False),
+        )
+        return Runtime(args=args, paths=paths, settings=settings, models=models)

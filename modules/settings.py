@@ -1,0 +1,237 @@
+"""User settings: one frozen dataclass, persisted to `config.json`, copied per request.
+
+Each field carries metadata (label, section, infotext key, allowed values or range)
+so the Settings tab, the API's `/sdapi/v1/options` and infotext pasting are generated
+from one place. Setting names are A1111's, because API clients send them in
+`override_settings` and `/options`.
+
+Requests never change the shared settings: `settings.with_overrides({...})` returns a
+validated copy. Saving writes a temporary file and renames it over `config.json`, so a
+crash mid-write never loses the previous file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """A setting name or value that cannot be accepted; the message names the field."""
+
+
+def opt(default: Any, label: str, section: str, *, infotext: str | None = None,
+        choices: tuple | None = None, minimum: float | None = None,
+        maximum: float | None = None, restart: bool = False) -> Any:
+    """Declare one setting with its UI metadata."""
+    meta = {"label": label, "section": section, "infotext": infotext, "choices": choices,
+            "minimum": minimum, "maximum": maximum, "restart": restart}
+    return field(default=default, metadata=meta)
+
+
+SAVING = "Saving images/grids"
+PATHS = "Paths for saving"
+SD = "Stable Diffusion"
+SDXL = "Stable Diffusion XL"
+SAMPLER = "Sampler parameters"
+COMPAT = "Compatibility"
+INFOTEXT = "Infotext"
+PREVIEWS = "Live previews"
+API = "API"
+IMG2IMG = "img2img"
+VAE = "VAE"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every user-facing option, with A1111's names and defaults."""
+
+    # Saving
+    samples_save: bool = opt(True, "Always save all generated images", SAVING)
+    samples_format: str = opt("png", "File format for images", SAVING,
+                              choices=("png", "jpg", "jpeg", "webp"))
+    samples_filename_pattern: str = opt("", "Images filename pattern", SAVING)
+    save_to_dirs: bool = opt(True, "Save images to a subdirectory", SAVING)
+    directories_filename_pattern: str = opt("[date]", "Directory name pattern", SAVING)
+    grid_save: bool = opt(True, "Always save all generated image grids", SAVING)
+    return_grid: bool = opt(True, "Show grid in gallery", SAVING)
+    jpeg_quality: int = opt(80, "Quality for saved jpeg and webp images", SAVING,
+                            minimum=1, maximum=100)
+    enable_pnginfo: bool = opt(True, "Save text information about generation parameters", SAVING)
+    # Paths
+    outdir_txt2img_samples: str = opt("outputs/txt2img-images", "txt2img output folder", PATHS)
+    outdir_img2img_samples: str = opt("outputs/img2img-images", "img2img output folder", PATHS)
+    outdir_extras_samples: str = opt("outputs/extras-images", "Extras output folder", PATHS)
+    outdir_txt2img_grids: str = opt("outputs/txt2img-grids", "txt2img grids folder", PATHS)
+    outdir_img2img_grids: str = opt("outputs/img2img-grids", "img2img grids folder", PATHS)
+    # Stable Diffusion
+    sd_model_checkpoint: str = opt("", "Stable Diffusion checkpoint", SD, infotext="Model hash")
+    sd_checkpoints_limit: int = opt(1, "Checkpoints to cache in RAM", SD, minimum=1, maximum=10)
+    sd_vae: str = opt("Automatic", "SD VAE", VAE, infotext="VAE")
+    CLIP_stop_at_last_layers: int = opt(1, "Clip skip", SD, infotext="Clip skip",
+                                        minimum=1, maximum=12)
+    emphasis: str = opt("Original", "Emphasis mode", SD, infotext="Emphasis",
+                        choices=("Original", "No norm", "Ignore", "None"))
+    comma_padding_backtrack: int = opt(20, "Prompt word wrap length limit", SD,
+                                       minimum=0, maximum=74)
+    enable_prompt_comments: bool = opt(True, "Enable # comments in prompts", SD)
+    randn_source: str = opt("GPU", "Random number generator source", SD, infotext="RNG",
+                            choices=("GPU", "CPU", "NV"))
+    img2img_fix_steps: bool = opt(False, "With img2img, do exactly the amount of steps the "
+                                  "slider specifies", IMG2IMG)
+    initial_noise_multiplier: float = opt(1.0, "Noise multiplier for img2img", IMG2IMG,
+                                          infotext="Noise multiplier", minimum=0.0, maximum=1.5)
+    inpainting_mask_weight: float = opt(1.0, "Inpainting conditioning mask strength", IMG2IMG,
+                                        infotext="Conditional mask weight",
+                                        minimum=0.0, maximum=1.0)
+    sdxl_crop_top: int = opt(0, "crop top coordinate", SDXL, minimum=0, maximum=4096)
+    sdxl_crop_left: int = opt(0, "crop left coordinate", SDXL, minimum=0, maximum=4096)
+    sdxl_refiner_low_aesthetic_score: float = opt(2.5, "SDXL low aesthetic score", SDXL,
+                                                  minimum=0.0, maximum=10.0)
+    sdxl_refiner_high_aesthetic_score: float = opt(6.0, "SDXL high aesthetic score", SDXL,
+                                                   minimum=0.0, maximum=10.0)
+    # Sampler parameters
+    eta_ddim: float = opt(0.0, "Eta for DDIM", SAMPLER, infotext="Eta DDIM",
+                          minimum=0.0, maximum=1.0)
+    eta_ancestral: float = opt(1.0, "Eta for k-diffusion samplers", SAMPLER, infotext="Eta",
+                               minimum=0.0, maximum=1.0)
+    eta_noise_seed_delta: int = opt(0, "Eta noise seed delta", SAMPLER, infotext="ENSD",
+                                    minimum=0)
+    s_churn: float = opt(0.0, "sigma churn", SAMPLER, infotext="Sigma churn",
+                         minimum=0.0, maximum=100.0)
+    s_tmin: float = opt(0.0, "sigma tmin", SAMPLER, infotext="Sigma tmin",
+                        minimum=0.0, maximum=10.0)
+    s_tmax: float = opt(0.0, "sigma tmax", SAMPLER, infotext="Sigma tmax",
+                        minimum=0.0, maximum=999.0)
+    s_noise: float = opt(1.0, "sigma noise", SAMPLER, infotext="Sigma noise",
+                         minimum=0.0, maximum=1.1)
+    sigma_min: float = opt(0.0, "sigma min", SAMPLER, infotext="Schedule min sigma", minimum=0.0)
+    sigma_max: float = opt(0.0, "sigma max", SAMPLER, infotext="Schedule max sigma", minimum=0.0)
+    rho: float = opt(0.0, "rho", SAMPLER, infotext="Schedule rho", minimum=0.0)
+    always_discard_next_to_last_sigma: bool = opt(False, "Always discard next-to-last sigma",
+                                                  SAMPLER, infotext="Discard penultimate sigma")
+    sgm_noise_multiplier: bool = opt(False, "SGM noise multiplier", SAMPLER,
+                                     infotext="SGM noise multiplier")
+    uni_pc_order: int = opt(3, "UniPC order", SAMPLER, infotext="UniPC order",
+                            minimum=1, maximum=50)
+    s_min_uncond: float = opt(0.0, "Negative Guidance minimum sigma", SAMPLER, infotext="NGMS",
+                              minimum=0.0, maximum=15.0)
+    skip_early_cond: float = opt(0.0, "Ignore negative prompt during early sampling", SAMPLER,
+                                 infotext="Skip Early CFG", minimum=0.0, maximum=1.0)
+    beta_dist_alpha: float = opt(0.6, "Beta scheduler - alpha", SAMPLER,
+                                 infotext="Beta schedule alpha", minimum=0.01, maximum=1.0)
+    beta_dist_beta: float = opt(0.6, "Beta scheduler - beta", SAMPLER,
+                                infotext="Beta schedule beta", minimum=0.01, maximum=1.0)
+    # Compatibility
+    use_old_scheduling: bool = opt(False, "Use old prompt editing timelines", COMPAT,
+                                   infotext="Old prompt editing timelines")
+    # Infotext
+    add_model_hash_to_info: bool = opt(True, "Add model hash to infotext", INFOTEXT)
+    add_model_name_to_info: bool = opt(True, "Add model name to infotext", INFOTEXT)
+    add_version_to_infotext: bool = opt(True, "Add program version to infotext", INFOTEXT)
+    # Live previews
+    live_previews_enable: bool = opt(True, "Show live previews", PREVIEWS)
+    show_progress_every_n_steps: int = opt(5, "Live preview display period (steps)", PREVIEWS,
+                                           minimum=-1, maximum=32)
+    # API
+    api_enable_requests: bool = opt(True, "Allow http:// and https:// URLs for input images", API)
+    api_forbid_local_requests: bool = opt(True, "Forbid URLs to local resources", API)
+
+    # ------------------------------------------------------------------ access
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def describe(cls, name: str) -> Mapping[str, Any]:
+        return cls.__dataclass_fields__[name].metadata
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """A validated copy with `overrides` applied; the original is untouched."""
+        if not overrides:
+            return self
+        changes = {name: validate(name, value) for name, value in overrides.items()}
+        return dataclasses.replace(self, **changes)
+
+
+def validate(name: str, value: Any) -> Any:
+    """Check one setting value against its declaration; return it converted to its type."""
+    if name not in Settings.__dataclass_fields__:
+        raise SettingsError(f"{name}: unknown setting")
+    spec = Settings.__dataclass_fields__[name]
+    value = _coerce(name, spec.type, value)
+    meta = spec.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise SettingsError(f"{name}: {value!r} is not one of {list(meta['choices'])}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise SettingsError(f"{name}: {value} is below the minimum {meta['minimum']}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise SettingsError(f"{name}: {value} is above the maximum {meta['maximum']}")
+    return value
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else type_name.__name__
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise SettingsError(f"{name}: expected true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise SettingsError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise SettingsError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def load_settings(path: Path) -> Settings:
+    """Read `config.json`; unknown keys (other programs' or removed options) are ignored.
+
+    A value that fails validation is reported and its default kept, so one bad entry
+    never stops the app from starting.
+    """
+    if not path.exists():
+        return Settings()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SettingsError(f"{path}: cannot read settings ({error})") from error
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a JSON object")
+    known = {k: v for k, v in data.items() if k in Settings.__dataclass_fields__}
+    accepted = {}
+    for name, value in known.items():
+        try:
+            accepted[name] = validate(name, value)
+        except SettingsError as error:
+            print(f"Ignoring setting from {path}: {error}")
+    return Settings().with_overrides(accepted)
+
+
+def save_settings(settings: Settings, path: Path) -> None:
+    """Write atomically: a temp file in the same folder, fsync, then rename over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(settings.to_dict(), indent=4, ensure_ascii=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
