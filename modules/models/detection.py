@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from modules.models.errors import ModelLoadError
+from modules.models.family_metadata import family_from_metadata
 from modules.models.families import (
     SD2,
     SD2_V,
@@ -79,7 +80,7 @@ def detect_family(
     metadata = metadata or {}
     reject_unsupported(header, path=path)
     signature = unet_signature(header, path=path)
-    family = _match_base_family(signature, path)
+    family = family_from_metadata(metadata, path=path) or _match_base_family(signature, path)
     check_unet_structure(header, family, path=path)
     _require(header, VAE_PREFIX + "decoder.conv_out.weight", "no VAE weights (first_stage_model.*)", path)
     family = _locate_text_encoders(header, family, signature, path)

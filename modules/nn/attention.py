@@ -75,7 +75,9 @@ def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     import xformers.ops  # lazy: only when this kernel actually runs
 
     out = xformers.ops.memory_efficient_attention(
-        q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        q.transpose(1, 2).contiguous(),
+        k.transpose(1, 2).contiguous(),
+        v.transpose(1, 2).contiguous(),
     )
     return out.transpose(1, 2)
 
@@ -104,7 +106,11 @@ def sliced_attention(
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: AttentionBackend = AttentionBackend.SDPA
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: AttentionBackend = AttentionBackend.SDPA,
 ) -> torch.Tensor:
     """Multi-head attention over (batch, heads, tokens, head_dim) with the chosen kernel.
 

@@ -27,7 +27,9 @@ class CrossAttention(AttentionLayer):
     cross-attention (`attn2`). Projections have no bias except the output one.
     """
 
-    def __init__(self, *, query_dim: int, context_dim: int | None, heads: int, head_dim: int) -> None:
+    def __init__(
+        self, *, query_dim: int, context_dim: int | None, heads: int, head_dim: int
+    ) -> None:
         """
         :param query_dim: channels of the pixel tokens
         :param context_dim: channels of the context tokens (None: same as `query_dim`)
@@ -80,7 +82,9 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = dim * mult
         # Index 1 is LDM's dropout slot (p = 0 in SD), kept so the indices match.
-        self.net = nn.Sequential(GEGLU(dim_in=dim, dim_out=inner), nn.Identity(), nn.Linear(inner, dim))
+        self.net = nn.Sequential(
+            GEGLU(dim_in=dim, dim_out=inner), nn.Identity(), nn.Linear(inner, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -93,7 +97,9 @@ class BasicTransformerBlock(nn.Module):
         super().__init__()
         self.attn1 = CrossAttention(query_dim=dim, context_dim=None, heads=heads, head_dim=head_dim)
         self.ff = FeedForward(dim=dim)
-        self.attn2 = CrossAttention(query_dim=dim, context_dim=context_dim, heads=heads, head_dim=head_dim)
+        self.attn2 = CrossAttention(
+            query_dim=dim, context_dim=context_dim, heads=heads, head_dim=head_dim
+        )
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -140,7 +146,9 @@ class SpatialTransformer(nn.Module):
         else:
             self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(dim=channels, heads=heads, head_dim=channels // heads, context_dim=context_dim)
+            BasicTransformerBlock(
+                dim=channels, heads=heads, head_dim=channels // heads, context_dim=context_dim
+            )
             for _ in range(depth)
         )
         if use_linear:

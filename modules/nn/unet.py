@@ -1,0 +1,220 @@
+"""The denoising U-Net of Stable Diffusion (LDM `openaimodel.UNetModel`).
+
+Latent Diffusion (Rombach et al., 2022, https://arxiv.org/abs/2112.10752) denoises VAE
+latents with a U-Net (Ronneberger et al., 2015) whose levels are residual blocks,
+optionally followed by spatial transformers that cross-attend to the text encoding.
+SDXL (Podell et al., 2023, https://arxiv.org/abs/2307.01952) adds an "ADM" vector
+`y` (pooled text embedding + Fourier features of image sizes and crop) that is embedded
+by `label_emb` and added to the timestep embedding.
+
+The attribute names are CompVis' (`time_embed`, `label_emb`, `input_blocks`,
+`middle_block`, `output_blocks`, `out`), so the tensors of a single-file checkpoint
+under `model.diffusion_model.` load by name with `load_state_dict(strict=True)`.
+
+ControlNet hook point: `forward(..., control=ControlResiduals(...))`. As in ControlNet's
+reference implementation (Zhang et al., 2023, https://arxiv.org/abs/2302.05543,
+`cldm.py`), `control.middle` is added to the output of the middle block, and
+`control.down[i]` is added to the skip connection saved from `input_blocks[i]` at the
+moment the decoder concatenates it; the tensor flowing down the encoder is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modules.nn.attention import AttentionBackend, set_attention_backend
+from modules.nn.configs import UNetConfig
+from modules.nn.timestep import timestep_embedding
+from modules.nn.transformer import SpatialTransformer
+from modules.nn.unet_blocks import Downsample, ResBlock, TimestepEmbedSequential, Upsample
+
+
+@dataclass(frozen=True)
+class ControlResiduals:
+    """Residuals a ControlNet adds to the U-Net (already scaled by the control weight).
+
+    down: one tensor per input block (same shape as that block's output), in
+    `input_blocks` order. middle: same shape as the middle block's output.
+    """
+
+    down: tuple[torch.Tensor, ...]
+    middle: torch.Tensor
+
+
+class UNetModel(nn.Module):
+    """The LDM U-Net, configured by a `UNetConfig` (SD1, SD2, SDXL, refiner)."""
+
+    def __init__(self, *, config: UNetConfig) -> None:
+        """:param config: the architecture numbers (see `modules.nn.configs.UNetConfig`)."""
+        super().__init__()
+        self.config = config
+        emb_dim = config.time_embed_dim
+        # Timestep embedding MLP over the sinusoidal features.
+        self.time_embed = nn.Sequential(
+            nn.Linear(config.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        # SDXL's ADM vector embedding (`label_emb.0.0`, `label_emb.0.2`).
+        if config.adm_in_channels is not None:
+            self.label_emb = nn.Sequential(
+                nn.Sequential(
+                    nn.Linear(config.adm_in_channels, emb_dim),
+                    nn.SiLU(),
+                    nn.Linear(emb_dim, emb_dim),
+                )
+            )
+        skip_channels = self._build_input_blocks()
+        self._build_middle_block()
+        self._build_output_blocks(skip_channels)
+        # Final GroupNorm-SiLU-conv to the output channels.
+        self.out = nn.Sequential(
+            nn.GroupNorm(config.norm_num_groups, config.model_channels),
+            nn.SiLU(),
+            nn.Conv2d(config.model_channels, config.out_channels, kernel_size=3, padding=1),
+        )
+
+    def _res_block(self, in_channels: int, out_channels: int) -> ResBlock:
+        return ResBlock(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            emb_channels=self.config.time_embed_dim,
+            norm_num_groups=self.config.norm_num_groups,
+        )
+
+    def _transformer(self, channels: int, depth: int) -> SpatialTransformer:
+        return SpatialTransformer(
+            channels=channels,
+            heads=self.config.heads_for(channels),
+            depth=depth,
+            context_dim=self.config.context_dim,
+            use_linear=self.config.use_linear_in_transformer,
+            norm_num_groups=self.config.norm_num_groups,
+        )
+
+    def _build_input_blocks(self) -> list[int]:
+        """Encoder path; returns the channel count of each saved skip connection."""
+        cfg = self.config
+        self.input_blocks = nn.ModuleList(
+            [
+                TimestepEmbedSequential(
+                    nn.Conv2d(cfg.in_channels, cfg.model_channels, kernel_size=3, padding=1)
+                )
+            ]
+        )
+        channels = cfg.model_channels
+        skip_channels = [channels]
+        for level, mult in enumerate(cfg.channel_mult):
+            # `num_res_blocks` x [ResBlock, SpatialTransformer?] at this resolution.
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [self._res_block(channels, mult * cfg.model_channels)]
+                channels = mult * cfg.model_channels
+                if cfg.transformer_depth[level] > 0:
+                    layers.append(self._transformer(channels, cfg.transformer_depth[level]))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(channels)
+            # Halve the resolution, except after the last level.
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(channels=channels)))
+                skip_channels.append(channels)
+        return skip_channels
+
+    def _build_middle_block(self) -> None:
+        """ResBlock, SpatialTransformer, ResBlock at the lowest resolution."""
+        channels = self.config.model_channels * self.config.channel_mult[-1]
+        layers: list[nn.Module] = [self._res_block(channels, channels)]
+        if self.config.transformer_depth_middle > 0:
+            layers.append(self._transformer(channels, self.config.transformer_depth_middle))
+        layers.append(self._res_block(channels, channels))
+        self.middle_block = TimestepEmbedSequential(*layers)
+
+    def _build_output_blocks(self, skip_channels: list[int]) -> None:
+        """Decoder path: each block eats one skip connection (concatenated on channels)."""
+        cfg = self.config
+        self.output_blocks = nn.ModuleList()
+        skips = list(skip_channels)
+        channels = cfg.model_channels * cfg.channel_mult[-1]
+        for level in reversed(range(len(cfg.channel_mult))):
+            out_channels = cfg.model_channels * cfg.channel_mult[level]
+            # `num_res_blocks + 1` blocks per level: one more than the encoder.
+            for index in range(cfg.num_res_blocks + 1):
+                layers: list[nn.Module] = [self._res_block(channels + skips.pop(), out_channels)]
+                channels = out_channels
+                if cfg.transformer_depth[level] > 0:
+                    layers.append(self._transformer(channels, cfg.transformer_depth[level]))
+                # Double the resolution at the end of every level but the top one.
+                if level > 0 and index == cfg.num_res_blocks:
+                    layers.append(Upsample(channels=channels))
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype, in which the network computes."""
+        return self.time_embed[0].weight.dtype
+
+    def set_attention_backend(self, name: str | AttentionBackend) -> AttentionBackend:
+        """Choose the attention kernel ("sdpa", "xformers", "sliced", "auto") for this model."""
+        return set_attention_backend(self, name)
+
+    def _embedding(
+        self, timesteps: torch.Tensor, y: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Timestep embedding, plus the embedded ADM vector for SDXL."""
+        features = timestep_embedding(timesteps, self.config.model_channels).to(dtype)
+        emb = self.time_embed(features)
+        if self.config.adm_in_channels is not None:
+            if y is None:
+                raise ValueError(
+                    "this U-Net needs the ADM vector `y` (SDXL size/crop conditioning)"
+                )
+            emb = emb + self.label_emb(y.to(dtype))
+        elif y is not None:
+            raise ValueError("`y` was given but this U-Net has no ADM input (label_emb)")
+        return emb
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        control: ControlResiduals | None = None,
+    ) -> torch.Tensor:
+        """Predict the noise (or v) of latents `x`.
+
+        :param x: (B, in_channels, H, W) latents; H and W need not be multiples of 8
+        :param timesteps: (B,) DDPM timesteps (float allowed), or one 0-d timestep for all
+        :param context: (B, S, context_dim) text encoding
+        :param y: (B, adm_in_channels) SDXL ADM vector, None for SD1/SD2
+        :param control: ControlNet residuals (see the module docstring)
+        :return: (B, out_channels, H, W) in the dtype of `x`; computed in the weights' dtype
+        """
+        dtype = self.dtype
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        if control is not None and len(control.down) != len(self.input_blocks):
+            raise ValueError(
+                f"control.down has {len(control.down)} tensors, expected {len(self.input_blocks)}"
+            )
+        emb = self._embedding(timesteps, y, dtype)
+        context = context.to(dtype)
+        h = x.to(dtype)
+        # Encoder: keep every block's output as a skip connection.
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        if control is not None:
+            h = h + control.middle.to(dtype)
+            skips = [
+                skip + residual.to(dtype)
+                for skip, residual in zip(skips, control.down, strict=True)
+            ]
+        # Decoder: concatenate the matching skip, upsample to the next skip's size.
+        for block in self.output_blocks:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, emb, context, upsample_size=tuple(skips[-1].shape[-2:]) if skips else None)
+        return self.out(h).to(x.dtype)
