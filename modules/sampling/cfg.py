@@ -1,0 +1,193 @@
+"""Classifier-free guidance over per-image, per-step conditioning.
+
+Ho & Salimans (2022), "Classifier-Free Diffusion Guidance", extended to composable
+prompts (Liu et al., 2022, "Compositional Visual Generation with Composable Diffusion
+Models"): for each image, with one unconditional and K weighted conditional predictions,
+
+    D = D_uncond + sum_k w_k * cfg * (D_k - D_uncond).
+
+`CFGDenoiser` is itself a model D(x, sigma) for the samplers. Each call is one sampling
+"step" in A1111's sense (a1111.md f.3, d.3): it counts its calls from 0 and picks every
+prompt's cond for that count, so second-order samplers, which call it twice per step,
+walk a prompt schedule built over twice the steps (`registry.prompt_schedule_steps`).
+Rows with equal cond shapes go through the U-Net in one batch. Extensions observe or
+change a step through typed hooks passed in at construction: `before_model`
+(`CFGDenoiserParams`), `after_model` (`CFGDenoisedParams`) and `after_cfg`
+(`AfterCFGParams`), in A1111's order (cfg_denoiser, cfg_denoised, cfg_after_cfg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from modules.conds import Cond, MultiCond, ScheduledCond
+
+
+@dataclass
+class CFGDenoiserParams:
+    """One guided step's model input; `before_model` hooks may replace any field."""
+
+    x: Tensor  # (rows, C, H, W): the latent of each row's image
+    sigma: Tensor  # (rows,)
+    conds: list[Cond]  # one per row: every image's positive parts, then every image's uncond
+    image_cond: Tensor | None  # (rows, ...) extra input channels, or None
+    step: int
+    total_steps: int
+
+
+@dataclass
+class CFGDenoisedParams:
+    """The model's per-row predictions, before guidance is combined."""
+
+    x_out: Tensor
+    step: int
+    total_steps: int
+
+
+@dataclass
+class AfterCFGParams:
+    """The guided prediction of one step; `after_cfg` hooks may replace `denoised`."""
+
+    denoised: Tensor
+    step: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class InpaintBlend:
+    """Keep the original latent where `mask` is 1: denoised = denoised * (1 - mask) + init * mask."""
+
+    init_latent: Tensor
+    mask: Tensor
+
+
+@dataclass(frozen=True)
+class _Row:
+    image: int
+    cond: Cond
+    weight: float  # 0 for the uncond row
+    is_uncond: bool
+
+
+@dataclass
+class Hooks:
+    before_model: Sequence[Callable[[CFGDenoiserParams], None]] = ()
+    after_model: Sequence[Callable[[CFGDenoisedParams], None]] = ()
+    after_cfg: Sequence[Callable[[AfterCFGParams], None]] = ()
+
+
+@dataclass
+class CFGDenoiser:
+    """D(x, sigma) with classifier-free guidance for a batch of images.
+
+    `denoiser(x, sigma, context=..., y=..., c_concat=...)` is the unguided model
+    (`denoiser.Denoiser`); `conds[i]` and `unconds[i]` belong to image i.
+    """
+
+    denoiser: Callable[..., Tensor]
+    conds: list[MultiCond]
+    unconds: list[ScheduledCond]
+    cfg_scale: float
+    total_steps: int
+    image_cond: Tensor | None = None
+    inpaint: InpaintBlend | None = None
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
+    batch_cond_uncond: bool = True
+    cfg_scale_multiplier: float = 1.0
+    record_uncond: bool = False
+    hooks: Hooks = field(default_factory=Hooks)
+    step: int = 0
+    last_uncond: Tensor | None = None
+    used_skip_early_cfg: bool = False
+    used_ngms: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.conds) != len(self.unconds):
+            raise ValueError(f"CFGDenoiser: {len(self.conds)} positive and {len(self.unconds)} negative conds")
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra_args: Any) -> Tensor:
+        if x.shape[0] != len(self.conds):
+            raise ValueError(f"CFGDenoiser: batch of {x.shape[0]} but conds for {len(self.conds)} images")
+        skip_uncond = self._skip_uncond(sigma)
+        rows = self._rows(skip_uncond)
+        params = self._model_input(x, sigma, rows)
+        for hook in self.hooks.before_model:
+            hook(params)
+        x_out = self._run_model(params, rows)
+        for hook in self.hooks.after_model:
+            hook(CFGDenoisedParams(x_out, self.step, self.total_steps))
+        denoised = self._combine(x_out, rows, len(self.conds))
+        # Inpainting: keep the known region of the original latent.
+        if self.inpaint is not None:
+            mask = self.inpaint.mask.to(denoised)
+            denoised = denoised * (1 - mask) + self.inpaint.init_latent.to(denoised) * mask
+        after = AfterCFGParams(denoised, self.step, self.total_steps)
+        for hook in self.hooks.after_cfg:
+            hook(after)
+        self.step += 1
+        return after.denoised
+
+    def _skip_uncond(self, sigma: Tensor) -> bool:
+        """Skip Early CFG (first fraction of steps) or NGMS (low sigma, every other step)."""
+        if self.skip_early_cond > 0 and self.step / self.total_steps <= self.skip_early_cond:
+            self.used_skip_early_cfg = True
+            return True
+        if self.s_min_uncond > 0 and (self.step % 2 or self.s_min_uncond_all) and float(sigma[0]) < self.s_min_uncond:
+            self.used_ngms = True
+            return True
+        return False
+
+    def _rows(self, skip_uncond: bool) -> list[_Row]:
+        """Every image's positive parts at this step, then (unless skipped) every uncond."""
+        rows = [_Row(i, scheduled.at(self.step), weight, False)
+                for i, multi in enumerate(self.conds) for scheduled, weight in multi.parts]
+        if not skip_uncond:
+            rows += [_Row(i, uncond.at(self.step), 0.0, True) for i, uncond in enumerate(self.unconds)]
+        return rows
+
+    def _model_input(self, x: Tensor, sigma: Tensor, rows: list[_Row]) -> CFGDenoiserParams:
+        index = torch.tensor([row.image for row in rows], device=x.device)
+        image_cond = None if self.image_cond is None else self.image_cond[index.to(self.image_cond.device)]
+        return CFGDenoiserParams(x[index], sigma[index], [row.cond for row in rows], image_cond,
+                                 self.step, self.total_steps)
+
+    def _run_model(self, params: CFGDenoiserParams, rows: list[_Row]) -> Tensor:
+        """One U-Net call per group of rows whose conds have the same shapes."""
+        groups: dict[tuple, list[int]] = {}
+        for k, (cond, row) in enumerate(zip(params.conds, rows)):
+            key = (tuple(cond.crossattn.shape), None if cond.vector is None else tuple(cond.vector.shape),
+                   row.is_uncond and not self.batch_cond_uncond)
+            groups.setdefault(key, []).append(k)
+        x_out = torch.empty_like(params.x)
+        for members in groups.values():
+            index = torch.tensor(members, device=params.x.device)
+            conds = [params.conds[k] for k in members]
+            context = torch.stack([c.crossattn for c in conds]).to(params.x.device)
+            y = None if conds[0].vector is None else torch.stack([c.vector for c in conds]).to(params.x.device)
+            c_concat = None if params.image_cond is None else params.image_cond[index.to(params.image_cond.device)]
+            x_out[index] = self.denoiser(params.x[index], params.sigma[index], context=context, y=y,
+                                         c_concat=c_concat).to(x_out.dtype)
+        return x_out
+
+    def _combine(self, x_out: Tensor, rows: list[_Row], batch: int) -> Tensor:
+        """uncond + sum_k w_k * scale * (cond_k - uncond), per image."""
+        scale = self.cfg_scale * self.cfg_scale_multiplier
+        uncond_of = {row.image: k for k, row in enumerate(rows) if row.is_uncond}
+        # Without an uncond row, the image's first positive part stands in for it.
+        for k, row in enumerate(rows):
+            uncond_of.setdefault(row.image, k)
+        uncond = x_out[[uncond_of[i] for i in range(batch)]]
+        denoised = uncond.clone()
+        for k, row in enumerate(rows):
+            if not row.is_uncond:
+                denoised[row.image] += (x_out[k] - uncond[row.image]) * (row.weight * scale)
+        if self.record_uncond:
+            self.last_uncond = uncond
+        return denoised
