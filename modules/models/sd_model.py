@@ -65,9 +65,10 @@ class StableDiffusionModel(nn.Module):
         for spec in self.family.text_encoders:
             part = {k[len(spec.prefix):]: v for k, v in state_dict.items() if k.startswith(spec.prefix)}
             used |= {spec.prefix + k for k in part}
-            result = self.text_encoders[spec.name].load_ldm_state_dict(part)
+            result = self.text_encoders[spec.name].load_checkpoint_weights(
+                part, strict=False, assign=True)
             report.missing += [spec.prefix + k for k in result.missing]
-            report.unexpected += [spec.prefix + k for k in result.unexpected]
+            report.unexpected += [spec.prefix + k for k in result.unknown]
         report.unexpected += sorted(k for k in state_dict if k not in used and not _ignorable(k))
         return report
 
@@ -89,3 +90,23 @@ IGNORED_PREFIXES = ("model_ema.", "betas", "alphas_cumprod", "sqrt_", "log_one_m
 
 def _ignorable(key: str) -> bool:
     return key.startswith(IGNORED_PREFIXES) or key in ("alphas_cumprod_prev",)
+
+
+def checkpoint_state_dict(model: StableDiffusionModel) -> dict[str, torch.Tensor]:
+    """Every tensor under its single-file (LDM) checkpoint name: the inverse of loading.
+
+    Only CLIP-L-layout text encoders are written (`<prefix>text_model.<hf name>`); an
+    OpenCLIP-layout family is refused rather than written in a layout nobody reads.
+    """
+    tensors = {UNET_PREFIX + k: v for k, v in model.unet.state_dict().items()}
+    tensors |= {VAE_PREFIX + k: v for k, v in model.vae.state_dict().items()}
+    for spec in model.family.text_encoders:
+        if spec.config.source_layout != "clip_l":
+            raise ValueError(f"writing {spec.name} in the OpenCLIP layout is not supported")
+        encoder = model.text_encoders[spec.name].transformer
+        for key, value in encoder.state_dict().items():
+            if key.endswith("position_ids"):
+                continue
+            name = key if key.startswith("text_model.") else "text_model." + key
+            tensors[spec.prefix + name] = value
+    return tensors

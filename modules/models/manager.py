@@ -1,0 +1,188 @@
+"""The model manager: which checkpoints exist, which are loaded, and loading them safely.
+
+Loading builds the network on the meta device (no memory, no random init), reads the
+checkpoint tensor by tensor straight into the target dtype and device, and assigns
+them by name. A failed load raises `ModelLoadError` naming the file and the reason and
+leaves the models already loaded serving. Up to `sd_checkpoints_limit` models stay
+cached (least recently used goes first). Callers get a `LoadedModel` and must not
+modify it; per-request changes (LoRA, ...) go on clones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from modules.conditioning.conditioner import Conditioner
+from modules.models.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoints
+from modules.models.errors import ModelLoadError
+from modules.models.families import Family
+from modules.models.hashes import HashCache, short_hash
+from modules.models.loader import inspect_checkpoint, load_state_dict
+from modules.models.sd_model import StableDiffusionModel
+from modules.sampling.denoiser import model_sigmas
+from modules.tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL_STEM = "easel-demo"
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint in memory with what generation needs next to it."""
+
+    info: CheckpointInfo
+    family: Family
+    model: StableDiffusionModel
+    conditioner: Conditioner
+    sigmas: torch.Tensor  # the model's ascending discrete sigma table
+    sha256: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def shorthash(self) -> str | None:
+        return short_hash(self.sha256)
+
+    @property
+    def title(self) -> str:
+        return f"{self.info.name} [{self.shorthash}]" if self.sha256 else self.info.name
+
+
+class ModelManager:
+    """Lists, loads and caches checkpoints; thread-safe."""
+
+    def __init__(self, *, paths, device: torch.device, dtype: torch.dtype,
+                 vae_dtype: torch.dtype, hashing: bool = True, cache_limit: int = 1) -> None:
+        self.paths = paths
+        self.device = device
+        self.dtype = dtype
+        self.vae_dtype = vae_dtype
+        self.hashing = hashing
+        self.cache_limit = cache_limit
+        self.hash_cache = HashCache(path=paths.cache_file)
+        self._tokenizer: ClipTokenizer | None = None
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._current: str | None = None
+        self._lock = threading.RLock()
+
+    # ---- listing ------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return list_checkpoints(self.paths.checkpoint_dirs, cache=self.hash_cache)
+
+    def find(self, query: str) -> CheckpointInfo:
+        found = find_checkpoint(query, self.checkpoints())
+        if found is None:
+            raise ModelLoadError(query, "no such checkpoint in " + ", ".join(
+                str(d) for d in self.paths.checkpoint_dirs))
+        return found
+
+    def default_checkpoint(self) -> CheckpointInfo:
+        """The first checkpoint that is not the demo model, else the demo model."""
+        listed = self.checkpoints()
+        if not listed:
+            raise ModelLoadError(str(self.paths.checkpoint_dirs[-1]), "no checkpoints found")
+        real = [info for info in listed if info.stem != DEMO_MODEL_STEM]
+        return (real or listed)[0]
+
+    # ---- loading ------------------------------------------------------------------------
+
+    @property
+    def current(self) -> LoadedModel | None:
+        with self._lock:
+            return self._loaded.get(self._current) if self._current else None
+
+    def load_initial(self, setting: str = "", ckpt_flag: str | None = None) -> LoadedModel:
+        if ckpt_flag:
+            return self.select(self.info_for_path(Path(ckpt_flag)))
+        info = self.find(setting) if setting else self.default_checkpoint()
+        return self.select(info)
+
+    def info_for_path(self, path: Path) -> CheckpointInfo:
+        from modules.models.hashes import legacy_model_hash
+
+        return CheckpointInfo(path=str(path.resolve()), name=path.name,
+                              legacy_hash=legacy_model_hash(path))
+
+    def get(self, query: str | None = None) -> LoadedModel:
+        """The model for one job: `query` (title/name/hash) or the current model.
+
+        Getting a model by name does not change which model later jobs get by default.
+        """
+        with self._lock:
+            if not query:
+                current = self.current
+                return current if current is not None else self.load_initial()
+            return self._ensure(self.find(query))
+
+    def select(self, info: CheckpointInfo) -> LoadedModel:
+        """Load `info` and make it the default for jobs that name no checkpoint."""
+        with self._lock:
+            loaded = self._ensure(info)
+            self._current = info.path
+            return loaded
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+            self._current = None
+
+    def _ensure(self, info: CheckpointInfo) -> LoadedModel:
+        if info.path in self._loaded:
+            self._loaded.move_to_end(info.path)
+            return self._loaded[info.path]
+        loaded = self._load(info)
+        self._loaded[info.path] = loaded
+        while len(self._loaded) > max(self.cache_limit, 1):
+            evicted, _ = self._loaded.popitem(last=False)
+            if evicted == self._current:
+                self._current = info.path
+        return loaded
+
+    def _load(self, info: CheckpointInfo) -> LoadedModel:
+        log.info("Loading %s", info.path)
+        header, family = inspect_checkpoint(info.path)
+        state = load_state_dict(info.path, dtype=self.dtype, device=self.device)
+        model = build_model(family, state, path=info.path)
+        model.vae.to(self.vae_dtype)
+        model.eval().requires_grad_(False)
+        sha256 = self.hash_cache.sha256(info.path) if self.hashing else None
+        if sha256:
+            info = CheckpointInfo(path=info.path, name=info.name, legacy_hash=info.legacy_hash,
+                                  sha256=sha256)
+        return LoadedModel(
+            info=info, family=family, model=model, sigmas=model_sigmas(
+                family.schedule, zero_terminal_snr=family.zero_terminal_snr),
+            conditioner=Conditioner(encoders=list(model.text_encoders.values()),
+                                    tokenizer=self.tokenizer(), family=family),
+            sha256=sha256, metadata=dict(header.metadata),
+        )
+
+    def tokenizer(self) -> ClipTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = ClipTokenizer()
+            return self._tokenizer
+
+
+def build_model(family: Family, state: dict[str, torch.Tensor], *, path: str) -> StableDiffusionModel:
+    """Build on the meta device and assign the checkpoint's tensors by name."""
+    with torch.device("meta"):
+        model = StableDiffusionModel(family=family)
+    report = model.load_ldm_state_dict(state)
+    if report.missing:
+        raise ModelLoadError(path, f"{len(report.missing)} weights missing, e.g. {report.missing[:3]}")
+    if report.unexpected:
+        log.info("%s: ignored %d unused keys, e.g. %s", path, len(report.unexpected),
+                 report.unexpected[:3])
+    left_on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+                    if t.is_meta]
+    if left_on_meta:
+        raise ModelLoadError(path, f"weights not filled: {left_on_meta[:3]}")
+    return model

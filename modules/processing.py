@@ -1,0 +1,294 @@
+"""txt2img: from a validated request to saved images with their infotext.
+
+`txt2img(runtime, params)` is a generator: it yields one `Progress` per sampling step
+and returns a `GenerationResult`. Whoever drives it (the job queue, a test) may send
+back `"skip"` (end the current batch, decode what it has) or `"interrupt"` (end the
+job after decoding the current batch). Nothing here touches shared state: settings
+are a per-request copy and the model is only read.
+
+The order of work follows A1111 (a1111.md §a.3, §e, §f): seeds for the whole job,
+then per batch: conditioning, sigmas, first noise from per-image generators, the
+sampler loop, VAE decode, infotext, save.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Generator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modules import images as image_io
+from modules.conditioning.conditioner import ConditioningSettings
+from modules.conditioning.sdxl import SizeConditioning
+from modules.infotext import GenerationInfo, create_infotext
+from modules.jobs import Command, Progress
+from modules.params import GenerationResult, Txt2ImgParams
+from modules.prompt_parser import extract_extra_networks, strip_comments
+from modules.sampling import registry as R
+from modules.sampling.cfg import CFGDenoiser
+from modules.sampling.denoiser import Denoiser, LCMDenoiser
+from modules.seeds import ImageRNG, batch_seeds, fix_seed
+from modules.settings import Settings
+
+
+@dataclass
+class Plan:
+    """Everything fixed for a whole job before the first batch runs."""
+
+    params: Txt2ImgParams
+    settings: Settings
+    loaded: object  # modules.models.manager.LoadedModel
+    sampler: R.SamplerSpec
+    scheduler: R.SchedulerSpec
+    seeds: list[int]
+    subseeds: list[int]
+    prompts: list[str]
+    negative_prompts: list[str]
+    warnings: list[str]
+
+
+def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
+    """Validate, resolve names and seeds, pick the model: everything that can fail early."""
+    params.validate()
+    settings = runtime.settings.current.with_overrides(params.override_settings)
+    sampler, scheduler = R.resolve_sampler(params.sampler_name, params.scheduler)
+    runtime.ready.wait()
+    loaded = runtime.models.get(params.override_settings.get("sd_model_checkpoint"))
+    count = params.batch_size * params.n_iter
+    seed, subseed = fix_seed(params.seed), fix_seed(params.subseed)
+    seeds, subseeds = batch_seeds(seed, subseed, params.subseed_strength, count)
+    return Plan(params=params, settings=settings, loaded=loaded, sampler=sampler,
+                scheduler=scheduler, seeds=seeds, subseeds=subseeds,
+                prompts=[params.prompt] * count, negative_prompts=[params.negative_prompt] * count,
+                warnings=[])
+
+
+def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, GenerationResult]:
+    """Run a txt2img job; see the module docstring for the protocol."""
+    plan = plan_txt2img(runtime, params)
+    result = GenerationResult(images=[], infotexts=[], seeds=[], subseeds=[], prompts=[],
+                              negative_prompts=[], warnings=plan.warnings)
+    size = params.batch_size
+    for batch in range(params.n_iter):
+        part = slice(batch * size, (batch + 1) * size)
+        latents, command = yield from sample_batch(plan, part, job_no=batch)
+        collect_batch(runtime, plan, part, latents, result, batch_index=batch)
+        if command == "interrupt":
+            result.interrupted = True
+            break
+    return result
+
+
+def sample_batch(plan: Plan, part: slice, *, job_no: int):
+    """Sample one batch; yields Progress, returns (latents, last command)."""
+    p, loaded, settings = plan.params, plan.loaded, plan.settings
+    model, family = loaded.model, loaded.family
+    device = next(model.unet.parameters()).device
+    steps = p.steps
+    conds, unconds = encode_prompts(plan, part)
+    sigmas = R.compute_sigmas(plan.sampler, plan.scheduler, steps, loaded.sigmas,
+                              schedule_options(settings, family)).to(device)
+    factor = family.vae.downscale  # 8 for every SD family
+    shape = (family.latent_channels, p.height // factor, p.width // factor)
+    rng = ImageRNG(shape=shape, seeds=plan.seeds[part], subseeds=plan.subseeds[part],
+                   subseed_strength=p.subseed_strength, seed_resize_from_h=p.seed_resize_from_h,
+                   seed_resize_from_w=p.seed_resize_from_w, source=settings.randn_source,
+                   device=device, eta_noise_seed_delta=settings.eta_noise_seed_delta)
+    noise = rng.first().to(device)
+    x = noise * initial_scale(plan, float(sigmas[0]), settings)
+    denoiser_class = LCMDenoiser if plan.sampler.lcm else Denoiser
+    denoiser = denoiser_class(model.unet, sigmas=loaded.sigmas.to(device),
+                              prediction=family.prediction, quantize=plan.sampler.quantize)
+    cfg = CFGDenoiser(
+        denoiser, conds, unconds, p.cfg_scale,
+        total_steps=R.prompt_schedule_steps(plan.sampler, steps),
+        s_min_uncond=p.s_min_uncond if p.s_min_uncond is not None else settings.s_min_uncond,
+        skip_early_cond=settings.skip_early_cond,
+        cfg_scale_multiplier=plan.sampler.cfg_scale_multiplier,
+        record_uncond=plan.sampler.record_uncond,
+    )
+    noise_sampler = (R.default_noise_sampler(plan.sampler, x, sigmas, generators=None,
+                                             seeds=plan.seeds[part])
+                     if plan.sampler.brownian_noise else rng.noise_sampler(like=x))
+    generator = R.start_sampler(plan.sampler, cfg, x, sigmas, options=sampler_options(p, settings),
+                                noise_sampler=noise_sampler)
+    latents, command = yield from drive_sampler(generator, job_no=job_no,
+                                                job_count=p.n_iter, steps=len(sigmas) - 1)
+    return latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2])), command
+
+
+def drive_sampler(generator, *, job_no: int, job_count: int, steps: int):
+    """Step a sampler; a skip or interrupt ends it with the last denoised estimate."""
+    last = None
+    with torch.inference_mode():
+        while True:
+            try:
+                step = next(generator)
+            except StopIteration as stop:
+                return stop.value, None
+            last = step
+            command = yield Progress(step=step.index + 1, total_steps=steps, job_no=job_no,
+                                     job_count=job_count)
+            if command in ("skip", "interrupt"):
+                generator.close()
+                return last.denoised, command
+
+
+def encode_prompts(plan: Plan, part: slice):
+    """Positive MultiConds and negative ScheduledConds for one batch."""
+    p, settings, loaded = plan.params, plan.settings, plan.loaded
+    options = dict(
+        steps=R.prompt_schedule_steps(plan.sampler, p.steps),
+        settings=ConditioningSettings(
+            emphasis=settings.emphasis, clip_skip=settings.CLIP_stop_at_last_layers,
+            comma_padding_backtrack=settings.comma_padding_backtrack,
+            use_old_scheduling=settings.use_old_scheduling),
+        size=SizeConditioning(
+            width=p.width, height=p.height, crop_top=settings.sdxl_crop_top,
+            crop_left=settings.sdxl_crop_left,
+            aesthetic_score=settings.sdxl_refiner_high_aesthetic_score,
+            negative_aesthetic_score=settings.sdxl_refiner_low_aesthetic_score,
+        ) if loaded.family.is_sdxl else None,
+    )
+    positives = [conditioning_text(text, settings, plan.warnings) for text in plan.prompts[part]]
+    negatives = [conditioning_text(text, settings, plan.warnings)
+                 for text in plan.negative_prompts[part]]
+    with torch.inference_mode():
+        conds = loaded.conditioner.encode_batch(positives, **options)
+        unconds = loaded.conditioner.encode_negative_batch(negatives, **options)
+    return conds, unconds
+
+
+def conditioning_text(prompt: str, settings: Settings, warnings: list[str]) -> str:
+    """The text the encoders see: comments and extra-network tags removed."""
+    text = strip_comments(prompt) if settings.enable_prompt_comments else prompt
+    text, networks = extract_extra_networks(text)
+    for network in networks:
+        message = f"extra network <{network.name}:...> is not available and was ignored"
+        if message not in warnings:
+            warnings.append(message)
+    return text
+
+
+def schedule_options(settings: Settings, family) -> R.ScheduleOptions:
+    return R.ScheduleOptions(sigma_min=settings.sigma_min, sigma_max=settings.sigma_max,
+                             rho=settings.rho, beta_alpha=settings.beta_dist_alpha,
+                             beta_beta=settings.beta_dist_beta,
+                             always_discard_next_to_last_sigma=settings.always_discard_next_to_last_sigma,
+                             is_sdxl=family.is_sdxl)
+
+
+def sampler_options(p: Txt2ImgParams, settings: Settings) -> R.SamplerOptions:
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return R.SamplerOptions(
+        eta=p.eta, eta_ancestral=settings.eta_ancestral, eta_ddim=settings.eta_ddim,
+        s_churn=pick(p.s_churn, settings.s_churn), s_tmin=pick(p.s_tmin, settings.s_tmin),
+        s_tmax=pick(p.s_tmax, settings.s_tmax) or float("inf"),
+        s_noise=pick(p.s_noise, settings.s_noise), unipc_order=settings.uni_pc_order)
+
+
+def initial_scale(plan: Plan, sigma_first: float, settings: Settings) -> float:
+    if settings.sgm_noise_multiplier and not R.uses_timestep_grid(plan.sampler, plan.scheduler):
+        return (sigma_first**2 + 1) ** 0.5
+    return R.initial_noise_scale(plan.sampler, plan.scheduler, sigma_first)
+
+
+def decode_latents(loaded, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE decode with the family's scale factor; pixels to 8-bit RGB."""
+    vae, config = loaded.model.vae, loaded.family.vae
+    with torch.inference_mode():
+        z = latents / config.scale_factor + config.shift_factor
+        pixels = vae.decode(z.to(vae.dtype)).float()
+    pixels = ((pixels + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
+    array = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(image)) for image in array]
+
+
+def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
+                  result: GenerationResult, *, batch_index: int) -> None:
+    """Decode, write infotexts, save; append everything to `result`."""
+    for offset, image in enumerate(decode_latents(plan.loaded, latents)):
+        index = part.start + offset
+        infotext = infotext_for(runtime, plan, index)
+        result.images.append(image)
+        result.infotexts.append(infotext)
+        result.seeds.append(plan.seeds[index])
+        result.subseeds.append(plan.subseeds[index])
+        result.prompts.append(plan.prompts[index])
+        result.negative_prompts.append(plan.negative_prompts[index])
+        if plan.settings.samples_save and not plan.params.do_not_save_samples:
+            result.saved_paths.append(str(save(runtime, plan, image, index, infotext, batch_index)))
+
+
+def infotext_for(runtime, plan: Plan, index: int) -> str:
+    p, settings, loaded = plan.params, plan.settings, plan.loaded
+    info = GenerationInfo(
+        steps=p.steps, sampler_name=plan.sampler.label,
+        scheduler=R.effective_schedule_label(plan.sampler, plan.scheduler),
+        cfg_scale=p.cfg_scale, seed=plan.seeds[index], width=p.width, height=p.height,
+        model_hash=loaded.shorthash if settings.add_model_hash_to_info else None,
+        model_name=loaded.info.model_name if settings.add_model_name_to_info else None,
+        subseed=plan.subseeds[index], subseed_strength=p.subseed_strength,
+        seed_resize_from_w=p.seed_resize_from_w, seed_resize_from_h=p.seed_resize_from_h,
+        clip_skip=settings.CLIP_stop_at_last_layers,
+        eta_noise_seed_delta=settings.eta_noise_seed_delta,
+        sampler_uses_ensd=plan.sampler.uses_ensd and (p.eta if p.eta is not None
+                                                      else settings.eta_ancestral) != 0,
+        randn_source=settings.randn_source, tiling=p.tiling,
+    )
+    version = runtime.version if settings.add_version_to_infotext else None
+    return create_infotext(info, prompt=plan.prompts[index],
+                           negative_prompt=plan.negative_prompts[index],
+                           extra=sampler_extra_params(plan), version=version)
+
+
+def sampler_extra_params(plan: Plan) -> dict:
+    """Sampler settings A1111 writes when they differ from their defaults."""
+    settings, spec, extra = plan.settings, plan.sampler, {}
+    eta = plan.params.eta if plan.params.eta is not None else (
+        settings.eta_ancestral if spec.eta_source == "ancestral" else settings.eta_ddim)
+    if spec.eta_source == "ancestral" and eta != 1.0:
+        extra["Eta"] = eta
+    if spec.eta_source == "ddim" and eta != 0.0:
+        extra["Eta DDIM"] = eta
+    for name, key, default in (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0),
+                               ("s_tmax", "Sigma tmax", 0.0), ("s_noise", "Sigma noise", 1.0)):
+        value = getattr(plan.params, name)
+        value = getattr(settings, name) if value is None else value
+        if name in spec.extra_params and value != default:
+            extra[key] = value
+    for name, key in (("sigma_min", "Schedule min sigma"), ("sigma_max", "Schedule max sigma"),
+                      ("rho", "Schedule rho")):
+        if getattr(settings, name):
+            extra[key] = getattr(settings, name)
+    if settings.always_discard_next_to_last_sigma:
+        extra["Discard penultimate sigma"] = True
+    if settings.sgm_noise_multiplier:
+        extra["SGM noise multiplier"] = True
+    if settings.s_min_uncond or plan.params.s_min_uncond:
+        extra["NGMS"] = plan.params.s_min_uncond or settings.s_min_uncond
+    if settings.skip_early_cond:
+        extra["Skip Early CFG"] = settings.skip_early_cond
+    return extra
+
+
+def save(runtime, plan: Plan, image: Image.Image, index: int, infotext: str, batch_index: int):
+    settings = plan.settings
+    root = runtime.paths.output_dir(settings.outdir_txt2img_samples)
+    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+    fields = image_io.FilenameFields(
+        seed=plan.seeds[index], prompt=plan.prompts[index], width=image.width,
+        height=image.height, sampler=plan.sampler.label, steps=plan.params.steps,
+        cfg_scale=plan.params.cfg_scale, model_name=plan.loaded.info.model_name,
+        model_hash=plan.loaded.shorthash, batch_number=None, generation_number=index)
+    pattern = settings.samples_filename_pattern or ("[seed]" if settings.save_to_dirs
+                                                    else "[seed]-[prompt_spaces]")
+    return image_io.save_image(image, directory, seed=plan.seeds[index],
+                               prompt=plan.prompts[index], infotext=infotext,
+                               extension=settings.samples_format, pattern=pattern, fields=fields,
+                               jpeg_quality=settings.jpeg_quality,
+                               write_metadata=settings.enable_pnginfo)

@@ -1,0 +1,91 @@
+"""txt2img end to end on a tiny random SD1 checkpoint: files, infotext, seeds, control."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from PIL import Image
+
+from modules.cmd_args import parse_args
+from modules.images import read_infotext
+from modules.infotext import parse_infotext
+from modules.jobs import JobQueue
+from modules.params import ParamsError, Txt2ImgParams
+from modules.processing import txt2img
+from modules.runtime import Runtime
+from tests.helpers.checkpoints import write_tiny_checkpoint
+from tests.tiny import TINY_SD15
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory) -> Runtime:
+    data = tmp_path_factory.mktemp("data")
+    write_tiny_checkpoint(data / "models" / "Stable-diffusion" / "tiny.safetensors", TINY_SD15)
+    rt = Runtime.create(parse_args(["--data-dir", str(data)]))
+    rt.ready.set()
+    return rt
+
+
+def run(runtime, **fields):
+    fields = {"width": 64, "height": 64, "steps": 4, **fields}
+    generator = txt2img(runtime, Txt2ImgParams(**fields))
+    try:
+        while True:
+            next(generator)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_images_are_saved_with_parseable_infotext(runtime):
+    result = run(runtime, prompt="a red circle", negative_prompt="blue", seed=42,
+                 batch_size=2, n_iter=2)
+    assert result.seeds == [42, 43, 44, 45]
+    assert len(result.images) == 4 and result.images[0].size == (64, 64)
+    assert [p.split("/")[-1] for p in result.saved_paths] == [
+        "00000-42.png", "00001-43.png", "00002-44.png", "00003-45.png"]
+    text = read_infotext(Image.open(result.saved_paths[1]))
+    assert text == result.infotexts[1]
+    parsed = parse_infotext(text)
+    assert parsed["Prompt"] == "a red circle"
+    assert parsed["Negative prompt"] == "blue"
+    assert parsed["Seed"] == "43"
+    assert parsed["Sampler"] == "DPM++ 2M" and parsed["Schedule type"] == "Karras"
+    assert parsed["Steps"] == "4" and parsed["Size-1"] == "64"
+    assert parsed["Model"] == "tiny" and len(parsed["Model hash"]) == 10
+
+
+def test_same_seed_is_bit_identical_and_batch_equals_singles(runtime):
+    batch = run(runtime, prompt="x", seed=7, batch_size=2, sampler_name="Euler a")
+    single = run(runtime, prompt="x", seed=8, sampler_name="Euler a")
+    again = run(runtime, prompt="x", seed=7, batch_size=2, sampler_name="Euler a")
+    assert batch.images[1].tobytes() == single.images[0].tobytes()
+    assert batch.images[0].tobytes() == again.images[0].tobytes()
+    assert batch.images[0].tobytes() != batch.images[1].tobytes()
+
+
+def test_prompt_changes_the_image(runtime):
+    a = run(runtime, prompt="a red circle", seed=1, do_not_save_samples=True)
+    b = run(runtime, prompt="a green square", seed=1, do_not_save_samples=True)
+    assert a.images[0].tobytes() != b.images[0].tobytes()
+
+
+def test_bad_fields_are_named(runtime):
+    with pytest.raises(ParamsError, match="width"):
+        run(runtime, prompt="x", width=65)
+    with pytest.raises(ValueError, match="valid samplers"):
+        run(runtime, prompt="x", sampler_name="nope")
+
+
+def test_interrupt_through_the_queue_returns_partial_result(runtime):
+    queue = JobQueue()
+    params = Txt2ImgParams(prompt="x", width=64, height=64, steps=30, n_iter=3, seed=3,
+                           do_not_save_samples=True)
+    job = queue.submit(lambda: txt2img(runtime, params))
+    while job.progress is None:
+        pass
+    queue.interrupt()
+    result = job.wait(60)
+    queue.stop()
+    assert result.interrupted
+    assert 1 <= len(result.images) < 3
