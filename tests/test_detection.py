@@ -14,7 +14,7 @@ from modules.models.errors import ModelLoadError
 from modules.models.loader import inspect_checkpoint
 from modules.models.safetensors_io import TensorInfo
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 
 

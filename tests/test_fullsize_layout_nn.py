@@ -2,7 +2,7 @@
 
 The networks are built on the meta device (no memory, no init cost) from the family
 declarations, and compared with the key layouts of real SD1.5, SD2.1, SDXL base and
-refiner files (`/work/shared/fixtures/*_keys.tsv`, key<TAB>shape<TAB>dtype): every
+refiner files (`tests/fixtures/*_keys.tsv`, key<TAB>shape<TAB>dtype): every
 checkpoint tensor under `model.diffusion_model.` / `first_stage_model.` must be a
 parameter or buffer of that shape, and nothing may be left over. Parameter counts are
 checked against the published numbers (models.md 1.3-1.5).
@@ -19,7 +19,7 @@ from modules.models import families as F
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.unet import UNetModel
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 CASES = [
     pytest.param(F.SD15, "sd15_keys.tsv", 859_520_964, id="sd15"),

@@ -1,0 +1,145 @@
+"""Core-engine benchmark: our SD1.5 U-Net against diffusers', and checkpoint load memory.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_core.py [--runs 3] [--skip-load]
+
+1. One CFG step (batch 2, 64x64 latent, 77-token context) of the full-size SD1.5
+   U-Net, ours and diffusers' `UNet2DConditionModel`, with the same random weights
+   (diffusers' init, mapped to our names), in fp32 and bf16. Prints median times and
+   the ratio ours / diffusers (target <= 1.0).
+2. Peak RSS of loading a full-size SD1.5 fp16 `.safetensors` (written by this script
+   with random weights) through Easel's loader into fp16, measured in a fresh process,
+   as a multiple of the file size (target <= 1.3).
+
+Both parts run in this one invocation so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def build_pair():
+    """Diffusers' U-Net with its own random init, and ours holding the same tensors."""
+    from diffusers import UNet2DConditionModel
+
+    from modules.models.diffusers_keys import unet_diffusers_to_ldm
+    from modules.models.families import SD15
+    from modules.nn.unet import UNetModel
+    from tests.diffusers_configs import unet_diffusers_config
+
+    torch.manual_seed(0)
+    theirs = UNet2DConditionModel(**unet_diffusers_config(SD15.unet)).eval()
+    with torch.device("meta"):
+        ours = UNetModel(config=SD15.unet)
+    ours.load_state_dict(unet_diffusers_to_ldm(theirs.state_dict(), SD15.unet), assign=True)
+    return ours.eval(), theirs
+
+
+def time_step(run, runs: int) -> float:
+    with torch.inference_mode():
+        run()  # warm-up
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_unet(runs: int) -> list[dict]:
+    ours, theirs = build_pair()
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        ours.to(dtype)
+        theirs.to(dtype)
+        x = torch.randn(2, 4, 64, 64, dtype=dtype)
+        t = torch.tensor([500.0, 500.0])
+        context = torch.randn(2, 77, 768, dtype=dtype)
+        with torch.inference_mode():
+            difference = (ours(x, t, context).float()
+                          - theirs(x, t, encoder_hidden_states=context).sample.float()).abs().max()
+        mine = time_step(lambda: ours(x, t, context), runs)
+        reference = time_step(lambda: theirs(x, t, encoder_hidden_states=context), runs)
+        rows.append({"dtype": str(dtype).split(".")[-1], "easel_s": round(mine, 3),
+                     "diffusers_s": round(reference, 3), "ratio": round(mine / reference, 3),
+                     "max_abs_diff": float(difference)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def write_sd15_fp16(path: Path) -> int:
+    """A full-size SD1.5 checkpoint with random fp16 tensors in the real key layout."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    generator = torch.Generator().manual_seed(0)
+    for line in (ROOT / "tests/fixtures/sd15_keys.tsv").read_text().splitlines()[1:]:
+        key, shape, dtype = line.split("\t")
+        dims = json.loads(shape)
+        if dtype == "I64":
+            tensors[key] = torch.arange(dims[-1]).reshape(dims)
+        else:
+            tensors[key] = (torch.randn(dims, generator=generator) * 0.02).to(torch.float16)
+    save_file(tensors, str(path))
+    return path.stat().st_size
+
+
+LOAD_SCRIPT = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from modules.models.loader import inspect_checkpoint, load_state_dict
+from modules.models.manager import build_model
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+header, family = inspect_checkpoint({path!r})
+state = load_state_dict({path!r}, dtype=torch.float16)
+model = build_model(family, state, path={path!r})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(base, peak)
+"""
+
+
+def bench_load() -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sd15-fp16.safetensors"
+        size = write_sd15_fp16(path)
+        script = LOAD_SCRIPT.format(root=str(ROOT), path=str(path))
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True).stdout.split()
+        elapsed = time.perf_counter() - start
+    base, peak = int(out[-2]), int(out[-1])
+    row = {"file_gb": round(size / 1e9, 3), "load_s": round(elapsed, 2),
+           "peak_rss_gb": round(peak / 1e9, 3), "extra_rss_gb": round((peak - base) / 1e9, 3),
+           "extra_rss_over_file": round((peak - base) / size, 3)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-unet", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {os.cpu_count()}")
+    if not args.skip_unet:
+        bench_unet(args.runs)
+    if not args.skip_load:
+        bench_load()
+
+
+if __name__ == "__main__":
+    main()
