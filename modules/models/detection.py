@@ -80,7 +80,8 @@ def detect_family(
     metadata = metadata or {}
     reject_unsupported(header, path=path)
     signature = unet_signature(header, path=path)
-    family = family_from_metadata(metadata, path=path) or _match_base_family(signature, path)
+    declared = family_from_metadata(metadata, path=path)
+    family = declared or _match_base_family(signature, path)
     check_unet_structure(header, family, path=path)
     _require(header, VAE_PREFIX + "decoder.conv_out.weight", "no VAE weights (first_stage_model.*)", path)
     family = _locate_text_encoders(header, family, signature, path)
@@ -89,7 +90,10 @@ def detect_family(
     elif signature.in_channels != 4:
         raise ModelLoadError(path, f"unsupported U-Net input channels {signature.in_channels} "
                                    "(8 is InstructPix2Pix)")
-    family = _with_prediction(family, header, metadata, prediction)
+    if declared is None:
+        family = _with_prediction(family, header, metadata, prediction)
+    elif prediction is not None:
+        family = family.with_prediction(prediction)
     if "ztsnr" in header or _truthy(metadata.get("ztsnr")):
         family = replace(family, zero_terminal_snr=True)
     return family

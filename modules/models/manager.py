@@ -68,7 +68,7 @@ class ModelManager:
         self.hash_cache = HashCache(path=paths.cache_file)
         self._tokenizer: ClipTokenizer | None = None
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._current: str | None = None
+        self._current: CheckpointInfo | None = None  # the default for jobs naming none
         self._lock = threading.RLock()
 
     # ---- listing ------------------------------------------------------------------------
@@ -95,8 +95,14 @@ class ModelManager:
 
     @property
     def current(self) -> LoadedModel | None:
+        """The default model if it is in memory (an override may have evicted it)."""
         with self._lock:
-            return self._loaded.get(self._current) if self._current else None
+            return self._loaded.get(self._current.path) if self._current else None
+
+    @property
+    def current_info(self) -> CheckpointInfo | None:
+        with self._lock:
+            return self._current
 
     def load_initial(self, setting: str = "", ckpt_flag: str | None = None) -> LoadedModel:
         if ckpt_flag:
@@ -118,14 +124,18 @@ class ModelManager:
         with self._lock:
             if not query:
                 current = self.current
-                return current if current is not None else self.load_initial()
+                if current is not None:
+                    return current
+                if self._current is not None:  # evicted by a per-job model: reload it
+                    return self._ensure(self._current)
+                return self.load_initial()
             return self._ensure(self.find(query))
 
     def select(self, info: CheckpointInfo) -> LoadedModel:
         """Load `info` and make it the default for jobs that name no checkpoint."""
         with self._lock:
             loaded = self._ensure(info)
-            self._current = info.path
+            self._current = info
             return loaded
 
     def unload(self) -> None:
@@ -140,9 +150,7 @@ class ModelManager:
         loaded = self._load(info)
         self._loaded[info.path] = loaded
         while len(self._loaded) > max(self.cache_limit, 1):
-            evicted, _ = self._loaded.popitem(last=False)
-            if evicted == self._current:
-                self._current = info.path
+            self._loaded.popitem(last=False)  # the default model stays the default
         return loaded
 
     def _load(self, info: CheckpointInfo) -> LoadedModel:

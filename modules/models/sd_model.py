@@ -16,6 +16,7 @@ from torch import nn
 
 from modules.models.families import UNET_PREFIX, VAE_PREFIX, Family
 from modules.nn.autoencoder import AutoencoderKL
+from modules.nn.text_encoder_export import to_checkpoint_layout
 from modules.nn.text_encoders import TextEncoder
 from modules.nn.unet import UNetModel
 
@@ -92,21 +93,13 @@ def _ignorable(key: str) -> bool:
     return key.startswith(IGNORED_PREFIXES) or key in ("alphas_cumprod_prev",)
 
 
-def checkpoint_state_dict(model: StableDiffusionModel) -> dict[str, torch.Tensor]:
-    """Every tensor under its single-file (LDM) checkpoint name: the inverse of loading.
 
-    Only CLIP-L-layout text encoders are written (`<prefix>text_model.<hf name>`); an
-    OpenCLIP-layout family is refused rather than written in a layout nobody reads.
-    """
+def checkpoint_state_dict(model: StableDiffusionModel) -> dict[str, torch.Tensor]:
+    """Every tensor under its single-file (LDM) checkpoint name: the inverse of loading."""
     tensors = {UNET_PREFIX + k: v for k, v in model.unet.state_dict().items()}
     tensors |= {VAE_PREFIX + k: v for k, v in model.vae.state_dict().items()}
     for spec in model.family.text_encoders:
-        if spec.config.source_layout != "clip_l":
-            raise ValueError(f"writing {spec.name} in the OpenCLIP layout is not supported")
         encoder = model.text_encoders[spec.name].transformer
-        for key, value in encoder.state_dict().items():
-            if key.endswith("position_ids"):
-                continue
-            name = key if key.startswith("text_model.") else "text_model." + key
-            tensors[spec.prefix + name] = value
+        exported = to_checkpoint_layout(encoder.state_dict(), spec.config)
+        tensors |= {spec.prefix + k: v for k, v in exported.items()}
     return tensors

@@ -23,3 +23,4 @@ def write_tiny_checkpoint(path: Path, family: Family, *, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={METADATA_KEY: family_to_metadata(family)})
     return path
+
