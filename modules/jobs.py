@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+from collections import OrderedDict
 import threading
 import time
 import traceback
@@ -33,6 +34,7 @@ class Progress:
 
 
 JobFunction = Callable[[], Generator[Progress, Command, Any]]
+RECENT_JOBS_KEPT = 256  # finished jobs remembered for progress look-ups by id
 
 
 @dataclass
@@ -87,6 +89,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._current: Job | None = None
         self._worker: threading.Thread | None = None
+        self._recent: OrderedDict[str, Job] = OrderedDict()
 
     def start(self) -> None:
         if self._worker is None:
@@ -102,8 +105,17 @@ class JobQueue:
     def submit(self, task: JobFunction, job_id: str | None = None) -> Job:
         self.start()
         job = Job(id=job_id or f"job-{next(self._ids)}", task=task)
+        with self._lock:
+            self._recent[job.id] = job
+            while len(self._recent) > RECENT_JOBS_KEPT:
+                self._recent.popitem(last=False)
         self._queue.put(job)
         return job
+
+    def find(self, job_id: str) -> Job | None:
+        """A queued, running or recently finished job by id (for progress polling)."""
+        with self._lock:
+            return self._recent.get(job_id)
 
     def run(self, task: JobFunction) -> Any:
         """Submit and wait: the common path for API handlers."""

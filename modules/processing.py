@@ -72,6 +72,9 @@ def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, Gene
     plan = plan_txt2img(runtime, params)
     result = GenerationResult(images=[], infotexts=[], seeds=[], subseeds=[], prompts=[],
                               negative_prompts=[], warnings=plan.warnings)
+    result.extra.update(sd_model_name=plan.loaded.info.model_name,
+                        sd_model_hash=plan.loaded.shorthash, sampler_name=plan.sampler.label,
+                        clip_skip=plan.settings.CLIP_stop_at_last_layers)
     size = params.batch_size
     for batch in range(params.n_iter):
         part = slice(batch * size, (batch + 1) * size)

@@ -1,0 +1,101 @@
+"""Generation routes: txt2img through the job queue, PNG info, and the routes whose
+capability does not exist yet (img2img, extras, embedding training), which answer 501.
+
+Handlers are plain `def`s: FastAPI runs them in its thread pool, so a handler waiting
+for its job never blocks the event loop and `/progress` stays responsive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from modules.api.convert import decode_image, encode_png_base64
+from modules.api.errors import not_available
+from modules.api.generation import apply_infotext, info_dict, info_json, to_params
+from modules.api.schemas import (
+    CreateEmbeddingRequest, ExtrasBatchImagesRequest, ExtrasSingleImageRequest,
+    GenerationResponse, Img2ImgRequest, InterrogateRequest, PNGInfoRequest, PNGInfoResponse,
+    TrainEmbeddingRequest, Txt2ImgRequest,
+)
+from modules.grid import image_grid
+from modules.images import read_image_info
+from modules.infotext import parse_infotext
+from modules.params import GenerationResult, Txt2ImgParams
+from modules.processing import txt2img
+
+
+class GenerationRoutes:
+    """`/sdapi/v1/txt2img`, `/png-info` and the not-yet-available generation routes."""
+
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+
+    def register(self, router: APIRouter) -> None:
+        add = router.add_api_route
+        add("/sdapi/v1/txt2img", self.txt2img, methods=["POST"], response_model=GenerationResponse)
+        add("/sdapi/v1/img2img", self.img2img, methods=["POST"], response_model=GenerationResponse)
+        add("/sdapi/v1/extra-single-image", self.extra_single, methods=["POST"])
+        add("/sdapi/v1/extra-batch-images", self.extra_batch, methods=["POST"])
+        add("/sdapi/v1/png-info", self.png_info, methods=["POST"], response_model=PNGInfoResponse)
+        add("/sdapi/v1/interrogate", self.interrogate, methods=["POST"])
+        add("/sdapi/v1/create/embedding", self.create_embedding, methods=["POST"])
+        add("/sdapi/v1/train/embedding", self.train_embedding, methods=["POST"])
+
+    def txt2img(self, request: Txt2ImgRequest) -> dict[str, Any]:
+        runtime = self.runtime
+        request = apply_infotext(request, runtime.settings.current, runtime)
+        params = to_params(request, runtime)
+        job = runtime.jobs.submit(lambda: txt2img(runtime, params), job_id=request.force_task_id)
+        result: GenerationResult = job.wait()
+        if not request.override_settings_restore_afterwards and params.override_settings:
+            runtime.settings.update(params.override_settings)
+        return self._response(request, params, result, started=job.started)
+
+    def _response(self, request: Txt2ImgRequest, params: Txt2ImgParams,
+                  result: GenerationResult, *, started: float | None) -> dict[str, Any]:
+        settings = self.runtime.settings.current.with_overrides(params.override_settings)
+        images, infotexts = list(result.images), list(result.infotexts)
+        first = 0
+        if len(images) > 1 and settings.return_grid:
+            images.insert(0, image_grid(images, rows=None))
+            infotexts.insert(0, infotexts[0])
+            first = 1
+        info = info_dict(request, params, result, started=started, version=self.runtime.version,
+                         index_of_first_image=first, infotexts=infotexts)
+        encoded = ([encode_png_base64(image, text) for image, text in zip(images, infotexts)]
+                   if request.send_images else [])
+        return {"images": encoded, "parameters": request.model_dump(), "info": info_json(info)}
+
+    def img2img(self, request: Img2ImgRequest) -> None:
+        raise not_available("img2img")
+
+    def extra_single(self, request: ExtrasSingleImageRequest) -> None:
+        raise not_available("Extras (upscaling and face restoration)")
+
+    def extra_batch(self, request: ExtrasBatchImagesRequest) -> None:
+        raise not_available("Extras (upscaling and face restoration)")
+
+    def interrogate(self, request: InterrogateRequest) -> None:
+        raise not_available("Interrogate (CLIP / DeepBooru captions)")
+
+    def create_embedding(self, request: CreateEmbeddingRequest) -> None:
+        raise not_available("Creating textual-inversion embeddings")
+
+    def train_embedding(self, request: TrainEmbeddingRequest) -> None:
+        raise not_available("Training textual-inversion embeddings")
+
+    def png_info(self, request: PNGInfoRequest) -> dict[str, Any]:
+        if not request.image.strip():
+            return {"info": "", "items": {}, "parameters": {}}
+        image = decode_image(request.image.strip(), self.runtime.settings.current)
+        infotext, items = read_image_info(image)
+        items = {key: value for key, value in items.items() if _is_json_scalar(value)}
+        parameters = parse_infotext(infotext) if infotext else {}
+        return {"info": infotext or "", "items": items, "parameters": parameters}
+
+
+def _is_json_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, bool)) or (isinstance(value, float) and value == value
+                                                   and abs(value) != float("inf"))
