@@ -103,9 +103,12 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int):
                    device=device, eta_noise_seed_delta=settings.eta_noise_seed_delta)
     noise = rng.first().to(device)
     x = noise * initial_scale(plan, float(sigmas[0]), settings)
-    denoiser_class = LCMDenoiser if plan.sampler.lcm else Denoiser
-    denoiser = denoiser_class(model.unet, sigmas=loaded.sigmas.to(device),
-                              prediction=family.prediction, quantize=plan.sampler.quantize)
+    if plan.sampler.lcm:
+        denoiser = LCMDenoiser(model.unet, sigmas=loaded.sigmas.to(device),
+                               prediction=family.prediction)
+    else:
+        denoiser = Denoiser(model.unet, sigmas=loaded.sigmas.to(device),
+                            prediction=family.prediction, quantize=plan.sampler.quantize)
     cfg = CFGDenoiser(
         denoiser, conds, unconds, p.cfg_scale,
         total_steps=R.prompt_schedule_steps(plan.sampler, steps),
