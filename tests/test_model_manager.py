@@ -5,34 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.cmd_args import parse_args
 from modules.models.errors import ModelLoadError
 from modules.params import Txt2ImgParams
 from modules.processing import txt2img
 from modules.runtime import Runtime
-from tests.helpers.checkpoints import write_tiny_checkpoint
+from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.tiny import TINY_SD2, TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory) -> Runtime:
     data = tmp_path_factory.mktemp("data")
+    rt = tiny_runtime(data, {"a-sd1": TINY_SD15, "b-sd2": TINY_SD2, "c-sdxl": TINY_SDXL,
+                             "d-refiner": TINY_SDXL_REFINER})
     folder = data / "models" / "Stable-diffusion"
-    for name, family in (("a-sd1", TINY_SD15), ("b-sd2", TINY_SD2), ("c-sdxl", TINY_SDXL),
-                         ("d-refiner", TINY_SDXL_REFINER)):
-        write_tiny_checkpoint(folder / f"{name}.safetensors", family)
     (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    rt = Runtime.create(parse_args(["--data-dir", str(data)]))
-    rt.ready.set()
     return rt
-
-
-def finish(generator):
-    try:
-        while True:
-            next(generator)
-    except StopIteration as stop:
-        return stop.value
 
 
 @pytest.mark.parametrize("name", ["a-sd1", "b-sd2", "c-sdxl", "d-refiner"])
@@ -40,7 +28,7 @@ def test_every_family_generates(runtime, name):
     params = Txt2ImgParams(prompt="a cat", negative_prompt="", width=64, height=64, steps=3,
                            seed=5, do_not_save_samples=True,
                            override_settings={"sd_model_checkpoint": name})
-    result = finish(txt2img(runtime, params))
+    result, _ = finish(txt2img(runtime, params))
     pixels = torch.tensor(list(result.images[0].get_flattened_data()), dtype=torch.float32)
     assert result.images[0].size == (64, 64)
     assert pixels.std() > 0  # not a blank image

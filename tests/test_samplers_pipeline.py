@@ -4,36 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from modules.cmd_args import parse_args
 from modules.infotext import parse_infotext
 from modules.params import Txt2ImgParams
 from modules.processing import txt2img
 from modules.runtime import Runtime
 from modules.sampling.registry import SAMPLERS, SCHEDULERS
-from tests.helpers.checkpoints import write_tiny_checkpoint
+from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.tiny import TINY_SD15
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory) -> Runtime:
-    data = tmp_path_factory.mktemp("data")
-    write_tiny_checkpoint(data / "models" / "Stable-diffusion" / "tiny.safetensors", TINY_SD15)
-    rt = Runtime.create(parse_args(["--data-dir", str(data)]))
-    rt.ready.set()
-    return rt
+    return tiny_runtime(tmp_path_factory.mktemp("data"), {"tiny": TINY_SD15})
 
 
 def generate(runtime, **fields):
     params = Txt2ImgParams(prompt="a red [circle:square:2]", width=64, height=64, steps=4,
                            seed=11, batch_size=2, do_not_save_samples=True, **fields)
-    generator = txt2img(runtime, params)
-    steps = 0
-    try:
-        while True:
-            next(generator)
-            steps += 1
-    except StopIteration as stop:
-        return stop.value, steps
+    return finish(txt2img(runtime, params))
 
 
 @pytest.mark.parametrize("label", [spec.label for spec in SAMPLERS])

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 from PIL import Image
 
-from modules.cmd_args import parse_args
 from modules.images import read_infotext
 from modules.infotext import parse_infotext
 from modules.jobs import JobQueue
 from modules.params import ParamsError, Txt2ImgParams
 from modules.processing import txt2img
 from modules.runtime import Runtime
-from tests.helpers.checkpoints import write_tiny_checkpoint
+from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.tiny import TINY_SD15
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory) -> Runtime:
-    data = tmp_path_factory.mktemp("data")
-    write_tiny_checkpoint(data / "models" / "Stable-diffusion" / "tiny.safetensors", TINY_SD15)
-    rt = Runtime.create(parse_args(["--data-dir", str(data)]))
-    rt.ready.set()
-    return rt
+    return tiny_runtime(tmp_path_factory.mktemp("data"), {"tiny": TINY_SD15})
 
 
 def run(runtime, **fields):
     fields = {"width": 64, "height": 64, "steps": 4, **fields}
-    generator = txt2img(runtime, Txt2ImgParams(**fields))
-    try:
-        while True:
-            next(generator)
-    except StopIteration as stop:
-        return stop.value
+    return finish(txt2img(runtime, Txt2ImgParams(**fields)))[0]
 
 
 def test_images_are_saved_with_parseable_infotext(runtime):

@@ -24,3 +24,27 @@ def write_tiny_checkpoint(path: Path, family: Family, *, seed: int = 0) -> Path:
     save_file(tensors, str(path), metadata={METADATA_KEY: family_to_metadata(family)})
     return path
 
+
+
+def tiny_runtime(data_dir: Path, checkpoints: dict[str, Family]):
+    """A Runtime over `data_dir` whose checkpoint folder holds the named tiny models."""
+    from modules.cmd_args import parse_args
+    from modules.runtime import Runtime
+
+    for name, family in checkpoints.items():
+        write_tiny_checkpoint(data_dir / "models" / "Stable-diffusion" / f"{name}.safetensors",
+                              family)
+    runtime = Runtime.create(parse_args(["--data-dir", str(data_dir)]))
+    runtime.ready.set()
+    return runtime
+
+
+def finish(generator):
+    """Drive a processing generator to its end; return (result, number of steps)."""
+    steps = 0
+    try:
+        while True:
+            next(generator)
+            steps += 1
+    except StopIteration as stop:
+        return stop.value, steps

@@ -1,0 +1,75 @@
+"""Serving an app on a free loopback port, and headless Debian Chromium through Playwright.
+
+Browser tests fail (never skip) when `chromium` is missing: CI installs it
+(`modules.bootstrap.ensure_chromium`). `playwright install` is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import uvicorn
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = ["--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-gpu", "--no-sandbox"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(app, *, start_timeout: float = 30.0) -> Iterator[str]:
+    """Run `app` with uvicorn in a thread; yield its base URL; stop it afterwards."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    assert path, "Debian's chromium is required for browser tests (apt-get install chromium)"
+    return path
+
+
+@contextlib.contextmanager
+def browser_page(*, width: int = 1400, height: int = 1000):
+    """A fresh page in headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
