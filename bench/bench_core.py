@@ -48,15 +48,17 @@ def build_pair():
     return ours.eval(), theirs
 
 
-def time_step(run, runs: int) -> float:
+def time_pair(first, second, runs: int) -> tuple[float, float]:
+    """Median seconds of two callables, timed alternately so load drifts hit both."""
+    times: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
-        run()  # warm-up
-        times = []
+        first(), second()  # warm-up
         for _ in range(runs):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for run, bucket in ((first, times[0]), (second, times[1])):
+                start = time.perf_counter()
+                run()
+                bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def bench_unet(runs: int) -> list[dict]:
@@ -71,8 +73,8 @@ def bench_unet(runs: int) -> list[dict]:
         with torch.inference_mode():
             difference = (ours(x, t, context).float()
                           - theirs(x, t, encoder_hidden_states=context).sample.float()).abs().max()
-        mine = time_step(lambda: ours(x, t, context), runs)
-        reference = time_step(lambda: theirs(x, t, encoder_hidden_states=context), runs)
+        mine, reference = time_pair(lambda: ours(x, t, context),
+                                    lambda: theirs(x, t, encoder_hidden_states=context), runs)
         rows.append({"dtype": str(dtype).split(".")[-1], "easel_s": round(mine, 3),
                      "diffusers_s": round(reference, 3), "ratio": round(mine / reference, 3),
                      "max_abs_diff": float(difference)})
@@ -97,17 +99,21 @@ def write_sd15_fp16(path: Path) -> int:
     return path.stat().st_size
 
 
+# VmHWM (peak resident set) is reset by exec, unlike ru_maxrss, which a child inherits.
 LOAD_SCRIPT = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {root!r})
 from modules.models.loader import inspect_checkpoint, load_state_dict
 from modules.models.manager import build_model
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+base = hwm()
 header, family = inspect_checkpoint({path!r})
 state = load_state_dict({path!r}, dtype=torch.float16)
 model = build_model(family, state, path={path!r})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(base, peak)
+print(base, hwm())
 """
 
 

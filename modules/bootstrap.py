@@ -50,10 +50,29 @@ def ensure_environment(root: Path, *, with_tests: bool) -> Path:
 
 def run_tests(root: Path, pytest_args: list[str]) -> int:
     """Run the whole suite (slow and browser tests included) from the project root."""
+    ensure_chromium()
     env = dict(os.environ, PYTHONPATH=str(root))
     command = [sys.executable, "-m", "pytest", *pytest_args]
     print("+", " ".join(command), flush=True)
     return subprocess.call(command, cwd=root, env=env)
+
+
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's `chromium`; install it when we can (root + apt).
+
+    Never `playwright install`: that downloads a browser build from the network.
+    """
+    if shutil.which("chromium"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("chromium not found and cannot be installed here; browser tests will fail",
+              flush=True)
+        return
+    command = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+               "apt-get install -y -qq chromium")
+    print("+", command, flush=True)
+    if subprocess.call(command, shell=True) != 0:
+        print("installing chromium failed; browser tests will fail", flush=True)
 
 
 def _create_venv(root: Path) -> None:

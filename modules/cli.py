@@ -20,11 +20,11 @@ def main(argv: list[str]) -> int:
     from modules.runtime import Runtime
 
     runtime = Runtime.create(args)
+    app = build_app(runtime)  # before the model load, so importing gradio has the CPU
     if not args.skip_load_model_at_start:
         threading.Thread(target=_load_initial_model, args=(runtime,), daemon=True).start()
     else:
         runtime.ready.set()
-    app = build_app(runtime)
     host = "0.0.0.0" if args.listen else (args.server_name or "127.0.0.1")
     import uvicorn
 

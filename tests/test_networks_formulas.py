@@ -158,5 +158,5 @@ def test_wrong_shapes_are_reported_not_applied():
     patch = WeightPatch(component="unet", path="0", strength=1.0,
                         tensors={"lora_down.weight": rnd(2, 4), "lora_up.weight": rnd(6, 2)})
     result = merge_patches(layer, {"unet": layer}, (patch,))
-    assert result.params == {"unet": {}} or not result.params.get("unet")
+    assert result.params == {}
     assert len(result.skipped) == 1

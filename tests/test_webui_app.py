@@ -229,13 +229,15 @@ def test_page_is_served_before_the_model_loads(tmp_path):
     assert time.monotonic() - started < 5
     assert not rt.ready.is_set() and rt.models.current is None
     assert txt2img.token_counter(rt, "a cat", 20) == "\u2013/75"
+    assert app_module.model_defaults(rt, 512, 512, built_size=512) == [gr.skip()] * 4
     loader = threading.Timer(0.5, lambda: (rt.models.load_initial(), rt.ready.set()))
     loader.start()
     gallery, info_html, _, _ = run_generate(rt)  # waits for the model, then generates
     loader.join()
     rt.jobs.stop()
     assert len(gallery) == 1 and "Steps: 3" in info_html
-    assert app_module.model_defaults(rt)[1:] == [64, 64]
+    defaults = app_module.model_defaults(rt, 512, 96, built_size=512)
+    assert defaults[1] == 64 and defaults[2] == gr.skip()  # a side the user changed is kept
 
 
 def test_generate_streams_progress_and_previews(runtime, monkeypatch):

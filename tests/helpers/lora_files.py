@@ -22,13 +22,19 @@ def lora_group(target: Target, rank: int, generator: torch.Generator, *,
 
 
 def kohya_lora(names: NameMap, prefixes: tuple[str, ...], *, rank: int = 4, seed: int = 1,
-               alpha: float | None = 2.0, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """A kohya file covering every non-norm layer whose kohya name starts with `prefixes`."""
+               alpha: float | None = 2.0, skip: tuple[str, ...] = (),
+               scale: float | None = 0.1) -> dict[str, torch.Tensor]:
+    """A kohya file covering every non-norm layer whose kohya name starts with `prefixes`
+    (one spelling per layer: the first name in sorted order)."""
     generator = torch.Generator().manual_seed(seed)
-    tensors = {}
+    tensors, seen = {}, set()
     for name, target in sorted(names.targets.items()):
         if not name.startswith(prefixes) or target.kind == "norm" or name.startswith(skip):
             continue
-        for suffix, tensor in lora_group(target, rank, generator, alpha=alpha).items():
+        if (target.component, target.path) in seen:
+            continue
+        seen.add((target.component, target.path))
+        group = lora_group(target, rank, generator, alpha=alpha, scale=scale or 0.1)
+        for suffix, tensor in group.items():
             tensors[f"{name}.{suffix}"] = tensor
     return tensors

@@ -1,0 +1,124 @@
+"""The web application: Gradio Blocks mounted on a FastAPI app, with the HTTP API beside it.
+
+`create_app(runtime)` builds the page (top bar, txt2img, PNG Info, Settings), puts
+the `/sdapi/v1/*` routes on the same FastAPI app when `--api` is given (before the
+UI's catch-all mount at "/"), and protects the UI with `--gradio-auth` /
+`--gradio-auth-path`. Nothing here waits for the model: the page is served at once,
+and handlers that need the model wait on `runtime.ready` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+
+from modules.cmd_args import parse_auth
+from webui import widgets
+from webui.tabs import png_info, settings as settings_tab, txt2img
+
+log = logging.getLogger(__name__)
+
+STYLE_FILE = Path(__file__).with_name("style.css")
+SCRIPT_FILE = Path(__file__).with_name("script.js")
+MODEL_POLL_S = 1.0  # how often a page opened during the first model load checks it
+
+
+def create_app(runtime) -> FastAPI:
+    """The FastAPI app serving the UI at "/" (and the API when `--api`)."""
+    app = FastAPI(title="Easel")
+    if getattr(runtime.args, "api", False):
+        from modules.api.app import register_api
+
+        register_api(app, runtime)
+    blocks = build_ui(runtime)
+    theme = getattr(runtime.args, "theme", None) or ""
+    return gr.mount_gradio_app(
+        app, blocks, path="/", auth=ui_auth(runtime.args), auth_message="Easel",
+        css=STYLE_FILE.read_text(encoding="utf-8"), theme=gr.themes.Default(),
+        js=SCRIPT_FILE.read_text(encoding="utf-8").replace("__EASEL_THEME__", theme),
+        root_path=getattr(runtime.args, "subpath", None) or None,
+        ssr_mode=False, show_error=True, footer_links=["gradio"],
+    )
+
+
+def build_ui(runtime) -> gr.Blocks:
+    """The Blocks: top bar and tabs, wired to `runtime`."""
+    with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
+        top = widgets.build_top_bar(runtime)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = txt2img.build(runtime)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                info = png_info.build()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings = settings_tab.build(runtime)
+        _wire_top_bar(runtime, top, settings)
+        _wire_send_to_txt2img(runtime, info, t2i, tabs)
+        _wire_page_load(runtime, blocks, top, t2i, settings)
+    blocks.queue(max_size=64, default_concurrency_limit=1)
+    return blocks
+
+
+def _wire_top_bar(runtime, top: widgets.TopBar, settings: settings_tab.SettingsTab) -> None:
+    top.refresh.click(lambda: widgets.refresh_checkpoints(runtime), None, top.checkpoint,
+                      queue=False)
+    def select(title: str):
+        update = widgets.select_checkpoint(runtime, title)
+        return update, runtime.settings.current.sd_model_checkpoint
+
+    top.checkpoint.input(select, top.checkpoint,
+                         [top.checkpoint, settings.widgets["sd_model_checkpoint"]],
+                         concurrency_limit=1)
+    for name, widget in top.quick.items():
+        widget.input(lambda value, n=name: [widgets.apply_quick_setting(runtime, n, value)] * 2,
+                     widget, [widget, settings.widgets[name]], trigger_mode="always_last",
+                     concurrency_limit=None, show_progress="hidden")
+
+
+def _wire_send_to_txt2img(runtime, info: png_info.PngInfoTab, t2i: txt2img.Txt2ImgTab,
+                          tabs: gr.Tabs) -> None:
+    def send(text: str):
+        values = txt2img.paste_values(runtime, text, txt2img.empty_results()) if text else {}
+        return [*txt2img.updates_for(values), gr.Tabs(selected="txt2img")]
+
+    info.send_to_txt2img.click(send, info.parameters, [*t2i.field_widgets(), tabs], queue=False)
+
+
+def _wire_page_load(runtime, blocks: gr.Blocks, top: widgets.TopBar, t2i: txt2img.Txt2ImgTab,
+                    settings: settings_tab.SettingsTab) -> None:
+    """On page load, the current settings; until the first model load ends, a timer that
+    then fills in the checkpoint and the model's native size (never waiting on the load)."""
+    quick = list(top.quick.values())
+    blocks.load(lambda: settings_tab.current_values(runtime) + [
+        getattr(runtime.settings.current, n) for n in top.quick],
+        None, [*settings.widget_list(), *quick], queue=False)
+    built_size = txt2img.native_size(runtime)
+    timer = gr.Timer(MODEL_POLL_S, active=not runtime.ready.is_set())
+    size = [t2i.fields["width"], t2i.fields["height"]]
+    timer.tick(lambda width, height: model_defaults(runtime, width, height, built_size),
+               size, [top.checkpoint, *size, timer], queue=False, show_progress="hidden")
+
+
+def model_defaults(runtime, width: int, height: int, built_size: int) -> list:
+    """Once the first load ended: checkpoint choices/value, and the model's native size
+    for the sides the user has not changed from the page's default; then stop polling."""
+    if not runtime.ready.is_set():
+        return [gr.skip()] * 4
+    size = txt2img.native_size(runtime)
+    return [widgets.refresh_checkpoints(runtime),
+            size if width == built_size else gr.skip(),
+            size if height == built_size else gr.skip(),
+            gr.Timer(active=False)]
+
+
+def ui_auth(args) -> list[tuple[str, str]] | None:
+    """Logins from `--gradio-auth "u:p,u2:p2"` and `--gradio-auth-path` (one or more per line)."""
+    users = parse_auth(getattr(args, "gradio_auth", None))
+    path = getattr(args, "gradio_auth_path", None)
+    if path:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            users.update(parse_auth(line))
+    return sorted(users.items()) or None

@@ -1,0 +1,117 @@
+"""Small Gradio building blocks shared by the tabs: tool buttons and the top bar.
+
+The top bar holds what A1111 users look for first: the "Stable Diffusion checkpoint"
+dropdown with its refresh button, and the quick settings (here: Clip skip). Changing
+either goes through the backend (`runtime.models`, `runtime.settings.update`); this
+file only builds widgets and turns their values into those calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from modules.models.errors import ModelLoadError
+from modules.settings import Settings, SettingsError
+
+REFRESH_SYMBOL = "\U0001f504"  # 🔄
+QUICK_SETTINGS = ("CLIP_stop_at_last_layers",)
+
+
+def tool_button(symbol: str, *, elem_id: str | None = None, visible: bool = True) -> gr.Button:
+    """A square emoji button, as A1111 puts beside fields (🎲, ♻️, ↙️, ⇅ ...)."""
+    return gr.Button(symbol, elem_id=elem_id, elem_classes=["tool"], size="sm",
+                     min_width=40, scale=0, variant="secondary", visible=visible)
+
+
+def setting_widget(name: str, value, *, elem_id: str | None = None) -> gr.components.Component:
+    """The widget for one setting, chosen from its declared type and metadata."""
+    spec = Settings.__dataclass_fields__[name]
+    meta = spec.metadata
+    kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
+    common = dict(label=meta["label"], value=value, elem_id=elem_id or f"setting_{name}")
+    if kind == "bool":
+        return gr.Checkbox(**common)
+    if meta.get("choices"):
+        return gr.Dropdown(choices=list(meta["choices"]), **common)
+    if kind in ("int", "float"):
+        low, high = meta.get("minimum"), meta.get("maximum")
+        if low is not None and high is not None:
+            step = 1 if kind == "int" else _float_step(low, high)
+            return gr.Slider(minimum=low, maximum=high, step=step, **common)
+        return gr.Number(precision=0 if kind == "int" else None, **common)
+    return gr.Textbox(**common)
+
+
+def _float_step(low: float, high: float) -> float:
+    span = high - low
+    return 0.01 if span <= 2 else 0.1 if span <= 20 else 1.0
+
+
+@dataclass
+class TopBar:
+    """The widgets above the tabs."""
+
+    checkpoint: gr.Dropdown
+    refresh: gr.Button
+    quick: dict[str, gr.components.Component]
+
+
+def checkpoint_titles(runtime) -> list[str]:
+    return [info.title for info in runtime.models.checkpoints()]
+
+
+def loaded_model(runtime):
+    """The default model once the first load ended, else None (never waits for a load)."""
+    return runtime.models.current if runtime.ready.is_set() else None
+
+
+def current_checkpoint_title(runtime) -> str | None:
+    loaded = loaded_model(runtime)
+    return loaded.info.title if loaded is not None else None
+
+
+def build_top_bar(runtime) -> TopBar:
+    settings = runtime.settings.current
+    with gr.Row(elem_id="quicksettings", equal_height=True):
+        checkpoint = gr.Dropdown(
+            label="Stable Diffusion checkpoint", choices=checkpoint_titles(runtime),
+            value=current_checkpoint_title(runtime), elem_id="setting_sd_model_checkpoint",
+            scale=0, min_width=360, allow_custom_value=True)
+        refresh = tool_button(REFRESH_SYMBOL, elem_id="refresh_sd_model_checkpoint")
+        quick = {name: setting_widget(name, getattr(settings, name), elem_id=f"quick_{name}")
+                 for name in QUICK_SETTINGS}
+    return TopBar(checkpoint=checkpoint, refresh=refresh, quick=quick)
+
+
+def refresh_checkpoints(runtime) -> dict:
+    """New choices for the checkpoint dropdown (files may have been added)."""
+    return gr.update(choices=checkpoint_titles(runtime), value=current_checkpoint_title(runtime))
+
+
+def select_checkpoint(runtime, title: str) -> dict:
+    """Load the chosen checkpoint, make it the default, remember it in the settings."""
+    if not title:
+        return gr.update(value=current_checkpoint_title(runtime))
+    try:
+        runtime.ready.wait()
+        loaded = runtime.models.select(runtime.models.find(title))
+    except ModelLoadError as error:
+        raise gr.Error(f"Stable Diffusion checkpoint: {error}") from error
+    _save_setting(runtime, "sd_model_checkpoint", loaded.info.title)
+    return gr.update(choices=checkpoint_titles(runtime), value=loaded.info.title)
+
+
+def apply_quick_setting(runtime, name: str, value):
+    """Save one quick setting; a refused value is shown naming the setting."""
+    _save_setting(runtime, name, value)
+    return getattr(runtime.settings.current, name)
+
+
+def _save_setting(runtime, name: str, value) -> None:
+    try:
+        runtime.settings.update({name: value})
+    except (SettingsError, PermissionError) as error:
+        label = Settings.describe(name)["label"]
+        raise gr.Error(f"{label}: {error}") from error
