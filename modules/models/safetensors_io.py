@@ -8,15 +8,14 @@ Why our own reader instead of `safetensors.safe_open`: detection and hashing nee
 header without touching tensor data, and a damaged or "lying" header (offsets past the
 end of the file, overlapping tensors, a shape that does not fit its byte span) must
 become one clear error naming the file and the reason before anything is allocated.
-Tensors are then read through a private copy-on-write mmap, one at a time, and
-converted straight to the target dtype and device, so peak memory stays near one copy
-of the result (the source bytes are only paged in, never duplicated as a whole).
+Tensors are then read with plain file reads, one at a time, and converted straight to
+the target dtype and device, so peak memory stays near one copy of the result (an
+mmap would add the mapped source pages to the resident set).
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -238,21 +237,15 @@ def iter_safetensors(
         raise SafetensorsError(path, f"no tensor named {missing[0]!r}")
     if sys.byteorder != "little":
         raise SafetensorsError(path, "big-endian hosts are not supported")
+    # Plain reads into freshly allocated tensors, not an mmap: mapped pages count as
+    # resident memory, so an mmap plus the loaded copy would double the peak.
     with open(path, "rb") as stream:
-        if header.data_start == os.fstat(stream.fileno()).st_size:
-            mapped = None  # mmap refuses empty ranges; every tensor is empty then
-        else:
-            mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
-        try:
-            for name in names:
-                yield name, _read_tensor(mapped, header, name, dtype=dtype, device=device)
-        finally:
-            if mapped is not None:
-                mapped.close()
+        for name in names:
+            yield name, _read_tensor(stream, header, name, dtype=dtype, device=device)
 
 
 def _read_tensor(
-    mapped: mmap.mmap | None,
+    stream,
     header: SafetensorsHeader,
     name: str,
     *,
@@ -262,10 +255,12 @@ def _read_tensor(
     span = header.spans[name]
     source_dtype = span.info.torch_dtype
     target = dtype if dtype is not None and source_dtype.is_floating_point else source_dtype
-    if span.info.numel == 0 or mapped is None:
+    if span.info.numel == 0:
         return torch.empty(span.info.shape, dtype=target, device=device)
-    view = torch.frombuffer(
-        mapped, dtype=source_dtype, count=span.info.numel, offset=header.data_start + span.begin
-    ).view(span.info.shape)
-    # copy=True: the result must own its memory, never alias the mmap we are about to close.
-    return view.to(device=device, dtype=target, copy=True)
+    raw = torch.empty(span.info.nbytes, dtype=torch.uint8)
+    stream.seek(header.data_start + span.begin)
+    if stream.readinto(memoryview(raw.numpy())) != span.info.nbytes:
+        raise SafetensorsError(header.path, f"truncated while reading {name!r}")
+    tensor = raw.view(source_dtype).view(span.info.shape)
+    # One tensor at a time: the cast (or device move) is the only extra copy alive.
+    return tensor.to(device=device, dtype=target)

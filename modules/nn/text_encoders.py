@@ -87,8 +87,9 @@ class TextEncoder(nn.Module):
 
         self.config = config
         hf_config = hf_clip_config(config)
-        # Build straight on the target device (use "meta" to build without memory).
-        with torch.device(device or "cpu"):
+        # Build straight on the target device (or the ambient default device, so that
+        # `with torch.device("meta")` around us builds without memory).
+        with torch.device(device or torch.get_default_device()):
             model_class = CLIPTextModelWithProjection if config.projection_dim else CLIPTextModel
             self.transformer = model_class(hf_config)
         if dtype is not None:
