@@ -2,7 +2,9 @@
 
 Flags may also come from the environment variable `COMMANDLINE_ARGS`, as in A1111's
 `webui-user.sh`. Flags kept only for compatibility are accepted and ignored, so a
-user's existing command line keeps working.
+user's existing command line keeps working. Extensions add their own flags through
+`preload.py` (`preload(parser)`), found from a first pass over the flags that locate
+the extension folders (`--data-dir`, `--disable-*-extensions`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # Flags A1111 still accepts but that change nothing (kept so old command lines work).
 COMPAT_NO_OPS = (
@@ -22,14 +26,36 @@ COMPAT_NO_OPS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py", description="Easel, a Stable Diffusion web UI")
+def build_parser(*, preloads: Sequence[Callable[[argparse.ArgumentParser], None]] = (),
+                 add_help: bool = True) -> argparse.ArgumentParser:
+    """Easel's flags, then each extension's `preload(parser)` hook (its own flags)."""
+    parser = argparse.ArgumentParser(prog="launch.py", add_help=add_help,
+                                     description="Easel, a Stable Diffusion web UI")
     _server_flags(parser)
     _path_flags(parser)
     _performance_flags(parser)
     for flag in COMPAT_NO_OPS:
         parser.add_argument(flag, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
+    for preload in preloads:
+        try:
+            preload(parser)
+        except (Exception, SystemExit) as error:  # a broken extension never stops the start
+            print(f"Extension preload {getattr(preload, '__module__', preload)} failed: {error}")
     return parser
+
+
+def extension_preloads(argv: list[str]) -> list[Callable]:
+    """The `preload(parser)` hooks of the extensions the flags in `argv` would load."""
+    from modules.extensions import preload_hooks
+    from modules.paths import ROOT
+
+    known, _ = build_parser(add_help=False).parse_known_args(argv)
+    roots = [(ROOT / "extensions", True)]
+    data = Path(known.data_dir).resolve() if known.data_dir else ROOT
+    if data != ROOT:
+        roots.append((data / "extensions", False))
+    return preload_hooks(roots, disable_all=known.disable_all_extensions,
+                         disable_extra=known.disable_extra_extensions)
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -104,7 +130,8 @@ def _performance_flags(p: argparse.ArgumentParser) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse `argv` plus `COMMANDLINE_ARGS` (environment first, command line wins)."""
     extra = shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
-    args = build_parser().parse_args([*extra, *argv])
+    argv = [*extra, *argv]
+    args = build_parser(preloads=extension_preloads(argv)).parse_args(argv)
     if args.port is None:
         args.port = 7861 if args.nowebui else 7860
     return args

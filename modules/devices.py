@@ -45,3 +45,19 @@ def memory_stats(device: torch.device) -> dict[str, int]:
 
     memory = psutil.virtual_memory()
     return {"free": memory.available, "total": memory.total}
+
+
+def attention_backend(args) -> str:
+    """The attention backend A1111's flags ask for ("auto" picks xformers on CUDA if present).
+
+    `--xformers` without xformers installed falls back to SDPA (A1111 does the same).
+    """
+    from modules.nn.attention import xformers_available
+
+    if getattr(args, "xformers", False) or getattr(args, "force_enable_xformers", False):
+        return "xformers" if xformers_available() else "sdpa"
+    if getattr(args, "opt_sub_quad_attention", False) or getattr(args, "opt_split_attention", False):
+        return "sliced"
+    if getattr(args, "opt_sdp_attention", False) or getattr(args, "opt_sdp_no_mem_attention", False):
+        return "sdpa"
+    return "auto"

@@ -1,7 +1,8 @@
 """Typed generation requests and results, with A1111's field names.
 
-The web UI and the HTTP API both build a `Txt2ImgParams`; `processing.txt2img` reads
-nothing else. `validate()` checks every field a user or client can send and raises a
+The web UI and the HTTP API both build a `Txt2ImgParams` (with the hires-fix fields) or
+an `Img2ImgParams` (init images, mask and inpainting options); `processing.txt2img` and
+`img2img.img2img` read nothing else. `validate()` checks every field a user or client can send and raises a
 `ParamsError` naming the field and the reason; nothing is silently clamped.
 """
 
@@ -25,8 +26,8 @@ class ParamsError(ValueError):
 
 
 @dataclass(kw_only=True)
-class Txt2ImgParams:
-    """One txt2img request (A1111's `StableDiffusionProcessingTxt2Img` fields)."""
+class GenerationParams:
+    """The fields txt2img and img2img share (A1111's `StableDiffusionProcessing`)."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -54,8 +55,15 @@ class Txt2ImgParams:
     override_settings: dict[str, Any] = field(default_factory=dict)
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
+    # Scripts (modules/scripts): the selectable one and every always-on one's args.
+    script_name: str | None = None
+    script_args: list[Any] | dict[str, Any] = field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        self.validate_common()
+
+    def validate_common(self) -> None:
         for name in ("width", "height"):
             value = getattr(self, name)
             _require_int(name, value, 64, MAX_SIDE)
@@ -78,6 +86,12 @@ class Txt2ImgParams:
             value = getattr(self, name)
             if value is not None:
                 _require_number(name, value, 0.0, 1000.0)
+        if self.script_name is not None and not isinstance(self.script_name, str):
+            raise ParamsError("script_name", "must be a string or null")
+        if not isinstance(self.script_args, (list, dict)):
+            raise ParamsError("script_args", "must be a list or an object")
+        if not isinstance(self.alwayson_scripts, dict):
+            raise ParamsError("alwayson_scripts", "must be an object")
 
 
 def _require_int(name: str, value: Any, low: int, high: int) -> None:
@@ -92,6 +106,142 @@ def _require_number(name: str, value: Any, low: float, high: float) -> None:
         raise ParamsError(name, f"expected a number, got {value!r}")
     if not low <= value <= high:
         raise ParamsError(name, f"{value} is outside [{low}, {high}]")
+
+
+LATENT_UPSCALE_MODES: tuple[str, ...] = (
+    "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+    "Latent (nearest)", "Latent (nearest-exact)",
+)
+RESIZE_MODES: tuple[str, ...] = ("Just resize", "Crop and resize", "Resize and fill",
+                                 "Just resize (latent upscale)")
+MASKED_CONTENT: tuple[str, ...] = ("fill", "original", "latent noise", "latent nothing")
+MAX_HIRES_SCALE = 8.0
+
+
+@dataclass(kw_only=True)
+class Txt2ImgParams(GenerationParams):
+    """One txt2img request (A1111's `StableDiffusionProcessingTxt2Img` fields).
+
+    The `hr_*` fields describe the hires-fix second pass; `denoising_strength` is only
+    read (and then required) when `enable_hr` is set. `hr_upscaler` names a latent mode
+    or an upscaler; it is checked against the installed upscalers when the job starts.
+    """
+
+    enable_hr: bool = False
+    denoising_strength: float | None = None
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+    def validate(self) -> None:
+        self.validate_common()
+        for name in ("enable_hr",):
+            if not isinstance(getattr(self, name), bool):
+                raise ParamsError(name, "expected true or false")
+        if not self.enable_hr:
+            return
+        if self.denoising_strength is None:
+            raise ParamsError("denoising_strength", "is required when enable_hr is true")
+        _require_number("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        _require_number("hr_scale", self.hr_scale, 1.0, MAX_HIRES_SCALE)
+        _require_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
+        for name in ("hr_resize_x", "hr_resize_y"):
+            _require_int(name, getattr(self, name), 0, MAX_SIDE)
+        for name in ("hr_upscaler", "hr_prompt", "hr_negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ParamsError(name, "must be a string")
+        for name in ("hr_checkpoint_name", "hr_sampler_name", "hr_scheduler"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ParamsError(name, "must be a string or null")
+        width, height, _, _ = hires_size(self)
+        for name, value in (("hr_resize_x", width), ("hr_resize_y", height)):
+            if not 64 <= value <= MAX_SIDE:
+                raise ParamsError(name, f"the hires size {width}x{height} is outside "
+                                        f"[64, {MAX_SIDE}]")
+
+
+def hires_size(p: Txt2ImgParams, factor: int = 8) -> tuple[int, int, int, int]:
+    """(upscale-to width, height, truncate_x, truncate_y) of the hires pass (A1111's rule).
+
+    With neither resize field, the first pass is scaled by `hr_scale`. With one, the
+    other follows the aspect ratio. With both, the image is scaled to cover the box and
+    the latent is later cropped by `truncate_*` latent pixels to fit it exactly.
+    """
+    if p.hr_resize_x == 0 and p.hr_resize_y == 0:
+        return int(p.width * p.hr_scale), int(p.height * p.hr_scale), 0, 0
+    if p.hr_resize_y == 0:
+        return p.hr_resize_x, p.hr_resize_x * p.height // p.width, 0, 0
+    if p.hr_resize_x == 0:
+        return p.hr_resize_y * p.width // p.height, p.hr_resize_y, 0, 0
+    if p.width / p.height < p.hr_resize_x / p.hr_resize_y:
+        width, height = p.hr_resize_x, p.hr_resize_x * p.height // p.width
+    else:
+        width, height = p.hr_resize_y * p.width // p.height, p.hr_resize_y
+    return width, height, (width - p.hr_resize_x) // factor, (height - p.hr_resize_y) // factor
+
+
+@dataclass(kw_only=True)
+class Img2ImgParams(GenerationParams):
+    """One img2img / inpainting request (A1111's `StableDiffusionProcessingImg2Img`).
+
+    `init_images` and `mask` are PIL images (the API decodes base64 first). A mask is
+    white where the picture is repainted; without one, an RGBA init image's transparent
+    pixels are the mask. `scale_by`, when set, replaces width/height by the first init
+    image's size times the factor (rounded down to a multiple of 8).
+    """
+
+    init_images: list[Any] = field(default_factory=list)
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: Any = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_round: bool = True
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    scale_by: float | None = None
+
+    def validate(self) -> None:
+        self.validate_common()
+        if not isinstance(self.init_images, list) or not self.init_images:
+            raise ParamsError("init_images", "at least one image is required")
+        for image in self.init_images:
+            if not _is_image(image):
+                raise ParamsError("init_images", f"expected images, got {type(image).__name__}")
+        if self.mask is not None and not _is_image(self.mask):
+            raise ParamsError("mask", f"expected an image, got {type(self.mask).__name__}")
+        _require_int("resize_mode", self.resize_mode, 0, len(RESIZE_MODES) - 1)
+        _require_number("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        for name in ("mask_blur_x", "mask_blur_y"):
+            _require_int(name, getattr(self, name), 0, 64)
+        _require_int("inpainting_fill", self.inpainting_fill, 0, len(MASKED_CONTENT) - 1)
+        _require_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, 1024)
+        _require_int("inpainting_mask_invert", self.inpainting_mask_invert, 0, 1)
+        for name in ("mask_round", "inpaint_full_res"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParamsError(name, "expected true or false")
+        if self.initial_noise_multiplier is not None:
+            _require_number("initial_noise_multiplier", self.initial_noise_multiplier, 0.0, 1.5)
+        if self.image_cfg_scale is not None:
+            _require_number("image_cfg_scale", self.image_cfg_scale, 0.0, 100.0)
+        if self.scale_by is not None:
+            _require_number("scale_by", self.scale_by, 0.05, 4.0)
+
+
+def _is_image(value: Any) -> bool:
+    return hasattr(value, "size") and hasattr(value, "convert") and hasattr(value, "mode")
 
 
 @dataclass(kw_only=True)

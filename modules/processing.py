@@ -8,16 +8,21 @@ are a per-request copy and the model is only read.
 
 The order of work follows A1111 (a1111.md §a.3, §e, §f): seeds for the whole job,
 then per batch: conditioning, sigmas, first noise from per-image generators, the
-sampler loop, VAE decode, infotext, save.
+sampler loop, (the hires-fix pass, `modules/hires.py`), VAE decode, infotext, save.
+
+`sample_batch` is the sampling core shared with img2img and the hires pass: given a
+`LatentStart` it starts from an init latent on A1111's truncated schedule
+(a1111.md f.4) instead of pure noise, with an optional inpainting mask and the extra
+input channels of inpainting models.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Generator
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -26,13 +31,17 @@ from modules.conditioning.conditioner import ConditioningSettings
 from modules.conditioning.sdxl import SizeConditioning
 from modules.infotext import GenerationInfo, create_infotext
 from modules.jobs import Command, Progress
-from modules.params import GenerationResult, Txt2ImgParams
+from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
+from modules.params import GenerationParams, GenerationResult, Txt2ImgParams
 from modules.prompt_parser import extract_extra_networks, strip_comments
 from modules.sampling import registry as R
-from modules.sampling.cfg import CFGDenoiser
+from modules.sampling.cfg import CFGDenoiser, InpaintBlend
 from modules.sampling.denoiser import Denoiser, LCMDenoiser
+from modules.scripts.base import BatchInfo, PostprocessBatch, PostprocessImage, SamplingInfo
+from modules.scripts.run import ScriptRun, script_run_for
 from modules.seeds import ImageRNG, batch_seeds, fix_seed
 from modules.settings import Settings
+from modules.vae_codec import decode_latents as vae_decode_latents
 
 
 @dataclass
@@ -49,6 +58,32 @@ class Plan:
     prompts: list[str]
     negative_prompts: list[str]
     warnings: list[str]
+    networks: ActiveNetworks | None = None  # LoRA-patched U-Net / conditioner, embeddings
+    scripts: ScriptRun = field(default_factory=ScriptRun.empty)  # always-on scripts' hooks
+    kind: str = "txt2img"  # picks the output folder setting (outdir_<kind>_samples)
+    passes: int = 1  # sampling passes per batch (2 with hires fix): progress job_count
+    info_fields: dict = field(default_factory=dict)  # extra GenerationInfo fields
+    extra_params: dict = field(default_factory=dict)  # infotext keys before the sampler's
+
+
+@dataclass
+class LatentStart:
+    """Where img2img and the hires pass start: an init latent instead of pure noise.
+
+    `steps` is the requested step count; the schedule follows A1111's rule for
+    `denoising_strength` (`explicit_steps`: the hires pass, or `img2img_fix_steps`).
+    `keep` is 1 where the init latent must be kept (outside an inpainting mask).
+    `image_cond` holds the extra U-Net input channels of inpainting models.
+    """
+
+    init_latent: torch.Tensor
+    denoising_strength: float
+    steps: int
+    explicit_steps: bool = False
+    noise_multiplier: float = 1.0
+    keep: torch.Tensor | None = None
+    image_cond: torch.Tensor | None = None
+    rng: ImageRNG | None = None  # the noise source; a fresh one for the batch by default
 
 
 def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
@@ -61,70 +96,142 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
     count = params.batch_size * params.n_iter
     seed, subseed = fix_seed(params.seed), fix_seed(params.subseed)
     seeds, subseeds = batch_seeds(seed, subseed, params.subseed_strength, count)
-    return Plan(params=params, settings=settings, loaded=loaded, sampler=sampler,
+    plan = Plan(params=params, settings=settings, loaded=loaded, sampler=sampler,
                 scheduler=scheduler, seeds=seeds, subseeds=subseeds,
                 prompts=[params.prompt] * count, negative_prompts=[params.negative_prompt] * count,
                 warnings=[])
+    plan.networks = activate_networks(
+        runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache),
+        loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)
+    plan.warnings += plan.networks.warnings
+    plan.scripts = script_run_for(runtime, params, plan.warnings)
+    return plan
 
 
 def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, GenerationResult]:
     """Run a txt2img job; see the module docstring for the protocol."""
+    if params.script_name:  # a selectable script replaces the normal processing
+        from modules.scripts.selected import run_selected
+
+        return (yield from run_selected(runtime, params, is_img2img=False, process=txt2img))
     plan = plan_txt2img(runtime, params)
+    plan.scripts.call("before_process", plan)
+    plan.scripts.call("process", plan)
     result = GenerationResult(images=[], infotexts=[], seeds=[], subseeds=[], prompts=[],
                               negative_prompts=[], warnings=plan.warnings)
     result.extra.update(sd_model_name=plan.loaded.info.model_name,
                         sd_model_hash=plan.loaded.shorthash, sampler_name=plan.sampler.label,
                         clip_skip=plan.settings.CLIP_stop_at_last_layers)
     size = params.batch_size
+    if params.enable_hr:
+        from modules import hires  # hires imports this module
+
+        hires_pass = hires.prepare(runtime, plan)
     for batch in range(params.n_iter):
         part = slice(batch * size, (batch + 1) * size)
-        latents, command = yield from sample_batch(plan, part, job_no=batch)
-        collect_batch(runtime, plan, part, latents, result, batch_index=batch)
+        plan.scripts.call("process_batch", plan, BatchInfo(batch, plan.prompts[part],
+                                                           plan.seeds[part], plan.subseeds[part]))
+        latents, command = yield from sample_batch(plan, part, job_no=batch * plan.passes)
+        final = plan
+        if params.enable_hr and command is None:  # a skipped first pass keeps its size
+            latents, command = yield from hires_pass.run(part, latents, job_no=batch * 2 + 1)
+            final = hires_pass.plan
+        collect_batch(runtime, final, part, latents, result, batch_index=batch)
         if command == "interrupt":
             result.interrupted = True
             break
+    plan.scripts.call("postprocess", plan, result)
     return result
 
 
-def sample_batch(plan: Plan, part: slice, *, job_no: int):
-    """Sample one batch; yields Progress, returns (latents, last command)."""
+def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | None = None):
+    """Sample one batch; yields Progress, returns (latents, last command).
+
+    Without `start` this is txt2img (pure noise on the full schedule); with it, the
+    sampler starts from `start.init_latent` noised to the first sigma of the tail of
+    the schedule that A1111's img2img rule keeps.
+    """
     p, loaded, settings = plan.params, plan.loaded, plan.settings
     model, family = loaded.model, loaded.family
     device = next(model.unet.parameters()).device
     steps = p.steps
     conds, unconds = encode_prompts(plan, part)
-    sigmas = R.compute_sigmas(plan.sampler, plan.scheduler, steps, loaded.sigmas,
-                              schedule_options(settings, family)).to(device)
-    factor = family.vae.downscale  # 8 for every SD family
-    shape = (family.latent_channels, p.height // factor, p.width // factor)
-    rng = ImageRNG(shape=shape, seeds=plan.seeds[part], subseeds=plan.subseeds[part],
-                   subseed_strength=p.subseed_strength, seed_resize_from_h=p.seed_resize_from_h,
-                   seed_resize_from_w=p.seed_resize_from_w, source=settings.randn_source,
-                   device=device, eta_noise_seed_delta=settings.eta_noise_seed_delta)
-    noise = rng.first().to(device)
-    x = noise * initial_scale(plan, float(sigmas[0]), settings)
+    sigmas = batch_sigmas(plan, start, device)
+    if start is not None and len(sigmas) < 2:  # denoising 0 with exact steps: nothing to do
+        return start.init_latent, None
+    rng = (start.rng if start is not None and start.rng is not None
+           else batch_rng(plan, part, device))
+    if start is None:
+        x = rng.first().to(device) * initial_scale(plan, float(sigmas[0]), settings)
+    else:
+        noise = rng.next().to(device) * start.noise_multiplier
+        x = start.init_latent.to(device) + noise * float(sigmas[0])
     if plan.sampler.lcm:
-        denoiser = LCMDenoiser(model.unet, sigmas=loaded.sigmas.to(device),
+        denoiser = LCMDenoiser(plan.networks.unet, sigmas=loaded.sigmas.to(device),
                                prediction=family.prediction)
     else:
-        denoiser = Denoiser(model.unet, sigmas=loaded.sigmas.to(device),
+        denoiser = Denoiser(plan.networks.unet, sigmas=loaded.sigmas.to(device),
                             prediction=family.prediction, quantize=plan.sampler.quantize)
+    image_cond = start.image_cond if start is not None else None
+    if image_cond is None and family.is_inpainting:
+        from modules.image_conditioning import txt2img_image_cond
+
+        image_cond = txt2img_image_cond(loaded, x.shape, settings)
     cfg = CFGDenoiser(
         denoiser, conds, unconds, p.cfg_scale,
         total_steps=R.prompt_schedule_steps(plan.sampler, steps),
+        image_cond=None if image_cond is None else image_cond.to(device),
+        inpaint=None if start is None or start.keep is None else InpaintBlend(
+            init_latent=start.init_latent.to(device), mask=start.keep.to(device)),
         s_min_uncond=p.s_min_uncond if p.s_min_uncond is not None else settings.s_min_uncond,
         skip_early_cond=settings.skip_early_cond,
         cfg_scale_multiplier=plan.sampler.cfg_scale_multiplier,
         record_uncond=plan.sampler.record_uncond,
+        hooks=plan.scripts.cfg_hooks(),
     )
     noise_sampler = (R.default_noise_sampler(plan.sampler, x, sigmas, generators=None,
                                              seeds=plan.seeds[part])
                      if plan.sampler.brownian_noise else rng.noise_sampler(like=x))
+    sampling = SamplingInfo(x=x, sigmas=sigmas, conds=conds, unconds=unconds,
+                            batch_number=part.start // max(1, p.batch_size))
+    plan.scripts.call("process_before_every_sampling", plan, sampling)
+    x = sampling.x
     generator = R.start_sampler(plan.sampler, cfg, x, sigmas, options=sampler_options(p, settings),
                                 noise_sampler=noise_sampler)
     latents, command = yield from drive_sampler(generator, job_no=job_no,
-                                                job_count=p.n_iter, steps=len(sigmas) - 1)
-    return latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2])), command
+                                                job_count=p.n_iter * plan.passes,
+                                                steps=len(sigmas) - 1)
+    latents = latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2]))
+    if start is not None and start.keep is not None:
+        keep = start.keep.to(latents)
+        latents = latents * (1 - keep) + start.init_latent.to(latents) * keep
+    return latents, command
+
+
+def batch_sigmas(plan: Plan, start: LatentStart | None, device) -> torch.Tensor:
+    """The full schedule, or for a `LatentStart` the tail A1111's img2img rule runs."""
+    loaded, options = plan.loaded, schedule_options(plan.settings, plan.loaded.family)
+    if start is None:
+        return R.compute_sigmas(plan.sampler, plan.scheduler, plan.params.steps,
+                                loaded.sigmas, options).to(device)
+    fix = start.explicit_steps or plan.settings.img2img_fix_steps
+    total, _ = R.img2img_steps(start.steps, start.denoising_strength, fix)
+    if total == 0:
+        return torch.zeros(1, device=device)
+    sigmas = R.compute_sigmas(plan.sampler, plan.scheduler, total, loaded.sigmas, options)
+    return R.img2img_sigmas(sigmas, start.steps, start.denoising_strength, fix).to(device)
+
+
+def batch_rng(plan: Plan, part: slice, device, *, width: int | None = None,
+              height: int | None = None) -> ImageRNG:
+    """The batch's per-image noise streams (A1111 ImageRNG) at the plan's latent size."""
+    p, settings, family = plan.params, plan.settings, plan.loaded.family
+    factor = family.vae.downscale  # 8 for every SD family
+    shape = (family.latent_channels, (height or p.height) // factor, (width or p.width) // factor)
+    return ImageRNG(shape=shape, seeds=plan.seeds[part], subseeds=plan.subseeds[part],
+                    subseed_strength=p.subseed_strength, seed_resize_from_h=p.seed_resize_from_h,
+                    seed_resize_from_w=p.seed_resize_from_w, source=settings.randn_source,
+                    device=device, eta_noise_seed_delta=settings.eta_noise_seed_delta)
 
 
 def drive_sampler(generator, *, job_no: int, job_count: int, steps: int):
@@ -163,21 +270,19 @@ def encode_prompts(plan: Plan, part: slice):
     positives = [conditioning_text(text, settings, plan.warnings) for text in plan.prompts[part]]
     negatives = [conditioning_text(text, settings, plan.warnings)
                  for text in plan.negative_prompts[part]]
+    networks = plan.networks
+    options.update(embeddings=networks.embeddings, cache_token=networks.cache_token)
     with torch.inference_mode():
-        conds = loaded.conditioner.encode_batch(positives, **options)
-        unconds = loaded.conditioner.encode_negative_batch(negatives, **options)
+        conds = networks.conditioner.encode_batch(positives, **options)
+        unconds = networks.conditioner.encode_negative_batch(negatives, **options)
     return conds, unconds
 
 
 def conditioning_text(prompt: str, settings: Settings, warnings: list[str]) -> str:
-    """The text the encoders see: comments and extra-network tags removed."""
+    """The text the encoders see: comments and extra-network tags removed (the tags
+    were read by `activate_networks`, which also reported unknown ones)."""
     text = strip_comments(prompt) if settings.enable_prompt_comments else prompt
-    text, networks = extract_extra_networks(text)
-    for network in networks:
-        message = f"extra network <{network.name}:...> is not available and was ignored"
-        if message not in warnings:
-            warnings.append(message)
-    return text
+    return extract_extra_networks(text)[0]
 
 
 def schedule_options(settings: Settings, family) -> R.ScheduleOptions:
@@ -188,7 +293,7 @@ def schedule_options(settings: Settings, family) -> R.ScheduleOptions:
                              is_sdxl=family.is_sdxl)
 
 
-def sampler_options(p: Txt2ImgParams, settings: Settings) -> R.SamplerOptions:
+def sampler_options(p: GenerationParams, settings: Settings) -> R.SamplerOptions:
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return R.SamplerOptions(
         eta=p.eta, eta_ancestral=settings.eta_ancestral, eta_ddim=settings.eta_ddim,
@@ -203,22 +308,25 @@ def initial_scale(plan: Plan, sigma_first: float, settings: Settings) -> float:
     return R.initial_noise_scale(plan.sampler, plan.scheduler, sigma_first)
 
 
-def decode_latents(loaded, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE decode with the family's scale factor; pixels to 8-bit RGB."""
-    vae, config = loaded.model.vae, loaded.family.vae
-    with torch.inference_mode():
-        z = latents / config.scale_factor + config.shift_factor
-        pixels = vae.decode(z.to(vae.dtype)).float()
-    pixels = ((pixels + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
-    array = pixels.permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(image)) for image in array]
+def decode_latents(loaded, latents: torch.Tensor, settings: Settings | None = None
+                   ) -> list[Image.Image]:
+    """VAE decode with the family's scale factor (tiled when `settings` call for it)."""
+    return vae_decode_latents(loaded, latents, settings)
 
 
 def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
-                  result: GenerationResult, *, batch_index: int) -> None:
-    """Decode, write infotexts, save; append everything to `result`."""
-    for offset, image in enumerate(decode_latents(plan.loaded, latents)):
+                  result: GenerationResult, *, batch_index: int,
+                  finish: Callable[[int, Image.Image], Image.Image] | None = None) -> None:
+    """Decode, (finish: img2img's colour correction and overlay), infotexts, save."""
+    decoded = PostprocessBatch(decode_latents(plan.loaded, latents, plan.settings), batch_index)
+    plan.scripts.call("postprocess_batch", plan, decoded)
+    for offset, image in enumerate(decoded.images):
         index = part.start + offset
+        if finish is not None:
+            image = finish(index, image)
+        hooked = PostprocessImage(image=image, index=index)
+        plan.scripts.call("postprocess_image", plan, hooked)
+        image = hooked.image
         infotext = infotext_for(runtime, plan, index)
         result.images.append(image)
         result.infotexts.append(infotext)
@@ -227,7 +335,9 @@ def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
         result.prompts.append(plan.prompts[index])
         result.negative_prompts.append(plan.negative_prompts[index])
         if plan.settings.samples_save and not plan.params.do_not_save_samples:
-            result.saved_paths.append(str(save(runtime, plan, image, index, infotext, batch_index)))
+            path = str(save(runtime, plan, image, index, infotext, batch_index))
+            result.saved_paths.append(path)
+            plan.scripts.image_saved(image, plan, path, infotext)
 
 
 def infotext_for(runtime, plan: Plan, index: int) -> str:
@@ -244,12 +354,14 @@ def infotext_for(runtime, plan: Plan, index: int) -> str:
         eta_noise_seed_delta=settings.eta_noise_seed_delta,
         sampler_uses_ensd=plan.sampler.uses_ensd and (p.eta if p.eta is not None
                                                       else settings.eta_ancestral) != 0,
-        randn_source=settings.randn_source, tiling=p.tiling,
+        randn_source=settings.randn_source, tiling=p.tiling, **plan.info_fields,
     )
     version = runtime.version if settings.add_version_to_infotext else None
     return create_infotext(info, prompt=plan.prompts[index],
                            negative_prompt=plan.negative_prompts[index],
-                           extra=sampler_extra_params(plan), version=version)
+                           extra={**plan.extra_params, **plan.networks.extra_params,
+                                  **sampler_extra_params(plan)},
+                           version=version)
 
 
 def sampler_extra_params(plan: Plan) -> dict:
@@ -284,7 +396,7 @@ def sampler_extra_params(plan: Plan) -> dict:
 
 def save(runtime, plan: Plan, image: Image.Image, index: int, infotext: str, batch_index: int):
     settings = plan.settings
-    root = runtime.paths.output_dir(settings.outdir_txt2img_samples)
+    root = runtime.paths.output_dir(getattr(settings, f"outdir_{plan.kind}_samples"))
     directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
     fields = image_io.FilenameFields(
         seed=plan.seeds[index], prompt=plan.prompts[index], width=image.width,

@@ -52,6 +52,8 @@ class Runtime:
     paths: Paths
     settings: SettingsStore
     models: Any  # modules.models.manager.ModelManager
+    networks: Any = None  # modules.networks.activate.NetworkRegistry (LoRA, embeddings)
+    extensions: Any = None  # modules.extensions.ExtensionRegistry (scripts, callbacks)
     jobs: JobQueue = field(default_factory=JobQueue)
     version: str = VERSION
     ready: threading.Event = field(default_factory=threading.Event)
@@ -70,5 +72,15 @@ class Runtime:
             dtype=devices.choose_dtype(args, device),
             vae_dtype=devices.choose_vae_dtype(args, device),
             hashing=not getattr(args, "no_hashing", False),
+            attention=devices.attention_backend(args),
         )
-        return Runtime(args=args, paths=paths, settings=settings, models=models)
+        from modules.networks.activate import NetworkRegistry
+
+        networks = NetworkRegistry.for_paths(paths, models.hash_cache)
+        from modules.extensions import ExtensionRegistry
+
+        extensions = ExtensionRegistry.for_runtime(paths, settings, args)
+        extensions.load(run_installers=not getattr(args, "skip_install", None))
+        models.on_loaded.append(lambda loaded: extensions.call("model_loaded", loaded))
+        return Runtime(args=args, paths=paths, settings=settings, models=models,
+                       networks=networks, extensions=extensions)

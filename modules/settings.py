@@ -45,6 +45,8 @@ PREVIEWS = "Live previews"
 API = "API"
 IMG2IMG = "img2img"
 VAE = "VAE"
+UPSCALING = "Upscaling"
+EXTENSIONS = "Extensions"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,30 @@ class Settings:
     inpainting_mask_weight: float = opt(1.0, "Inpainting conditioning mask strength", IMG2IMG,
                                         infotext="Conditional mask weight",
                                         minimum=0.0, maximum=1.0)
+    img2img_color_correction: bool = opt(False, "Apply color correction to img2img results "
+                                         "to match original colors", IMG2IMG)
+    img2img_background_color: str = opt("#ffffff", "With img2img, fill transparent parts of "
+                                        "the input image with this color", IMG2IMG)
+    overlay_inpaint: bool = opt(True, "Overlay original for inpaint", IMG2IMG)
+    upscaler_for_img2img: str = opt("None", "Upscaler for img2img", IMG2IMG)
+    latent_upscale_default_mode: str = opt("Latent", "Default latent upscaler for hires fix",
+                                           UPSCALING)
+    ESRGAN_tile: int = opt(192, "Tile size for ESRGAN upscalers (0 = no tiling)", UPSCALING,
+                           minimum=0, maximum=1024)
+    ESRGAN_tile_overlap: int = opt(8, "Tile overlap for ESRGAN upscalers (pixels)", UPSCALING,
+                                   minimum=0, maximum=128)
+    tiled_vae: bool = opt(False, "Always decode and encode with the tiled VAE", VAE)
+    tiled_vae_auto: bool = opt(True, "Use the tiled VAE when memory would not suffice", VAE)
+    tiled_vae_decoder_tile: int = opt(64, "Tiled VAE decoder tile size (latent pixels)", VAE,
+                                      minimum=16, maximum=512)
+    tiled_vae_decoder_overlap: int = opt(16, "Tiled VAE decoder overlap (latent pixels)", VAE,
+                                         minimum=0, maximum=64)
+    tiled_vae_refine: int = opt(1, "Tiled VAE statistics refinement passes", VAE,
+                                minimum=0, maximum=4)
+    tiled_vae_encoder_tile: int = opt(512, "Tiled VAE encoder tile size (pixels)", VAE,
+                                      minimum=128, maximum=4096)
+    tiled_vae_encoder_overlap: int = opt(64, "Tiled VAE encoder overlap (pixels)", VAE,
+                                         minimum=0, maximum=256)
     sdxl_crop_top: int = opt(0, "crop top coordinate", SDXL, minimum=0, maximum=4096)
     sdxl_crop_left: int = opt(0, "crop left coordinate", SDXL, minimum=0, maximum=4096)
     sdxl_refiner_low_aesthetic_score: float = opt(2.5, "SDXL low aesthetic score", SDXL,
@@ -141,6 +167,11 @@ class Settings:
     # API
     api_enable_requests: bool = opt(True, "Allow http:// and https:// URLs for input images", API)
     api_forbid_local_requests: bool = opt(True, "Forbid URLs to local resources", API)
+    # Extensions (modules/extensions.py)
+    disabled_extensions: str = opt("[]", "Disabled extensions (a JSON list of names)", EXTENSIONS)
+    disable_all_extensions: str = opt("none", "Disable all extensions (preserves the list of "
+                                      "disabled extensions)", EXTENSIONS, restart=True,
+                                      choices=("none", "extra", "all"))
 
     # ------------------------------------------------------------------ access
     @classmethod
@@ -175,7 +206,19 @@ def validate(name: str, value: Any) -> Any:
         raise SettingsError(f"{name}: {value} is below the minimum {meta['minimum']}")
     if meta.get("maximum") is not None and value > meta["maximum"]:
         raise SettingsError(f"{name}: {value} is above the maximum {meta['maximum']}")
+    if name == "disabled_extensions":
+        _check_name_list(name, value)
     return value
+
+
+def _check_name_list(name: str, value: str) -> None:
+    """A JSON list of strings (extension names)."""
+    try:
+        names = json.loads(value)
+    except ValueError as error:
+        raise SettingsError(f"{name}: not valid JSON ({error})") from error
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SettingsError(f"{name}: expected a JSON list of extension names, got {value!r}")
 
 
 def _coerce(name: str, type_name: Any, value: Any) -> Any:

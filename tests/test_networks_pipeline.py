@@ -132,3 +132,23 @@ def test_textual_inversion_used_by_name_with_ti_hashes(runtime):
     parsed = parse_infotext(used.infotexts[0])
     assert parsed["TI hashes"].startswith("shiny: ") and len(parsed["TI hashes"]) == 7 + 12
     assert "TI hashes" not in parse_infotext(plain.infotexts[0])
+
+
+def test_api_lists_loras_and_embeddings(runtime):
+    from fastapi.testclient import TestClient
+
+    from modules.api.app import create_api_app
+
+    folder = runtime.paths.embeddings_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"string_to_param": {"*": torch.randn(3, 32)}, "step": 7}, folder / "api-emb.pt")
+    client = TestClient(create_api_app(runtime))
+    assert client.post("/sdapi/v1/refresh-embeddings").status_code == 200
+    loras = {item["name"]: item for item in client.get("/sdapi/v1/loras").json()}
+    assert loras["style"]["alias"] == "styl"
+    assert loras["style"]["metadata"] == {"ss_output_name": "styl"}
+    embeddings = client.get("/sdapi/v1/embeddings").json()
+    assert embeddings["loaded"]["api-emb"] == {"step": 7, "sd_checkpoint": None,
+                                              "sd_checkpoint_name": None, "shape": 32,
+                                              "vectors": 3}
+    assert "wide" not in embeddings["loaded"]

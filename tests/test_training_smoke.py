@@ -20,7 +20,10 @@ from modules.training.shapes import make_batch
 from modules.training.train_unet import (
     UNetTrainingConfig, build_latent_set, diffusion_loss, draw_batch, train_unet,
 )
-from modules.training.train_vae import VAETrainingConfig, images_to_tensor, measure_scale_factor, train_vae, vae_loss
+from modules.training.train_vae import (
+    DecoderTrainingConfig, VAETrainingConfig, finetune_decoder, images_to_tensor, measure_scale_factor,
+    train_vae, vae_loss,
+)
 from tests.tiny import TINY_SD15
 
 RESOLUTION = 32
@@ -62,6 +65,17 @@ def test_vae_loop_reduces_reconstruction_loss(tiny_vae):
     torch.manual_seed(0)
     untrained = AutoencoderKL(config=SMOKE_VAE)
     assert fixed_vae_loss(tiny_vae) < 0.75 * fixed_vae_loss(untrained)
+
+
+def test_decoder_finetune_keeps_the_encoder_and_lowers_the_loss(tiny_vae):
+    vae = AutoencoderKL(config=SMOKE_VAE)
+    vae.load_state_dict(tiny_vae.state_dict())
+    encoder = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    before = fixed_vae_loss(vae)
+    finetune_decoder(vae, progress=False,
+                     training=DecoderTrainingConfig(steps=40, batch_size=4, learning_rate=1e-3, resolution=RESOLUTION))
+    assert all(torch.equal(v, vae.encoder.state_dict()[k]) for k, v in encoder.items())
+    assert fixed_vae_loss(vae) < 0.95 * before
 
 
 def test_token_ids_follow_sd1_layout(tokenizer):

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from modules.cmd_args import parse_auth
 from webui import widgets
-from webui.tabs import png_info, settings as settings_tab, txt2img
+from webui.tabs import extensions as extensions_tab, png_info, settings as settings_tab, txt2img
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,16 @@ def create_app(runtime) -> FastAPI:
         from modules.api.app import register_api
 
         register_api(app, runtime)
+    else:  # extension routes exist without --api too (still behind --api-auth)
+        from modules.api.extension_routes import register_extension_routes
+
+        register_extension_routes(app, runtime)
     blocks = build_ui(runtime)
     theme = getattr(runtime.args, "theme", None) or ""
     return gr.mount_gradio_app(
         app, blocks, path="/", auth=ui_auth(runtime.args), auth_message="Easel",
-        css=STYLE_FILE.read_text(encoding="utf-8"), theme=gr.themes.Default(),
+        css=STYLE_FILE.read_text(encoding="utf-8") + "\n" + extensions_tab.page_css(runtime),
+        head=extensions_tab.page_head(runtime), theme=gr.themes.Default(),
         js=SCRIPT_FILE.read_text(encoding="utf-8").replace("__EASEL_THEME__", theme),
         root_path=getattr(runtime.args, "subpath", None) or None,
         ssr_mode=False, show_error=True, footer_links=["gradio"],
@@ -55,6 +60,9 @@ def build_ui(runtime) -> gr.Blocks:
                 info = png_info.build()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = settings_tab.build(runtime)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions_tab.build(runtime)
+            extensions_tab.build_extension_tabs(runtime)
         _wire_top_bar(runtime, top, settings)
         _wire_send_to_txt2img(runtime, info, t2i, tabs)
         _wire_page_load(runtime, blocks, top, t2i, settings)

@@ -43,6 +43,9 @@ def register_api(app: FastAPI, runtime) -> None:
     router.add_api_route("/internal/progress", control.internal_progress, methods=["POST"],
                          response_model=InternalProgressResponse)
     app.include_router(router)
+    from modules.api.extension_routes import register_extension_routes
+
+    register_extension_routes(app, runtime)
     add_middleware(app, runtime.args)
     runtime.jobs.start()
 

@@ -5,8 +5,10 @@ set and adds the settings it implies to `override_settings`; the sampler is
 `sampler_name or sampler_index` (legacy "DPM++ 2M Karras" names are split); styles
 are merged from `styles.csv`; `save_images` decides saving. Everything is checked
 before the job is queued, so a bad request fails at once with the field named.
-Options whose capability Easel does not have yet (hires fix, face restoration,
-tiling, refiner, scripts) are refused with a clear error, never silently ignored.
+Options whose capability Easel does not have yet (face restoration, tiling, refiner)
+are refused with a clear error, never silently ignored; `script_name` and
+`alwayson_scripts` must name installed scripts, with args their `Args` accept. img2img requests are
+converted by `to_img2img_params` (init images and mask decoded from base64 or URLs).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import time
 from typing import Any
 
 from modules.api.errors import ApiError, not_available
-from modules.api.schemas import Txt2ImgRequest
+from modules.api.convert import decode_image
+from modules.api.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from modules.infotext import (
     infotext_to_request_fields, infotext_to_settings_overrides, parse_infotext,
 )
 from modules.models.errors import ModelLoadError
-from modules.params import GenerationResult, Txt2ImgParams
+from modules.params import GenerationResult, Img2ImgParams, Txt2ImgParams
 from modules.sampling import registry as R
 from modules.settings import Settings
 from modules.styles import apply_styles, load_styles
@@ -29,15 +32,21 @@ from modules.styles import apply_styles, load_styles
 PARAM_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
                 "batch_size", "n_iter", "steps", "cfg_scale", "width", "height", "eta",
                 "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise")
+HIRES_FIELDS = ("enable_hr", "denoising_strength", "hr_scale", "hr_second_pass_steps",
+                "hr_resize_x", "hr_resize_y", "hr_prompt", "hr_negative_prompt")
+IMG2IMG_FIELDS = ("resize_mode", "denoising_strength", "image_cfg_scale", "mask_blur_x",
+                  "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res",
+                  "inpaint_full_res_padding", "inpainting_mask_invert",
+                  "initial_noise_multiplier")
 
 
-def apply_infotext(request: Txt2ImgRequest, settings: Settings, runtime) -> Txt2ImgRequest:
+def apply_infotext(request: GenerationRequest, settings: Settings, runtime) -> GenerationRequest:
     """Fill unset fields and override_settings from `request.infotext` (a1111.md b.3.3 1)."""
     if not request.infotext:
         return request
     parsed = parse_infotext(request.infotext)
     fields = {name: value for name, value in infotext_to_request_fields(parsed).items()
-              if name in Txt2ImgRequest.model_fields and name not in request.model_fields_set}
+              if name in type(request).model_fields and name not in request.model_fields_set}
     overrides = dict(request.override_settings or {})
     implied = infotext_to_settings_overrides(parsed, settings.to_dict())
     for name, value in implied.items():
@@ -49,7 +58,7 @@ def apply_infotext(request: Txt2ImgRequest, settings: Settings, runtime) -> Txt2
                 continue  # A1111 drops an unknown model hash
         overrides[name] = value
     updated = request.model_copy(update={**fields, "override_settings": overrides or None})
-    return Txt2ImgRequest.model_validate(updated.model_dump(exclude_unset=False))
+    return type(request).model_validate(updated.model_dump(exclude_unset=False))
 
 
 def _checkpoint_title_or_none(runtime, query: str) -> str | None:
@@ -59,25 +68,59 @@ def _checkpoint_title_or_none(runtime, query: str) -> str | None:
         return None
 
 
-def refuse_unavailable(request: Txt2ImgRequest) -> None:
-    """Scripts (none are installed) and capabilities that do not exist yet."""
-    if request.script_name:
-        raise ApiError(422, f"Script '{request.script_name}' not found")
-    for name in request.alwayson_scripts:
-        raise ApiError(422, f"always on script {name} not found")
-    if request.enable_hr:
-        raise not_available("Hires fix (enable_hr)")
+def check_scripts(request: GenerationRequest, runtime) -> None:
+    """script_name / script_args / alwayson_scripts resolve to scripts with valid args
+    (422 naming the script, and the field for bad args), as a1111.md b.3.3 3-4."""
+    from modules.extensions import ScriptNotFound
+    from modules.scripts.args import ScriptArgsError
+    from modules.scripts.selected import resolve_selected
+
+    is_img2img = isinstance(request, Img2ImgRequest)
+    registry = runtime.extensions
+    try:
+        if request.script_name:
+            if registry is None:
+                raise ScriptNotFound(f"Script '{request.script_name}' not found")
+            resolve_selected(runtime, request, is_img2img=is_img2img)
+        if registry is not None:
+            registry.script_run(alwayson_args=request.alwayson_scripts, is_img2img=is_img2img,
+                                warnings=[])
+        elif request.alwayson_scripts:
+            raise ScriptNotFound(f"always on script {next(iter(request.alwayson_scripts))} "
+                                 "not found")
+    except (ScriptNotFound, ScriptArgsError) as error:
+        raise ApiError(422, str(error)) from error
+
+
+def check_script_params(params, runtime) -> None:
+    """A selectable script's own check of the request (e.g. X/Y/Z values): 422 if bad."""
+    if not params.script_name:
+        return
+    import dataclasses
+
+    from modules.scripts.selected import resolve_selected
+
+    is_img2img = isinstance(params, Img2ImgParams)
+    script, args = resolve_selected(runtime, params, is_img2img=is_img2img)
+    try:
+        script.check(runtime, dataclasses.replace(params, script_name=None, script_args=[]), args)
+    except ValueError as error:
+        raise ApiError(422, str(error)) from error
+
+
+def refuse_unavailable(request: GenerationRequest) -> None:
+    """Capabilities that do not exist yet."""
     if request.restore_faces:
         raise not_available("Face restoration (restore_faces)")
     if request.tiling:
         raise not_available("Tiling (tiling)")
     if request.refiner_checkpoint and request.refiner_checkpoint != "None":
         raise not_available("Refiner (refiner_checkpoint)")
-    if request.firstpass_image:
+    if getattr(request, "firstpass_image", None):
         raise not_available("Hires fix from a first-pass image (firstpass_image)")
 
 
-def resolve_sampler_names(request: Txt2ImgRequest) -> tuple[str, str]:
+def resolve_sampler_names(request: GenerationRequest) -> tuple[str, str]:
     """(sampler label, scheduler label), or 400 "Sampler not found" as A1111."""
     name = request.sampler_name or request.sampler_index
     try:
@@ -102,23 +145,72 @@ def check_overrides(runtime, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def to_params(request: Txt2ImgRequest, runtime) -> Txt2ImgParams:
     """The validated pipeline request for an API body (after `apply_infotext`)."""
+    params = Txt2ImgParams(**common_fields(request, runtime),
+                           **{name: getattr(request, name) for name in HIRES_FIELDS},
+                           **hires_names(request, runtime))
+    params.validate()
+    check_script_params(params, runtime)
+    return params
+
+
+def hires_names(request: Txt2ImgRequest, runtime) -> dict[str, Any]:
+    """hr_upscaler (null -> the default latent mode), hires sampler/scheduler/checkpoint."""
+    fields: dict[str, Any] = {"hr_upscaler": request.hr_upscaler or "Latent",
+                              "hr_checkpoint_name": request.hr_checkpoint_name}
+    if not request.enable_hr:
+        return fields
+    if request.hr_sampler_name and request.hr_sampler_name != "Use same sampler":
+        try:
+            sampler, scheduler = R.resolve_sampler(request.hr_sampler_name, request.hr_scheduler)
+        except ValueError as error:
+            raise ApiError(400, f"Sampler not found: {error}") from error
+        fields.update(hr_sampler_name=sampler.label, hr_scheduler=scheduler.label)
+    elif request.hr_scheduler:
+        fields["hr_scheduler"] = request.hr_scheduler
+    if request.hr_checkpoint_name and request.hr_checkpoint_name != "Use same checkpoint":
+        check_overrides(runtime, {"sd_model_checkpoint": request.hr_checkpoint_name})
+    return fields
+
+
+def to_img2img_params(request: Img2ImgRequest, runtime) -> Img2ImgParams:
+    """The validated img2img request: images decoded, `mask_blur` sets both blurs."""
+    if not request.init_images:
+        raise ApiError(404, "Init image not found")
+    settings = runtime.settings.current
+    images = [decode_image(text, settings) for text in request.init_images]
+    mask = decode_image(request.mask, settings) if request.mask else None
+    fields = {name: getattr(request, name) for name in IMG2IMG_FIELDS}
+    if request.mask_blur is not None:
+        fields.update(mask_blur_x=request.mask_blur, mask_blur_y=request.mask_blur)
+    if fields["denoising_strength"] is None:
+        fields["denoising_strength"] = 0.75
+    params = Img2ImgParams(**common_fields(request, runtime), init_images=images, mask=mask,
+                           **fields)
+    params.validate()
+    check_script_params(params, runtime)
+    return params
+
+
+def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
+    """The fields txt2img and img2img share, checked and resolved."""
     refuse_unavailable(request)
+    check_scripts(request, runtime)
     sampler, scheduler = resolve_sampler_names(request)
     styles = list(request.styles or [])
     prompt, negative = apply_styles(request.prompt, request.negative_prompt, styles,
                                     load_styles(runtime.paths.styles_file))
     overrides = check_overrides(runtime, dict(request.override_settings or {}))
-    params = Txt2ImgParams(
+    return dict(
         prompt=prompt, negative_prompt=negative, styles=styles, sampler_name=sampler,
         scheduler=scheduler, override_settings=overrides, tiling=False,
         do_not_save_samples=not request.save_images, do_not_save_grid=not request.save_images,
+        script_name=request.script_name or None, script_args=list(request.script_args or []),
+        alwayson_scripts=dict(request.alwayson_scripts or {}),
         **{name: getattr(request, name) for name in PARAM_FIELDS},
     )
-    params.validate()
-    return params
 
 
-def info_dict(request: Txt2ImgRequest, params: Txt2ImgParams, result: GenerationResult,
+def info_dict(request: GenerationRequest, params, result: GenerationResult,
               *, started: float | None, version: str, index_of_first_image: int,
               infotexts: list[str]) -> dict[str, Any]:
     """A1111's `Processed.js()` keys (a1111.md b.3.4)."""
@@ -137,10 +229,12 @@ def info_dict(request: Txt2ImgRequest, params: Txt2ImgParams, result: Generation
         "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": params.seed_resize_from_w,
         "seed_resize_from_h": params.seed_resize_from_h,
-        "denoising_strength": request.denoising_strength, "extra_generation_params": {},
+        "denoising_strength": getattr(params, "denoising_strength", None),
+        "extra_generation_params": {},
         "index_of_first_image": index_of_first_image, "infotexts": infotexts,
         "styles": params.styles, "job_timestamp": job_timestamp(started),
-        "clip_skip": extra.get("clip_skip", 1), "is_using_inpainting_conditioning": False,
+        "clip_skip": extra.get("clip_skip", 1),
+        "is_using_inpainting_conditioning": extra.get("is_using_inpainting_conditioning", False),
         "version": version,
     }
 

@@ -1,5 +1,6 @@
-"""Generation routes: txt2img through the job queue, PNG info, and the routes whose
-capability does not exist yet (img2img, extras, embedding training), which answer 501.
+"""Generation routes: txt2img and img2img through the job queue, extras (upscaling),
+PNG info, and the routes whose capability does not exist yet (interrogate, embedding
+training), which answer 501.
 
 Handlers are plain `def`s: FastAPI runs them in its thread pool, so a handler waiting
 for its job never blocks the event loop and `/progress` stays responsive.
@@ -12,8 +13,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from modules.api.convert import decode_image, encode_png_base64
-from modules.api.errors import not_available
-from modules.api.generation import apply_infotext, info_dict, info_json, to_params
+from modules.api.errors import ApiError, not_available
+from modules.api.generation import (
+    apply_infotext, info_dict, info_json, to_img2img_params, to_params,
+)
 from modules.api.schemas import (
     CreateEmbeddingRequest, ExtrasBatchImagesRequest, ExtrasSingleImageRequest,
     GenerationResponse, Img2ImgRequest, InterrogateRequest, PNGInfoRequest, PNGInfoResponse,
@@ -22,8 +25,15 @@ from modules.api.schemas import (
 from modules.grid import image_grid
 from modules.images import read_image_info
 from modules.infotext import parse_infotext
-from modules.params import GenerationResult, Txt2ImgParams
+from modules.extras import ExtrasParams, info_html, run_extras, run_extras_batch
+from modules.img2img import img2img
+from modules.params import GenerationResult
 from modules.processing import txt2img
+from modules.upscalers import upscalers_of
+
+EXTRAS_FIELDS = ("resize_mode", "upscaling_resize", "upscaling_resize_w", "upscaling_resize_h",
+                 "upscaling_crop", "upscaler_1", "upscaler_2", "extras_upscaler_2_visibility",
+                 "gfpgan_visibility", "codeformer_visibility")
 
 
 class GenerationRoutes:
@@ -53,12 +63,14 @@ class GenerationRoutes:
             runtime.settings.update(params.override_settings)
         return self._response(request, params, result, started=job.started)
 
-    def _response(self, request: Txt2ImgRequest, params: Txt2ImgParams,
-                  result: GenerationResult, *, started: float | None) -> dict[str, Any]:
+    def _response(self, request, params, result: GenerationResult, *,
+                  started: float | None) -> dict[str, Any]:
         settings = self.runtime.settings.current.with_overrides(params.override_settings)
         images, infotexts = list(result.images), list(result.infotexts)
         first = 0
-        if len(images) > 1 and settings.return_grid:
+        if result.extra.get("grid_included"):  # a script (X/Y/Z plot, ...) made its own grid
+            first = 1
+        elif len(images) > 1 and settings.return_grid:
             images.insert(0, image_grid(images, rows=None))
             infotexts.insert(0, infotexts[0])
             first = 1
@@ -66,16 +78,40 @@ class GenerationRoutes:
                          index_of_first_image=first, infotexts=infotexts)
         encoded = ([encode_png_base64(image, text) for image, text in zip(images, infotexts)]
                    if request.send_images else [])
-        return {"images": encoded, "parameters": request.model_dump(), "info": info_json(info)}
+        parameters = request.model_dump()
+        if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+            parameters.update(init_images=None, mask=None)
+        return {"images": encoded, "parameters": parameters, "info": info_json(info)}
 
-    def img2img(self, request: Img2ImgRequest) -> None:
-        raise not_available("img2img")
+    def img2img(self, request: Img2ImgRequest) -> dict[str, Any]:
+        runtime = self.runtime
+        request = apply_infotext(request, runtime.settings.current, runtime)
+        params = to_img2img_params(request, runtime)
+        job = runtime.jobs.submit(lambda: img2img(runtime, params), job_id=request.force_task_id)
+        result: GenerationResult = job.wait()
+        if not request.override_settings_restore_afterwards and params.override_settings:
+            runtime.settings.update(params.override_settings)
+        return self._response(request, params, result, started=job.started)
 
-    def extra_single(self, request: ExtrasSingleImageRequest) -> None:
-        raise not_available("Extras (upscaling and face restoration)")
+    def _extras_params(self, request) -> ExtrasParams:
+        return ExtrasParams(**{name: getattr(request, name) for name in EXTRAS_FIELDS})
 
-    def extra_batch(self, request: ExtrasBatchImagesRequest) -> None:
-        raise not_available("Extras (upscaling and face restoration)")
+    def extra_single(self, request: ExtrasSingleImageRequest) -> dict[str, Any]:
+        settings = self.runtime.settings.current
+        if not request.image:
+            raise ApiError(404, "Image not found")
+        image = decode_image(request.image, settings)
+        result, info = run_extras(upscalers_of(self.runtime), image,
+                                  self._extras_params(request), settings)
+        return {"html_info": info_html(info), "image": encode_png_base64(result)}
+
+    def extra_batch(self, request: ExtrasBatchImagesRequest) -> dict[str, Any]:
+        settings = self.runtime.settings.current
+        images = [decode_image(item.data, settings) for item in request.imageList]
+        results, info = run_extras_batch(upscalers_of(self.runtime), images,
+                                         self._extras_params(request), settings)
+        return {"html_info": info_html(info),
+                "images": [encode_png_base64(image) for image in results]}
 
     def interrogate(self, request: InterrogateRequest) -> None:
         raise not_available("Interrogate (CLIP / DeepBooru captions)")

@@ -1,13 +1,14 @@
 """Read-only listings: samplers, schedulers, upscalers, models, networks, styles, scripts.
 
 Shapes are A1111's (a1111.md b.2, b.4). Lists of things Easel cannot run yet (face
-restorers, RealESRGAN models, scripts) are empty rather than invented. Files are
+restorers, RealESRGAN models) are empty rather than invented. Files are
 listed by walking their own folder only; nothing here builds a path from a request.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastapi import APIRouter
 
 from modules.models.errors import ModelLoadError
 from modules.models.safetensors_io import read_safetensors_header
-from modules.paths import NETWORK_SUFFIXES, VAE_SUFFIXES
+from modules.paths import VAE_SUFFIXES
 from modules.sampling import registry as R
 from modules.styles import load_styles
 
@@ -34,6 +35,14 @@ def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         found += [Path(directory) / f for f in files if f.lower().endswith(suffixes)]
     return sorted(found, key=lambda path: str(path.relative_to(folder)).lower())
+
+
+def _scale_from_name(info) -> float | None:
+    """Built-ins report 4 (as before); model files their "4x"/"x2"-style name, if any."""
+    if info.path is None:
+        return 4
+    match = re.search(r"(?:^|[^a-z0-9])(\d)x|x(\d)(?:[^0-9]|$)", info.name.lower())
+    return float(match.group(1) or match.group(2)) if match else None
 
 
 def sampler_item(spec: R.SamplerSpec) -> dict[str, Any]:
@@ -72,11 +81,12 @@ class ListingRoutes:
             ("hypernetworks", self.hypernetworks), ("face-restorers", self.empty_list),
             ("realesrgan-models", self.empty_list), ("prompt-styles", self.prompt_styles),
             ("embeddings", self.embeddings), ("loras", self.loras), ("scripts", self.scripts),
-            ("script-info", self.empty_list), ("extensions", self.extensions),
+            ("script-info", self.script_info), ("extensions", self.extensions),
         ):
             router.add_api_route(f"/sdapi/v1/{path}", handler, methods=["GET"])
-        for path in ("refresh-vae", "refresh-embeddings", "refresh-loras"):
-            router.add_api_route(f"/sdapi/v1/{path}", self.refresh, methods=["POST"])
+        router.add_api_route("/sdapi/v1/refresh-vae", self.refresh, methods=["POST"])
+        for path in ("refresh-embeddings", "refresh-loras"):
+            router.add_api_route(f"/sdapi/v1/{path}", self.refresh_networks, methods=["POST"])
 
     def samplers(self) -> list[dict[str, Any]]:
         return [sampler_item(spec) for spec in R.SAMPLERS]
@@ -85,8 +95,11 @@ class ListingRoutes:
         return [scheduler_item(spec) for spec in R.SCHEDULERS]
 
     def upscalers(self) -> list[dict[str, Any]]:
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
-                 "scale": 4} for name in BUILTIN_UPSCALERS]
+        from modules.upscalers import upscalers_of
+
+        return [{"name": info.name, "model_name": None if info.path is None else info.name,
+                 "model_path": info.path, "model_url": None, "scale": _scale_from_name(info)}
+                for info in upscalers_of(self.runtime).list()]
 
     def latent_upscale_modes(self) -> list[dict[str, str]]:
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
@@ -117,30 +130,61 @@ class ListingRoutes:
         return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
                 for s in load_styles(self.runtime.paths.styles_file)]
 
+    def _networks(self):
+        from modules.networks.activate import NetworkRegistry
+
+        return self.runtime.networks or NetworkRegistry.for_paths(
+            self.runtime.paths, self.runtime.models.hash_cache)
+
     def embeddings(self) -> dict[str, dict]:
-        # Embedding files are not loaded by the pipeline yet, so none is reported loaded.
-        return {"loaded": {}, "skipped": {}}
+        """A1111's shape; fitted against the current model (all skipped when none is loaded)."""
+        from modules.networks.activate import encoder_widths
+
+        loaded = self.runtime.models.current
+        if loaded is None:
+            return {"loaded": {}, "skipped": {}}
+        found = self._networks().embeddings.for_model(encoder_widths(loaded),
+                                                      loaded.conditioner.tokenizer.encode)
+        skipped = {name: (entry.describe() if entry else {"error": reason})
+                   for name, (entry, reason) in found.skipped.items()}
+        return {"loaded": {name: e.describe() for name, e in found.loaded.items()},
+                "skipped": skipped}
 
     def loras(self) -> list[dict[str, Any]]:
-        folder = self.runtime.paths.lora_dir
-        return [{"name": path.stem, "alias": path.stem, "path": str(path),
-                 "metadata": safetensors_metadata(path)}
-                for path in list_files(folder, NETWORK_SUFFIXES)]
+        return [{"name": entry.name, "alias": entry.alias, "path": str(entry.path),
+                 "metadata": entry.metadata} for entry in self._networks().loras.list()]
+
+    def refresh_networks(self) -> None:
+        networks = self._networks()
+        networks.loras.refresh()
+        networks.embeddings.refresh()
 
     def scripts(self) -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        """Selectable script titles (lower case, as A1111) per tab."""
+        registry = self.runtime.extensions
+        if registry is None:
+            return {"txt2img": [], "img2img": []}
+        return {tab: [s.title().lower() for s in registry.selectable(tab == "img2img")]
+                for tab in ("txt2img", "img2img")}
+
+    def script_info(self) -> list[dict[str, Any]]:
+        from modules.scripts.args import describe_args
+
+        registry = self.runtime.extensions
+        if registry is None:
+            return []
+        items = []
+        for is_img2img in (False, True):
+            for script in registry.selectable(is_img2img) + registry.alwayson(is_img2img):
+                items.append({"name": script.title().lower(),
+                              "is_alwayson": script.is_alwayson(is_img2img),
+                              "is_img2img": is_img2img, "args": describe_args(script.Args)})
+        return items
 
     def extensions(self) -> list[dict[str, Any]]:
-        items = []
-        for root in self.runtime.paths.extensions_dirs:
-            if not Path(root).is_dir():
-                continue
-            for entry in sorted(Path(root).iterdir()):
-                if entry.is_dir() and not entry.name.startswith("."):
-                    items.append({"name": entry.name, "remote": None, "branch": None,
-                                  "commit_hash": None, "version": None, "commit_date": None,
-                                  "enabled": True})
-        return items
+        """A1111's items, plus `builtin` and `errors` (import/hook failures)."""
+        registry = self.runtime.extensions
+        return registry.describe() if registry is not None else []
 
     def refresh(self) -> None:
         return None

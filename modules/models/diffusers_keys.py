@@ -278,3 +278,17 @@ def vae_diffusers_to_ldm(
             tensor = tensor.reshape(*tensor.shape, 1, 1)
         out[ldm_key] = tensor
     return out
+
+
+def map_unet_keys_to_diffusers(keys: Iterable[str], config: UNetConfig) -> KeyMapping:
+    """LDM U-Net names -> diffusers names: the same rules read backwards.
+
+    Used to give every module of our U-Net its diffusers name too (kohya's SD1/SD2
+    LoRA files and PEFT files are named after the diffusers U-Net).
+    """
+    inverse = [
+        _Rule(rule.target, rule.source,
+              None if rule.inner is None else {v: k for k, v in rule.inner.items()})
+        for rule in _unet_rules(config)
+    ]
+    return _map_names(keys, inverse)

@@ -24,6 +24,7 @@ from modules.models.errors import ModelLoadError
 from modules.models.families import Family
 from modules.models.hashes import HashCache, short_hash
 from modules.models.loader import inspect_checkpoint, load_state_dict
+from modules.models.patcher import ModelPatcher
 from modules.models.sd_model import StableDiffusionModel
 from modules.sampling.denoiser import model_sigmas
 from modules.tokenizer import ClipTokenizer
@@ -44,6 +45,11 @@ class LoadedModel:
     sigmas: torch.Tensor  # the model's ascending discrete sigma table
     sha256: str | None = None
     metadata: dict = field(default_factory=dict)
+    # Per-request patches (LoRA) go on clones of this; it is never patched itself.
+    patcher: ModelPatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.patcher = ModelPatcher(model=self.model)
 
     @property
     def shorthash(self) -> str | None:
@@ -58,18 +64,22 @@ class ModelManager:
     """Lists, loads and caches checkpoints; thread-safe."""
 
     def __init__(self, *, paths, device: torch.device, dtype: torch.dtype,
-                 vae_dtype: torch.dtype, hashing: bool = True, cache_limit: int = 1) -> None:
+                 vae_dtype: torch.dtype, hashing: bool = True, cache_limit: int = 1,
+                 attention: str = "auto") -> None:
         self.paths = paths
         self.device = device
         self.dtype = dtype
         self.vae_dtype = vae_dtype
         self.hashing = hashing
         self.cache_limit = cache_limit
+        self.attention = attention
         self.hash_cache = HashCache(path=paths.cache_file)
         self._tokenizer: ClipTokenizer | None = None
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._current: CheckpointInfo | None = None  # the default for jobs naming none
         self._lock = threading.RLock()
+        # Called with each newly loaded model (the extensions' model_loaded callbacks).
+        self.on_loaded: list = []
 
     # ---- listing ------------------------------------------------------------------------
 
@@ -149,6 +159,8 @@ class ModelManager:
             return self._loaded[info.path]
         loaded = self._load(info)
         self._loaded[info.path] = loaded
+        for listener in self.on_loaded:
+            listener(loaded)
         while len(self._loaded) > max(self.cache_limit, 1):
             self._loaded.popitem(last=False)  # the default model stays the default
         return loaded
@@ -159,6 +171,8 @@ class ModelManager:
         state = load_state_dict(info.path, dtype=self.dtype, device=self.device)
         model = build_model(family, state, path=info.path)
         model.vae.to(self.vae_dtype)
+        model.unet.set_attention_backend(self.attention)
+        model.vae.set_attention_backend(self.attention)
         model.eval().requires_grad_(False)
         sha256 = self.hash_cache.sha256(info.path) if self.hashing else None
         if sha256:

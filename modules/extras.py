@@ -1,0 +1,104 @@
+"""Extras tab / `extra-single-image` / `extra-batch-images`: upscaling after the fact.
+
+A1111's "Upscale" postprocessing (a1111.md a.5, b.4): "Scale by" a factor, or "Scale
+to" width x height (the factor that covers the box, then an optional centre crop to
+exactly that size); "Upscaler 1", and "Upscaler 2" blended over it with a visibility
+weight. Upscaler 1 "None" leaves the image as it is. Face restoration (GFPGAN,
+CodeFormer) is not available yet and is refused when asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from modules.params import ParamsError, _require_number
+from modules.upscalers import UpscalerRegistry
+
+
+@dataclass(kw_only=True)
+class ExtrasParams:
+    """A1111's `ExtrasBaseRequest` fields (resize_mode 0: by factor, 1: to w x h)."""
+
+    resize_mode: int = 0
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+
+    def validate(self, names: list[str]) -> None:
+        if self.resize_mode not in (0, 1):
+            raise ParamsError("resize_mode", f"must be 0 (scale by) or 1 (scale to), "
+                                             f"got {self.resize_mode!r}")
+        _require_number("upscaling_resize", self.upscaling_resize, 0.01, 16.0)
+        for name in ("upscaling_resize_w", "upscaling_resize_h"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16384:
+                raise ParamsError(name, f"{value!r} is outside [1, 16384]")
+        _require_number("extras_upscaler_2_visibility", self.extras_upscaler_2_visibility, 0, 1)
+        for name in ("upscaler_1", "upscaler_2"):
+            if getattr(self, name) not in names:
+                raise ParamsError(name, f"unknown upscaler {getattr(self, name)!r}; "
+                                        f"available: {', '.join(names)}")
+        for name in ("gfpgan_visibility", "codeformer_visibility"):
+            if getattr(self, name):
+                raise ParamsError(name, "face restoration is not available yet")
+
+
+def _upscale(registry: UpscalerRegistry, image: Image.Image, name: str, p: ExtrasParams,
+             settings, info: dict) -> Image.Image:
+    if p.resize_mode == 1:
+        scale = max(p.upscaling_resize_w / image.width, p.upscaling_resize_h / image.height)
+        info["Postprocess upscale to"] = f"{p.upscaling_resize_w}x{p.upscaling_resize_h}"
+    else:
+        scale = p.upscaling_resize
+        info["Postprocess upscale by"] = scale
+    image = registry.upscale(image, scale, name, settings)
+    if p.resize_mode == 1 and p.upscaling_crop:
+        width, height = p.upscaling_resize_w, p.upscaling_resize_h
+        cropped = Image.new("RGB", (width, height))
+        cropped.paste(image, box=(width // 2 - image.width // 2, height // 2 - image.height // 2))
+        image = cropped
+        info["Postprocess crop to"] = f"{width}x{height}"
+    return image
+
+
+def run_extras(registry: UpscalerRegistry, image: Image.Image, p: ExtrasParams,
+               settings) -> tuple[Image.Image, dict]:
+    """One image through the upscale step; returns it and its info entries."""
+    p.validate(registry.names())
+    info: dict = {}
+    image = image.convert("RGB")
+    if p.upscaler_1 == "None":
+        return image, info
+    first = _upscale(registry, image, p.upscaler_1, p, settings, info)
+    info["Postprocess upscaler"] = p.upscaler_1
+    if p.upscaler_2 != "None" and p.extras_upscaler_2_visibility > 0:
+        second = _upscale(registry, image, p.upscaler_2, p, settings, info)
+        if second.size != first.size:
+            second = second.resize(first.size, resample=Image.Resampling.LANCZOS)
+        first = Image.blend(first, second, p.extras_upscaler_2_visibility)
+        info["Postprocess upscaler 2"] = p.upscaler_2
+        info["Postprocess upscaler 2 visibility"] = p.extras_upscaler_2_visibility
+    return first, info
+
+
+def run_extras_batch(registry: UpscalerRegistry, images: list[Image.Image], p: ExtrasParams,
+                     settings) -> tuple[list[Image.Image], dict]:
+    results, info = [], {}
+    for image in images:
+        result, info = run_extras(registry, image, p, settings)
+        results.append(result)
+    return results, info
+
+
+def info_html(info: dict) -> str:
+    """The `html_info` of A1111's extras answers: the info entries as one paragraph."""
+    text = ", ".join(f"{key}: {value}" for key, value in info.items())
+    return f"<p>{text}</p>"

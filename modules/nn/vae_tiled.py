@@ -1,0 +1,293 @@
+"""Tiled VAE encode and decode with GroupNorm statistics shared by every tile.
+
+Decoding a 2048x2048 image with the SD VAE needs several 128-channel float tensors of
+the full image size at once (perf.md 5.2: ~3.9 GB at 1024² in fp32). Cutting the
+image into tiles bounds that, but each GroupNorm (Wu & He, 2018, "Group
+Normalization") would then normalise with its own tile's mean and variance, and the
+tiles come out with different brightness and colour: visible seams (models.md 8).
+
+The approach here follows the "Tiled VAE" extension's idea (models.md 8): every tile
+is normalised with the statistics of the *whole* image, so all tiles see the same
+affine map at every GroupNorm and only the receptive field is cut. How:
+
+1. The part of the network that runs at latent resolution and holds the one global
+   attention layer (the decoder's `conv_in` + `mid`, the encoder's `mid` + `norm_out` +
+   `conv_out`) runs on the whole latent: it is small (512 channels at H/8 x W/8) and
+   attention stays global, exactly as untiled. The attention there runs with query
+   slicing (`sliced_attention`), so a 2048² image's 65,536 x 65,536 score matrix is
+   never held at once.
+2. Statistics estimate: the high-resolution part (decoder `up` levels, encoder `down`
+   levels) runs once on a copy of its input shrunk to about one tile (area
+   interpolation, each channel's mean and standard deviation restored), recording
+   every GroupNorm's per-group mean and variance.
+3. Refinement (`refine` passes): every tile runs with those statistics while the
+   statistics of its core region (without the overlap) are accumulated; the sums over
+   all tiles give the whole-image statistics under the current estimate.
+4. Every tile runs with the final statistics; its core region is written out. The
+   overlap (context on each side) covers the receptive field of the convolutions.
+
+The staged forward below restates the decoder/encoder forward passes with a
+`norm` argument that decides how each GroupNorm gets its statistics; weights are the
+model's own modules, nothing is patched. `modules/nn` knows nothing of settings:
+tile sizes and when to tile are the caller's choice (`modules/vae_codec.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.nn.attention import sliced_attention
+from modules.nn.autoencoder import AutoencoderKL, Decoder, DiagonalGaussian, Encoder
+from modules.nn.vae_blocks import AttnBlock, MidBlock, ResnetBlock
+
+ATTENTION_SLICE_BYTES = 64 * 1024 * 1024
+
+NormFn = Callable[[nn.GroupNorm, torch.Tensor], torch.Tensor]
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+@dataclass
+class GroupStats:
+    """Running sums of one GroupNorm's input per (batch, group), in float64."""
+
+    total: torch.Tensor
+    squares: torch.Tensor
+    count: int = 0
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.count
+        var = (self.squares / self.count - mean**2).clamp_min(0)
+        return mean.float(), var.float()
+
+
+@dataclass
+class SharedNorm:
+    """Applies GroupNorm with given statistics, or records / accumulates them.
+
+    `mode` "record": compute each call's statistics from its input and keep them.
+    "apply": use `stats[i]` for the i-th GroupNorm call of the pass. "measure": apply
+    as well, and accumulate statistics over `core` (the tile without its overlap).
+    """
+
+    mode: Literal["record", "apply", "measure"]
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    sums: list[GroupStats] = field(default_factory=list)
+    core: Box | None = None
+    input_height: int = 1
+    index: int = 0
+
+    def start_tile(self, core: Box | None, input_height: int) -> None:
+        self.core, self.input_height, self.index = core, input_height, 0
+
+    def __call__(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        groups = norm.num_groups
+        grouped = x.float().reshape(x.shape[0], groups, -1, *x.shape[2:])
+        if self.mode == "record":
+            var, mean = torch.var_mean(grouped, dim=(2, 3, 4), unbiased=False)
+            self.stats.append((mean, var))
+        else:
+            mean, var = self.stats[self.index]
+            if self.mode == "measure":
+                self._accumulate(grouped)
+        self.index += 1
+        scale = torch.rsqrt(var + norm.eps)[:, :, None, None, None]
+        out = ((grouped - mean[:, :, None, None, None]) * scale).reshape(x.shape)
+        if norm.affine:
+            out = out * norm.weight.float()[None, :, None, None] + norm.bias.float()[None, :, None, None]
+        return out.to(x.dtype)
+
+    def _accumulate(self, grouped: torch.Tensor) -> None:
+        factor = grouped.shape[-2] / self.input_height
+        y0, y1, x0, x1 = (round(v * factor) for v in self.core)
+        region = grouped[..., y0:y1, x0:x1].double()
+        if len(self.sums) <= self.index:
+            zeros = torch.zeros(region.shape[:2], dtype=torch.float64, device=region.device)
+            self.sums.append(GroupStats(total=zeros, squares=zeros.clone()))
+        sums = self.sums[self.index]
+        sums.total += region.sum(dim=(2, 3, 4))
+        sums.squares += (region**2).sum(dim=(2, 3, 4))
+        sums.count += region[0, 0].numel()
+
+    def measured(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [sums.mean_var() for sums in self.sums]
+
+
+# ---------------------------------------------------------------- staged forward
+
+
+def resnet_forward(block: ResnetBlock, x: torch.Tensor, norm: NormFn) -> torch.Tensor:
+    """`ResnetBlock.forward` with the GroupNorms given by `norm`."""
+    h = block.conv1(F.silu(norm(block.norm1, x)))
+    h = block.conv2(F.silu(norm(block.norm2, h)))
+    return block.nin_shortcut(x) + h
+
+
+def attention_forward(block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    """`AttnBlock.forward` with query-sliced attention (bounded memory, same result)."""
+    batch, channels, height, width = x.shape
+    h = block.norm(x)
+    q, k, v = (proj(h).flatten(2).transpose(1, 2).unsqueeze(1)
+               for proj in (block.q, block.k, block.v))
+    out = sliced_attention(q, k, v, slice_bytes=ATTENTION_SLICE_BYTES)
+    out = out.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
+    return x + block.proj_out(out)
+
+
+def mid_forward(mid: MidBlock, x: torch.Tensor) -> torch.Tensor:
+    return mid.block_2(attention_forward(mid.attn_1, mid.block_1(x)))
+
+
+def decoder_head(decoder: Decoder, z: torch.Tensor) -> torch.Tensor:
+    """`conv_in` and the mid block (with its global attention), on the whole latent."""
+    return mid_forward(decoder.mid, decoder.conv_in(z))
+
+
+def decoder_tail(decoder: Decoder, h: torch.Tensor, norm: NormFn) -> torch.Tensor:
+    """The `up` levels, `norm_out` and `conv_out`: the high-resolution part."""
+    for level in reversed(decoder.up):
+        for block in level.block:
+            h = resnet_forward(block, h, norm)
+        if level.upsample is not None:
+            h = level.upsample(h)
+    return decoder.conv_out(F.silu(norm(decoder.norm_out, h)))
+
+
+def encoder_head(encoder: Encoder, x: torch.Tensor, norm: NormFn) -> torch.Tensor:
+    """`conv_in` and the `down` levels: the high-resolution part."""
+    h = encoder.conv_in(x)
+    for level in encoder.down:
+        for block in level.block:
+            h = resnet_forward(block, h, norm)
+        if level.downsample is not None:
+            h = level.downsample(h)
+    return h
+
+
+def encoder_tail(encoder: Encoder, h: torch.Tensor) -> torch.Tensor:
+    """The mid block, `norm_out` and `conv_out`, on the whole latent."""
+    return encoder.conv_out(F.silu(encoder.norm_out(mid_forward(encoder.mid, h))))
+
+
+# ---------------------------------------------------------------- tiles
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A core box (written out) and the padded box around it (run), in input pixels."""
+
+    core: Box
+    padded: Box
+
+    @property
+    def core_in_padded(self) -> Box:
+        y0, _, x0, _ = self.padded
+        return self.core[0] - y0, self.core[1] - y0, self.core[2] - x0, self.core[3] - x0
+
+
+def _spans(size: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
+    for start in range(0, size, tile):
+        end = min(start + tile, size)
+        yield start, end, max(0, start - overlap), min(size, end + overlap)
+
+
+def tile_grid(height: int, width: int, *, tile: int, overlap: int) -> list[Tile]:
+    """Row-major tiles of at most `tile` x `tile` core pixels with `overlap` context."""
+    return [Tile(core=(y0, y1, x0, x1), padded=(py0, py1, px0, px1))
+            for y0, y1, py0, py1 in _spans(height, tile, overlap)
+            for x0, x1, px0, px1 in _spans(width, tile, overlap)]
+
+
+def _crop(x: torch.Tensor, box: Box, factor: float = 1) -> torch.Tensor:
+    y0, y1, x0, x1 = (int(v * factor) for v in box)
+    return x[..., y0:y1, x0:x1]
+
+
+def _shrunk(h: torch.Tensor, size: int) -> torch.Tensor:
+    """`h` area-resized so its longer side is `size`, each channel's mean/std restored."""
+    scale = size / max(h.shape[-2:])
+    if scale >= 1:
+        return h
+    target = (max(1, round(h.shape[-2] * scale)), max(1, round(h.shape[-1] * scale)))
+    small = F.interpolate(h.float(), size=target, mode="area")
+    std, mean = torch.std_mean(h.float(), dim=(2, 3), keepdim=True)
+    small_std, small_mean = torch.std_mean(small, dim=(2, 3), keepdim=True)
+    return ((small - small_mean) / small_std.clamp_min(1e-6) * std + mean).to(h.dtype)
+
+
+def _estimate(run: Callable[[torch.Tensor, NormFn], torch.Tensor], h: torch.Tensor,
+              size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    norm = SharedNorm(mode="record")
+    run(_shrunk(h, size), norm)
+    return norm.stats
+
+
+def _refine(run, h: torch.Tensor, tiles: list[Tile], stats, passes: int):
+    for _ in range(passes):
+        norm = SharedNorm(mode="measure", stats=stats)
+        for tile in tiles:
+            norm.start_tile(tile.core_in_padded, tile.padded[1] - tile.padded[0])
+            run(_crop(h, tile.padded), norm)
+        stats = norm.measured()
+    return stats
+
+
+def _run_tiles(run, h: torch.Tensor, tiles: list[Tile], stats, out: torch.Tensor,
+               factor: float) -> torch.Tensor:
+    """Run every tile with `stats`; write each core (scaled by `factor`) into `out`."""
+    norm = SharedNorm(mode="apply", stats=stats)
+    for tile in tiles:
+        norm.start_tile(None, 1)
+        result = run(_crop(h, tile.padded), norm)
+        y0, y1, x0, x1 = (int(v * factor) for v in tile.core)
+        out[..., y0:y1, x0:x1] = _crop(result, tile.core_in_padded, factor).to(out.dtype)
+    return out
+
+
+# ---------------------------------------------------------------- public API
+
+
+@torch.no_grad()
+def tiled_decode(vae: AutoencoderKL, z: torch.Tensor, *, tile: int = 64, overlap: int = 16,
+                 refine: int = 1) -> torch.Tensor:
+    """Like `vae.decode(z)` (unscaled latent in, image out) in tiles of `tile` latent px."""
+    decoder, factor = vae.decoder, vae.config.downscale
+    h = decoder_head(decoder, vae.post_quant_conv(z.to(vae.dtype)))
+
+    def run(x: torch.Tensor, norm: NormFn) -> torch.Tensor:
+        return decoder_tail(decoder, x, norm)
+
+    tiles = tile_grid(h.shape[-2], h.shape[-1], tile=tile, overlap=overlap)
+    stats = _refine(run, h, tiles, _estimate(run, h, tile + 2 * overlap), refine)
+    out = torch.empty(z.shape[0], vae.config.out_channels, h.shape[-2] * factor,
+                      h.shape[-1] * factor, dtype=z.dtype, device=z.device)
+    return _run_tiles(run, h, tiles, stats, out, factor)
+
+
+@torch.no_grad()
+def tiled_encode(vae: AutoencoderKL, x: torch.Tensor, *, tile: int = 512, overlap: int = 64,
+                 refine: int = 1) -> DiagonalGaussian:
+    """Like `vae.encode(x)` in tiles of `tile` pixels; sides must divide by the VAE factor."""
+    encoder, factor = vae.encoder, vae.config.downscale
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(f"tiled_encode: image sides must be multiples of {factor}, "
+                         f"got {tuple(x.shape[-2:])}")
+    tile, overlap = max(factor, tile // factor * factor), overlap // factor * factor
+    pixels = x.to(vae.dtype)
+
+    def run(part: torch.Tensor, norm: NormFn) -> torch.Tensor:
+        return encoder_head(encoder, part, norm)
+
+    tiles = tile_grid(x.shape[-2], x.shape[-1], tile=tile, overlap=overlap)
+    stats = _refine(run, pixels, tiles, _estimate(run, pixels, tile + 2 * overlap), refine)
+    width = encoder.conv_out.in_channels
+    h = torch.empty(x.shape[0], width, x.shape[-2] // factor, x.shape[-1] // factor,
+                    dtype=vae.dtype, device=x.device)
+    h = _run_tiles(run, pixels, tiles, stats, h, 1 / factor)
+    moments = vae.quant_conv(encoder_tail(encoder, h))
+    return DiagonalGaussian(moments.to(x.dtype))

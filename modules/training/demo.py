@@ -1,0 +1,125 @@
+"""Retrain Easel's demo model from nothing, reproducibly, and write the shipped checkpoint.
+
+    nice -n 19 python -m modules.training.demo --out models/Stable-diffusion/easel-demo.safetensors
+
+Stages (each with a tqdm progress bar):
+
+1. the autoencoder on freshly generated shapes (`train_vae`);
+2. its decoder alone, encoder frozen: sharper edges, the same latents (`finetune_decoder`);
+3. the training set encoded once (captions x a few images each) and the latent scale
+   factor measured on it;
+4. the U-Net and the text encoder trained together (`train_unet`);
+5. the EMA weights written as an fp16 SD1 checkpoint.
+
+Every random draw comes from `--seed`, and torch runs on one thread (`--threads`), so a
+rerun on the same machine gives the same weights. Stages 2 and 4 depend only on stage
+1's encoder, so they may also run side by side. The defaults take about 75 minutes on
+one busy core of Easel's 2-core build machine; `--scale 0.05` is a quick trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from modules.models.families import Family
+from modules.nn.autoencoder import AutoencoderKL
+from modules.nn.text_encoders import TextEncoder
+from modules.nn.unet import UNetModel
+from modules.tokenizer import ClipTokenizer
+from modules.training.captions import token_ids
+from modules.training.checkpoint import save_checkpoint
+from modules.training.demo_config import DEMO_FAMILY, with_scale_factor
+from modules.training.loop import EMA
+from modules.training.train_unet import UNetTrainingConfig, build_latent_set, train_unet
+from modules.training.train_vae import (
+    DecoderTrainingConfig, VAETrainingConfig, finetune_decoder, measure_scale_factor, train_vae,
+)
+
+DEFAULT_OUT = Path("models/Stable-diffusion/easel-demo.safetensors")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoRecipe:
+    """Everything that decides the demo's weights."""
+
+    family: Family = DEMO_FAMILY
+    vae: VAETrainingConfig = VAETrainingConfig()
+    decoder: DecoderTrainingConfig = DecoderTrainingConfig()
+    unet: UNetTrainingConfig = UNetTrainingConfig()
+
+    def seeded(self, seed: int) -> "DemoRecipe":
+        """The same recipe with every stage seeded from `seed`."""
+        return replace(self, vae=replace(self.vae, seed=seed), decoder=replace(self.decoder, seed=seed),
+                       unet=replace(self.unet, seed=seed))
+
+    def scaled(self, fraction: float) -> "DemoRecipe":
+        """A shorter run: step counts and the training set multiplied by `fraction`."""
+        def part(n: int) -> int:
+            return max(2, round(n * fraction))
+        return replace(
+            self,
+            vae=replace(self.vae, steps=part(self.vae.steps)),
+            decoder=replace(self.decoder, steps=part(self.decoder.steps)),
+            unet=replace(self.unet, steps=part(self.unet.steps), dataset_groups=part(self.unet.dataset_groups)),
+        )
+
+
+def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: AutoencoderKL | None = None,
+               snapshot_every: int = 0) -> Path:
+    """Run every stage of `recipe` and write the checkpoint to `out`.
+
+    :param vae: an autoencoder already trained by this recipe's VAE stages (skips them)
+    :param snapshot_every: also write the EMA weights every this many U-Net steps, to
+        `out` with `-step{N}` added to its stem (0: never)
+    """
+    if vae is None:
+        vae = train_vae(model_config=recipe.family.vae, training=recipe.vae, progress=progress)
+        vae = finetune_decoder(vae, training=recipe.decoder, progress=progress)
+    tokenizer = ClipTokenizer()
+    data = build_latent_set(vae=vae, tokenizer=tokenizer, groups=recipe.unet.dataset_groups,
+                            repeats=recipe.unet.repeats, seed=recipe.unet.seed + 3,
+                            resolution=recipe.unet.resolution, progress=progress)
+    family = with_scale_factor(recipe.family, measure_scale_factor(data.means, data.stds))
+    torch.manual_seed(recipe.unet.seed)
+    unet = UNetModel(config=family.unet)
+    text_encoder = TextEncoder(config=family.text_encoders[0].config)
+
+    # Intermediate checkpoints from the running average, for watching a long run.
+    def snapshot(step: int, ema: EMA) -> None:
+        unet_avg, text_avg = ema.averaged_copies()
+        save_checkpoint(out.with_name(f"{out.stem}-step{step}{out.suffix}"), family=family,
+                        unet=unet_avg, vae=vae, text_encoder=text_avg)
+
+    train_unet(unet=unet, text_encoder=text_encoder, data=data, scale_factor=family.vae.scale_factor,
+               schedule=family.schedule, training=recipe.unet, empty_ids=token_ids(tokenizer, [""])[0],
+               progress=progress, snapshot=snapshot, snapshot_every=snapshot_every)
+    return save_checkpoint(out, family=family, unet=unet, vae=vae, text_encoder=text_encoder)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train Easel's demo model (shapes) from scratch.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the .safetensors to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="fraction of the full step counts (0.1 for a quick trial)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--snapshot-every", type=int, default=0,
+                        help="also save the averaged weights every N U-Net steps")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = DemoRecipe().seeded(args.seed)
+    if args.scale != 1.0:
+        recipe = recipe.scaled(args.scale)
+    start = time.perf_counter()
+    path = train_demo(recipe, out=args.out, snapshot_every=args.snapshot_every)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.perf_counter() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+raise RuntimeError("broken_import fails at import on purpose")

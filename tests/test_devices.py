@@ -1,0 +1,37 @@
+"""Device, precision and attention choices from A1111's flags."""
+
+from __future__ import annotations
+
+import torch
+
+from modules import devices
+from modules.cmd_args import parse_args
+from modules.nn.attention import AttentionBackend, AttentionLayer
+from tests.helpers.checkpoints import tiny_runtime
+from tests.tiny import TINY_SD15
+
+
+def test_attention_flags_map_to_backends():
+    assert devices.attention_backend(parse_args([])) == "auto"
+    assert devices.attention_backend(parse_args(["--opt-sub-quad-attention"])) == "sliced"
+    assert devices.attention_backend(parse_args(["--opt-split-attention"])) == "sliced"
+    assert devices.attention_backend(parse_args(["--opt-sdp-attention"])) == "sdpa"
+    # xformers is not installed here: the flag falls back to SDPA as A1111 does.
+    assert devices.attention_backend(parse_args(["--xformers"])) == "sdpa"
+
+
+def test_cpu_keeps_fp32_and_flags_choose_cpu():
+    args = parse_args(["--use-cpu", "all"])
+    assert devices.choose_device(args) == torch.device("cpu")
+    assert devices.choose_dtype(args, torch.device("cpu")) == torch.float32
+    assert devices.choose_dtype(parse_args(["--no-half"]), torch.device("cuda")) == torch.float32
+    assert devices.choose_dtype(parse_args([]), torch.device("cuda")) == torch.float16
+    assert devices.choose_vae_dtype(parse_args(["--no-half-vae"]), torch.device("cuda")) == torch.float32
+
+
+def test_loaded_model_uses_the_flagged_backend(tmp_path):
+    runtime = tiny_runtime(tmp_path, {"tiny": TINY_SD15})
+    runtime.models.attention = devices.attention_backend(parse_args(["--opt-sub-quad-attention"]))
+    loaded = runtime.models.get()
+    layers = [m for m in loaded.model.unet.modules() if isinstance(m, AttentionLayer)]
+    assert layers and all(m.attention_backend is AttentionBackend.SLICED for m in layers)
