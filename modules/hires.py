@@ -59,7 +59,7 @@ class HiresPass:
                             steps=p.hr_second_pass_steps or p.steps, explicit_steps=True)
         loaded = self.sampling.loaded
         if loaded.family.is_inpainting:
-            pixels = decode(loaded.model.vae, samples / loaded.family.vae.scale_factor
+            pixels = decode(loaded.vae, samples / loaded.family.vae.scale_factor
                             + loaded.family.vae.shift_factor, self.sampling.settings)
             start.image_cond = inpaint_image_cond(
                 loaded, pixels.clamp(-1, 1), torch.ones(pixels.shape[0], 1, *pixels.shape[-2:]),

@@ -192,7 +192,7 @@ def latent_mask(mask: Image.Image, size: tuple[int, int], *, round: bool) -> tor
 def encode_init(plan: Plan, prepared: Prepared) -> list:
     """The VAE posterior of every prepared picture (sampled per image seed later)."""
     loaded, settings = plan.loaded, plan.settings
-    vae = loaded.model.vae
+    vae = loaded.vae
     device = next(vae.parameters()).device
     return [encode(vae, images_to_tensor([image]).to(device), settings)
             for image in prepared.images]

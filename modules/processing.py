@@ -93,6 +93,7 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
     sampler, scheduler = R.resolve_sampler(params.sampler_name, params.scheduler)
     runtime.ready.wait()
     loaded = runtime.models.get(params.override_settings.get("sd_model_checkpoint"))
+    loaded = runtime.models.with_vae(loaded, settings.sd_vae)
     count = params.batch_size * params.n_iter
     seed, subseed = fix_seed(params.seed), fix_seed(params.subseed)
     seeds, subseeds = batch_seeds(seed, subseed, params.subseed_strength, count)
@@ -348,6 +349,7 @@ def infotext_for(runtime, plan: Plan, index: int) -> str:
         cfg_scale=p.cfg_scale, seed=plan.seeds[index], width=p.width, height=p.height,
         model_hash=loaded.shorthash if settings.add_model_hash_to_info else None,
         model_name=loaded.info.model_name if settings.add_model_name_to_info else None,
+        vae_hash=(loaded.vae_sha256 or "")[:10] or None, vae_name=loaded.vae_name,
         subseed=plan.subseeds[index], subseed_strength=p.subseed_strength,
         seed_resize_from_w=p.seed_resize_from_w, seed_resize_from_h=p.seed_resize_from_h,
         clip_skip=settings.CLIP_stop_at_last_layers,

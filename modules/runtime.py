@@ -73,6 +73,7 @@ class Runtime:
             vae_dtype=devices.choose_vae_dtype(args, device),
             hashing=not getattr(args, "no_hashing", False),
             attention=devices.attention_backend(args),
+            vae_path=getattr(args, "vae_path", None),
         )
         from modules.networks.activate import NetworkRegistry
 

@@ -87,7 +87,7 @@ def decode_latents(loaded, latents: torch.Tensor, settings=None) -> list[Image.I
     """Diffusion latents -> 8-bit RGB images, with the family's scale factor."""
     config = loaded.family.vae
     z = latents / config.scale_factor + config.shift_factor
-    return tensor_to_images(decode(loaded.model.vae, z, settings))
+    return tensor_to_images(decode(loaded.vae, z, settings))
 
 
 def encode_images(loaded, pixels: torch.Tensor, settings=None, *,
@@ -97,7 +97,7 @@ def encode_images(loaded, pixels: torch.Tensor, settings=None, *,
     With `noise_seed` the posterior is sampled (see `sample_posterior`); without, its
     mean is used.
     """
-    vae = loaded.model.vae
+    vae = loaded.vae
     posterior = encode(vae, pixels.to(next(vae.parameters()).device), settings)
     seeds = None if noise_seed is None else [noise_seed] * pixels.shape[0]
     return sample_posterior(loaded, posterior, seeds)

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 
 from modules.models.errors import ModelLoadError
 from modules.models.safetensors_io import read_safetensors_header
-from modules.paths import VAE_SUFFIXES
+from modules.models.vae_select import list_vaes
 from modules.sampling import registry as R
 from modules.styles import load_styles
 
@@ -114,9 +114,9 @@ class ListingRoutes:
         return items
 
     def sd_vae(self) -> list[dict[str, str]]:
-        folder = self.runtime.paths.vae_dir
+        paths = self.runtime.paths
         return [{"model_name": path.name, "filename": str(path)}
-                for path in list_files(folder, VAE_SUFFIXES)]
+                for path in list_vaes(paths.vae_dir, paths.checkpoint_dirs)]
 
     def hypernetworks(self) -> list[dict[str, str]]:
         folder = self.runtime.paths.hypernetwork_dir

@@ -10,6 +10,7 @@ modify it; per-request changes (LoRA, ...) go on clones.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -23,9 +24,11 @@ from modules.models.checkpoints import CheckpointInfo, find_checkpoint, list_che
 from modules.models.errors import ModelLoadError
 from modules.models.families import Family
 from modules.models.hashes import HashCache, short_hash
-from modules.models.loader import inspect_checkpoint, load_state_dict
+from modules.models.loader import inspect_checkpoint, load_state_dict, load_vae_state_dict
 from modules.models.patcher import ModelPatcher
 from modules.models.sd_model import StableDiffusionModel
+from modules.models.vae_select import resolve_vae
+from modules.nn.autoencoder import AutoencoderKL
 from modules.sampling.denoiser import model_sigmas
 from modules.tokenizer import ClipTokenizer
 
@@ -48,8 +51,24 @@ class LoadedModel:
     # Per-request patches (LoRA) go on clones of this; it is never patched itself.
     patcher: ModelPatcher = field(init=False)
 
+    # An external VAE chosen for a job (`with_vae`): the module, its file name, sha256.
+    vae_override: AutoencoderKL | None = None
+    vae_name: str | None = None
+    vae_sha256: str | None = None
+
     def __post_init__(self) -> None:
         self.patcher = ModelPatcher(model=self.model)
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.vae_override if self.vae_override is not None else self.model.vae
+
+    def with_vae(self, vae: AutoencoderKL | None, name: str | None,
+                 sha256: str | None) -> "LoadedModel":
+        """A view of this model decoding with another VAE (patcher and caches shared)."""
+        view = copy.copy(self)
+        view.vae_override, view.vae_name, view.vae_sha256 = vae, name, sha256
+        return view
 
     @property
     def shorthash(self) -> str | None:
@@ -65,7 +84,7 @@ class ModelManager:
 
     def __init__(self, *, paths, device: torch.device, dtype: torch.dtype,
                  vae_dtype: torch.dtype, hashing: bool = True, cache_limit: int = 1,
-                 attention: str = "auto") -> None:
+                 attention: str = "auto", vae_path: str | None = None) -> None:
         self.paths = paths
         self.device = device
         self.dtype = dtype
@@ -73,6 +92,8 @@ class ModelManager:
         self.hashing = hashing
         self.cache_limit = cache_limit
         self.attention = attention
+        self.vae_path = vae_path
+        self._vaes: OrderedDict[tuple, AutoencoderKL] = OrderedDict()
         self.hash_cache = HashCache(path=paths.cache_file)
         self._tokenizer: ClipTokenizer | None = None
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -147,6 +168,33 @@ class ModelManager:
             loaded = self._ensure(info)
             self._current = info
             return loaded
+
+    def with_vae(self, loaded: LoadedModel, setting: str) -> LoadedModel:
+        """`loaded` decoding with the VAE the `sd_vae` setting (or --vae-path) picks."""
+        path = resolve_vae(setting, checkpoint_path=loaded.info.path, vae_dir=self.paths.vae_dir,
+                           checkpoint_dirs=self.paths.checkpoint_dirs, vae_path=self.vae_path)
+        if path is None:
+            return loaded
+        with self._lock:
+            key = (str(path.resolve()), loaded.family.vae)
+            if key not in self._vaes:
+                self._vaes[key] = self._load_vae(path, loaded.family)
+                while len(self._vaes) > 2:
+                    self._vaes.popitem(last=False)
+            self._vaes.move_to_end(key)
+            sha256 = self.hash_cache.sha256(path) if self.hashing else None
+            return loaded.with_vae(self._vaes[key], path.name, sha256)
+
+    def _load_vae(self, path: Path, family: Family) -> AutoencoderKL:
+        state = load_vae_state_dict(path, dtype=self.vae_dtype, device=self.device)
+        with torch.device("meta"):
+            vae = AutoencoderKL(config=family.vae)
+        result = vae.load_state_dict(state, strict=False, assign=True)
+        if result.missing_keys or any(t.is_meta for t in vae.parameters()):
+            raise ModelLoadError(str(path), f"VAE does not fit {family.label}: missing "
+                                            f"{result.missing_keys[:3]}")
+        vae.set_attention_backend(self.attention)
+        return vae.eval().requires_grad_(False)
 
     def unload(self) -> None:
         with self._lock:
