@@ -172,7 +172,7 @@ def test_nine_channel_input_matches_diffusers_inpaint_pipeline():
     image = torch.rand(1, 3, 32, 32, generator=generator) * 2 - 1
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., 8:20, 10:26] = 1.0
-    loaded = SimpleNamespace(model=SimpleNamespace(vae=ours_vae), family=INPAINT)
+    loaded = SimpleNamespace(vae=ours_vae, family=INPAINT)
     with torch.no_grad():
         cond = inpaint_image_cond(loaded, image, mask, weight=1.0)
         # diffusers: masked_image = image * (mask < 0.5); mask resized to the latent size.
