@@ -33,6 +33,7 @@ from modules.infotext import GenerationInfo, create_infotext
 from modules.jobs import Command, Progress
 from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
 from modules.params import GenerationParams, GenerationResult, Txt2ImgParams
+from modules.previews import cheap_preview, preview_due
 from modules.prompt_parser import extract_extra_networks, strip_comments
 from modules.sampling import registry as R
 from modules.sampling.cfg import CFGDenoiser, InpaintBlend
@@ -201,7 +202,7 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
                                 noise_sampler=noise_sampler)
     latents, command = yield from drive_sampler(generator, job_no=job_no,
                                                 job_count=p.n_iter * plan.passes,
-                                                steps=len(sigmas) - 1)
+                                                steps=len(sigmas) - 1, preview=preview_maker(plan))
     latents = latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2]))
     if start is not None and start.keep is not None:
         keep = start.keep.to(latents)
@@ -235,8 +236,11 @@ def batch_rng(plan: Plan, part: slice, device, *, width: int | None = None,
                     device=device, eta_noise_seed_delta=settings.eta_noise_seed_delta)
 
 
-def drive_sampler(generator, *, job_no: int, job_count: int, steps: int):
-    """Step a sampler; a skip or interrupt ends it with the last denoised estimate."""
+def drive_sampler(generator, *, job_no: int, job_count: int, steps: int, preview=None):
+    """Step a sampler; a skip or interrupt ends it with the last denoised estimate.
+
+    `preview(step_number, denoised)` may return a picture for the Progress event.
+    """
     last = None
     with torch.inference_mode():
         while True:
@@ -245,11 +249,26 @@ def drive_sampler(generator, *, job_no: int, job_count: int, steps: int):
             except StopIteration as stop:
                 return stop.value, None
             last = step
+            picture = preview(step.index + 1, step.denoised) if preview is not None else None
             command = yield Progress(step=step.index + 1, total_steps=steps, job_no=job_no,
-                                     job_count=job_count)
+                                     job_count=job_count, preview=picture)
             if command in ("skip", "interrupt"):
                 generator.close()
                 return last.denoised, command
+
+
+def preview_maker(plan: Plan):
+    """The live-preview callback for this job's settings (None when previews are off)."""
+    settings = plan.settings
+    if not settings.live_previews_enable or settings.show_progress_every_n_steps <= 0:
+        return None
+    is_sdxl = plan.loaded.family.is_sdxl
+
+    def make(step: int, denoised: torch.Tensor):
+        if preview_due(step, settings.show_progress_every_n_steps, True):
+            return cheap_preview(denoised, is_sdxl=is_sdxl)
+        return None
+    return make
 
 
 def encode_prompts(plan: Plan, part: slice):

@@ -77,3 +77,30 @@ def test_interrupt_through_the_queue_returns_partial_result(runtime):
     queue.stop()
     assert result.interrupted
     assert 1 <= len(result.images) < 3
+
+
+def test_live_previews_follow_the_setting(runtime):
+    params = Txt2ImgParams(prompt="x", width=64, height=64, steps=4, seed=2,
+                           do_not_save_samples=True,
+                           override_settings={"show_progress_every_n_steps": 2})
+    generator = txt2img(runtime, params)
+    previews = []
+    try:
+        while True:
+            previews.append(next(generator).preview)
+    except StopIteration:
+        pass
+    assert [p is not None for p in previews] == [False, True, False, True]
+    factor = TINY_SD15.vae.downscale
+    assert previews[1].size == (64 // factor, 64 // factor) and previews[1].mode == "RGB"
+    params.override_settings = {"live_previews_enable": False}
+    assert all(event.preview is None for event in _events(txt2img(runtime, params)))
+
+
+def _events(generator):
+    events = []
+    try:
+        while True:
+            events.append(next(generator))
+    except StopIteration:
+        return events
