@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from modules.api.app import create_api_app
 from modules.cmd_args import parse_args
