@@ -32,7 +32,7 @@ from modules.conditioning.sdxl import SizeConditioning
 from modules.infotext import GenerationInfo, create_infotext
 from modules.jobs import Command, Progress
 from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
-from modules.params import GenerationParams, GenerationResult, Txt2ImgParams
+from modules.params import GenerationParams, GenerationResult, ParamsError, Txt2ImgParams
 from modules.previews import cheap_preview, preview_due
 from modules.prompt_parser import extract_extra_networks, strip_comments
 from modules.sampling import registry as R
@@ -92,6 +92,9 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
     params.validate()
     settings = runtime.settings.current.with_overrides(params.override_settings)
     sampler, scheduler = R.resolve_sampler(params.sampler_name, params.scheduler)
+    if R.uses_timestep_grid(sampler, scheduler) and params.steps < 2:
+        # A1111's timestep grid with N steps runs N - 1 updates: one step would be none.
+        raise ParamsError("steps", f"{sampler.label} on its own schedule needs at least 2 steps")
     runtime.ready.wait()
     loaded = runtime.models.get(params.override_settings.get("sd_model_checkpoint"))
     loaded = runtime.models.with_vae(loaded, settings.sd_vae)

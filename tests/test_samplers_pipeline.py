@@ -19,8 +19,9 @@ def runtime(tmp_path_factory) -> Runtime:
 
 
 def generate(runtime, **fields):
-    params = Txt2ImgParams(prompt="a red [circle:square:2]", width=64, height=64, steps=4,
-                           seed=11, batch_size=2, do_not_save_samples=True, **fields)
+    fields = {"prompt": "a red [circle:square:2]", "width": 64, "height": 64, "steps": 4,
+              "seed": 11, "batch_size": 2, "do_not_save_samples": True, **fields}
+    params = Txt2ImgParams(**fields)
     return finish(txt2img(runtime, params))
 
 
@@ -45,3 +46,10 @@ def test_scheduler_runs_with_euler(runtime, scheduler):
 def test_legacy_combined_name_resolves(runtime):
     result, _ = generate(runtime, sampler_name="DPM++ 2M Karras")
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in result.infotexts[0]
+
+
+def test_timestep_samplers_refuse_a_single_step(runtime):
+    from modules.params import ParamsError
+
+    with pytest.raises(ParamsError, match="steps"):
+        generate(runtime, sampler_name="DDIM", steps=1)
