@@ -61,6 +61,11 @@ class ExtensionContext:
     path: Path
     registry: "ExtensionRegistry"
 
+    @property
+    def paths(self):
+        """The Runtime's folders (`modules.paths.Paths`; None for a registry built without)."""
+        return self.registry.paths
+
     def on(self, callback: str, fn: Callable) -> None:
         """Register a global callback (`modules.scripts.callbacks.CALLBACK_NAMES`)."""
         self.registry.callbacks.add(callback, fn, extension=self.name)
@@ -180,6 +185,7 @@ def load_scripts(ext: Extension, registry: "ExtensionRegistry") -> None:
             for cls in scripts_in(module):
                 script = cls()
                 script.filename, script.extension = str(path), ext.name
+                script.context = context
                 ext.scripts.append(script)
         except Exception as error:  # an extension's bug must not take the app down
             message = f"{where}: {type(error).__name__}: {error}"
@@ -196,8 +202,10 @@ class ExtensionRegistry:
     """Every extension, script, callback and extension setting of one Runtime."""
 
     def __init__(self, *, roots: Sequence[tuple[Path, bool]], settings=None, args=None,
-                 options_path: Path | None = None, builtins: Sequence[Script] = ()):
+                 options_path: Path | None = None, builtins: Sequence[Script] = (),
+                 paths=None):
         self.roots = list(roots)
+        self.paths = paths  # modules.paths.Paths, offered to extensions as `ctx.paths`
         self.settings = settings  # modules.runtime.SettingsStore (for disabled_extensions)
         self.args = args
         self.callbacks = CallbackRegistry()
@@ -211,7 +219,7 @@ class ExtensionRegistry:
 
         return ExtensionRegistry(roots=extension_roots(paths), settings=settings, args=args,
                                  options_path=paths.data_dir / "extension_config.json",
-                                 builtins=builtin_scripts())
+                                 builtins=builtin_scripts(), paths=paths)
 
     # ------------------------------------------------------------ loading
     def _flag(self, name: str) -> bool:

@@ -18,8 +18,8 @@ follows A1111 (a1111.md a.4, e.2, f.4):
    mask keeping the original latent outside the repainted area;
 4. per image: decode, colour correction, paste back and overlay, infotext, save.
 
-Outpainting is "Resize and fill" here; the Outpainting mk2 and Poor man's
-outpainting scripts will come with the scripts system.
+Outpainting is "Resize and fill" here, or the Outpainting mk2 and Poor man's
+outpainting scripts (`modules/scripts/builtin/`), which drive this function.
 """
 
 from __future__ import annotations

@@ -182,6 +182,7 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
         from modules.image_conditioning import txt2img_image_cond
 
         image_cond = txt2img_image_cond(loaded, x.shape, settings)
+    hooks = plan.scripts.cfg_hooks()
     cfg = CFGDenoiser(
         denoiser, conds, unconds, p.cfg_scale,
         total_steps=R.prompt_schedule_steps(plan.sampler, steps),
@@ -192,13 +193,13 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
         skip_early_cond=settings.skip_early_cond,
         cfg_scale_multiplier=plan.sampler.cfg_scale_multiplier,
         record_uncond=plan.sampler.record_uncond,
-        hooks=plan.scripts.cfg_hooks(),
+        hooks=hooks,
     )
     noise_sampler = (R.default_noise_sampler(plan.sampler, x, sigmas, generators=None,
                                              seeds=plan.seeds[part])
                      if plan.sampler.brownian_noise else rng.noise_sampler(like=x))
     sampling = SamplingInfo(x=x, sigmas=sigmas, conds=conds, unconds=unconds,
-                            batch_number=part.start // max(1, p.batch_size))
+                            batch_number=part.start // max(1, p.batch_size), cfg_hooks=hooks)
     plan.scripts.call("process_before_every_sampling", plan, sampling)
     x = sampling.x
     generator = R.start_sampler(plan.sampler, cfg, x, sigmas, options=sampler_options(p, settings),

@@ -1,6 +1,7 @@
 """The Runtime: the one holder of process state, built by `launch.py` and passed around.
 
-Settings, folders, the compute device, the model manager and the job queue live here
+Settings, folders, the compute device, the model manager, the upscaler registry (with
+its cache of loaded upscaler models, shared by every job) and the job queue live here
 and nowhere else: no module keeps mutable globals. Tests build their own Runtime over
 temporary folders.
 """
@@ -54,6 +55,7 @@ class Runtime:
     models: Any  # modules.models.manager.ModelManager
     networks: Any = None  # modules.networks.activate.NetworkRegistry (LoRA, embeddings)
     extensions: Any = None  # modules.extensions.ExtensionRegistry (scripts, callbacks)
+    upscalers: Any = None  # modules.upscalers.UpscalerRegistry (loaded models cached)
     jobs: JobQueue = field(default_factory=JobQueue)
     version: str = VERSION
     ready: threading.Event = field(default_factory=threading.Event)
@@ -83,5 +85,10 @@ class Runtime:
         extensions = ExtensionRegistry.for_runtime(paths, settings, args)
         extensions.load(run_installers=not getattr(args, "skip_install", None))
         models.on_loaded.append(lambda loaded: extensions.call("model_loaded", loaded))
+        from modules.upscalers import UpscalerRegistry
+
+        use_cpu = set(getattr(args, "use_cpu", None) or [])
+        upscalers = UpscalerRegistry(folder=paths.esrgan_dir, device="cpu" if use_cpu & {
+            "all", "esrgan"} else device)
         return Runtime(args=args, paths=paths, settings=settings, models=models,
-                       networks=networks, extensions=extensions)
+                       networks=networks, extensions=extensions, upscalers=upscalers)

@@ -7,6 +7,9 @@ layout, see `upscaler_models/keys.py`) run on our own `RRDBNet`; other architect
 when such a file is used. Files are read safely: safetensors by our header reader,
 pickles (.pth/.pt/.ckpt) through the allow-list unpickler, never unrestricted.
 
+The registry keeps the last `cache_limit` loaded models (reloaded when the file
+changes); the one on `runtime.upscalers` serves every job of the process.
+
 `UpscalerRegistry.upscale(image, scale, name, settings)` follows A1111's `Upscaler`:
 the target is `int(side * scale) // 8 * 8`; a model is applied (up to 3 times) until
 the image is at least that big, then Lanczos brings it to the exact size. Models run
@@ -146,7 +149,7 @@ class UpscalerRegistry:
         self.folder = Path(folder)
         self.device = torch.device(device)
         self.cache_limit = cache_limit
-        self._models: OrderedDict[str, UpscaleModel] = OrderedDict()
+        self._models: OrderedDict[str, tuple[tuple, UpscaleModel]] = OrderedDict()
         self._lock = threading.Lock()
 
     def model_files(self) -> list[Path]:
@@ -164,19 +167,29 @@ class UpscalerRegistry:
         return [info.name for info in self.list()]
 
     def load(self, name: str) -> UpscaleModel:
+        """The model called `name`, from the cache while its file is unchanged."""
         with self._lock:
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
             path = next((p for p in self.model_files() if p.stem == name), None)
             if path is None:
                 raise UpscalerError(f"unknown upscaler {name!r}; available: "
                                     f"{', '.join(self.names())}")
+            stat = path.stat()
+            stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+            cached = self._models.get(name)
+            if cached is not None and cached[0] == stamp:
+                self._models.move_to_end(name)
+                return cached[1]
             model = build_model(load_weights(path), path, self.device)
-            self._models[name] = model
+            self._models[name] = (stamp, model)
+            self._models.move_to_end(name)
             while len(self._models) > self.cache_limit:
                 self._models.popitem(last=False)
             return model
+
+    def cached_names(self) -> list[str]:
+        """Names of the models held in memory, least recently used first."""
+        with self._lock:
+            return list(self._models)
 
     def run_model(self, image: Image.Image, name: str, settings) -> Image.Image:
         """One pass of a model over `image`, tiled as the settings say."""
@@ -207,7 +220,8 @@ class UpscalerRegistry:
 
 
 def upscalers_of(runtime) -> UpscalerRegistry:
-    """The runtime's registry, or a fresh one over its ESRGAN folder."""
+    """The runtime's registry (`Runtime.create` builds one, so loaded models are shared
+    by every job), or a fresh one over its ESRGAN folder for a bare test runtime."""
     registry = getattr(runtime, "upscalers", None)
     if registry is not None:
         return registry

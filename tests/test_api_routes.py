@@ -128,7 +128,7 @@ def test_override_settings_apply_to_one_job(client, runtime):
 
 @pytest.mark.parametrize("fields, status, needle", [
     ({"script_name": "No such script"}, 422, "Script 'No such script' not found"),
-    ({"alwayson_scripts": {"controlnet": {"args": []}}}, 422, "always on script controlnet"),
+    ({"alwayson_scripts": {"adetailer": {"args": []}}}, 422, "always on script adetailer"),
     ({"enable_hr": True}, 422, "denoising_strength"),
     ({"restore_faces": True}, 501, "Face restoration"),
     ({"tiling": True}, 501, "Tiling"),

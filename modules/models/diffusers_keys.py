@@ -12,6 +12,11 @@ U-Net: `down_blocks.i.resnets.j` -> `input_blocks.{1 + i*(n+1) + j}.0`, its
 internals renamed (`norm1` -> `in_layers.0`, ...); attention internals are identical.
 SDXL's `add_embedding.linear_1/2` -> `label_emb.0.0/0.2`.
 
+ControlNet (diffusers `ControlNetModel`): the same encoder-side rules, plus the hint
+encoder (`controlnet_cond_embedding.*` -> `input_hint_block.*`) and the zero
+convolutions (`controlnet_down_blocks.i` -> `zero_convs.i.0`, `controlnet_mid_block`
+-> `middle_block_out.0`) of LDM's `cldm.ControlNet`.
+
 VAE: same names except resnets (`conv_shortcut` -> `nin_shortcut`), the decoder's level
 index (diffusers counts up blocks from the lowest resolution, LDM from the highest) and
 the mid attention, whose Linear projections become 1x1 convolutions.
@@ -134,13 +139,11 @@ def _unet_decoder_rules(config: UNetConfig) -> list[_Rule]:
     return rules
 
 
-def _unet_rules(config: UNetConfig) -> list[_Rule]:
-    """All U-Net rules: embeddings, encoder, middle, decoder, output head."""
+def _unet_encoder_side_rules(config: UNetConfig) -> list[_Rule]:
+    """Embeddings, encoder and middle block: the part a ControlNet copies."""
     rules = [
         _Rule("time_embedding.linear_1.", "time_embed.0."),
         _Rule("time_embedding.linear_2.", "time_embed.2."),
-        _Rule("conv_norm_out.", "out.0."),
-        _Rule("conv_out.", "out.2."),
     ]
     if config.adm_in_channels is not None:
         rules += [
@@ -157,7 +160,36 @@ def _unet_rules(config: UNetConfig) -> list[_Rule]:
             "mid_block.resnets.1.", f"middle_block.{2 if has_attention else 1}.", UNET_RESNET_NAMES
         )
     )
-    return rules + _unet_encoder_rules(config) + _unet_decoder_rules(config)
+    return rules + _unet_encoder_rules(config)
+
+
+def _unet_rules(config: UNetConfig) -> list[_Rule]:
+    """All U-Net rules: embeddings, encoder, middle, decoder, output head."""
+    rules = [_Rule("conv_norm_out.", "out.0."), _Rule("conv_out.", "out.2.")]
+    return rules + _unet_encoder_side_rules(config) + _unet_decoder_rules(config)
+
+
+def _controlnet_rules(config: UNetConfig, hint_blocks: int) -> list[_Rule]:
+    """diffusers `ControlNetModel`: the encoder side plus hint encoder and zero convs.
+
+    `controlnet_cond_embedding.conv_in` is hint conv 0, `.blocks.k` hint conv k + 1 and
+    `.conv_out` the last one (LDM indices count the SiLUs between them, hence 2x);
+    `controlnet_down_blocks.i` is `zero_convs.i.0`, `controlnet_mid_block` `middle_block_out.0`.
+    """
+    rules = _unet_encoder_side_rules(config)
+    rules.append(_Rule("controlnet_cond_embedding.conv_in.", "input_hint_block.0."))
+    for k in range(hint_blocks):
+        rules.append(
+            _Rule(f"controlnet_cond_embedding.blocks.{k}.", f"input_hint_block.{2 * (k + 1)}.")
+        )
+    rules.append(
+        _Rule("controlnet_cond_embedding.conv_out.", f"input_hint_block.{2 * (hint_blocks + 1)}.")
+    )
+    blocks = len(config.channel_mult) * (config.num_res_blocks + 1)  # input blocks
+    for i in range(blocks):
+        rules.append(_Rule(f"controlnet_down_blocks.{i}.", f"zero_convs.{i}.0."))
+    rules.append(_Rule("controlnet_mid_block.", "middle_block_out.0."))
+    return rules
 
 
 def _vae_rules(config: VAEConfig) -> list[_Rule]:
@@ -240,6 +272,32 @@ def map_unet_keys(keys: Iterable[str], config: UNetConfig) -> KeyMapping:
 def map_vae_keys(keys: Iterable[str], config: VAEConfig) -> KeyMapping:
     """diffusers VAE names -> LDM names, without touching tensors (header-only use)."""
     return _map_names(keys, _vae_rules(config))
+
+
+def map_controlnet_keys(keys: Iterable[str], config: UNetConfig) -> KeyMapping:
+    """diffusers `ControlNetModel` names -> LDM `cldm.ControlNet` names (header-only use).
+
+    `config` is the copied encoder's U-Net config; the number of hint-encoder blocks is
+    read from the keys themselves.
+    """
+    keys = list(keys)
+    hint_blocks = {
+        int(key.split(".")[2]) for key in keys if key.startswith("controlnet_cond_embedding.blocks.")
+    }
+    return _map_names(keys, _controlnet_rules(config, len(hint_blocks)))
+
+
+def controlnet_diffusers_to_ldm(
+    sd: Mapping[str, torch.Tensor], config: UNetConfig
+) -> dict[str, torch.Tensor]:
+    """A diffusers `ControlNetModel` state dict with LDM names (shapes unchanged).
+
+    Raises `UnmappedKeysError` if any key has no LDM name.
+    """
+    mapping = map_controlnet_keys(sd.keys(), config)
+    if mapping.unmapped:
+        raise UnmappedKeysError("diffusers ControlNet", mapping.unmapped)
+    return {mapping.renames[key]: tensor for key, tensor in sd.items()}
 
 
 def unet_diffusers_to_ldm(

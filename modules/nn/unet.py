@@ -16,11 +16,15 @@ reference implementation (Zhang et al., 2023, https://arxiv.org/abs/2302.05543,
 `cldm.py`), `control.middle` is added to the output of the middle block, and
 `control.down[i]` is added to the skip connection saved from `input_blocks[i]` at the
 moment the decoder concatenates it; the tensor flowing down the encoder is unchanged.
+`control` may also be a `ControlSource`: a callable that computes the residuals from
+the U-Net's own inputs (x, timesteps, context, y) at the start of the call, which is
+what a ControlNet needs, since it runs on the same x_t, t and text as the U-Net.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,8 +32,15 @@ from torch import nn
 from modules.nn.attention import AttentionBackend, set_attention_backend
 from modules.nn.configs import UNetConfig
 from modules.nn.timestep import timestep_embedding
-from modules.nn.transformer import SpatialTransformer
-from modules.nn.unet_blocks import Downsample, ResBlock, TimestepEmbedSequential, Upsample
+from modules.nn.unet_blocks import TimestepEmbedSequential, Upsample
+from modules.nn.unet_encoder import (
+    build_input_blocks,
+    build_label_emb,
+    build_middle_block,
+    build_time_embed,
+    res_block,
+    transformer,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,18 @@ class ControlResiduals:
     middle: torch.Tensor
 
 
+class ControlSource(Protocol):
+    """Residuals computed from the U-Net's inputs; None means no control for this call."""
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None,
+    ) -> ControlResiduals | None: ...
+
+
 class UNetModel(nn.Module):
     """The LDM U-Net, configured by a `UNetConfig` (SD1, SD2, SDXL, refiner)."""
 
@@ -51,22 +74,14 @@ class UNetModel(nn.Module):
         """:param config: the architecture numbers (see `modules.nn.configs.UNetConfig`)."""
         super().__init__()
         self.config = config
-        emb_dim = config.time_embed_dim
         # Timestep embedding MLP over the sinusoidal features.
-        self.time_embed = nn.Sequential(
-            nn.Linear(config.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_embed = build_time_embed(config)
         # SDXL's ADM vector embedding (`label_emb.0.0`, `label_emb.0.2`).
         if config.adm_in_channels is not None:
-            self.label_emb = nn.Sequential(
-                nn.Sequential(
-                    nn.Linear(config.adm_in_channels, emb_dim),
-                    nn.SiLU(),
-                    nn.Linear(emb_dim, emb_dim),
-                )
-            )
-        skip_channels = self._build_input_blocks()
-        self._build_middle_block()
+            self.label_emb = build_label_emb(config)
+        # Encoder and middle block (shared with ControlNet, `unet_encoder.py`).
+        self.input_blocks, skip_channels = build_input_blocks(config)
+        self.middle_block = build_middle_block(config)
         self._build_output_blocks(skip_channels)
         # Final GroupNorm-SiLU-conv to the output channels.
         self.out = nn.Sequential(
@@ -74,60 +89,6 @@ class UNetModel(nn.Module):
             nn.SiLU(),
             nn.Conv2d(config.model_channels, config.out_channels, kernel_size=3, padding=1),
         )
-
-    def _res_block(self, in_channels: int, out_channels: int) -> ResBlock:
-        return ResBlock(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            emb_channels=self.config.time_embed_dim,
-            norm_num_groups=self.config.norm_num_groups,
-        )
-
-    def _transformer(self, channels: int, depth: int) -> SpatialTransformer:
-        return SpatialTransformer(
-            channels=channels,
-            heads=self.config.heads_for(channels),
-            depth=depth,
-            context_dim=self.config.context_dim,
-            use_linear=self.config.use_linear_in_transformer,
-            norm_num_groups=self.config.norm_num_groups,
-        )
-
-    def _build_input_blocks(self) -> list[int]:
-        """Encoder path; returns the channel count of each saved skip connection."""
-        cfg = self.config
-        self.input_blocks = nn.ModuleList(
-            [
-                TimestepEmbedSequential(
-                    nn.Conv2d(cfg.in_channels, cfg.model_channels, kernel_size=3, padding=1)
-                )
-            ]
-        )
-        channels = cfg.model_channels
-        skip_channels = [channels]
-        for level, mult in enumerate(cfg.channel_mult):
-            # `num_res_blocks` x [ResBlock, SpatialTransformer?] at this resolution.
-            for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [self._res_block(channels, mult * cfg.model_channels)]
-                channels = mult * cfg.model_channels
-                if cfg.transformer_depth[level] > 0:
-                    layers.append(self._transformer(channels, cfg.transformer_depth[level]))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                skip_channels.append(channels)
-            # Halve the resolution, except after the last level.
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(channels=channels)))
-                skip_channels.append(channels)
-        return skip_channels
-
-    def _build_middle_block(self) -> None:
-        """ResBlock, SpatialTransformer, ResBlock at the lowest resolution."""
-        channels = self.config.model_channels * self.config.channel_mult[-1]
-        layers: list[nn.Module] = [self._res_block(channels, channels)]
-        if self.config.transformer_depth_middle > 0:
-            layers.append(self._transformer(channels, self.config.transformer_depth_middle))
-        layers.append(self._res_block(channels, channels))
-        self.middle_block = TimestepEmbedSequential(*layers)
 
     def _build_output_blocks(self, skip_channels: list[int]) -> None:
         """Decoder path: each block eats one skip connection (concatenated on channels)."""
@@ -139,10 +100,10 @@ class UNetModel(nn.Module):
             out_channels = cfg.model_channels * cfg.channel_mult[level]
             # `num_res_blocks + 1` blocks per level: one more than the encoder.
             for index in range(cfg.num_res_blocks + 1):
-                layers: list[nn.Module] = [self._res_block(channels + skips.pop(), out_channels)]
+                layers: list[nn.Module] = [res_block(cfg, channels + skips.pop(), out_channels)]
                 channels = out_channels
                 if cfg.transformer_depth[level] > 0:
-                    layers.append(self._transformer(channels, cfg.transformer_depth[level]))
+                    layers.append(transformer(cfg, channels, cfg.transformer_depth[level]))
                 # Double the resolution at the end of every level but the top one.
                 if level > 0 and index == cfg.num_res_blocks:
                     layers.append(Upsample(channels=channels))
@@ -180,7 +141,7 @@ class UNetModel(nn.Module):
         context: torch.Tensor,
         y: torch.Tensor | None = None,
         *,
-        control: ControlResiduals | None = None,
+        control: ControlResiduals | ControlSource | None = None,
     ) -> torch.Tensor:
         """Predict the noise (or v) of latents `x`.
 
@@ -188,12 +149,14 @@ class UNetModel(nn.Module):
         :param timesteps: (B,) DDPM timesteps (float allowed), or one 0-d timestep for all
         :param context: (B, S, context_dim) text encoding
         :param y: (B, adm_in_channels) SDXL ADM vector, None for SD1/SD2
-        :param control: ControlNet residuals (see the module docstring)
+        :param control: ControlNet residuals, or a `ControlSource` (see the module docstring)
         :return: (B, out_channels, H, W) in the dtype of `x`; computed in the weights' dtype
         """
         dtype = self.dtype
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
+        if control is not None and not isinstance(control, ControlResiduals):
+            control = control(x, timesteps, context, y)
         if control is not None and len(control.down) != len(self.input_blocks):
             raise ValueError(
                 f"control.down has {len(control.down)} tensors, expected {len(self.input_blocks)}"

@@ -14,11 +14,18 @@ Rows with equal cond shapes go through the U-Net in one batch. Extensions observ
 change a step through typed hooks passed in at construction: `before_model`
 (`CFGDenoiserParams`), `after_model` (`CFGDenoisedParams`) and `after_cfg`
 (`AfterCFGParams`), in A1111's order (cfg_denoiser, cfg_denoised, cfg_after_cfg).
+
+Extra U-Net inputs: a `before_model` hook may put keyword arguments for the U-Net in
+`params.unet_kwargs` (e.g. ControlNet's `control=`, see `modules.nn.unet`); they go
+through the `Denoiser` to every U-Net call of that step. Because rows are grouped into
+several calls, a value with a `for_rows(rows: list[int])` method is first narrowed to
+the rows of each call (indices into the step's rows, described by `row_images` and
+`row_is_uncond`); other values are passed as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +45,9 @@ class CFGDenoiserParams:
     image_cond: Tensor | None  # (rows, ...) extra input channels, or None
     step: int
     total_steps: int
+    row_images: list[int] = field(default_factory=list)  # the image each row belongs to
+    row_is_uncond: list[bool] = field(default_factory=list)  # True for negative-prompt rows
+    unet_kwargs: dict[str, Any] = field(default_factory=dict)  # extra U-Net inputs (see above)
 
 
 @dataclass
@@ -76,9 +86,11 @@ class _Row:
 
 @dataclass
 class Hooks:
-    before_model: Sequence[Callable[[CFGDenoiserParams], None]] = ()
-    after_model: Sequence[Callable[[CFGDenoisedParams], None]] = ()
-    after_cfg: Sequence[Callable[[AfterCFGParams], None]] = ()
+    """Per-step hooks; lists, so that a job's scripts may append their own."""
+
+    before_model: list[Callable[[CFGDenoiserParams], None]] = field(default_factory=list)
+    after_model: list[Callable[[CFGDenoisedParams], None]] = field(default_factory=list)
+    after_cfg: list[Callable[[AfterCFGParams], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -156,7 +168,8 @@ class CFGDenoiser:
         index = torch.tensor([row.image for row in rows], device=x.device)
         image_cond = None if self.image_cond is None else self.image_cond[index.to(self.image_cond.device)]
         return CFGDenoiserParams(x[index], sigma[index], [row.cond for row in rows], image_cond,
-                                 self.step, self.total_steps)
+                                 self.step, self.total_steps, [row.image for row in rows],
+                                 [row.is_uncond for row in rows])
 
     def _run_model(self, params: CFGDenoiserParams, rows: list[_Row]) -> Tensor:
         """One U-Net call per group of rows whose conds have the same shapes."""
@@ -172,8 +185,10 @@ class CFGDenoiser:
             context = torch.stack([c.crossattn for c in conds]).to(params.x.device)
             y = None if conds[0].vector is None else torch.stack([c.vector for c in conds]).to(params.x.device)
             c_concat = None if params.image_cond is None else params.image_cond[index.to(params.image_cond.device)]
+            extra = {name: value.for_rows(members) if hasattr(value, "for_rows") else value
+                     for name, value in params.unet_kwargs.items()}
             x_out[index] = self.denoiser(params.x[index], params.sigma[index], context=context, y=y,
-                                         c_concat=c_concat).to(x_out.dtype)
+                                         c_concat=c_concat, **extra).to(x_out.dtype)
         return x_out
 
     def _combine(self, x_out: Tensor, rows: list[_Row], batch: int) -> Tensor:

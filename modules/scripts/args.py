@@ -5,6 +5,9 @@ API clients send a script's arguments either as a list in field order (A1111's
 dataclass's annotations and the per-field metadata declared with `arg(...)` (label,
 range, choices), and a bad value raises `ScriptArgsError` naming the script and field.
 `describe_args` gives `/sdapi/v1/script-info`'s `args` entries from the same metadata.
+A field whose type has a `parse_arg(value)` classmethod (a structured argument, such as
+one ControlNet unit given as a dict) is converted by it; a `ValueError` it raises
+becomes a `ScriptArgsError` naming the field.
 """
 
 from __future__ import annotations
@@ -108,7 +111,13 @@ def parse_args(args_type: type, payload: Any, *, script: str) -> Any:
     converted = {}
     for spec in specs:
         value = values.get(spec.name, _default(spec))
-        if spec.name in values:
+        parse = getattr(typing.get_type_hints(args_type).get(spec.name), "parse_arg", None)
+        if spec.name in values and callable(parse):
+            try:
+                value = parse(value)
+            except ValueError as error:
+                raise ScriptArgsError(script, spec.name, str(error)) from None
+        elif spec.name in values:
             value = _coerce(script, spec.name, _type_name(args_type, spec), value)
             _check_range(script, spec, value)
         converted[spec.name] = value

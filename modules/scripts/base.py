@@ -57,6 +57,9 @@ class SamplingInfo:
     conds: list
     unconds: list
     batch_number: int
+    # The CFG hooks of this sampler call (`modules.sampling.cfg.Hooks`): a script may
+    # append per-job step hooks, e.g. one filling `params.unet_kwargs["control"]`.
+    cfg_hooks: Any = None
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Script:
     Args: ClassVar[type] = NoArgs
     filename: str = ""  # the file it was loaded from (set by the loader)
     extension: str = ""  # the extension's name ("" for built-ins)
+    context: Any = None  # its extension's `ExtensionContext` (folder, paths; set by the loader)
 
     def title(self) -> str:
         raise NotImplementedError

@@ -71,3 +71,60 @@ def save_grid(runtime, params, grid, infotext: str, *, kind: str) -> str | None:
                                infotext=infotext, extension=settings.samples_format,
                                pattern="grid", write_metadata=settings.enable_pnginfo)
     return str(path)
+
+
+def insert_infotext_params(infotext: str, extra: dict) -> str:
+    """`infotext` with `Key: value` entries added where A1111 puts a script's extra
+    params: after the other parameters but before `Version` (and `User`)."""
+    if not extra:
+        return infotext
+    head, newline, last = infotext.rpartition("\n")
+    entries = ", ".join(f"{key}: {quote(value)}" for key, value in extra.items())
+    cut = min((i for i in (last.rfind(", Version: "), last.rfind(", User: ")) if i >= 0),
+              default=-1)
+    if cut < 0:
+        last = f"{last}, {entries}" if last else entries
+    else:
+        last = f"{last[:cut]}, {entries}{last[cut:]}"
+    return f"{head}{newline}{last}"
+
+
+def save_sample(runtime, params, image, *, seed: int | None, infotext: str,
+                kind: str = "img2img") -> str | None:
+    """Save a script's finished picture to the samples folder, as a normal image would
+    be (when `samples_save` is on and the request saves images)."""
+    settings = runtime.settings.current.with_overrides(params.override_settings)
+    if not settings.samples_save or params.do_not_save_samples:
+        return None
+    root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_samples"))
+    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+    path = image_io.save_image(image, directory, seed=seed, prompt=params.prompt,
+                               infotext=infotext, extension=settings.samples_format,
+                               pattern="[seed]", jpeg_quality=settings.jpeg_quality,
+                               write_metadata=settings.enable_pnginfo)
+    return str(path)
+
+
+def single_result(image, part: GenerationResult, infotext: str) -> GenerationResult:
+    """A result holding one picture made from `part`'s jobs (its first seed/prompt)."""
+    result = empty_result()
+    result.images, result.infotexts = [image], [infotext]
+    for name in ("seeds", "subseeds", "prompts", "negative_prompts"):
+        values = getattr(part, name)
+        getattr(result, name).append(values[0] if values else None)
+    result.warnings = list(part.warnings)
+    result.interrupted = part.interrupted
+    result.extra = dict(part.extra)
+    return result
+
+
+def resolve_scale_by(params):
+    """An img2img request with `scale_by` turned into width/height (img2img's rule:
+    the first init image's size times the factor, rounded down to a multiple of 8), so
+    scripts that change the init image or tile by the job's size see the real size."""
+    if getattr(params, "scale_by", None) is None:
+        return params
+    first = params.init_images[0]
+    return dataclasses.replace(
+        params, scale_by=None, width=max(64, int(first.width * params.scale_by) // 8 * 8),
+        height=max(64, int(first.height * params.scale_by) // 8 * 8))

@@ -1,0 +1,105 @@
+"""The ControlNet extension's HTTP routes (a1111.md h.5), on Easel's extension app.
+
+Registered from the extension's `app_started` callback through `ExtensionApp.add_api_route`,
+so they sit behind `--api-auth` like `/sdapi/v1/*`:
+
+- GET  /controlnet/version      -> {"version": 2}
+- GET  /controlnet/model_list   -> {"model_list": ["stem [hash8]", ...]}
+- GET  /controlnet/module_list  -> {"module_list": [...], "module_detail": {...}}
+- GET  /controlnet/settings     -> {"control_net_unit_count": n}
+- POST /controlnet/detect       -> {"images": [base64 PNG], "info": "Success"}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from pydantic import BaseModel, Field
+
+from easel_controlnet.hint import decode_image, map_to_png_base64
+from easel_controlnet.library import list_models
+from easel_controlnet.prepare import detect_map
+from easel_controlnet.preprocessors import (
+    PreprocessorError,
+    all_preprocessors,
+    get_preprocessor,
+    preprocessor_names,
+)
+from easel_controlnet.units import ControlNetUnit
+
+API_VERSION = 2
+
+
+class DetectRequest(BaseModel):
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_masks: list[str] = Field(default_factory=list)
+    controlnet_processor_res: int = -1
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+    low_vram: bool = False
+
+
+def module_detail() -> dict[str, Any]:
+    """Per module: whether it needs weights, and its sliders (label, default, range)."""
+    detail = {}
+    for name, entry in all_preprocessors().items():
+        sliders = []
+        if entry.uses_resolution:
+            sliders.append({"name": "Preprocessor Resolution", "value": 512, "min": 64,
+                            "max": 2048})
+        for slider in (entry.slider_a, entry.slider_b):
+            if slider is not None:
+                sliders.append({"name": slider.label, "value": slider.default,
+                                "min": slider.minimum, "max": slider.maximum})
+        detail[name] = {"model_free": entry.run is not None, "sliders": sliders,
+                        "files": list(entry.files)}
+    return detail
+
+
+def detect(request: DetectRequest, annotator_dir: Path | None) -> dict[str, Any]:
+    if request.controlnet_module not in preprocessor_names():
+        raise HTTPException(422, f"Module {request.controlnet_module} not found")
+    if not request.controlnet_input_images:
+        raise HTTPException(422, "No image selected")
+    try:
+        entry = get_preprocessor(request.controlnet_module, annotator_dir)
+        if entry.needs_mask and len(request.controlnet_masks) < len(
+                request.controlnet_input_images):
+            raise PreprocessorError(f"Module {entry.name} requires a mask for every image")
+        images = []
+        for index, text in enumerate(request.controlnet_input_images):
+            masks = request.controlnet_masks
+            unit = ControlNetUnit(module=entry.name, threshold_a=request.controlnet_threshold_a,
+                                  threshold_b=request.controlnet_threshold_b,
+                                  mask=masks[index] if index < len(masks) else None)
+            detected = detect_map(unit, decode_image(text, f"controlnet_input_images[{index}]"),
+                                  annotator_dir=annotator_dir,
+                                  resolution=request.controlnet_processor_res)
+            images.append(map_to_png_base64(detected))
+    except (PreprocessorError, ValueError) as error:
+        raise HTTPException(422, str(error)) from None
+    return {"images": images, "info": "Success"}
+
+
+def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
+                    unit_count: int) -> None:
+    """Add the routes to an `ExtensionApp`."""
+    app.add_api_route("/controlnet/version", lambda: {"version": API_VERSION})
+
+    def model_list(update: bool = True) -> dict[str, list[str]]:
+        return {"model_list": [entry.name for entry in list_models(model_dir)]}
+
+    def module_list(alias_names: bool = False) -> dict[str, Any]:
+        return {"module_list": list(preprocessor_names()), "module_detail": module_detail()}
+
+    app.add_api_route("/controlnet/model_list", model_list)
+    app.add_api_route("/controlnet/module_list", module_list)
+    app.add_api_route("/controlnet/settings", lambda: {"control_net_unit_count": unit_count})
+
+    def detect_route(request: DetectRequest) -> dict[str, Any]:
+        return detect(request, annotator_dir)
+
+    app.add_api_route("/controlnet/detect", detect_route, methods=["POST"])
