@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from modules.models.families import SD15, Family
 from modules.models.family_metadata import METADATA_KEY, family_to_metadata
-from modules.nn.configs import NoiseScheduleConfig, TextEncoderConfig, UNetConfig, VAEConfig
+from modules.nn.configs import TextEncoderConfig, UNetConfig, VAEConfig
 
 NATIVE_RESOLUTION = 64
 ARCHITECTURE = "stable-diffusion-v1"
@@ -48,13 +48,6 @@ DEMO_UNET = UNetConfig(
 
 DEMO_TEXT = TextEncoderConfig(hidden_size=128, num_layers=3, num_heads=2, intermediate_size=512)
 
-# SD's noise schedule is tuned for 64x64 latents. At the demo's 8x8 latents the same
-# sigma leaves far more of the picture readable (the signal is averaged over fewer
-# pixels; Hoogeboom et al., 2023, "simple diffusion"), so at SD's sigma_max of 14.6 the
-# starting noise still decides where the shape goes and the U-Net learns to ignore
-# position words. A larger beta_end shifts the schedule towards noise: sigma_max ~ 95.
-DEMO_SCHEDULE = NoiseScheduleConfig(beta_end=0.022)
-
 # SD1 with the small configs; the VAE scale factor is filled in after VAE training.
 DEMO_FAMILY: Family = replace(
     SD15,
@@ -63,7 +56,6 @@ DEMO_FAMILY: Family = replace(
     vae=DEMO_VAE,
     text_encoders=(replace(SD15.text_encoders[0], config=DEMO_TEXT),),
     native_resolution=NATIVE_RESOLUTION,
-    schedule=DEMO_SCHEDULE,
 )
 
 
