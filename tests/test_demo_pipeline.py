@@ -1,0 +1,131 @@
+"""The shipped demo model through the real pipeline: prompts, masks and passes in the pixels.
+
+Everything here runs `processing.txt2img` / `img2img.img2img` exactly as the UI and the
+API do, on `models/Stable-diffusion/easel-demo.safetensors`, and judges the pictures
+with the pixel checker (`modules/training/checker.py`), which never calls the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modules.cmd_args import parse_args
+from modules.img2img import img2img
+from modules.params import Img2ImgParams, Txt2ImgParams
+from modules.processing import txt2img
+from modules.runtime import Runtime
+from modules.training.checker import analyze_image, check
+from modules.training.shapes import evaluation_prompts
+from tests.helpers.checkpoints import finish
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "Stable-diffusion" / "easel-demo.safetensors"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory) -> Runtime:
+    assert DEMO.is_file(), "the demo checkpoint must ship with the project"
+    data = tmp_path_factory.mktemp("data")
+    rt = Runtime.create(parse_args(["--data-dir", str(data), "--ckpt-dir", str(DEMO.parent)]))
+    rt.ready.set()
+    return rt
+
+
+def generate(runtime, prompt: str, *, seed: int, batch_size: int = 1, **fields):
+    params = Txt2ImgParams(prompt=prompt, width=SIZE, height=SIZE, steps=20, cfg_scale=7.0,
+                           sampler_name="DPM++ 2M", scheduler="Karras", seed=seed,
+                           batch_size=batch_size, do_not_save_samples=True, **fields)
+    return finish(txt2img(runtime, params))[0]
+
+
+def test_demo_is_the_default_and_declares_its_size(runtime):
+    loaded = runtime.models.get()
+    assert loaded.info.stem == "easel-demo"
+    assert loaded.family.native_resolution == SIZE
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the shipped demo does not follow position words yet "
+                                       "(position 0.21 against the 0.75 target)")
+def test_demo_follows_prompts_24_prompts_by_4_seeds(runtime):
+    """The issue's acceptance figures: DPM++ 2M Karras, 20 steps, CFG 7."""
+    results = []
+    for prompt in evaluation_prompts(24):
+        images = generate(runtime, prompt, seed=0, batch_size=4).images
+        results += [check(prompt, image) for image in images]
+    colours = np.mean([bool(r.color and r.background) for r in results])
+    shapes = np.mean([bool(r.shape) for r in results])
+    positions = np.mean([bool(r.position) for r in results])
+    print(f"colour+background {colours:.2f}, shape {shapes:.2f}, position {positions:.2f}")
+    assert colours >= 0.90 and shapes >= 0.75 and positions >= 0.75
+
+
+def _square_mask(box: tuple[int, int, int, int]) -> Image.Image:
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, box)
+    return mask
+
+
+def test_inpaint_changes_only_the_masked_colour(runtime):
+    source = "a large red square in the center on a blue background"
+    original = generate(runtime, source, seed=5).images[0]
+    target = "a large green square in the center on a blue background"
+    params = Img2ImgParams(prompt=target, init_images=[original], mask=_square_mask((8, 8, 56, 56)),
+                           mask_blur_x=2, mask_blur_y=2, denoising_strength=0.9, width=SIZE,
+                           height=SIZE, steps=20, sampler_name="DPM++ 2M", scheduler="Karras",
+                           seed=6, do_not_save_samples=True)
+    result = finish(img2img(runtime, params))[0].images[0]
+    before, after = np.asarray(original, np.int16), np.asarray(result, np.int16)
+    # Outside the blurred mask the original is kept. A blur of 2 px uses an 11-tap
+    # kernel (A1111's 2 * int(2.5 * blur + 0.5) + 1), so the mask reaches 5 px further.
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[3:61, 3:61] = False
+    assert np.abs(before - after)[outside].max() <= 1
+    assert check(target, result).color
+
+
+def test_img2img_strength_keeps_or_replaces(runtime):
+    source = "a large red circle at the top left on a white background"
+    original = generate(runtime, source, seed=8).images[0]
+    drawn = analyze_image(original)
+    new_prompt = "a large blue circle at the top left on a white background"
+
+    def redo(strength: float):
+        params = Img2ImgParams(prompt=new_prompt, init_images=[original],
+                               denoising_strength=strength, width=SIZE, height=SIZE, steps=20,
+                               sampler_name="DPM++ 2M", scheduler="Karras", seed=9,
+                               do_not_save_samples=True)
+        return finish(img2img(runtime, params))[0].images[0]
+
+    gentle, strong = redo(0.3), redo(0.9)
+    kept = analyze_image(gentle)
+    # At 0.3 the picture keeps the shape and place it had; at 0.9 the new colour wins.
+    assert (kept.position, kept.shape) == (drawn.position, drawn.shape)
+    assert check(new_prompt, strong).color
+
+
+HIRES_PROMPTS = (
+    "a large red square in the center on a white background",
+    "a large blue circle in the center on a yellow background",
+    "a large green square in the center on a black background",
+)
+
+
+def test_hires_fix_reaches_the_target_size_and_still_draws_the_prompt(runtime):
+    """The demo never saw 128 px; colours and backgrounds must survive the second pass."""
+    shapes_right = 0
+    for prompt in HIRES_PROMPTS:
+        result = generate(runtime, prompt, seed=4, enable_hr=True, hr_scale=2.0,
+                          hr_upscaler="Latent", denoising_strength=0.5, hr_second_pass_steps=10)
+        image = result.images[0]
+        assert image.size == (2 * SIZE, 2 * SIZE)
+        verdict = check(prompt, image)
+        assert verdict.color and verdict.background, prompt
+        shapes_right += bool(verdict.shape)
+        assert "Hires upscale: 2.0" in result.infotexts[0]
+    assert shapes_right >= 2
