@@ -246,19 +246,21 @@ def drive_sampler(generator, *, job_no: int, job_count: int, steps: int, preview
     `preview(step_number, denoised)` may return a picture for the Progress event.
     """
     last = None
-    with torch.inference_mode():
-        while True:
-            try:
+    while True:
+        # Grad mode is thread state: hold inference mode only while the sampler runs,
+        # never across our own `yield`, or it would leak into whoever drives us.
+        try:
+            with torch.inference_mode():
                 step = next(generator)
-            except StopIteration as stop:
-                return stop.value, None
-            last = step
-            picture = preview(step.index + 1, step.denoised) if preview is not None else None
-            command = yield Progress(step=step.index + 1, total_steps=steps, job_no=job_no,
-                                     job_count=job_count, preview=picture)
-            if command in ("skip", "interrupt"):
-                generator.close()
-                return last.denoised, command
+        except StopIteration as stop:
+            return stop.value, None
+        last = step
+        picture = preview(step.index + 1, step.denoised) if preview is not None else None
+        command = yield Progress(step=step.index + 1, total_steps=steps, job_no=job_no,
+                                 job_count=job_count, preview=picture)
+        if command in ("skip", "interrupt"):
+            generator.close()
+            return last.denoised, command
 
 
 def preview_maker(plan: Plan):

@@ -44,11 +44,12 @@ def test_install_from_url_is_refused_when_not_local(runtime, tmp_path):
 def test_installed_list_enable_disable_and_errors(runtime):
     rows = {row[0]: row for row in tab.installed_rows(runtime)}
     assert rows["sample_ext"][1] is True and "at import on purpose" in rows["broken_import"][4]
-    table, status = tab.apply_enabled(runtime, ["broken_import"])
+    builtin = [name for name in rows if name not in ("sample_ext", "broken_import")]
+    table, status = tab.apply_enabled(runtime, ["broken_import", *builtin])
     assert "Saved" in status
     assert json.loads(runtime.settings.current.disabled_extensions) == ["sample_ext"]
     assert {row[0]: row[1] for row in table}["sample_ext"] is False
-    tab.apply_enabled(runtime, ["sample_ext", "broken_import"])
+    tab.apply_enabled(runtime, ["sample_ext", "broken_import", *builtin])
     assert json.loads(runtime.settings.current.disabled_extensions) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from modules.images import read_infotext
@@ -104,3 +105,11 @@ def _events(generator):
             events.append(next(generator))
     except StopIteration:
         return events
+
+
+def test_driving_a_job_does_not_change_the_callers_grad_mode(runtime):
+    generator = txt2img(runtime, Txt2ImgParams(prompt="x", width=64, height=64, steps=3,
+                                               do_not_save_samples=True))
+    next(generator)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    generator.close()
