@@ -47,7 +47,6 @@ def test_demo_draws_colours_and_backgrounds(demo):
     assert sum(bool(r.shape) for r in results) >= len(PROMPTS) - 2
 
 
-@pytest.mark.xfail(strict=True, reason="the first demo checkpoint ignores position words (about chance, 21%)")
 def test_demo_places_the_shape_where_asked(demo):
     prompts = [f"a large red circle {where} on a white background"
                for where in ("at the top left", "at the top right", "at the bottom left", "at the bottom right")]

@@ -8,7 +8,8 @@ Stages (each with a tqdm progress bar):
 2. its decoder alone, encoder frozen: sharper edges, the same latents (`finetune_decoder`);
 3. the training set encoded once (captions x a few images each) and the latent scale
    factor measured on it;
-4. the U-Net and the text encoder trained together (`train_unet`);
+4. the U-Net trained against the CLIP text encoder (`train_unet`; the encoder stays at
+   its seeded random init unless `freeze_text_encoder` is off);
 5. the EMA weights written as an fp16 SD1 checkpoint.
 
 Every random draw comes from `--seed`, and torch runs on one thread (`--threads`), so a
@@ -52,11 +53,22 @@ class DemoRecipe:
     vae: VAETrainingConfig = VAETrainingConfig()
     decoder: DecoderTrainingConfig = DecoderTrainingConfig()
     unet: UNetTrainingConfig = UNetTrainingConfig()
+    # Trained jointly from scratch, the text encoder collapsed the position words (their
+    # encodings differed by ~1 %) and the U-Net placed shapes by the noise alone. A
+    # frozen, randomly initialised CLIP keeps every token distinct, and the U-Net's
+    # cross-attention learns what the words mean: position went from 0.21 to 1.0.
+    freeze_text_encoder: bool = True
+    # Further U-Net rounds at a lower rate, each on a freshly drawn training set: colours
+    # went from 0.48 to 0.80 with the first round.
+    refine: tuple[UNetTrainingConfig, ...] = (
+        UNetTrainingConfig(steps=1200, learning_rate=3e-4, seed=1),
+    )
 
     def seeded(self, seed: int) -> "DemoRecipe":
         """The same recipe with every stage seeded from `seed`."""
         return replace(self, vae=replace(self.vae, seed=seed), decoder=replace(self.decoder, seed=seed),
-                       unet=replace(self.unet, seed=seed))
+                       unet=replace(self.unet, seed=seed),
+                       refine=tuple(replace(r, seed=seed + 1 + i) for i, r in enumerate(self.refine)))
 
     def scaled(self, fraction: float) -> "DemoRecipe":
         """A shorter run: step counts and the training set multiplied by `fraction`."""
@@ -67,6 +79,8 @@ class DemoRecipe:
             vae=replace(self.vae, steps=part(self.vae.steps)),
             decoder=replace(self.decoder, steps=part(self.decoder.steps)),
             unet=replace(self.unet, steps=part(self.unet.steps), dataset_groups=part(self.unet.dataset_groups)),
+            refine=tuple(replace(r, steps=part(r.steps), dataset_groups=part(r.dataset_groups))
+                         for r in self.refine),
         )
 
 
@@ -89,6 +103,7 @@ def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: Aut
     torch.manual_seed(recipe.unet.seed)
     unet = UNetModel(config=family.unet)
     text_encoder = TextEncoder(config=family.text_encoders[0].config)
+    text_encoder.requires_grad_(not recipe.freeze_text_encoder)
 
     # Intermediate checkpoints from the running average, for watching a long run.
     def snapshot(step: int, ema: EMA) -> None:
@@ -99,6 +114,13 @@ def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: Aut
     train_unet(unet=unet, text_encoder=text_encoder, data=data, scale_factor=family.vae.scale_factor,
                schedule=family.schedule, training=recipe.unet, empty_ids=token_ids(tokenizer, [""])[0],
                progress=progress, snapshot=snapshot, snapshot_every=snapshot_every)
+    for round_index, refine in enumerate(recipe.refine):
+        data = build_latent_set(vae=vae, tokenizer=tokenizer, groups=refine.dataset_groups,
+                                repeats=refine.repeats, seed=recipe.unet.seed + 4 + round_index,
+                                resolution=refine.resolution, progress=progress)
+        train_unet(unet=unet, text_encoder=text_encoder, data=data,
+                   scale_factor=family.vae.scale_factor, schedule=family.schedule,
+                   training=refine, empty_ids=token_ids(tokenizer, [""])[0], progress=progress)
     return save_checkpoint(out, family=family, unet=unet, vae=vae, text_encoder=text_encoder)
 
 
