@@ -54,10 +54,13 @@ class GenerationRoutes:
         add("/sdapi/v1/train/embedding", self.train_embedding, methods=["POST"])
 
     def txt2img(self, request: Txt2ImgRequest) -> dict[str, Any]:
+        request = apply_infotext(request, self.runtime.settings.current, self.runtime)
+        return self._generate(request, to_params(request, self.runtime), txt2img)
+
+    def _generate(self, request, params, process) -> dict[str, Any]:
+        """Queue `process(runtime, params)`, wait, keep overrides if asked, build the body."""
         runtime = self.runtime
-        request = apply_infotext(request, runtime.settings.current, runtime)
-        params = to_params(request, runtime)
-        job = runtime.jobs.submit(lambda: txt2img(runtime, params), job_id=request.force_task_id)
+        job = runtime.jobs.submit(lambda: process(runtime, params), job_id=request.force_task_id)
         result: GenerationResult = job.wait()
         if not request.override_settings_restore_afterwards and params.override_settings:
             runtime.settings.update(params.override_settings)
@@ -84,14 +87,8 @@ class GenerationRoutes:
         return {"images": encoded, "parameters": parameters, "info": info_json(info)}
 
     def img2img(self, request: Img2ImgRequest) -> dict[str, Any]:
-        runtime = self.runtime
-        request = apply_infotext(request, runtime.settings.current, runtime)
-        params = to_img2img_params(request, runtime)
-        job = runtime.jobs.submit(lambda: img2img(runtime, params), job_id=request.force_task_id)
-        result: GenerationResult = job.wait()
-        if not request.override_settings_restore_afterwards and params.override_settings:
-            runtime.settings.update(params.override_settings)
-        return self._response(request, params, result, started=job.started)
+        request = apply_infotext(request, self.runtime.settings.current, self.runtime)
+        return self._generate(request, to_img2img_params(request, self.runtime), img2img)
 
     def _extras_params(self, request) -> ExtrasParams:
         return ExtrasParams(**{name: getattr(request, name) for name in EXTRAS_FIELDS})
