@@ -51,7 +51,8 @@ def digest(model) -> str:
     h = hashlib.sha256()
     for name, tensor in [*model.state_dict().items()]:
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1): a channels-last 1x1 conv weight counts as contiguous but keeps odd strides.
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -108,7 +109,7 @@ WRONG = {
     "<lora:truncated:1>": "truncated.safetensors) could not be read",
     "<lora:style:abc>": "ignored",
     "<lora:../../Stable-diffusion/tiny:1>": "not found",
-    "<hypernet:h:1>": "<hypernet:...> is not available",
+    "<hypernet:h:1>": "hypernetwork 'h' not found",
 }
 
 

@@ -7,7 +7,6 @@ listed by walking their own folder only; nothing here builds a path from a reque
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,6 @@ LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)",
                         "Latent (bicubic antialiased)", "Latent (nearest)",
                         "Latent (nearest-exact)")
 BUILTIN_UPSCALERS = ("None", "Lanczos", "Nearest")
-
-
-def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files under `folder` (recursive, hidden folders skipped), sorted by relative name."""
-    if not folder.is_dir():
-        return []
-    found = []
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found += [Path(directory) / f for f in files if f.lower().endswith(suffixes)]
-    return sorted(found, key=lambda path: str(path.relative_to(folder)).lower())
 
 
 def _scale_from_name(info) -> float | None:
@@ -119,9 +107,9 @@ class ListingRoutes:
                 for path in list_vaes(paths.vae_dir, paths.checkpoint_dirs)]
 
     def hypernetworks(self) -> list[dict[str, str]]:
-        folder = self.runtime.paths.hypernetwork_dir
-        return [{"name": path.stem, "path": str(path)}
-                for path in list_files(folder, (".pt", ".safetensors"))]
+        """A1111's `[{name, path}]`: the `.pt` files of the hypernetwork folder."""
+        return [{"name": entry.name, "path": str(entry.path)}
+                for entry in self._networks().hypernetworks.list()]
 
     def empty_list(self) -> list:
         return []
@@ -158,6 +146,7 @@ class ListingRoutes:
         networks = self._networks()
         networks.loras.refresh()
         networks.embeddings.refresh()
+        networks.hypernetworks.refresh()
 
     def scripts(self) -> dict[str, list[str]]:
         """Selectable script titles (lower case, as A1111) per tab."""

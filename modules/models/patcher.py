@@ -16,6 +16,10 @@ merging rather than adding x @ down @ up at forward time: see docs/architecture.
 functional_call swaps parameter references on the module for the length of one call
 (and swaps them back); all calls made through patchers of one model therefore take
 one lock, so a patched call and a plain one can never overlap.
+
+A clone may also carry a `context_transform` (hypernetworks): the U-Net callable it
+hands out passes it to `UNetModel.forward(context_transform=...)` on every call, the
+documented hook point of `modules.nn.transformer`; no module is changed for it.
 """
 
 from __future__ import annotations
@@ -100,14 +104,20 @@ def _merge_layer(module: nn.Module, patches: list[WeightPatch],
 
 
 class PatchedCall:
-    """Calls `module` with some parameters replaced (none: a plain call), under a lock."""
+    """Calls `module` with some parameters replaced (none: a plain call), under a lock.
 
-    def __init__(self, module: nn.Module, params: Mapping[str, Tensor], lock: threading.RLock):
+    `call_kwargs` are keyword arguments added to every call (the U-Net's `context_transform`).
+    """
+
+    def __init__(self, module: nn.Module, params: Mapping[str, Tensor], lock: threading.RLock,
+                 call_kwargs: Mapping[str, Any] | None = None):
         self.module = module
         self.params = dict(params)
         self.lock = lock
+        self.call_kwargs = dict(call_kwargs or {})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs = {**self.call_kwargs, **kwargs}
         with self.lock:
             if not self.params:
                 return self.module(*args, **kwargs)
@@ -149,12 +159,21 @@ class ModelPatcher:
         self.model = model
         self.patches: tuple[WeightPatch, ...] = ()
         self.key: tuple = ()
+        # Hypernetworks: a `modules.nn.transformer.ContextTransform` for the U-Net calls.
+        self.context_transform: Callable | None = None
         self._shared = _Shared(cache_size)
 
     def clone(self) -> "ModelPatcher":
         other = object.__new__(ModelPatcher)
         other.model, other.patches, other.key = self.model, self.patches, self.key
+        other.context_transform = self.context_transform
         other._shared = self._shared
+        return other
+
+    def with_context_transform(self, transform: Callable | None) -> "ModelPatcher":
+        """A clone whose U-Net calls pass `context_transform=transform` (None: no transform)."""
+        other = self.clone()
+        other.context_transform = transform
         return other
 
     def with_patches(self, patches: tuple[WeightPatch, ...], key: Hashable) -> "ModelPatcher":
@@ -183,7 +202,10 @@ class ModelPatcher:
             return result
 
     def unet(self) -> PatchedCall:
-        return PatchedCall(self.model.unet, self.merged().params.get("unet", {}), self._shared.lock)
+        transform = self.context_transform
+        extra = {} if transform is None else {"context_transform": transform}
+        return PatchedCall(self.model.unet, self.merged().params.get("unet", {}), self._shared.lock,
+                           extra)
 
     def text_encoder(self, name: str) -> PatchedTextEncoder:
         return PatchedTextEncoder(self.model.text_encoders[name],

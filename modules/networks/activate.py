@@ -2,7 +2,8 @@
 
 `activate_networks` reads the job's prompts once, before sampling, and returns an
 `ActiveNetworks`: the U-Net callable and the conditioner to use (patched clones when
-a LoRA is active, the shared ones otherwise), the embedding table, the infotext keys
+a LoRA is active, the shared ones otherwise; the U-Net callable also carries the
+job's hypernetworks as a context transform), the embedding table, the infotext keys
 (`Lora hashes`, `TI hashes`, exactly as A1111 writes them) and the warnings. The
 loaded model is only read. Tags in negative prompts are removed and reported.
 """
@@ -15,24 +16,33 @@ from pathlib import Path
 
 from modules.conditioning.conditioner import Conditioner
 from modules.conditioning.embeddings import EmbeddingTable
+from modules.devices import execution_device
 from modules.models.hashes import HashCache
 from modules.networks.embeddings import EmbeddingLibrary, used_embeddings
+from modules.networks.hypernetwork_library import (
+    HYPERNET_TAG,
+    AttentionWidths,
+    HypernetworkLibrary,
+    activate_hypernetworks,
+)
 from modules.networks.library import LoraLibrary
 from modules.networks.lora import LORA_TAGS, activate_loras, merge_warnings
 from modules.prompt_parser import ExtraNetworkTag, extract_extra_networks, strip_comments
 
 
 class NetworkRegistry:
-    """The runtime's LoRA and embedding libraries (one each, shared by all jobs)."""
+    """The runtime's LoRA, embedding and hypernetwork libraries (one each, shared by all jobs)."""
 
-    def __init__(self, *, lora_dir: Path, embeddings_dir: Path, hash_cache: HashCache) -> None:
+    def __init__(self, *, lora_dir: Path, embeddings_dir: Path, hypernetwork_dir: Path,
+                 hash_cache: HashCache) -> None:
         self.loras = LoraLibrary(folder=lora_dir, hash_cache=hash_cache)
         self.embeddings = EmbeddingLibrary(folder=embeddings_dir, hash_cache=hash_cache)
+        self.hypernetworks = HypernetworkLibrary(folder=hypernetwork_dir)
 
     @staticmethod
     def for_paths(paths, hash_cache: HashCache) -> "NetworkRegistry":
         return NetworkRegistry(lora_dir=paths.lora_dir, embeddings_dir=paths.embeddings_dir,
-                               hash_cache=hash_cache)
+                               hypernetwork_dir=paths.hypernetwork_dir, hash_cache=hash_cache)
 
 
 @dataclass
@@ -67,14 +77,21 @@ def activate_networks(registry: NetworkRegistry, loaded, prompts: list[str],
     warnings: list[str] = []
     tags = prompt_tags(prompts, comments=comments)
     loras = [tag for tag in tags if tag.name in LORA_TAGS]
+    hypernets = [tag for tag in tags if tag.name == HYPERNET_TAG]
     for tag in tags:
-        if tag.name not in LORA_TAGS:
+        if tag.name not in (*LORA_TAGS, HYPERNET_TAG):
             _warn(warnings, f"extra network <{tag.name}:...> is not available and was ignored")
     if prompt_tags(negative_prompts, comments=comments):
         _warn(warnings, "extra network tags in the negative prompt are ignored")
     activation = activate_loras(loaded.patcher, registry.loras, loras)
     warnings += activation.warnings + merge_warnings(activation)
     patcher = activation.patcher
+    if hypernets:
+        hyper = activate_hypernetworks(registry.hypernetworks, hypernets,
+                                       widths=AttentionWidths.of(loaded.family.unet),
+                                       device=execution_device(loaded.model.unet))
+        warnings += hyper.warnings
+        patcher = patcher.with_context_transform(hyper.transform)
     conditioner, token = loaded.conditioner, ()
     if patcher.patches_text_encoders():
         token = patcher.key

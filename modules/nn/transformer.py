@@ -9,15 +9,32 @@ Improve Transformer") and folds it back, with a residual around the whole thing.
 
 Attribute names follow CompVis `ldm/modules/attention.py` (`proj_in`,
 `transformer_blocks.N.attn1.to_q`, `ff.net.0.proj`, ...) so checkpoint keys load by name.
+
+Hook point `context_transform` (a `ContextTransform`, passed per call from
+`UNetModel.forward` down to every attention layer): when given, an attention layer
+computes its keys from `transform(source)[0]` and its values from `transform(source)[1]`,
+where `source` is the text context (cross-attention) or the pixel tokens
+(self-attention). Hypernetworks use it (`modules/networks/hypernetwork.py`); it is an
+argument of the call, so one job's transform never reaches another job's call.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modules.nn.attention import AttentionLayer, attention
+from modules.nn.ops import add_fresh, mul_fresh
+from modules.nn.token_merging import MapMerging, TokenMerging
+
+
+class ContextTransform(Protocol):
+    """What keys and values are computed from: (key source, value source) for a source."""
+
+    def __call__(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class CrossAttention(AttentionLayer):
@@ -50,14 +67,51 @@ class CrossAttention(AttentionLayer):
         batch, tokens, channels = x.shape
         return x.view(batch, tokens, self.heads, channels // self.heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """:param x: (B, T, query_dim); :param context: (B, S, context_dim) or None."""
-        source = x if context is None else context
+    def _fused_projections(
+        self, x: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        """q, k, v with one matmul for everything computed from the same tokens.
+
+        Self-attention: q, k and v all come from `x`, so [W_q; W_k; W_v] is applied once;
+        cross-attention: k and v both come from the context. The weights are concatenated
+        per call from `to_q` / `to_k` / `to_v`, so checkpoints keep their key names and a
+        per-request patch (LoRA through `functional_call`) is honoured; the concatenation
+        is a few MB against a matmul over thousands of tokens.
+        """
+        if context is None:
+            weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+            return self._heads_of_stack(F.linear(x, weight), 3)
         q = self._split_heads(self.to_q(x))
-        k = self._split_heads(self.to_k(source))
-        v = self._split_heads(self.to_v(source))
+        weight = torch.cat([self.to_k.weight, self.to_v.weight])
+        k, v = self._heads_of_stack(F.linear(context, weight), 2)
+        return q, k, v
+
+    def _heads_of_stack(self, stacked: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(B, T, parts * C) -> `parts` views shaped (B, heads, T, C / heads)."""
+        batch, tokens, channels = stacked.shape
+        head_dim = channels // (parts * self.heads)
+        split = stacked.view(batch, tokens, parts, self.heads, head_dim)
+        return split.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_transform: ContextTransform | None = None,
+    ) -> torch.Tensor:
+        """:param x: (B, T, query_dim); :param context: (B, S, context_dim) or None;
+        :param context_transform: per-call change of the key / value sources (module docstring)
+        """
+        source = x if context is None else context
+        if context_transform is None:
+            q, k, v = self._fused_projections(x, context)
+        else:
+            key_source, value_source = context_transform(source)
+            q = self._split_heads(self.to_q(x))
+            k = self._split_heads(self.to_k(key_source))
+            v = self._split_heads(self.to_v(value_source))
         # softmax(q k^T / sqrt(d)) v with this layer's kernel.
-        out = attention(q, k, v, backend=self.attention_backend)
+        out = attention(q, k, v, backend=self.attention_backend, upcast=self.attention_upcast)
         # Merge the heads back into channels.
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out(out)
@@ -72,7 +126,8 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
+        # gelu(gate) is a fresh tensor: multiply into it instead of allocating another.
+        return mul_fresh(F.gelu(gate), hidden)
 
 
 class FeedForward(nn.Module):
@@ -104,13 +159,29 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        # Pixels attend to each other.
-        x = x + self.attn1(self.norm1(x))
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_transform: ContextTransform | None = None,
+        merging: MapMerging | None = None,
+    ) -> torch.Tensor:
+        """:param merging: token merging of the self-attention (`modules.nn.token_merging`)"""
+        # Pixels attend to each other (each branch output is fresh: add into it).
+        x = add_fresh(self._self_attention(x, context_transform, merging), x)
         # Pixels attend to the text tokens.
-        x = x + self.attn2(self.norm2(x), context)
+        x = add_fresh(self.attn2(self.norm2(x), context, context_transform), x)
         # Per-token MLP.
-        return x + self.ff(self.norm3(x))
+        return add_fresh(self.ff(self.norm3(x)), x)
+
+    def _self_attention(self, x: torch.Tensor, context_transform: ContextTransform | None,
+                        merging: MapMerging | None) -> torch.Tensor:
+        normed = self.norm1(x)
+        if merging is None:
+            return self.attn1(normed, context_transform=context_transform)
+        # ToMe: attend over merged tokens, then give every token its group's output.
+        plan = merging.plan(x)
+        return plan.unmerge(self.attn1(plan.merge(normed), context_transform=context_transform))
 
 
 class SpatialTransformer(nn.Module):
@@ -156,9 +227,18 @@ class SpatialTransformer(nn.Module):
         else:
             self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """:param x: (B, C, H, W); :param context: (B, S, context_dim)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_transform: ContextTransform | None = None,
+        token_merging: TokenMerging | None = None,
+    ) -> torch.Tensor:
+        """:param x: (B, C, H, W); :param context: (B, S, context_dim);
+        :param context_transform: see the module docstring;
+        :param token_merging: ToMe for this call (`modules.nn.token_merging`)"""
         batch, channels, height, width = x.shape
+        merging = token_merging.for_map(height, width) if token_merging is not None else None
         h = self.norm(x)
         # Project in, then flatten pixels into tokens (B, H*W, C).
         if not self.use_linear:
@@ -167,11 +247,12 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
-            h = block(h, context)
+            h = block(h, context, context_transform, merging)
         # Project out and fold the tokens back into a map.
         if self.use_linear:
             h = self.proj_out(h)
+        # A view (no copy) when the model runs channels_last, see `UNetModel.set_channels_last`.
         h = h.transpose(1, 2).reshape(batch, channels, height, width)
         if not self.use_linear:
             h = self.proj_out(h)
-        return x + h
+        return add_fresh(h, x)

@@ -19,6 +19,9 @@ moment the decoder concatenates it; the tensor flowing down the encoder is uncha
 `control` may also be a `ControlSource`: a callable that computes the residuals from
 the U-Net's own inputs (x, timesteps, context, y) at the start of the call, which is
 what a ControlNet needs, since it runs on the same x_t, t and text as the U-Net.
+
+Hypernetwork hook point: `forward(..., context_transform=...)` is handed to every
+attention layer (see `modules.nn.transformer`), for this call only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from torch import nn
 from modules.nn.attention import AttentionBackend, set_attention_backend
 from modules.nn.configs import UNetConfig
 from modules.nn.timestep import timestep_embedding
+from modules.nn.token_merging import TokenMerging
+from modules.nn.transformer import ContextTransform
 from modules.nn.unet_blocks import TimestepEmbedSequential, Upsample
 from modules.nn.unet_encoder import (
     build_input_blocks,
@@ -74,6 +79,8 @@ class UNetModel(nn.Module):
         """:param config: the architecture numbers (see `modules.nn.configs.UNetConfig`)."""
         super().__init__()
         self.config = config
+        # Layout of the feature maps (`set_channels_last`).
+        self.memory_format = torch.contiguous_format
         # Timestep embedding MLP over the sinusoidal features.
         self.time_embed = build_time_embed(config)
         # SDXL's ADM vector embedding (`label_emb.0.0`, `label_emb.0.2`).
@@ -118,6 +125,16 @@ class UNetModel(nn.Module):
         """Choose the attention kernel ("sdpa", "xformers", "sliced", "auto") for this model."""
         return set_attention_backend(self, name)
 
+    def set_channels_last(self, enabled: bool) -> None:
+        """Run the network on channels-last (NHWC) maps; same results, other memory layout.
+
+        oneDNN (CPU) and cuDNN convolutions are faster on NHWC maps, and the spatial
+        transformers' flatten-to-tokens becomes a view instead of a copy. The weights of
+        the convolutions are converted once here; inputs are converted per call.
+        """
+        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
+
     def _embedding(
         self, timesteps: torch.Tensor, y: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor:
@@ -142,6 +159,8 @@ class UNetModel(nn.Module):
         y: torch.Tensor | None = None,
         *,
         control: ControlResiduals | ControlSource | None = None,
+        context_transform: ContextTransform | None = None,
+        token_merging: float = 0.0,
     ) -> torch.Tensor:
         """Predict the noise (or v) of latents `x`.
 
@@ -150,6 +169,8 @@ class UNetModel(nn.Module):
         :param context: (B, S, context_dim) text encoding
         :param y: (B, adm_in_channels) SDXL ADM vector, None for SD1/SD2
         :param control: ControlNet residuals, or a `ControlSource` (see the module docstring)
+        :param context_transform: changes what attention keys / values see (hypernetworks)
+        :param token_merging: ToMe ratio for this call, 0 = off (`modules.nn.token_merging`)
         :return: (B, out_channels, H, W) in the dtype of `x`; computed in the weights' dtype
         """
         dtype = self.dtype
@@ -163,13 +184,15 @@ class UNetModel(nn.Module):
             )
         emb = self._embedding(timesteps, y, dtype)
         context = context.to(dtype)
-        h = x.to(dtype)
+        h = x.to(dtype).contiguous(memory_format=self.memory_format)
+        tome = TokenMerging(ratio=token_merging, latent_tokens=x.shape[-2] * x.shape[-1])
+        attention_args = dict(context_transform=context_transform, token_merging=tome)
         # Encoder: keep every block's output as a skip connection.
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb, context)
+            h = block(h, emb, context, **attention_args)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
+        h = self.middle_block(h, emb, context, **attention_args)
         if control is not None:
             h = h + control.middle.to(dtype)
             skips = [
@@ -179,5 +202,8 @@ class UNetModel(nn.Module):
         # Decoder: concatenate the matching skip, upsample to the next skip's size.
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = block(h, emb, context, upsample_size=tuple(skips[-1].shape[-2:]) if skips else None)
-        return self.out(h).to(x.dtype)
+            size = tuple(skips[-1].shape[-2:]) if skips else None
+            h = block(h, emb, context, upsample_size=size, **attention_args)
+        # The final GroupNorm-SiLU-conv (called as a module: --lowvram streams it by its
+        # hooks); callers get the ordinary layout back.
+        return self.out(h).to(x.dtype).contiguous()

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.nn.transformer import SpatialTransformer
+from modules.nn.ops import add_fresh, norm_silu_conv
+from modules.nn.token_merging import TokenMerging
+from modules.nn.transformer import ContextTransform, SpatialTransformer
 
 
 class ResBlock(nn.Module):
@@ -50,10 +52,12 @@ class ResBlock(nn.Module):
             self.skip_connection = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]
-        h = self.out_layers(h)
-        return self.skip_connection(x) + h
+        # Same function as calling the Sequentials; SiLU and adds write in place when
+        # autograd is off (modules/nn/ops.py), which saves a map allocation per stage.
+        h = norm_silu_conv(self.in_layers, x)
+        h = add_fresh(h, self.emb_layers(emb)[:, :, None, None])
+        h = norm_silu_conv(self.out_layers, h)
+        return add_fresh(h, self.skip_connection(x))
 
 
 class Downsample(nn.Module):
@@ -99,12 +103,14 @@ class TimestepEmbedSequential(nn.Sequential):
         emb: torch.Tensor,
         context: torch.Tensor,
         upsample_size: tuple[int, int] | None = None,
+        context_transform: ContextTransform | None = None,
+        token_merging: TokenMerging | None = None,
     ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context, context_transform, token_merging)
             elif isinstance(layer, Upsample):
                 x = layer(x, upsample_size)
             else:
