@@ -50,8 +50,6 @@ def test_demo_is_the_default_and_declares_its_size(runtime):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped demo gets shape colour and background "
-                                       "both right in 0.80 of images (target 0.90)")
 def test_demo_follows_prompts_24_prompts_by_4_seeds(runtime):
     """The issue's acceptance figures: DPM++ 2M Karras, 20 steps, CFG 7."""
     results = []

@@ -58,10 +58,12 @@ class DemoRecipe:
     # frozen, randomly initialised CLIP keeps every token distinct, and the U-Net's
     # cross-attention learns what the words mean: position went from 0.21 to 1.0.
     freeze_text_encoder: bool = True
-    # Further U-Net rounds at a lower rate, each on a freshly drawn training set: colours
-    # went from 0.48 to 0.80 with the first round.
+    # Further U-Net rounds at a lower rate, each on a freshly drawn training set: shape
+    # colour and background both right went from 0.48 to 0.80 with the first round and
+    # to 0.94 with the second (24 prompts x 4 seeds).
     refine: tuple[UNetTrainingConfig, ...] = (
         UNetTrainingConfig(steps=1200, learning_rate=3e-4, seed=1),
+        UNetTrainingConfig(steps=1200, learning_rate=3e-4, seed=2),
     )
 
     def seeded(self, seed: int) -> "DemoRecipe":
