@@ -3,6 +3,7 @@
 
     python3 launch.py                 # serve the web UI on http://127.0.0.1:7860
     python3 launch.py --run-tests     # set up the test extras and run the whole test suite
+    python3 launch.py --exit          # only set up the environment, then exit (A1111's flag)
 
 The first run creates `.venv/`, installs what is missing and re-runs itself inside it.
 This file uses the standard library only, because it runs before anything is installed.
@@ -32,10 +33,14 @@ def main(argv: list[str]) -> int:
 
     run_tests = "--run-tests" in argv
     if not bootstrap.inside_project_venv(ROOT) and not os.environ.get("EASEL_NO_VENV"):
-        python = bootstrap.ensure_environment(ROOT, with_tests=run_tests)
+        python = bootstrap.ensure_environment(
+            ROOT, with_tests=run_tests, upscaler_env="--skip-upscaler-env" not in argv)
         os.execv(str(python), [str(python), str(ROOT / "launch.py"), *argv])
     if run_tests:
-        return bootstrap.run_tests(ROOT, [a for a in argv if a != "--run-tests"])
+        launch_only = ("--run-tests", "--skip-upscaler-env")
+        return bootstrap.run_tests(ROOT, [a for a in argv if a not in launch_only])
+    if "--exit" in argv:
+        return bootstrap.check_environment()
     from modules.cli import main as cli_main
 
     return cli_main(argv)

@@ -45,6 +45,8 @@ def build_pair():
     with torch.device("meta"):
         ours = UNetModel(config=SD15.unet)
     ours.load_state_dict(unet_diffusers_to_ldm(theirs.state_dict(), SD15.unet), assign=True)
+    # As the app runs it on a CPU (modules/devices.py: channels_last is the CPU default).
+    ours.set_channels_last(True)
     return ours.eval(), theirs
 
 
@@ -66,6 +68,7 @@ def bench_unet(runs: int) -> list[dict]:
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         ours.to(dtype)
+        ours.set_channels_last(True)
         theirs.to(dtype)
         x = torch.randn(2, 4, 64, 64, dtype=dtype)
         t = torch.tensor([500.0, 500.0])

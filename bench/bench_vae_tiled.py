@@ -51,8 +51,12 @@ def measure(size: int, tiled: bool, tile: int, overlap: int, refine: int) -> dic
             image = vae.decode(z)
     seconds = time.perf_counter() - start
     assert image.shape == (1, 3, size, size)
+    import resource
+
     return {"size": size, "tiled": tiled, "seconds": round(seconds, 1),
-            "extra_rss_mb": round((_status("VmHWM") - before) / 2**20)}
+            "extra_rss_mb": round((_status("VmHWM") - before) / 2**20),
+            "rss_before_mb": round(before / 2**20),
+            "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def run_child(args: list[str]) -> dict:

@@ -34,8 +34,11 @@ def venv_python(root: Path) -> Path:
     return root / VENV_DIR / "bin" / "python"
 
 
-def ensure_environment(root: Path, *, with_tests: bool) -> Path:
-    """Create and fill `.venv` if needed; return its interpreter."""
+def ensure_environment(root: Path, *, with_tests: bool, upscaler_env: bool = True) -> Path:
+    """Create and fill `.venv` if needed, then set up spandrel; return its interpreter.
+
+    `upscaler_env` False (`--skip-upscaler-env`) never builds `.venv-upscalers`.
+    """
     python = venv_python(root)
     if not python.exists():
         _create_venv(root)
@@ -44,8 +47,39 @@ def ensure_environment(root: Path, *, with_tests: bool) -> Path:
     installed = marker.read_text().split() if marker.exists() else []
     if wanted not in installed and _full_digest(root) not in installed:
         _install(root, python, with_tests=with_tests)
-        marker.write_text("\n".join([*installed, wanted]))
+        installed.append(wanted)
+        marker.write_text("\n".join(installed))
+    _ensure_upscalers(root, python, marker, build_env=upscaler_env)
     return python
+
+
+def _ensure_upscalers(root: Path, python: Path, marker: Path, *, build_env: bool) -> None:
+    """spandrel in the app's venv or in `.venv-upscalers` (`bootstrap_upscalers`), once
+    per requirements change; a run that skipped the separate env is retried without
+    the flag."""
+    from modules import bootstrap_upscalers as up
+
+    step = up.digest(root)
+    installed = marker.read_text().split()
+    done = [line for line in installed if line.startswith(step)]
+    if done and (not build_env or not done[-1].endswith("-none")):
+        return
+    where = up.ensure(root, python, build_env=build_env,
+                      install=lambda args: _install_into_app(root, python, args))
+    kept = [line for line in installed if not line.startswith(step)]
+    marker.write_text("\n".join([*kept, f"{step}-{where}"]))
+
+
+def check_environment() -> int:
+    """`launch.py --exit`: the environment is set up; prove the app's imports work, stop."""
+    import importlib
+
+    for name in ("torch", "gradio", "fastapi", "transformers", "safetensors", "PIL"):
+        importlib.import_module(name)
+    torch = sys.modules["torch"]
+    print(f"Easel is set up: Python {sys.version.split()[0]}, torch {torch.__version__}",
+          flush=True)
+    return 0
 
 
 def run_tests(root: Path, pytest_args: list[str]) -> int:
@@ -142,6 +176,16 @@ def _install(root: Path, python: Path, *, with_tests: bool) -> None:
     constraint.write_text(f"torch=={torch_version}\n")
     requirements = [f"-r{path}" for path in _requirements_files(root, with_tests)]
     _pip(python, requirements, constraint=constraint, fast=local_wheel is not None)
+    if _installed_torch(python) != torch_version:
+        raise SystemExit(f"an install replaced torch {torch_version}; refusing to continue")
+
+
+def _install_into_app(root: Path, python: Path, args: list[str]) -> None:
+    """Install into `.venv` under its torch constraint; refuse a changed torch."""
+    torch_version = _installed_torch(python)
+    constraint = root / VENV_DIR / "torch-constraint.txt"
+    constraint.write_text(f"torch=={torch_version}\n")
+    _pip(python, args, constraint=constraint, fast=_local_torch_wheel() is not None)
     if _installed_torch(python) != torch_version:
         raise SystemExit(f"an install replaced torch {torch_version}; refusing to continue")
 

@@ -1,7 +1,8 @@
 """Process entry point inside the venv: flags -> Runtime -> FastAPI app -> uvicorn.
 
 The page is served at once; the checkpoint loads in a background thread and the
-first generation waits for it (`Runtime.ready`).
+first generation waits for it (`Runtime.ready`). Serving itself (host, port, TLS,
+CORS, hooks run once listening: `--share`, `--autolaunch`) is `modules.server`.
 """
 
 from __future__ import annotations
@@ -9,28 +10,34 @@ from __future__ import annotations
 import logging
 import threading
 
-from modules.cmd_args import parse_args
+from modules.cmd_args import parse_args, unsupported_flags
 
 log = logging.getLogger("easel")
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    logging.basicConfig(level=args.loglevel or logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for line in unsupported_flags(args):
+        log.warning(line)
     from modules.runtime import Runtime
+    from modules.server import ServeError, add_server_middleware, serve
 
     runtime = Runtime.create(args)
     app = build_app(runtime)  # before the model load, so importing gradio has the CPU
+    add_server_middleware(app, args)
     if not args.skip_load_model_at_start:
         threading.Thread(target=_load_initial_model, args=(runtime,), daemon=True).start()
     else:
         runtime.ready.set()
-    host = "0.0.0.0" if args.listen else (args.server_name or "127.0.0.1")
-    import uvicorn
-
-    log.info("Serving on http://%s:%d", host, args.port)
-    uvicorn.run(app, host=host, port=args.port, log_level="warning")
-    runtime.jobs.stop()
+    try:
+        serve(app, args, hooks=start_hooks(args))
+    except ServeError as error:
+        log.error("%s", error)
+        return 2
+    finally:
+        runtime.jobs.stop()
     return 0
 
 
@@ -43,6 +50,23 @@ def build_app(runtime):
     from webui.app import create_app
 
     return create_app(runtime)
+
+
+def start_hooks(args) -> list:
+    """What runs once the server listens: the share tunnel, opening a browser."""
+    hooks = []
+    if args.share and not args.nowebui:
+        from webui.share import share_hook
+
+        hooks.append(share_hook(args))
+    if args.autolaunch:
+        def autolaunch(host: str, port: int, url: str) -> None:
+            import webbrowser
+
+            webbrowser.open(url)
+
+        hooks.append(autolaunch)
+    return hooks
 
 
 def _load_initial_model(runtime) -> None:

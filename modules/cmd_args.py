@@ -25,6 +25,38 @@ COMPAT_NO_OPS = (
     "--do-not-download-clip", "--update-check", "--no-gradio-queue",
 )
 
+# A1111 flags for features Easel does not have: accepted so a command line keeps working,
+# and named in a start-up warning (`unsupported_flags`) so nobody relies on them unknowingly.
+UNSUPPORTED = {
+    "--ngrok": "ngrok tunnels are not built in; use --share",
+    "--ngrok-options": "ngrok tunnels are not built in; use --share",
+    "--allow-code": "there is no Custom code script",
+    "--use-ipex": "Intel XPU is not supported",
+    "--config": "a checkpoint's architecture is read from the file; no .yaml is needed",
+    "--api-server-stop": "there are no server-kill/restart/stop routes",
+    "--test-server": "use the test suite (launch.py --run-tests)",
+    "--dump-sysinfo": "not implemented", "--administrator": "not implemented",
+    "--gradio-debug": "not implemented", "--ui-debug-mode": "not implemented",
+    "--log-startup": "see bench/bench_startup.py", "--use-textbox-seed": "not implemented",
+    "--no-prompt-history": "not implemented", "--gradio-allowed-path": "not needed",
+    "--disable-console-progressbars": "not implemented", "--disable-tls-verify": "not needed",
+    "--disable-model-loading-ram-optimization": "loading always streams tensor by tensor",
+    "--unix-filenames-sanitization": "not implemented",
+    "--filenames-max-length": "names are capped at 128 characters",
+    "--freeze-settings-in-sections": "use --freeze-settings",
+    "--freeze-specific-settings": "use --freeze-settings",
+    "--opt-split-attention-v1": "use --opt-split-attention",
+    "--opt-split-attention-invokeai": "use --opt-split-attention",
+    "--sub-quad-q-chunk-size": "not tunable", "--sub-quad-kv-chunk-size": "not tunable",
+    "--sub-quad-chunk-threshold": "not tunable", "--xformers-flash-attention": "not tunable",
+    "--reinstall-torch": "launch.py keeps the installed torch",
+    "--reinstall-xformers": "launch.py keeps the installed torch",
+    "--update-all-extensions": "not implemented", "--lyco-dir-backcompat": "use --lora-dir",
+    "--textual-inversion-templates-dir": "not implemented",
+    "--localizations-dir": "not implemented", "--codeformer-models-path": "no face restoration",
+    "--gfpgan-models-path": "no face restoration", "--clip-models-path": "no interrogator",
+}
+
 
 def build_parser(*, preloads: Sequence[Callable[[argparse.ArgumentParser], None]] = (),
                  add_help: bool = True) -> argparse.ArgumentParser:
@@ -34,7 +66,7 @@ def build_parser(*, preloads: Sequence[Callable[[argparse.ArgumentParser], None]
     _server_flags(parser)
     _path_flags(parser)
     _performance_flags(parser)
-    for flag in COMPAT_NO_OPS:
+    for flag in (*COMPAT_NO_OPS, *UNSUPPORTED):
         parser.add_argument(flag, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
     for preload in preloads:
         try:
@@ -80,11 +112,18 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--autolaunch", action="store_true", help="open the browser on start")
     g.add_argument("--theme", choices=("light", "dark"), default=None)
     g.add_argument("--freeze-settings", action="store_true")
+    g.add_argument("--hide-ui-dir-config", action="store_true",
+                   help="refuse folder paths typed in the UI (Extras batch from directory)")
     g.add_argument("--no-hashing", action="store_true", help="do not sha256 checkpoints")
     g.add_argument("--disable-safe-unpickle", action="store_true",
                    help="accepted for compatibility; Easel always unpickles with an allow-list")
     g.add_argument("--disable-nan-check", action="store_true")
     g.add_argument("--max-body-mb", type=float, default=64.0, help="largest API request body")
+    g.add_argument("--tls-keyfile", default=None, help="serve HTTPS with this key")
+    g.add_argument("--tls-certfile", default=None, help="serve HTTPS with this certificate")
+    g.add_argument("--timeout-keep-alive", type=int, default=30, help="keep-alive seconds")
+    g.add_argument("--loglevel", default=None, type=str.upper,
+                   choices=("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"))
 
 
 def _path_flags(p: argparse.ArgumentParser) -> None:
@@ -100,6 +139,15 @@ def _path_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hypernetwork-dir", default=None)
     g.add_argument("--controlnet-dir", default=None)
     g.add_argument("--esrgan-models-path", default=None)
+    for name in ("realesrgan", "swinir", "dat", "hat", "scunet", "bsrgan"):
+        g.add_argument(f"--{name}-models-path", default=None)
+    g.add_argument("--upscaler-python", default=None,
+                   help="interpreter of the separate upscaler environment that runs spandrel "
+                        "models when spandrel cannot be imported by the app's torch "
+                        "(default: .venv-upscalers/bin/python when it exists)")
+    g.add_argument("--skip-upscaler-env", action="store_true",
+                   help="launch.py: do not build .venv-upscalers (torch + torchvision pair "
+                        "for spandrel) when the app's torch has no working torchvision")
     g.add_argument("--styles-file", default=None)
     g.add_argument("--ui-settings-file", default=None)
     g.add_argument("--ui-config-file", default=None)
@@ -122,7 +170,14 @@ def _performance_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-half-vae", action="store_true")
     g.add_argument("--precision", choices=("full", "half", "autocast"), default="autocast")
     g.add_argument("--upcast-sampling", action="store_true")
-    g.add_argument("--opt-channelslast", action="store_true")
+    g.add_argument("--opt-channelslast", action="store_true",
+                   help="NHWC convolutions (always on for the CPU, where they are faster)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 weights: instead of fp16 on GPUs, of fp32 on CPUs")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net (slow first step per image size)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA only: compile the U-Net with CUDA graphs (reduce-overhead)")
     g.add_argument("--use-cpu", nargs="+", default=[])
     g.add_argument("--device-id", default=None)
 
@@ -132,6 +187,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     extra = shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
     argv = [*extra, *argv]
     args = build_parser(preloads=extension_preloads(argv)).parse_args(argv)
+    args.port_given = args.port is not None  # without --port the UI may move to a free one
     if args.port is None:
         args.port = 7861 if args.nowebui else 7860
     return args
@@ -149,3 +205,9 @@ def parse_auth(spec: str | None) -> dict[str, str]:
             raise SystemExit(f"auth entry {entry!r} must be user:password")
         users[user] = password
     return users
+
+
+def unsupported_flags(args: argparse.Namespace) -> list[str]:
+    """One line per given flag that Easel accepts but does not act on, with the reason."""
+    return [f"{flag} has no effect: {reason}" for flag, reason in UNSUPPORTED.items()
+            if getattr(args, flag.lstrip("-").replace("-", "_"), None) is not None]

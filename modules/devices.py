@@ -1,13 +1,31 @@
-"""Device and precision choice: plain functions, nothing probed at import time.
+"""Device, precision, layout and memory-mode choice: plain functions, nothing probed at import.
 
-CUDA (or MPS) when present, else the CPU. Weights are fp16 on GPUs unless `--no-half`
-or `--precision full`; on the CPU they stay fp32 (bf16 is an explicit choice measured
-in `bench/`). The VAE follows the U-Net unless `--no-half-vae`.
+CUDA (or MPS) when present, else the CPU. Precision, as A1111 users know the flags:
+
+* GPUs: fp16 weights; `--bf16` for bfloat16 instead; `--no-half` or `--precision full`
+  for fp32. `--no-half-vae` keeps only the VAE in fp32. A half-precision VAE decode that
+  gives NaN is redone once in fp32 (`modules/vae_codec.py`, setting `auto_vae_precision`).
+* CPU: fp32 by default; `--bf16` runs weights in bfloat16, which is faster on CPUs with
+  native bf16 (AVX512-BF16 / AMX; measured in `docs/performance.md`) and keeps images
+  close to fp32 there.
+* `--precision autocast` (A1111's default) and `half`: Easel computes every module in
+  its weights' dtype and casts at the module boundaries, so autocast adds nothing.
+* `--upcast-sampling`: the sampler's latents are float32 in Easel anyway (the U-Net
+  casts in and out); the flag additionally computes attention in float32 with half
+  weights, which avoids the fp16 attention overflow some SD2 models hit.
+
+`--opt-channelslast` runs convolutions on NHWC maps; on the CPU it is the default,
+because oneDNN's convolutions are measurably faster there (`bench/bench_core.py`).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+# Attribute set on modules that a memory mode keeps in RAM (models/offload.py): the
+# device they compute on, so callers know where to put inputs (`execution_device`).
+EXECUTION_DEVICE_ATTR = "easel_execution_device"
 
 
 def choose_device(args) -> torch.device:
@@ -23,17 +41,50 @@ def choose_device(args) -> torch.device:
 
 
 def choose_dtype(args, device: torch.device) -> torch.dtype:
-    if device.type == "cpu":
-        return torch.float32
+    """The weights' dtype of the U-Net and text encoders (see the module docstring)."""
     if getattr(args, "no_half", False) or getattr(args, "precision", "") == "full":
         return torch.float32
-    return torch.float16
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    return torch.float32 if device.type == "cpu" else torch.float16
 
 
 def choose_vae_dtype(args, device: torch.device) -> torch.dtype:
     if getattr(args, "no_half_vae", False):
         return torch.float32
     return choose_dtype(args, device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (else bf16 is emulated, and slow)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision_warnings(args, device: torch.device) -> list[str]:
+    """Flag combinations that work but probably not as the user hoped."""
+    warnings = []
+    if getattr(args, "bf16", False) and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.append("--bf16: this CPU has no native bfloat16; it will be slower than fp32")
+    if getattr(args, "bf16", False) and getattr(args, "no_half", False):
+        warnings.append("--bf16 has no effect with --no-half (weights stay float32)")
+    return warnings
+
+
+def upcast_attention(args) -> bool:
+    """Attention in float32 over half-precision weights (`--upcast-sampling`)."""
+    return bool(getattr(args, "upcast_sampling", False))
+
+
+def use_channels_last(args, device: torch.device) -> bool:
+    """NHWC maps: asked for with `--opt-channelslast`, and the default on the CPU."""
+    return bool(getattr(args, "opt_channelslast", False)) or device.type == "cpu"
+
+
+def memory_policy(args):
+    """Family -> memory mode, from `--medvram`, `--medvram-sdxl`, `--lowvram`."""
+    from modules.models.offload import memory_mode
+
+    return lambda family: memory_mode(args, is_sdxl=family.unet.adm_in_channels is not None)
 
 
 def memory_stats(device: torch.device) -> dict[str, int]:
@@ -61,3 +112,30 @@ def attention_backend(args) -> str:
     if getattr(args, "opt_sdp_attention", False) or getattr(args, "opt_sdp_no_mem_attention", False):
         return "sdpa"
     return "auto"
+
+
+def compile_mode(args, device: torch.device) -> tuple[str | None, list[str]]:
+    """torch.compile mode for the U-Net ("default", "reduce-overhead") and why not, if not.
+
+    `--cuda-graphs` is inductor's "reduce-overhead" mode, which records CUDA graphs for
+    shapes that repeat (every step of a job has the same shapes); it needs CUDA, so on
+    other devices it is ignored with a message (and `--compile` is used if also given).
+    """
+    messages = []
+    if getattr(args, "cuda_graphs", False):
+        if device.type == "cuda":
+            return "reduce-overhead", messages
+        messages.append(f"--cuda-graphs needs a CUDA device; the model runs on {device.type}, "
+                        "so CUDA graphs are off")
+    if getattr(args, "compile", False):
+        return "default", messages
+    return None, messages
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where `module` computes: its placer's device if a memory mode manages it, else its
+    weights' device."""
+    device = getattr(module, EXECUTION_DEVICE_ATTR, None)
+    if device is not None:
+        return device
+    return next(module.parameters()).device

@@ -129,6 +129,11 @@ def prepare(runtime, plan: Plan) -> HiresPass:
         sampling.networks = _networks(runtime, sampling)
         plan.warnings += [w for w in sampling.networks.warnings if w not in plan.warnings]
     plan.passes = sampling.passes = 2
+    # A1111: the high-res pass merges with its own ratio when set, else the first pass's.
+    sampling.token_merging = plan.settings.token_merging_ratio_hr or plan.token_merging
+    if plan.settings.token_merging_ratio_hr:
+        plan.info_fields = {**plan.info_fields,
+                            "token_merging_ratio_hr": plan.settings.token_merging_ratio_hr}
     plan.info_fields = {**plan.info_fields, "denoising_strength": p.denoising_strength}
     plan.extra_params = {**plan.extra_params, **extra_params(p, plan, sampling, upscaler)}
     collect = plan if loaded is plan.loaded else replace(plan, loaded=loaded)

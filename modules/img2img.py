@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from modules import masks as M
 from modules.color_correction import ColorCorrection
+from modules.devices import execution_device
 from modules.image_conditioning import inpaint_image_cond
 from modules.image_resize import resize, resize_image
 from modules.jobs import Command, Progress
@@ -66,6 +67,9 @@ def plan_img2img(runtime, params: Img2ImgParams) -> Plan:
                                          f"of {params.batch_size} (send 1 or batch_size)")
     plan = plan_txt2img(runtime, params)
     plan.kind = "img2img"
+    # A1111: img2img's own ratio when set, else the txt2img one.
+    plan.token_merging = (plan.settings.token_merging_ratio_img2img
+                          or plan.settings.token_merging_ratio)
     return plan
 
 
@@ -193,7 +197,7 @@ def encode_init(plan: Plan, prepared: Prepared) -> list:
     """The VAE posterior of every prepared picture (sampled per image seed later)."""
     loaded, settings = plan.loaded, plan.settings
     vae = loaded.vae
-    device = next(vae.parameters()).device
+    device = execution_device(vae)
     return [encode(vae, images_to_tensor([image]).to(device), settings)
             for image in prepared.images]
 

@@ -31,6 +31,7 @@ class Paths:
     hypernetwork_dir: Path
     controlnet_dir: Path
     esrgan_dir: Path
+    upscaler_dirs: tuple[Path, ...]  # esrgan_dir first, then A1111's other upscaler folders
     extensions_dirs: tuple[Path, ...]
     config_file: Path
     styles_file: Path
@@ -53,6 +54,7 @@ class Paths:
             hypernetwork_dir=_pick(args.hypernetwork_dir, models / "hypernetworks"),
             controlnet_dir=_pick(args.controlnet_dir, models / "ControlNet"),
             esrgan_dir=_pick(args.esrgan_models_path, models / "ESRGAN"),
+            upscaler_dirs=_upscaler_dirs(args, models),
             extensions_dirs=(ROOT / "extensions", data / "extensions")
             if data != ROOT else (ROOT / "extensions",),
             config_file=_pick(args.ui_settings_file, data / "config.json"),
@@ -64,6 +66,19 @@ class Paths:
         """An output folder from a setting such as `outputs/txt2img-images`."""
         path = Path(relative)
         return path if path.is_absolute() else self.data_dir / path
+
+
+# A1111's upscaler folders under models/ and the flags that move them; spandrel (or our
+# RRDBNet for ESRGAN) loads whatever architecture a file in any of them holds.
+UPSCALER_FOLDERS = (("esrgan_models_path", "ESRGAN"), ("realesrgan_models_path", "RealESRGAN"),
+                    ("swinir_models_path", "SwinIR"), ("dat_models_path", "DAT"),
+                    ("hat_models_path", "HAT"), ("scunet_models_path", "ScuNET"),
+                    ("bsrgan_models_path", "BSRGAN"))
+
+
+def _upscaler_dirs(args, models: Path) -> tuple[Path, ...]:
+    return tuple(_pick(getattr(args, flag, None), models / name)
+                 for flag, name in UPSCALER_FOLDERS)
 
 
 def _pick(flag: str | None, default: Path) -> Path:

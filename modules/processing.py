@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generator
 
 import torch
@@ -29,6 +30,7 @@ from PIL import Image
 from modules import images as image_io
 from modules.conditioning.conditioner import ConditioningSettings
 from modules.conditioning.sdxl import SizeConditioning
+from modules.devices import execution_device
 from modules.infotext import GenerationInfo, create_infotext
 from modules.jobs import Command, Progress
 from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
@@ -64,6 +66,7 @@ class Plan:
     kind: str = "txt2img"  # picks the output folder setting (outdir_<kind>_samples)
     passes: int = 1  # sampling passes per batch (2 with hires fix): progress job_count
     info_fields: dict = field(default_factory=dict)  # extra GenerationInfo fields
+    token_merging: float = 0.0  # ToMe ratio of this plan's sampling (modules/nn/token_merging.py)
     extra_params: dict = field(default_factory=dict)  # infotext keys before the sampler's
 
 
@@ -104,7 +107,7 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
     plan = Plan(params=params, settings=settings, loaded=loaded, sampler=sampler,
                 scheduler=scheduler, seeds=seeds, subseeds=subseeds,
                 prompts=[params.prompt] * count, negative_prompts=[params.negative_prompt] * count,
-                warnings=[])
+                warnings=[], token_merging=settings.token_merging_ratio)
     plan.networks = activate_networks(
         runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache),
         loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)
@@ -158,7 +161,7 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
     """
     p, loaded, settings = plan.params, plan.loaded, plan.settings
     model, family = loaded.model, loaded.family
-    device = next(model.unet.parameters()).device
+    device = execution_device(model.unet)  # the compute device, also when --medvram rests it
     steps = p.steps
     conds, unconds = encode_prompts(plan, part)
     sigmas = batch_sigmas(plan, start, device)
@@ -171,11 +174,14 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
     else:
         noise = rng.next().to(device) * start.noise_multiplier
         x = start.init_latent.to(device) + noise * float(sigmas[0])
+    unet = plan.networks.unet
+    if plan.token_merging > 0:
+        unet = partial(unet, token_merging=plan.token_merging)
     if plan.sampler.lcm:
-        denoiser = LCMDenoiser(plan.networks.unet, sigmas=loaded.sigmas.to(device),
+        denoiser = LCMDenoiser(unet, sigmas=loaded.sigmas.to(device),
                                prediction=family.prediction)
     else:
-        denoiser = Denoiser(plan.networks.unet, sigmas=loaded.sigmas.to(device),
+        denoiser = Denoiser(unet, sigmas=loaded.sigmas.to(device),
                             prediction=family.prediction, quantize=plan.sampler.quantize)
     image_cond = start.image_cond if start is not None else None
     if image_cond is None and family.is_inpainting:
@@ -381,7 +387,8 @@ def infotext_for(runtime, plan: Plan, index: int) -> str:
         eta_noise_seed_delta=settings.eta_noise_seed_delta,
         sampler_uses_ensd=plan.sampler.uses_ensd and (p.eta if p.eta is not None
                                                       else settings.eta_ancestral) != 0,
-        randn_source=settings.randn_source, tiling=p.tiling, **plan.info_fields,
+        randn_source=settings.randn_source, tiling=p.tiling,
+        **{"token_merging_ratio": plan.token_merging, **plan.info_fields},
     )
     version = runtime.version if settings.add_version_to_infotext else None
     return create_infotext(info, prompt=plan.prompts[index],

@@ -68,6 +68,9 @@ class Runtime:
         paths = Paths.from_args(args)
         settings = SettingsStore(paths.config_file, frozen=getattr(args, "freeze_settings", False))
         device = devices.choose_device(args)
+        compile_mode, messages = devices.compile_mode(args, device)
+        for message in [*messages, *devices.precision_warnings(args, device)]:
+            print(f"Easel: {message}")
         models = ModelManager(
             paths=paths,
             device=device,
@@ -76,6 +79,11 @@ class Runtime:
             hashing=not getattr(args, "no_hashing", False),
             attention=devices.attention_backend(args),
             vae_path=getattr(args, "vae_path", None),
+            cache_limit_source=lambda: settings.current.sd_checkpoints_limit,
+            memory_policy=devices.memory_policy(args),
+            channels_last=devices.use_channels_last(args, device),
+            upcast_attention=devices.upcast_attention(args),
+            compile_mode=compile_mode,
         )
         from modules.networks.activate import NetworkRegistry
 
@@ -85,10 +93,10 @@ class Runtime:
         extensions = ExtensionRegistry.for_runtime(paths, settings, args)
         extensions.load(run_installers=not getattr(args, "skip_install", None))
         models.on_loaded.append(lambda loaded: extensions.call("model_loaded", loaded))
-        from modules.upscalers import UpscalerRegistry
+        from modules.upscalers import UpscalerRegistry, upscaler_python
 
         use_cpu = set(getattr(args, "use_cpu", None) or [])
-        upscalers = UpscalerRegistry(folder=paths.esrgan_dir, device="cpu" if use_cpu & {
-            "all", "esrgan"} else device)
+        upscalers = UpscalerRegistry(folders=paths.upscaler_dirs, device="cpu" if use_cpu & {
+            "all", "esrgan"} else device, spandrel_python=upscaler_python(args))
         return Runtime(args=args, paths=paths, settings=settings, models=models,
                        networks=networks, extensions=extensions, upscalers=upscalers)

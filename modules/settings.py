@@ -47,6 +47,7 @@ IMG2IMG = "img2img"
 VAE = "VAE"
 UPSCALING = "Upscaling"
 EXTENSIONS = "Extensions"
+OPTIMIZATIONS = "Optimizations"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class Settings:
                            minimum=0, maximum=1024)
     ESRGAN_tile_overlap: int = opt(8, "Tile overlap for ESRGAN upscalers (pixels)", UPSCALING,
                                    minimum=0, maximum=128)
+    auto_vae_precision: bool = opt(True, "Automatically revert VAE to 32-bit floats (when a "
+                                   "half-precision decode produces NaNs)", VAE)
     tiled_vae: bool = opt(False, "Always decode and encode with the tiled VAE", VAE)
     tiled_vae_auto: bool = opt(True, "Use the tiled VAE when memory would not suffice", VAE)
     tiled_vae_decoder_tile: int = opt(64, "Tiled VAE decoder tile size (latent pixels)", VAE,
@@ -153,6 +156,14 @@ class Settings:
                                  infotext="Beta schedule alpha", minimum=0.01, maximum=1.0)
     beta_dist_beta: float = opt(0.6, "Beta scheduler - beta", SAMPLER,
                                 infotext="Beta schedule beta", minimum=0.01, maximum=1.0)
+    # Optimizations (modules/nn/token_merging.py)
+    token_merging_ratio: float = opt(0.0, "Token merging ratio", OPTIMIZATIONS,
+                                     infotext="Token merging ratio", minimum=0.0, maximum=0.9)
+    token_merging_ratio_img2img: float = opt(0.0, "Token merging ratio for img2img",
+                                             OPTIMIZATIONS, minimum=0.0, maximum=0.9)
+    token_merging_ratio_hr: float = opt(0.0, "Token merging ratio for high-res pass",
+                                        OPTIMIZATIONS, infotext="Token merging ratio hr",
+                                        minimum=0.0, maximum=0.9)
     # Compatibility
     use_old_scheduling: bool = opt(False, "Use old prompt editing timelines", COMPAT,
                                    infotext="Old prompt editing timelines")

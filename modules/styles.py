@@ -3,11 +3,15 @@
 A style's text is merged into the prompt: a `{prompt}` placeholder is replaced by the
 user's prompt, otherwise the style is appended after ", ". The file is read on every
 call (it is small and users edit it by hand); a missing file means no styles.
+`save_style` / `delete_style` rewrite it atomically (a temporary file, then a rename),
+so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,3 +63,44 @@ def apply_styles(prompt: str, negative_prompt: str, names: Sequence[str],
         prompt = merge_style(prompt, style.prompt)
         negative_prompt = merge_style(negative_prompt, style.negative_prompt)
     return prompt, negative_prompt
+
+
+def save_style(path: Path, style: PromptStyle) -> list[PromptStyle]:
+    """Add `style`, or replace the one with its name (kept in place); returns all styles."""
+    name = style.name.strip()
+    if not name:
+        raise ValueError("a style needs a name")
+    style = PromptStyle(name=name, prompt=style.prompt, negative_prompt=style.negative_prompt)
+    styles = load_styles(path)
+    names = [s.name for s in styles]
+    if name in names:
+        styles[names.index(name)] = style
+    else:
+        styles.append(style)
+    _write_styles(path, styles)
+    return styles
+
+
+def delete_style(path: Path, name: str) -> list[PromptStyle]:
+    """Remove the named style; returns the remaining styles."""
+    styles = load_styles(path)
+    if name not in [s.name for s in styles]:
+        raise StyleError(name, [s.name for s in styles])
+    styles = [s for s in styles if s.name != name]
+    _write_styles(path, styles)
+    return styles
+
+
+def _write_styles(path: Path, styles: Sequence[PromptStyle]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["name", "prompt", "negative_prompt"])
+            for style in styles:
+                writer.writerow([style.name, style.prompt, style.negative_prompt])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

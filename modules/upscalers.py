@@ -1,11 +1,19 @@
-"""Image upscalers: Lanczos, Nearest, and model files dropped into `models/ESRGAN/`.
+"""Image upscalers: Lanczos, Nearest, and model files dropped into the upscaler folders.
 
 Names are A1111's: "None", "Lanczos", "Nearest", and each model file by its stem
-(`4x-UltraSharp.pth` -> "4x-UltraSharp"). ESRGAN and Real-ESRGAN files (every key
-layout, see `upscaler_models/keys.py`) run on our own `RRDBNet`; other architectures
-(SwinIR, DAT, HAT, ...) go through the optional `spandrel` package, imported only
-when such a file is used. Files are read safely: safetensors by our header reader,
-pickles (.pth/.pt/.ckpt) through the allow-list unpickler, never unrestricted.
+(`4x-UltraSharp.pth` -> "4x-UltraSharp"), found in `models/ESRGAN/` and the other
+folders A1111 uses (`RealESRGAN/`, `SwinIR/`, `DAT/`, `HAT/`, `ScuNET/`, `BSRGAN/`).
+Files are read safely: safetensors by our header reader, pickles (.pth/.pt/.ckpt)
+through the allow-list unpickler, never unrestricted.
+
+Which code runs a file (`build_model`):
+1. spandrel in this process, when it imports here: every architecture it knows
+   (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, OmniSR, SPAN, ...).
+2. Otherwise ESRGAN / Real-ESRGAN files (every key layout, `upscaler_models/keys.py`)
+   run on our own `RRDBNet`, in process.
+3. Otherwise other architectures run in the spandrel worker of the separate upscaler
+   environment (`upscaler_models/remote.py`), when the bootstrap built one.
+4. Otherwise: an `UpscalerError` naming the file and why spandrel is not available.
 
 The registry keeps the last `cache_limit` loaded models (reloaded when the file
 changes); the one on `runtime.upscalers` serves every job of the process.
@@ -23,23 +31,39 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Protocol, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from modules.models.errors import ModelLoadError
-from modules.upscaler_models.keys import config_from, layout, to_basicsr, unwrap
+from modules.upscaler_models import spandrel_models
+from modules.upscaler_models.files import MODEL_SUFFIXES, load_weights
+from modules.upscaler_models.keys import config_from, layout, to_basicsr
+from modules.upscaler_models.network import (UpscaleModel, image_to_tensor, tensor_to_image,
+                                             tiled_apply)
+from modules.upscaler_models.remote import RemoteModel, SpandrelWorker, WorkerError
 from modules.upscaler_models.rrdbnet import RRDBNet
 
+__all__ = ["BUILTIN", "MODEL_SUFFIXES", "SpandrelAccess", "UpscaleModel", "UpscalerError",
+           "UpscalerInfo", "UpscalerRegistry", "build_model", "image_to_tensor", "load_weights",
+           "tensor_to_image", "tiled_apply", "upscaler_python", "upscalers_of"]
+
 BUILTIN = ("None", "Lanczos", "Nearest")
-MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 MAX_MODEL_PASSES = 3
 
 
 class UpscalerError(ValueError):
     """An unknown upscaler name or a model file that cannot be used."""
+
+
+class LoadedUpscaler(Protocol):
+    scale: int
+    arch: str
+
+    def apply(self, image: Image.Image, *, tile: int, overlap: int) -> Image.Image: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,112 +76,81 @@ class UpscalerInfo:
 
 
 @dataclass
-class UpscaleModel:
-    """A loaded network: (B, 3, H, W) in [0, 1] -> (B, 3, H * scale, W * scale)."""
+class SpandrelAccess:
+    """How this process reaches spandrel: in process, through a worker, or not at all."""
 
-    network: Callable[[torch.Tensor], torch.Tensor]
-    scale: int
+    in_process: bool
+    worker: SpandrelWorker | None
+    reason: str  # why spandrel is not importable here ("" when it is)
 
-
-def load_weights(path: Path) -> dict:
-    """Tensors of a model file, safely, unwrapped from `params_ema` / `params`."""
-    from modules.models.safe_unpickle import load_pickle_checkpoint
-    from modules.models.single_file import file_format, load_file
-
-    if file_format(path) == "safetensors":
-        return load_file(path)
-    loaded = load_pickle_checkpoint(path, mmap=False)
-    if not isinstance(loaded, dict):
-        raise ModelLoadError(str(path), f"not a state dict ({type(loaded).__name__})")
-    return unwrap(loaded)
+    def unavailable(self) -> str:
+        if self.worker is not None:
+            return f"the upscaler worker at {self.worker.python} failed"
+        return (f"{self.reason}, and there is no separate upscaler environment (the "
+                "bootstrap builds .venv-upscalers unless --skip-upscaler-env is given; "
+                "see --upscaler-python)")
 
 
-def build_model(state: dict, path: Path, device: torch.device) -> UpscaleModel:
-    """RRDBNet for ESRGAN layouts, spandrel for anything else."""
-    if layout(state) is not None:
+def _rrdbnet(state: dict, path: Path, device: torch.device) -> UpscaleModel:
+    try:
         state = to_basicsr(state)
         network = RRDBNet(config=config_from(state))
         network.load_state_dict(state, strict=True)
-        network.eval().requires_grad_(False).to(device)
-        return UpscaleModel(network=network, scale=network.scale)
+    except (KeyError, RuntimeError, ValueError) as error:  # keys or shapes that do not fit
+        raise UpscalerError(f"{path.name}: not a consistent ESRGAN file ({error})") from error
+    network.eval().requires_grad_(False).to(device)
+    return UpscaleModel(network=network, scale=network.scale, arch="ESRGAN",
+                        device=torch.device(device))
+
+
+def build_model(state: dict, path: Path, device: torch.device, *,
+                spandrel: SpandrelAccess) -> LoadedUpscaler:
+    """The network for a file's tensors, by the order in the module docstring."""
+    if spandrel.in_process:
+        try:
+            return spandrel_models.load_spandrel(state, path, device)
+        except spandrel_models.SpandrelError as error:
+            raise UpscalerError(str(error)) from error
+    if layout(state) is not None:
+        return _rrdbnet(state, path, device)
+    if spandrel.worker is None:
+        raise UpscalerError(f"{path.name}: not an ESRGAN model, and other architectures "
+                            f"need spandrel: {spandrel.unavailable()}")
     try:
-        import spandrel
-    except ImportError as error:
-        raise UpscalerError(
-            f"{path.name}: not an ESRGAN model; other architectures need the optional "
-            "package 'spandrel' (pip install spandrel, which needs a torchvision matching "
-            "the installed torch)") from error
-    descriptor = spandrel.ModelLoader(device=device).load_from_state_dict(state)
-    descriptor.eval()
-    return UpscaleModel(network=descriptor, scale=int(descriptor.scale))
-
-
-def _ramp(length: int, overlap: int, start: bool, end: bool) -> torch.Tensor:
-    """Weights along one axis: linear ramps over the overlapping ends."""
-    weights = torch.ones(length)
-    ramp = torch.linspace(0, 1, overlap + 2)[1:-1] if overlap > 0 else torch.ones(0)
-    if start and overlap:
-        weights[:overlap] = ramp
-    if end and overlap:
-        weights[-overlap:] = ramp.flip(0)
-    return weights
-
-
-def _starts(size: int, tile: int, stride: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    return list(range(0, size - tile, stride)) + [size - tile]
-
-
-@torch.no_grad()
-def tiled_apply(network, x: torch.Tensor, *, scale: int, tile: int, overlap: int) -> torch.Tensor:
-    """`network(x)` computed in overlapping tiles, blended (tile 0 = in one piece)."""
-    height, width = x.shape[-2:]
-    if tile <= 0 or (height <= tile and width <= tile):
-        return network(x)
-    overlap = min(overlap, tile // 2)
-    out = torch.zeros(x.shape[0], 3, height * scale, width * scale)
-    total = torch.zeros(1, 1, height * scale, width * scale)
-    ys, xs = _starts(height, tile, tile - overlap), _starts(width, tile, tile - overlap)
-    for y in ys:
-        for x0 in xs:
-            patch = x[..., y:y + tile, x0:x0 + tile]
-            result = network(patch).float().cpu()
-            h, w = result.shape[-2:]
-            weight = (_ramp(h, overlap * scale, y > 0, y + tile < height)[:, None]
-                      * _ramp(w, overlap * scale, x0 > 0, x0 + tile < width)[None, :])
-            out[..., y * scale:y * scale + h, x0 * scale:x0 * scale + w] += result * weight
-            total[..., y * scale:y * scale + h, x0 * scale:x0 * scale + w] += weight
-    return out / total
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
-
-
-def tensor_to_image(x: torch.Tensor) -> Image.Image:
-    array = x[0].float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array))
+        return RemoteModel.load(spandrel.worker, path)
+    except WorkerError as error:
+        message = str(error)  # the worker's own messages name the file already
+        raise UpscalerError(message if message.startswith(path.name)
+                            else f"{path.name}: {message}") from error
 
 
 class UpscalerRegistry:
-    """The upscalers of one folder, with the last few loaded models kept in memory."""
+    """The upscalers of the upscaler folders, with the last few loaded models in memory.
 
-    def __init__(self, *, folder: Path, device: torch.device | str = "cpu",
-                 cache_limit: int = 2) -> None:
-        self.folder = Path(folder)
+    `spandrel_python` is the interpreter of the separate upscaler environment: its
+    worker runs the architectures our RRDBNet does not cover when spandrel cannot be
+    imported in this process. It is started on first use only.
+    """
+
+    def __init__(self, *, folders: Sequence[Path], device: torch.device | str = "cpu",
+                 spandrel_python: Path | None = None, cache_limit: int = 2) -> None:
+        self.folders = tuple(Path(folder) for folder in folders)
         self.device = torch.device(device)
+        self.spandrel_python = Path(spandrel_python) if spandrel_python else None
         self.cache_limit = cache_limit
-        self._models: OrderedDict[str, tuple[tuple, UpscaleModel]] = OrderedDict()
+        self._models: OrderedDict[str, tuple[tuple, LoadedUpscaler]] = OrderedDict()
+        self._spandrel: SpandrelAccess | None = None
         self._lock = threading.Lock()
 
     def model_files(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        return sorted((p for p in self.folder.rglob("*")
-                       if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES),
-                      key=lambda p: p.stem.lower())
+        """Model files of every folder; a name found twice keeps the first folder's."""
+        found: dict[str, Path] = {}
+        for folder in self.folders:
+            if folder.is_dir():
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
+                        found.setdefault(path.stem, path)
+        return sorted(found.values(), key=lambda p: p.stem.lower())
 
     def list(self) -> list[UpscalerInfo]:
         builtins = [UpscalerInfo(name=name) for name in BUILTIN]
@@ -166,7 +159,18 @@ class UpscalerRegistry:
     def names(self) -> list[str]:
         return [info.name for info in self.list()]
 
-    def load(self, name: str) -> UpscaleModel:
+    def spandrel(self) -> SpandrelAccess:
+        """Probed once per registry: importing spandrel is not free, nor is failing to."""
+        if self._spandrel is None:
+            reason = spandrel_models.problem()
+            worker = None
+            if reason is not None and self.spandrel_python is not None:
+                worker = SpandrelWorker(python=self.spandrel_python, device=str(self.device))
+            self._spandrel = SpandrelAccess(in_process=reason is None, worker=worker,
+                                            reason=reason or "")
+        return self._spandrel
+
+    def load(self, name: str) -> LoadedUpscaler:
         """The model called `name`, from the cache while its file is unchanged."""
         with self._lock:
             path = next((p for p in self.model_files() if p.stem == name), None)
@@ -179,12 +183,19 @@ class UpscalerRegistry:
             if cached is not None and cached[0] == stamp:
                 self._models.move_to_end(name)
                 return cached[1]
-            model = build_model(load_weights(path), path, self.device)
+            model = self._build(path)
             self._models[name] = (stamp, model)
             self._models.move_to_end(name)
             while len(self._models) > self.cache_limit:
-                self._models.popitem(last=False)
+                self._models.popitem(last=False)[1][1].release()
             return model
+
+    def _build(self, path: Path) -> LoadedUpscaler:
+        try:
+            state = load_weights(path)
+        except (ModelLoadError, OSError) as error:
+            raise UpscalerError(f"{path.name}: cannot read the file ({error})") from error
+        return build_model(state, path, self.device, spandrel=self.spandrel())
 
     def cached_names(self) -> list[str]:
         """Names of the models held in memory, least recently used first."""
@@ -194,10 +205,16 @@ class UpscalerRegistry:
     def run_model(self, image: Image.Image, name: str, settings) -> Image.Image:
         """One pass of a model over `image`, tiled as the settings say."""
         model = self.load(name)
-        x = image_to_tensor(image).to(self.device)
-        y = tiled_apply(model.network, x, scale=model.scale, tile=settings.ESRGAN_tile,
-                        overlap=settings.ESRGAN_tile_overlap)
-        return tensor_to_image(y)
+        try:
+            return model.apply(image, tile=settings.ESRGAN_tile,
+                               overlap=settings.ESRGAN_tile_overlap)
+        except WorkerError as error:
+            raise UpscalerError(f"{name}: {error}") from error
+
+    def close(self) -> None:
+        """Stop the spandrel worker, if one was started."""
+        if self._spandrel is not None and self._spandrel.worker is not None:
+            self._spandrel.worker.close()
 
     def upscale(self, image: Image.Image, scale: float, name: str, settings) -> Image.Image:
         """A1111's `Upscaler.upscale` (see the module docstring)."""
@@ -219,10 +236,23 @@ class UpscalerRegistry:
         return image
 
 
+def upscaler_python(args) -> Path | None:
+    """`--upscaler-python`, else the bootstrap's `.venv-upscalers` interpreter if it exists."""
+    from modules.bootstrap_upscalers import UPSCALER_VENV_DIR
+    from modules.paths import ROOT
+
+    flag = getattr(args, "upscaler_python", None)
+    if flag:
+        return Path(flag)
+    default = ROOT / UPSCALER_VENV_DIR / "bin" / "python"
+    return default if default.exists() else None
+
+
 def upscalers_of(runtime) -> UpscalerRegistry:
     """The runtime's registry (`Runtime.create` builds one, so loaded models are shared
-    by every job), or a fresh one over its ESRGAN folder for a bare test runtime."""
+    by every job), or a fresh one over its folders for a bare test runtime."""
     registry = getattr(runtime, "upscalers", None)
     if registry is not None:
         return registry
-    return UpscalerRegistry(folder=runtime.paths.esrgan_dir)
+    return UpscalerRegistry(folders=runtime.paths.upscaler_dirs,
+                            spandrel_python=upscaler_python(getattr(runtime, "args", None)))

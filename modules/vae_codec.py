@@ -15,12 +15,17 @@ at 512² fp32), which only means tiling starts a little early.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from PIL import Image
 
+from modules.devices import execution_device
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.vae_tiled import tiled_decode, tiled_encode
+
+log = logging.getLogger(__name__)
 
 DECODE_BYTES_PER_LATENT_PIXEL = 2178 * 64
 ENCODE_BYTES_PER_PIXEL = 1767
@@ -60,7 +65,34 @@ def use_tiles(settings, estimate: int, device: torch.device) -> bool:
 
 
 def decode(vae: AutoencoderKL, z: torch.Tensor, settings=None) -> torch.Tensor:
-    """Unscaled latent -> image tensor in about [-1, 1], float32."""
+    """Unscaled latent -> image tensor in about [-1, 1], float32.
+
+    A half-precision VAE can overflow to NaN (the SD1.x VAE in fp16 at some sizes); as in
+    A1111 (`auto_vae_precision`), such a decode is redone once with a float32 copy of the
+    VAE. The copy is made for that call only: the shared model is never changed.
+    """
+    image = _decode_once(vae, z, settings)
+    if vae.dtype != torch.float32 and getattr(settings, "auto_vae_precision", True) \
+            and not torch.isfinite(image).all():
+        log.warning("A tensor with NaNs was produced by the %s VAE; decoding again in "
+                    "float32", str(vae.dtype).removeprefix("torch."))
+        image = _decode_once(float32_copy(vae), z, settings)
+    return image
+
+
+def float32_copy(vae: AutoencoderKL) -> AutoencoderKL:
+    """A float32 twin of `vae` on its device (weights copied; placement hooks not carried)."""
+    device = execution_device(vae)
+    with torch.device("meta"):  # no random init: every tensor is assigned below
+        twin = AutoencoderKL(config=vae.config)
+    twin.load_state_dict({k: v.to(device, torch.float32) for k, v in vae.state_dict().items()},
+                         assign=True)
+    twin.set_attention_backend(vae.decoder.mid.attn_1.attention_backend)
+    twin.set_channels_last(vae.memory_format == torch.channels_last)
+    return twin.eval().requires_grad_(False)
+
+
+def _decode_once(vae: AutoencoderKL, z: torch.Tensor, settings) -> torch.Tensor:
     with torch.inference_mode():
         if settings is not None and use_tiles(settings, decode_memory_estimate(
                 tuple(z.shape), vae.dtype), z.device):
@@ -98,7 +130,7 @@ def encode_images(loaded, pixels: torch.Tensor, settings=None, *,
     mean is used.
     """
     vae = loaded.vae
-    posterior = encode(vae, pixels.to(next(vae.parameters()).device), settings)
+    posterior = encode(vae, pixels.to(execution_device(vae)), settings)
     seeds = None if noise_seed is None else [noise_seed] * pixels.shape[0]
     return sample_posterior(loaded, posterior, seeds)
 

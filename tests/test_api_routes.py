@@ -146,8 +146,7 @@ def test_txt2img_refusals(client, fields, status, needle):
 
 
 @pytest.mark.parametrize("path, body", [
-    ("/sdapi/v1/create/embedding", {"name": "e"}),
-    ("/sdapi/v1/train/embedding", {"embedding_name": "e"}),
+    # create/embedding and train/embedding are real: tests/test_api_training.py covers them.
     ("/sdapi/v1/interrogate", {"image": "", "model": "clip"}),
 ])
 def test_unavailable_routes_say_so(client, path, body):

@@ -229,7 +229,8 @@ def test_two_jobs_share_one_loaded_upscaler_model(runtime, monkeypatch):
     assert U.upscalers_of(runtime) is runtime.upscalers
     builds = []
     real_build = U.build_model
-    monkeypatch.setattr(U, "build_model", lambda *a: builds.append(a[1]) or real_build(*a))
+    monkeypatch.setattr(U, "build_model",
+                        lambda *a, **k: builds.append(a[1]) or real_build(*a, **k))
     for seed in (1, 2):
         result = run(runtime, "SD upscale", {"overlap": 16, "upscaler_index": "tiny-x2",
                                              "scale_factor": 1.5}, seed=seed, batch_size=4)

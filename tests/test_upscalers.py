@@ -19,7 +19,8 @@ from modules.params import ParamsError
 from modules.settings import Settings
 from modules.upscaler_models.keys import config_from, layout, to_basicsr
 from modules.upscaler_models.rrdbnet import RRDBConfig, RRDBNet
-from modules.upscalers import UpscalerError, UpscalerRegistry, image_to_tensor, tiled_apply
+from modules.upscalers import (SpandrelAccess, UpscalerError, UpscalerRegistry, build_model,
+                               image_to_tensor, load_weights, tiled_apply)
 
 CONFIG = RRDBConfig(num_features=8, num_blocks=2, growth=4)
 
@@ -91,7 +92,7 @@ def test_layouts_are_recognised_and_configs_read_from_shapes():
 
 
 def test_every_layout_gives_the_same_upscale(folder):
-    registry = UpscalerRegistry(folder=folder)
+    registry = UpscalerRegistry(folders=[folder])
     settings = Settings().with_overrides({"ESRGAN_tile": 0})
     image = picture()
     outputs = [registry.run_model(image, name, settings)
@@ -103,7 +104,7 @@ def test_every_layout_gives_the_same_upscale(folder):
 
 
 def test_tiled_matches_untiled(folder):
-    registry = UpscalerRegistry(folder=folder)
+    registry = UpscalerRegistry(folders=[folder])
     model = registry.load("RealESRGAN_x4plus")
     x = image_to_tensor(picture((40, 36)))
     whole = tiled_apply(model.network, x, scale=4, tile=0, overlap=0)
@@ -114,7 +115,7 @@ def test_tiled_matches_untiled(folder):
 
 
 def test_upscale_reaches_the_target_size_and_lists_models(folder):
-    registry = UpscalerRegistry(folder=folder)
+    registry = UpscalerRegistry(folders=[folder])
     assert registry.names()[:3] == ["None", "Lanczos", "Nearest"]
     assert "4x_old" in registry.names() and "RealESRGAN_x2plus" in registry.names()
     settings = Settings()
@@ -126,20 +127,55 @@ def test_upscale_reaches_the_target_size_and_lists_models(folder):
     assert nearest.getpixel((1, 1)) == image.getpixel((0, 0))
 
 
-def test_other_architectures_need_spandrel(folder):
-    registry = UpscalerRegistry(folder=folder)
-    pytest.importorskip("modules")  # spandrel is deliberately not installed here
-    try:
-        import spandrel  # noqa: F401
-    except ImportError:
-        with pytest.raises(UpscalerError, match="spandrel"):
-            registry.load("SwinIR_x4")
+def test_without_spandrel_esrgan_runs_on_rrdbnet_and_others_are_refused(folder):
+    """The fallback order when spandrel is neither importable nor in a worker."""
+    absent = SpandrelAccess(in_process=False, worker=None, reason="spandrel is not installed")
+    esrgan = folder / "4x_old.pth"
+    model = build_model(load_weights(esrgan), esrgan, torch.device("cpu"), spandrel=absent)
+    assert isinstance(model.network, RRDBNet) and model.scale == 4
+    other = folder / "SwinIR_x4.safetensors"
+    with pytest.raises(UpscalerError, match=r"SwinIR_x4\.safetensors: .*spandrel is not "
+                                            r"installed.*\.venv-upscalers"):
+        build_model(load_weights(other), other, torch.device("cpu"), spandrel=absent)
     with pytest.raises(UpscalerError, match="unknown upscaler"):
-        registry.load("nope")
+        UpscalerRegistry(folders=[folder]).load("nope")
+
+
+def test_upscaler_folders_follow_a1111_and_their_flags(tmp_path):
+    from modules.cmd_args import parse_args
+    from modules.paths import Paths
+
+    moved = tmp_path / "elsewhere"
+    paths = Paths.from_args(parse_args(["--models-dir", str(tmp_path / "models"),
+                                        "--dat-models-path", str(moved)]))
+    assert [p.name for p in paths.upscaler_dirs] == ["ESRGAN", "RealESRGAN", "SwinIR",
+                                                     "elsewhere", "HAT", "ScuNET", "BSRGAN"]
+    assert paths.upscaler_dirs[0] == paths.esrgan_dir
+    for folder in ("ESRGAN", "HAT"):
+        (tmp_path / "models" / folder).mkdir(parents=True)
+    torch.save({"params_ema": random_net().state_dict()}, tmp_path / "models" / "HAT" / "a.pth")
+    moved.mkdir()
+    torch.save(random_net().state_dict(), moved / "b.pth")
+    torch.save(random_net().state_dict(), tmp_path / "models" / "ESRGAN" / "a.pth")
+    registry = UpscalerRegistry(folders=paths.upscaler_dirs)
+    assert registry.names()[3:] == ["a", "b"]
+    assert registry.model_files()[0].parent.name == "ESRGAN"  # the first folder wins a name
+
+
+def test_a_file_that_is_not_a_model_is_named(folder, tmp_path):
+    (tmp_path / "broken.pth").write_bytes(b"not a pickle at all")
+    with pytest.raises(UpscalerError, match=r"broken\.pth: cannot read"):
+        UpscalerRegistry(folders=[tmp_path]).load("broken")
+    state = random_net().state_dict()
+    state["body.0.rdb1.conv2.weight"] = torch.zeros(4, 3, 3, 3)  # a shape that does not fit
+    save_file(state, str(tmp_path / "bent.safetensors"))
+    absent = SpandrelAccess(in_process=False, worker=None, reason="not installed")
+    with pytest.raises(UpscalerError, match=r"bent\.safetensors: not a consistent ESRGAN"):
+        build_model(state, tmp_path / "bent.safetensors", torch.device("cpu"), spandrel=absent)
 
 
 def test_extras_scale_by_scale_to_and_second_upscaler(folder):
-    registry = UpscalerRegistry(folder=folder)
+    registry = UpscalerRegistry(folders=[folder])
     settings = Settings()
     image = picture((32, 24))
     out, info = run_extras(registry, image, ExtrasParams(upscaler_1="Lanczos",

@@ -18,6 +18,10 @@ from fastapi import FastAPI
 from modules.cmd_args import parse_auth
 from webui import widgets
 from webui.tabs import extensions as extensions_tab, png_info, settings as settings_tab, txt2img
+from webui.tabs import img2img
+from webui.tabs import extras as extras_tab, merger as merger_tab
+from webui.tabs import train as train_tab
+from webui.send_to import SendTarget, wire_send
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,16 @@ def build_ui(runtime) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build(runtime)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = img2img.build(runtime)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = extras_tab.build(runtime)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 info = png_info.build()
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merger_tab.build(runtime, top.checkpoint)
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train_tab.build(runtime)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = settings_tab.build(runtime)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
@@ -65,6 +77,10 @@ def build_ui(runtime) -> gr.Blocks:
             extensions_tab.build_extension_tabs(runtime)
         _wire_top_bar(runtime, top, settings)
         _wire_send_to_txt2img(runtime, info, t2i, tabs)
+        targets = send_targets(runtime, i2i, extras=extras)
+        for panel in (t2i, i2i.panel):
+            wire_send(panel, targets, tabs)
+            _wire_checkpoint_cards(runtime, top, panel)
         _wire_page_load(runtime, blocks, top, t2i, settings)
     blocks.queue(max_size=64, default_concurrency_limit=1)
     return blocks
@@ -93,6 +109,28 @@ def _wire_send_to_txt2img(runtime, info: png_info.PngInfoTab, t2i: txt2img.Txt2I
         return [*txt2img.updates_for(values), gr.Tabs(selected="txt2img")]
 
     info.send_to_txt2img.click(send, info.parameters, [*t2i.field_widgets(), tabs], queue=False)
+
+
+def send_targets(runtime, i2i: img2img.Img2ImgTab, *, extras=None) -> dict[str, SendTarget]:
+    """Where the galleries' "Send to" buttons put a picture. The one place to add a tab:
+    `extras` is the Extras tab's object (anything with an `image` input component)."""
+    targets = {"img2img": img2img.send_target(runtime, i2i, "img2img"),
+               "inpaint": img2img.send_target(runtime, i2i, "inpaint")}
+    if getattr(extras, "image", None) is not None:
+        targets["extras"] = SendTarget(tab="extras", image=extras.image)
+    return targets
+
+
+def _wire_checkpoint_cards(runtime, top: widgets.TopBar, panel) -> None:
+    """A checkpoint card's click (script.js fills a hidden box) switches the checkpoint."""
+    pick = panel.networks.checkpoint_pick
+
+    def select(title: str):
+        if not title:
+            return gr.skip(), gr.skip()
+        return widgets.select_checkpoint(runtime, title), ""
+
+    pick.change(select, pick, [top.checkpoint, pick], concurrency_limit=1)
 
 
 def _wire_page_load(runtime, blocks: gr.Blocks, top: widgets.TopBar, t2i: txt2img.Txt2ImgTab,

@@ -1,6 +1,6 @@
 """Generation routes: txt2img and img2img through the job queue, extras (upscaling),
-PNG info, and the routes whose capability does not exist yet (interrogate, embedding
-training), which answer 501.
+PNG info, creating and training textual-inversion embeddings (as jobs on the queue), and
+the routes whose capability does not exist yet (interrogate), which answer 501.
 
 Handlers are plain `def`s: FastAPI runs them in its thread pool, so a handler waiting
 for its job never blocks the event loop and `/progress` stays responsive.
@@ -8,6 +8,7 @@ for its job never blocks the event loop and `/progress` stays responsive.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,16 +21,22 @@ from modules.api.generation import (
 from modules.api.schemas import (
     CreateEmbeddingRequest, ExtrasBatchImagesRequest, ExtrasSingleImageRequest,
     GenerationResponse, Img2ImgRequest, InterrogateRequest, PNGInfoRequest, PNGInfoResponse,
-    TrainEmbeddingRequest, Txt2ImgRequest,
+    TrainEmbeddingRequest, TrainResponse, Txt2ImgRequest,
 )
 from modules.grid import image_grid
 from modules.images import read_image_info
 from modules.infotext import parse_infotext
 from modules.extras import ExtrasParams, info_html, run_extras, run_extras_batch
 from modules.img2img import img2img
-from modules.params import GenerationResult
+from modules.params import GenerationResult, ParamsError
 from modules.processing import txt2img
 from modules.upscalers import upscalers_of
+from modules.training.concept_jobs import (
+    CreateEmbeddingParams, TrainEmbeddingParams, create_embedding_job, params_from, train_embedding_job,
+    validate_embedding_training,
+)
+
+log = logging.getLogger(__name__)
 
 EXTRAS_FIELDS = ("resize_mode", "upscaling_resize", "upscaling_resize_w", "upscaling_resize_h",
                  "upscaling_crop", "upscaler_1", "upscaler_2", "extras_upscaler_2_visibility",
@@ -50,8 +57,10 @@ class GenerationRoutes:
         add("/sdapi/v1/extra-batch-images", self.extra_batch, methods=["POST"])
         add("/sdapi/v1/png-info", self.png_info, methods=["POST"], response_model=PNGInfoResponse)
         add("/sdapi/v1/interrogate", self.interrogate, methods=["POST"])
-        add("/sdapi/v1/create/embedding", self.create_embedding, methods=["POST"])
-        add("/sdapi/v1/train/embedding", self.train_embedding, methods=["POST"])
+        add("/sdapi/v1/create/embedding", self.create_embedding, methods=["POST"],
+            response_model=TrainResponse)
+        add("/sdapi/v1/train/embedding", self.train_embedding, methods=["POST"],
+            response_model=TrainResponse)
 
     def txt2img(self, request: Txt2ImgRequest) -> dict[str, Any]:
         request = apply_infotext(request, self.runtime.settings.current, self.runtime)
@@ -113,11 +122,32 @@ class GenerationRoutes:
     def interrogate(self, request: InterrogateRequest) -> None:
         raise not_available("Interrogate (CLIP / DeepBooru captions)")
 
-    def create_embedding(self, request: CreateEmbeddingRequest) -> None:
-        raise not_available("Creating textual-inversion embeddings")
+    def create_embedding(self, request: CreateEmbeddingRequest) -> dict[str, str]:
+        """A1111's answer: `{"info": "create embedding filename: <path>"}`."""
+        params = CreateEmbeddingParams(name=request.name, init_text=request.init_text,
+                                       num_vectors_per_token=request.num_vectors_per_token,
+                                       overwrite_old=request.overwrite_old)
+        path = self.runtime.jobs.submit(lambda: create_embedding_job(self.runtime, params)).wait()
+        return {"info": f"create embedding filename: {path}"}
 
-    def train_embedding(self, request: TrainEmbeddingRequest) -> None:
-        raise not_available("Training textual-inversion embeddings")
+    def train_embedding(self, request: TrainEmbeddingRequest) -> dict[str, str]:
+        """Queued as a job (so `/progress` and `/interrupt` apply); bad fields are a 422
+        before queueing. As A1111, a failure during training is reported in `info`."""
+        if request.use_weight:
+            raise ParamsError("use_weight", "weighting the loss by the images' alpha is not supported")
+        params = params_from(TrainEmbeddingParams, {**request.model_dump(),
+                                                     "clip_grad_value": _number(request.clip_grad_value)})
+        validate_embedding_training(self.runtime, params)
+        job = self.runtime.jobs.submit(lambda: train_embedding_job(self.runtime, params),
+                                       job_id=request.id_task)
+        try:
+            result = job.wait()
+        except ParamsError:
+            raise
+        except Exception as error:  # reported as A1111 does; the server keeps serving
+            log.exception("embedding training failed")
+            return {"info": f"train embedding complete: filename:  error: {error}"}
+        return {"info": f"train embedding complete: filename: {result.paths[0]} error: None"}
 
     def png_info(self, request: PNGInfoRequest) -> dict[str, Any]:
         if not request.image.strip():
@@ -127,6 +157,13 @@ class GenerationRoutes:
         items = {key: value for key, value in items.items() if _is_json_scalar(value)}
         parameters = parse_infotext(infotext) if infotext else {}
         return {"info": infotext or "", "items": items, "parameters": parameters}
+
+
+def _number(value: float | str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ParamsError("clip_grad_value", f"{value!r} is not a number") from None
 
 
 def _is_json_scalar(value: Any) -> bool:

@@ -228,12 +228,38 @@ class CreateEmbeddingRequest(ApiModel):
 
 
 class TrainEmbeddingRequest(ApiModel):
+    """A1111's `train_embedding` arguments with its UI defaults; `training_width` /
+    `training_height` left unset mean the model's native size (A1111: 512)."""
+
     model_config = ConfigDict(allow_inf_nan=False, extra="allow")
 
+    id_task: str | None = None
     embedding_name: str = ""
     learn_rate: str = "0.005"
-    steps: int = 100000
+    batch_size: int = 1
+    gradient_step: int = 1
     data_root: str = ""
+    log_directory: str = "textual_inversion"
+    training_width: int | None = None
+    training_height: int | None = None
+    varsize: bool = False
+    steps: int = 100000
+    clip_grad_mode: Literal["disabled", "value", "norm"] = "disabled"
+    clip_grad_value: float | str = 0.1
+    shuffle_tags: bool = False
+    tag_drop_out: float = 0.0
+    latent_sampling_method: Literal["once", "deterministic", "random"] = "once"
+    use_weight: bool = False
+    create_image_every: int = 500
+    save_embedding_every: int = 500
+    template_filename: str = "subject_filewords.txt"
+    save_image_with_stored_embedding: bool = True
+    preview_from_txt2img: bool = False
+    seed: int = 0
+
+
+class TrainResponse(ApiModel):
+    info: str
 
 
 class InterrogateRequest(ApiModel):

@@ -21,6 +21,7 @@ import torch
 
 from modules.conditioning.chunking import PromptChunk, SpecialIds, build_chunks, empty_chunk
 from modules.conditioning.embeddings import EmbeddingTable
+from modules.devices import execution_device
 from modules.nn.text_encoders import TextEncoder
 from modules.prompt_parser import parse_prompt_attention
 from modules.tokenizer import ClipTokenizer
@@ -87,7 +88,7 @@ def encode_chunks(encoder: TextEncoder, per_text: Sequence[Sequence[PromptChunk]
     """Encode texts already cut into chunks; shorter texts get empty chunks appended."""
     count = max(len(chunks) for chunks in per_text)
     filler = empty_chunk(ids)
-    device = encoder.token_embedding.weight.device
+    device = execution_device(encoder)  # the device even when --medvram keeps it in RAM
     hidden, pooled = [], None
     for index in range(count):
         batch = [chunks[index] if index < len(chunks) else filler for chunks in per_text]

@@ -14,6 +14,7 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from modules.models.errors import ModelLoadError
 from modules.models.families import Family
 from modules.models.hashes import HashCache, short_hash
 from modules.models.loader import inspect_checkpoint, load_state_dict, load_vae_state_dict
+from modules.models.offload import ComponentPlacer, MemoryMode
 from modules.models.patcher import ModelPatcher
 from modules.models.sd_model import StableDiffusionModel
 from modules.models.vae_select import resolve_vae
+from modules.nn.attention import set_attention_upcast
 from modules.nn.autoencoder import AutoencoderKL
 from modules.sampling.denoiser import model_sigmas
 from modules.tokenizer import ClipTokenizer
@@ -50,6 +53,8 @@ class LoadedModel:
     metadata: dict = field(default_factory=dict)
     # Per-request patches (LoRA) go on clones of this; it is never patched itself.
     patcher: ModelPatcher = field(init=False)
+    # Which components sit on the device when (--medvram / --lowvram, models/offload.py).
+    placer: ComponentPlacer | None = None
 
     # An external VAE chosen for a job (`with_vae`): the module, its file name, sha256.
     vae_override: AutoencoderKL | None = None
@@ -84,13 +89,31 @@ class ModelManager:
 
     def __init__(self, *, paths, device: torch.device, dtype: torch.dtype,
                  vae_dtype: torch.dtype, hashing: bool = True, cache_limit: int = 1,
-                 attention: str = "auto", vae_path: str | None = None) -> None:
+                 attention: str = "auto", vae_path: str | None = None,
+                 cache_limit_source: Callable[[], int] | None = None,
+                 memory_policy: Callable[[Family], MemoryMode] | None = None,
+                 channels_last: bool = False, upcast_attention: bool = False,
+                 compile_mode: str | None = None) -> None:
+        """
+        :param cache_limit_source: read at every load for the number of checkpoints to keep
+            (the `sd_checkpoints_limit` setting); `cache_limit` when not given
+        :param memory_policy: the memory mode for a model family (models/offload.py)
+        :param channels_last: run the U-Net and VAE on NHWC maps (modules/devices.py)
+        :param upcast_attention: attention in float32 over half weights (--upcast-sampling)
+        :param compile_mode: torch.compile the U-Net in this mode ("default",
+            "reduce-overhead" = CUDA graphs); None: eager
+        """
         self.paths = paths
         self.device = device
         self.dtype = dtype
         self.vae_dtype = vae_dtype
         self.hashing = hashing
         self.cache_limit = cache_limit
+        self.cache_limit_source = cache_limit_source or (lambda: self.cache_limit)
+        self.memory_policy = memory_policy or (lambda family: MemoryMode.NORMAL)
+        self.channels_last = channels_last
+        self.upcast_attention = upcast_attention
+        self.compile_mode = compile_mode
         self.attention = attention
         self.vae_path = vae_path
         self._vaes: OrderedDict[tuple, AutoencoderKL] = OrderedDict()
@@ -198,30 +221,62 @@ class ModelManager:
 
     def unload(self) -> None:
         with self._lock:
+            for loaded in self._loaded.values():
+                self._evict(loaded)
             self._loaded.clear()
             self._current = None
 
     def _ensure(self, info: CheckpointInfo) -> LoadedModel:
         if info.path in self._loaded:
             self._loaded.move_to_end(info.path)
-            return self._loaded[info.path]
-        loaded = self._load(info)
-        self._loaded[info.path] = loaded
-        for listener in self.on_loaded:
-            listener(loaded)
-        while len(self._loaded) > max(self.cache_limit, 1):
-            self._loaded.popitem(last=False)  # the default model stays the default
+            loaded = self._loaded[info.path]
+        else:
+            loaded = self._load(info)  # a failed load leaves the cached models serving
+            self._loaded[info.path] = loaded
+            for listener in self.on_loaded:
+                listener(loaded)
+        # The limit is read each time, so lowering the setting takes effect at the next job.
+        while len(self._loaded) > max(self.cache_limit_source(), 1):
+            self._evict(self._loaded.popitem(last=False)[1])
+        return self._activate(loaded)
+
+    def _activate(self, loaded: LoadedModel) -> LoadedModel:
+        """On a GPU, cached models other than `loaded` rest in RAM (A1111's checkpoint cache)."""
+        if self.device.type != "cpu":
+            for other in self._loaded.values():
+                if other is not loaded and other.placer is not None:
+                    other.placer.offload_all()
+            if loaded.placer is not None:
+                loaded.placer.restore()
         return loaded
+
+    @staticmethod
+    def _evict(loaded: LoadedModel) -> None:
+        if loaded.placer is not None:
+            loaded.placer.remove()
 
     def _load(self, info: CheckpointInfo) -> LoadedModel:
         log.info("Loading %s", info.path)
         header, family = inspect_checkpoint(info.path)
-        state = load_state_dict(info.path, dtype=self.dtype, device=self.device)
+        mode = self.memory_policy(family)
+        # Straight into the target dtype, and onto the device unless the mode keeps it in RAM.
+        load_device = self.device if mode is MemoryMode.NORMAL else torch.device("cpu")
+        state = load_state_dict(info.path, dtype=self.dtype, device=load_device)
         model = build_model(family, state, path=info.path)
+        del state
         model.vae.to(self.vae_dtype)
         model.unet.set_attention_backend(self.attention)
         model.vae.set_attention_backend(self.attention)
+        model.unet.set_channels_last(self.channels_last)
+        model.vae.set_channels_last(self.channels_last)
+        set_attention_upcast(model, self.upcast_attention)
         model.eval().requires_grad_(False)
+        if self.compile_mode is not None:
+            # In place (nn.Module.compile): the module keeps its names, hooks and patcher.
+            model.unet.compile(mode=self.compile_mode, dynamic=False)
+        placer = ComponentPlacer(components={"unet": model.unet, "vae": model.vae,
+                                             **dict(model.text_encoders.items())},
+                                 device=self.device, mode=mode)
         sha256 = self.hash_cache.sha256(info.path) if self.hashing else None
         if sha256:
             info = CheckpointInfo(path=info.path, name=info.name, legacy_hash=info.legacy_hash,
@@ -231,7 +286,7 @@ class ModelManager:
                 family.schedule, zero_terminal_snr=family.zero_terminal_snr),
             conditioner=Conditioner(encoders=list(model.text_encoders.values()),
                                     tokenizer=self.tokenizer(), family=family),
-            sha256=sha256, metadata=dict(header.metadata),
+            sha256=sha256, metadata=dict(header.metadata), placer=placer,
         )
 
     def tokenizer(self) -> ClipTokenizer:

@@ -139,6 +139,10 @@ class PatchedTextEncoder(PatchedCall):
     def num_layers(self) -> int:
         return self.module.num_layers
 
+    def parameters(self):
+        """The base encoder's parameters: `devices.execution_device` reads their device."""
+        return self.module.parameters()
+
 
 class _Shared:
     """State all clones of one model's patcher share: the lock, the LRU, memos."""

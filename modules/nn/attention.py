@@ -111,12 +111,17 @@ def attention(
     v: torch.Tensor,
     *,
     backend: AttentionBackend = AttentionBackend.SDPA,
+    upcast: bool = False,
 ) -> torch.Tensor:
     """Multi-head attention over (batch, heads, tokens, head_dim) with the chosen kernel.
 
     `backend` must be resolved (see `resolve_backend`); `xformers` is used only for
-    CUDA tensors, anything else falls back to SDPA.
+    CUDA tensors, anything else falls back to SDPA. `upcast` computes half-precision
+    inputs in float32 and returns the input dtype (`--upcast-sampling`).
     """
+    if upcast and q.dtype in (torch.float16, torch.bfloat16):
+        out = attention(q.float(), k.float(), v.float(), backend=backend)
+        return out.to(q.dtype)
     if backend is AttentionBackend.SLICED:
         return sliced_attention(q, k, v)
     if backend is AttentionBackend.XFORMERS and q.is_cuda:
@@ -130,6 +135,7 @@ class AttentionLayer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.attention_backend = AttentionBackend.SDPA
+        self.attention_upcast = False  # float32 attention over half weights
 
 
 def set_attention_backend(model: nn.Module, name: str | AttentionBackend) -> AttentionBackend:
@@ -139,3 +145,10 @@ def set_attention_backend(model: nn.Module, name: str | AttentionBackend) -> Att
         if isinstance(module, AttentionLayer):
             module.attention_backend = backend
     return backend
+
+
+def set_attention_upcast(model: nn.Module, enabled: bool) -> None:
+    """Compute every `AttentionLayer` of `model` in float32 (half-precision models only)."""
+    for module in model.modules():
+        if isinstance(module, AttentionLayer):
+            module.attention_upcast = enabled

@@ -20,6 +20,7 @@ from torch import nn
 
 from modules.nn.attention import AttentionBackend, set_attention_backend
 from modules.nn.configs import VAEConfig
+from modules.nn.ops import silu_fresh
 from modules.nn.vae_blocks import Downsample, MidBlock, ResnetBlock, Upsample, group_norm
 
 
@@ -103,7 +104,7 @@ class Encoder(nn.Module):
             if level.downsample is not None:
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_fresh(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -140,7 +141,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if level.upsample is not None:
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_fresh(self.norm_out(h)))
 
 
 class AutoencoderKL(nn.Module):
@@ -150,6 +151,8 @@ class AutoencoderKL(nn.Module):
         """:param config: the architecture numbers (see `modules.nn.configs.VAEConfig`)."""
         super().__init__()
         self.config = config
+        # Layout of the feature maps (`set_channels_last`).
+        self.memory_format = torch.contiguous_format
         self.encoder = Encoder(config=config)
         self.decoder = Decoder(config=config)
         self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, kernel_size=1)
@@ -163,11 +166,19 @@ class AutoencoderKL(nn.Module):
         """Choose the attention kernel of the two mid-block attentions ("sdpa", "sliced", ...)."""
         return set_attention_backend(self, name)
 
+    def set_channels_last(self, enabled: bool) -> None:
+        """Run on channels-last (NHWC) maps: faster oneDNN / cuDNN convolutions, same results."""
+        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype).contiguous(memory_format=self.memory_format)
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """Image in [-1, 1], (B, 3, H, W) -> posterior over unscaled latents (input's dtype)."""
-        moments = self.quant_conv(self.encoder(x.to(self.dtype)))
-        return DiagonalGaussian(moments.to(x.dtype))
+        moments = self.quant_conv(self.encoder(self._prepare(x)))
+        return DiagonalGaussian(moments.to(x.dtype).contiguous())
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Unscaled latent (B, embed_dim, h, w) -> image in about [-1, 1] (input's dtype)."""
-        return self.decoder(self.post_quant_conv(z.to(self.dtype))).to(z.dtype)
+        return self.decoder(self.post_quant_conv(self._prepare(z))).to(z.dtype).contiguous()

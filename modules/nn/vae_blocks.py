@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.nn.attention import AttentionLayer, attention
+from modules.nn.ops import add_fresh, silu_fresh
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -36,9 +37,10 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.nin_shortcut(x) + h
+        # SiLU and the residual add write in place when autograd is off (modules/nn/ops.py).
+        h = self.conv1(silu_fresh(self.norm1(x)))
+        h = self.conv2(silu_fresh(self.norm2(h)))
+        return add_fresh(h, self.nin_shortcut(x))
 
 
 class AttnBlock(AttentionLayer):
@@ -59,7 +61,7 @@ class AttnBlock(AttentionLayer):
         q, k, v = (
             proj(h).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v)
         )
-        out = attention(q, k, v, backend=self.attention_backend)
+        out = attention(q, k, v, backend=self.attention_backend, upcast=self.attention_upcast)
         out = out.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
         return x + self.proj_out(out)
 

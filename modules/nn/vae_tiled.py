@@ -52,13 +52,45 @@ NormFn = Callable[[nn.GroupNorm, torch.Tensor], torch.Tensor]
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 
 
+def group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (batch, group) mean and (biased) variance of `x`, computed in float32."""
+    grouped = x.reshape(x.shape[0], groups, -1).float()
+    var, mean = torch.var_mean(grouped, dim=2, unbiased=False)
+    return mean, var
+
+
+def normalize_with(norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor,
+                   var: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` with the given per (batch, group) statistics instead of x's own.
+
+    With the statistics fixed, GroupNorm is a per-channel affine map, which is what
+    inference-mode batch norm computes: one fused pass over `x` in its own dtype
+    (float32 arithmetic inside), with no float copy of a large activation.
+    """
+    batch, channels = x.shape[:2]
+    per_group = channels // norm.num_groups
+    mean_c = mean.repeat_interleave(per_group, dim=1).reshape(-1)
+    var_c = var.repeat_interleave(per_group, dim=1).reshape(-1)
+    weight = norm.weight.float().repeat(batch) if norm.affine else None
+    bias = norm.bias.float().repeat(batch) if norm.affine else None
+    flat = x.reshape(1, batch * channels, *x.shape[2:])
+    out = F.batch_norm(flat, mean_c, var_c, weight, bias, training=False, eps=norm.eps)
+    return out.reshape(x.shape)
+
+
 @dataclass
 class GroupStats:
-    """Running sums of one GroupNorm's input per (batch, group), in float64."""
+    """Statistics of one GroupNorm's input summed over tiles: count, sum, sum of squares
+    per (batch, group), in float64 (each tile's part comes as a float32 mean/var)."""
 
     total: torch.Tensor
     squares: torch.Tensor
     count: int = 0
+
+    def add(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        self.total += mean.double() * count
+        self.squares += (var.double() + mean.double() ** 2) * count
+        self.count += count
 
     def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.total / self.count
@@ -86,33 +118,23 @@ class SharedNorm:
         self.core, self.input_height, self.index = core, input_height, 0
 
     def __call__(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-        groups = norm.num_groups
-        grouped = x.float().reshape(x.shape[0], groups, -1, *x.shape[2:])
         if self.mode == "record":
-            var, mean = torch.var_mean(grouped, dim=(2, 3, 4), unbiased=False)
-            self.stats.append((mean, var))
-        else:
-            mean, var = self.stats[self.index]
-            if self.mode == "measure":
-                self._accumulate(grouped)
+            self.stats.append(group_moments(x, norm.num_groups))
+        elif self.mode == "measure":
+            self._accumulate(x, norm.num_groups)
+        mean, var = self.stats[self.index]
         self.index += 1
-        scale = torch.rsqrt(var + norm.eps)[:, :, None, None, None]
-        out = ((grouped - mean[:, :, None, None, None]) * scale).reshape(x.shape)
-        if norm.affine:
-            out = out * norm.weight.float()[None, :, None, None] + norm.bias.float()[None, :, None, None]
-        return out.to(x.dtype)
+        return normalize_with(norm, x, mean, var)
 
-    def _accumulate(self, grouped: torch.Tensor) -> None:
-        factor = grouped.shape[-2] / self.input_height
+    def _accumulate(self, x: torch.Tensor, groups: int) -> None:
+        factor = x.shape[-2] / self.input_height
         y0, y1, x0, x1 = (round(v * factor) for v in self.core)
-        region = grouped[..., y0:y1, x0:x1].double()
+        region = x[..., y0:y1, x0:x1]
         if len(self.sums) <= self.index:
-            zeros = torch.zeros(region.shape[:2], dtype=torch.float64, device=region.device)
+            zeros = torch.zeros(x.shape[0], groups, dtype=torch.float64, device=x.device)
             self.sums.append(GroupStats(total=zeros, squares=zeros.clone()))
-        sums = self.sums[self.index]
-        sums.total += region.sum(dim=(2, 3, 4))
-        sums.squares += (region**2).sum(dim=(2, 3, 4))
-        sums.count += region[0, 0].numel()
+        mean, var = group_moments(region, groups)
+        self.sums[self.index].add(mean, var, region[0].numel() // groups)
 
     def measured(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [sums.mean_var() for sums in self.sums]
@@ -122,10 +144,15 @@ class SharedNorm:
 
 
 def resnet_forward(block: ResnetBlock, x: torch.Tensor, norm: NormFn) -> torch.Tensor:
-    """`ResnetBlock.forward` with the GroupNorms given by `norm`."""
-    h = block.conv1(F.silu(norm(block.norm1, x)))
-    h = block.conv2(F.silu(norm(block.norm2, h)))
-    return block.nin_shortcut(x) + h
+    """`ResnetBlock.forward` with the GroupNorms given by `norm`.
+
+    `norm` returns a new tensor, so SiLU runs in place on it: one activation-sized
+    buffer fewer at the peak, which at full resolution is the largest one.
+    """
+    h = block.conv1(F.silu(norm(block.norm1, x), inplace=True))
+    h = block.conv2(F.silu(norm(block.norm2, h), inplace=True))
+    h += block.nin_shortcut(x)
+    return h
 
 
 def attention_forward(block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +182,7 @@ def decoder_tail(decoder: Decoder, h: torch.Tensor, norm: NormFn) -> torch.Tenso
             h = resnet_forward(block, h, norm)
         if level.upsample is not None:
             h = level.upsample(h)
-    return decoder.conv_out(F.silu(norm(decoder.norm_out, h)))
+    return decoder.conv_out(F.silu(norm(decoder.norm_out, h), inplace=True))
 
 
 def encoder_head(encoder: Encoder, x: torch.Tensor, norm: NormFn) -> torch.Tensor:

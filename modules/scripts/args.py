@@ -131,3 +131,30 @@ def describe_args(args_type: type) -> list[dict[str, Any]]:
              "step": spec.metadata.get("step"),
              "choices": list(spec.metadata["choices"]) if spec.metadata.get("choices") else None}
             for spec in fields(args_type)]
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One script argument as a user interface shows it (no UI library involved):
+    `kind` is the annotation's type name ("bool", "int", "float", "str", "list", "Any"),
+    so a front end can pick a control; the rest is the `arg(...)` metadata."""
+
+    name: str
+    kind: str
+    label: str
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple | None = None
+
+
+def arg_specs(args_type: type) -> list[ArgSpec]:
+    """The `Args` fields of a script in order, for building its controls."""
+    return [ArgSpec(name=spec.name, kind=_type_name(args_type, spec),
+                    label=spec.metadata.get("label") or spec.name, default=_default(spec),
+                    minimum=spec.metadata.get("minimum"), maximum=spec.metadata.get("maximum"),
+                    step=spec.metadata.get("step"),
+                    choices=tuple(spec.metadata["choices"]) if spec.metadata.get("choices")
+                    else None)
+            for spec in fields(args_type)]

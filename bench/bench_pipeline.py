@@ -1,0 +1,96 @@
+"""Whole-image and VAE-decode benchmark: Easel against diffusers, with peak RSS of each.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_pipeline.py [--runs 3] [--parts vae,image]
+        [--sizes 512,1024] [--steps 20] [--dtype float32] [--tiny]
+
+Every measurement runs in a fresh process (so its peak resident set, VmHWM, belongs to
+that measurement alone), and the processes alternate Easel / diffusers repetition by
+repetition, so load drifts on a shared machine hit both; medians are reported.
+
+* vae: decode one SD latent to a W x W image (SD1.5 VAE, diffusers' random init mapped
+  to our names: both hold the same weights).
+* image: a whole W x W txt2img image: 20 DPM++ 2M Karras steps with CFG (the U-Net on
+  a batch of 2 per step), then the VAE decode. Easel runs its own U-Net, denoiser,
+  sampler and VAE as the app configures them on a CPU (channels_last); diffusers runs
+  `UNet2DConditionModel` + `DPMSolverMultistepScheduler` (Karras sigmas) + `AutoencoderKL`.
+  The text encoder is left out of both (the same transformers class, < 0.1 % of the time);
+  the context is a fixed random (2, 77, 768) tensor.
+* `--tiny` uses the test suite's scaled-down configs (seconds; used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = r"""
+import json, sys, time, torch
+sys.path.insert(0, {root!r})
+from bench.pipeline_worker import run
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+result = run({options!r})
+result["peak_rss_gb"] = round(hwm() / 1e9, 3)
+print("RESULT " + json.dumps(result))
+"""
+
+
+def measure(options: dict) -> dict:
+    """One measurement in a fresh interpreter; returns its timing and peak RSS."""
+    script = WORKER.format(root=str(ROOT), options=options)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker failed for {options}:\n{done.stderr[-3000:]}")
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def compare(options: dict, runs: int) -> dict:
+    """Alternate Easel / diffusers `runs` times; medians of seconds and peak RSS."""
+    results: dict[str, list[dict]] = {"easel": [], "diffusers": []}
+    for _ in range(runs):
+        for engine in results:
+            results[engine].append(measure({**options, "engine": engine}))
+    row = dict(options)
+    for engine, found in results.items():
+        row[f"{engine}_s"] = round(statistics.median(r["seconds"] for r in found), 3)
+        row[f"{engine}_peak_rss_gb"] = round(statistics.median(r["peak_rss_gb"] for r in found), 3)
+    row["ratio"] = round(row["easel_s"] / row["diffusers_s"], 3)
+    probe = measure({**options, "engine": "both"})  # same weights, same inputs: the outputs
+    row["max_abs_diff"] = probe["max_abs_diff"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parts", default="vae,image")
+    parser.add_argument("--sizes", default="512,1024", help="VAE decode sizes (pixels)")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    parts = args.parts.split(",")
+    common = {"dtype": args.dtype, "tiny": args.tiny}
+    if "vae" in parts:
+        for size in (int(s) for s in args.sizes.split(",")):
+            rows.append(compare({**common, "part": "vae", "size": size}, args.runs))
+    if "image" in parts:
+        rows.append(compare({**common, "part": "image", "size": args.image_size,
+                             "steps": args.steps}, args.runs))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

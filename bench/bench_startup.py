@@ -1,0 +1,103 @@
+"""Seconds from `python launch.py --skip-install` to the page being served, and to the
+first demo image over the API, against the floor any Gradio app pays in the same run.
+
+Rows (medians over --repeats runs, each a fresh process, runs interleaved so that load
+from other processes on a shared machine hits every row alike):
+
+- reference: a fresh interpreter importing torch, gradio and fastapi, the floor of any
+  torch + Gradio app (Easel's own start-up is the rest);
+- Easel UI page served (`GET /` answers 200) with `--api`;
+- first 64x64 demo image (4 steps) returned by `POST /sdapi/v1/txt2img`, from launch
+  (the model loads in the background while the page is already served);
+- API only (`--nowebui`): `GET /sdapi/v1/samplers` answers.
+
+Run: `.venv/bin/python bench/bench_startup.py [--repeats N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+
+from tests.helpers.server_process import (  # noqa: E402
+    DEMO_DIR, NO_INTERNET, ROOT, free_port, launch_command,
+)
+
+TXT2IMG = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "seed": 1}
+POLL_S = 0.05
+
+
+def time_reference_imports() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, gradio, fastapi"], check=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def wait_for(url: str, process: subprocess.Popen, started: float) -> float:
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=5).status_code < 500:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            time.sleep(POLL_S)
+
+
+def time_launch(*flags: str, probe: str, generate: bool) -> tuple[float, float | None]:
+    """(seconds until `probe` answers, seconds until the first image, if asked)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        command = launch_command("--port", str(port), "--data-dir", data,
+                                 "--ckpt-dir", str(DEMO_DIR), *flags)
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env={**os.environ, **NO_INTERNET})
+        try:
+            base = f"http://127.0.0.1:{port}"
+            served = wait_for(base + probe, process, started)
+            image = None
+            if generate:
+                answer = httpx.post(base + "/sdapi/v1/txt2img", json=TXT2IMG, timeout=600)
+                answer.raise_for_status()
+                image = time.perf_counter() - started
+            return served, image
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows: dict[str, list[float]] = {"reference: import torch, gradio, fastapi": [],
+                                    "Easel UI page served": [],
+                                    "first demo image via API (from launch)": [],
+                                    "API only (--nowebui) answering": []}
+    for _ in range(args.repeats):
+        rows["reference: import torch, gradio, fastapi"].append(time_reference_imports())
+        page, image = time_launch("--api", probe="/", generate=True)
+        rows["Easel UI page served"].append(page)
+        rows["first demo image via API (from launch)"].append(image)
+        api, _ = time_launch("--nowebui", probe="/sdapi/v1/samplers", generate=False)
+        rows["API only (--nowebui) answering"].append(api)
+    reference = statistics.median(rows["reference: import torch, gradio, fastapi"])
+    print(f"{'':44} {'median s':>9} {'min s':>7} {'x ref':>6}")
+    for name, values in rows.items():
+        median = statistics.median(values)
+        print(f"{name:44} {median:9.2f} {min(values):7.2f} {median / reference:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""One measurement of `bench_pipeline.py`, run in its own process (see that file).
+
+Builds diffusers' models with their own seeded random init and ours from the same
+tensors (renamed by `modules.models.diffusers_keys`), then times one VAE decode or one
+whole image for the engine asked for. Engine "both" runs each once and returns the
+largest absolute difference of their outputs instead of a time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from modules.models.diffusers_keys import unet_diffusers_to_ldm, vae_diffusers_to_ldm
+from modules.models.families import SD15
+from modules.nn.autoencoder import AutoencoderKL
+from modules.nn.unet import UNetModel
+from modules.sampling.denoiser import Denoiser, model_sigmas
+from modules.sampling.samplers_dpmpp import sample_dpmpp_2m
+from modules.sampling.schedules import karras
+from tests.diffusers_configs import unet_diffusers_config, vae_diffusers_config
+
+CFG_SCALE = 7.0
+
+
+def _family(tiny: bool):
+    if tiny:
+        from tests.tiny import TINY_SD15
+
+        return TINY_SD15
+    return SD15
+
+
+def build_vaes(family, dtype: torch.dtype):
+    from diffusers import AutoencoderKL as DiffusersVAE
+
+    torch.manual_seed(0)
+    theirs = DiffusersVAE(**vae_diffusers_config(family.vae)).eval().to(dtype)
+    with torch.device("meta"):
+        ours = AutoencoderKL(config=family.vae)
+    ours.load_state_dict(vae_diffusers_to_ldm(theirs.state_dict(), family.vae), assign=True)
+    ours.set_channels_last(True)
+    return ours.eval(), theirs
+
+
+def build_unets(family, dtype: torch.dtype):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    theirs = UNet2DConditionModel(**unet_diffusers_config(family.unet)).eval().to(dtype)
+    with torch.device("meta"):
+        ours = UNetModel(config=family.unet)
+    ours.load_state_dict(unet_diffusers_to_ldm(theirs.state_dict(), family.unet), assign=True)
+    ours.set_channels_last(True)
+    return ours.eval(), theirs
+
+
+def _latent(family, size: int, dtype: torch.dtype, batch: int = 1) -> torch.Tensor:
+    side = size // family.vae.downscale
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(batch, family.unet.in_channels, side, side, generator=generator).to(dtype)
+
+
+def decode_easel(vae, z):
+    return vae.decode(z)
+
+
+def decode_diffusers(vae, z):
+    return vae.decode(z).sample
+
+
+def image_easel(unet, vae, family, z, context, steps: int):
+    table = model_sigmas(family.schedule)
+    sigmas = karras(steps, float(table[0]), float(table[-1])).to(z.dtype)
+    denoiser = Denoiser(unet, sigmas=table, prediction=family.prediction)
+
+    def guided(x, sigma, **_):
+        both = denoiser(torch.cat([x, x]), sigma.expand(2), context=context)
+        cond, uncond = both.chunk(2)
+        return uncond + CFG_SCALE * (cond - uncond)
+
+    generator = sample_dpmpp_2m(guided, z * sigmas[0], sigmas)
+    try:
+        while True:
+            next(generator)
+    except StopIteration as stop:
+        latent = stop.value
+    return vae.decode(latent / family.vae.scale_factor)
+
+
+def image_diffusers(unet, vae, family, z, context, steps: int):
+    from diffusers import DPMSolverMultistepScheduler
+
+    schedule = family.schedule
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=schedule.num_timesteps, beta_start=schedule.beta_start,
+        beta_end=schedule.beta_end, beta_schedule="scaled_linear", use_karras_sigmas=True)
+    scheduler.set_timesteps(steps)
+    latent = z * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(torch.cat([latent, latent]), t)
+        eps = unet(model_in, t, encoder_hidden_states=context).sample
+        cond, uncond = eps.chunk(2)
+        latent = scheduler.step(uncond + CFG_SCALE * (cond - uncond), t, latent).prev_sample
+    return vae.decode(latent / family.vae.scale_factor).sample
+
+
+def _jobs(options: dict):
+    """(easel callable, diffusers callable) for the part asked for."""
+    family = _family(options["tiny"])
+    dtype = getattr(torch, options["dtype"])
+    vae_ours, vae_theirs = build_vaes(family, dtype)
+    if options["part"] == "vae":
+        z = _latent(family, options["size"], dtype)
+        return (lambda: decode_easel(vae_ours, z)), (lambda: decode_diffusers(vae_theirs, z))
+    unet_ours, unet_theirs = build_unets(family, dtype)
+    z = _latent(family, options["size"], dtype)
+    generator = torch.Generator().manual_seed(2)
+    context = torch.randn(2, 77, family.unet.context_dim, generator=generator).to(dtype)
+    steps = options["steps"]
+    return (lambda: image_easel(unet_ours, vae_ours, family, z, context, steps),
+            lambda: image_diffusers(unet_theirs, vae_theirs, family, z, context, steps))
+
+
+def run(options: dict) -> dict:
+    ours, theirs = _jobs(options)
+    with torch.inference_mode():
+        if options["engine"] == "both":
+            difference = (ours().float() - theirs().float()).abs().max()
+            return {"max_abs_diff": float(difference)}
+        job = ours if options["engine"] == "easel" else theirs
+        start = time.perf_counter()
+        job()
+        return {"seconds": time.perf_counter() - start}

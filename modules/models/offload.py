@@ -1,0 +1,165 @@
+"""Memory modes: which parts of a loaded model sit on the compute device, and when.
+
+A1111's flags, as its users know them:
+
+* normal: every component (text encoders, U-Net, VAE) lives on the device.
+* `--medvram`: components live in RAM; the one in use is moved to the device when it is
+  called, and whichever component held the device before goes back to RAM. Generation
+  runs text encoder -> U-Net -> VAE, so each moves about once per job.
+  `--medvram-sdxl` does the same for SDXL models only.
+* `--lowvram`: as medvram, and the U-Net is streamed: each of its top-level blocks
+  (`time_embed`, `input_blocks.N`, `middle_block`, `output_blocks.N`, `out`) is moved
+  to the device just before it runs and back right after, so only one block's weights
+  (the largest SD1.5 block is ~0.1 GB in fp16) occupy the device at a time.
+
+The moves are made by forward pre-hooks (PyTorch's documented extension point, the same
+one A1111 uses), registered per loaded model by a `ComponentPlacer` that the
+`LoadedModel` owns; nothing global is touched and the hooks are removed with the
+placer. Entry points are covered so that any caller works: the U-Net's forward; the
+text encoder's forward and token embedding (textual inversion reads the embedding
+before the forward); every VAE layer (the tiled VAE calls the decoder's layers one by
+one). Code that creates inputs asks `execution_device(module)` where they must go.
+
+On a CPU-only machine the device is the RAM, so these modes change nothing but the
+bookkeeping; their effect on GPU memory is measured by `bench/bench_gpu.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from enum import Enum
+
+import torch
+from torch import nn
+
+from modules.devices import EXECUTION_DEVICE_ATTR
+
+
+
+class MemoryMode(str, Enum):
+    """How much of a model stays on the compute device."""
+
+    NORMAL = "normal"
+    MEDVRAM = "medvram"
+    LOWVRAM = "lowvram"
+
+
+def memory_mode(args, *, is_sdxl: bool) -> MemoryMode:
+    """The mode A1111's flags ask for (`--medvram-sdxl` only for SDXL-family models)."""
+    if getattr(args, "lowvram", False):
+        return MemoryMode.LOWVRAM
+    if getattr(args, "medvram", False) or (getattr(args, "medvram_sdxl", False) and is_sdxl):
+        return MemoryMode.MEDVRAM
+    return MemoryMode.NORMAL
+
+
+Mover = Callable[[nn.Module, torch.device], None]
+
+
+def move_module(module: nn.Module, device: torch.device) -> None:
+    """Move parameters and buffers of `module` (non-blocking from pinned memory is not used:
+    the weights are read once per job, and plain copies keep the code simple)."""
+    module.to(device)
+
+
+class ComponentPlacer:
+    """Keeps at most one component (or, in lowvram, one U-Net block) on the device.
+
+    :param components: name -> module, e.g. {"unet": ..., "vae": ..., "clip_l": ...};
+        the name "unet" is the one streamed block by block in lowvram mode
+    :param device: the compute device
+    :param offload_device: where resting components live (the CPU's RAM)
+    :param mode: see `MemoryMode`; NORMAL registers nothing
+    :param mover: how a module is moved (tests pass a recording mover)
+    """
+
+    def __init__(self, *, components: dict[str, nn.Module], device: torch.device,
+                 offload_device: torch.device = torch.device("cpu"),
+                 mode: MemoryMode = MemoryMode.NORMAL, mover: Mover = move_module) -> None:
+        self.components = components
+        self.device = torch.device(device)
+        self.offload_device = torch.device(offload_device)
+        self.mode = mode
+        self.mover = mover
+        self.resident: str | None = None  # the component now on the device
+        self._handles: list = []
+        if mode is not MemoryMode.NORMAL:
+            self._install()
+
+    # ---- setup --------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        for name, module in self.components.items():
+            setattr(module, EXECUTION_DEVICE_ATTR, self.device)
+            if name == "unet" and self.mode is MemoryMode.LOWVRAM:
+                self._stream_blocks(module)
+                continue
+            for entry in _entry_points(name, module):
+                self._handles.append(entry.register_forward_pre_hook(self._bring(name)))
+
+    def _bring(self, name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            self.use(name)
+        return hook
+
+    def _stream_blocks(self, unet: nn.Module) -> None:
+        """lowvram: each top-level U-Net block comes to the device only while it runs."""
+        for block in streamed_blocks(unet):
+            self._handles.append(block.register_forward_pre_hook(self._block_in))
+            self._handles.append(block.register_forward_hook(self._block_out))
+
+    def _block_in(self, block: nn.Module, args: tuple) -> None:
+        self.use("unet")  # puts the other components away; the U-Net itself stays in RAM
+        self.mover(block, self.device)
+
+    def _block_out(self, block: nn.Module, args: tuple, output) -> None:
+        self.mover(block, self.offload_device)
+
+    def remove(self) -> None:
+        """Drop the hooks (the model is being unloaded)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ---- placement ----------------------------------------------------------------------
+
+    def use(self, name: str) -> None:
+        """Make `name` the component on the device, putting the previous one away."""
+        if self.resident == name:
+            return
+        if self.resident is not None:
+            self.mover(self.components[self.resident], self.offload_device)
+        streamed = name == "unet" and self.mode is MemoryMode.LOWVRAM
+        if not streamed:
+            self.mover(self.components[name], self.device)
+        self.resident = name
+
+    def offload_all(self) -> None:
+        """Everything to RAM (a model kept in the checkpoint cache but not in use)."""
+        for module in self.components.values():
+            self.mover(module, self.offload_device)
+        self.resident = None
+
+    def restore(self) -> None:
+        """Back to the mode's resting state after `offload_all` (normal: all on the device)."""
+        if self.mode is MemoryMode.NORMAL:
+            for module in self.components.values():
+                self.mover(module, self.device)
+
+
+def streamed_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The U-Net's top-level callables: its children, with the block lists opened up."""
+    blocks: list[nn.Module] = []
+    for child in unet.children():
+        blocks.extend(child if isinstance(child, nn.ModuleList) else [child])
+    return blocks
+
+
+def _entry_points(name: str, module: nn.Module) -> Iterable[nn.Module]:
+    """The modules whose call means `name` is about to compute (see the module docstring)."""
+    if name == "unet":
+        return [module]
+    if name == "vae":
+        return [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+    token_embedding = getattr(module, "token_embedding", None)
+    return [module] + ([token_embedding] if isinstance(token_embedding, nn.Module) else [])

@@ -1,0 +1,223 @@
+"""What textual inversion and LoRA training share: latents, prompts, the loss, the step loop.
+
+Both teach a frozen Stable Diffusion model a new concept through Stable Diffusion's own
+objective (Ho et al., 2020; Rombach et al., 2022): noise a latent x0 to a uniformly
+drawn step t of the model's scaled-linear schedule, x_t = sqrt(abar_t) x0 +
+sqrt(1 - abar_t) eps, and regress the U-Net's output on eps. Only the small set of new
+parameters (embedding vectors, or LoRA factors) gets gradients.
+
+Prompts are encoded exactly as at generation time (`modules/conditioning`: the same
+chunking and the same splicing of embedding vectors), so what is learned sits where
+the generation pipeline will put it.
+
+`optimise` is the step loop. It is a generator: one `TrainingStep` per optimiser step,
+and the consumer may answer "interrupt" (the job queue's command) to stop early.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from modules.conditioning.chunking import SpecialIds
+from modules.conditioning.embeddings import EmbeddingTable
+from modules.conditioning.encode import chunk_texts, encode_chunks
+from modules.models.sd_model import StableDiffusionModel
+from modules.params import ParamsError
+from modules.sampling.denoiser import scaled_linear_alphas_cumprod
+from modules.tokenizer import ClipTokenizer
+from modules.training.concept_data import ConceptItem
+from modules.training.lr_schedule import LearnRateSchedule
+from modules.training.train_vae import encode_latents
+
+LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
+CLIP_GRAD_MODES = ("disabled", "value", "norm")
+UNetCall = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """One optimiser step: its number (1-based), the total, the mean loss, the rate used."""
+
+    step: int
+    total: int
+    loss: float
+    learn_rate: float
+
+
+class LatentCache:
+    """The training images encoded once; latents drawn by A1111's three methods.
+
+    once: one posterior sample per image, drawn at the start; deterministic: the
+    posterior mean; random: a new posterior sample every time an image is used.
+    """
+
+    def __init__(self, model: StableDiffusionModel, items: Sequence[ConceptItem], *, method: str,
+                 generator: torch.Generator) -> None:
+        if method not in LATENT_SAMPLING_METHODS:
+            raise ParamsError("latent_sampling_method",
+                              f"{method!r} is not one of {', '.join(LATENT_SAMPLING_METHODS)}")
+        means, stds = encode_latents(model.vae, np.stack([item.image for item in items]))
+        self.means, self.stds = means, stds
+        self.method = method
+        self.scale = model.family.vae.scale_factor
+        self.shift = model.family.vae.shift_factor
+        if method == "once":
+            self.fixed = means + stds * torch.randn(means.shape, generator=generator)
+        elif method == "deterministic":
+            self.fixed = means
+        else:
+            self.fixed = None
+
+    def latents(self, rows: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+        """Scaled latents (len(rows), C, h, w), as the U-Net saw them in training."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        if self.fixed is not None:
+            raw = self.fixed[index]
+        else:
+            raw = self.means[index] + self.stds[index] * torch.randn(self.means[index].shape, generator=generator)
+        return (raw - self.shift) * self.scale
+
+
+class Batches:
+    """Item indices in seeded, shuffled epochs, `batch_size` at a time (A1111's order)."""
+
+    def __init__(self, count: int, *, batch_size: int, seed: int) -> None:
+        self.count, self.batch_size = count, batch_size
+        self.rng = random.Random(seed)
+        self.queue: list[int] = []
+
+    def next(self) -> list[int]:
+        while len(self.queue) < self.batch_size:
+            epoch = list(range(self.count))
+            self.rng.shuffle(epoch)
+            self.queue += epoch
+        rows, self.queue = self.queue[:self.batch_size], self.queue[self.batch_size:]
+        return rows
+
+
+def encode_prompts(model: StableDiffusionModel, tokenizer: ClipTokenizer, prompts: Sequence[str], *,
+                   embeddings: EmbeddingTable | None = None,
+                   text_encoder: Callable | None = None) -> torch.Tensor:
+    """(B, 77 * chunks, C) context, with gradients, by the generation pipeline's rules.
+
+    :param text_encoder: a stand-in for the model's encoder (a LoRA-patched call)
+    """
+    spec = model.family.text_encoders[0]
+    encoder = model.text_encoders[spec.name]
+    chunked = chunk_texts(prompts, tokenizer=tokenizer, emphasis="Original", comma_backtrack=20,
+                          embeddings=embeddings, encoder_name=spec.name)
+    ids = SpecialIds(tokenizer.bos_id, tokenizer.eos_id, tokenizer.comma_id)
+    return encode_chunks(text_encoder or encoder, [chunks for chunks, _ in chunked], ids=ids,
+                         emphasis="Original", clip_skip=None).hidden
+
+
+def noise_prediction_loss(unet: UNetCall, latents: torch.Tensor, context: torch.Tensor, *,
+                          alphas_cumprod: torch.Tensor, generator: torch.Generator,
+                          min_snr_gamma: float | None = None) -> torch.Tensor:
+    """Eps-prediction MSE at uniformly drawn timesteps (optionally Min-SNR-gamma weighted)."""
+    timesteps = torch.randint(len(alphas_cumprod), (latents.shape[0],), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+    per_sample = (unet(noisy, timesteps, context) - noise).pow(2).mean(dim=(1, 2, 3))
+    if min_snr_gamma is None:
+        return per_sample.mean()
+    # Min-SNR-gamma (Hang et al., 2023): nearly clean steps stop dominating the gradient.
+    snr = abar.flatten() / (1 - abar.flatten())
+    return (per_sample * snr.clamp(max=min_snr_gamma) / snr).mean()
+
+
+def training_alphas(model: StableDiffusionModel) -> torch.Tensor:
+    return scaled_linear_alphas_cumprod(model.family.schedule)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepLoop:
+    """How the optimiser steps: rates, accumulation, clipping."""
+
+    schedule: LearnRateSchedule
+    total_steps: int
+    gradient_step: int = 1
+    clip_grad_mode: str = "disabled"
+    clip_grad_value: float = 0.1
+    weight_decay: float = 0.0
+
+
+def optimise(parameters: Sequence[nn.Parameter], loop: StepLoop, micro_loss: Callable[[], torch.Tensor],
+             *, start_step: int = 0) -> Generator[TrainingStep, str | None, int]:
+    """AdamW over `parameters`; yields after each step; returns the steps taken.
+
+    Each optimiser step accumulates `gradient_step` micro-batches (`micro_loss()` each),
+    so the effective batch is batch_size x gradient_step, as in A1111.
+    """
+    optimizer = torch.optim.AdamW(parameters, lr=loop.schedule.rate_at(start_step),
+                                  weight_decay=loop.weight_decay)
+    step = start_step
+    while step < loop.total_steps:
+        rate = loop.schedule.rate_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(loop.gradient_step):
+            loss = micro_loss() / loop.gradient_step
+            loss.backward()
+            total += float(loss.detach())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"the loss became {total} at step {step + 1}; lower the learn rate")
+        _clip(parameters, loop)
+        optimizer.step()
+        step += 1
+        if (yield TrainingStep(step, loop.total_steps, total, rate)) == "interrupt":
+            break
+    return step
+
+
+def _clip(parameters: Sequence[nn.Parameter], loop: StepLoop) -> None:
+    if loop.clip_grad_mode == "value":
+        torch.nn.utils.clip_grad_value_(parameters, loop.clip_grad_value)
+    elif loop.clip_grad_mode == "norm":
+        torch.nn.utils.clip_grad_norm_(parameters, loop.clip_grad_value)
+
+
+def check_common(*, batch_size: int, gradient_step: int, steps: int, save_every: int, preview_every: int,
+                 tag_drop_out: float, clip_grad_mode: str, clip_grad_value: float,
+                 latent_sampling_method: str) -> None:
+    """Validate the options both trainers share; errors name A1111's field names."""
+    for field, value, low in (("batch_size", batch_size, 1), ("gradient_step", gradient_step, 1),
+                              ("steps", steps, 1), ("save_embedding_every", save_every, 0),
+                              ("create_image_every", preview_every, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ParamsError(field, f"must be a whole number of at least {low}, got {value!r}")
+    if not 0.0 <= tag_drop_out < 1.0:
+        raise ParamsError("tag_drop_out", f"must be in [0, 1), got {tag_drop_out}")
+    if clip_grad_mode not in CLIP_GRAD_MODES:
+        raise ParamsError("clip_grad_mode", f"{clip_grad_mode!r} is not one of {', '.join(CLIP_GRAD_MODES)}")
+    if not (math.isfinite(clip_grad_value) and clip_grad_value > 0):
+        raise ParamsError("clip_grad_value", f"must be a positive number, got {clip_grad_value}")
+    if latent_sampling_method not in LATENT_SAMPLING_METHODS:
+        raise ParamsError("latent_sampling_method",
+                          f"{latent_sampling_method!r} is not one of {', '.join(LATENT_SAMPLING_METHODS)}")
+
+
+def drive(training: Generator, *, progress: bool = True, desc: str = "training"):
+    """Run a training generator to its end with a tqdm bar; returns its result."""
+    bar = tqdm(desc=desc, disable=not progress, mininterval=2.0)
+    try:
+        while True:
+            event = next(training)
+            bar.total = event.total
+            bar.update(event.step - bar.n)
+            bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learn_rate:g}", refresh=False)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        bar.close()

@@ -1,0 +1,111 @@
+"""Creating and writing textual-inversion embeddings in A1111's two formats.
+
+* `.pt` (A1111's own): a torch dict `{"string_to_token": {"*": 265}, "string_to_param":
+  {"*": (n, C)}, "name", "step", "sd_checkpoint", "sd_checkpoint_name"}`;
+* `.safetensors` (kohya's): one tensor `emb_params` (n, C); the same four fields go in the
+  file's text metadata.
+
+Both read back through `modules.networks.embeddings.read_embedding`. The trigger word is
+the file stem. Creation follows A1111's "Create embedding": the name keeps only letters,
+digits and `._- `; the vectors start as the token embeddings of the initialisation text
+(its first n tokens, or its tokens stretched over n vectors when it has fewer; zeros when
+it is empty); an existing file is replaced only with `overwrite_old`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from modules.params import ParamsError
+from modules.tokenizer import ClipTokenizer
+
+MAX_VECTORS = 75  # one prompt chunk
+STAR_TOKEN = 265  # A1111 writes this placeholder id for "*"
+FORMATS = (".pt", ".safetensors")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingData:
+    """An embedding in memory: its word, its (n, C) vectors, and what it was trained on."""
+
+    name: str
+    vectors: torch.Tensor
+    step: int = 0
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+
+
+def clean_name(name: str, *, field: str = "name") -> str:
+    """A1111's rule for embedding names: letters, digits, '.', '_', '-' and space only."""
+    cleaned = "".join(c for c in str(name) if c.isalnum() or c in "._- ").strip()
+    if not cleaned or cleaned.strip(".") == "":
+        raise ParamsError(field, f"{name!r} has no usable characters (letters, digits, '._- ')")
+    return cleaned
+
+
+def initial_vectors(token_embedding: torch.Tensor, tokenizer: ClipTokenizer, init_text: str,
+                    count: int) -> torch.Tensor:
+    """(count, C) starting vectors from the initialisation text's token embeddings."""
+    if not 1 <= count <= MAX_VECTORS:
+        raise ParamsError("num_vectors_per_token", f"must be in 1..{MAX_VECTORS}, got {count}")
+    ids = tokenizer.encode(init_text)[:count] if init_text else []
+    vectors = torch.zeros((count, token_embedding.shape[1]), dtype=torch.float32)
+    if ids:
+        rows = token_embedding.detach().float()[torch.tensor(ids)]
+        # Fewer tokens than vectors: each token covers a run of vectors, in order.
+        for i in range(count):
+            vectors[i] = rows[i * len(ids) // count]
+    return vectors
+
+
+def embedding_path(folder: Path, name: str, suffix: str = ".pt") -> Path:
+    return folder / f"{clean_name(name)}{suffix}"
+
+
+def create_embedding(*, folder: Path, name: str, token_embedding: torch.Tensor, tokenizer: ClipTokenizer,
+                     num_vectors_per_token: int = 1, overwrite_old: bool = False, init_text: str = "*",
+                     sd_checkpoint: str | None = None, sd_checkpoint_name: str | None = None) -> Path:
+    """Write a new, untrained embedding as `<folder>/<name>.pt`; returns its path."""
+    path = embedding_path(folder, name)
+    if path.exists() and not overwrite_old:
+        raise ParamsError("name", f"file {path} already exists (set overwrite_old to replace it)")
+    vectors = initial_vectors(token_embedding, tokenizer, init_text, num_vectors_per_token)
+    data = EmbeddingData(name=path.stem, vectors=vectors, sd_checkpoint=sd_checkpoint,
+                         sd_checkpoint_name=sd_checkpoint_name)
+    return save_embedding(data, path)
+
+
+def save_embedding(data: EmbeddingData, path: Path) -> Path:
+    """Write `data` in the format the suffix names (.pt or .safetensors), atomically."""
+    if path.suffix not in FORMATS:
+        raise ValueError(f"{path}: an embedding is saved as one of {FORMATS}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vectors = data.vectors.detach().float().cpu().contiguous()
+    partial = path.with_name(path.name + ".partial")
+    if path.suffix == ".pt":
+        torch.save({"string_to_token": {"*": STAR_TOKEN}, "string_to_param": {"*": vectors},
+                    "name": data.name, "step": data.step, "sd_checkpoint": data.sd_checkpoint,
+                    "sd_checkpoint_name": data.sd_checkpoint_name}, partial)
+    else:
+        metadata = {"name": data.name, "step": str(data.step),
+                    "sd_checkpoint": data.sd_checkpoint or "",
+                    "sd_checkpoint_name": data.sd_checkpoint_name or ""}
+        save_file({"emb_params": vectors}, str(partial), metadata=metadata)
+    os.replace(partial, path)
+    return path
+
+
+def find_embedding_file(folder: Path, name: str, *, field: str = "embedding_name") -> Path:
+    """The `.pt` / `.safetensors` file named `name` directly in `folder` (never a path)."""
+    if not name or any(sep in name for sep in ("/", "\\")) or name in (".", ".."):
+        raise ParamsError(field, f"{name!r} is not an embedding name")
+    for suffix in FORMATS:
+        candidate = folder / f"{name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise ParamsError(field, f"no embedding {name!r} in {folder} (create it first)")

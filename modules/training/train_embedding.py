@@ -1,0 +1,231 @@
+"""Textual inversion (Gal et al., 2022, https://arxiv.org/abs/2208.01618) on a frozen model.
+
+An embedding's vectors stand in for its word in a prompt; training moves only them, so
+that the frozen U-Net, conditioned on prompts containing the word, predicts the noise
+of the training images well. The options are A1111's "Train embedding" ones: learn rate
+(with its schedule syntax), batch size, gradient accumulation, a dataset directory
+with `[filewords]` captions and a template file, steps, save / preview every N steps,
+tag shuffling and dropout, latent sampling method and gradient clipping. Training
+continues from the step stored in the file.
+
+The held-out star of Easel's demo set is one command:
+
+    python -m modules.training.train_embedding --star
+
+which writes `models/embeddings/easel-star.safetensors` (and the `.pt` beside the log).
+`train_star_embedding(model_path, config=..., out=...)` is the same as a function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from modules.conditioning.embeddings import EmbeddingTable, TextualInversion
+from modules.models.sd_model import StableDiffusionModel
+from modules.networks.embeddings import SINGLE, read_embedding
+from modules.params import ParamsError
+from modules.tokenizer import ClipTokenizer
+from modules.training.concept_core import (
+    Batches, LatentCache, StepLoop, TrainingStep, check_common, drive, encode_prompts, noise_prediction_loss,
+    optimise, training_alphas,
+)
+from modules.training.concept_data import ConceptItem, PromptOptions, make_prompt, star_items
+from modules.training.concept_preview import preview_image, save_preview
+from modules.training.embedding_files import EmbeddingData, create_embedding, save_embedding
+from modules.training.evaluate import load_model
+from modules.training.lr_schedule import LearnRateSchedule, parse_learn_rate
+
+STAR_WORD = "easel-star"
+DEFAULT_MODEL = Path("models/Stable-diffusion/easel-demo.safetensors")
+DEFAULT_OUT = Path("models/embeddings") / f"{STAR_WORD}.safetensors"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingTrainingConfig:
+    """A1111's train-embedding options (its field names in comments where they differ)."""
+
+    learn_rate: str = "0.005"
+    batch_size: int = 1
+    gradient_step: int = 1
+    steps: int = 100000
+    save_every: int = 500  # save_embedding_every; 0: never
+    preview_every: int = 500  # create_image_every; 0: never
+    shuffle_tags: bool = False
+    tag_drop_out: float = 0.0
+    latent_sampling_method: str = "once"
+    clip_grad_mode: str = "disabled"
+    clip_grad_value: float = 0.1
+    min_snr_gamma: float | None = None  # not in A1111; None: plain MSE as A1111
+    seed: int = 0
+
+    def validate(self) -> LearnRateSchedule:
+        """Check every field; returns the parsed learn-rate schedule."""
+        check_common(batch_size=self.batch_size, gradient_step=self.gradient_step, steps=self.steps,
+                     save_every=self.save_every, preview_every=self.preview_every,
+                     tag_drop_out=self.tag_drop_out, clip_grad_mode=self.clip_grad_mode,
+                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method)
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ParamsError("min_snr_gamma", f"must be positive or unset, got {self.min_snr_gamma}")
+        return parse_learn_rate(self.learn_rate)
+
+
+# The star recipe: about 5 minutes on one free core of the build machine.
+STAR_EMBEDDING_CONFIG = EmbeddingTrainingConfig(
+    learn_rate="0.01:200, 0.005", batch_size=16, steps=400, save_every=0, preview_every=0,
+    latent_sampling_method="random", min_snr_gamma=5.0, clip_grad_mode="norm", clip_grad_value=1.0)
+STAR_VECTORS = 4
+STAR_IMAGES = 400
+
+
+@dataclass
+class TrainedEmbedding:
+    """What a run produced: the files written, the last step, the losses, whether it was cut short."""
+
+    paths: list[Path]
+    step: int
+    losses: list[float] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def embedding_training(model: StableDiffusionModel, *, embedding_file: Path, items: Sequence[ConceptItem],
+                       config: EmbeddingTrainingConfig, template: Sequence[str] = ("[filewords]",),
+                       tokenizer: ClipTokenizer, outputs: Sequence[Path] = (), log_dir: Path | None = None,
+                       checkpoint_hash: str | None = None, checkpoint_name: str | None = None,
+                       ) -> Generator[TrainingStep, str | None, TrainedEmbedding]:
+    """Train the embedding in `embedding_file` (a generator: one event per step).
+
+    Writes the result back to `embedding_file` and to every path in `outputs` (format by
+    suffix); with `log_dir`, intermediate files and previews go to its `embeddings/` and
+    `images/` folders.
+    """
+    schedule = config.validate()
+    model.requires_grad_(False)  # only the embedding's vectors learn
+    loaded = read_embedding(embedding_file)
+    name = embedding_file.stem
+    spec = model.family.text_encoders[0]
+    vectors = _trainable_vectors(loaded.vectors, spec.config.hidden_size)
+    start = loaded.step or 0
+    total = schedule.total_steps(config.steps)
+    if start >= total:
+        raise ParamsError("steps", f"{name} is already trained for {start} steps (asked for {total})")
+    if not any("[name]" in line for line in template) and not any(name in item.filewords for item in items):
+        raise ParamsError("template_filename", f"no template line has [name] and no caption names {name!r}, "
+                                               "so the embedding would never be used")
+    table = EmbeddingTable([TextualInversion(name, tuple(tokenizer.encode(name)), {spec.name: vectors})])
+    generator = torch.Generator().manual_seed(config.seed)
+    cache = LatentCache(model, items, method=config.latent_sampling_method, generator=generator)
+    batches = Batches(len(items), batch_size=config.batch_size, seed=config.seed)
+    options = PromptOptions(name=name, template=tuple(template), shuffle_tags=config.shuffle_tags,
+                            tag_drop_out=config.tag_drop_out)
+    rng, alphas = random.Random(config.seed), training_alphas(model)
+
+    def micro_loss() -> torch.Tensor:
+        rows = batches.next()
+        prompts = [make_prompt(items[row].filewords, options, rng) for row in rows]
+        context = encode_prompts(model, tokenizer, prompts, embeddings=table)
+        return noise_prediction_loss(model.unet, cache.latents(rows, generator), context,
+                                     alphas_cumprod=alphas, generator=generator,
+                                     min_snr_gamma=config.min_snr_gamma)
+
+    def snapshot(step: int) -> EmbeddingData:
+        return EmbeddingData(name=name, vectors=vectors.detach().clone(), step=step,
+                             sd_checkpoint=checkpoint_hash, sd_checkpoint_name=checkpoint_name)
+
+    loop = StepLoop(schedule=schedule, total_steps=total, gradient_step=config.gradient_step,
+                    clip_grad_mode=config.clip_grad_mode, clip_grad_value=config.clip_grad_value)
+    result = TrainedEmbedding(paths=[], step=start)
+    steps = optimise([vectors], loop, micro_loss, start_step=start)
+    preview_prompt = make_prompt(items[0].filewords, replace(options, tag_drop_out=0.0), random.Random(0))
+    try:
+        command = None
+        while True:
+            event = steps.send(command)
+            result.losses.append(event.loss)
+            result.step = event.step
+            if log_dir is not None and config.save_every and event.step % config.save_every == 0:
+                save_embedding(snapshot(event.step), log_dir / "embeddings" / f"{name}-{event.step}.pt")
+            if log_dir is not None and config.preview_every and event.step % config.preview_every == 0:
+                image = preview_image(model, tokenizer, preview_prompt, seed=config.seed, embeddings=table)
+                save_preview(image, log_dir / "images", name, event.step)
+            command = yield event
+    except StopIteration as stop:
+        result.step = stop.value
+    result.interrupted = result.step < total
+    final = snapshot(result.step)
+    result.paths = [save_embedding(final, path) for path in dict.fromkeys([embedding_file, *outputs])]
+    return result
+
+
+def _trainable_vectors(vectors: dict[str, torch.Tensor], width: int) -> torch.nn.Parameter:
+    if SINGLE not in vectors:
+        raise ParamsError("embedding_name", "an SDXL embedding (clip_l + clip_g) cannot be trained here")
+    rows = vectors[SINGLE]
+    if rows.shape[-1] != width:
+        raise ParamsError("embedding_name", f"vector width {rows.shape[-1]} does not fit this model "
+                                            f"(its text encoder is {width} wide)")
+    return torch.nn.Parameter(rows.detach().float().clone())
+
+
+def train_star_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTrainingConfig = STAR_EMBEDDING_CONFIG,
+                         out: Path = DEFAULT_OUT, word: str | None = None, vectors: int = STAR_VECTORS,
+                         images: int = STAR_IMAGES, init_text: str = "shape", log_dir: Path | None = None,
+                         progress: bool = True) -> TrainedEmbedding:
+    """Create and train an embedding for the held-out star; writes `out` and a `.pt` twin.
+
+    The word is `out`'s stem (the trigger word is always the file stem). The `.pt` goes
+    to `log_dir` (default: `textual_inversion/<word>` under the working directory), so
+    that the embeddings folder does not hold two files with one name.
+    """
+    word = word or out.stem
+    if out.stem != word:
+        raise ParamsError("out", f"the file stem must be the embedding word {word!r}")
+    model = load_model(model_path)
+    tokenizer = ClipTokenizer()
+    log_dir = log_dir or Path("textual_inversion") / word
+    seed_file = create_embedding(folder=log_dir, name=word, tokenizer=tokenizer, overwrite_old=True,
+                                 token_embedding=model.text_encoders[model.family.text_encoders[0].name]
+                                 .token_embedding.weight, num_vectors_per_token=vectors, init_text=init_text,
+                                 sd_checkpoint_name=model_path.stem)
+    items = star_items(word, count=images, seed=config.seed + 100, resolution=model.family.native_resolution)
+    training = embedding_training(model, embedding_file=seed_file, items=items, config=config,
+                                  tokenizer=tokenizer, outputs=[out], log_dir=log_dir,
+                                  checkpoint_name=model_path.stem)
+    return drive(training, progress=progress, desc="embedding")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a textual-inversion embedding on a frozen model.")
+    parser.add_argument("--star", action="store_true", help="train the held-out star of the demo set")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="embedding file to write (.safetensors/.pt)")
+    parser.add_argument("--steps", type=int, default=STAR_EMBEDDING_CONFIG.steps)
+    parser.add_argument("--learn-rate", default=STAR_EMBEDDING_CONFIG.learn_rate)
+    parser.add_argument("--batch-size", type=int, default=STAR_EMBEDDING_CONFIG.batch_size)
+    parser.add_argument("--vectors", type=int, default=STAR_VECTORS, help="vectors per token")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
+    args = parser.parse_args(argv)
+    if not args.star:
+        parser.error("only --star is available from the command line; the API and the Train tab "
+                     "train embeddings on your own images")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = replace(STAR_EMBEDDING_CONFIG, steps=args.steps, learn_rate=args.learn_rate,
+                     batch_size=args.batch_size, seed=args.seed)
+    began = time.perf_counter()
+    result = train_star_embedding(args.model, config=config, out=args.out, vectors=args.vectors)
+    print(f"wrote {', '.join(map(str, result.paths))} after {result.step} steps "
+          f"in {(time.perf_counter() - began) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The spandrel worker: runs upscaler models in the separate upscaler environment.
+
+    <upscaler env>/bin/python -m modules.upscaler_models.worker --device cpu
+
+When the app's torch has no working torchvision (our CPU torch 2.13 build), spandrel
+cannot be imported in the app. The bootstrap then builds `.venv-upscalers/` with a
+torch + torchvision pair that works, and the app starts this process there
+(`remote.py`). It reads files with the same safe readers and runs them through the
+same `UpscaleModel.apply` (tiles with overlap) as the app would in-process.
+
+Protocol (`remote.py` is the other end): each message is one JSON line, followed by
+`payload` bytes of raw RGB pixels when the header says so. Requests:
+`{"op": "load", "path"}` -> `{"ok", "scale", "arch"}`;
+`{"op": "run", "path", "width", "height", "tile", "overlap", "payload"}` + pixels ->
+`{"ok", "width", "height", "payload"}` + pixels; `{"op": "unload", "path"}`.
+A failure answers `{"ok": false, "error": "..."}` and the worker keeps serving. The
+worker exits when its stdin closes (the app ended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from PIL import Image
+
+from modules.upscaler_models.files import load_weights
+from modules.upscaler_models.network import UpscaleModel
+from modules.upscaler_models.spandrel_models import SpandrelError, load_spandrel
+
+
+def read_message(stream: BinaryIO) -> tuple[dict, bytes] | None:
+    """One JSON header line and its payload; None at end of stream."""
+    line = stream.readline()
+    if not line:
+        return None
+    header = json.loads(line)
+    size = int(header.get("payload", 0))
+    payload = stream.read(size) if size else b""
+    if len(payload) != size:
+        raise EOFError(f"payload cut short: {len(payload)} of {size} bytes")
+    return header, payload
+
+
+def write_message(stream: BinaryIO, header: dict, payload: bytes = b"") -> None:
+    stream.write(json.dumps({**header, "payload": len(payload)}).encode() + b"\n")
+    stream.write(payload)
+    stream.flush()
+
+
+class Worker:
+    """Loaded models by path; reloaded when the file's mtime or size changes."""
+
+    def __init__(self, *, device: torch.device) -> None:
+        self.device = device
+        self.models: dict[str, tuple[tuple, UpscaleModel]] = {}
+
+    def model(self, path: str) -> UpscaleModel:
+        stat = os.stat(path)
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self.models.get(path)
+        if cached is None or cached[0] != stamp:
+            file = Path(path)
+            self.models[path] = (stamp, load_spandrel(load_weights(file), file, self.device))
+        return self.models[path][1]
+
+    def handle(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
+        op, path = header.get("op"), header.get("path", "")
+        if op == "load":
+            model = self.model(path)
+            return {"ok": True, "scale": model.scale, "arch": model.arch}, b""
+        if op == "run":
+            size = (int(header["width"]), int(header["height"]))
+            image = Image.frombytes("RGB", size, payload)
+            out = self.model(path).apply(image, tile=int(header["tile"]),
+                                         overlap=int(header["overlap"]))
+            return {"ok": True, "width": out.width, "height": out.height}, out.tobytes()
+        if op == "unload":
+            self.models.pop(path, None)
+            return {"ok": True}, b""
+        return {"ok": False, "error": f"unknown op {op!r}"}, b""
+
+
+def serve(requests: BinaryIO, answers: BinaryIO, worker: Worker) -> None:
+    while (message := read_message(requests)) is not None:
+        try:
+            header, payload = worker.handle(*message)
+        except SpandrelError as error:  # its message names the file already
+            header, payload = {"ok": False, "error": str(error)}, b""
+        except Exception as error:  # reported to the app, which names the file
+            header, payload = {"ok": False, "error": f"{type(error).__name__}: {error}"}, b""
+        write_message(answers, header, payload)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    # The protocol owns the real stdout; anything a library prints goes to stderr.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with torch.inference_mode():
+        serve(sys.stdin.buffer, answers, Worker(device=torch.device(args.device)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

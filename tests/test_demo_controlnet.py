@@ -1,0 +1,92 @@
+"""The shipped silhouette ControlNet steers the shipped demo model, judged in the pixels.
+
+Each prompt names one position; the control map (the shape's silhouette, white on
+black, as `modules.training.train_controlnet` trains on) puts the shape at another.
+With the ControlNet the shape follows the map; without it, the prompt. Everything runs
+through `processing.txt2img` and the built-in ControlNet extension, as the API does.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modules.cmd_args import parse_args
+from modules.params import Txt2ImgParams
+from modules.processing import txt2img
+from modules.runtime import Runtime
+from modules.training.checker import analyze_image, parse_prompt
+from modules.training.shapes import POSITIONS, ShapeLabels, evaluation_prompts
+from modules.training.train_controlnet import silhouette
+from tests.helpers.checkpoints import finish
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "Stable-diffusion" / "easel-demo.safetensors"
+CONTROLNET = ROOT / "models" / "ControlNet" / "easel-demo-silhouette.safetensors"
+SIZE = 64
+PROMPTS = 12
+SEEDS = 4
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory) -> Runtime:
+    assert DEMO.is_file() and CONTROLNET.is_file(), "the demo model and its ControlNet must ship"
+    data = tmp_path_factory.mktemp("data")
+    rt = Runtime.create(parse_args(["--data-dir", str(data), "--ckpt-dir", str(DEMO.parent),
+                                    "--controlnet-dir", str(CONTROLNET.parent)]))
+    rt.ready.set()
+    yield rt
+    rt.jobs.stop()
+
+
+def moved(labels: ShapeLabels) -> ShapeLabels:
+    """The same shape at the next position in POSITIONS' order (never the prompt's)."""
+    names = list(POSITIONS)
+    position = names[(names.index(labels.position) + 2) % len(names)]
+    return ShapeLabels(shape=labels.shape, color="white", background="black", position=position,
+                       size=labels.size)
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def generate(runtime, prompt: str, control_map: np.ndarray | None):
+    units = [{"enabled": True, "module": "none", "model": CONTROLNET.stem, "weight": 1.0,
+              "image": png_base64(control_map)}] if control_map is not None else []
+    params = Txt2ImgParams(prompt=prompt, width=SIZE, height=SIZE, steps=20, cfg_scale=7.0,
+                           sampler_name="DPM++ 2M", scheduler="Karras", seed=0, batch_size=SEEDS,
+                           do_not_save_samples=True,
+                           alwayson_scripts={"controlnet": {"args": units}} if units else {})
+    result = finish(txt2img(runtime, params))[0]
+    assert result.warnings == []
+    return result
+
+
+@pytest.mark.slow
+def test_shape_follows_the_silhouette_map_and_the_prompt_without_it(runtime):
+    follows_map, follows_prompt, total = 0, 0, 0
+    for prompt in evaluation_prompts(PROMPTS):
+        wanted = parse_prompt(prompt)
+        target = moved(wanted)
+        assert target.position != wanted.position
+        control_map = silhouette(target, resolution=SIZE)
+        controlled = generate(runtime, prompt, control_map)
+        assert "ControlNet 0:" in controlled.infotexts[0]
+        plain = generate(runtime, prompt, None)
+        for image in controlled.images:
+            follows_map += analyze_image(image).position == target.position
+        for image in plain.images:
+            follows_prompt += analyze_image(image).position == wanted.position
+        total += SEEDS
+    print(f"with the map: {follows_map}/{total} at the map's position; "
+          f"without: {follows_prompt}/{total} at the prompt's")
+    assert follows_map / total >= 0.90
+    assert follows_prompt / total >= 0.75

@@ -1,0 +1,51 @@
+"""The last step before a job is queued: styles merged, the request validated, the
+selected script's arguments checked, each failure a visible error naming the field.
+
+The same checks the HTTP API makes (`modules.api.generation`), so the UI and the API
+refuse the same requests, before they wait in the queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from modules.params import GenerationParams, ParamsError
+from modules.styles import StyleError, apply_styles, load_styles
+from webui.panel_results import gr_error
+
+
+def with_styles(runtime, params: GenerationParams) -> GenerationParams:
+    """The prompts with the picked styles merged in (A1111 does this when generating)."""
+    if not params.styles:
+        return params
+    try:
+        prompt, negative = apply_styles(params.prompt, params.negative_prompt, params.styles,
+                                        load_styles(runtime.paths.styles_file))
+    except StyleError as error:
+        raise gr.Error(f"Styles: {error}") from error
+    return dataclasses.replace(params, prompt=prompt, negative_prompt=negative)
+
+
+def check_script(runtime, params: GenerationParams, *, is_img2img: bool) -> None:
+    """The selected script exists, its arguments parse, and its own check passes."""
+    if not params.script_name:
+        return
+    from modules.scripts.selected import resolve_selected
+
+    script, args = resolve_selected(runtime, params, is_img2img=is_img2img)
+    script.check(runtime, dataclasses.replace(params, script_name=None, script_args=[]), args)
+
+
+def checked_request(runtime, params: GenerationParams, *, is_img2img: bool,
+                    full: bool = True) -> GenerationParams:
+    """`params` ready to queue; `full=False` checks only the shared fields (a batch run
+    whose pictures are read from a folder later)."""
+    params = with_styles(runtime, params)
+    try:
+        params.validate() if full else params.validate_common()
+        check_script(runtime, params, is_img2img=is_img2img)
+    except (ParamsError, ValueError, LookupError) as error:
+        raise gr_error(error) from error
+    return params
