@@ -22,6 +22,7 @@ from modules.image_conditioning import inpaint_image_cond
 from modules.image_resize import resize
 from modules.params import LATENT_UPSCALE_MODES, ParamsError, Txt2ImgParams, hires_size
 from modules.processing import LatentStart, Plan, sample_batch
+from modules.refiner import split_for_hires
 from modules.sampling import registry as R
 from modules.vae_codec import decode, decode_latents, encode_images, images_to_tensor
 
@@ -129,6 +130,7 @@ def prepare(runtime, plan: Plan) -> HiresPass:
         sampling.networks = _networks(runtime, sampling)
         plan.warnings += [w for w in sampling.networks.warnings if w not in plan.warnings]
     plan.passes = sampling.passes = 2
+    plan.refiner, sampling.refiner = split_for_hires(plan.refiner, plan.settings)
     # A1111: the high-res pass merges with its own ratio when set, else the first pass's.
     sampling.token_merging = plan.settings.token_merging_ratio_hr or plan.token_merging
     if plan.settings.token_merging_ratio_hr:

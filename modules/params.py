@@ -52,6 +52,9 @@ class GenerationParams:
     s_tmax: float | None = None
     s_tmin: float | None = None
     s_noise: float | None = None
+    # The refiner (modules/refiner.py): a checkpoint that takes over at this fraction.
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
     override_settings: dict[str, Any] = field(default_factory=dict)
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
@@ -86,12 +89,32 @@ class GenerationParams:
             value = getattr(self, name)
             if value is not None:
                 _require_number(name, value, 0.0, 1000.0)
+        self.validate_refiner()
         if self.script_name is not None and not isinstance(self.script_name, str):
             raise ParamsError("script_name", "must be a string or null")
         if not isinstance(self.script_args, (list, dict)):
             raise ParamsError("script_args", "must be a list or an object")
         if not isinstance(self.alwayson_scripts, dict):
             raise ParamsError("alwayson_scripts", "must be an object")
+
+
+    def validate_refiner(self) -> None:
+        if self.refiner_checkpoint is not None and not isinstance(self.refiner_checkpoint, str):
+            raise ParamsError("refiner_checkpoint", "must be a string or null")
+        if refiner_name(self.refiner_checkpoint) is None:
+            return
+        if self.refiner_switch_at is None:
+            raise ParamsError("refiner_switch_at", "is required when refiner_checkpoint is set "
+                                                   "(the fraction of sampling after which it takes over)")
+        _require_number("refiner_switch_at", self.refiner_switch_at, 0.01, 1.0)
+
+
+NO_REFINER = ("", "None", "none")
+
+
+def refiner_name(value: str | None) -> str | None:
+    """The chosen refiner checkpoint, or None for A1111's spellings of "no refiner"."""
+    return None if value is None or value in NO_REFINER else value
 
 
 def _require_int(name: str, value: Any, low: int, high: int) -> None:

@@ -37,6 +37,8 @@ from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_
 from modules.params import GenerationParams, GenerationResult, ParamsError, Txt2ImgParams
 from modules.previews import cheap_preview, preview_due
 from modules.prompt_parser import extract_extra_networks, strip_comments
+from modules.refiner import ModelSwitch, SwitchTarget, prepare_refiner, refiner_plan
+from modules.refiner import infotext_params as refiner_infotext
 from modules.sampling import registry as R
 from modules.sampling.cfg import CFGDenoiser, InpaintBlend
 from modules.sampling.denoiser import Denoiser, LCMDenoiser
@@ -68,6 +70,7 @@ class Plan:
     info_fields: dict = field(default_factory=dict)  # extra GenerationInfo fields
     token_merging: float = 0.0  # ToMe ratio of this plan's sampling (modules/nn/token_merging.py)
     extra_params: dict = field(default_factory=dict)  # infotext keys before the sampler's
+    refiner: object | None = None  # modules.refiner.Refiner taking over part-way
 
 
 @dataclass
@@ -112,6 +115,10 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
         runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache),
         loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)
     plan.warnings += plan.networks.warnings
+    plan.refiner = prepare_refiner(runtime, plan)
+    if plan.refiner is not None:
+        plan.extra_params.update(refiner_infotext(plan.refiner, settings,
+                                                  hires=getattr(params, "enable_hr", False)))
     plan.scripts = script_run_for(runtime, params, plan.warnings)
     return plan
 
@@ -152,6 +159,12 @@ def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, Gene
     return result
 
 
+def place(loaded, component: str) -> None:
+    """Bring a component to the device before a phase (see models/offload.py)."""
+    if getattr(loaded, "placer", None) is not None:
+        loaded.placer.use(component)
+
+
 def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | None = None):
     """Sample one batch; yields Progress, returns (latents, last command).
 
@@ -163,7 +176,9 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
     model, family = loaded.model, loaded.family
     device = execution_device(model.unet)  # the compute device, also when --medvram rests it
     steps = p.steps
+    place(loaded, "text_encoders")  # --medvram / --lowvram: the phase's component first
     conds, unconds = encode_prompts(plan, part)
+    place(loaded, "unet")
     sigmas = batch_sigmas(plan, start, device)
     if start is not None and len(sigmas) < 2:  # denoising 0 with exact steps: nothing to do
         return start.init_latent, None
@@ -174,15 +189,7 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
     else:
         noise = rng.next().to(device) * start.noise_multiplier
         x = start.init_latent.to(device) + noise * float(sigmas[0])
-    unet = plan.networks.unet
-    if plan.token_merging > 0:
-        unet = partial(unet, token_merging=plan.token_merging)
-    if plan.sampler.lcm:
-        denoiser = LCMDenoiser(unet, sigmas=loaded.sigmas.to(device),
-                               prediction=family.prediction)
-    else:
-        denoiser = Denoiser(unet, sigmas=loaded.sigmas.to(device),
-                            prediction=family.prediction, quantize=plan.sampler.quantize)
+    denoiser = make_denoiser(plan, device)
     image_cond = start.image_cond if start is not None else None
     if image_cond is None and family.is_inpainting:
         from modules.image_conditioning import txt2img_image_cond
@@ -201,6 +208,8 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
         record_uncond=plan.sampler.record_uncond,
         hooks=hooks,
     )
+    if plan.refiner is not None:
+        cfg.switch = refiner_switch(plan, part, device, x.shape, image_cond)
     noise_sampler = (R.default_noise_sampler(plan.sampler, x, sigmas, generators=None,
                                              seeds=plan.seeds[part])
                      if plan.sampler.brownian_noise else rng.noise_sampler(like=x))
@@ -218,6 +227,36 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
         keep = start.keep.to(latents)
         latents = latents * (1 - keep) + start.init_latent.to(latents) * keep
     return latents, command
+
+
+def make_denoiser(plan: Plan, device) -> Denoiser:
+    """The unguided D(x, sigma) of the plan's (LoRA-patched) U-Net on its sigma table."""
+    unet, loaded = plan.networks.unet, plan.loaded
+    if plan.token_merging > 0:
+        unet = partial(unet, token_merging=plan.token_merging)
+    if plan.sampler.lcm:
+        return LCMDenoiser(unet, sigmas=loaded.sigmas.to(device), prediction=loaded.family.prediction)
+    return Denoiser(unet, sigmas=loaded.sigmas.to(device), prediction=loaded.family.prediction,
+                    quantize=plan.sampler.quantize)
+
+
+def refiner_switch(plan: Plan, part: slice, device, shape, image_cond) -> ModelSwitch:
+    """The switch to the plan's refiner; its conds are encoded only if it takes over."""
+    refiner = plan.refiner
+
+    def build() -> SwitchTarget:
+        seen = refiner_plan(plan, refiner)
+        conds, unconds = encode_prompts(seen, part)
+        cond = image_cond if refiner.loaded.family.is_inpainting == plan.loaded.family.is_inpainting else None
+        if cond is None and refiner.loaded.family.is_inpainting:
+            from modules.image_conditioning import txt2img_image_cond
+
+            cond = txt2img_image_cond(refiner.loaded, shape, plan.settings)
+        return SwitchTarget(make_denoiser(seen, device), conds, unconds,
+                            None if cond is None else cond.to(device))
+
+    return ModelSwitch(switch_at=refiner.switch_at, by_steps=refiner.by_steps,
+                       base_sigmas=plan.loaded.sigmas, build=build)
 
 
 def batch_sigmas(plan: Plan, start: LatentStart | None, device) -> torch.Tensor:
@@ -394,8 +433,15 @@ def infotext_for(runtime, plan: Plan, index: int) -> str:
     return create_infotext(info, prompt=plan.prompts[index],
                            negative_prompt=plan.negative_prompts[index],
                            extra={**plan.extra_params, **plan.networks.extra_params,
-                                  **sampler_extra_params(plan)},
+                                  **sampler_extra_params(plan), **compile_params(runtime)},
                            version=version)
+
+
+def compile_params(runtime) -> dict:
+    """`Torch compile` in the infotext when the U-Net runs compiled (--compile, --cuda-graphs)."""
+    mode = getattr(runtime.models, "compile_mode", None)
+    labels = {"default": "inductor", "reduce-overhead": "inductor + CUDA graphs"}
+    return {"Torch compile": labels.get(mode, mode)} if mode else {}
 
 
 def sampler_extra_params(plan: Plan) -> dict:

@@ -118,6 +118,12 @@ class Settings:
                                       minimum=128, maximum=4096)
     tiled_vae_encoder_overlap: int = opt(64, "Tiled VAE encoder overlap (pixels)", VAE,
                                          minimum=0, maximum=256)
+    hires_fix_refiner_pass: str = opt("second pass", "Hires fix: which pass to enable refiner for",
+                                      SD, infotext="Hires refiner",
+                                      choices=("first pass", "second pass", "both passes"))
+    refiner_switch_by_sample_steps: bool = opt(False, "Switch to the refiner by sampling steps "
+                                               "instead of by sigma", COMPAT,
+                                               infotext="Refiner switch by sampling steps")
     sdxl_crop_top: int = opt(0, "crop top coordinate", SDXL, minimum=0, maximum=4096)
     sdxl_crop_left: int = opt(0, "crop left coordinate", SDXL, minimum=0, maximum=4096)
     sdxl_refiner_low_aesthetic_score: float = opt(2.5, "SDXL low aesthetic score", SDXL,

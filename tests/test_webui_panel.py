@@ -101,10 +101,18 @@ def test_hires_and_refiner_fields():
     assert (on.hr_sampler_name, on.hr_prompt, on.hr_upscaler) == ("Euler", "sharp",
                                                                     "Latent (nearest)")
     on.validate()
-    with pytest.raises(ParamsError, match="refiner"):
-        F.params_from_fields({**COMMON, "refiner_enabled": True,
-                              "refiner_checkpoint": "other.safetensors"})
-    F.params_from_fields({**COMMON, "refiner_enabled": True, "refiner_checkpoint": "None"})
+    chosen = F.params_from_fields({**COMMON, "refiner_enabled": True,
+                                   "refiner_checkpoint": "other.safetensors",
+                                   "refiner_switch_at": 0.6})
+    assert (chosen.refiner_checkpoint, chosen.refiner_switch_at) == ("other.safetensors", 0.6)
+    closed = F.params_from_fields({**COMMON, "refiner_enabled": False,
+                                   "refiner_checkpoint": "other.safetensors"})
+    assert closed.refiner_checkpoint is None
+    assert F.params_from_fields({**COMMON, "refiner_enabled": True,
+                                 "refiner_checkpoint": "None"}).refiner_checkpoint is None
+    with pytest.raises(ParamsError, match="refiner_switch_at"):
+        F.params_from_fields({**COMMON, "refiner_enabled": True, "refiner_checkpoint": "x",
+                              "refiner_switch_at": 0.0}).validate()
 
 
 def test_paste_fills_hires_fields_and_turns_hires_on():

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from modules.infotext import (SETTINGS_FIELDS, infotext_to_request_fields,
                               infotext_to_settings_overrides, parse_infotext)
-from modules.params import ParamsError, Txt2ImgParams
+from modules.params import Txt2ImgParams
 from modules.settings import Settings
 
 # Widget label for each request field, used to name a field in error messages.
@@ -70,7 +70,6 @@ def normalized(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, A
 
 def common_params(v: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments shared by `Txt2ImgParams` and `Img2ImgParams` (normalized values)."""
-    check_refiner(v)
     extras = bool(v.get("seed_extras"))
     return dict(
         prompt=v.get("prompt") or "", negative_prompt=v.get("negative_prompt") or "",
@@ -86,15 +85,16 @@ def common_params(v: Mapping[str, Any]) -> dict[str, Any]:
         seed_resize_from_h=v.get("seed_resize_from_h", 0) if extras else 0,
         override_settings=overrides_from_entries(v.get("override_settings") or []),
         script_name=v.get("script_name") or None, script_args=v.get("script_args") or {},
+        **refiner_params(v),
     )
 
 
-def check_refiner(v: Mapping[str, Any]) -> None:
-    """The refiner has no backend yet: a chosen refiner is refused, never ignored."""
+def refiner_params(v: Mapping[str, Any]) -> dict[str, Any]:
+    """The refiner fields, sent only while the Refiner accordion is on."""
     chosen = v.get("refiner_checkpoint")
-    if v.get("refiner_enabled") and chosen and chosen != NO_REFINER:
-        raise ParamsError("refiner_checkpoint", "the refiner is not available in Easel yet "
-                                                "(turn the Refiner accordion off)")
+    if not v.get("refiner_enabled") or not chosen or chosen == NO_REFINER:
+        return {}
+    return dict(refiner_checkpoint=chosen, refiner_switch_at=v.get("refiner_switch_at", 0.8))
 
 
 def params_from_fields(values: Mapping[str, Any]) -> Txt2ImgParams:

@@ -5,7 +5,7 @@ set and adds the settings it implies to `override_settings`; the sampler is
 `sampler_name or sampler_index` (legacy "DPM++ 2M Karras" names are split); styles
 are merged from `styles.csv`; `save_images` decides saving. Everything is checked
 before the job is queued, so a bad request fails at once with the field named.
-Options whose capability Easel does not have yet (face restoration, tiling, refiner)
+Options whose capability Easel does not have yet (face restoration, tiling)
 are refused with a clear error, never silently ignored; `script_name` and
 `alwayson_scripts` must name installed scripts, with args their `Args` accept. img2img requests are
 converted by `to_img2img_params` (init images and mask decoded from base64 or URLs).
@@ -24,7 +24,7 @@ from modules.infotext import (
     infotext_to_request_fields, infotext_to_settings_overrides, parse_infotext,
 )
 from modules.models.errors import ModelLoadError
-from modules.params import GenerationResult, Img2ImgParams, Txt2ImgParams
+from modules.params import GenerationResult, Img2ImgParams, Txt2ImgParams, refiner_name
 from modules.sampling import registry as R
 from modules.settings import Settings
 from modules.styles import apply_styles, load_styles
@@ -114,10 +114,15 @@ def refuse_unavailable(request: GenerationRequest) -> None:
         raise not_available("Face restoration (restore_faces)")
     if request.tiling:
         raise not_available("Tiling (tiling)")
-    if request.refiner_checkpoint and request.refiner_checkpoint != "None":
-        raise not_available("Refiner (refiner_checkpoint)")
     if getattr(request, "firstpass_image", None):
         raise not_available("Hires fix from a first-pass image (firstpass_image)")
+
+
+def check_refiner(runtime, name: str | None) -> str | None:
+    """The refiner checkpoint, which must exist (404 naming it, as a checkpoint override)."""
+    if refiner_name(name) is not None:
+        check_overrides(runtime, {"sd_model_checkpoint": name})
+    return name
 
 
 def resolve_sampler_names(request: GenerationRequest) -> tuple[str, str]:
@@ -206,6 +211,8 @@ def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
         do_not_save_samples=not request.save_images, do_not_save_grid=not request.save_images,
         script_name=request.script_name or None, script_args=list(request.script_args or []),
         alwayson_scripts=dict(request.alwayson_scripts or {}),
+        refiner_checkpoint=check_refiner(runtime, request.refiner_checkpoint),
+        refiner_switch_at=request.refiner_switch_at,
         **{name: getattr(request, name) for name in PARAM_FIELDS},
     )
 

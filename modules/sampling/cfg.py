@@ -119,6 +119,8 @@ class CFGDenoiser:
     last_uncond: Tensor | None = None
     used_skip_early_cfg: bool = False
     used_ngms: bool = False
+    # The refiner (modules/refiner.py): swaps the model and conds once it is due.
+    switch: Any = None
 
     def __post_init__(self) -> None:
         if len(self.conds) != len(self.unconds):
@@ -127,6 +129,8 @@ class CFGDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor, **extra_args: Any) -> Tensor:
         if x.shape[0] != len(self.conds):
             raise ValueError(f"CFGDenoiser: batch of {x.shape[0]} but conds for {len(self.conds)} images")
+        if self.switch is not None and self.switch.due(self.step, self.total_steps, sigma):
+            self._take_switch()
         skip_uncond = self._skip_uncond(sigma)
         rows = self._rows(skip_uncond)
         params = self._model_input(x, sigma, rows)
@@ -145,6 +149,12 @@ class CFGDenoiser:
             hook(after)
         self.step += 1
         return after.denoised
+
+    def _take_switch(self) -> None:
+        """Go on with the refiner's model and conds; the sampler keeps its own state."""
+        target, self.switch = self.switch.build(), None
+        self.denoiser, self.conds, self.unconds = target.denoiser, target.conds, target.unconds
+        self.image_cond = target.image_cond
 
     def _skip_uncond(self, sigma: Tensor) -> bool:
         """Skip Early CFG (first fraction of steps) or NGMS (low sigma, every other step)."""
