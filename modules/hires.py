@@ -51,10 +51,17 @@ class HiresPass:
     upscale_to: tuple[int, int]
     truncate: tuple[int, int]
 
-    def run(self, part: slice, latents: torch.Tensor, *, job_no: int):
-        """Upscale, then sample; yields Progress, returns (latents, command)."""
+    def run(self, part: slice, latents: torch.Tensor | None, *, job_no: int, images=None):
+        """Upscale, then sample; yields Progress, returns (latents, command).
+
+        `images` (PIL) replace the decoded first pass for image upscalers; without
+        `latents`, they are encoded for the latent modes (hires on a finished picture).
+        """
         p = self.first.params
-        samples = self.upscaled(latents)
+        if latents is None:
+            latents = encode_images(self.first.loaded, images_to_tensor(images), self.first.settings,
+                                    noise_seed=self.first.seeds[part][0])
+        samples = self.upscaled(latents, images)
         samples = truncate(samples, *self.truncate)
         start = LatentStart(init_latent=samples, denoising_strength=p.denoising_strength,
                             steps=p.hr_second_pass_steps or p.steps, explicit_steps=True)
@@ -68,7 +75,7 @@ class HiresPass:
                 settings=self.sampling.settings)
         return (yield from sample_batch(self.sampling, part, job_no=job_no, start=start))
 
-    def upscaled(self, latents: torch.Tensor) -> torch.Tensor:
+    def upscaled(self, latents: torch.Tensor, images=None) -> torch.Tensor:
         width, height = self.upscale_to
         factor = self.first.loaded.family.vae.downscale
         if self.upscaler in LATENT_MODES:
@@ -82,7 +89,8 @@ class HiresPass:
             registry, settings = upscalers_of(self.runtime), self.first.settings
             upscale = lambda image, scale: registry.upscale(  # noqa: E731
                 image, scale, self.upscaler, settings)
-        images = decode_latents(self.first.loaded, latents, self.first.settings)
+        if images is None:
+            images = decode_latents(self.first.loaded, latents, self.first.settings)
         if self.upscaler == "Nearest":
             images = [image.resize((width, height), resample=0) for image in images]
         else:

@@ -162,12 +162,15 @@ class Txt2ImgParams(GenerationParams):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    # A finished picture (PIL) to run the hires pass on instead of a first pass (A1111's ✨).
+    firstpass_image: Any = None
 
     def validate(self) -> None:
         self.validate_common()
         for name in ("enable_hr",):
             if not isinstance(getattr(self, name), bool):
                 raise ParamsError(name, "expected true or false")
+        self.validate_firstpass_image()
         if not self.enable_hr:
             return
         if self.denoising_strength is None:
@@ -189,6 +192,19 @@ class Txt2ImgParams(GenerationParams):
             if not 64 <= value <= MAX_SIDE:
                 raise ParamsError(name, f"the hires size {width}x{height} is outside "
                                         f"[64, {MAX_SIDE}]")
+
+
+    def validate_firstpass_image(self) -> None:
+        image = self.firstpass_image
+        if image is None:
+            return
+        if not self.enable_hr:
+            raise ParamsError("firstpass_image", "is the input of the hires pass: set enable_hr")
+        if not hasattr(image, "size") or not hasattr(image, "convert"):
+            raise ParamsError("firstpass_image", "must be an image")
+        if tuple(image.size) != (self.width, self.height):
+            raise ParamsError("firstpass_image", f"is {image.size[0]}x{image.size[1]}, but width x height "
+                                                 f"is {self.width}x{self.height}")
 
 
 def hires_size(p: Txt2ImgParams, factor: int = 8) -> tuple[int, int, int, int]:

@@ -146,10 +146,16 @@ def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, Gene
         part = slice(batch * size, (batch + 1) * size)
         plan.scripts.call("process_batch", plan, BatchInfo(batch, plan.prompts[part],
                                                            plan.seeds[part], plan.subseeds[part]))
-        latents, command = yield from sample_batch(plan, part, job_no=batch * plan.passes)
+        finished = ([params.firstpass_image.convert("RGB")] * size
+                    if params.firstpass_image is not None else None)
+        if finished is None:
+            latents, command = yield from sample_batch(plan, part, job_no=batch * plan.passes)
+        else:  # hires fix on a finished picture: it stands in for the first pass
+            latents, command = None, None
         final = plan
         if params.enable_hr and command is None:  # a skipped first pass keeps its size
-            latents, command = yield from hires_pass.run(part, latents, job_no=batch * 2 + 1)
+            latents, command = yield from hires_pass.run(part, latents, job_no=batch * 2 + 1,
+                                                         images=finished)
             final = hires_pass.plan
         collect_batch(runtime, final, part, latents, result, batch_index=batch)
         if command == "interrupt":

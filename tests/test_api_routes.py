@@ -130,6 +130,9 @@ def test_override_settings_apply_to_one_job(client, runtime):
     ({"script_name": "No such script"}, 422, "Script 'No such script' not found"),
     ({"alwayson_scripts": {"adetailer": {"args": []}}}, 422, "always on script adetailer"),
     ({"enable_hr": True}, 422, "denoising_strength"),
+    ({"refiner_checkpoint": "nowhere", "refiner_switch_at": 0.5}, 404, "nowhere"),
+    ({"refiner_checkpoint": "alpha"}, 422, "refiner_switch_at"),
+    ({"firstpass_image": png_base64(Image.new("RGB", (64, 64)))}, 422, "firstpass_image"),
     ({"restore_faces": True}, 501, "Face restoration"),
     ({"tiling": True}, 501, "Tiling"),
     ({"width": 65}, 422, "width"),
@@ -255,3 +258,16 @@ def test_memory_and_cmd_flags(client):
     assert "error" in memory["cuda"] or "system" in memory["cuda"]
     flags = client.get("/sdapi/v1/cmd-flags").json()
     assert flags["nowebui"] is True and flags["port"] == 7861 and "api_auth" in flags
+
+
+def test_txt2img_hires_on_a_finished_picture_and_a_refiner(client):
+    first, _ = txt2img(client, prompt="a cat", seed=5)
+    body, info = txt2img(client, prompt="a cat", seed=5, enable_hr=True, hr_scale=2,
+                         denoising_strength=0.5, hr_upscaler="Lanczos",
+                         firstpass_image=first["images"][0])
+    assert decode_png(body["images"][0]).size == (128, 128)
+    body, info = txt2img(client, prompt="a cat", seed=5, refiner_checkpoint="beta",
+                         refiner_switch_at=0.5)
+    parsed = parse_infotext(info["infotexts"][0])
+    assert parsed["Refiner"].startswith("beta") and parsed["Refiner switch at"] == "0.5"
+    assert body["images"][0] != first["images"][0]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from modules.cmd_args import parse_args
 from modules.img2img import img2img
-from modules.params import Img2ImgParams, Txt2ImgParams
+from modules.params import Img2ImgParams, ParamsError, Txt2ImgParams
 from modules.processing import txt2img
 from modules.runtime import Runtime
 from modules.training.checker import analyze_image, check
@@ -127,3 +127,30 @@ def test_hires_fix_reaches_the_target_size_and_still_draws_the_prompt(runtime):
         shapes_right += bool(verdict.shape)
         assert "Hires upscale: 2.0" in result.infotexts[0]
     assert shapes_right >= 2
+
+
+def test_hires_fix_on_a_finished_picture_skips_the_first_pass(runtime):
+    """A1111's ✨ / `firstpass_image`: the given picture is upscaled and refined."""
+    prompt = HIRES_PROMPTS[0]
+    finished = generate(runtime, prompt, seed=7).images[0]
+    hires = dict(enable_hr=True, hr_scale=2.0, denoising_strength=0.3, hr_second_pass_steps=8)
+    for upscaler in ("Lanczos", "Latent"):
+        result = generate(runtime, prompt, seed=7, hr_upscaler=upscaler, firstpass_image=finished,
+                          **hires)
+        image = result.images[0]
+        assert image.size == (2 * SIZE, 2 * SIZE)
+        before, after = analyze_image(finished), analyze_image(image)
+        assert (after.color, after.background, after.position) == (
+            before.color, before.background, before.position), upscaler
+    # A different finished picture gives a different result: the picture is the input.
+    other = generate(runtime, HIRES_PROMPTS[1], seed=7).images[0]
+    changed = generate(runtime, prompt, seed=7, hr_upscaler="Lanczos", firstpass_image=other, **hires)
+    assert analyze_image(changed.images[0]).color == analyze_image(other).color
+
+
+def test_firstpass_image_errors_name_the_field(runtime):
+    picture = Image.new("RGB", (SIZE * 2, SIZE), "white")
+    for fields in (dict(enable_hr=False), dict(enable_hr=True, denoising_strength=0.3)):
+        with pytest.raises(ParamsError) as error:
+            generate(runtime, "a red circle", seed=1, firstpass_image=picture, **fields)
+        assert error.value.field == "firstpass_image"

@@ -114,8 +114,6 @@ def refuse_unavailable(request: GenerationRequest) -> None:
         raise not_available("Face restoration (restore_faces)")
     if request.tiling:
         raise not_available("Tiling (tiling)")
-    if getattr(request, "firstpass_image", None):
-        raise not_available("Hires fix from a first-pass image (firstpass_image)")
 
 
 def check_refiner(runtime, name: str | None) -> str | None:
@@ -150,9 +148,11 @@ def check_overrides(runtime, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def to_params(request: Txt2ImgRequest, runtime) -> Txt2ImgParams:
     """The validated pipeline request for an API body (after `apply_infotext`)."""
+    firstpass = (decode_image(request.firstpass_image, runtime.settings.current)
+                 if request.firstpass_image else None)
     params = Txt2ImgParams(**common_fields(request, runtime),
                            **{name: getattr(request, name) for name in HIRES_FIELDS},
-                           **hires_names(request, runtime))
+                           **hires_names(request, runtime), firstpass_image=firstpass)
     params.validate()
     check_script_params(params, runtime)
     return params
