@@ -6,7 +6,9 @@ from other processes on a shared machine hits every row alike):
 
 - reference: a fresh interpreter importing torch, gradio and fastapi, the floor of any
   torch + Gradio app (Easel's own start-up is the rest);
-- Easel UI page served (`GET /` answers 200) with `--api`;
+- start-up page served (`GET /` answers with `modules.early_page`'s placeholder, bound
+  before torch and gradio load);
+- Easel UI page served (`GET /` answers 200 from the Gradio app) with `--api`;
 - first 64x64 demo image (4 steps) returned by `POST /sdapi/v1/txt2img`, from launch
   (the model loads in the background while the page is already served);
 - API only (`--nowebui`): `GET /sdapi/v1/samplers` answers.
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
+from modules.early_page import STARTING_HEADER  # noqa: E402
 from tests.helpers.server_process import (  # noqa: E402
     DEMO_DIR, NO_INTERNET, ROOT, free_port, launch_command,
 )
@@ -43,19 +46,21 @@ def time_reference_imports() -> float:
     return time.perf_counter() - started
 
 
-def wait_for(url: str, process: subprocess.Popen, started: float) -> float:
+def wait_for(url: str, process: subprocess.Popen, started: float, *, placeholder_ok: bool) -> float:
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            if httpx.get(url, timeout=5).status_code < 500:
+            answer = httpx.get(url, timeout=5)
+            if answer.status_code < 500 and (placeholder_ok or STARTING_HEADER not in answer.headers):
                 return time.perf_counter() - started
         except httpx.TransportError:
-            time.sleep(POLL_S)
+            pass
+        time.sleep(POLL_S)
 
 
-def time_launch(*flags: str, probe: str, generate: bool) -> tuple[float, float | None]:
-    """(seconds until `probe` answers, seconds until the first image, if asked)."""
+def time_launch(*flags: str, probe: str, generate: bool) -> tuple[float, float, float | None]:
+    """(seconds until anything answers `probe`, until the app does, until the first image)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         command = launch_command("--port", str(port), "--data-dir", data,
@@ -65,13 +70,14 @@ def time_launch(*flags: str, probe: str, generate: bool) -> tuple[float, float |
                                    stderr=subprocess.DEVNULL, env={**os.environ, **NO_INTERNET})
         try:
             base = f"http://127.0.0.1:{port}"
-            served = wait_for(base + probe, process, started)
+            first = wait_for(base + probe, process, started, placeholder_ok=True)
+            served = wait_for(base + probe, process, started, placeholder_ok=False)
             image = None
             if generate:
                 answer = httpx.post(base + "/sdapi/v1/txt2img", json=TXT2IMG, timeout=600)
                 answer.raise_for_status()
                 image = time.perf_counter() - started
-            return served, image
+            return first, served, image
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -82,15 +88,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rows: dict[str, list[float]] = {"reference: import torch, gradio, fastapi": [],
+                                    "start-up page served": [],
                                     "Easel UI page served": [],
                                     "first demo image via API (from launch)": [],
                                     "API only (--nowebui) answering": []}
     for _ in range(args.repeats):
         rows["reference: import torch, gradio, fastapi"].append(time_reference_imports())
-        page, image = time_launch("--api", probe="/", generate=True)
+        early, page, image = time_launch("--api", probe="/", generate=True)
+        rows["start-up page served"].append(early)
         rows["Easel UI page served"].append(page)
         rows["first demo image via API (from launch)"].append(image)
-        api, _ = time_launch("--nowebui", probe="/sdapi/v1/samplers", generate=False)
+        _, api, _ = time_launch("--nowebui", probe="/sdapi/v1/samplers", generate=False)
         rows["API only (--nowebui) answering"].append(api)
     reference = statistics.median(rows["reference: import torch, gradio, fastapi"])
     print(f"{'':44} {'median s':>9} {'min s':>7} {'x ref':>6}")

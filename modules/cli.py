@@ -21,8 +21,14 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for line in unsupported_flags(args):
         log.warning(line)
-    from modules.runtime import Runtime
     from modules.server import ServeError, add_server_middleware, serve
+
+    try:
+        early = start_early_page(args)  # before torch and gradio load
+    except ServeError as error:
+        log.error("%s", error)
+        return 2
+    from modules.runtime import Runtime
 
     runtime = Runtime.create(args)
     app = build_app(runtime)  # before the model load, so importing gradio has the CPU
@@ -32,13 +38,30 @@ def main(argv: list[str]) -> int:
     else:
         runtime.ready.set()
     try:
-        serve(app, args, hooks=start_hooks(args))
+        serve(app, args, hooks=start_hooks(args), sock=early.stop() if early else None)
     except ServeError as error:
         log.error("%s", error)
         return 2
     finally:
         runtime.jobs.stop()
     return 0
+
+
+def start_early_page(args):
+    """The start-up page on the UI's socket (not with TLS or --nowebui): see early_page."""
+    if args.nowebui or args.tls_certfile or args.tls_keyfile:
+        return None
+    from modules.early_page import EarlyPage, bind_listening_socket
+    from modules.server import ServeError, bind_host, choose_port
+
+    host = bind_host(args)
+    port = choose_port(host, args)
+    try:
+        sock = bind_listening_socket(host, port)
+    except OSError as error:
+        raise ServeError(f"cannot serve on {host}:{port}: {error.strerror}") from error
+    log.info("Start-up page on http://%s:%d/", host, port)
+    return EarlyPage(sock).start()
 
 
 def build_app(runtime):

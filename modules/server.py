@@ -96,12 +96,17 @@ def local_url(host: str, port: int, args) -> str:
     return f"{scheme}://{shown}:{port}{args.subpath or ''}/"
 
 
-def serve(app, args, *, hooks: Sequence[Callable[[str, int, str], None]] = ()) -> None:
-    """Serve `app` until stopped; each hook gets (host, port, local URL) once listening."""
+def serve(app, args, *, hooks: Sequence[Callable[[str, int, str], None]] = (),
+          sock: socket.socket | None = None) -> None:
+    """Serve `app` until stopped; each hook gets (host, port, local URL) once listening.
+
+    `sock`: an already listening socket to serve on (the start-up page's, see
+    `modules.early_page`); otherwise host and port come from the flags.
+    """
     import uvicorn
 
     host = bind_host(args)
-    port = choose_port(host, args)
+    port = sock.getsockname()[1] if sock is not None else choose_port(host, args)
     _check_tls(args)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_keep_alive=args.timeout_keep_alive,
@@ -111,7 +116,7 @@ def serve(app, args, *, hooks: Sequence[Callable[[str, int, str], None]] = ()) -
     threading.Thread(target=_after_start, args=(server, hooks, host, port, url),
                      daemon=True).start()
     log.info("Serving on %s", url)
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)
 
 
 def _check_tls(args) -> None:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from modules.cmd_args import parse_args, unsupported_flags
 from modules.server import ServeError, add_server_middleware, bind_host, choose_port, serve
-from tests.helpers.server_process import DEMO_DIR, running_server
+from tests.helpers.server_process import DEMO_DIR, free_port, running_server
 
 TXT2IMG = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "seed": 1,
            "sampler_name": "Euler a", "save_images": True}
@@ -119,3 +119,53 @@ def test_unsupported_flags_are_named_not_silently_ignored():
         "--allow-code has no effect: there is no Custom code script",
         "--config has no effect: a checkpoint's architecture is read from the file; "
         "no .yaml is needed"]
+
+
+def test_the_start_up_page_answers_then_hands_its_socket_over(tmp_path):
+    """modules.early_page: placeholder page and 503 API answers, then the socket stays open."""
+    from modules.early_page import STARTING_HEADER, EarlyPage, bind_listening_socket
+
+    port = free_port()
+    early = EarlyPage(bind_listening_socket("127.0.0.1", port)).start()
+    page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert page.status_code == 200 and "Easel is starting" in page.text
+    assert page.headers[STARTING_HEADER] == "1" and 'http-equiv="refresh"' in page.text
+    api = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", json={}, timeout=10)
+    assert api.status_code == 503 and api.json()["detail"] == "Easel is starting"
+    sock = early.stop()
+    # Still listening: a new connection is queued for whoever serves next (uvicorn).
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    sock.close()
+
+
+@pytest.mark.slow
+def test_launch_answers_from_the_start_up_page_until_the_ui_is_built(tmp_path):
+    """From its first answer until the UI, the port never refuses a connection."""
+    import subprocess
+    import time
+
+    from modules.early_page import STARTING_HEADER
+    from tests.helpers.server_process import launch_command
+
+    port = free_port()
+    process = subprocess.Popen(launch_command("--port", str(port), "--data-dir", str(tmp_path),
+                                              "--skip-load-model-at-start"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        answers = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+                answers.append(STARTING_HEADER in answer.headers)
+                if not answers[-1]:
+                    break
+            except httpx.TransportError:
+                assert not answers, "the port refused a connection after it had answered"
+            time.sleep(0.05)
+        assert answers and answers[-1] is False, "the UI never came up"
+        assert answers[0] is True, "the start-up page should answer before the UI is built"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

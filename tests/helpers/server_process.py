@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from modules.early_page import STARTING_HEADER
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = ROOT / "models" / "Stable-diffusion"
 # A proxy that refuses every connection: the share tunnel fails at once, as offline.
@@ -70,8 +72,10 @@ def wait_until_answering(server: ServerProcess, timeout: float, path: str = "/")
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
-            httpx.get(server.url + path, timeout=5)
-            return
+            answer = httpx.get(server.url + path, timeout=5)
+            if STARTING_HEADER not in answer.headers:  # the app, not the start-up page
+                return
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise RuntimeError(f"server did not answer within {timeout} s:\n{server.log()}")
