@@ -15,6 +15,7 @@ from PIL import Image
 
 from modules.cmd_args import parse_args
 from modules.img2img import img2img
+from modules.infotext import parse_infotext
 from modules.params import Img2ImgParams, ParamsError, Txt2ImgParams
 from modules.processing import txt2img
 from modules.runtime import Runtime
@@ -154,3 +155,21 @@ def test_firstpass_image_errors_name_the_field(runtime):
         with pytest.raises(ParamsError) as error:
             generate(runtime, "a red circle", seed=1, firstpass_image=picture, **fields)
         assert error.value.field == "firstpass_image"
+
+
+def test_xyz_plot_of_sampler_by_steps_on_the_demo(runtime):
+    """X/Y/Z plot over sampler x steps: a labelled grid, one infotext per cell, and every
+    cell but at most one still draws the prompt's shape where it asks."""
+    prompt = "a large red circle in the center on a blue background"
+    result = generate(runtime, prompt, seed=2, script_name="X/Y/Z plot", script_args={
+        "x_type": "Sampler", "x_values": "Euler, DPM++ 2M, UniPC",
+        "y_type": "Steps", "y_values": "10, 20", "include_lone_images": True})
+    grid, cells = result.images[0], result.images[1:]
+    assert len(cells) == 6
+    assert grid.size[0] > 3 * SIZE and grid.size[1] > 2 * SIZE  # room for the axis labels
+    parsed = [parse_infotext(text) for text in result.infotexts[1:]]
+    assert [p["Sampler"] for p in parsed] == ["Euler", "DPM++ 2M", "UniPC"] * 2
+    assert [p["Steps"] for p in parsed] == ["10"] * 3 + ["20"] * 3
+    assert len({cell.tobytes() for cell in cells}) == 6
+    placed = [bool(check(prompt, cell).position and check(prompt, cell).shape) for cell in cells]
+    assert sum(placed) >= 5, placed  # shape and position are right in ~98% of demo images

@@ -74,3 +74,13 @@ def test_checkpoint_cache_follows_the_setting(data_dir):
     runtime.settings.update({"sd_checkpoints_limit": 1})
     runtime.models.get("other")
     assert runtime.models.get("tiny") is not first  # evicted, then loaded again
+
+
+def test_compile_flag_compiles_the_unet_and_is_written_to_the_infotext(data_dir):
+    from modules.processing import compile_params
+
+    runtime = _runtime(data_dir, "--compile")
+    unet = runtime.models.get().model.unet
+    assert unet._compiled_call_impl is not None  # nn.Module.compile: compiled on first call
+    assert compile_params(runtime) == {"Torch compile": "inductor"}
+    assert compile_params(_runtime(data_dir)) == {}

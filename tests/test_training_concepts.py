@@ -139,19 +139,21 @@ def test_star_items_name_the_concept_word():
 
 # ---- embedding training -----------------------------------------------------------------
 
+def start_vectors(width: int) -> torch.Tensor:
+    return torch.randn(2, width, generator=torch.Generator().manual_seed(1)) * 0.02
+
+
 def train_embedding_steps(tiny_path, tmp_path, tokenizer, **overrides):
     model = load_model(tiny_path)
     width = model.family.text_encoders[0].config.hidden_size
-    file = save_embedding(EmbeddingData(name="zz-star", vectors=torch.randn(2, width, generator=torch.Generator()
-                                                                              .manual_seed(1)) * 0.02),
-                          tmp_path / "zz-star.pt")
+    file = save_embedding(EmbeddingData(name="zz-star", vectors=start_vectors(width)), tmp_path / "zz-star.pt")
     config = replace(EmbeddingTrainingConfig(learn_rate="0.05", batch_size=2, steps=4, save_every=2,
                                              preview_every=0, latent_sampling_method="random"), **overrides)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = drive(embedding_training(model, embedding_file=file, items=star_items("zz-star", count=4, seed=0,
-                                                                                    resolution=64),
-                                      config=config, tokenizer=tokenizer, outputs=[tmp_path / "out" / "zz-star.safetensors"],
-                                      log_dir=tmp_path / "log"), progress=False)
+    items = star_items("zz-star", count=4, seed=0, resolution=64)
+    training = embedding_training(model, embedding_file=file, items=items, config=config, tokenizer=tokenizer,
+                                  outputs=[tmp_path / "out" / "zz-star.safetensors"], log_dir=tmp_path / "log")
+    result = drive(training, progress=False)
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     return result, unchanged
 
@@ -162,7 +164,7 @@ def test_embedding_loop_trains_only_the_vectors_and_is_reproducible(tiny_path, t
     assert unchanged and first.step == 4 and not first.interrupted and all(np.isfinite(first.losses))
     vectors = read_embedding(first.paths[0]).vectors["*"]
     assert torch.equal(vectors, read_embedding(again.paths[0]).vectors["*"])
-    assert not torch.allclose(vectors, torch.randn(2, vectors.shape[1], generator=torch.Generator().manual_seed(1)) * 0.02)
+    assert not torch.allclose(vectors, start_vectors(vectors.shape[1]))
     assert read_embedding(first.paths[1]).vectors["*"].equal(vectors)
     assert (tmp_path / "a" / "log" / "embeddings" / "zz-star-2.pt").is_file()
 
@@ -269,3 +271,26 @@ def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_imag
     assert np.array_equal(pixels(f"{prompt} <lora:zz:0>"), plain)
     assert not np.array_equal(pixels(f"{prompt} <lora:zz:1>"), plain)
     runtime.jobs.stop()
+
+
+def test_command_lines_train_from_a_folder_reproducibly(tiny_path, tmp_path):
+    from modules.training import train_embedding, train_lora
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for item in star_items("star", count=3, seed=0, resolution=64):
+        name = item.filewords.replace(" ", "_")
+        Image.fromarray(item.image).save(data / f"{name}.png")
+    runs = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "zz.safetensors"
+        train_embedding.main(["--data-root", str(data), "--model", str(tiny_path), "--out", str(out),
+                              "--log-dir", str(tmp_path / run / "log"), "--steps", "2", "--batch-size", "2",
+                              "--vectors", "1"])
+        runs.append(read_embedding(out).vectors["*"])
+        assert read_embedding(tmp_path / run / "log" / "zz.pt").step == 2
+    assert torch.equal(runs[0], runs[1])  # seeded: the same vectors, bit for bit
+    lora = tmp_path / "lora" / "zz.safetensors"
+    train_lora.main(["--data-root", str(data), "--model", str(tiny_path), "--out", str(lora), "--steps", "2",
+                     "--batch-size", "2", "--rank", "2", "--alpha", "2"])
+    assert load_network_file(lora).metadata["ss_steps"] == "2"

@@ -217,6 +217,8 @@ class ModelManager:
             raise ModelLoadError(str(path), f"VAE does not fit {family.label}: missing "
                                             f"{result.missing_keys[:3]}")
         vae.set_attention_backend(self.attention)
+        vae.set_channels_last(self.channels_last)
+        set_attention_upcast(vae, self.upcast_attention)
         return vae.eval().requires_grad_(False)
 
     def unload(self) -> None:
@@ -274,8 +276,8 @@ class ModelManager:
         if self.compile_mode is not None:
             # In place (nn.Module.compile): the module keeps its names, hooks and patcher.
             model.unet.compile(mode=self.compile_mode, dynamic=False)
-        placer = ComponentPlacer(components={"unet": model.unet, "vae": model.vae,
-                                             **dict(model.text_encoders.items())},
+        placer = ComponentPlacer(components={"text_encoders": model.text_encoders,
+                                             "unet": model.unet, "vae": model.vae},
                                  device=self.device, mode=mode)
         sha256 = self.hash_cache.sha256(info.path) if self.hashing else None
         if sha256:

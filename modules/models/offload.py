@@ -65,8 +65,9 @@ def move_module(module: nn.Module, device: torch.device) -> None:
 class ComponentPlacer:
     """Keeps at most one component (or, in lowvram, one U-Net block) on the device.
 
-    :param components: name -> module, e.g. {"unet": ..., "vae": ..., "clip_l": ...};
-        the name "unet" is the one streamed block by block in lowvram mode
+    :param components: name -> module, e.g. {"unet": ..., "vae": ..., "text_encoders": ...}
+        (a ModuleDict of encoders is one group); "unet" is streamed block by block in
+        lowvram mode
     :param device: the compute device
     :param offload_device: where resting components live (the CPU's RAM)
     :param mode: see `MemoryMode`; NORMAL registers nothing
@@ -124,8 +125,12 @@ class ComponentPlacer:
     # ---- placement ----------------------------------------------------------------------
 
     def use(self, name: str) -> None:
-        """Make `name` the component on the device, putting the previous one away."""
-        if self.resident == name:
+        """Make `name` the component on the device, putting the previous one away.
+
+        The pipeline calls this before a phase whose calls may swap parameters
+        (LoRA's functional_call), so that the hooks find the component in place.
+        """
+        if self.mode is MemoryMode.NORMAL or self.resident == name:
             return
         if self.resident is not None:
             self.mover(self.components[self.resident], self.offload_device)
@@ -161,5 +166,12 @@ def _entry_points(name: str, module: nn.Module) -> Iterable[nn.Module]:
         return [module]
     if name == "vae":
         return [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
-    token_embedding = getattr(module, "token_embedding", None)
-    return [module] + ([token_embedding] if isinstance(token_embedding, nn.Module) else [])
+    # Text encoders: one group (SDXL's two encoders alternate per prompt chunk).
+    encoders = list(module.children()) if isinstance(module, nn.ModuleDict) else [module]
+    entries = []
+    for encoder in encoders:
+        setattr(encoder, EXECUTION_DEVICE_ATTR, getattr(module, EXECUTION_DEVICE_ATTR))
+        token_embedding = getattr(encoder, "token_embedding", None)
+        entries += [encoder] + ([token_embedding] if isinstance(token_embedding, nn.Module)
+                                else [])
+    return entries

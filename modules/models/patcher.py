@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from modules.devices import execution_device
 from modules.networks.adapters import AdapterError, apply_dora, updates_for
 
 
@@ -73,9 +74,11 @@ def merge_patches(model: nn.Module, components: Mapping[str, nn.Module],
     for (component, path), group in by_layer.items():
         module = components[component].get_submodule(path)
         weight, bias = _merge_layer(module, group, merged.skipped)
+        # Where the component computes, also when --medvram / --lowvram rests it in RAM.
+        device = execution_device(components[component])
         for name, tensor in ((".weight", weight), (".bias", bias)):
             if tensor is not None:
-                merged.params.setdefault(component, {})[path + name] = tensor
+                merged.params.setdefault(component, {})[path + name] = tensor.to(device)
     return merged
 
 

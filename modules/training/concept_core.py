@@ -39,6 +39,8 @@ from modules.training.train_vae import encode_latents
 
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
 CLIP_GRAD_MODES = ("disabled", "value", "norm")
+MAX_BATCH = 1024
+MAX_STEPS = 10_000_000
 UNetCall = Callable[..., torch.Tensor]
 
 
@@ -181,6 +183,26 @@ def optimise(parameters: Sequence[nn.Parameter], loop: StepLoop, micro_loss: Cal
     return step
 
 
+def with_checkpoints(steps: Generator[TrainingStep, str | None, int], *, losses: list[float],
+                     save_every: int = 0, save: Callable[[int], object] | None = None,
+                     preview_every: int = 0, preview: Callable[[int], object] | None = None,
+                     ) -> Generator[TrainingStep, str | None, int]:
+    """Relay `optimise`'s steps (and the consumer's commands), recording losses and
+    calling `save(step)` / `preview(step)` every N steps; returns the last step."""
+    command = None
+    try:
+        while True:
+            event = steps.send(command)
+            losses.append(event.loss)
+            if save is not None and save_every and event.step % save_every == 0:
+                save(event.step)
+            if preview is not None and preview_every and event.step % preview_every == 0:
+                preview(event.step)
+            command = yield event
+    except StopIteration as stop:
+        return stop.value
+
+
 def _clip(parameters: Sequence[nn.Parameter], loop: StepLoop) -> None:
     if loop.clip_grad_mode == "value":
         torch.nn.utils.clip_grad_value_(parameters, loop.clip_grad_value)
@@ -190,13 +212,14 @@ def _clip(parameters: Sequence[nn.Parameter], loop: StepLoop) -> None:
 
 def check_common(*, batch_size: int, gradient_step: int, steps: int, save_every: int, preview_every: int,
                  tag_drop_out: float, clip_grad_mode: str, clip_grad_value: float,
-                 latent_sampling_method: str) -> None:
+                 latent_sampling_method: str, seed: int = 0) -> None:
     """Validate the options both trainers share; errors name A1111's field names."""
-    for field, value, low in (("batch_size", batch_size, 1), ("gradient_step", gradient_step, 1),
-                              ("steps", steps, 1), ("save_embedding_every", save_every, 0),
-                              ("create_image_every", preview_every, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ParamsError(field, f"must be a whole number of at least {low}, got {value!r}")
+    whole_numbers = (("batch_size", batch_size, 1, MAX_BATCH), ("gradient_step", gradient_step, 1, 1000),
+                     ("steps", steps, 1, MAX_STEPS), ("save_embedding_every", save_every, 0, MAX_STEPS),
+                     ("create_image_every", preview_every, 0, MAX_STEPS), ("seed", seed, 0, 2**63 - 1))
+    for field, value, low, high in whole_numbers:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ParamsError(field, f"must be a whole number in {low}..{high}, got {value!r}")
     if not 0.0 <= tag_drop_out < 1.0:
         raise ParamsError("tag_drop_out", f"must be in [0, 1), got {tag_drop_out}")
     if clip_grad_mode not in CLIP_GRAD_MODES:

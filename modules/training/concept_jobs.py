@@ -83,10 +83,12 @@ def templates_dirs(runtime) -> list[Path]:
 
 
 def template_lines(runtime, filename: str) -> list[str]:
+    """The template's lines from the first folder that has a file of that name (a name,
+    never a path: `read_template` looks it up in the folder's listing)."""
     for folder in templates_dirs(runtime):
-        if folder.is_dir() and (folder / filename).name == filename and (folder / filename).is_file():
+        if folder.is_dir() and filename in {p.name for p in folder.glob("*.txt")}:
             return read_template(folder, filename)
-    return read_template(templates_dirs(runtime)[-1], filename)
+    return read_template(templates_dirs(runtime)[-1], filename)  # raises, naming the field
 
 
 def log_folder(runtime, params: ConceptDataParams, name: str) -> Path:

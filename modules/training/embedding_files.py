@@ -96,6 +96,7 @@ def save_embedding(data: EmbeddingData, path: Path) -> Path:
                     "sd_checkpoint": data.sd_checkpoint or "",
                     "sd_checkpoint_name": data.sd_checkpoint_name or ""}
         save_file({"emb_params": vectors}, str(partial), metadata=metadata)
+    partial.chmod(0o644)  # a shareable model file, whatever the process umask
     os.replace(partial, path)
     return path
 

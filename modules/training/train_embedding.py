@@ -12,7 +12,8 @@ The held-out star of Easel's demo set is one command:
 
     python -m modules.training.train_embedding --star
 
-which writes `models/embeddings/easel-star.safetensors` (and the `.pt` beside the log).
+which writes `models/embeddings/easel-star.safetensors` (and its `.pt` twin under
+`textual_inversion/easel-star/`). `--data-root DIR` trains on your own images instead.
 `train_star_embedding(model_path, config=..., out=...)` is the same as a function.
 """
 
@@ -31,12 +32,15 @@ from modules.conditioning.embeddings import EmbeddingTable, TextualInversion
 from modules.models.sd_model import StableDiffusionModel
 from modules.networks.embeddings import SINGLE, read_embedding
 from modules.params import ParamsError
+from modules.paths import ROOT
 from modules.tokenizer import ClipTokenizer
 from modules.training.concept_core import (
     Batches, LatentCache, StepLoop, TrainingStep, check_common, drive, encode_prompts, noise_prediction_loss,
-    optimise, training_alphas,
+    optimise, training_alphas, with_checkpoints,
 )
-from modules.training.concept_data import ConceptItem, PromptOptions, make_prompt, star_items
+from modules.training.concept_data import (
+    ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
+)
 from modules.training.concept_preview import preview_image, save_preview
 from modules.training.embedding_files import EmbeddingData, create_embedding, save_embedding
 from modules.training.evaluate import load_model
@@ -70,7 +74,8 @@ class EmbeddingTrainingConfig:
         check_common(batch_size=self.batch_size, gradient_step=self.gradient_step, steps=self.steps,
                      save_every=self.save_every, preview_every=self.preview_every,
                      tag_drop_out=self.tag_drop_out, clip_grad_mode=self.clip_grad_mode,
-                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method)
+                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method,
+                     seed=self.seed)
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise ParamsError("min_snr_gamma", f"must be positive or unset, got {self.min_snr_gamma}")
         return parse_learn_rate(self.learn_rate)
@@ -111,13 +116,8 @@ def embedding_training(model: StableDiffusionModel, *, embedding_file: Path, ite
     name = embedding_file.stem
     spec = model.family.text_encoders[0]
     vectors = _trainable_vectors(loaded.vectors, spec.config.hidden_size)
-    start = loaded.step or 0
-    total = schedule.total_steps(config.steps)
-    if start >= total:
-        raise ParamsError("steps", f"{name} is already trained for {start} steps (asked for {total})")
-    if not any("[name]" in line for line in template) and not any(name in item.filewords for item in items):
-        raise ParamsError("template_filename", f"no template line has [name] and no caption names {name!r}, "
-                                               "so the embedding would never be used")
+    start, total = loaded.step or 0, schedule.total_steps(config.steps)
+    _check_usable(name, start, total, template, items)
     table = EmbeddingTable([TextualInversion(name, tuple(tokenizer.encode(name)), {spec.name: vectors})])
     generator = torch.Generator().manual_seed(config.seed)
     cache = LatentCache(model, items, method=config.latent_sampling_method, generator=generator)
@@ -141,26 +141,33 @@ def embedding_training(model: StableDiffusionModel, *, embedding_file: Path, ite
     loop = StepLoop(schedule=schedule, total_steps=total, gradient_step=config.gradient_step,
                     clip_grad_mode=config.clip_grad_mode, clip_grad_value=config.clip_grad_value)
     result = TrainedEmbedding(paths=[], step=start)
-    steps = optimise([vectors], loop, micro_loss, start_step=start)
     preview_prompt = make_prompt(items[0].filewords, replace(options, tag_drop_out=0.0), random.Random(0))
-    try:
-        command = None
-        while True:
-            event = steps.send(command)
-            result.losses.append(event.loss)
-            result.step = event.step
-            if log_dir is not None and config.save_every and event.step % config.save_every == 0:
-                save_embedding(snapshot(event.step), log_dir / "embeddings" / f"{name}-{event.step}.pt")
-            if log_dir is not None and config.preview_every and event.step % config.preview_every == 0:
-                image = preview_image(model, tokenizer, preview_prompt, seed=config.seed, embeddings=table)
-                save_preview(image, log_dir / "images", name, event.step)
-            command = yield event
-    except StopIteration as stop:
-        result.step = stop.value
+
+    def save(step: int) -> None:
+        save_embedding(snapshot(step), log_dir / "embeddings" / f"{name}-{step}.pt")
+
+    def preview(step: int) -> None:
+        image = preview_image(model, tokenizer, preview_prompt, seed=config.seed, embeddings=table)
+        save_preview(image, log_dir / "images", name, step)
+
+    logging = log_dir is not None
+    result.step = yield from with_checkpoints(
+        optimise([vectors], loop, micro_loss, start_step=start), losses=result.losses,
+        save_every=config.save_every, save=save if logging else None,
+        preview_every=config.preview_every, preview=preview if logging else None)
     result.interrupted = result.step < total
     final = snapshot(result.step)
     result.paths = [save_embedding(final, path) for path in dict.fromkeys([embedding_file, *outputs])]
     return result
+
+
+def _check_usable(name: str, start: int, total: int, template: Sequence[str], items: Sequence[ConceptItem]) -> None:
+    """A run that would do nothing is an error that says why."""
+    if start >= total:
+        raise ParamsError("steps", f"{name} is already trained for {start} steps (asked for {total})")
+    if not any("[name]" in line for line in template) and not any(name in item.filewords for item in items):
+        raise ParamsError("template_filename", f"no template line has [name] and no caption names {name!r}, "
+                                               "so the embedding would never be used")
 
 
 def _trainable_vectors(vectors: dict[str, torch.Tensor], width: int) -> torch.nn.Parameter:
@@ -173,56 +180,78 @@ def _trainable_vectors(vectors: dict[str, torch.Tensor], width: int) -> torch.nn
     return torch.nn.Parameter(rows.detach().float().clone())
 
 
-def train_star_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTrainingConfig = STAR_EMBEDDING_CONFIG,
-                         out: Path = DEFAULT_OUT, word: str | None = None, vectors: int = STAR_VECTORS,
-                         images: int = STAR_IMAGES, init_text: str = "shape", log_dir: Path | None = None,
-                         progress: bool = True) -> TrainedEmbedding:
-    """Create and train an embedding for the held-out star; writes `out` and a `.pt` twin.
+def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, out: Path,
+                        data_root: Path | None = None, template: Sequence[str] = ("[filewords]",),
+                        vectors: int = STAR_VECTORS, init_text: str = "shape", images: int = STAR_IMAGES,
+                        log_dir: Path | None = None, progress: bool = True) -> TrainedEmbedding:
+    """Create an embedding named `out.stem` and train it on `data_root`'s images (A1111's
+    dataset folder) or, without one, on `images` pictures of the held-out star.
 
-    The word is `out`'s stem (the trigger word is always the file stem). The `.pt` goes
-    to `log_dir` (default: `textual_inversion/<word>` under the working directory), so
-    that the embeddings folder does not hold two files with one name.
+    Writes `out` and a twin in the other format (`.pt` / `.safetensors`) in `log_dir`
+    (default `textual_inversion/<word>`), so the embeddings folder never holds two files
+    of one name (the trigger word is the file stem).
     """
-    word = word or out.stem
-    if out.stem != word:
-        raise ParamsError("out", f"the file stem must be the embedding word {word!r}")
+    word = out.stem
     model = load_model(model_path)
     tokenizer = ClipTokenizer()
     log_dir = log_dir or Path("textual_inversion") / word
+    encoder = model.text_encoders[model.family.text_encoders[0].name]
     seed_file = create_embedding(folder=log_dir, name=word, tokenizer=tokenizer, overwrite_old=True,
-                                 token_embedding=model.text_encoders[model.family.text_encoders[0].name]
-                                 .token_embedding.weight, num_vectors_per_token=vectors, init_text=init_text,
-                                 sd_checkpoint_name=model_path.stem)
-    items = star_items(word, count=images, seed=config.seed + 100, resolution=model.family.native_resolution)
-    training = embedding_training(model, embedding_file=seed_file, items=items, config=config,
-                                  tokenizer=tokenizer, outputs=[out], log_dir=log_dir,
+                                 token_embedding=encoder.token_embedding.weight, num_vectors_per_token=vectors,
+                                 init_text=init_text, sd_checkpoint_name=model_path.stem)
+    size = model.family.native_resolution
+    items = (folder_items(data_root, width=size, height=size) if data_root is not None
+             else star_items(word, count=images, seed=config.seed + 100, resolution=size))
+    # The log folder's .pt is trained in place; `out` (and a .safetensors twin when `out`
+    # is a .pt itself) get the result too.
+    outputs = [out] + ([seed_file.with_suffix(".safetensors")] if out.suffix == ".pt" else [])
+    training = embedding_training(model, embedding_file=seed_file, items=items, config=config, template=template,
+                                  tokenizer=tokenizer, outputs=outputs, log_dir=log_dir,
                                   checkpoint_name=model_path.stem)
     return drive(training, progress=progress, desc="embedding")
 
 
+def train_star_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTrainingConfig = STAR_EMBEDDING_CONFIG,
+                         out: Path = DEFAULT_OUT, **options) -> TrainedEmbedding:
+    """The held-out star of the demo set (the demo recipe's extra stage)."""
+    return train_new_embedding(model_path, config=config, out=out, **options)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a textual-inversion embedding on a frozen model.")
-    parser.add_argument("--star", action="store_true", help="train the held-out star of the demo set")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--star", action="store_true", help="train the held-out star of the demo set")
+    source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
+    parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="embedding file to write (.safetensors/.pt)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="embedding file to write (.safetensors or .pt); its stem is the word")
+    parser.add_argument("--init-text", default="shape", help="initialisation text of the vectors")
+    parser.add_argument("--log-dir", type=Path, help="where the twin file goes (default textual_inversion/<word>)")
+    parser.add_argument("--vectors", type=int, default=STAR_VECTORS, help="vectors per token")
     parser.add_argument("--steps", type=int, default=STAR_EMBEDDING_CONFIG.steps)
     parser.add_argument("--learn-rate", default=STAR_EMBEDDING_CONFIG.learn_rate)
     parser.add_argument("--batch-size", type=int, default=STAR_EMBEDDING_CONFIG.batch_size)
-    parser.add_argument("--vectors", type=int, default=STAR_VECTORS, help="vectors per token")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
     args = parser.parse_args(argv)
-    if not args.star:
-        parser.error("only --star is available from the command line; the API and the Train tab "
-                     "train embeddings on your own images")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     config = replace(STAR_EMBEDDING_CONFIG, steps=args.steps, learn_rate=args.learn_rate,
                      batch_size=args.batch_size, seed=args.seed)
+    if args.template:
+        template = read_template(args.template.parent, args.template.name)
+    else:  # the star's captions name the word; a folder's need a template with [name]
+        template = read_template(ROOT / "textual_inversion_templates", "subject_filewords.txt") \
+            if args.data_root else ("[filewords]",)
     began = time.perf_counter()
-    result = train_star_embedding(args.model, config=config, out=args.out, vectors=args.vectors)
+    try:
+        result = train_new_embedding(args.model, config=config, out=args.out, data_root=args.data_root,
+                                     template=template, vectors=args.vectors, init_text=args.init_text,
+                                     log_dir=args.log_dir)
+    except ParamsError as error:
+        parser.error(str(error))
     print(f"wrote {', '.join(map(str, result.paths))} after {result.step} steps "
           f"in {(time.perf_counter() - began) / 60:.1f} min")
 

@@ -11,9 +11,10 @@ The held-out star of Easel's demo set is one command:
 
     python -m modules.training.train_lora --star
 
-which writes `models/Lora/easel-star.safetensors`: with `<lora:easel-star:1>`, the
-word "star" in a prompt of the shapes family draws a star. `train_star_lora(...)` is
-the same as a function.
+which writes `models/Lora/easel-star.safetensors`, meant to make "star" in a prompt of
+the shapes family draw a star under `<lora:easel-star:1>`; `--data-root DIR` trains on
+your own images instead. `train_star_lora(model_path, config=..., out=...)` is the same
+as a function.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from modules.params import ParamsError
 from modules.tokenizer import ClipTokenizer
 from modules.training.concept_core import (
     Batches, LatentCache, StepLoop, TrainingStep, check_common, drive, encode_prompts, noise_prediction_loss,
-    optimise, training_alphas,
+    optimise, training_alphas, with_checkpoints,
 )
-from modules.training.concept_data import ConceptItem, PromptOptions, make_prompt, star_items
+from modules.training.concept_data import (
+    ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
+)
 from modules.training.concept_preview import preview_image, save_preview
 from modules.training.evaluate import load_model
 from modules.training.lora_network import LoraNetwork
@@ -74,7 +77,8 @@ class LoraTrainingConfig:
         check_common(batch_size=self.batch_size, gradient_step=self.gradient_step, steps=self.steps,
                      save_every=self.save_every, preview_every=self.preview_every,
                      tag_drop_out=self.tag_drop_out, clip_grad_mode=self.clip_grad_mode,
-                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method)
+                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method,
+                     seed=self.seed)
         if not isinstance(self.rank, int) or not 1 <= self.rank <= 1024:
             raise ParamsError("rank", f"must be a whole number in 1..1024, got {self.rank!r}")
         if not 0 < self.alpha <= 4 * self.rank:
@@ -144,6 +148,7 @@ def save_lora(network: LoraNetwork, path: Path, metadata: dict[str, str]) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     save_file(network.kohya_state_dict(), str(partial), metadata=metadata)
+    partial.chmod(0o644)  # a shareable model file, whatever the process umask
     os.replace(partial, path)
     return path
 
@@ -184,43 +189,51 @@ def lora_training(model: StableDiffusionModel, *, out: Path, items: Sequence[Con
     loop = StepLoop(schedule=schedule, total_steps=total, gradient_step=config.gradient_step,
                     clip_grad_mode=config.clip_grad_mode, clip_grad_value=config.clip_grad_value)
     result = TrainedLora(path=out, step=0)
-    steps = optimise(list(network.parameters()), loop, micro_loss)
     preview_prompt = make_prompt(items[0].filewords, replace(options, tag_drop_out=0.0), random.Random(0))
-    try:
-        command = None
-        while True:
-            event = steps.send(command)
-            result.losses.append(event.loss)
-            result.step = event.step
-            if log_dir is not None and config.save_every and event.step % config.save_every == 0:
-                write(log_dir / "Lora" / f"{out.stem}-{event.step}.safetensors", event.step)
-            if log_dir is not None and config.preview_every and event.step % config.preview_every == 0:
-                with torch.no_grad():
-                    image = preview_image(model, tokenizer, preview_prompt, seed=config.seed, unet=unet,
-                                          text_encoder=encoder)
-                save_preview(image, log_dir / "images", out.stem, event.step)
-            command = yield event
-    except StopIteration as stop:
-        result.step = stop.value
+
+    def preview(step: int) -> None:
+        with torch.no_grad():
+            image = preview_image(model, tokenizer, preview_prompt, seed=config.seed, unet=unet, text_encoder=encoder)
+        save_preview(image, log_dir / "images", out.stem, step)
+
+    logging = log_dir is not None
+    result.step = yield from with_checkpoints(
+        optimise(list(network.parameters()), loop, micro_loss), losses=result.losses,
+        save_every=config.save_every, preview_every=config.preview_every,
+        save=(lambda step: write(log_dir / "Lora" / f"{out.stem}-{step}.safetensors", step)) if logging else None,
+        preview=preview if logging else None)
     result.interrupted = result.step < total
     write(out, result.step)
     return result
 
 
-def train_star_lora(model_path: Path = DEFAULT_MODEL, *, config: LoraTrainingConfig = STAR_LORA_CONFIG,
-                    out: Path = DEFAULT_OUT, word: str = "star", images: int = STAR_IMAGES,
-                    log_dir: Path | None = None, progress: bool = True) -> TrainedLora:
-    """Train a LoRA that draws the held-out star where prompts say `word`; writes `out`."""
+def train_new_lora(model_path: Path, *, config: LoraTrainingConfig, out: Path, data_root: Path | None = None,
+                   template: Sequence[str] = ("[filewords]",), word: str = "star", images: int = STAR_IMAGES,
+                   log_dir: Path | None = None, progress: bool = True) -> TrainedLora:
+    """Train a LoRA on `data_root`'s images (A1111's dataset folder) or, without one, on
+    `images` pictures of the held-out star captioned with `word`; writes `out`."""
     model = load_model(model_path)
-    items = star_items(word, count=images, seed=config.seed + 100, resolution=model.family.native_resolution)
+    size = model.family.native_resolution
+    items = (folder_items(data_root, width=size, height=size) if data_root is not None
+             else star_items(word, count=images, seed=config.seed + 100, resolution=size))
     training = lora_training(model, out=out, items=items, config=config, tokenizer=ClipTokenizer(),
-                             log_dir=log_dir, checkpoint_name=model_path.stem)
+                             template=template, log_dir=log_dir, checkpoint_name=model_path.stem)
     return drive(training, progress=progress, desc="lora")
+
+
+def train_star_lora(model_path: Path = DEFAULT_MODEL, *, config: LoraTrainingConfig = STAR_LORA_CONFIG,
+                    out: Path = DEFAULT_OUT, **options) -> TrainedLora:
+    """The held-out star of the demo set (the demo recipe's extra stage): with
+    `<lora:easel-star:1>`, "star" in a prompt of the shapes family should draw a star."""
+    return train_new_lora(model_path, config=config, out=out, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a LoRA (kohya format) on a frozen model.")
-    parser.add_argument("--star", action="store_true", help="train the held-out star of the demo set")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--star", action="store_true", help="train the held-out star of the demo set")
+    source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
+    parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the .safetensors to write")
     parser.add_argument("--steps", type=int, default=STAR_LORA_CONFIG.steps)
@@ -233,14 +246,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
     args = parser.parse_args(argv)
-    if not args.star:
-        parser.error("only --star is available from the command line; the Train tab trains on your images")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = replace(STAR_LORA_CONFIG, steps=args.steps, learn_rate=args.learn_rate, batch_size=args.batch_size,
                      rank=args.rank, alpha=args.alpha, text_encoder=args.text_encoder, seed=args.seed)
+    template = read_template(args.template.parent, args.template.name) if args.template else ("[filewords]",)
     began = time.perf_counter()
-    result = train_star_lora(args.model, config=config, out=args.out)
+    try:
+        result = train_new_lora(args.model, config=config, out=args.out, data_root=args.data_root,
+                                template=template)
+    except ParamsError as error:
+        parser.error(str(error))
     print(f"wrote {result.path} after {result.step} steps in {(time.perf_counter() - began) / 60:.1f} min")
 
 

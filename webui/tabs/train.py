@@ -62,37 +62,40 @@ def _widget(name: str, kind, **kwargs):
     return kind(label=LABELS[name], elem_id=f"train_{name}", **kwargs)
 
 
-def _data_widgets(runtime, defaults: ConceptDataParams) -> dict[str, gr.components.Component]:
+def _data_widgets(runtime, defaults: ConceptDataParams, prefix: str) -> dict[str, gr.components.Component]:
     """The dataset / optimisation widgets both trainers share, keyed by params field."""
     w: dict[str, gr.components.Component] = {}
+
+    def labelled(name: str, kind, **kwargs):  # elem_ids unique per sub-tab
+        return kind(label=LABELS[name], elem_id=f"{prefix}_{name}", **kwargs)
     with gr.Row():
-        w["learn_rate"] = _widget("learn_rate", gr.Textbox, value=defaults.learn_rate)
-        w["clip_grad_mode"] = _widget("clip_grad_mode", gr.Dropdown, choices=list(CLIP_GRAD_MODES),
+        w["learn_rate"] = labelled("learn_rate", gr.Textbox, value=defaults.learn_rate)
+        w["clip_grad_mode"] = labelled("clip_grad_mode", gr.Dropdown, choices=list(CLIP_GRAD_MODES),
                                       value=defaults.clip_grad_mode)
-        w["clip_grad_value"] = _widget("clip_grad_value", gr.Number, value=defaults.clip_grad_value)
+        w["clip_grad_value"] = labelled("clip_grad_value", gr.Number, value=defaults.clip_grad_value)
     with gr.Row():
-        w["batch_size"] = _widget("batch_size", gr.Number, value=defaults.batch_size, precision=0)
-        w["gradient_step"] = _widget("gradient_step", gr.Number, value=defaults.gradient_step, precision=0)
-    w["data_root"] = _widget("data_root", gr.Textbox, placeholder="Path to a directory with input images")
-    w["log_directory"] = _widget("log_directory", gr.Textbox, value=defaults.log_directory)
-    w["template_filename"] = _widget("template_filename", gr.Dropdown, choices=template_names(runtime),
+        w["batch_size"] = labelled("batch_size", gr.Number, value=defaults.batch_size, precision=0)
+        w["gradient_step"] = labelled("gradient_step", gr.Number, value=defaults.gradient_step, precision=0)
+    w["data_root"] = labelled("data_root", gr.Textbox, placeholder="Path to a directory with input images")
+    w["log_directory"] = labelled("log_directory", gr.Textbox, value=defaults.log_directory)
+    w["template_filename"] = labelled("template_filename", gr.Dropdown, choices=template_names(runtime),
                                      value=defaults.template_filename)
     with gr.Row():
-        w["training_width"] = _widget("training_width", gr.Number, value=0, precision=0,
+        w["training_width"] = labelled("training_width", gr.Number, value=0, precision=0,
                                       info="0: the model's native size")
-        w["training_height"] = _widget("training_height", gr.Number, value=0, precision=0)
-    w["steps"] = _widget("steps", gr.Number, value=defaults.steps, precision=0)
+        w["training_height"] = labelled("training_height", gr.Number, value=0, precision=0)
+    w["steps"] = labelled("steps", gr.Number, value=defaults.steps, precision=0)
     with gr.Row():
-        w["create_image_every"] = _widget("create_image_every", gr.Number, value=defaults.create_image_every,
+        w["create_image_every"] = labelled("create_image_every", gr.Number, value=defaults.create_image_every,
                                           precision=0)
-        w["save_embedding_every"] = _widget("save_embedding_every", gr.Number,
+        w["save_embedding_every"] = labelled("save_embedding_every", gr.Number,
                                             value=defaults.save_embedding_every, precision=0)
     with gr.Row():
-        w["shuffle_tags"] = _widget("shuffle_tags", gr.Checkbox, value=False)
-        w["tag_drop_out"] = _widget("tag_drop_out", gr.Slider, minimum=0, maximum=0.95, step=0.05, value=0)
-    w["latent_sampling_method"] = _widget("latent_sampling_method", gr.Radio, value="once",
+        w["shuffle_tags"] = labelled("shuffle_tags", gr.Checkbox, value=False)
+        w["tag_drop_out"] = labelled("tag_drop_out", gr.Slider, minimum=0, maximum=0.95, step=0.05, value=0)
+    w["latent_sampling_method"] = labelled("latent_sampling_method", gr.Radio, value="once",
                                           choices=list(LATENT_SAMPLING_METHODS))
-    w["seed"] = _widget("seed", gr.Number, value=0, precision=0)
+    w["seed"] = labelled("seed", gr.Number, value=0, precision=0)
     return w
 
 
@@ -111,7 +114,7 @@ def build(runtime) -> TrainTab:
             embedding = {"embedding_name": _widget("embedding_name", gr.Dropdown,
                                                    choices=embedding_names(runtime))}
             refresh = gr.Button("🔄", elem_id="train_refresh_embeddings", size="sm")
-            embedding |= _data_widgets(runtime, TrainEmbeddingParams())
+            embedding |= _data_widgets(runtime, TrainEmbeddingParams(), "train_embedding")
             embedding_button = gr.Button("Train Embedding", variant="primary", elem_id="train_embedding_button")
         with gr.Tab("Train LoRA", id="train_lora"):
             defaults = TrainLoraParams()
@@ -119,7 +122,7 @@ def build(runtime) -> TrainTab:
                     "rank": _widget("rank", gr.Number, value=defaults.rank, precision=0),
                     "alpha": _widget("alpha", gr.Number, value=defaults.alpha),
                     "text_encoder": _widget("text_encoder", gr.Checkbox, value=False)}
-            lora |= _data_widgets(runtime, defaults)
+            lora |= _data_widgets(runtime, defaults, "train_lora")
             lora_button = gr.Button("Train LoRA", variant="primary", elem_id="train_lora_button")
     with gr.Row():
         interrupt = gr.Button("Interrupt", elem_id="train_interrupt")
