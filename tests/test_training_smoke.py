@@ -162,3 +162,21 @@ def test_checkpoint_round_trips_through_the_normal_loader(tmp_path, tiny_vae):
     report = model.load_ldm_state_dict(load_state_dict(path, dtype=torch.float32))
     assert report.missing == [] and report.unexpected == []
     assert torch.allclose(model.unet.out[2].weight, unet.out[2].weight.half().float())
+
+
+@pytest.mark.slow
+def test_the_demo_command_runs_every_stage_at_a_tiny_scale(tmp_path):
+    """`python -m modules.training.demo` end to end at 0.2 % of its steps: the checkpoint
+    loads through the normal loader, and the ControlNet, embedding and LoRA are written."""
+    from modules.models.controlnet_files import load_controlnet
+    from modules.networks.embeddings import read_embedding
+    from modules.training.demo import main
+
+    out = tmp_path / "models" / "Stable-diffusion" / "demo.safetensors"
+    main(["--out", str(out), "--scale", "0.002", "--threads", "1"])
+    _, family = inspect_checkpoint(out)
+    StableDiffusionModel(family=family).load_ldm_state_dict(load_state_dict(out))
+    load_controlnet(str(tmp_path / "models" / "ControlNet" / "easel-demo-silhouette.safetensors"),
+                    base=family.unet)
+    assert read_embedding(tmp_path / "models" / "embeddings" / "easel-star.safetensors")
+    assert (tmp_path / "models" / "Lora" / "easel-star.safetensors").stat().st_size > 0

@@ -10,12 +10,23 @@ Stages (each with a tqdm progress bar):
    factor measured on it;
 4. the U-Net trained against the CLIP text encoder (`train_unet`; the encoder stays at
    its seeded random init unless `freeze_text_encoder` is off);
-5. the EMA weights written as an fp16 SD1 checkpoint.
+5. the EMA weights written as an fp16 SD1 checkpoint;
+6. with `--extras` (the default), what ships beside it, each trained on the new
+   checkpoint with everything else frozen: the silhouette ControlNet
+   (`train_controlnet`), the held-out star's textual-inversion embedding
+   (`train_embedding`) and LoRA (`train_lora`).
 
 Every random draw comes from `--seed`, and torch runs on one thread (`--threads`), so a
 rerun on the same machine gives the same weights. Stages 2 and 4 depend only on stage
-1's encoder, so they may also run side by side. The defaults take about 75 minutes on
-one busy core of Easel's 2-core build machine; `--scale 0.05` is a quick trial.
+1's encoder, so they may also run side by side. `--scale 0.05` is a quick trial;
+`tests/test_training_smoke.py` runs every stage at 0.2 %.
+
+Timing, stage by stage (the whole command has not yet been timed end to end on an idle
+machine): stages 1-5 with one refinement round took about 75 minutes on one busy core;
+each 1200-step refinement round about 5 minutes on two idle threads (40 minutes under a
+load average of 10); the ControlNet 54 minutes under that load; the embedding and the
+LoRA 2-3 minutes each. The shipped weights came from these stages run one after another
+from the fp16 checkpoints in between, with the seeds this recipe gives them.
 """
 
 from __future__ import annotations
@@ -37,12 +48,14 @@ from modules.training.captions import token_ids
 from modules.training.checkpoint import save_checkpoint
 from modules.training.demo_config import DEMO_FAMILY, with_scale_factor
 from modules.training.loop import EMA
+from modules.training.train_controlnet import ControlNetTrainingConfig
 from modules.training.train_unet import UNetTrainingConfig, build_latent_set, train_unet
 from modules.training.train_vae import (
     DecoderTrainingConfig, VAETrainingConfig, finetune_decoder, measure_scale_factor, train_vae,
 )
 
 DEFAULT_OUT = Path("models/Stable-diffusion/easel-demo.safetensors")
+MODELS = DEFAULT_OUT.parent.parent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,10 +79,12 @@ class DemoRecipe:
         UNetTrainingConfig(steps=1200, learning_rate=3e-4, seed=2),
     )
 
+    controlnet: ControlNetTrainingConfig = ControlNetTrainingConfig(steps=1200)
+
     def seeded(self, seed: int) -> "DemoRecipe":
         """The same recipe with every stage seeded from `seed`."""
         return replace(self, vae=replace(self.vae, seed=seed), decoder=replace(self.decoder, seed=seed),
-                       unet=replace(self.unet, seed=seed),
+                       unet=replace(self.unet, seed=seed), controlnet=replace(self.controlnet, seed=seed),
                        refine=tuple(replace(r, seed=seed + 1 + i) for i, r in enumerate(self.refine)))
 
     def scaled(self, fraction: float) -> "DemoRecipe":
@@ -83,6 +98,8 @@ class DemoRecipe:
             unet=replace(self.unet, steps=part(self.unet.steps), dataset_groups=part(self.unet.dataset_groups)),
             refine=tuple(replace(r, steps=part(r.steps), dataset_groups=part(r.dataset_groups))
                          for r in self.refine),
+            controlnet=replace(self.controlnet, steps=part(self.controlnet.steps),
+                               dataset_size=part(self.controlnet.dataset_size)),
         )
 
 
@@ -126,6 +143,27 @@ def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: Aut
     return save_checkpoint(out, family=family, unet=unet, vae=vae, text_encoder=text_encoder)
 
 
+def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path, progress: bool = True) -> list[Path]:
+    """The files that ship beside the demo checkpoint, trained on it (stage 6)."""
+    from modules.training.train_controlnet import save_controlnet, train_controlnet
+    from modules.training.train_embedding import STAR_EMBEDDING_CONFIG, train_star_embedding
+    from modules.training.train_lora import STAR_LORA_CONFIG, train_star_lora
+
+    controlnet, _ = train_controlnet(base=checkpoint, config=recipe.controlnet, progress=progress)
+    written = [save_controlnet(controlnet, models / "ControlNet" / "easel-demo-silhouette.safetensors",
+                               base_title=checkpoint.stem)]
+    fraction = recipe.controlnet.steps / ControlNetTrainingConfig(steps=1200).steps
+    # The embedding's training log (and its .pt twin) go beside the models folder.
+    log = {"log_dir": models.parent / "textual_inversion" / "easel-star"}
+    for train, config, folder, options in ((train_star_embedding, STAR_EMBEDDING_CONFIG, "embeddings", log),
+                                           (train_star_lora, STAR_LORA_CONFIG, "Lora", {})):
+        config = replace(config, steps=max(2, round(config.steps * fraction)))
+        out = models / folder / "easel-star.safetensors"
+        train(checkpoint, config=config, out=out, progress=progress, **options)
+        written.append(out)
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train Easel's demo model (shapes) from scratch.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the .safetensors to write")
@@ -135,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--snapshot-every", type=int, default=0,
                         help="also save the averaged weights every N U-Net steps")
+    parser.add_argument("--no-extras", dest="extras", action="store_false",
+                        help="skip the ControlNet, embedding and LoRA trained on the result")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = DemoRecipe().seeded(args.seed)
@@ -142,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         recipe = recipe.scaled(args.scale)
     start = time.perf_counter()
     path = train_demo(recipe, out=args.out, snapshot_every=args.snapshot_every)
+    if args.extras:
+        train_extras(recipe, checkpoint=path, models=args.out.parent.parent)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.perf_counter() - start) / 60:.1f} min")
 
 
