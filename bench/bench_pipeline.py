@@ -5,7 +5,8 @@
 
 Every measurement runs in a fresh process (so its peak resident set, VmHWM, belongs to
 that measurement alone), and the processes alternate Easel / diffusers repetition by
-repetition, so load drifts on a shared machine hit both; medians are reported.
+repetition, so load drifts on a shared machine hit both; medians are reported. Each
+process makes one untimed warm-up call first (`--cold` times the first call instead).
 
 * vae: decode one SD latent to a W x W image (SD1.5 VAE, diffusers' random init mapped
   to our names: both hold the same weights).
@@ -86,10 +87,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--cold", action="store_true",
+                        help="time the first call (default: one untimed warm-up call first)")
     args = parser.parse_args(argv)
     rows = []
     parts = args.parts.split(",")
-    common = {"dtype": args.dtype, "tiny": args.tiny}
+    common = {"dtype": args.dtype, "tiny": args.tiny, "warmup": not args.cold}
     if "vae" in parts:
         for size in (int(s) for s in args.sizes.split(",")):
             rows.append(compare({**common, "part": "vae", "size": size}, args.runs))

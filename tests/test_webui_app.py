@@ -47,7 +47,7 @@ def test_app_serves_the_page_and_config(runtime):
     config = client.get("/config").json()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     for elem_id in ("txt2img_prompt", "txt2img_generate", "txt2img_gallery",
-                    "setting_sd_model_checkpoint", "quick_CLIP_stop_at_last_layers",
+                    "setting_sd_model_checkpoint", "quick_CLIP_stop_at_last_layers", "quick_sd_vae",
                     "pnginfo_image", "settings_search", "setting_samples_format"):
         assert elem_id in ids
 
@@ -274,3 +274,17 @@ def test_real_api_beside_the_ui(tmp_path):
     assert "DPM++ 2M" in [s["name"] for s in samplers.json()]
     assert client.get("/config").status_code == 401  # the UI login does not guard the API
     rt.jobs.stop()
+
+
+def test_vae_quick_setting_lists_choices_and_saves(runtime, tmp_path):
+    vae_dir = runtime.paths.vae_dir
+    vae_dir.mkdir(parents=True, exist_ok=True)
+    (vae_dir / "kl-f8.safetensors").write_bytes(b"")  # listed by name, never read here
+    try:
+        assert widgets.vae_choices(runtime)[:2] == ["Automatic", "None"]
+        assert "kl-f8.safetensors" in widgets.vae_choices(runtime)
+        assert widgets.apply_quick_setting(runtime, "sd_vae", "None") == "None"
+        assert runtime.settings.current.sd_vae == "None"
+    finally:
+        widgets.apply_quick_setting(runtime, "sd_vae", "Automatic")
+        (vae_dir / "kl-f8.safetensors").unlink()

@@ -87,8 +87,9 @@ def build_ui(runtime) -> gr.Blocks:
 
 
 def _wire_top_bar(runtime, top: widgets.TopBar, settings: settings_tab.SettingsTab) -> None:
-    top.refresh.click(lambda: widgets.refresh_checkpoints(runtime), None, top.checkpoint,
-                      queue=False)
+    top.refresh.click(lambda: [widgets.refresh_checkpoints(runtime),
+                               gr.update(choices=widgets.vae_choices(runtime))],
+                      None, [top.checkpoint, top.quick["sd_vae"]], queue=False)
     def select(title: str):
         update = widgets.select_checkpoint(runtime, title)
         return update, runtime.settings.current.sd_model_checkpoint

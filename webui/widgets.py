@@ -1,7 +1,7 @@
 """Small Gradio building blocks shared by the tabs: tool buttons and the top bar.
 
 The top bar holds what A1111 users look for first: the "Stable Diffusion checkpoint"
-dropdown with its refresh button, and the quick settings (here: Clip skip). Changing
+dropdown with its refresh button, and the quick settings (SD VAE, Clip skip). Changing
 either goes through the backend (`runtime.models`, `runtime.settings.update`); this
 file only builds widgets and turns their values into those calls.
 """
@@ -16,13 +16,30 @@ from modules.models.errors import ModelLoadError
 from modules.settings import Settings, SettingsError
 
 REFRESH_SYMBOL = "\U0001f504"  # 🔄
-QUICK_SETTINGS = ("CLIP_stop_at_last_layers",)
+QUICK_SETTINGS = ("sd_vae", "CLIP_stop_at_last_layers",)
 
 
 def tool_button(symbol: str, *, elem_id: str | None = None, visible: bool = True) -> gr.Button:
     """A square emoji button, as A1111 puts beside fields (🎲, ♻️, ↙️, ⇅ ...)."""
     return gr.Button(symbol, elem_id=elem_id, elem_classes=["tool"], size="sm",
                      min_width=40, scale=0, variant="secondary", visible=visible)
+
+
+def vae_choices(runtime) -> list[str]:
+    """The `sd_vae` values: Automatic, None (the checkpoint's own) and the VAE files."""
+    from modules.models.vae_select import AUTOMATIC, NONE, list_vaes
+
+    paths = runtime.paths
+    return [AUTOMATIC, NONE, *(p.name for p in list_vaes(paths.vae_dir, paths.checkpoint_dirs))]
+
+
+def quick_widget(runtime, name: str, value) -> gr.components.Component:
+    """A top-bar setting; the VAE is a dropdown of what exists (a file name is allowed too)."""
+    if name == "sd_vae":
+        return gr.Dropdown(choices=vae_choices(runtime), value=value, label="SD VAE",
+                           elem_id="quick_sd_vae", allow_custom_value=True, scale=0,
+                           min_width=220)
+    return setting_widget(name, value, elem_id=f"quick_{name}")
 
 
 def setting_widget(name: str, value, *, elem_id: str | None = None) -> gr.components.Component:
@@ -80,7 +97,7 @@ def build_top_bar(runtime) -> TopBar:
             value=current_checkpoint_title(runtime), elem_id="setting_sd_model_checkpoint",
             scale=0, min_width=360, allow_custom_value=True)
         refresh = tool_button(REFRESH_SYMBOL, elem_id="refresh_sd_model_checkpoint")
-        quick = {name: setting_widget(name, getattr(settings, name), elem_id=f"quick_{name}")
+        quick = {name: quick_widget(runtime, name, getattr(settings, name))
                  for name in QUICK_SETTINGS}
     return TopBar(checkpoint=checkpoint, refresh=refresh, quick=quick)
 

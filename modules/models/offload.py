@@ -35,7 +35,6 @@ from torch import nn
 from modules.devices import EXECUTION_DEVICE_ATTR
 
 
-
 class MemoryMode(str, Enum):
     """How much of a model stays on the compute device."""
 
@@ -57,8 +56,8 @@ Mover = Callable[[nn.Module, torch.device], None]
 
 
 def move_module(module: nn.Module, device: torch.device) -> None:
-    """Move parameters and buffers of `module` (non-blocking from pinned memory is not used:
-    the weights are read once per job, and plain copies keep the code simple)."""
+    """Move the parameters and buffers of `module` (plain synchronous copies: a component
+    moves about once per job, so pinned-memory overlap would buy little)."""
     module.to(device)
 
 

@@ -15,7 +15,6 @@ encoder's sample and unscale before `decode`. Images are in [-1, 1].
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modules.nn.attention import AttentionBackend, set_attention_backend
