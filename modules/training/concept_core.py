@@ -34,7 +34,7 @@ from modules.params import ParamsError
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
 from modules.tokenizer import ClipTokenizer
 from modules.training.concept_data import ConceptItem
-from modules.training.lr_schedule import LearnRateSchedule
+from modules.training.lr_schedule import LearnRateSchedule, parse_learn_rate
 from modules.training.train_vae import encode_latents
 
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
@@ -208,6 +208,36 @@ def _clip(parameters: Sequence[nn.Parameter], loop: StepLoop) -> None:
         torch.nn.utils.clip_grad_value_(parameters, loop.clip_grad_value)
     elif loop.clip_grad_mode == "norm":
         torch.nn.utils.clip_grad_norm_(parameters, loop.clip_grad_value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConceptTrainingOptions:
+    """The options embedding and LoRA training share (A1111's train-tab names)."""
+
+    learn_rate: str = "0.005"
+    batch_size: int = 1
+    gradient_step: int = 1
+    steps: int = 1000
+    save_every: int = 0  # A1111: save_embedding_every; 0: never
+    preview_every: int = 0  # A1111: create_image_every; 0: never
+    shuffle_tags: bool = False
+    tag_drop_out: float = 0.0
+    latent_sampling_method: str = "once"
+    clip_grad_mode: str = "disabled"
+    clip_grad_value: float = 0.1
+    min_snr_gamma: float | None = None  # not in A1111; None: plain MSE as A1111
+    seed: int = 0
+
+    def validate(self) -> LearnRateSchedule:
+        """Check every shared field; returns the parsed learn-rate schedule."""
+        check_common(batch_size=self.batch_size, gradient_step=self.gradient_step, steps=self.steps,
+                     save_every=self.save_every, preview_every=self.preview_every,
+                     tag_drop_out=self.tag_drop_out, clip_grad_mode=self.clip_grad_mode,
+                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method,
+                     seed=self.seed)
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ParamsError("min_snr_gamma", f"must be positive or unset, got {self.min_snr_gamma}")
+        return parse_learn_rate(self.learn_rate)
 
 
 def check_common(*, batch_size: int, gradient_step: int, steps: int, save_every: int, preview_every: int,

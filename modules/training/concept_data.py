@@ -32,6 +32,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LEADING_NUMBER = re.compile(r"^[-\d]+\s*")
 FILEWORDS_TEMPLATE = "[filewords]"
 
+DEFAULT_MODEL = Path("models/Stable-diffusion/easel-demo.safetensors")
+
 
 @dataclass(frozen=True)
 class ConceptItem:

@@ -35,50 +35,28 @@ from modules.params import ParamsError
 from modules.paths import ROOT
 from modules.tokenizer import ClipTokenizer
 from modules.training.concept_core import (
-    Batches, LatentCache, StepLoop, TrainingStep, check_common, drive, encode_prompts, noise_prediction_loss,
+    Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, drive, encode_prompts, noise_prediction_loss,
     optimise, training_alphas, with_checkpoints,
 )
 from modules.training.concept_data import (
-    ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
+    DEFAULT_MODEL, ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
 )
 from modules.training.concept_preview import preview_image, save_preview
 from modules.training.embedding_files import EmbeddingData, create_embedding, save_embedding
 from modules.training.evaluate import load_model
-from modules.training.lr_schedule import LearnRateSchedule, parse_learn_rate
 
 STAR_WORD = "easel-star"
-DEFAULT_MODEL = Path("models/Stable-diffusion/easel-demo.safetensors")
 DEFAULT_OUT = Path("models/embeddings") / f"{STAR_WORD}.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmbeddingTrainingConfig:
-    """A1111's train-embedding options (its field names in comments where they differ)."""
+class EmbeddingTrainingConfig(ConceptTrainingOptions):
+    """A1111's train-embedding options and defaults."""
 
     learn_rate: str = "0.005"
-    batch_size: int = 1
-    gradient_step: int = 1
     steps: int = 100000
-    save_every: int = 500  # save_embedding_every; 0: never
-    preview_every: int = 500  # create_image_every; 0: never
-    shuffle_tags: bool = False
-    tag_drop_out: float = 0.0
-    latent_sampling_method: str = "once"
-    clip_grad_mode: str = "disabled"
-    clip_grad_value: float = 0.1
-    min_snr_gamma: float | None = None  # not in A1111; None: plain MSE as A1111
-    seed: int = 0
-
-    def validate(self) -> LearnRateSchedule:
-        """Check every field; returns the parsed learn-rate schedule."""
-        check_common(batch_size=self.batch_size, gradient_step=self.gradient_step, steps=self.steps,
-                     save_every=self.save_every, preview_every=self.preview_every,
-                     tag_drop_out=self.tag_drop_out, clip_grad_mode=self.clip_grad_mode,
-                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method,
-                     seed=self.seed)
-        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
-            raise ParamsError("min_snr_gamma", f"must be positive or unset, got {self.min_snr_gamma}")
-        return parse_learn_rate(self.learn_rate)
+    save_every: int = 500
+    preview_every: int = 500
 
 
 # The star recipe: about 5 minutes on one free core of the build machine.

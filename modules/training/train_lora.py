@@ -36,56 +36,37 @@ from modules.models.sd_model import StableDiffusionModel
 from modules.params import ParamsError
 from modules.tokenizer import ClipTokenizer
 from modules.training.concept_core import (
-    Batches, LatentCache, StepLoop, TrainingStep, check_common, drive, encode_prompts, noise_prediction_loss,
+    Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, drive, encode_prompts, noise_prediction_loss,
     optimise, training_alphas, with_checkpoints,
 )
 from modules.training.concept_data import (
-    ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
+    DEFAULT_MODEL, ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
 )
 from modules.training.concept_preview import preview_image, save_preview
 from modules.training.evaluate import load_model
 from modules.training.lora_network import LoraNetwork
-from modules.training.lr_schedule import LearnRateSchedule, parse_learn_rate
+from modules.training.lr_schedule import LearnRateSchedule
 
 STAR_NAME = "easel-star"
-DEFAULT_MODEL = Path("models/Stable-diffusion/easel-demo.safetensors")
 DEFAULT_OUT = Path("models/Lora") / f"{STAR_NAME}.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoraTrainingConfig:
+class LoraTrainingConfig(ConceptTrainingOptions):
     """The network's size and the optimisation options (A1111 / kohya names)."""
 
     rank: int = 4  # ss_network_dim
     alpha: float = 1.0  # ss_network_alpha
     text_encoder: bool = False  # also train the text encoder's attention and MLP
     learn_rate: str = "1e-4"
-    batch_size: int = 1
-    gradient_step: int = 1
-    steps: int = 1000
-    save_every: int = 0
-    preview_every: int = 0
-    shuffle_tags: bool = False
-    tag_drop_out: float = 0.0
-    latent_sampling_method: str = "once"
-    clip_grad_mode: str = "disabled"
-    clip_grad_value: float = 0.1
-    min_snr_gamma: float | None = None
-    seed: int = 0
 
     def validate(self) -> LearnRateSchedule:
-        check_common(batch_size=self.batch_size, gradient_step=self.gradient_step, steps=self.steps,
-                     save_every=self.save_every, preview_every=self.preview_every,
-                     tag_drop_out=self.tag_drop_out, clip_grad_mode=self.clip_grad_mode,
-                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method,
-                     seed=self.seed)
+        schedule = super().validate()
         if not isinstance(self.rank, int) or not 1 <= self.rank <= 1024:
             raise ParamsError("rank", f"must be a whole number in 1..1024, got {self.rank!r}")
         if not 0 < self.alpha <= 4 * self.rank:
             raise ParamsError("alpha", f"must be in (0, {4 * self.rank}], got {self.alpha}")
-        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
-            raise ParamsError("min_snr_gamma", f"must be positive or unset, got {self.min_snr_gamma}")
-        return parse_learn_rate(self.learn_rate)
+        return schedule
 
 
 # The star recipe: about 5 minutes on one free core of the build machine.
