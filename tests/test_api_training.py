@@ -16,17 +16,12 @@ from modules.cmd_args import parse_args
 from modules.networks.embeddings import read_embedding
 from modules.runtime import Runtime
 from modules.training.shapes import ShapeLabels, render
+from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "easel-demo.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small training steps run fastest on one thread (and share a busy machine better)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from modules.processing import txt2img
 from modules.runtime import Runtime
 from modules.training.concept_eval import star_images, star_prompts, star_rate, with_lora, with_word
 from tests.helpers.checkpoints import finish
+from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "Stable-diffusion" / "easel-demo.safetensors"
@@ -32,12 +33,7 @@ LORA = ROOT / "models" / "Lora" / "easel-star.safetensors"
 VAE_LIMIT = "the demo VAE cannot represent a star (0/24 round trips recognised); see docs/architecture.md"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

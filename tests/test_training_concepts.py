@@ -27,14 +27,10 @@ from modules.training.train_embedding import EmbeddingTrainingConfig, embedding_
 from modules.training.train_lora import LoraTrainingConfig, lora_training
 from tests.helpers.checkpoints import write_tiny_checkpoint
 from tests.tiny import TINY_SD15
+from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

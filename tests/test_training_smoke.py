@@ -25,19 +25,14 @@ from modules.training.train_vae import (
     train_vae, vae_loss,
 )
 from tests.tiny import TINY_SD15
+from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
 
 RESOLUTION = 32
 # The tiny VAE with the demo's normalisation (one group), which learns flat colours fast.
 SMOKE_VAE = replace(TINY_SD15.vae, ch=8, norm_num_groups=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small training steps run fastest on one thread (and share a busy machine better)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
