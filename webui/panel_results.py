@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 SAVE_DIR = "log/images"  # A1111's default folder for the 💾 button
 FOLDER_SYMBOL, SAVE_SYMBOL, ZIP_SYMBOL = "\U0001f4c2", "\U0001f4be", "\U0001f5c3\ufe0f"
+UPSCALE_SYMBOL = "\u2728"  # txt2img: hires fix on the selected image (A1111's button)
 SEND_TARGETS: dict[str, tuple[str, str]] = {  # target -> (symbol, tooltip)
     "img2img": ("\U0001f5bc\ufe0f", "Send image and generation parameters to img2img tab."),
     "inpaint": ("\U0001f3a8\ufe0f", "Send image and generation parameters to img2img inpaint "
@@ -55,9 +56,10 @@ class ResultsUI:
     send: dict[str, gr.Button]
     download: gr.File
     folder_info: gr.HTML
+    upscale: gr.Button | None = None
 
 
-def build_results(prefix: str) -> ResultsUI:
+def build_results(prefix: str, *, upscale: bool = False) -> ResultsUI:
     progress = gr.HTML(P.idle_html(), elem_id=f"{prefix}_progress")
     gallery = gr.Gallery(label="Output", format="png", columns=2, height=512,
                          object_fit="contain", elem_id=f"{prefix}_gallery",
@@ -68,13 +70,15 @@ def build_results(prefix: str) -> ResultsUI:
         zip_button = tool_button(ZIP_SYMBOL, elem_id=f"{prefix}_zip")
         send = {name: tool_button(symbol, elem_id=f"{prefix}_send_to_{name}")
                 for name, (symbol, _) in SEND_TARGETS.items()}
+        upscale_button = tool_button(UPSCALE_SYMBOL, elem_id=f"{prefix}_upscale") if upscale else None
     download = gr.File(label="Download", visible=False, interactive=False,
                        elem_id=f"{prefix}_download_files", file_count="multiple")
     folder_info = gr.HTML(elem_id=f"{prefix}_folder_info", elem_classes=["folder-info"])
     infotext = gr.HTML(elem_id=f"{prefix}_infotext", elem_classes=["infotext"])
     return ResultsUI(progress=progress, gallery=gallery, results=gr.State(empty_results()),
                      infotext=infotext, open_folder=open_folder, save=save, zip=zip_button,
-                     send=send, download=download, folder_info=folder_info)
+                     send=send, download=download, folder_info=folder_info,
+                     upscale=upscale_button)
 
 
 def empty_results() -> dict[str, Any]:

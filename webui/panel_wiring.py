@@ -113,6 +113,14 @@ def wire_generate(runtime, panel: GenerationPanel,
                   generate: Callable[..., Iterator[tuple]], extra_inputs: list | None = None
                   ) -> None:
     """Generate runs `generate(fields, *extra)`; Interrupt/Skip replace it meanwhile."""
+    wire_run(panel, panel.generate, generate, extra_inputs)
+    panel.interrupt.click(lambda: runtime.jobs.interrupt() and None, queue=False)
+    panel.skip.click(lambda: runtime.jobs.skip() and None, queue=False)
+
+
+def wire_run(panel: GenerationPanel, trigger, generate: Callable[..., Iterator[tuple]],
+             extra_inputs: list | None = None) -> None:
+    """`trigger` runs `generate(fields, *extra)` into the gallery, as Generate does."""
     extra_inputs = list(extra_inputs or [])
     script_inputs = panel.scripts.inputs() if panel.scripts is not None else []
     inputs = [*panel.field_widgets(), *extra_inputs, *script_inputs]
@@ -135,10 +143,8 @@ def wire_generate(runtime, panel: GenerationPanel,
             raise
         yield (*[gr.skip()] * 4, *running(False))
 
-    panel.generate.click(run, inputs, outputs, concurrency_limit=None, show_progress="hidden",
-                         api_name=False)
-    panel.interrupt.click(lambda: runtime.jobs.interrupt() and None, queue=False)
-    panel.skip.click(lambda: runtime.jobs.skip() and None, queue=False)
+    trigger.click(run, inputs, outputs, concurrency_limit=None, show_progress="hidden",
+                  api_name=False)
 
 
 def running(on: bool) -> list:

@@ -8,6 +8,7 @@ composes them in A1111's order and turns the widget values into a `Txt2ImgParams
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Iterator
 
@@ -18,9 +19,10 @@ from modules.params import Txt2ImgParams
 from webui import fields as F
 from webui import panel as PN
 from webui.panel_results import (POLL_SECONDS, build_results, empty_results,  # noqa: F401
-                                 gallery_images, infotext_html, poll_job, reuse_seed)
+                                 gallery_images, infotext_html, poll_job, reuse_seed,
+                                 selected_image)
 from webui.panel_wiring import (paste_values, token_counter, updates_for,  # noqa: F401
-                                wire_generate, wire_panel)
+                                wire_generate, wire_panel, wire_run)
 from webui.requests import checked_request
 from webui.script_ui import build_scripts
 
@@ -44,13 +46,16 @@ def build(runtime) -> PN.GenerationPanel:
             scripts = build_scripts(runtime, PREFIX, is_img2img=False)
             PN.build_hidden_fields(PREFIX, w)
         with gr.Column(scale=1, elem_id=f"{PREFIX}_results"):
-            results = build_results(PREFIX)
+            results = build_results(PREFIX, upscale=True)
     panel = PN.GenerationPanel(prefix=PREFIX, names=F.FIELDS, fields=w, results_ui=results,
                                scripts=scripts, tools=tools, seed_extra_rows=extra_rows,
                                toggles=toggles, **top)
     wire_panel(runtime, panel,
                output_folder=lambda: runtime.settings.current.outdir_txt2img_samples)
     wire_generate(runtime, panel, lambda fields: generate(runtime, fields))
+    wire_run(panel, results.upscale,
+             lambda fields, gallery, state: upscale_selected(runtime, fields, gallery, state),
+             extra_inputs=[results.gallery, results.results])
     return panel
 
 
@@ -63,6 +68,27 @@ def checked_params(runtime, values: dict[str, Any]) -> Txt2ImgParams:
 
         raise gr_error(error) from error
     return checked_request(runtime, params, is_img2img=False)
+
+
+def upscale_selected(runtime, values: dict[str, Any], gallery, results: dict[str, Any]
+                     ) -> Iterator[tuple]:
+    """✨: the hires pass (the current hires settings) on the selected image, with its
+    seed, instead of a first pass (`firstpass_image`, as A1111's button)."""
+    picture, _ = selected_image(gallery, results)
+    params = checked_params(runtime, {**values, "enable_hr": True})
+    params = dataclasses.replace(params, firstpass_image=picture.convert("RGB"), width=picture.width,
+                                 height=picture.height, batch_size=1, n_iter=1,
+                                 seed=reuse_seed(results, "seeds"))
+    try:
+        params.validate()
+    except ValueError as error:
+        from webui.panel_results import gr_error
+
+        raise gr_error(error) from error
+    started = time.time()
+    job = runtime.jobs.submit(lambda: txt2img(runtime, params))
+    yield from poll_job(runtime, job, started=started,
+                        folder=runtime.settings.current.outdir_txt2img_samples)
 
 
 def generate(runtime, values: dict[str, Any]) -> Iterator[tuple]:
