@@ -16,12 +16,10 @@ from PIL import Image
 
 from modules.cmd_args import parse_args
 from modules.runtime import Runtime
-from tests.helpers.browser import browser_page, screenshot, serve
-from webui.app import create_app
+from tests.helpers.browser import opened_ui, screenshot, set_number
 from webui.tabs import img2img as img2img_tab
 
 pytestmark = pytest.mark.browser
-TIMEOUT_MS = 120_000
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "Stable-diffusion" / "easel-demo.safetensors"
 SOURCE_PROMPT = "a large red square in the center on a blue background"
@@ -36,18 +34,10 @@ def served(tmp_path_factory):
                                          str(DEMO.parent)]))
     runtime.models.load_initial()
     runtime.ready.set()
-    with serve(create_app(runtime)) as url, browser_page() as page:
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(url)
-        page.locator("#txt2img_prompt textarea").wait_for()
+    with opened_ui(runtime) as page:
         yield runtime, page
     runtime.jobs.stop()
 
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def saved(runtime, setting: str) -> list[Path]:

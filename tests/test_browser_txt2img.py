@@ -12,30 +12,19 @@ import time
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.helpers.browser import browser_page, screenshot, serve
+from tests.helpers.browser import opened_ui, screenshot, set_number
 from tests.helpers.webui_runtime import make_runtime
-from webui.app import create_app
 
 pytestmark = pytest.mark.browser
-TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     runtime = make_runtime(tmp_path_factory.mktemp("data"))
-    with serve(create_app(runtime)) as url, browser_page() as page:
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(url)
-        page.locator("#txt2img_prompt textarea").wait_for()
+    with opened_ui(runtime) as page:
         yield runtime, page
     runtime.jobs.stop()
 
-
-def set_number(page, elem_id: str, value) -> None:
-    """Type into a slider's or number box's number field and commit it."""
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def open_tab(page, label: str) -> None:

@@ -74,3 +74,25 @@ def screenshot(page, name: str, *, full_page: bool = True) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+PAGE_TIMEOUT_MS = 120_000
+
+
+@contextlib.contextmanager
+def opened_ui(runtime) -> Iterator[object]:
+    """The Gradio app of `runtime` served and opened in headless Chromium, txt2img ready."""
+    from webui.app import create_app
+
+    with serve(create_app(runtime)) as url, browser_page() as page:
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        page.goto(url)
+        page.locator("#txt2img_prompt textarea").wait_for()
+        yield page
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into a slider's or number box's number field and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
