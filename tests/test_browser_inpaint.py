@@ -39,7 +39,6 @@ def served(tmp_path_factory):
     runtime.jobs.stop()
 
 
-
 def saved(runtime, setting: str) -> list[Path]:
     folder = runtime.paths.output_dir(getattr(runtime.settings.current, setting))
     return sorted(folder.rglob("*.png"))

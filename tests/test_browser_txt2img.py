@@ -26,7 +26,6 @@ def served(tmp_path_factory):
     runtime.jobs.stop()
 
 
-
 def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label).click()
 
