@@ -40,13 +40,13 @@ def client(runtime):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    """Four star pictures with A1111-style captions in .txt files beside them."""
-    folder = tmp_path_factory.mktemp("stars")
+    """Four bar pictures with A1111-style captions in .txt files beside them."""
+    folder = tmp_path_factory.mktemp("bars")
     for index, (color, background) in enumerate((("red", "blue"), ("white", "black"),
                                                  ("yellow", "purple"), ("green", "orange"))):
-        truth = ShapeLabels(shape="star", color=color, background=background, position="center", size="large")
-        Image.fromarray(render(truth, resolution=64)).save(folder / f"{index:05d}-star.png")
-        (folder / f"{index:05d}-star.txt").write_text(f"{color}, on {background}")
+        truth = ShapeLabels(shape="bar", color=color, background=background, position="center", size="large")
+        Image.fromarray(render(truth, resolution=64)).save(folder / f"{index:05d}-bar.png")
+        (folder / f"{index:05d}-bar.txt").write_text(f"{color}, on {background}")
     (folder / "notes.md").write_text("not an image")
     return folder
 
@@ -56,14 +56,14 @@ def create(client, **fields):
 
 
 def test_create_embedding_writes_an_a1111_pt_and_lists_it(client, runtime):
-    response = create(client, name="api-star", num_vectors_per_token=3, init_text="red shape")
+    response = create(client, name="api-bar", num_vectors_per_token=3, init_text="red shape")
     assert response.status_code == 200, response.text
-    path = runtime.paths.embeddings_dir / "api-star.pt"
+    path = runtime.paths.embeddings_dir / "api-bar.pt"
     assert response.json() == {"info": f"create embedding filename: {path}"}
     embedding = read_embedding(path)
     assert embedding.count == 3 and embedding.shape == 128 and embedding.step == 0
     assert embedding.sd_checkpoint_name == "easel-demo.safetensors"
-    listed = client.get("/sdapi/v1/embeddings").json()["loaded"]["api-star"]
+    listed = client.get("/sdapi/v1/embeddings").json()["loaded"]["api-bar"]
     assert listed["vectors"] == 3 and listed["shape"] == 128
 
 

@@ -23,12 +23,12 @@ def test_caption_grammar():
     assert caption_for(centred) == "an orange square in the center on a blue background"
 
 
-def test_background_never_equals_shape_colour_and_star_is_held_out():
+def test_background_never_equals_shape_colour_and_bar_is_held_out():
     for i in range(300):
         truth = make_sample(0, i).truth
         assert truth.background != truth.color
         assert truth.shape in shapes.SHAPES
-    assert "star" not in shapes.SHAPES
+    assert "bar" not in shapes.SHAPES
 
 
 @pytest.mark.parametrize("prompt", [make_sample(1, i).caption for i in range(40)])

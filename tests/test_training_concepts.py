@@ -18,7 +18,7 @@ from modules.networks.names import NameMap
 from modules.params import ParamsError
 from modules.tokenizer import ClipTokenizer
 from modules.training.concept_core import drive
-from modules.training.concept_data import PromptOptions, folder_items, make_prompt, read_template, star_items
+from modules.training.concept_data import PromptOptions, bar_items, folder_items, make_prompt, read_template
 from modules.training.embedding_files import EmbeddingData, create_embedding, initial_vectors, save_embedding
 from modules.training.evaluate import load_model
 from modules.training.lora_network import LoraNetwork, kohya_names
@@ -127,9 +127,9 @@ def test_prompts_from_templates_shuffle_and_drop_tags(tmp_path):
             read_template(tmp_path, bad)
 
 
-def test_star_items_name_the_concept_word():
-    items = star_items("zz-star", count=5, seed=0, resolution=64)
-    assert all(" zz-star " in item.filewords and "star " not in item.filewords.replace("zz-star", "")
+def test_bar_items_name_the_concept_word():
+    items = bar_items("zz-bar", count=5, seed=0, resolution=64)
+    assert all(" zz-bar " in item.filewords and "bar " not in item.filewords.replace("zz-bar", "")
                for item in items)
 
 
@@ -142,13 +142,13 @@ def start_vectors(width: int) -> torch.Tensor:
 def train_embedding_steps(tiny_path, tmp_path, tokenizer, **overrides):
     model = load_model(tiny_path)
     width = model.family.text_encoders[0].config.hidden_size
-    file = save_embedding(EmbeddingData(name="zz-star", vectors=start_vectors(width)), tmp_path / "zz-star.pt")
+    file = save_embedding(EmbeddingData(name="zz-bar", vectors=start_vectors(width)), tmp_path / "zz-bar.pt")
     config = replace(EmbeddingTrainingConfig(learn_rate="0.05", batch_size=2, steps=4, save_every=2,
                                              preview_every=0, latent_sampling_method="random"), **overrides)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    items = star_items("zz-star", count=4, seed=0, resolution=64)
+    items = bar_items("zz-bar", count=4, seed=0, resolution=64)
     training = embedding_training(model, embedding_file=file, items=items, config=config, tokenizer=tokenizer,
-                                  outputs=[tmp_path / "out" / "zz-star.safetensors"], log_dir=tmp_path / "log")
+                                  outputs=[tmp_path / "out" / "zz-bar.safetensors"], log_dir=tmp_path / "log")
     result = drive(training, progress=False)
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     return result, unchanged
@@ -162,14 +162,14 @@ def test_embedding_loop_trains_only_the_vectors_and_is_reproducible(tiny_path, t
     assert torch.equal(vectors, read_embedding(again.paths[0]).vectors["*"])
     assert not torch.allclose(vectors, start_vectors(vectors.shape[1]))
     assert read_embedding(first.paths[1]).vectors["*"].equal(vectors)
-    assert (tmp_path / "a" / "log" / "embeddings" / "zz-star-2.pt").is_file()
+    assert (tmp_path / "a" / "log" / "embeddings" / "zz-bar-2.pt").is_file()
 
 
 def test_embedding_training_stops_on_interrupt_and_saves(tiny_path, tmp_path, tokenizer):
     model = load_model(tiny_path)
-    file = create_embedding(folder=tmp_path, name="zz-star", tokenizer=tokenizer, num_vectors_per_token=1,
+    file = create_embedding(folder=tmp_path, name="zz-bar", tokenizer=tokenizer, num_vectors_per_token=1,
                             token_embedding=model.text_encoders["clip_l"].token_embedding.weight)
-    training = embedding_training(model, embedding_file=file, items=star_items("zz-star", count=2, seed=0,
+    training = embedding_training(model, embedding_file=file, items=bar_items("zz-bar", count=2, seed=0,
                                                                                resolution=64),
                                   config=EmbeddingTrainingConfig(steps=1000, save_every=0, preview_every=0),
                                   tokenizer=tokenizer)
@@ -186,7 +186,7 @@ def test_embedding_width_must_fit(tiny_path, tmp_path, tokenizer):
     file = save_embedding(EmbeddingData(name="wide", vectors=torch.zeros(1, 768)), tmp_path / "wide.pt")
     with pytest.raises(ParamsError, match="width 768"):
         next(embedding_training(load_model(tiny_path), embedding_file=file, tokenizer=tokenizer,
-                                items=star_items("wide", count=1, seed=0, resolution=64),
+                                items=bar_items("wide", count=1, seed=0, resolution=64),
                                 config=EmbeddingTrainingConfig(steps=1)))
 
 
@@ -211,7 +211,7 @@ def test_lora_loop_writes_a_kohya_file_that_loads(tiny_path, tmp_path, tokenizer
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = LoraTrainingConfig(rank=2, alpha=1.0, text_encoder=True, learn_rate="1e-2", batch_size=2, steps=3)
     out = tmp_path / "Lora" / "zz.safetensors"
-    result = drive(lora_training(model, out=out, items=star_items("star", count=4, seed=0, resolution=64),
+    result = drive(lora_training(model, out=out, items=bar_items("bar", count=4, seed=0, resolution=64),
                                  config=config, tokenizer=tokenizer, checkpoint_name="tiny"), progress=False)
     assert result.step == 3 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     network = load_network_file(out)
@@ -253,7 +253,7 @@ def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_imag
     model = load_model(tmp_path / "models" / "Stable-diffusion" / "tiny.safetensors")
     config = LoraTrainingConfig(rank=2, alpha=2.0, text_encoder=True, learn_rate="5e-2", batch_size=2, steps=3)
     drive(lora_training(model, out=runtime.paths.lora_dir / "zz.safetensors", config=config, tokenizer=tokenizer,
-                        items=star_items("star", count=4, seed=0, resolution=64)), progress=False)
+                        items=bar_items("bar", count=4, seed=0, resolution=64)), progress=False)
 
     def pixels(prompt: str) -> np.ndarray:
         params = Txt2ImgParams(prompt=prompt, width=64, height=64, steps=3, seed=5, batch_size=2,
@@ -262,7 +262,7 @@ def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_imag
         assert not result.warnings, result.warnings
         return np.stack([np.asarray(image) for image in result.images])
 
-    prompt = "a small red star in the center on a blue background"
+    prompt = "a small red bar in the center on a blue background"
     plain = pixels(prompt)
     assert np.array_equal(pixels(f"{prompt} <lora:zz:0>"), plain)
     assert not np.array_equal(pixels(f"{prompt} <lora:zz:1>"), plain)
@@ -274,7 +274,7 @@ def test_command_lines_train_from_a_folder_reproducibly(tiny_path, tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    for item in star_items("star", count=3, seed=0, resolution=64):
+    for item in bar_items("bar", count=3, seed=0, resolution=64):
         name = item.filewords.replace(" ", "_")
         Image.fromarray(item.image).save(data / f"{name}.png")
     runs = []

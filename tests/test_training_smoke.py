@@ -173,5 +173,5 @@ def test_the_demo_command_runs_every_stage_at_a_tiny_scale(tmp_path):
     StableDiffusionModel(family=family).load_ldm_state_dict(load_state_dict(out))
     load_controlnet(str(tmp_path / "models" / "ControlNet" / "easel-demo-silhouette.safetensors"),
                     base=family.unet)
-    assert read_embedding(tmp_path / "models" / "embeddings" / "easel-star.safetensors")
-    assert (tmp_path / "models" / "Lora" / "easel-star.safetensors").stat().st_size > 0
+    assert read_embedding(tmp_path / "models" / "embeddings" / "easel-bar.safetensors")
+    assert (tmp_path / "models" / "Lora" / "easel-bar.safetensors").stat().st_size > 0

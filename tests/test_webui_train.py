@@ -34,10 +34,10 @@ def runtime(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ui-stars")
+    folder = tmp_path_factory.mktemp("ui-bars")
     for index, color in enumerate(("red", "white")):
-        truth = ShapeLabels(shape="star", color=color, background="blue", position="center", size="large")
-        Image.fromarray(render(truth, resolution=64)).save(folder / f"{color} star, blue background.png")
+        truth = ShapeLabels(shape="bar", color=color, background="blue", position="center", size="large")
+        Image.fromarray(render(truth, resolution=64)).save(folder / f"{color} bar, blue background.png")
     return folder
 
 
@@ -63,13 +63,13 @@ def ui_values(**fields):
 
 def test_create_then_train_an_embedding_from_the_tab(runtime, data_root):
     info, dropdown = train.create_embedding_action(
-        runtime, {"name": "ui-star", "init_text": "star", "num_vectors_per_token": 2, "overwrite_old": False})
-    assert "ui-star.pt" in info and dropdown.value == "ui-star"
-    assert "ui-star" in train.embedding_names(runtime)
-    updates = list(train.train_embedding_action(runtime, ui_values(embedding_name="ui-star",
+        runtime, {"name": "ui-bar", "init_text": "bar", "num_vectors_per_token": 2, "overwrite_old": False})
+    assert "ui-bar.pt" in info and dropdown.value == "ui-bar"
+    assert "ui-bar" in train.embedding_names(runtime)
+    updates = list(train.train_embedding_action(runtime, ui_values(embedding_name="ui-bar",
                                                                     data_root=str(data_root))))
     assert "at step 2" in updates[-1][1]
-    assert read_embedding(runtime.paths.embeddings_dir / "ui-star.pt").step == 2
+    assert read_embedding(runtime.paths.embeddings_dir / "ui-bar.pt").step == 2
 
 
 def test_train_a_lora_from_the_tab(runtime, data_root):

@@ -9,8 +9,8 @@ labels, then measures the image with plain array arithmetic:
 * shape colour: the median of the mask's core pixels, nearest palette colour;
 * position: the mask's centroid, nearest of the five nominal centres;
 * size: the bounding box's larger side, small or large by the midpoint of the two;
-* shape type: a star is the only non-convex shape, so its solidity (area over the area
-  of its convex hull: 0.56 for the drawn star, at least 0.89 for the others) is low;
+* shape type: the held-out bar is the only elongated shape (its bounding box is 2.5
+  times as wide as high, the others' at most 1.1 times), so a wide box names it;
   an upward triangle is narrow at the top and wide at the bottom (a width profile
   ratio); of the symmetric ones a square fills the corners of its bounding box and a
   circle leaves them empty.
@@ -38,9 +38,9 @@ MIN_SHAPE_DISTANCE = 40.0  # RGB distance below which nothing stands out from th
 # circle barely changes, so the cuts sit nearer the circle.
 TRIANGLE_WIDTH_RATIO = 0.65
 SQUARE_CORNER_FILL = 0.5
-# Solidity of drawn shapes at 64 px, over sizes, positions and a 1 px blur: star
-# 0.56-0.74, triangle 0.89-0.94, circle 0.94-0.97, square 1. The cut sits between.
-STAR_SOLIDITY = 0.8
+# Width / height of the bounding box: bar 2.5 drawn, 1.5-2.8 after the demo autoencoder's
+# round trip; triangle 1.1, circle and square 1. The cut sits between.
+BAR_ASPECT = 1.4
 ALL_SHAPES = SHAPES + HELD_OUT_SHAPES
 
 
@@ -124,49 +124,11 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best_label if best_size else mask
 
 
-def _cross(o: tuple[int, int], a: tuple[int, int], b: tuple[int, int]) -> int:
-    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-
-def convex_hull_area(mask: np.ndarray) -> float:
-    """Area of the convex hull of a mask's pixels, each pixel a unit square.
-
-    Only the first and last pixel of each row can lie on the hull, so their corners are
-    the candidate points; Andrew's monotone chain then builds the hull.
-    """
-    rows = np.nonzero(mask.any(axis=1))[0]
-    if rows.size == 0:
-        return 0.0
-    points = set()
-    for y in rows:
-        xs = np.nonzero(mask[y])[0]
-        for x in (int(xs[0]), int(xs[-1]) + 1):
-            points.update({(x, int(y)), (x, int(y) + 1)})
-    ordered = sorted(points)
-    lower: list[tuple[int, int]] = []
-    upper: list[tuple[int, int]] = []
-    for chain, sequence in ((lower, ordered), (upper, ordered[::-1])):
-        for point in sequence:
-            while len(chain) >= 2 and _cross(chain[-2], chain[-1], point) <= 0:
-                chain.pop()
-            chain.append(point)
-    hull = np.array(lower[:-1] + upper[:-1], dtype=np.float64)
-    x, y = hull[:, 0], hull[:, 1]
-    # Shoelace formula.
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
-def solidity(mask: np.ndarray) -> float:
-    """Area / convex-hull area: 1 for convex shapes, low for a star's concave notches."""
-    hull = convex_hull_area(mask)
-    return float(mask.sum()) / hull if hull else 1.0
-
-
 def classify_shape(mask: np.ndarray) -> str:
-    """Star, circle, square or triangle from a boolean mask cropped to its bounding box."""
-    if solidity(mask) < STAR_SOLIDITY:
-        return "star"
+    """Bar, circle, square or triangle from a boolean mask cropped to its bounding box."""
     height, width = mask.shape
+    if width >= BAR_ASPECT * height:
+        return "bar"
     band = max(1, height // 4)
     top_width = mask[:band].sum(axis=1).mean()
     bottom_width = mask[-band:].sum(axis=1).mean()

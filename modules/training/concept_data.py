@@ -2,9 +2,9 @@
 
 Two sources, one shape of data (`ConceptItem`: an image and its "filewords"):
 
-* `star_items`: the held-out star of the shapes set (`shapes.HELD_OUT_SHAPES`), drawn
+* `bar_items`: the held-out bar of the shapes set (`shapes.HELD_OUT_SHAPES`), drawn
   in every colour, size and position, captioned with the concept's word where the base
-  captions would say "star" ("a small red easel-star at the top left on a blue
+  captions would say "bar" ("a small red easel-bar at the top left on a blue
   background");
 * `folder_items`: A1111's dataset directory - every image in `data_root`, its filewords
   read from `<stem>.txt` beside it, or else from the file name (a leading number such as
@@ -43,11 +43,11 @@ class ConceptItem:
     filewords: str
 
 
-def star_items(word: str, *, count: int, seed: int, resolution: int) -> list[ConceptItem]:
-    """`count` star images with captions that name the star `word`."""
+def bar_items(word: str, *, count: int, seed: int, resolution: int) -> list[ConceptItem]:
+    """`count` bar images with captions that name the bar `word`."""
     items = []
     for index in range(count):
-        sample = make_sample(seed, index, resolution=resolution, shapes=("star",))
+        sample = make_sample(seed, index, resolution=resolution, shapes=("bar",))
         items.append(ConceptItem(sample.image, caption_for(replace(sample.labels, shape=word))))
     return items
 

@@ -13,7 +13,7 @@ Stages (each with a tqdm progress bar):
 5. the EMA weights written as an fp16 SD1 checkpoint;
 6. with `--extras` (the default), what ships beside it, each trained on the new
    checkpoint with everything else frozen: the silhouette ControlNet
-   (`train_controlnet`), the held-out star's textual-inversion embedding
+   (`train_controlnet`), the held-out bar's textual-inversion embedding
    (`train_embedding`) and LoRA (`train_lora`).
 
 Every random draw comes from `--seed`, and torch runs on one thread (`--threads`), so a
@@ -146,19 +146,19 @@ def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: Aut
 def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path, progress: bool = True) -> list[Path]:
     """The files that ship beside the demo checkpoint, trained on it (stage 6)."""
     from modules.training.train_controlnet import save_controlnet, train_controlnet
-    from modules.training.train_embedding import STAR_EMBEDDING_CONFIG, train_star_embedding
-    from modules.training.train_lora import STAR_LORA_CONFIG, train_star_lora
+    from modules.training.train_embedding import BAR_EMBEDDING_CONFIG, train_bar_embedding
+    from modules.training.train_lora import BAR_LORA_CONFIG, train_bar_lora
 
     controlnet, _ = train_controlnet(base=checkpoint, config=recipe.controlnet, progress=progress)
     written = [save_controlnet(controlnet, models / "ControlNet" / "easel-demo-silhouette.safetensors",
                                base_title=checkpoint.stem)]
     fraction = recipe.controlnet.steps / ControlNetTrainingConfig(steps=1200).steps
     # The embedding's training log (and its .pt twin) go beside the models folder.
-    log = {"log_dir": models.parent / "textual_inversion" / "easel-star"}
-    for train, config, folder, options in ((train_star_embedding, STAR_EMBEDDING_CONFIG, "embeddings", log),
-                                           (train_star_lora, STAR_LORA_CONFIG, "Lora", {})):
+    log = {"log_dir": models.parent / "textual_inversion" / "easel-bar"}
+    for train, config, folder, options in ((train_bar_embedding, BAR_EMBEDDING_CONFIG, "embeddings", log),
+                                           (train_bar_lora, BAR_LORA_CONFIG, "Lora", {})):
         config = replace(config, steps=max(2, round(config.steps * fraction)))
-        out = models / folder / "easel-star.safetensors"
+        out = models / folder / "easel-bar.safetensors"
         train(checkpoint, config=config, out=out, progress=progress, **options)
         written.append(out)
     return written

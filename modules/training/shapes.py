@@ -8,8 +8,11 @@ positions, in one of two sizes, on a flat background of another colour, e.g.
 Everything is a pure function of a seed, so a training run is reproducible and the
 pixel checker (`modules.training.checker`) can use the same geometry to judge images.
 Shapes are drawn at 4x and box-filtered down, which gives clean anti-aliased edges.
-The "star" shape is deliberately not in the base set: it is held out for concept
-(embedding / LoRA) training.
+The "bar" shape (a horizontal rectangle, 2.5 times as wide as it is high) is
+deliberately not in the base set: it is held out for concept (embedding / LoRA)
+training. A held-out concept must survive the demo autoencoder's 8x8x4 latent: a bar
+does (its round trip keeps an aspect ratio of 1.5-2.8), while a five-pointed star came
+back as a rounded blob in every round trip, so no embedding could ever draw one.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 COLORS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-HELD_OUT_SHAPES: tuple[str, ...] = ("star",)
+HELD_OUT_SHAPES: tuple[str, ...] = ("bar",)
+# A bar's height as a fraction of its width (the extent).
+BAR_HEIGHT = 0.4
 SIZES: tuple[str, ...] = ("small", "large")
 
 # Position names and the centre of each, as fractions of (width, height).
@@ -104,10 +109,8 @@ def _shape_points(shape: str, cx: float, cy: float, extent: float) -> list[tuple
         # Upward-pointing, as wide as the extent; its bounding box is centred on (cx, cy).
         height = extent * 0.9
         return [(cx, cy - height / 2), (cx + half, cy + height / 2), (cx - half, cy + height / 2)]
-    if shape == "star":
-        angles = np.pi * (np.arange(10) / 5 - 0.5)
-        radii = np.where(np.arange(10) % 2 == 0, half, half * 0.45)
-        return [(cx + r * np.cos(a), cy + r * np.sin(a)) for r, a in zip(radii, angles)]
+    if shape == "bar":
+        return [(cx - half, cy - half * BAR_HEIGHT), (cx + half, cy + half * BAR_HEIGHT)]
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + HELD_OUT_SHAPES}")
 
 
@@ -126,10 +129,10 @@ def render(truth: ShapeLabels, *, resolution: int, offset: tuple[float, float] =
     extent = SIZE_FRACTIONS[truth.size or "large"] * scale * big
     points = _shape_points(truth.shape, cx, cy, extent)
     fill = PALETTE[truth.color]
-    # Circles and squares are boxes; triangles and stars are polygons.
+    # Circles, squares and bars are boxes; triangles are polygons.
     if truth.shape == "circle":
         draw.ellipse(points, fill=fill)
-    elif truth.shape == "square":
+    elif truth.shape in ("square", "bar"):
         draw.rectangle(points, fill=fill)
     else:
         draw.polygon(points, fill=fill)

@@ -8,13 +8,13 @@ with `[filewords]` captions and a template file, steps, save / preview every N s
 tag shuffling and dropout, latent sampling method and gradient clipping. Training
 continues from the step stored in the file.
 
-The held-out star of Easel's demo set is one command:
+The held-out bar of Easel's demo set is one command:
 
-    python -m modules.training.train_embedding --star
+    python -m modules.training.train_embedding --bar
 
-which writes `models/embeddings/easel-star.safetensors` (and its `.pt` twin under
-`textual_inversion/easel-star/`). `--data-root DIR` trains on your own images instead.
-`train_star_embedding(model_path, config=..., out=...)` is the same as a function.
+which writes `models/embeddings/easel-bar.safetensors` (and its `.pt` twin under
+`textual_inversion/easel-bar/`). `--data-root DIR` trains on your own images instead.
+`train_bar_embedding(model_path, config=..., out=...)` is the same as a function.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ from modules.training.concept_core import (
     optimise, training_alphas, with_checkpoints,
 )
 from modules.training.concept_data import (
-    DEFAULT_MODEL, ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
+    DEFAULT_MODEL, ConceptItem, PromptOptions, bar_items, folder_items, make_prompt, read_template,
 )
 from modules.training.concept_preview import preview_image, save_preview
 from modules.training.embedding_files import EmbeddingData, create_embedding, save_embedding
 from modules.training.evaluate import load_model
 
-STAR_WORD = "easel-star"
-DEFAULT_OUT = Path("models/embeddings") / f"{STAR_WORD}.safetensors"
+BAR_WORD = "easel-bar"
+DEFAULT_OUT = Path("models/embeddings") / f"{BAR_WORD}.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,12 +59,12 @@ class EmbeddingTrainingConfig(ConceptTrainingOptions):
     preview_every: int = 500
 
 
-# The star recipe: about 5 minutes on one free core of the build machine.
-STAR_EMBEDDING_CONFIG = EmbeddingTrainingConfig(
+# The bar recipe: about 5 minutes on one free core of the build machine.
+BAR_EMBEDDING_CONFIG = EmbeddingTrainingConfig(
     learn_rate="0.01:200, 0.005", batch_size=16, steps=400, save_every=0, preview_every=0,
     latent_sampling_method="random", min_snr_gamma=5.0, clip_grad_mode="norm", clip_grad_value=1.0)
-STAR_VECTORS = 4
-STAR_IMAGES = 400
+BAR_VECTORS = 4
+BAR_IMAGES = 400
 
 
 @dataclass
@@ -160,10 +160,10 @@ def _trainable_vectors(vectors: dict[str, torch.Tensor], width: int) -> torch.nn
 
 def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, out: Path,
                         data_root: Path | None = None, template: Sequence[str] = ("[filewords]",),
-                        vectors: int = STAR_VECTORS, init_text: str = "shape", images: int = STAR_IMAGES,
+                        vectors: int = BAR_VECTORS, init_text: str = "shape", images: int = BAR_IMAGES,
                         log_dir: Path | None = None, progress: bool = True) -> TrainedEmbedding:
     """Create an embedding named `out.stem` and train it on `data_root`'s images (A1111's
-    dataset folder) or, without one, on `images` pictures of the held-out star.
+    dataset folder) or, without one, on `images` pictures of the held-out bar.
 
     Writes `out` and a twin in the other format (`.pt` / `.safetensors`) in `log_dir`
     (default `textual_inversion/<word>`), so the embeddings folder never holds two files
@@ -179,7 +179,7 @@ def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, ou
                                  init_text=init_text, sd_checkpoint_name=model_path.stem)
     size = model.family.native_resolution
     items = (folder_items(data_root, width=size, height=size) if data_root is not None
-             else star_items(word, count=images, seed=config.seed + 100, resolution=size))
+             else bar_items(word, count=images, seed=config.seed + 100, resolution=size))
     # The log folder's .pt is trained in place; `out` (and a .safetensors twin when `out`
     # is a .pt itself) get the result too.
     outputs = [out] + ([seed_file.with_suffix(".safetensors")] if out.suffix == ".pt" else [])
@@ -189,16 +189,16 @@ def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, ou
     return drive(training, progress=progress, desc="embedding")
 
 
-def train_star_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTrainingConfig = STAR_EMBEDDING_CONFIG,
-                         out: Path = DEFAULT_OUT, **options) -> TrainedEmbedding:
-    """The held-out star of the demo set (the demo recipe's extra stage)."""
+def train_bar_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTrainingConfig = BAR_EMBEDDING_CONFIG,
+                        out: Path = DEFAULT_OUT, **options) -> TrainedEmbedding:
+    """The held-out bar of the demo set (the demo recipe's extra stage)."""
     return train_new_embedding(model_path, config=config, out=out, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a textual-inversion embedding on a frozen model.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--star", action="store_true", help="train the held-out star of the demo set")
+    source.add_argument("--bar", action="store_true", help="train the held-out bar of the demo set")
     source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
     parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
@@ -206,21 +206,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="embedding file to write (.safetensors or .pt); its stem is the word")
     parser.add_argument("--init-text", default="shape", help="initialisation text of the vectors")
     parser.add_argument("--log-dir", type=Path, help="where the twin file goes (default textual_inversion/<word>)")
-    parser.add_argument("--vectors", type=int, default=STAR_VECTORS, help="vectors per token")
-    parser.add_argument("--steps", type=int, default=STAR_EMBEDDING_CONFIG.steps)
-    parser.add_argument("--learn-rate", default=STAR_EMBEDDING_CONFIG.learn_rate)
-    parser.add_argument("--batch-size", type=int, default=STAR_EMBEDDING_CONFIG.batch_size)
+    parser.add_argument("--vectors", type=int, default=BAR_VECTORS, help="vectors per token")
+    parser.add_argument("--steps", type=int, default=BAR_EMBEDDING_CONFIG.steps)
+    parser.add_argument("--learn-rate", default=BAR_EMBEDDING_CONFIG.learn_rate)
+    parser.add_argument("--batch-size", type=int, default=BAR_EMBEDDING_CONFIG.batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = replace(STAR_EMBEDDING_CONFIG, steps=args.steps, learn_rate=args.learn_rate,
+    config = replace(BAR_EMBEDDING_CONFIG, steps=args.steps, learn_rate=args.learn_rate,
                      batch_size=args.batch_size, seed=args.seed)
     if args.template:
         template = read_template(args.template.parent, args.template.name)
-    else:  # the star's captions name the word; a folder's need a template with [name]
+    else:  # the bar's captions name the word; a folder's need a template with [name]
         template = read_template(ROOT / "textual_inversion_templates", "subject_filewords.txt") \
             if args.data_root else ("[filewords]",)
     began = time.perf_counter()

@@ -7,13 +7,13 @@ data and step options are those of embedding training (learn-rate schedule, batc
 gradient accumulation, dataset directory with `[filewords]`, template, save / preview
 every N steps, tag shuffling and dropout, latent sampling method, clipping).
 
-The held-out star of Easel's demo set is one command:
+The held-out bar of Easel's demo set is one command:
 
-    python -m modules.training.train_lora --star
+    python -m modules.training.train_lora --bar
 
-which writes `models/Lora/easel-star.safetensors`, meant to make "star" in a prompt of
-the shapes family draw a star under `<lora:easel-star:1>`; `--data-root DIR` trains on
-your own images instead. `train_star_lora(model_path, config=..., out=...)` is the same
+which writes `models/Lora/easel-bar.safetensors`, meant to make "bar" in a prompt of
+the shapes family draw a bar under `<lora:easel-bar:1>`; `--data-root DIR` trains on
+your own images instead. `train_bar_lora(model_path, config=..., out=...)` is the same
 as a function.
 """
 
@@ -40,15 +40,15 @@ from modules.training.concept_core import (
     optimise, training_alphas, with_checkpoints,
 )
 from modules.training.concept_data import (
-    DEFAULT_MODEL, ConceptItem, PromptOptions, folder_items, make_prompt, read_template, star_items,
+    DEFAULT_MODEL, ConceptItem, PromptOptions, bar_items, folder_items, make_prompt, read_template,
 )
 from modules.training.concept_preview import preview_image, save_preview
 from modules.training.evaluate import load_model
 from modules.training.lora_network import LoraNetwork
 from modules.training.lr_schedule import LearnRateSchedule
 
-STAR_NAME = "easel-star"
-DEFAULT_OUT = Path("models/Lora") / f"{STAR_NAME}.safetensors"
+BAR_NAME = "easel-bar"
+DEFAULT_OUT = Path("models/Lora") / f"{BAR_NAME}.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,11 +69,11 @@ class LoraTrainingConfig(ConceptTrainingOptions):
         return schedule
 
 
-# The star recipe: about 5 minutes on one free core of the build machine.
-STAR_LORA_CONFIG = LoraTrainingConfig(
+# The bar recipe: about 5 minutes on one free core of the build machine.
+BAR_LORA_CONFIG = LoraTrainingConfig(
     rank=8, alpha=8.0, learn_rate="1e-3", batch_size=16, steps=400, latent_sampling_method="random",
     min_snr_gamma=5.0, clip_grad_mode="norm", clip_grad_value=1.0)
-STAR_IMAGES = 400
+BAR_IMAGES = 400
 
 
 @dataclass
@@ -189,39 +189,39 @@ def lora_training(model: StableDiffusionModel, *, out: Path, items: Sequence[Con
 
 
 def train_new_lora(model_path: Path, *, config: LoraTrainingConfig, out: Path, data_root: Path | None = None,
-                   template: Sequence[str] = ("[filewords]",), word: str = "star", images: int = STAR_IMAGES,
+                   template: Sequence[str] = ("[filewords]",), word: str = "bar", images: int = BAR_IMAGES,
                    log_dir: Path | None = None, progress: bool = True) -> TrainedLora:
     """Train a LoRA on `data_root`'s images (A1111's dataset folder) or, without one, on
-    `images` pictures of the held-out star captioned with `word`; writes `out`."""
+    `images` pictures of the held-out bar captioned with `word`; writes `out`."""
     model = load_model(model_path)
     size = model.family.native_resolution
     items = (folder_items(data_root, width=size, height=size) if data_root is not None
-             else star_items(word, count=images, seed=config.seed + 100, resolution=size))
+             else bar_items(word, count=images, seed=config.seed + 100, resolution=size))
     training = lora_training(model, out=out, items=items, config=config, tokenizer=ClipTokenizer(),
                              template=template, log_dir=log_dir, checkpoint_name=model_path.stem)
     return drive(training, progress=progress, desc="lora")
 
 
-def train_star_lora(model_path: Path = DEFAULT_MODEL, *, config: LoraTrainingConfig = STAR_LORA_CONFIG,
-                    out: Path = DEFAULT_OUT, **options) -> TrainedLora:
-    """The held-out star of the demo set (the demo recipe's extra stage): with
-    `<lora:easel-star:1>`, "star" in a prompt of the shapes family should draw a star."""
+def train_bar_lora(model_path: Path = DEFAULT_MODEL, *, config: LoraTrainingConfig = BAR_LORA_CONFIG,
+                   out: Path = DEFAULT_OUT, **options) -> TrainedLora:
+    """The held-out bar of the demo set (the demo recipe's extra stage): with
+    `<lora:easel-bar:1>`, "bar" in a prompt of the shapes family should draw a bar."""
     return train_new_lora(model_path, config=config, out=out, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a LoRA (kohya format) on a frozen model.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--star", action="store_true", help="train the held-out star of the demo set")
+    source.add_argument("--bar", action="store_true", help="train the held-out bar of the demo set")
     source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
     parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the .safetensors to write")
-    parser.add_argument("--steps", type=int, default=STAR_LORA_CONFIG.steps)
-    parser.add_argument("--learn-rate", default=STAR_LORA_CONFIG.learn_rate)
-    parser.add_argument("--batch-size", type=int, default=STAR_LORA_CONFIG.batch_size)
-    parser.add_argument("--rank", type=int, default=STAR_LORA_CONFIG.rank)
-    parser.add_argument("--alpha", type=float, default=STAR_LORA_CONFIG.alpha)
+    parser.add_argument("--steps", type=int, default=BAR_LORA_CONFIG.steps)
+    parser.add_argument("--learn-rate", default=BAR_LORA_CONFIG.learn_rate)
+    parser.add_argument("--batch-size", type=int, default=BAR_LORA_CONFIG.batch_size)
+    parser.add_argument("--rank", type=int, default=BAR_LORA_CONFIG.rank)
+    parser.add_argument("--alpha", type=float, default=BAR_LORA_CONFIG.alpha)
     parser.add_argument("--text-encoder", action="store_true", help="also train the text encoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = replace(STAR_LORA_CONFIG, steps=args.steps, learn_rate=args.learn_rate, batch_size=args.batch_size,
+    config = replace(BAR_LORA_CONFIG, steps=args.steps, learn_rate=args.learn_rate, batch_size=args.batch_size,
                      rank=args.rank, alpha=args.alpha, text_encoder=args.text_encoder, seed=args.seed)
     template = read_template(args.template.parent, args.template.name) if args.template else ("[filewords]",)
     began = time.perf_counter()
