@@ -13,6 +13,11 @@
    with random weights) through Easel's loader into fp16, measured in a fresh process,
    as a multiple of the file size (target <= 1.3).
 
+3. `--defaults`: each engine as it runs out of the box on this CPU: Easel in the dtype its
+   precision policy picks for SD1.5 here (`devices.precision_policy`: bf16 on CPUs with
+   native bf16, else fp32) against diffusers' default fp32, timed alternately, with the
+   output difference between the two.
+
 Both parts run in this one invocation so the ratios compare like with like.
 """
 
@@ -93,6 +98,37 @@ def bench_unet(runs: int, *, dtypes=(torch.float32, torch.bfloat16),
     return rows
 
 
+def app_dtype_for_sd15() -> torch.dtype:
+    """The dtype the app loads an SD1.5 checkpoint in on this machine, with no flags."""
+    from modules import devices
+    from modules.cmd_args import parse_args
+    from modules.models.families import SD15
+
+    return devices.precision_policy(parse_args([]), torch.device("cpu"))(SD15)[0]
+
+
+def bench_defaults(runs: int) -> dict:
+    """Easel in the app's default dtype against diffusers' default fp32, alternately."""
+    ours, theirs = build_pair()
+    dtype = app_dtype_for_sd15()
+    ours.to(dtype)
+    ours.set_channels_last(True)
+    x = torch.randn(2, 4, 64, 64)
+    t = torch.tensor([500.0, 500.0])
+    context = torch.randn(2, 77, 768)
+    with torch.inference_mode():
+        difference = (ours(x.to(dtype), t, context.to(dtype)).float()
+                      - theirs(x, t, encoder_hidden_states=context).sample).abs()
+        spread = float(theirs(x, t, encoder_hidden_states=context).sample.std())
+    mine, reference = time_pair(lambda: ours(x.to(dtype), t, context.to(dtype)),
+                                lambda: theirs(x, t, encoder_hidden_states=context), runs)
+    row = {"comparison": "defaults", "easel_dtype": str(dtype).split(".")[-1], "diffusers_dtype": "float32",
+           "easel_s": round(mine, 3), "diffusers_s": round(reference, 3), "ratio": round(mine / reference, 3),
+           "rms_diff_over_std": round(float(difference.pow(2).mean().sqrt()) / spread, 4)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def write_sd15_fp16(path: Path) -> int:
     """A full-size SD1.5 checkpoint with random fp16 tensors in the real key layout."""
     from safetensors.torch import save_file
@@ -153,11 +189,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="time Easel's U-Net under torch.compile (inductor) instead of eager")
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--defaults", action="store_true",
+                        help="also time each engine in its out-of-the-box dtype on this CPU")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {os.cpu_count()}")
     dtypes = tuple(getattr(torch, name) for name in args.dtypes.split(","))
     if not args.skip_unet:
         bench_unet(args.runs, dtypes=dtypes, compiled=args.compile)
+    if args.defaults:
+        bench_defaults(args.runs)
     if not args.skip_load:
         bench_load()
 

@@ -1,7 +1,7 @@
 """Whole-image and VAE-decode benchmark: Easel against diffusers, with peak RSS of each.
 
     PYTHONPATH=. .venv/bin/python bench/bench_pipeline.py [--runs 3] [--parts vae,image]
-        [--sizes 512,1024] [--steps 20] [--dtype float32] [--tiny]
+        [--sizes 512,1024] [--steps 20] [--dtype float32] [--easel-dtype bfloat16] [--tiny]
 
 Every measurement runs in a fresh process (so its peak resident set, VmHWM, belongs to
 that measurement alone), and the processes alternate Easel / diffusers repetition by
@@ -16,6 +16,8 @@ process makes one untimed warm-up call first (`--cold` times the first call inst
   `UNet2DConditionModel` + `DPMSolverMultistepScheduler` (Karras sigmas) + `AutoencoderKL`.
   The text encoder is left out of both (the same transformers class, < 0.1 % of the time);
   the context is a fixed random (2, 77, 768) tensor.
+* `--easel-dtype` runs Easel in another dtype than the reference (`--dtype`): the app's
+  default on a CPU with native bf16 is bf16 for full-size models, diffusers' is fp32.
 * `--tiny` uses the test suite's scaled-down configs (seconds; used by the tests).
 """
 
@@ -86,13 +88,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--easel-dtype", choices=("float32", "bfloat16"),
+                        help="Easel's dtype when it differs from the reference's (--dtype)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--cold", action="store_true",
                         help="time the first call (default: one untimed warm-up call first)")
     args = parser.parse_args(argv)
     rows = []
     parts = args.parts.split(",")
-    common = {"dtype": args.dtype, "tiny": args.tiny, "warmup": not args.cold}
+    common = {"dtype": args.dtype, "easel_dtype": args.easel_dtype, "tiny": args.tiny, "warmup": not args.cold}
     if "vae" in parts:
         for size in (int(s) for s in args.sizes.split(",")):
             rows.append(compare({**common, "part": "vae", "size": size}, args.runs))

@@ -86,7 +86,7 @@ def image_easel(unet, vae, family, z, context, steps: int):
             next(generator)
     except StopIteration as stop:
         latent = stop.value
-    return vae.decode(latent / family.vae.scale_factor)
+    return vae.decode((latent / family.vae.scale_factor).to(next(vae.parameters()).dtype))
 
 
 def image_diffusers(unet, vae, family, z, context, steps: int):
@@ -110,16 +110,23 @@ def _jobs(options: dict):
     """(easel callable, diffusers callable) for the part asked for."""
     family = _family(options["tiny"])
     dtype = getattr(torch, options["dtype"])
+    # Easel's own dtype (the app's default may differ from the reference's, `--easel-dtype`).
+    mine = getattr(torch, options.get("easel_dtype") or options["dtype"])
     vae_ours, vae_theirs = build_vaes(family, dtype)
+    vae_ours.to(mine)
     if options["part"] == "vae":
         z = _latent(family, options["size"], dtype)
-        return (lambda: decode_easel(vae_ours, z)), (lambda: decode_diffusers(vae_theirs, z))
+        return (lambda: decode_easel(vae_ours, z.to(mine))), (lambda: decode_diffusers(vae_theirs, z))
     unet_ours, unet_theirs = build_unets(family, dtype)
+    unet_ours.to(mine)
     z = _latent(family, options["size"], dtype)
     generator = torch.Generator().manual_seed(2)
     context = torch.randn(2, 77, family.unet.context_dim, generator=generator).to(dtype)
     steps = options["steps"]
-    return (lambda: image_easel(unet_ours, vae_ours, family, z, context, steps),
+    # As the app: the sampler's latents stay float32 (the U-Net casts), the text encoding
+    # comes in the weights' dtype.
+    return (lambda: image_easel(unet_ours, vae_ours, family, z.float() if mine != dtype else z,
+                                context.to(mine), steps),
             lambda: image_diffusers(unet_theirs, vae_theirs, family, z, context, steps))
 
 

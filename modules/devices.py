@@ -5,9 +5,11 @@ CUDA (or MPS) when present, else the CPU. Precision, as A1111 users know the fla
 * GPUs: fp16 weights; `--bf16` for bfloat16 instead; `--no-half` or `--precision full`
   for fp32. `--no-half-vae` keeps only the VAE in fp32. A half-precision VAE decode that
   gives NaN is redone once in fp32 (`modules/vae_codec.py`, setting `auto_vae_precision`).
-* CPU: fp32 by default; `--bf16` runs weights in bfloat16, which is faster on CPUs with
-  native bf16 (AVX512-BF16 / AMX; measured in `docs/performance.md`) and keeps images
-  close to fp32 there.
+* CPU: on a CPU with native bf16 (AVX512-BF16 / AMX), full-size models run in bfloat16
+  by default: an SD1.5 U-Net step is 1.66x faster than fp32 there and images stay close
+  (`docs/performance.md`). Small models (the demo's 64-channel U-Net) are slower in
+  bf16, so they stay fp32, as does everything on CPUs without native bf16. `--no-half`
+  or `--precision full` keep fp32 everywhere; `--bf16` asks for bf16 for every model.
 * `--precision autocast` (A1111's default) and `half`: Easel computes every module in
   its weights' dtype and casts at the module boundaries, so autocast adds nothing.
 * `--upcast-sampling`: the sampler's latents are float32 in Easel anyway (the U-Net
@@ -19,6 +21,8 @@ because oneDNN's convolutions are measurably faster there (`bench/bench_core.py`
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -53,6 +57,34 @@ def choose_vae_dtype(args, device: torch.device) -> torch.dtype:
     if getattr(args, "no_half_vae", False):
         return torch.float32
     return choose_dtype(args, device)
+
+
+# U-Net width from which bf16 pays on a CPU: the demo (64 channels) is 10 % slower in
+# bf16, SD1.5 / SD2 / SDXL (320) 1.66x faster (docs/performance.md).
+CPU_BF16_MIN_UNET_CHANNELS = 192
+
+Precision = tuple[torch.dtype, torch.dtype]  # (U-Net and text encoders, VAE)
+
+
+def precision_policy(args, device: torch.device, *,
+                     native_bf16: Callable[[], bool] | None = None) -> Callable[[object], Precision]:
+    """Per checkpoint family (anything with `.unet.model_channels`): the dtypes to load it in.
+
+    The flags decide for every model, except on a CPU with native bf16 where none of
+    `--no-half`, `--precision full` and `--bf16` is given: there a full-size family runs
+    in bf16 (its VAE too, unless `--no-half-vae`) and a small one in fp32.
+    """
+    weights, vae = choose_dtype(args, device), choose_vae_dtype(args, device)
+    explicit = (getattr(args, "no_half", False) or getattr(args, "precision", "") == "full"
+                or getattr(args, "bf16", False))
+    if device.type != "cpu" or explicit or not (native_bf16 or cpu_has_native_bf16)():
+        return lambda family: (weights, vae)
+
+    def for_family(family) -> Precision:
+        if family.unet.model_channels < CPU_BF16_MIN_UNET_CHANNELS:
+            return weights, vae
+        return torch.bfloat16, (vae if getattr(args, "no_half_vae", False) else torch.bfloat16)
+    return for_family
 
 
 def cpu_has_native_bf16() -> bool:

@@ -84,6 +84,7 @@ class Runtime:
             channels_last=devices.use_channels_last(args, device),
             upcast_attention=devices.upcast_attention(args),
             compile_mode=compile_mode,
+            precision=devices.precision_policy(args, device),
         )
         from modules.networks.activate import NetworkRegistry
 

@@ -33,3 +33,14 @@ def test_pipeline_worker_engines_agree_on_tiny_models(part):
     # Same weights; the VAE is the same function, the image goes through two samplers.
     assert difference < (1e-4 if part == "vae" else 1e-2)
     assert run({**options, "engine": "easel"})["seconds"] > 0
+
+
+@pytest.mark.parametrize("part", ["vae", "image"])
+def test_pipeline_worker_runs_easel_in_its_own_dtype(part):
+    from bench.pipeline_worker import run
+
+    options = {"part": part, "size": 64, "steps": 4, "dtype": "float32", "tiny": True}
+    same = run({**options, "engine": "both"})["max_abs_diff"]
+    mixed = run({**options, "easel_dtype": "bfloat16", "engine": "both"})["max_abs_diff"]
+    # bf16 Easel against the fp32 reference: close, and no longer the same function.
+    assert same < mixed < 0.25

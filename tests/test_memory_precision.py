@@ -19,6 +19,7 @@ from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.unet import UNetModel
 from modules.vae_codec import decode
 from tests.tiny import TINY_SD15, TINY_SDXL, TINY_VAE
+from tests.helpers.checkpoints import tiny_runtime
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -35,6 +36,35 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 ])
 def test_weight_dtype_follows_a1111_flags(flags, device, expected):
     assert devices.choose_dtype(parse_args(flags), device) == expected
+
+
+def _policy(flags, device=CPU, native=True):
+    return devices.precision_policy(parse_args(flags), device, native_bf16=lambda: native)
+
+
+def test_cpu_with_native_bf16_runs_full_size_models_in_bf16_and_small_ones_in_fp32():
+    from modules.models.families import SD15, SDXL
+    from modules.training.demo_config import DEMO_FAMILY
+
+    bf16, fp32 = (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)
+    assert _policy([])(SD15) == bf16 and _policy([])(SDXL) == bf16
+    assert _policy([])(DEMO_FAMILY) == fp32 and _policy([])(TINY_SD15) == fp32
+    assert _policy([], native=False)(SD15) == fp32
+    assert _policy(["--no-half-vae"])(SD15) == (torch.bfloat16, torch.float32)
+    for flags in (["--no-half"], ["--precision", "full"]):
+        assert _policy(flags)(SD15) == fp32, flags
+    assert _policy(["--bf16"])(DEMO_FAMILY) == bf16  # asked for: every model
+    assert _policy([], CUDA)(SD15) == (torch.float16, torch.float16)
+    assert _policy([], CUDA)(DEMO_FAMILY) == (torch.float16, torch.float16)
+
+
+def test_manager_loads_each_family_in_the_policy_dtypes(tmp_path):
+    runtime = tiny_runtime(tmp_path, {"tiny": TINY_SD15})
+    runtime.models.precision = lambda family: (torch.bfloat16, torch.float32)
+    loaded = runtime.models.get()
+    assert {p.dtype for p in loaded.model.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in loaded.model.text_encoders.values() for p in m.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in loaded.model.vae.parameters()} == {torch.float32}
 
 
 def test_vae_dtype_and_flag_helpers():

@@ -93,7 +93,8 @@ class ModelManager:
                  cache_limit_source: Callable[[], int] | None = None,
                  memory_policy: Callable[[Family], MemoryMode] | None = None,
                  channels_last: bool = False, upcast_attention: bool = False,
-                 compile_mode: str | None = None) -> None:
+                 compile_mode: str | None = None,
+                 precision: Callable[[Family], tuple[torch.dtype, torch.dtype]] | None = None) -> None:
         """
         :param cache_limit_source: read at every load for the number of checkpoints to keep
             (the `sd_checkpoints_limit` setting); `cache_limit` when not given
@@ -102,6 +103,8 @@ class ModelManager:
         :param upcast_attention: attention in float32 over half weights (--upcast-sampling)
         :param compile_mode: torch.compile the U-Net in this mode ("default",
             "reduce-overhead" = CUDA graphs); None: eager
+        :param precision: (weights dtype, VAE dtype) per family (`devices.precision_policy`);
+            `dtype` and `vae_dtype` for every family when not given
         """
         self.paths = paths
         self.device = device
@@ -111,6 +114,7 @@ class ModelManager:
         self.cache_limit = cache_limit
         self.cache_limit_source = cache_limit_source or (lambda: self.cache_limit)
         self.memory_policy = memory_policy or (lambda family: MemoryMode.NORMAL)
+        self.precision = precision or (lambda family: (self.dtype, self.vae_dtype))
         self.channels_last = channels_last
         self.upcast_attention = upcast_attention
         self.compile_mode = compile_mode
@@ -209,7 +213,7 @@ class ModelManager:
             return loaded.with_vae(self._vaes[key], path.name, sha256)
 
     def _load_vae(self, path: Path, family: Family) -> AutoencoderKL:
-        state = load_vae_state_dict(path, dtype=self.vae_dtype, device=self.device)
+        state = load_vae_state_dict(path, dtype=self.precision(family)[1], device=self.device)
         with torch.device("meta"):
             vae = AutoencoderKL(config=family.vae)
         result = vae.load_state_dict(state, strict=False, assign=True)
@@ -263,10 +267,11 @@ class ModelManager:
         mode = self.memory_policy(family)
         # Straight into the target dtype, and onto the device unless the mode keeps it in RAM.
         load_device = self.device if mode is MemoryMode.NORMAL else torch.device("cpu")
-        state = load_state_dict(info.path, dtype=self.dtype, device=load_device)
+        dtype, vae_dtype = self.precision(family)
+        state = load_state_dict(info.path, dtype=dtype, device=load_device)
         model = build_model(family, state, path=info.path)
         del state
-        model.vae.to(self.vae_dtype)
+        model.vae.to(vae_dtype)
         model.unet.set_attention_backend(self.attention)
         model.vae.set_attention_backend(self.attention)
         model.unet.set_channels_last(self.channels_last)
