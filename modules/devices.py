@@ -7,7 +7,7 @@ CUDA (or MPS) when present, else the CPU. Precision, as A1111 users know the fla
   gives NaN is redone once in fp32 (`modules/vae_codec.py`, setting `auto_vae_precision`).
 * CPU: on a CPU with native bf16 (AVX512-BF16 / AMX), full-size models run in bfloat16
   by default: an SD1.5 U-Net step is 1.66x faster than fp32 there and images stay close
-  (`docs/performance.md`). Small models (the demo's 64-channel U-Net) are slower in
+  (`docs/performance.md`). Small models (the demo's 32-channel U-Net) are slower in
   bf16, so they stay fp32, as does everything on CPUs without native bf16. `--no-half`
   or `--precision full` keep fp32 everywhere; `--bf16` asks for bf16 for every model.
 * `--precision autocast` (A1111's default) and `half`: Easel computes every module in
@@ -59,7 +59,7 @@ def choose_vae_dtype(args, device: torch.device) -> torch.dtype:
     return choose_dtype(args, device)
 
 
-# U-Net width from which bf16 pays on a CPU: the demo (64 channels) is 10 % slower in
+# U-Net width from which bf16 pays on a CPU: the demo (32 channels) is 10 % slower in
 # bf16, SD1.5 / SD2 / SDXL (320) 1.66x faster (docs/performance.md).
 CPU_BF16_MIN_UNET_CHANNELS = 192
 
