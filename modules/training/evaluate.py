@@ -90,6 +90,7 @@ def evaluate(model: StableDiffusionModel, *, prompt_count: int = 24, seeds: Sequ
     tokenizer = ClipTokenizer()
     pairs = [(p, s) for p in evaluation_prompts(prompt_count) for s in seeds]
     verdicts: dict[str, list[bool]] = {name: [] for name in attribute_names()}
+    both: list[bool] = []  # shape colour and background right in the same image (the figure)
     start = time.perf_counter()
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
@@ -100,8 +101,10 @@ def evaluate(model: StableDiffusionModel, *, prompt_count: int = 24, seeds: Sequ
             for name in verdicts:
                 if getattr(result, name) is not None:
                     verdicts[name].append(bool(getattr(result, name)))
+            both.append(bool(result.color and result.background))
     elapsed = time.perf_counter() - start
     scores = {name: float(np.mean(v)) for name, v in verdicts.items() if v}
+    scores["color_and_background"] = float(np.mean(both))
     scores["seconds_per_image"] = elapsed / len(pairs)
     return scores
 
