@@ -82,6 +82,8 @@ def test_a_short_run_trains_only_the_controlnet_and_saves_a_loadable_file(tiny_c
     # The zero convolutions moved off zero: the ControlNet now has an effect.
     assert controlnet.middle_block_out[0].weight.abs().sum() > 0
     path = save_controlnet(controlnet, tmp_path / "cn.safetensors", base_title="tiny")
+    assert path.stat().st_mode & 0o777 == 0o644  # a model file to share, not a private one
+    assert not path.with_name("cn.safetensors.partial").exists()
     loaded = load_controlnet(str(path), base=TINY_8X.unet)
     for name, tensor in controlnet.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name].float(), tensor.half().float())

@@ -23,6 +23,22 @@ from modules.nn.unet import UNetModel
 from modules.training.demo_config import demo_metadata
 
 
+def save_model_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
+                    metadata: dict[str, str]) -> Path:
+    """Write a `.safetensors` model file atomically, readable by everyone (as a download is).
+
+    The file is written beside the target and renamed, so a crash never leaves half a
+    model; the mode is set explicitly because the writer's may be private (0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.chmod(0o644)
+    os.replace(partial, path)
+    return path
+
+
 def ldm_state_dict(*, family: Family, unet: UNetModel, vae: AutoencoderKL,
                    text_encoder: TextEncoder) -> dict[str, torch.Tensor]:
     """Every tensor of the three networks under its LDM checkpoint name."""
@@ -44,10 +60,4 @@ def save_checkpoint(path: str | os.PathLike[str], *, family: Family, unet: UNetM
         for k, v in ldm_state_dict(family=family, unet=unet, vae=vae, text_encoder=text_encoder).items()
     }
     metadata = demo_metadata(family) if title is None else demo_metadata(family, title=title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a crash never leaves half a checkpoint.
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.chmod(0o644)
-    os.replace(partial, path)
-    return path
+    return save_model_file(tensors, path, metadata)

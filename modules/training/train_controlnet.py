@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from modules.models.loader import inspect_checkpoint
@@ -32,6 +31,7 @@ from modules.nn.controlnet import ControlNet, ControlNetConfig
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
 from modules.tokenizer import ClipTokenizer
 from modules.training.captions import token_ids
+from modules.training.checkpoint import save_model_file
 from modules.training.evaluate import load_model
 from modules.training.loop import EMA, Trainer
 from modules.training.shapes import (
@@ -201,11 +201,7 @@ def save_controlnet(controlnet: ControlNet, path: str | os.PathLike[str], *, bas
                 "modelspec.architecture": "stable-diffusion-v1/controlnet",
                 "easel.base_model": base_title,
                 "easel.control": "silhouette: the shape in white on black where it should be"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
-    return path
+    return save_model_file(tensors, path, metadata)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

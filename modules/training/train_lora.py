@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
 from collections.abc import Generator, Sequence
@@ -29,12 +28,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from modules.models.families import Family
 from modules.models.sd_model import StableDiffusionModel
 from modules.params import ParamsError
 from modules.tokenizer import ClipTokenizer
+from modules.training.checkpoint import save_model_file
 from modules.training.concept_core import (
     Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, drive, encode_prompts, noise_prediction_loss,
     optimise, training_alphas, with_checkpoints,
@@ -126,12 +125,7 @@ def _architecture(version: str) -> str:
 
 def save_lora(network: LoraNetwork, path: Path, metadata: dict[str, str]) -> Path:
     """Write the kohya file atomically (fp16 tensors, as kohya saves by default)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(network.kohya_state_dict(), str(partial), metadata=metadata)
-    partial.chmod(0o644)  # a shareable model file, whatever the process umask
-    os.replace(partial, path)
-    return path
+    return save_model_file(network.kohya_state_dict(), path, metadata)
 
 
 def lora_training(model: StableDiffusionModel, *, out: Path, items: Sequence[ConceptItem],
