@@ -29,7 +29,7 @@ EMBEDDING = ROOT / "models" / "embeddings" / "easel-bar.safetensors"
 LORA = ROOT / "models" / "Lora" / "easel-bar.safetensors"
 # Textual inversion only chooses the frozen U-Net's input; the demo U-Net, trained on
 # three shapes that are all as wide as high, has no way to draw an elongated one
-# (docs/architecture.md, "Training embeddings and LoRAs"). Measured with four recipes
+# (docs/architecture.md, "Training embeddings and LoRAs"). Measured with five recipes
 # (4-16 vectors, 400-2000 steps): 6-19 %; the LoRA, which changes the U-Net, 88 %.
 FROZEN_UNET_LIMIT = "an embedding cannot add a shape the frozen demo U-Net cannot draw; see docs/architecture.md"
 
