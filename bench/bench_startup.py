@@ -6,6 +6,8 @@ from other processes on a shared machine hits every row alike):
 
 - reference: a fresh interpreter importing torch, gradio and fastapi, the floor of any
   torch + Gradio app (Easel's own start-up is the rest);
+- floor of any Gradio page: a fresh interpreter importing gradio alone (no Gradio page
+  can be served sooner than this);
 - start-up page served (`GET /` answers with `modules.early_page`'s placeholder, bound
   before torch and gradio load);
 - Easel UI page served (`GET /` answers 200 from the Gradio app) with `--api`;
@@ -40,9 +42,9 @@ TXT2IMG = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "see
 POLL_S = 0.05
 
 
-def time_reference_imports() -> float:
+def time_reference_imports(modules: str = "torch, gradio, fastapi") -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, gradio, fastapi"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", f"import {modules}"], check=True, cwd=ROOT)
     return time.perf_counter() - started
 
 
@@ -88,12 +90,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rows: dict[str, list[float]] = {"reference: import torch, gradio, fastapi": [],
+                                    "floor of a Gradio page: import gradio": [],
                                     "start-up page served": [],
                                     "Easel UI page served": [],
                                     "first demo image via API (from launch)": [],
                                     "API only (--nowebui) answering": []}
     for _ in range(args.repeats):
         rows["reference: import torch, gradio, fastapi"].append(time_reference_imports())
+        rows["floor of a Gradio page: import gradio"].append(time_reference_imports("gradio"))
         early, page, image = time_launch("--api", probe="/", generate=True)
         rows["start-up page served"].append(early)
         rows["Easel UI page served"].append(page)
