@@ -16,10 +16,12 @@ and the consumer may answer "interrupt" (the job queue's command) to stop early.
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ from modules.models.sd_model import StableDiffusionModel
 from modules.params import ParamsError
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
 from modules.tokenizer import ClipTokenizer
-from modules.training.concept_data import ConceptItem
+from modules.training.concept_data import DEFAULT_MODEL, ConceptItem
 from modules.training.lr_schedule import LearnRateSchedule, parse_learn_rate
 from modules.training.train_vae import encode_latents
 
@@ -274,3 +276,23 @@ def drive(training: Generator, *, progress: bool = True, desc: str = "training")
         return stop.value
     finally:
         bar.close()
+
+
+def concept_parser(description: str, *, defaults: ConceptTrainingOptions, out: Path,
+                   out_help: str) -> argparse.ArgumentParser:
+    """The command-line arguments both trainers share: the data (the demo's held-out bar or
+    a dataset folder), template, model, output file, schedule, seed and threads."""
+    parser = argparse.ArgumentParser(description=description)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bar", action="store_true", help="train the held-out bar of the demo set")
+    source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
+    parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
+    parser.add_argument("--out", type=Path, default=out, help=out_help)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--learn-rate", default=defaults.learn_rate)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
+    return parser

@@ -19,7 +19,6 @@ which writes `models/embeddings/easel-bar.safetensors` (and its `.pt` twin under
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from collections.abc import Generator, Sequence
@@ -35,7 +34,8 @@ from modules.params import ParamsError
 from modules.paths import ROOT
 from modules.tokenizer import ClipTokenizer
 from modules.training.concept_core import (
-    Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, drive, encode_prompts, noise_prediction_loss,
+    Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, concept_parser, drive, encode_prompts,
+    noise_prediction_loss,
     optimise, training_alphas, with_checkpoints,
 )
 from modules.training.concept_data import (
@@ -196,23 +196,12 @@ def train_bar_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTr
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a textual-inversion embedding on a frozen model.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bar", action="store_true", help="train the held-out bar of the demo set")
-    source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
-    parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="embedding file to write (.safetensors or .pt); its stem is the word")
+    parser = concept_parser("Train a textual-inversion embedding on a frozen model.",
+                            defaults=BAR_EMBEDDING_CONFIG, out=DEFAULT_OUT,
+                            out_help="embedding file to write (.safetensors or .pt); its stem is the word")
     parser.add_argument("--init-text", default="shape", help="initialisation text of the vectors")
     parser.add_argument("--log-dir", type=Path, help="where the twin file goes (default textual_inversion/<word>)")
     parser.add_argument("--vectors", type=int, default=BAR_VECTORS, help="vectors per token")
-    parser.add_argument("--steps", type=int, default=BAR_EMBEDDING_CONFIG.steps)
-    parser.add_argument("--learn-rate", default=BAR_EMBEDDING_CONFIG.learn_rate)
-    parser.add_argument("--batch-size", type=int, default=BAR_EMBEDDING_CONFIG.batch_size)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

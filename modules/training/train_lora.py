@@ -19,7 +19,6 @@ as a function.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -35,7 +34,8 @@ from modules.params import ParamsError
 from modules.tokenizer import ClipTokenizer
 from modules.training.checkpoint import save_model_file
 from modules.training.concept_core import (
-    Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, drive, encode_prompts, noise_prediction_loss,
+    Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, concept_parser, drive, encode_prompts,
+    noise_prediction_loss,
     optimise, training_alphas, with_checkpoints,
 )
 from modules.training.concept_data import (
@@ -204,22 +204,11 @@ def train_bar_lora(model_path: Path = DEFAULT_MODEL, *, config: LoraTrainingConf
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a LoRA (kohya format) on a frozen model.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bar", action="store_true", help="train the held-out bar of the demo set")
-    source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
-    parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the .safetensors to write")
-    parser.add_argument("--steps", type=int, default=BAR_LORA_CONFIG.steps)
-    parser.add_argument("--learn-rate", default=BAR_LORA_CONFIG.learn_rate)
-    parser.add_argument("--batch-size", type=int, default=BAR_LORA_CONFIG.batch_size)
+    parser = concept_parser("Train a LoRA (kohya format) on a frozen model.", defaults=BAR_LORA_CONFIG,
+                            out=DEFAULT_OUT, out_help="the .safetensors to write")
     parser.add_argument("--rank", type=int, default=BAR_LORA_CONFIG.rank)
     parser.add_argument("--alpha", type=float, default=BAR_LORA_CONFIG.alpha)
     parser.add_argument("--text-encoder", action="store_true", help="also train the text encoder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
