@@ -32,28 +32,30 @@ def _family(tiny: bool):
     return SD15
 
 
+def _same_weights(theirs: torch.nn.Module, ours_class, config, to_ldm, dtype: torch.dtype):
+    """Diffusers' model in `dtype` and ours (NHWC, eval) holding the very same tensors."""
+    theirs = theirs.eval().to(dtype)
+    with torch.device("meta"):
+        ours = ours_class(config=config)
+    ours.load_state_dict(to_ldm(theirs.state_dict(), config), assign=True)
+    ours.set_channels_last(True)
+    return ours.eval(), theirs
+
+
 def build_vaes(family, dtype: torch.dtype):
     from diffusers import AutoencoderKL as DiffusersVAE
 
     torch.manual_seed(0)
-    theirs = DiffusersVAE(**vae_diffusers_config(family.vae)).eval().to(dtype)
-    with torch.device("meta"):
-        ours = AutoencoderKL(config=family.vae)
-    ours.load_state_dict(vae_diffusers_to_ldm(theirs.state_dict(), family.vae), assign=True)
-    ours.set_channels_last(True)
-    return ours.eval(), theirs
+    theirs = DiffusersVAE(**vae_diffusers_config(family.vae))
+    return _same_weights(theirs, AutoencoderKL, family.vae, vae_diffusers_to_ldm, dtype)
 
 
 def build_unets(family, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    theirs = UNet2DConditionModel(**unet_diffusers_config(family.unet)).eval().to(dtype)
-    with torch.device("meta"):
-        ours = UNetModel(config=family.unet)
-    ours.load_state_dict(unet_diffusers_to_ldm(theirs.state_dict(), family.unet), assign=True)
-    ours.set_channels_last(True)
-    return ours.eval(), theirs
+    theirs = UNet2DConditionModel(**unet_diffusers_config(family.unet))
+    return _same_weights(theirs, UNetModel, family.unet, unet_diffusers_to_ldm, dtype)
 
 
 def _latent(family, size: int, dtype: torch.dtype, batch: int = 1) -> torch.Tensor:
