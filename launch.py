@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     sys.path.insert(0, str(ROOT))
-    from modules import bootstrap
+    from modules.app import bootstrap
 
     run_tests = "--run-tests" in argv
     if not bootstrap.inside_project_venv(ROOT) and not os.environ.get("EASEL_NO_VENV"):
@@ -41,9 +41,11 @@ def main(argv: list[str]) -> int:
         return bootstrap.run_tests(ROOT, [a for a in argv if a not in launch_only])
     if "--exit" in argv:
         return bootstrap.check_environment()
-    from modules.cli import main as cli_main
+    # The entry point sits above both layers: it hands the web UI to the backend.
+    from modules.app.cli import main as cli_main
+    from webui import frontend
 
-    return cli_main(argv)
+    return cli_main(argv, frontend=frontend)
 
 
 if __name__ == "__main__":

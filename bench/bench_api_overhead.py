@@ -24,8 +24,8 @@ import httpx  # noqa: E402
 
 from modules.api.app import create_api_app  # noqa: E402
 from modules.api.routes_listing import sampler_item  # noqa: E402
-from modules.params import Txt2ImgParams  # noqa: E402
-from modules.processing import txt2img  # noqa: E402
+from modules.pipeline.params import Txt2ImgParams  # noqa: E402
+from modules.pipeline.txt2img import txt2img  # noqa: E402
 from modules.sampling.registry import SAMPLERS  # noqa: E402
 from tests.helpers.api_runtime import make_runtime  # noqa: E402
 from tests.helpers.live_server import serve  # noqa: E402

@@ -101,7 +101,7 @@ def bench_unet(runs: int, *, dtypes=(torch.float32, torch.bfloat16),
 def app_dtype_for_sd15() -> torch.dtype:
     """The dtype the app loads an SD1.5 checkpoint in on this machine, with no flags."""
     from modules import devices
-    from modules.cmd_args import parse_args
+    from modules.app.cmd_args import parse_args
     from modules.models.families import SD15
 
     return devices.precision_policy(parse_args([]), torch.device("cpu"))(SD15)[0]

@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +43,7 @@ def rss_kib():
 
 data = {data!r}
 if {mode!r} == "easel":
-    from modules.cmd_args import parse_args
+    from modules.app.cmd_args import parse_args
     from modules.runtime import Runtime
     from modules.models.merge import MergeParams, run_merge
     runtime = Runtime.create(parse_args(["--data-dir", data, "--no-hashing"]))
@@ -92,8 +91,8 @@ def main() -> None:
         data = Path(folder)
         size = write_inputs(data, args.tensors, args.side)
         results = {mode: run_child(mode, data) for mode in ("whole files", "easel")}
-        from safetensors.torch import load_file
         import torch
+        from safetensors.torch import load_file
 
         out = data / "models" / "Stable-diffusion"
         whole, easel = load_file(str(out / "whole.safetensors")), load_file(str(out / "easel.safetensors"))

@@ -35,7 +35,7 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 
 def demo(seeds: int) -> dict:
-    from modules.tokenizer import ClipTokenizer
+    from modules.conditioning.tokenizer import ClipTokenizer
     from modules.training.checker import attribute_names, check
     from modules.training.evaluate import DEFAULT_CHECKPOINT, generate, load_model
     from modules.training.shapes import evaluation_prompts

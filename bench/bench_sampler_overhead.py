@@ -19,6 +19,7 @@ from modules.sampling import registry as R
 from modules.sampling.base import run_sampler
 from modules.sampling.denoiser import model_sigmas
 
+
 def unet_step_seconds() -> float:
     """One SD1.5-size U-Net call (batch 2, 64x64, 77 tokens) on random weights, fp32."""
     from modules.models.families import SD15

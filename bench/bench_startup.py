@@ -8,7 +8,7 @@ from other processes on a shared machine hits every row alike):
   torch + Gradio app (Easel's own start-up is the rest);
 - floor of any Gradio page: a fresh interpreter importing gradio alone (no Gradio page
   can be served sooner than this);
-- start-up page served (`GET /` answers with `modules.early_page`'s placeholder, bound
+- start-up page served (`GET /` answers with `modules.app.early_page`'s placeholder, bound
   before torch and gradio load);
 - Easel UI page served (`GET /` answers 200 from the Gradio app) with `--api`;
 - first 64x64 demo image (4 steps) returned by `POST /sdapi/v1/txt2img`, from launch
@@ -33,9 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from modules.early_page import STARTING_HEADER  # noqa: E402
+from modules.app.early_page import STARTING_HEADER  # noqa: E402
 from tests.helpers.server_process import (  # noqa: E402
-    DEMO_DIR, NO_INTERNET, ROOT, free_port, launch_command,
+    DEMO_DIR,
+    NO_INTERNET,
+    ROOT,
+    free_port,
+    launch_command,
 )
 
 TXT2IMG = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "seed": 1}

@@ -4,7 +4,7 @@ CUDA (or MPS) when present, else the CPU. Precision, as A1111 users know the fla
 
 * GPUs: fp16 weights; `--bf16` for bfloat16 instead; `--no-half` or `--precision full`
   for fp32. `--no-half-vae` keeps only the VAE in fp32. A half-precision VAE decode that
-  gives NaN is redone once in fp32 (`modules/vae_codec.py`, setting `auto_vae_precision`).
+  gives NaN is redone once in fp32 (`modules/pipeline/vae_codec.py`, setting `auto_vae_precision`).
 * CPU: on a CPU with native bf16 (AVX512-BF16 / AMX), full-size models run in bfloat16
   by default: an SD1.5 U-Net step is 1.66x faster than fp32 there and images stay close
   (`docs/performance.md`). Small models (the demo's 32-channel U-Net) are slower in

@@ -14,8 +14,8 @@ keys, ``ordered_params`` appends the extra keys in A1111's emission order, and
 from the UI and ``7.0`` from the API both round-trip as sent).
 
 Parsing: ``parse_infotext`` returns A1111's dict of strings plus its defaults and
-version back-compat keys; ``infotext_to_request_fields`` and
-``infotext_to_settings_overrides`` map it onto API request fields and settings.
+version back-compat keys; `modules/pipeline/infotext_fields.py` maps it onto API
+request fields and settings.
 Not done here: style inference (needs the styles database) and extension hooks.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,129 +301,3 @@ def apply_version_backcompat(result: dict[str, Any]) -> None:
         result["Downcast alphas_cumprod"] = True
     if version < VERSION_1_8_0 and result.get("Refiner"):
         result["Refiner switch by sampling steps"] = True
-
-
-# ------------------------------------------------------------- mapping to the API
-
-
-def to_bool(value: Any) -> bool:
-    """Infotext booleans are the strings "True"/"False"."""
-    if isinstance(value, str):
-        return value.strip().lower() == "true"
-    return bool(value)
-
-
-# Infotext key -> txt2img/img2img request field, with the type the API expects.
-# Note the upstream quirk: "Seed resize from-1" is the width but feeds seed_resize_from_h.
-REQUEST_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
-    ("Prompt", "prompt", str), ("Negative prompt", "negative_prompt", str),
-    ("Steps", "steps", int), ("Sampler", "sampler_name", str),
-    ("Schedule type", "scheduler", str), ("CFG scale", "cfg_scale", float),
-    ("Image CFG scale", "image_cfg_scale", float), ("Seed", "seed", int),
-    ("Size-1", "width", int), ("Size-2", "height", int), ("Batch size", "batch_size", int),
-    ("Variation seed", "subseed", int), ("Variation seed strength", "subseed_strength", float),
-    ("Seed resize from-1", "seed_resize_from_h", int),
-    ("Seed resize from-2", "seed_resize_from_w", int),
-    ("Denoising strength", "denoising_strength", float), ("Hires upscale", "hr_scale", float),
-    ("Hires upscaler", "hr_upscaler", str), ("Hires steps", "hr_second_pass_steps", int),
-    ("Hires resize-1", "hr_resize_x", int), ("Hires resize-2", "hr_resize_y", int),
-    ("Hires checkpoint", "hr_checkpoint_name", str), ("Hires sampler", "hr_sampler_name", str),
-    ("Hires schedule type", "hr_scheduler", str), ("Hires prompt", "hr_prompt", str),
-    ("Hires negative prompt", "hr_negative_prompt", str),
-    ("Refiner", "refiner_checkpoint", str), ("Refiner switch at", "refiner_switch_at", float),
-    ("Mask blur", "mask_blur", int), ("Masked area padding", "inpaint_full_res_padding", int),
-)
-
-def _convert_fields(parsed: Mapping[str, Any],
-                    table: Iterable[tuple[str, str, Callable[[Any], Any]]]) -> dict[str, Any]:
-    """Typed values for each infotext key present; a value that fails to convert is left out."""
-    converted: dict[str, Any] = {}
-    for key, name, convert in table:
-        if key in parsed:
-            try:
-                converted[name] = convert(parsed[key])
-            except (TypeError, ValueError):
-                continue
-    return converted
-
-
-# Scheduler labels that old infotexts fold into the sampler name ("DPM++ 2M Karras").
-SCHEDULER_LABELS: tuple[str, ...] = (
-    "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
-    "Align Your Steps", "Simple", "Normal", "DDIM", "Beta",
-)
-
-
-def split_legacy_sampler(sampler: str, scheduler: str) -> tuple[str, str]:
-    """``("DPM++ 2M Karras", x)`` -> ``("DPM++ 2M", "Karras")``; other names unchanged."""
-    for label in SCHEDULER_LABELS:
-        if sampler.endswith(" " + label):
-            return sampler[: -len(label) - 1], label
-    return sampler, scheduler
-
-
-def infotext_to_request_fields(parsed: Mapping[str, Any]) -> dict[str, Any]:
-    """API request fields for a parsed infotext, as A1111's paste does.
-
-    Values that do not convert to the field's type are left out (pasting a malformed
-    infotext keeps the current value, as upstream). ``enable_hr`` is inferred like
-    upstream, on the parsed dict *with* defaults: since "Hires resize-1" is always
-    filled in, any infotext with "Denoising strength" turns it on.
-    """
-    fields = _convert_fields(parsed, REQUEST_FIELDS)
-    if "sampler_name" in fields:
-        fields["sampler_name"], fields["scheduler"] = split_legacy_sampler(
-            fields["sampler_name"], fields.get("scheduler", "Automatic"))
-    fields["enable_hr"] = "Denoising strength" in parsed and any(
-        key in parsed for key in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
-    return fields
-
-
-# Infotext key -> setting name (options declared with an infotext label upstream).
-SETTINGS_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
-    ("Clip skip", "CLIP_stop_at_last_layers", int), ("Model hash", "sd_model_checkpoint", str),
-    ("VAE", "sd_vae", str), ("RNG", "randn_source", str),
-    ("ENSD", "eta_noise_seed_delta", int), ("Emphasis", "emphasis", str),
-    ("Eta", "eta_ancestral", float), ("Eta DDIM", "eta_ddim", float),
-    ("Noise multiplier", "initial_noise_multiplier", float),
-    ("Conditional mask weight", "inpainting_mask_weight", float),
-    ("NGMS", "s_min_uncond", float), ("NGMS all steps", "s_min_uncond_all", to_bool),
-    ("Token merging ratio", "token_merging_ratio", float),
-    ("Token merging ratio hr", "token_merging_ratio_hr", float),
-    ("Schedule min sigma", "sigma_min", float), ("Schedule max sigma", "sigma_max", float),
-    ("Schedule rho", "rho", float), ("Sigma churn", "s_churn", float),
-    ("Sigma tmin", "s_tmin", float), ("Sigma tmax", "s_tmax", float),
-    ("Sigma noise", "s_noise", float),
-    ("Discard penultimate sigma", "always_discard_next_to_last_sigma", to_bool),
-    ("SGM noise multiplier", "sgm_noise_multiplier", to_bool),
-    ("UniPC variant", "uni_pc_variant", str), ("UniPC skip type", "uni_pc_skip_type", str),
-    ("UniPC order", "uni_pc_order", int),
-    ("UniPC lower order final", "uni_pc_lower_order_final", to_bool),
-    ("Pad conds", "pad_cond_uncond", to_bool), ("Pad conds v0", "pad_cond_uncond_v0", to_bool),
-    ("Face restoration", "face_restoration_model", str), ("Tiling", "tiling", to_bool),
-    ("Skip Early CFG", "skip_early_cond", float), ("Noise Schedule", "sd_noise_schedule", str),
-    ("VAE Encoder", "sd_vae_encode_method", str), ("VAE Decoder", "sd_vae_decode_method", str),
-    ("Old prompt editing timelines", "use_old_scheduling", to_bool),
-    ("Downcast alphas_cumprod", "use_downcasted_alpha_bar", to_bool),
-    ("Refiner switch by sampling steps", "refiner_switch_by_sample_steps", to_bool),
-    ("Hires refiner", "hires_fix_refiner_pass", str),
-    ("Beta schedule alpha", "beta_dist_alpha", float),
-    ("Beta schedule beta", "beta_dist_beta", float),
-    ("FP8 weight", "fp8_storage", str),
-    ("Cache FP16 weight for LoRA", "cache_fp16_weight", to_bool),
-)
-
-
-def infotext_to_settings_overrides(parsed: Mapping[str, Any],
-                                   current: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Settings the infotext implies, e.g. ``{"CLIP_stop_at_last_layers": 2}``.
-
-    With ``current`` settings given, only values that differ are returned (A1111's
-    ``get_override_settings``). ``Model hash`` is passed through as the hash; turning it
-    into a checkpoint title is the model registry's job.
-    """
-    overrides = _convert_fields(parsed, SETTINGS_FIELDS)
-    if current is None:
-        return overrides
-    return {name: value for name, value in overrides.items()
-            if name not in current or current[name] != value}

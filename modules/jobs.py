@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import itertools
 import queue
-from collections import OrderedDict
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 

@@ -54,8 +54,8 @@ class Runtime:
     settings: SettingsStore
     models: Any  # modules.models.manager.ModelManager
     networks: Any = None  # modules.networks.activate.NetworkRegistry (LoRA, embeddings)
-    extensions: Any = None  # modules.extensions.ExtensionRegistry (scripts, callbacks)
-    upscalers: Any = None  # modules.upscalers.UpscalerRegistry (loaded models cached)
+    extensions: Any = None  # modules.extensions.registry.ExtensionRegistry (scripts, callbacks)
+    upscalers: Any = None  # modules.upscaling.registry.UpscalerRegistry (loaded models cached)
     jobs: JobQueue = field(default_factory=JobQueue)
     version: str = VERSION
     ready: threading.Event = field(default_factory=threading.Event)
@@ -89,12 +89,12 @@ class Runtime:
         from modules.networks.activate import NetworkRegistry
 
         networks = NetworkRegistry.for_paths(paths, models.hash_cache)
-        from modules.extensions import ExtensionRegistry
+        from modules.extensions.registry import ExtensionRegistry
 
         extensions = ExtensionRegistry.for_runtime(paths, settings, args)
         extensions.load(run_installers=not getattr(args, "skip_install", None))
         models.on_loaded.append(lambda loaded: extensions.call("model_loaded", loaded))
-        from modules.upscalers import UpscalerRegistry, upscaler_python
+        from modules.upscaling.registry import UpscalerRegistry, upscaler_python
 
         use_cpu = set(getattr(args, "use_cpu", None) or [])
         upscalers = UpscalerRegistry(folders=paths.upscaler_dirs, device="cpu" if use_cpu & {

@@ -184,7 +184,7 @@ class Settings:
     # API
     api_enable_requests: bool = opt(True, "Allow http:// and https:// URLs for input images", API)
     api_forbid_local_requests: bool = opt(True, "Forbid URLs to local resources", API)
-    # Extensions (modules/extensions.py)
+    # Extensions (modules/extensions/registry.py)
     disabled_extensions: str = opt("[]", "Disabled extensions (a JSON list of names)", EXTENSIONS)
     disable_all_extensions: str = opt("none", "Disable all extensions (preserves the list of "
                                       "disabled extensions)", EXTENSIONS, restart=True,

@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules.api.app import create_api_app
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.networks.embeddings import read_embedding
 from modules.runtime import Runtime
 from modules.training.shapes import ShapeLabels, render

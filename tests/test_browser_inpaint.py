@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.runtime import Runtime
 from tests.helpers.browser import opened_ui, screenshot, set_number
 from webui.tabs import img2img as img2img_tab

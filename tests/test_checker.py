@@ -6,7 +6,13 @@ from PIL import Image
 
 from modules.training import shapes
 from modules.training.checker import analyze_image, check, classify_shape, parse_prompt
-from modules.training.shapes import ShapeLabels, caption_for, evaluation_prompts, make_sample, render
+from modules.training.shapes import (
+    ShapeLabels,
+    caption_for,
+    evaluation_prompts,
+    make_sample,
+    render,
+)
 
 
 def test_samples_are_a_pure_function_of_seed_and_index():

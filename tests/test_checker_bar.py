@@ -5,7 +5,15 @@ import pytest
 from PIL import Image, ImageFilter
 
 from modules.training.checker import BAR_ASPECT, analyze_image, check, classify_shape, parse_prompt
-from modules.training.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapeLabels, make_sample, render
+from modules.training.shapes import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapeLabels,
+    make_sample,
+    render,
+)
 
 OFFSETS = ((0.0, 0.0), (0.03, -0.03), (-0.03, 0.03))
 SCALES = (0.94, 1.06)

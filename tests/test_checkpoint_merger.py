@@ -12,14 +12,18 @@ from safetensors.torch import load_file, save_file
 from modules.models.families import VAE_PREFIX
 from modules.models.merge import MergeParams, output_stem, run_merge, vae_choices
 from modules.models.merge_plan import (
-    INPUT_CONV, MergeInputs, Step, merged_value, plan_merge,
+    INPUT_CONV,
+    MergeInputs,
+    Step,
+    merged_value,
+    plan_merge,
 )
 from modules.models.safetensors_io import TensorInfo
-from modules.params import ParamsError, Txt2ImgParams
 from modules.paths import ROOT
-from modules.processing import txt2img
+from modules.pipeline.params import ParamsError, Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from tests.helpers.checkpoints import finish, tiny_runtime, write_tiny_checkpoint
-from tests.tiny import TINY_SD15, TINY_SD2
+from tests.tiny import TINY_SD2, TINY_SD15
 
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 

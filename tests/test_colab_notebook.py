@@ -11,8 +11,13 @@ import sys
 import httpx
 import pytest
 
-from tests.helpers.server_process import NO_INTERNET, ROOT, ServerProcess, free_port, \
-    wait_until_answering
+from tests.helpers.server_process import (
+    NO_INTERNET,
+    ROOT,
+    ServerProcess,
+    free_port,
+    wait_until_answering,
+)
 
 NOTEBOOK = ROOT / "notebooks" / "easel_colab.ipynb"
 

@@ -17,9 +17,9 @@ from modules.conditioning import (
 )
 from modules.conditioning.chunking import SpecialIds, build_chunks
 from modules.conditioning.encode import chunk_ids, chunk_texts, emphasis_infotext
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.nn.text_encoders import TextEncoder
 from modules.nn.timestep import timestep_embedding
-from modules.tokenizer import ClipTokenizer
 from tests.tiny import TINY_SD2, TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER
 
 BOS, EOS, COMMA, A, B, C = 49406, 49407, 267, 320, 321, 322

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules.api.app import create_api_app
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from tests.helpers.api_runtime import decode_png, make_runtime, png_base64
 from tests.helpers.checkpoints import finish
 from tests.helpers.controlnet import write_tiny_controlnet

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from modules.conds import Cond, MultiCond, ScheduledCond
+from modules.conditioning.conds import Cond, MultiCond, ScheduledCond
 from modules.nn.controlnet import ControlNet, ControlNetConfig
 from modules.sampling.cfg import CFGDenoiser, Hooks
 from modules.scripts.args import ScriptArgsError, parse_args

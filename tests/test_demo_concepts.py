@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.networks.embeddings import read_embedding
 from modules.networks.files import load_network_file
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from modules.training.concept_eval import bar_images, bar_prompts, bar_rate, with_lora, with_word
 from tests.helpers.checkpoints import finish

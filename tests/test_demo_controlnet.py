@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.cmd_args import parse_args
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.app.cmd_args import parse_args
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from modules.training.checker import analyze_image, parse_prompt
 from modules.training.shapes import POSITIONS, ShapeLabels, evaluation_prompts

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.cmd_args import parse_args
-from modules.img2img import img2img
+from modules.app.cmd_args import parse_args
 from modules.infotext import parse_infotext
-from modules.params import Img2ImgParams, ParamsError, Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.img2img import img2img
+from modules.pipeline.params import Img2ImgParams, ParamsError, Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from modules.training.checker import analyze_image, check
 from modules.training.shapes import evaluation_prompts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from modules import devices
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.nn.attention import AttentionBackend, AttentionLayer
 from tests.helpers.checkpoints import tiny_runtime
 from tests.tiny import TINY_SD15

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modules.api.app import create_api_app
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.infotext import parse_infotext
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from tests.helpers.api_runtime import SMALL
 from tests.helpers.checkpoints import finish
 from tests.helpers.extensions import install_fixtures, runtime_with
@@ -131,7 +131,7 @@ def test_preload_flags_install_once_and_disable_flags(tmp_path):
     root = install_fixtures(tmp_path, "sample_ext")
     args = parse_args(["--data-dir", str(tmp_path), "--sample-flag", "on"])
     assert args.sample_flag == "on"
-    from modules.extensions import ExtensionRegistry, extension_roots
+    from modules.extensions.registry import ExtensionRegistry, extension_roots
     from modules.paths import Paths
 
     paths = Paths.from_args(args)

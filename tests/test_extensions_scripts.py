@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modules.api.app import create_api_app
-from modules.grid_labels import band_height
+from modules.imaging.grid_labels import band_height
 from modules.infotext import parse_infotext
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.scripts.args import ScriptArgsError, parse_args
 from modules.scripts.builtin.prompt_matrix import PromptMatrix, combinations
 from modules.scripts.builtin.xyz_axes import find_axis, parse_values

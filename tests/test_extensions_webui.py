@@ -7,10 +7,14 @@ import json
 import gradio as gr
 import pytest
 
-from modules.extensions_install import (
-    ACCESS_DENIED, ExtensionAccessError, extension_access_allowed, folder_name, install_from_url,
+from modules.app.cmd_args import parse_args
+from modules.extensions.install import (
+    ACCESS_DENIED,
+    ExtensionAccessError,
+    extension_access_allowed,
+    folder_name,
+    install_from_url,
 )
-from modules.cmd_args import parse_args
 from tests.helpers.extensions import runtime_with
 from webui.tabs import extensions as tab
 

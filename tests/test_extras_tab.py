@@ -1,4 +1,4 @@
-"""The Extras tab and its backend (`modules.extras_jobs`): modes, saving, errors."""
+"""The Extras tab and its backend (`modules.upscaling.extras_jobs`): modes, saving, errors."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from modules.cmd_args import parse_args
-from modules.extras import ExtrasParams
-from modules.extras_jobs import ExtrasJob, run_extras_job
-from modules.images import png_metadata, read_image_info
-from modules.params import ParamsError
+from modules.app.cmd_args import parse_args
+from modules.imaging.save import png_metadata, read_image_info
+from modules.pipeline.params import ParamsError
 from modules.runtime import Runtime
+from modules.upscaling.extras import ExtrasParams
+from modules.upscaling.extras_jobs import ExtrasJob, run_extras_job
 from webui.tabs import extras as extras_tab
 
 UI_VALUES = {"mode": "single", "resize_mode": 0, "image": None, "files": None, "input_dir": "",

@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules.api.app import create_api_app
-from modules.hires import LATENT_MODES, truncate
 from modules.infotext import parse_infotext
-from modules.params import ParamsError, Txt2ImgParams, hires_size
-from modules.processing import txt2img
+from modules.pipeline.hires import LATENT_MODES, truncate
+from modules.pipeline.params import ParamsError, Txt2ImgParams, hires_size
+from modules.pipeline.txt2img import txt2img
 from tests.helpers.api_runtime import decode_png, make_runtime, png_base64
 
 BASE = {"prompt": "a house", "width": 64, "height": 64, "steps": 3, "seed": 5,

@@ -12,9 +12,14 @@ import piexif
 import pytest
 from PIL import Image, PngImagePlugin
 
-from modules.images import (
-    FilenameFields, apply_pattern, dated_output_dir, next_sequence_number, read_image_info,
-    read_infotext, save_image,
+from modules.imaging.save import (
+    FilenameFields,
+    apply_pattern,
+    dated_output_dir,
+    next_sequence_number,
+    read_image_info,
+    read_infotext,
+    save_image,
 )
 
 INFOTEXT = "a cat, café 猫 🙂\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, Seed: 1"

@@ -12,17 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.cmd_args import parse_args
-from modules.color_correction import ColorCorrection, rgb_to_lab
-from modules.images import read_infotext
-from modules.img2img import img2img, plan_img2img
-from modules.img2img_batch import composite_sketch, img2img_batch, sketch_mask
+from modules.app.cmd_args import parse_args
+from modules.imaging.color_correction import ColorCorrection, rgb_to_lab
+from modules.imaging.save import read_infotext
 from modules.infotext import parse_infotext
-from modules.params import Img2ImgParams, ParamsError
-from modules.processing import LatentStart, batch_sigmas
+from modules.pipeline.img2img import img2img, plan_img2img
+from modules.pipeline.img2img_batch import composite_sketch, img2img_batch, sketch_mask
+from modules.pipeline.params import Img2ImgParams, ParamsError
+from modules.pipeline.plan import LatentStart
+from modules.pipeline.sample import batch_sigmas
+from modules.pipeline.vae_codec import decode_latents, encode_images, images_to_tensor
 from modules.runtime import Runtime
 from modules.sampling import registry as R
-from modules.vae_codec import decode_latents, encode_images, images_to_tensor
 from tests.helpers.checkpoints import write_tiny_checkpoint
 from tests.tiny import TINY_SD15
 
@@ -151,7 +152,7 @@ def test_batch_from_directory_with_masks_and_png_info(runtime, tmp_path):
     source, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
     source.mkdir(), masks.mkdir()
     info = Image.new("RGB", (64, 64))
-    from modules.images import png_metadata
+    from modules.imaging.save import png_metadata
     picture().save(source / "a.png", pnginfo=png_metadata(info, "a cat\nSteps: 3, Seed: 77, "
                                                                 "Sampler: Euler, CFG scale: 5"))
     picture(seed=1).save(source / "b.png")

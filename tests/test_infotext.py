@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from modules.infotext import (
-    GenerationInfo, build_infotext, create_infotext, infotext_to_request_fields,
-    infotext_to_settings_overrides, ordered_params, parse_infotext, parse_infotext_raw, quote,
+    GenerationInfo,
+    build_infotext,
+    create_infotext,
+    ordered_params,
+    parse_infotext,
+    parse_infotext_raw,
+    quote,
+)
+from modules.pipeline.infotext_fields import (
+    infotext_to_request_fields,
+    infotext_to_settings_overrides,
 )
 
 SD15_HASH = "6ce0161689"

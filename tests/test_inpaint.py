@@ -16,16 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import masks as M
-from modules.cmd_args import parse_args
-from modules.image_conditioning import inpaint_image_cond
-from modules.image_resize import resize_image
-from modules.img2img import img2img
+from modules.app.cmd_args import parse_args
+from modules.imaging import masks as M
+from modules.imaging.resize import resize_image
 from modules.infotext import parse_infotext
 from modules.models.diffusers_keys import unet_diffusers_to_ldm, vae_diffusers_to_ldm
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.unet import UNetModel
-from modules.params import Img2ImgParams
+from modules.pipeline.image_conditioning import inpaint_image_cond
+from modules.pipeline.img2img import img2img
+from modules.pipeline.params import Img2ImgParams
 from modules.runtime import Runtime
 from modules.sampling.denoiser import Denoiser, model_sigmas
 from tests.diffusers_configs import unet_diffusers_config, vae_diffusers_config
@@ -199,8 +199,8 @@ def test_nine_channel_input_matches_diffusers_inpaint_pipeline():
 
 
 def test_inpainting_checkpoint_runs_img2img_and_txt2img(runtime):
-    from modules.params import Txt2ImgParams
-    from modules.processing import txt2img
+    from modules.pipeline.params import Txt2ImgParams
+    from modules.pipeline.txt2img import txt2img
 
     checkpoint = {"sd_model_checkpoint": "tiny-inpainting"}
     result = run(runtime, override_settings=checkpoint)

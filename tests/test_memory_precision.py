@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from modules import devices
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.models.offload import ComponentPlacer, MemoryMode, memory_mode, streamed_blocks
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.unet import UNetModel
-from modules.vae_codec import decode
-from tests.tiny import TINY_SD15, TINY_SDXL, TINY_VAE
+from modules.pipeline.vae_codec import decode
 from tests.helpers.checkpoints import tiny_runtime
+from tests.tiny import TINY_SD15, TINY_SDXL, TINY_VAE
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from modules.models.errors import ModelLoadError
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.tiny import TINY_SD2, TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modules.conditioning.prompt_parser import extract_extra_networks
 from modules.models import families as FAM
 from modules.models.errors import ModelLoadError
 from modules.networks.hypernetwork import HypernetworkStack
@@ -19,7 +20,6 @@ from modules.networks.hypernetwork_library import (
     activate_hypernetworks,
 )
 from modules.nn.transformer import CrossAttention
-from modules.prompt_parser import extract_extra_networks
 from tests.helpers.hypernetwork_files import a1111_hypernetwork, write_hypernetwork
 from tests.tiny import TINY_SD15
 

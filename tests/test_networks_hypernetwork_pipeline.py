@@ -7,8 +7,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from modules.infotext import parse_infotext
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.helpers.hypernetwork_files import a1111_hypernetwork, write_hypernetwork
 from tests.test_networks_pipeline import digest, interleave

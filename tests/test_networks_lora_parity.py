@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from modules.conditioning.prompt_parser import extract_extra_networks
 from modules.models.diffusers_keys import map_unet_keys_to_diffusers
+from modules.models.hashes import HashCache
+from modules.models.patcher import ModelPatcher
 from modules.models.sd_model import StableDiffusionModel
 from modules.networks.library import LoraLibrary
 from modules.networks.lora import activate_loras, name_map
-from modules.models.hashes import HashCache
-from modules.models.patcher import ModelPatcher
-from modules.prompt_parser import extract_extra_networks
 from tests.diffusers_configs import unet_diffusers_config
 from tests.helpers.lora_files import kohya_lora
 from tests.tiny import TINY_SD15

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from modules.infotext import parse_infotext
 from modules.networks.lora import name_map
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.helpers.lora_files import kohya_lora, lora_group
 from tests.tiny import TINY_SD15

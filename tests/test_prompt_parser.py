@@ -6,7 +6,7 @@ from the rules in reference/a1111.md §d; the derivation is written beside each 
 
 import pytest
 
-from modules.prompt_parser import (
+from modules.conditioning.prompt_parser import (
     extract_extra_networks,
     get_learned_conditioning_prompt_schedules,
     get_multicond_prompt_list,

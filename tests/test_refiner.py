@@ -1,17 +1,17 @@
-"""The refiner: a second checkpoint takes over part-way through sampling (modules/refiner.py)."""
+"""The refiner: a second checkpoint takes over part-way through sampling (modules/pipeline/refiner.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from modules.cmd_args import parse_args
-from modules.params import ParamsError, Txt2ImgParams
-from modules.processing import txt2img
-from modules.refiner import ModelSwitch, SwitchTarget
+from modules.app.cmd_args import parse_args
+from modules.infotext import parse_infotext
+from modules.pipeline.params import ParamsError, Txt2ImgParams
+from modules.pipeline.refiner import ModelSwitch, SwitchTarget
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from modules.sampling.cfg import CFGDenoiser
-from modules.infotext import parse_infotext
 from tests.helpers.checkpoints import finish, write_tiny_checkpoint
 from tests.tiny import TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modules.infotext import parse_infotext
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from modules.sampling.registry import SAMPLERS, SCHEDULERS
 from tests.helpers.checkpoints import finish, tiny_runtime
@@ -49,7 +49,7 @@ def test_legacy_combined_name_resolves(runtime):
 
 
 def test_timestep_samplers_refuse_a_single_step(runtime):
-    from modules.params import ParamsError
+    from modules.pipeline.params import ParamsError
 
     with pytest.raises(ParamsError, match="steps"):
         generate(runtime, sampler_name="DDIM", steps=1)

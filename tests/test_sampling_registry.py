@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.conds import Cond, MultiCond, ScheduledCond
+from modules.conditioning.conds import Cond, MultiCond, ScheduledCond
 from modules.nn.configs import NoiseScheduleConfig
 from modules.sampling import registry as R
 from modules.sampling.base import run_sampler

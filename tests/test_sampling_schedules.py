@@ -13,7 +13,9 @@ from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as di
 from modules.nn.configs import NoiseScheduleConfig
 from modules.sampling import schedules as S
 from modules.sampling.denoiser import (
-    model_sigmas, rescale_zero_terminal_snr, scaled_linear_alphas_cumprod,
+    model_sigmas,
+    rescale_zero_terminal_snr,
+    scaled_linear_alphas_cumprod,
 )
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)

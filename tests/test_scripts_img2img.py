@@ -18,17 +18,17 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from modules import upscalers as U
 from modules.api.app import create_api_app
-from modules.img2img import img2img
 from modules.infotext import parse_infotext
-from modules.params import Img2ImgParams
+from modules.pipeline.img2img import img2img
+from modules.pipeline.params import Img2ImgParams
 from modules.scripts.args import ScriptArgsError
 from modules.scripts.builtin.loopback import denoising_strength
 from modules.scripts.builtin.matched_noise import matched_noise_fill, shaped_noise
 from modules.scripts.builtin.outpainting_mk2 import side_pass
 from modules.scripts.builtin.tiles import TileGrid, tile_starts
-from modules.upscaler_models.rrdbnet import RRDBConfig, RRDBNet
+from modules.upscaling import registry as U
+from modules.upscaling.rrdbnet import RRDBConfig, RRDBNet
 from tests.helpers.api_runtime import decode_png, make_runtime, png_base64
 from tests.helpers.checkpoints import finish
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from modules.rng_philox import PhiloxGenerator
-from modules.seeds import ImageRNG, batch_seeds, create_random_tensors, fix_seed, slerp
+from modules.sampling.rng_philox import PhiloxGenerator
+from modules.sampling.seeds import ImageRNG, batch_seeds, create_random_tensors, fix_seed, slerp
 
 SHAPE = (4, 64 // 8, 48 // 8)
 

@@ -44,7 +44,8 @@ def _inputs(family, size: int = 16) -> tuple:
 @pytest.mark.parametrize("family", [TINY_SD15, TINY_SDXL], ids=["sd15", "sdxl"])
 @pytest.mark.parametrize("size", [(16, 16), (15, 11)], ids=["even", "odd"])
 def test_channels_last_matches_diffusers(family, size):
-    from tests.test_unet_parity import _assert_close, _inputs as parity_inputs, _pair
+    from tests.test_unet_parity import _assert_close, _pair
+    from tests.test_unet_parity import _inputs as parity_inputs
 
     reference, ours = _pair(family)
     ours.set_channels_last(True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.infotext import parse_infotext
 from modules.models.offload import MemoryMode
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from tests.helpers.checkpoints import finish, write_tiny_checkpoint
 from tests.tiny import TINY_SD15
@@ -77,7 +77,7 @@ def test_checkpoint_cache_follows_the_setting(data_dir):
 
 
 def test_compile_flag_compiles_the_unet_and_is_written_to_the_infotext(data_dir):
-    from modules.processing import compile_params
+    from modules.pipeline.output import compile_params
 
     runtime = _runtime(data_dir, "--compile")
     unet = runtime.models.get().model.unet

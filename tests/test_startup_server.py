@@ -1,4 +1,4 @@
-"""Start-up and server flags: the real `launch.py` process, and `modules.server` in process."""
+"""Start-up and server flags: the real `launch.py` process, and `modules.app.server` in process."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from modules.cmd_args import parse_args, unsupported_flags
-from modules.server import ServeError, add_server_middleware, bind_host, choose_port, serve
+from modules.app.cmd_args import parse_args, unsupported_flags
+from modules.app.server import ServeError, add_server_middleware, bind_host, choose_port, serve
 from tests.helpers.server_process import DEMO_DIR, free_port, running_server
 
 TXT2IMG = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "seed": 1,
@@ -122,8 +122,8 @@ def test_unsupported_flags_are_named_not_silently_ignored():
 
 
 def test_the_start_up_page_answers_then_hands_its_socket_over(tmp_path):
-    """modules.early_page: placeholder page and 503 API answers, then the socket stays open."""
-    from modules.early_page import STARTING_HEADER, EarlyPage, bind_listening_socket
+    """modules.app.early_page: placeholder page and 503 API answers, then the socket stays open."""
+    from modules.app.early_page import STARTING_HEADER, EarlyPage, bind_listening_socket
 
     port = free_port()
     early = EarlyPage(bind_listening_socket("127.0.0.1", port)).start()
@@ -145,7 +145,7 @@ def test_launch_answers_from_the_start_up_page_until_the_ui_is_built(tmp_path):
     import subprocess
     import time
 
-    from modules.early_page import STARTING_HEADER
+    from modules.app.early_page import STARTING_HEADER
     from tests.helpers.server_process import launch_command
 
     port = free_port()

@@ -1,6 +1,6 @@
 """The shipped CLIP vocabulary gives open_clip's / OpenAI's token ids, offline."""
 
-from modules.tokenizer import ASSET_DIR, BOS_ID, COMMA_ID, EOS_ID, ClipTokenizer
+from modules.conditioning.tokenizer import ASSET_DIR, BOS_ID, COMMA_ID, EOS_ID, ClipTokenizer
 
 
 def test_known_ids():

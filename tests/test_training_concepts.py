@@ -11,24 +11,34 @@ import pytest
 import torch
 from PIL import Image
 
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.networks.embeddings import read_embedding
 from modules.networks.files import load_network_file
 from modules.networks.library import LoraLibrary
 from modules.networks.names import NameMap
-from modules.params import ParamsError
-from modules.tokenizer import ClipTokenizer
+from modules.pipeline.params import ParamsError
 from modules.training.concept_core import drive
-from modules.training.concept_data import PromptOptions, bar_items, folder_items, make_prompt, read_template
-from modules.training.embedding_files import EmbeddingData, create_embedding, initial_vectors, save_embedding
+from modules.training.concept_data import (
+    PromptOptions,
+    bar_items,
+    folder_items,
+    make_prompt,
+    read_template,
+)
+from modules.training.embedding_files import (
+    EmbeddingData,
+    create_embedding,
+    initial_vectors,
+    save_embedding,
+)
 from modules.training.evaluate import load_model
 from modules.training.lora_network import LoraNetwork, kohya_names
 from modules.training.lr_schedule import parse_learn_rate
 from modules.training.train_embedding import EmbeddingTrainingConfig, embedding_training
 from modules.training.train_lora import LoraTrainingConfig, lora_training
 from tests.helpers.checkpoints import write_tiny_checkpoint
-from tests.tiny import TINY_SD15
 from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
-
+from tests.tiny import TINY_SD15
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -245,8 +255,8 @@ def test_lora_config_is_validated():
 
 def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_image(tmp_path, tokenizer):
     """Issue #5 in the pixels, with a freshly trained file through the real pipeline."""
-    from modules.params import Txt2ImgParams
-    from modules.processing import txt2img
+    from modules.pipeline.params import Txt2ImgParams
+    from modules.pipeline.txt2img import txt2img
     from tests.helpers.checkpoints import finish, tiny_runtime
 
     runtime = tiny_runtime(tmp_path, {"tiny": TINY_SD15})

@@ -9,16 +9,20 @@ import pytest
 import torch
 
 from modules.models.controlnet_files import load_controlnet
+from modules.training.checker import analyze_image, parse_prompt
 from modules.training.evaluate import load_model
 from modules.training.shapes import ShapeLabels, random_truth
 from modules.training.train_controlnet import (
-    ControlNetTrainingConfig, controlnet_from_unet, make_control_sample, save_controlnet,
-    silhouette, train_controlnet, training_caption,
+    ControlNetTrainingConfig,
+    controlnet_from_unet,
+    make_control_sample,
+    save_controlnet,
+    silhouette,
+    train_controlnet,
+    training_caption,
 )
-from modules.training.checker import analyze_image, parse_prompt
 from tests.helpers.checkpoints import write_tiny_checkpoint
 from tests.tiny import TINY_SD15
-
 
 # A ControlNet's hint encoder downscales by 8, so the tiny VAE must too (four levels).
 TINY_8X = replace(TINY_SD15, vae=replace(TINY_SD15.vae, ch=8, ch_mult=(1, 1, 1, 1), norm_num_groups=4))

@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import pytest
+
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models.loader import inspect_checkpoint
 from modules.training.checker import check
 from modules.training.demo_config import ARCHITECTURE, META_FAMILY, META_RESOLUTION, META_TITLE
 from modules.training.evaluate import generate, load_model
-from modules.tokenizer import ClipTokenizer
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "easel-demo.safetensors"
 

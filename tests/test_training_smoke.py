@@ -5,27 +5,36 @@ from dataclasses import replace
 import pytest
 import torch
 
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models.loader import inspect_checkpoint, load_state_dict
 from modules.models.sd_model import StableDiffusionModel
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.text_encoders import TextEncoder
 from modules.nn.unet import UNetModel
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
-from modules.tokenizer import ClipTokenizer
 from modules.training.captions import token_ids
 from modules.training.checkpoint import save_checkpoint
 from modules.training.demo_config import DEMO_FAMILY, demo_metadata, with_scale_factor
 from modules.training.loop import EMA, Trainer
 from modules.training.shapes import make_batch
 from modules.training.train_unet import (
-    UNetTrainingConfig, build_latent_set, diffusion_loss, draw_batch, train_unet,
+    UNetTrainingConfig,
+    build_latent_set,
+    diffusion_loss,
+    draw_batch,
+    train_unet,
 )
 from modules.training.train_vae import (
-    DecoderTrainingConfig, VAETrainingConfig, finetune_decoder, images_to_tensor, measure_scale_factor,
-    train_vae, vae_loss,
+    DecoderTrainingConfig,
+    VAETrainingConfig,
+    finetune_decoder,
+    images_to_tensor,
+    measure_scale_factor,
+    train_vae,
+    vae_loss,
 )
-from tests.tiny import TINY_SD15
 from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
+from tests.tiny import TINY_SD15
 
 RESOLUTION = 32
 # The tiny VAE with the demo's normalisation (one group), which learns flat colours fast.

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.images import read_infotext
+from modules.imaging.save import read_infotext
 from modules.infotext import parse_infotext
 from modules.jobs import JobQueue
-from modules.params import ParamsError, Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import ParamsError, Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from modules.runtime import Runtime
 from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.tiny import TINY_SD15

@@ -14,13 +14,20 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from modules.extras import ExtrasParams, run_extras, run_extras_batch
-from modules.params import ParamsError
+from modules.pipeline.params import ParamsError
 from modules.settings import Settings
-from modules.upscaler_models.keys import config_from, layout, to_basicsr
-from modules.upscaler_models.rrdbnet import RRDBConfig, RRDBNet
-from modules.upscalers import (SpandrelAccess, UpscalerError, UpscalerRegistry, build_model,
-                               image_to_tensor, load_weights, tiled_apply)
+from modules.upscaling.extras import ExtrasParams, run_extras, run_extras_batch
+from modules.upscaling.keys import config_from, layout, to_basicsr
+from modules.upscaling.registry import (
+    SpandrelAccess,
+    UpscalerError,
+    UpscalerRegistry,
+    build_model,
+    image_to_tensor,
+    load_weights,
+    tiled_apply,
+)
+from modules.upscaling.rrdbnet import RRDBConfig, RRDBNet
 
 CONFIG = RRDBConfig(num_features=8, num_blocks=2, growth=4)
 
@@ -142,7 +149,7 @@ def test_without_spandrel_esrgan_runs_on_rrdbnet_and_others_are_refused(folder):
 
 
 def test_upscaler_folders_follow_a1111_and_their_flags(tmp_path):
-    from modules.cmd_args import parse_args
+    from modules.app.cmd_args import parse_args
     from modules.paths import Paths
 
     moved = tmp_path / "elsewhere"

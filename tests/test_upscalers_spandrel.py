@@ -28,13 +28,18 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.paths import ROOT, Paths
 from modules.settings import Settings
-from modules.upscaler_models import spandrel_models
-from modules.upscaler_models.remote import RemoteModel, SpandrelWorker, WorkerError
-from modules.upscaler_models.rrdbnet import RRDBConfig
-from modules.upscalers import UpscaleModel, UpscalerError, UpscalerRegistry, upscaler_python
+from modules.upscaling import spandrel_models
+from modules.upscaling.registry import (
+    UpscaleModel,
+    UpscalerError,
+    UpscalerRegistry,
+    upscaler_python,
+)
+from modules.upscaling.remote import RemoteModel, SpandrelWorker, WorkerError
+from modules.upscaling.rrdbnet import RRDBConfig
 from tests.test_upscalers import random_net, to_old
 
 pytestmark = pytest.mark.slow  # a worker process imports torch and spandrel
@@ -99,7 +104,7 @@ def remote(registry: UpscalerRegistry, name: str) -> RemoteModel | UpscaleModel:
     path = next(p for p in registry.model_files() if p.stem == name)
     access = registry.spandrel()
     if access.in_process:
-        from modules.upscaler_models.files import load_weights
+        from modules.upscaling.files import load_weights
         return spandrel_models.load_spandrel(load_weights(path), path, registry.device)
     return RemoteModel.load(access.worker, path)
 
@@ -139,7 +144,7 @@ def test_in_process_spandrel_where_it_imports(models_dir):
     """In an interpreter that imports spandrel, the registry uses it for every file."""
     folder, _ = models_dir
     script = (
-        "import json, sys; from pathlib import Path; from modules.upscalers import "
+        "import json, sys; from pathlib import Path; from modules.upscaling.registry import "
         "UpscalerRegistry\n"
         "r = UpscalerRegistry(folders=[Path(sys.argv[1]) / d for d in "
         "('ESRGAN', 'SwinIR', 'RealESRGAN')])\n"
@@ -188,7 +193,7 @@ def test_a_missing_environment_is_named(models_dir):
 
 def test_bootstrap_probe_tells_the_environments_apart():
     """The bootstrap keeps spandrel in the app's venv only where it imports there."""
-    from modules import bootstrap_upscalers
+    from modules.app import bootstrap_upscalers
 
     assert bootstrap_upscalers.probe(spandrel_python())
     assert bootstrap_upscalers.probe(Path(sys.executable)) == (spandrel_models.problem() is None)

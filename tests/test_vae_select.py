@@ -10,8 +10,8 @@ from modules.infotext import parse_infotext
 from modules.models.errors import ModelLoadError
 from modules.models.vae_select import resolve_vae
 from modules.nn.autoencoder import AutoencoderKL
-from modules.params import Txt2ImgParams
-from modules.processing import txt2img
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from tests.helpers.checkpoints import finish, tiny_runtime
 from tests.tiny import TINY_SD15
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules import vae_codec
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.vae_tiled import tile_grid, tiled_decode, tiled_encode
+from modules.pipeline import vae_codec
 from modules.settings import Settings
 from tests.tiny import TINY_VAE
 

@@ -13,14 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from modules.images import read_infotext
+from modules.imaging.save import read_infotext
 from tests.helpers.webui_runtime import make_runtime
+from webui import app as app_module
 from webui import fields as F
 from webui import progress as P
-from webui import app as app_module
-from webui.app import create_app, ui_auth
-from webui.tabs import png_info, settings as settings_tab, txt2img
 from webui import widgets
+from webui.app import create_app, ui_auth
+from webui.tabs import png_info, txt2img
+from webui.tabs import settings as settings_tab
 
 FAST = {"width": 64, "height": 64, "steps": 3, "sampler_name": "Euler a",
         "scheduler": "Automatic", "n_iter": 1, "batch_size": 1, "cfg_scale": 7.0,
@@ -242,7 +243,7 @@ def test_page_is_served_before_the_model_loads(tmp_path):
 
 def test_generate_streams_progress_and_previews(runtime, monkeypatch):
     from modules.jobs import Progress
-    from modules.params import GenerationResult
+    from modules.pipeline.params import GenerationResult
 
     preview = Image.new("RGB", (8, 8), "red")
 

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from modules.params import ParamsError
+from modules.pipeline.params import ParamsError
 from modules.scripts.args import arg_specs
 from modules.styles import PromptStyle, load_styles, save_style
 from tests.helpers.webui_runtime import make_runtime

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-import torch
 from PIL import Image
 
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.networks.embeddings import read_embedding
 from modules.networks.files import load_network_file
 from modules.runtime import Runtime
 from modules.training.shapes import ShapeLabels, render
-from webui.tabs import train
 from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
+from webui.tabs import train
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "easel-demo.safetensors"
 

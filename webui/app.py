@@ -15,13 +15,15 @@ from pathlib import Path
 import gradio as gr
 from fastapi import FastAPI
 
-from modules.cmd_args import parse_auth
+from modules.app.cmd_args import parse_auth
 from webui import widgets
-from webui.tabs import extensions as extensions_tab, png_info, settings as settings_tab, txt2img
-from webui.tabs import img2img
-from webui.tabs import extras as extras_tab, merger as merger_tab
-from webui.tabs import train as train_tab
 from webui.send_to import SendTarget, wire_send
+from webui.tabs import extensions as extensions_tab
+from webui.tabs import extras as extras_tab
+from webui.tabs import img2img, png_info, txt2img
+from webui.tabs import merger as merger_tab
+from webui.tabs import settings as settings_tab
+from webui.tabs import train as train_tab
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from modules.infotext import (SETTINGS_FIELDS, infotext_to_request_fields,
-                              infotext_to_settings_overrides, parse_infotext)
-from modules.params import Txt2ImgParams
+from modules.infotext import parse_infotext
+from modules.pipeline.infotext_fields import (
+    SETTINGS_FIELDS,
+    infotext_to_request_fields,
+    infotext_to_settings_overrides,
+)
+from modules.pipeline.params import Txt2ImgParams
 from modules.settings import Settings
 
 # Widget label for each request field, used to name a field in error messages.

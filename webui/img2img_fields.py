@@ -9,12 +9,12 @@ turns its widget values into init images and an optional mask here:
   is not fully transparent), as Gradio 6's `ImageEditor` gives `{background, layers,
   composite}` instead of Gradio 3's `{image, mask}`;
 - Inpaint sketch: the composite, repainted where it differs from the picture
-  (`modules.img2img_batch.sketch_mask`);
+  (`modules.pipeline.img2img_batch.sketch_mask`);
 - Inpaint upload: a picture and a separate mask image.
 
 Radios arrive as their labels and are turned into A1111's indices; a label that is
 not offered is a `ParamsError` naming the field. Batch runs from folders are in
-`webui.tabs.img2img` (they call `modules.img2img_batch`).
+`webui.tabs.img2img` (they call `modules.pipeline.img2img_batch`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from modules.img2img_batch import composite_sketch, sketch_mask
-from modules.params import MASKED_CONTENT, RESIZE_MODES, Img2ImgParams, ParamsError
+from modules.pipeline.img2img_batch import composite_sketch, sketch_mask
+from modules.pipeline.params import MASKED_CONTENT, RESIZE_MODES, Img2ImgParams, ParamsError
 from webui.fields import COMMON_FIELDS, common_params, normalized
 
 MODES: tuple[str, ...] = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload",

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.params import LATENT_UPSCALE_MODES
+from modules.pipeline.params import LATENT_UPSCALE_MODES
 from modules.sampling import registry
 from webui import fields as F
 from webui.extra_networks import NetworksUI, build_networks
@@ -182,7 +182,7 @@ def build_seed_rows(prefix: str, w: dict[str, Any], tools: dict[str, gr.Button])
 
 def build_hires(runtime, prefix: str, w: dict[str, Any]) -> tuple[Any, Any]:
     """The "Hires. fix" checkbox and the options it shows (A1111's defaults)."""
-    from modules.upscalers import upscalers_of  # lists the ESRGAN folder only
+    from modules.upscaling.registry import upscalers_of  # lists the ESRGAN folder only
 
     upscalers = [*LATENT_UPSCALE_MODES, *upscalers_of(runtime).names()]
     w["enable_hr"] = gr.Checkbox(label="Hires. fix", value=False, elem_id=f"{prefix}_enable_hr")

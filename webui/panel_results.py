@@ -22,10 +22,10 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
-from modules.grid import image_grid
-from modules.images import save_image
+from modules.imaging.grid import image_grid
+from modules.imaging.save import save_image
 from modules.models.errors import ModelLoadError
-from modules.params import ParamsError
+from modules.pipeline.params import ParamsError
 from webui import fields as F
 from webui import progress as P
 from webui.widgets import tool_button

@@ -11,7 +11,7 @@ import dataclasses
 
 import gradio as gr
 
-from modules.params import GenerationParams, ParamsError
+from modules.pipeline.params import GenerationParams, ParamsError
 from modules.styles import StyleError, apply_styles, load_styles
 from webui.panel_results import gr_error
 

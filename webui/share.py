@@ -6,7 +6,7 @@ machine without it (or behind a firewall) gets one clear warning and keeps servi
 locally: `--share` never stops the start.
 
 Our app is a FastAPI app served by uvicorn, not `Blocks.launch()`, so the tunnel is
-opened here once the server listens (`modules.server.serve` hooks).
+opened here once the server listens (`modules.app.server.serve` hooks).
 """
 
 from __future__ import annotations

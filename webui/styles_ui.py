@@ -13,8 +13,14 @@ from typing import Any
 
 import gradio as gr
 
-from modules.styles import PromptStyle, StyleError, apply_styles, delete_style, load_styles, \
-    save_style
+from modules.styles import (
+    PromptStyle,
+    StyleError,
+    apply_styles,
+    delete_style,
+    load_styles,
+    save_style,
+)
 from webui.widgets import tool_button
 
 APPLY_SYMBOL, EDIT_SYMBOL = "\U0001f4cb", "\U0001f58c\ufe0f"  # 📋 🖌️

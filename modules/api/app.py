@@ -19,7 +19,7 @@ from modules.api.routes_generation import GenerationRoutes
 from modules.api.routes_listing import ListingRoutes
 from modules.api.schemas import InternalProgressResponse
 from modules.api.security import BasicAuthMiddleware, BodyLimitMiddleware
-from modules.cmd_args import parse_auth
+from modules.app.cmd_args import parse_auth
 
 DEFAULT_MAX_BODY_MB = 64.0
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from modules.api.errors import ApiError
-from modules.images import png_metadata
+from modules.imaging.save import png_metadata
 
 MAX_FETCH_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_S = 30

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules.models.errors import ModelLoadError
-from modules.params import ParamsError
+from modules.pipeline.params import ParamsError
 from modules.settings import SettingsError
 from modules.styles import StyleError
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 from modules.api.errors import ApiRoute
 from modules.api.security import credentials_match
-from modules.cmd_args import parse_auth
+from modules.app.cmd_args import parse_auth
 
 
 def auth_dependency(users: Mapping[str, str]) -> Callable:

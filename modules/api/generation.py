@@ -17,14 +17,16 @@ import json
 import time
 from typing import Any
 
-from modules.api.errors import ApiError, not_available
 from modules.api.convert import decode_image
+from modules.api.errors import ApiError, not_available
 from modules.api.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
-from modules.infotext import (
-    infotext_to_request_fields, infotext_to_settings_overrides, parse_infotext,
-)
+from modules.infotext import parse_infotext
 from modules.models.errors import ModelLoadError
-from modules.params import GenerationResult, Img2ImgParams, Txt2ImgParams, refiner_name
+from modules.pipeline.infotext_fields import (
+    infotext_to_request_fields,
+    infotext_to_settings_overrides,
+)
+from modules.pipeline.params import GenerationResult, Img2ImgParams, Txt2ImgParams, refiner_name
 from modules.sampling import registry as R
 from modules.settings import Settings
 from modules.styles import apply_styles, load_styles
@@ -71,7 +73,7 @@ def _checkpoint_title_or_none(runtime, query: str) -> str | None:
 def check_scripts(request: GenerationRequest, runtime) -> None:
     """script_name / script_args / alwayson_scripts resolve to scripts with valid args
     (422 naming the script, and the field for bad args), as a1111.md b.3.3 3-4."""
-    from modules.extensions import ScriptNotFound
+    from modules.extensions.registry import ScriptNotFound
     from modules.scripts.args import ScriptArgsError
     from modules.scripts.selected import resolve_selected
 

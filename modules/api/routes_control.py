@@ -17,7 +17,9 @@ from modules.api.convert import encode_data_uri, encode_png_base64
 from modules.api.errors import ApiError
 from modules.api.generation import job_timestamp
 from modules.api.schemas import (
-    InternalProgressRequest, ProgressResponse, check_finite,
+    InternalProgressRequest,
+    ProgressResponse,
+    check_finite,
 )
 from modules.jobs import Job
 from modules.models.errors import ModelLoadError

@@ -16,25 +16,41 @@ from fastapi import APIRouter
 from modules.api.convert import decode_image, encode_png_base64
 from modules.api.errors import ApiError, not_available
 from modules.api.generation import (
-    apply_infotext, info_dict, info_json, to_img2img_params, to_params,
+    apply_infotext,
+    info_dict,
+    info_json,
+    to_img2img_params,
+    to_params,
 )
 from modules.api.schemas import (
-    CreateEmbeddingRequest, ExtrasBatchImagesRequest, ExtrasSingleImageRequest,
-    GenerationResponse, Img2ImgRequest, InterrogateRequest, PNGInfoRequest, PNGInfoResponse,
-    TrainEmbeddingRequest, TrainResponse, Txt2ImgRequest,
+    CreateEmbeddingRequest,
+    ExtrasBatchImagesRequest,
+    ExtrasSingleImageRequest,
+    GenerationResponse,
+    Img2ImgRequest,
+    InterrogateRequest,
+    PNGInfoRequest,
+    PNGInfoResponse,
+    TrainEmbeddingRequest,
+    TrainResponse,
+    Txt2ImgRequest,
 )
-from modules.grid import image_grid
-from modules.images import read_image_info
+from modules.imaging.grid import image_grid
+from modules.imaging.save import read_image_info
 from modules.infotext import parse_infotext
-from modules.extras import ExtrasParams, info_html, run_extras, run_extras_batch
-from modules.img2img import img2img
-from modules.params import GenerationResult, ParamsError
-from modules.processing import txt2img
-from modules.upscalers import upscalers_of
+from modules.pipeline.img2img import img2img
+from modules.pipeline.params import GenerationResult, ParamsError
+from modules.pipeline.txt2img import txt2img
 from modules.training.concept_jobs import (
-    CreateEmbeddingParams, TrainEmbeddingParams, create_embedding_job, params_from, train_embedding_job,
+    CreateEmbeddingParams,
+    TrainEmbeddingParams,
+    create_embedding_job,
+    params_from,
+    train_embedding_job,
     validate_embedding_training,
 )
+from modules.upscaling.extras import ExtrasParams, info_html, run_extras, run_extras_batch
+from modules.upscaling.registry import upscalers_of
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ class ListingRoutes:
         return [scheduler_item(spec) for spec in R.SCHEDULERS]
 
     def upscalers(self) -> list[dict[str, Any]]:
-        from modules.upscalers import upscalers_of
+        from modules.upscaling.registry import upscalers_of
 
         return [{"name": info.name, "model_name": None if info.path is None else info.name,
                  "model_path": info.path, "model_url": None, "scale": _scale_from_name(info)}

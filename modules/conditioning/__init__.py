@@ -1,4 +1,15 @@
-"""Prompt conditioning: text -> `Cond` / `ScheduledCond` / `MultiCond` (see conditioner.py)."""
+"""Prompt conditioning: text -> `Cond` / `ScheduledCond` / `MultiCond`.
+
+`prompt_parser.py` / `prompt_schedule.py` read A1111's prompt language (emphasis,
+`[from:to:when]`, `AND`, extra-network tags); `tokenizer.py` is the offline CLIP BPE;
+`chunking.py` / `encode.py` / `sdxl.py` turn tokens into encoder outputs, 75-token
+chunks and SDXL's size conditioning; `embeddings.py` holds textual-inversion vectors;
+`conds.py` is the typed data handed to the samplers' CFG denoiser; `conditioner.py`
+ties them together.
+May import: nn (text encoders), models (family declarations), devices; never
+`pipeline/`, `api/` or `webui/`.
+"""
+
 
 from modules.conditioning.conditioner import Conditioner, ConditioningSettings
 from modules.conditioning.embeddings import EmbeddingTable, TextualInversion

@@ -1,4 +1,4 @@
-"""Prompts -> the typed conds of `modules/conds.py`, with A1111's semantics.
+"""Prompts -> the typed conds of `modules/conditioning/conds.py`, with A1111's semantics.
 
 A positive prompt is split on `AND` into weighted sub-prompts (`MultiCond`); each
 sub-prompt, and each negative prompt, is expanded into its step schedule
@@ -28,21 +28,21 @@ from dataclasses import dataclass
 import torch
 
 from modules.conditioning.chunking import CHUNK_LENGTH, SpecialIds
+from modules.conditioning.conds import Cond, MultiCond, ScheduledCond
 from modules.conditioning.embeddings import EmbeddingTable
 from modules.conditioning.encode import EncodedBatch, chunk_texts, encode_chunks
-from modules.conditioning.sdxl import SizeConditioning, sdxl_vector
-from modules.conds import Cond, MultiCond, ScheduledCond
-from modules.models.families import Family, TextEncoderSpec
-from modules.nn.text_encoders import TextEncoder
-from modules.prompt_parser import (
+from modules.conditioning.prompt_parser import (
     extract_extra_networks,
     get_learned_conditioning_prompt_schedules,
     split_and_weights,
     step_resolver,
     strip_comments,
 )
-from modules.prompt_schedule import schedule_prompt
-from modules.tokenizer import ClipTokenizer
+from modules.conditioning.prompt_schedule import schedule_prompt
+from modules.conditioning.sdxl import SizeConditioning, sdxl_vector
+from modules.conditioning.tokenizer import ClipTokenizer
+from modules.models.families import Family, TextEncoderSpec
+from modules.nn.text_encoders import TextEncoder
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,10 +21,10 @@ import torch
 
 from modules.conditioning.chunking import PromptChunk, SpecialIds, build_chunks, empty_chunk
 from modules.conditioning.embeddings import EmbeddingTable
+from modules.conditioning.prompt_parser import parse_prompt_attention
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.devices import execution_device
 from modules.nn.text_encoders import TextEncoder
-from modules.prompt_parser import parse_prompt_attention
-from modules.tokenizer import ClipTokenizer
 
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 

@@ -1,0 +1,11 @@
+"""Model files: reading, detecting, hashing, assembling, merging and holding models.
+
+`safetensors_io.py`, `safe_unpickle.py`, `tensor_source.py` read files safely (never an
+unrestricted unpickle); `detection.py` / `families.py` recognise the family from the
+header alone; `single_file.py`, `diffusers_folder.py`, `diffusers_keys.py` map layouts;
+`loader.py` builds an `SDModel`; `manager.py` holds the loaded model, VAE choice and
+hash cache; `patcher.py` gives per-job clones with LoRA patches; `offload.py` moves
+components for --medvram / --lowvram; `merge*.py` is the Checkpoint Merger.
+May import: nn, conditioning and sampling (to assemble a model's parts), networks
+(patch math), devices, paths, errors; never `pipeline/`, `api/` or `webui/`.
+"""

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from modules.models.errors import ModelLoadError
-from modules.models.family_metadata import family_from_metadata
 from modules.models.families import (
     SD2,
     SD2_V,
@@ -36,6 +35,7 @@ from modules.models.families import (
     Prediction,
     TextEncoderSpec,
 )
+from modules.models.family_metadata import family_from_metadata
 from modules.models.safetensors_io import TensorInfo
 
 # Marker key (or key fragment) -> why we refuse the file.

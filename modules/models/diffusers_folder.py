@@ -26,7 +26,11 @@ from pathlib import Path
 
 import torch
 
-from modules.models.diffusers_keys import UnmappedKeysError, unet_diffusers_to_ldm, vae_diffusers_to_ldm
+from modules.models.diffusers_keys import (
+    UnmappedKeysError,
+    unet_diffusers_to_ldm,
+    vae_diffusers_to_ldm,
+)
 from modules.models.errors import ModelLoadError
 from modules.models.families import UNET_PREFIX, VAE_PREFIX
 from modules.models.safetensors_io import TensorInfo

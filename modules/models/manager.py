@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from modules.conditioning.conditioner import Conditioner
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoints
 from modules.models.errors import ModelLoadError
 from modules.models.families import Family
@@ -33,7 +34,6 @@ from modules.models.vae_select import resolve_vae
 from modules.nn.attention import set_attention_upcast
 from modules.nn.autoencoder import AutoencoderKL
 from modules.sampling.denoiser import model_sigmas
-from modules.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 

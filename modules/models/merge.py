@@ -31,18 +31,27 @@ from pathlib import Path
 
 import torch
 
+from modules.errors import ParamsError
 from modules.models.checkpoints import CheckpointInfo, find_checkpoint
 from modules.models.family_metadata import METADATA_KEY
 from modules.models.loader import load_vae_state_dict
 from modules.models.merge_plan import (
-    ADD_DIFFERENCE, FIELDS, INPUT_CONV, INTERP_METHODS, NO_INTERPOLATION, VARIANT_SUFFIX,
-    WEIGHTED_SUM, MergeInputs, Step, merged_value, plan_merge,
+    ADD_DIFFERENCE,
+    FIELDS,
+    INPUT_CONV,
+    INTERP_METHODS,
+    NO_INTERPOLATION,
+    VARIANT_SUFFIX,
+    WEIGHTED_SUM,
+    MergeInputs,
+    Step,
+    merged_value,
+    plan_merge,
 )
 from modules.models.safetensors_io import TensorInfo
 from modules.models.safetensors_writer import SafetensorsWriter
 from modules.models.tensor_source import TensorSource
 from modules.models.vae_select import list_vaes
-from modules.params import ParamsError
 
 CONFIG_SOURCES = ("A, B or C", "B", "C", "Don't")
 CHECKPOINT_FORMATS = ("safetensors", "ckpt")

@@ -26,9 +26,9 @@ from typing import Literal
 
 import torch
 
+from modules.errors import ParamsError
 from modules.models.families import UNET_PREFIX, VAE_PREFIX
 from modules.models.safetensors_io import TensorInfo
-from modules.params import ParamsError
 
 NO_INTERPOLATION, WEIGHTED_SUM, ADD_DIFFERENCE = "No interpolation", "Weighted sum", "Add difference"
 INTERP_METHODS = (NO_INTERPOLATION, WEIGHTED_SUM, ADD_DIFFERENCE)

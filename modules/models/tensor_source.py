@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modules.models.errors import ModelLoadError
 from modules.models.loader import ldm_names, load_state_dict
 from modules.models.safe_unpickle import load_pickle_checkpoint
 from modules.models.safetensors_io import (
-    DTYPE_NAMES, TensorInfo, iter_safetensors, read_safetensors_header,
+    DTYPE_NAMES,
+    TensorInfo,
+    iter_safetensors,
+    read_safetensors_header,
 )
-from modules.models.errors import ModelLoadError
 from modules.models.single_file import file_format, unwrap_checkpoint
 
 

@@ -5,4 +5,6 @@
 the user's files. Patches are applied by `modules/models/patcher.py` on per-request clones.
 Hypernetworks (`hypernetwork.py` modules, `hypernetwork_files.py` reading,
 `hypernetwork_library.py` listing and tags) ride on the clone as a context transform.
+May import: nn, models, conditioning, devices, paths; never `pipeline/`, `api/` or
+`webui/`.
 """

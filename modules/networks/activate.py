@@ -16,6 +16,11 @@ from pathlib import Path
 
 from modules.conditioning.conditioner import Conditioner
 from modules.conditioning.embeddings import EmbeddingTable
+from modules.conditioning.prompt_parser import (
+    ExtraNetworkTag,
+    extract_extra_networks,
+    strip_comments,
+)
 from modules.devices import execution_device
 from modules.models.hashes import HashCache
 from modules.networks.embeddings import EmbeddingLibrary, used_embeddings
@@ -27,7 +32,6 @@ from modules.networks.hypernetwork_library import (
 )
 from modules.networks.library import LoraLibrary
 from modules.networks.lora import LORA_TAGS, activate_loras, merge_warnings
-from modules.prompt_parser import ExtraNetworkTag, extract_extra_networks, strip_comments
 
 
 class NetworkRegistry:

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
+from modules.conditioning.prompt_parser import ExtraNetworkTag
 from modules.networks.files import file_stamp
 from modules.networks.hypernetwork import Hypernetwork, HypernetworkStack
 from modules.networks.hypernetwork_files import read_hypernetwork
 from modules.networks.library import walk_files
 from modules.nn.configs import UNetConfig
-from modules.prompt_parser import ExtraNetworkTag
 
 HYPERNET_TAG = "hypernet"
 HYPERNETWORK_SUFFIXES = (".pt",)

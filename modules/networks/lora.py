@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modules.conditioning.prompt_parser import ExtraNetworkTag
 from modules.models.patcher import ModelPatcher, WeightPatch
 from modules.networks.library import LoraLibrary, NetworkOnDisk
 from modules.networks.names import NameMap
-from modules.prompt_parser import ExtraNetworkTag
 
 LORA_TAGS = ("lora", "lyco")
 

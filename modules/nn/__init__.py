@@ -1,0 +1,9 @@
+"""Neural network modules: U-Net, VAE, ControlNet, text encoders, attention.
+
+Literate model code with CompVis attribute names, so single-file checkpoints load by
+name: `unet*.py`, `autoencoder.py` / `vae_blocks.py` / `vae_tiled.py`, `controlnet.py`,
+`text_encoders.py` (transformers' CLIP classes) and their key maps, `attention.py`
+(SDPA, sliced, xformers), `token_merging.py`, `configs.py` (typed dataclasses).
+May import: torch, transformers and other `nn/` files only: it knows nothing of
+prompts, files or HTTP.
+"""

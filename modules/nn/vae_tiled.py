@@ -29,7 +29,7 @@ affine map at every GroupNorm and only the receptive field is cut. How:
 The staged forward below restates the decoder/encoder forward passes with a
 `norm` argument that decides how each GroupNorm gets its statistics; weights are the
 model's own modules, nothing is patched. `modules/nn` knows nothing of settings:
-tile sizes and when to tile are the caller's choice (`modules/vae_codec.py`).
+tile sizes and when to tile are the caller's choice (`modules/pipeline/vae_codec.py`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from modules.conds import Cond, MultiCond, ScheduledCond
+from modules.conditioning.conds import Cond, MultiCond, ScheduledCond
 
 
 @dataclass
@@ -119,7 +119,7 @@ class CFGDenoiser:
     last_uncond: Tensor | None = None
     used_skip_early_cfg: bool = False
     used_ngms: bool = False
-    # The refiner (modules/refiner.py): swaps the model and conds once it is due.
+    # The refiner (modules/pipeline/refiner.py): swaps the model and conds once it is due.
     switch: Any = None
 
     def __post_init__(self) -> None:

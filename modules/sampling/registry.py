@@ -29,13 +29,27 @@ from modules.sampling.denoiser import lcm_sigmas
 from modules.sampling.noise import BrownianTreeNoiseSampler, randn_noise_sampler
 from modules.sampling.samplers_dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from modules.sampling.samplers_dpmpp import (
-    sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde, sample_dpmpp_sde,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
 )
 from modules.sampling.samplers_euler import (
-    sample_dpm_2, sample_dpm_2_ancestral, sample_euler, sample_euler_ancestral, sample_heun, sample_lms,
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+    sample_lms,
 )
 from modules.sampling.samplers_extra import sample_lcm, sample_restart
-from modules.sampling.samplers_timestep import sample_ddim, sample_ddim_cfgpp, sample_plms, sample_unipc
+from modules.sampling.samplers_timestep import (
+    sample_ddim,
+    sample_ddim_cfgpp,
+    sample_plms,
+    sample_unipc,
+)
 
 SamplerFn = Callable[..., SamplerGen]
 CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")

@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 
 from modules.sampling.base import (
-    Model, NoiseSampler, SamplerGen, SamplerStep, ancestral_step, denoise, require_noise, schedule_list,
+    Model,
+    NoiseSampler,
+    SamplerGen,
+    SamplerStep,
+    ancestral_step,
+    denoise,
+    require_noise,
+    schedule_list,
 )
 
 

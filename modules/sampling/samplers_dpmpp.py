@@ -17,8 +17,15 @@ from typing import Any, Literal
 from torch import Tensor
 
 from modules.sampling.base import (
-    Model, NoiseSampler, SamplerGen, SamplerStep, ancestral_step, denoise, require_noise,
-    schedule_list, to_d,
+    Model,
+    NoiseSampler,
+    SamplerGen,
+    SamplerStep,
+    ancestral_step,
+    denoise,
+    require_noise,
+    schedule_list,
+    to_d,
 )
 
 

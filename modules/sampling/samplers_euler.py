@@ -19,8 +19,17 @@ import numpy as np
 from torch import Tensor
 
 from modules.sampling.base import (
-    Model, NoiseSampler, SamplerGen, SamplerStep, add_churn, ancestral_step, churn_gamma,
-    denoise, require_noise, schedule_list, to_d,
+    Model,
+    NoiseSampler,
+    SamplerGen,
+    SamplerStep,
+    add_churn,
+    ancestral_step,
+    churn_gamma,
+    denoise,
+    require_noise,
+    schedule_list,
+    to_d,
 )
 
 INF = float("inf")

@@ -20,7 +20,14 @@ from typing import Any
 from torch import Tensor
 
 from modules.sampling.base import (
-    Model, NoiseSampler, SamplerGen, SamplerStep, denoise, require_noise, schedule_list, to_d,
+    Model,
+    NoiseSampler,
+    SamplerGen,
+    SamplerStep,
+    denoise,
+    require_noise,
+    schedule_list,
+    to_d,
 )
 from modules.sampling.schedules import karras
 

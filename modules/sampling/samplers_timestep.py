@@ -35,7 +35,15 @@ import numpy as np
 from torch import Tensor
 
 from modules.sampling.base import (
-    Model, NoiseSampler, SamplerGen, SamplerStep, ancestral_step, denoise, require_noise, schedule_list, to_d,
+    Model,
+    NoiseSampler,
+    SamplerGen,
+    SamplerStep,
+    ancestral_step,
+    denoise,
+    require_noise,
+    schedule_list,
+    to_d,
 )
 
 

@@ -10,7 +10,7 @@ method names (a1111.md h.2) and typed arguments instead of `*args`:
 - `Args` is a dataclass of its arguments (`modules.scripts.args.arg` declares labels
   and ranges); `ui(is_img2img)` builds the Gradio controls, one per field, and is
   called by `webui/` only (this module never imports gradio).
-- Lifecycle hooks receive the job's `Plan` (`modules.processing.Plan`: params,
+- Lifecycle hooks receive the job's `Plan` (`modules.pipeline.txt2img.Plan`: params,
   settings, prompts, seeds, `extra_params` for the infotext, `warnings`) plus typed
   per-call data. They may change the plan (e.g. `plan.prompts`) before sampling.
 - `run(p, args)` (selectable scripts) replaces the normal processing. `p` is a

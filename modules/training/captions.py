@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from modules.tokenizer import ClipTokenizer
+from modules.conditioning.tokenizer import ClipTokenizer
 
 CONTEXT_LENGTH = 77
 

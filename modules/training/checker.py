@@ -27,7 +27,14 @@ import numpy as np
 from PIL import Image
 
 from modules.training.shapes import (
-    COLORS, HELD_OUT_SHAPES, PALETTE, POSITIONS, SHAPES, SIZE_FRACTIONS, SIZES, ShapeLabels,
+    COLORS,
+    HELD_OUT_SHAPES,
+    PALETTE,
+    POSITIONS,
+    SHAPES,
+    SIZE_FRACTIONS,
+    SIZES,
+    ShapeLabels,
 )
 
 ANALYSIS_RESOLUTION = 64

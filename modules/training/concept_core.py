@@ -31,10 +31,10 @@ from tqdm import tqdm
 from modules.conditioning.chunking import SpecialIds
 from modules.conditioning.embeddings import EmbeddingTable
 from modules.conditioning.encode import chunk_texts, encode_chunks
+from modules.conditioning.tokenizer import ClipTokenizer
+from modules.errors import ParamsError
 from modules.models.sd_model import StableDiffusionModel
-from modules.params import ParamsError
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
-from modules.tokenizer import ClipTokenizer
 from modules.training.concept_data import DEFAULT_MODEL, ConceptItem
 from modules.training.lr_schedule import LearnRateSchedule, parse_learn_rate
 from modules.training.train_vae import encode_latents

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from modules.params import ParamsError
+from modules.errors import ParamsError
 from modules.training.shapes import caption_for, make_sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

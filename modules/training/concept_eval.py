@@ -48,8 +48,8 @@ def with_lora(name: str, weight: float = 1.0) -> Callable[[str], str]:
 def bar_images(runtime, transform: Callable[[str], str] = lambda p: p, *, prompts: Sequence[str] | None = None,
                seeds: Sequence[int] = SEEDS) -> list:
     """PIL images for every (prompt, seed), one batch of len(seeds) per prompt."""
-    from modules.params import Txt2ImgParams
-    from modules.processing import txt2img
+    from modules.pipeline.params import Txt2ImgParams
+    from modules.pipeline.txt2img import txt2img
 
     size = runtime.models.get().family.native_resolution
     images = []
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from modules.cmd_args import parse_args
+    from modules.app.cmd_args import parse_args
     from modules.runtime import Runtime
 
     torch.set_num_threads(1)

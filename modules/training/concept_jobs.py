@@ -17,14 +17,18 @@ from collections.abc import Generator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from modules.errors import ParamsError
 from modules.jobs import Progress
-from modules.params import ParamsError
 from modules.paths import ROOT
 from modules.training.concept_core import TrainingStep
 from modules.training.concept_data import folder_items, read_template
 from modules.training.embedding_files import clean_name, create_embedding, find_embedding_file
 from modules.training.evaluate import load_model
-from modules.training.train_embedding import EmbeddingTrainingConfig, TrainedEmbedding, embedding_training
+from modules.training.train_embedding import (
+    EmbeddingTrainingConfig,
+    TrainedEmbedding,
+    embedding_training,
+)
 from modules.training.train_lora import LoraTrainingConfig, TrainedLora, lora_training
 
 TEMPLATES_FOLDER = "textual_inversion_templates"

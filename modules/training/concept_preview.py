@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from modules.conditioning.embeddings import EmbeddingTable
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models.sd_model import StableDiffusionModel
 from modules.sampling.base import run_sampler
 from modules.sampling.denoiser import Denoiser, model_sigmas
 from modules.sampling.registry import compute_sigmas, resolve_sampler, start_sampler
-from modules.tokenizer import ClipTokenizer
 from modules.training.concept_core import UNetCall, encode_prompts
 
 

@@ -40,11 +40,11 @@ from pathlib import Path
 
 import torch
 
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models.families import Family
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.text_encoders import TextEncoder
 from modules.nn.unet import UNetModel
-from modules.tokenizer import ClipTokenizer
 from modules.training.captions import token_ids
 from modules.training.checkpoint import save_checkpoint
 from modules.training.demo_config import DEMO_FAMILY, with_scale_factor
@@ -52,7 +52,11 @@ from modules.training.loop import EMA
 from modules.training.train_controlnet import ControlNetTrainingConfig
 from modules.training.train_unet import UNetTrainingConfig, build_latent_set, train_unet
 from modules.training.train_vae import (
-    DecoderTrainingConfig, VAETrainingConfig, finetune_decoder, measure_scale_factor, train_vae,
+    DecoderTrainingConfig,
+    VAETrainingConfig,
+    finetune_decoder,
+    measure_scale_factor,
+    train_vae,
 )
 
 DEFAULT_OUT = Path("models/Stable-diffusion/easel-demo.safetensors")

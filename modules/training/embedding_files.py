@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modules.params import ParamsError
-from modules.tokenizer import ClipTokenizer
+from modules.conditioning.tokenizer import ClipTokenizer
+from modules.errors import ParamsError
 
 MAX_VECTORS = 75  # one prompt chunk
 STAR_TOKEN = 265  # A1111 writes this placeholder id for "*"

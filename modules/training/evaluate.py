@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models.families import Family
 from modules.models.loader import inspect_checkpoint, load_state_dict
 from modules.models.sd_model import StableDiffusionModel
 from modules.sampling.base import run_sampler
 from modules.sampling.denoiser import Denoiser, model_sigmas
 from modules.sampling.registry import compute_sigmas, resolve_sampler, start_sampler
-from modules.tokenizer import ClipTokenizer
 from modules.training.captions import token_ids
 from modules.training.checker import attribute_names, check
 from modules.training.shapes import evaluation_prompts

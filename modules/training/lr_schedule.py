@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from modules.params import ParamsError
+from modules.errors import ParamsError
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models.loader import inspect_checkpoint
 from modules.nn.controlnet import ControlNet, ControlNetConfig
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
-from modules.tokenizer import ClipTokenizer
 from modules.training.captions import token_ids
 from modules.training.checkpoint import save_model_file
 from modules.training.evaluate import load_model
 from modules.training.loop import EMA, Trainer
 from modules.training.shapes import (
-    POSITION_JITTER, POSITIONS, SIZE_JITTER, ShapeLabels, caption_for, random_truth, render,
+    POSITION_JITTER,
+    POSITIONS,
+    SIZE_JITTER,
+    ShapeLabels,
+    caption_for,
+    random_truth,
+    render,
 )
 from modules.training.train_vae import encode_latents
 

@@ -28,18 +28,33 @@ from pathlib import Path
 
 import torch
 
+from modules.conditioning.tokenizer import ClipTokenizer
+from modules.errors import ParamsError
 from modules.models.families import Family
 from modules.models.sd_model import StableDiffusionModel
-from modules.params import ParamsError
-from modules.tokenizer import ClipTokenizer
 from modules.training.checkpoint import save_model_file
 from modules.training.concept_core import (
-    Batches, ConceptTrainingOptions, LatentCache, StepLoop, TrainingStep, concept_parser, drive, encode_prompts,
+    Batches,
+    ConceptTrainingOptions,
+    LatentCache,
+    StepLoop,
+    TrainingStep,
+    concept_parser,
+    drive,
+    encode_prompts,
     noise_prediction_loss,
-    optimise, training_alphas, with_checkpoints,
+    optimise,
+    training_alphas,
+    with_checkpoints,
 )
 from modules.training.concept_data import (
-    DEFAULT_MODEL, ConceptItem, PromptOptions, bar_items, folder_items, make_prompt, read_template,
+    DEFAULT_MODEL,
+    ConceptItem,
+    PromptOptions,
+    bar_items,
+    folder_items,
+    make_prompt,
+    read_template,
 )
 from modules.training.concept_preview import preview_image, save_preview
 from modules.training.evaluate import load_model

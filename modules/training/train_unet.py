@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.configs import NoiseScheduleConfig
 from modules.nn.text_encoders import TextEncoder
 from modules.nn.unet import UNetModel
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
-from modules.tokenizer import ClipTokenizer
 from modules.training.captions import token_ids
 from modules.training.loop import EMA, Trainer
 from modules.training.shapes import make_caption_group

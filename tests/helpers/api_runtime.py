@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from modules.cmd_args import parse_args
+from modules.app.cmd_args import parse_args
 from modules.runtime import Runtime
 from tests.helpers.checkpoints import write_tiny_checkpoint
 from tests.tiny import TINY_SD15

@@ -1,7 +1,7 @@
 """Serving an app on a free loopback port, and headless Debian Chromium through Playwright.
 
 Browser tests fail (never skip) when `chromium` is missing: CI installs it
-(`modules.bootstrap.ensure_chromium`). `playwright install` is never used.
+(`modules.app.bootstrap.ensure_chromium`). `playwright install` is never used.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def write_tiny_checkpoint(path: Path, family: Family, *, seed: int = 0) -> Path:
 
 def tiny_runtime(data_dir: Path, checkpoints: dict[str, Family]):
     """A Runtime over `data_dir` whose checkpoint folder holds the named tiny models."""
-    from modules.cmd_args import parse_args
+    from modules.app.cmd_args import parse_args
     from modules.runtime import Runtime
 
     for name, family in checkpoints.items():

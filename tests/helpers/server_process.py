@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from modules.early_page import STARTING_HEADER
+from modules.app.early_page import STARTING_HEADER
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = ROOT / "models" / "Stable-diffusion"

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules.extensions_install import (
-    ACCESS_DENIED, extension_access_allowed, install_from_url,
+from modules.extensions.install import (
+    ACCESS_DENIED,
+    extension_access_allowed,
+    install_from_url,
 )
 from modules.scripts import loader
 

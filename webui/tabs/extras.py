@@ -3,7 +3,7 @@
 A1111's layout: sub-tabs Single image / Batch Process / Batch from Directory, an
 "Upscale" section with "Scale by" / "Scale to" sub-tabs, Upscaler 1, Upscaler 2 and its
 visibility, then the output gallery and the info text. The handler only turns the
-widgets into an `ExtrasJob` and calls `modules.extras_jobs.run_extras_job`.
+widgets into an `ExtrasJob` and calls `modules.upscaling.extras_jobs.run_extras_job`.
 `ExtrasTab.image` is the single-image input, the target of "Send to extras".
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import gradio as gr
 
-from modules.extras import ExtrasParams
-from modules.extras_jobs import ExtrasJob, run_extras_job
-from modules.params import ParamsError
-from modules.upscalers import upscalers_of
+from modules.pipeline.params import ParamsError
+from modules.upscaling.extras import ExtrasParams
+from modules.upscaling.extras_jobs import ExtrasJob, run_extras_job
+from modules.upscaling.registry import upscalers_of
 from webui.widgets import REFRESH_SYMBOL, tool_button
 
 MODES = ("single", "batch", "directory")

@@ -4,8 +4,8 @@ The generation panel (`webui.panel`) around A1111's img2img inputs: one sub-tab 
 mode (Gradio 6's `ImageEditor` for drawn masks and sketches), resize mode, "Resize
 to" / "Resize by", denoising strength and the inpainting options, shown for the
 inpaint modes. The handler turns the widgets into an `Img2ImgParams`
-(`webui.img2img_fields`) and submits `modules.img2img.img2img` to the job queue; the
-Batch sub-tab runs `modules.img2img_batch.img2img_batch` over folders.
+(`webui.img2img_fields`) and submits `modules.pipeline.img2img.img2img` to the job queue; the
+Batch sub-tab runs `modules.pipeline.img2img_batch.img2img_batch` over folders.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from modules.img2img import img2img
-from modules.img2img_batch import PNG_INFO_PROPS, img2img_batch
-from modules.params import MASKED_CONTENT, RESIZE_MODES, GenerationResult, ParamsError
+from modules.pipeline.img2img import img2img
+from modules.pipeline.img2img_batch import PNG_INFO_PROPS, img2img_batch
+from modules.pipeline.params import MASKED_CONTENT, RESIZE_MODES, GenerationResult, ParamsError
 from webui import img2img_fields as I
 from webui import panel as PN
 from webui.panel_results import build_results, gr_error, poll_job

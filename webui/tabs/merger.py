@@ -15,9 +15,14 @@ import gradio as gr
 
 from modules.models.errors import ModelLoadError
 from modules.models.merge import (
-    CHECKPOINT_FORMATS, CONFIG_SOURCES, INTERP_METHODS, MergeParams, run_merge, vae_choices,
+    CHECKPOINT_FORMATS,
+    CONFIG_SOURCES,
+    INTERP_METHODS,
+    MergeParams,
+    run_merge,
+    vae_choices,
 )
-from modules.params import ParamsError
+from modules.pipeline.params import ParamsError
 from webui.widgets import REFRESH_SYMBOL, checkpoint_titles, tool_button
 
 LABELS = {

@@ -1,6 +1,6 @@
 """The PNG Info tab: drop an image, read its generation parameters, send them on.
 
-Reading is `modules.images.read_image_info` (PNG text chunk, EXIF UserComment, GIF
+Reading is `modules.imaging.save.read_image_info` (PNG text chunk, EXIF UserComment, GIF
 comment, NovelAI); "Send to txt2img" fills the txt2img widgets through the same
 conversion as the ↙️ paste button and switches to that tab.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from modules.images import read_image_info
+from modules.imaging.save import read_image_info
 
 
 @dataclass

@@ -15,11 +15,19 @@ from typing import Any
 
 import gradio as gr
 
-from modules.params import ParamsError
+from modules.pipeline.params import ParamsError
 from modules.training.concept_core import CLIP_GRAD_MODES, LATENT_SAMPLING_METHODS
 from modules.training.concept_jobs import (
-    ConceptDataParams, CreateEmbeddingParams, TrainEmbeddingParams, TrainLoraParams, create_embedding_job,
-    templates_dirs, train_embedding_job, train_lora_job, validate_embedding_training, validate_lora_training,
+    ConceptDataParams,
+    CreateEmbeddingParams,
+    TrainEmbeddingParams,
+    TrainLoraParams,
+    create_embedding_job,
+    templates_dirs,
+    train_embedding_job,
+    train_lora_job,
+    validate_embedding_training,
+    validate_lora_training,
 )
 from webui.progress import idle_html, progress_html
 

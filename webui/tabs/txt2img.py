@@ -14,15 +14,28 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from modules.processing import txt2img
-from modules.params import Txt2ImgParams
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
 from webui import fields as F
 from webui import panel as PN
-from webui.panel_results import (POLL_SECONDS, build_results, empty_results,  # noqa: F401
-                                 gallery_images, infotext_html, poll_job, reuse_seed,
-                                 selected_image)
-from webui.panel_wiring import (paste_values, token_counter, updates_for,  # noqa: F401
-                                wire_generate, wire_panel, wire_run)
+from webui.panel_results import (  # noqa: F401
+    POLL_SECONDS,
+    build_results,
+    empty_results,
+    gallery_images,
+    infotext_html,
+    poll_job,
+    reuse_seed,
+    selected_image,
+)
+from webui.panel_wiring import (  # noqa: F401
+    paste_values,
+    token_counter,
+    updates_for,
+    wire_generate,
+    wire_panel,
+    wire_run,
+)
 from webui.requests import checked_request
 from webui.script_ui import build_scripts
 

@@ -19,13 +19,13 @@ becomes a warning in the result naming the unit and field; the job goes on witho
 from dataclasses import dataclass
 
 import torch
-
 from easel_controlnet.api import register_routes
 from easel_controlnet.inject import ActiveUnit, ControlStepHook
 from easel_controlnet.library import ControlNetCache
 from easel_controlnet.prepare import Target, prepare_unit
 from easel_controlnet.preprocessors import PreprocessorError
 from easel_controlnet.units import ControlNetUnit
+
 from modules.models.errors import ModelLoadError
 from modules.scripts.args import arg
 from modules.scripts.base import AlwaysVisible, SamplingInfo, Script

@@ -6,9 +6,9 @@ import dataclasses
 import datetime as dt
 import random
 
-from modules import images as image_io
+from modules.imaging import save as image_io
 from modules.infotext import quote
-from modules.params import GenerationResult
+from modules.pipeline.params import GenerationResult
 
 
 def fixed_seed_params(params):

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from modules.grid import image_grid
+from modules.imaging.grid import image_grid
 from modules.scripts.args import ScriptArgsError, arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common

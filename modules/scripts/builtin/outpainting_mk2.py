@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modules.grid import image_grid
-from modules.img2img import flatten
+from modules.imaging.grid import image_grid
+from modules.pipeline.img2img import flatten
 from modules.scripts.args import arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common

@@ -27,8 +27,8 @@ from typing import Any
 
 from PIL import Image
 
-from modules.img2img import flatten
-from modules.params import MASKED_CONTENT
+from modules.pipeline.img2img import flatten
+from modules.pipeline.params import MASKED_CONTENT
 from modules.scripts.args import ScriptArgsError, arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common

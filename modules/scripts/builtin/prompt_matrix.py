@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from modules.grid_labels import labelled_grid
+from modules.imaging.grid_labels import labelled_grid
 from modules.scripts.args import arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common

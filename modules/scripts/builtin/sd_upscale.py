@@ -1,7 +1,7 @@
 """SD upscale (img2img): enlarge with an upscaler, then re-diffuse it tile by tile.
 
 As A1111's script (a1111.md a.6, c.3): the init image is enlarged by `scale_factor`
-with the chosen upscaler (`int(side * scale) // 8 * 8`, see `modules.upscalers`;
+with the chosen upscaler (`int(side * scale) // 8 * 8`, see `modules.upscaling.registry`;
 "None" leaves it as it is), cut into tiles of the job's width x height overlapping by
 at least `overlap` pixels (`tiles.TileGrid`), every tile goes through img2img, and the
 tiles are blended back. Tiles run `batch_size` at a time; batch `k` of repeat `n`
@@ -22,12 +22,12 @@ from typing import Any
 
 from PIL import Image
 
-from modules.img2img import flatten
+from modules.pipeline.img2img import flatten
 from modules.scripts.args import ScriptArgsError, arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common
 from modules.scripts.builtin.tiles import TileGrid
-from modules.upscalers import upscalers_of
+from modules.upscaling.registry import upscalers_of
 
 TITLE = "SD upscale"
 

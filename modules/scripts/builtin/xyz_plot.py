@@ -14,11 +14,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from modules.grid_labels import join_with_titles, labelled_grid
+from modules.imaging.grid_labels import join_with_titles, labelled_grid
 from modules.scripts.args import arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common
-from modules.scripts.builtin.xyz_axes import AXIS_LABELS, Axis, find_axis, format_value, parse_values
+from modules.scripts.builtin.xyz_axes import (
+    AXIS_LABELS,
+    Axis,
+    find_axis,
+    format_value,
+    parse_values,
+)
 
 MAX_CELLS = 1024
 

@@ -9,7 +9,7 @@ the allow-list unpickler), so its own `torch.load` is never used.
 spandrel imports torchvision, which only works when it was built for the installed
 torch; on a machine whose torch has no matching torchvision (our CPU build of torch
 2.13), `import spandrel` fails with a RuntimeError, not an ImportError. `problem()`
-reports that as a reason instead of letting it escape. `modules/upscalers.py` then
+reports that as a reason instead of letting it escape. `modules/upscaling/registry.py` then
 uses the separate upscaler environment's worker (`remote.py`).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from modules.upscaler_models.network import UpscaleModel
+from modules.upscaling.network import UpscaleModel
 
 # spandrel purposes an image upscaler can use: super-resolution and 1x restoration.
 # Face restoration needs face detection first, inpainting needs a mask.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from modules.image_resize import resize
+from modules.imaging.resize import resize
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from modules.upscaler_models.worker import read_message, write_message
+from modules.upscaling.worker import read_message, write_message
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 STDERR_LINES = 40
@@ -87,7 +87,7 @@ class SpandrelWorker:
         env = dict(os.environ, PYTHONPATH=str(ROOT), **OFFLINE_ENV)
         env.pop("VIRTUAL_ENV", None)
         self._process = subprocess.Popen(
-            [str(self.python), "-m", "modules.upscaler_models.worker", "--device", self.device],
+            [str(self.python), "-m", "modules.upscaling.worker", "--device", self.device],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE)
         threading.Thread(target=self._drain, args=(self._process,), daemon=True).start()

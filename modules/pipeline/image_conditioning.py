@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from modules.vae_codec import encode_images
+from modules.pipeline.vae_codec import encode_images
 
 
 def inpaint_image_cond(loaded, source: torch.Tensor, mask: torch.Tensor, *, weight: float,

@@ -57,7 +57,7 @@ def _ensure_upscalers(root: Path, python: Path, marker: Path, *, build_env: bool
     """spandrel in the app's venv or in `.venv-upscalers` (`bootstrap_upscalers`), once
     per requirements change; a run that skipped the separate env is retried without
     the flag."""
-    from modules import bootstrap_upscalers as up
+    from modules.app import bootstrap_upscalers as up
 
     step = up.digest(root)
     installed = marker.read_text().split()

@@ -37,13 +37,12 @@ import torch
 from PIL import Image
 
 from modules.models.errors import ModelLoadError
-from modules.upscaler_models import spandrel_models
-from modules.upscaler_models.files import MODEL_SUFFIXES, load_weights
-from modules.upscaler_models.keys import config_from, layout, to_basicsr
-from modules.upscaler_models.network import (UpscaleModel, image_to_tensor, tensor_to_image,
-                                             tiled_apply)
-from modules.upscaler_models.remote import RemoteModel, SpandrelWorker, WorkerError
-from modules.upscaler_models.rrdbnet import RRDBNet
+from modules.upscaling import spandrel_models
+from modules.upscaling.files import MODEL_SUFFIXES, load_weights
+from modules.upscaling.keys import config_from, layout, to_basicsr
+from modules.upscaling.network import UpscaleModel, image_to_tensor, tensor_to_image, tiled_apply
+from modules.upscaling.remote import RemoteModel, SpandrelWorker, WorkerError
+from modules.upscaling.rrdbnet import RRDBNet
 
 __all__ = ["BUILTIN", "MODEL_SUFFIXES", "SpandrelAccess", "UpscaleModel", "UpscalerError",
            "UpscalerInfo", "UpscalerRegistry", "build_model", "image_to_tensor", "load_weights",
@@ -238,7 +237,7 @@ class UpscalerRegistry:
 
 def upscaler_python(args) -> Path | None:
     """`--upscaler-python`, else the bootstrap's `.venv-upscalers` interpreter if it exists."""
-    from modules.bootstrap_upscalers import UPSCALER_VENV_DIR
+    from modules.app.bootstrap_upscalers import UPSCALER_VENV_DIR
     from modules.paths import ROOT
 
     flag = getattr(args, "upscaler_python", None)

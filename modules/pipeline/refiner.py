@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from modules.models.errors import ModelLoadError
-from modules.params import ParamsError, refiner_name
+from modules.pipeline.params import ParamsError, refiner_name
 
 HIRES_PASSES = {"first pass": (True, False), "second pass": (False, True), "both passes": (True, True)}
 

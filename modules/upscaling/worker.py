@@ -1,6 +1,6 @@
 """The spandrel worker: runs upscaler models in the separate upscaler environment.
 
-    <upscaler env>/bin/python -m modules.upscaler_models.worker --device cpu
+    <upscaler env>/bin/python -m modules.upscaling.worker --device cpu
 
 When the app's torch has no working torchvision (our CPU torch 2.13 build), spandrel
 cannot be imported in the app. The bootstrap then builds `.venv-upscalers/` with a
@@ -29,9 +29,9 @@ from typing import BinaryIO
 import torch
 from PIL import Image
 
-from modules.upscaler_models.files import load_weights
-from modules.upscaler_models.network import UpscaleModel
-from modules.upscaler_models.spandrel_models import SpandrelError, load_spandrel
+from modules.upscaling.files import load_weights
+from modules.upscaling.network import UpscaleModel
+from modules.upscaling.spandrel_models import SpandrelError, load_spandrel
 
 
 def read_message(stream: BinaryIO) -> tuple[dict, bytes] | None:

@@ -241,7 +241,7 @@ class ExtensionRegistry:
             if not ext.enabled or any("requires" in e for e in ext.errors):
                 continue
             if run_installers:
-                error = loader.run_installer(ext.path, root=Path(__file__).resolve().parent.parent)
+                error = loader.run_installer(ext.path, root=Path(__file__).resolve().parents[2])
                 if error:
                     ext.errors.append(error)
             load_scripts(ext, self)

@@ -1,6 +1,6 @@
 """The Extras tab's three ways in: a single image, uploaded files, or a folder.
 
-The upscale itself is `modules.extras.run_extras`; this module picks the images, checks
+The upscale itself is `modules.upscaling.extras.run_extras`; this module picks the images, checks
 the sizes they would grow to, and saves the results as A1111's Extras tab does: into
 the "Extras output folder" setting (`outputs/extras-images/NNNNN.png`, no date
 folder), or for "Batch from directory" into the chosen output folder under the
@@ -21,10 +21,10 @@ from typing import Literal
 
 from PIL import Image
 
-from modules.extras import ExtrasParams, run_extras
-from modules.images import read_infotext, save_image
-from modules.params import ParamsError
-from modules.upscalers import upscalers_of
+from modules.errors import ParamsError
+from modules.imaging.save import read_infotext, save_image
+from modules.upscaling.extras import ExtrasParams, run_extras
+from modules.upscaling.registry import upscalers_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_SIDE = 16384  # the largest result side; beyond it one image needs gigabytes

@@ -11,18 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from modules.errors import ParamsError, require_number  # ParamsError: re-exported
+
 MAX_SIDE = 8192
 MAX_STEPS = 1000
 MAX_BATCH = 64
-
-
-class ParamsError(ValueError):
-    """A request field that cannot be accepted."""
-
-    def __init__(self, field_name: str, reason: str):
-        super().__init__(f"{field_name}: {reason}")
-        self.field = field_name
-        self.reason = reason
 
 
 @dataclass(kw_only=True)
@@ -52,7 +45,7 @@ class GenerationParams:
     s_tmax: float | None = None
     s_tmin: float | None = None
     s_noise: float | None = None
-    # The refiner (modules/refiner.py): a checkpoint that takes over at this fraction.
+    # The refiner (modules/pipeline/refiner.py): a checkpoint that takes over at this fraction.
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     override_settings: dict[str, Any] = field(default_factory=dict)
@@ -75,8 +68,8 @@ class GenerationParams:
         _require_int("steps", self.steps, 1, MAX_STEPS)
         _require_int("batch_size", self.batch_size, 1, MAX_BATCH)
         _require_int("n_iter", self.n_iter, 1, 10_000)
-        _require_number("cfg_scale", self.cfg_scale, 0.0, 100.0)
-        _require_number("subseed_strength", self.subseed_strength, 0.0, 1.0)
+        require_number("cfg_scale", self.cfg_scale, 0.0, 100.0)
+        require_number("subseed_strength", self.subseed_strength, 0.0, 1.0)
         _require_int("seed", self.seed, -1, 2**63 - 1)
         _require_int("subseed", self.subseed, -1, 2**63 - 1)
         for name in ("seed_resize_from_h", "seed_resize_from_w"):
@@ -88,7 +81,7 @@ class GenerationParams:
         for name in ("eta", "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise"):
             value = getattr(self, name)
             if value is not None:
-                _require_number(name, value, 0.0, 1000.0)
+                require_number(name, value, 0.0, 1000.0)
         self.validate_refiner()
         if self.script_name is not None and not isinstance(self.script_name, str):
             raise ParamsError("script_name", "must be a string or null")
@@ -106,7 +99,7 @@ class GenerationParams:
         if self.refiner_switch_at is None:
             raise ParamsError("refiner_switch_at", "is required when refiner_checkpoint is set "
                                                    "(the fraction of sampling after which it takes over)")
-        _require_number("refiner_switch_at", self.refiner_switch_at, 0.01, 1.0)
+        require_number("refiner_switch_at", self.refiner_switch_at, 0.01, 1.0)
 
 
 NO_REFINER = ("", "None", "none")
@@ -120,13 +113,6 @@ def refiner_name(value: str | None) -> str | None:
 def _require_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ParamsError(name, f"expected an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ParamsError(name, f"{value} is outside [{low}, {high}]")
-
-
-def _require_number(name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParamsError(name, f"expected a number, got {value!r}")
     if not low <= value <= high:
         raise ParamsError(name, f"{value} is outside [{low}, {high}]")
 
@@ -175,8 +161,8 @@ class Txt2ImgParams(GenerationParams):
             return
         if self.denoising_strength is None:
             raise ParamsError("denoising_strength", "is required when enable_hr is true")
-        _require_number("denoising_strength", self.denoising_strength, 0.0, 1.0)
-        _require_number("hr_scale", self.hr_scale, 1.0, MAX_HIRES_SCALE)
+        require_number("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        require_number("hr_scale", self.hr_scale, 1.0, MAX_HIRES_SCALE)
         _require_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
         for name in ("hr_resize_x", "hr_resize_y"):
             _require_int(name, getattr(self, name), 0, MAX_SIDE)
@@ -262,7 +248,7 @@ class Img2ImgParams(GenerationParams):
         if self.mask is not None and not _is_image(self.mask):
             raise ParamsError("mask", f"expected an image, got {type(self.mask).__name__}")
         _require_int("resize_mode", self.resize_mode, 0, len(RESIZE_MODES) - 1)
-        _require_number("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        require_number("denoising_strength", self.denoising_strength, 0.0, 1.0)
         for name in ("mask_blur_x", "mask_blur_y"):
             _require_int(name, getattr(self, name), 0, 64)
         _require_int("inpainting_fill", self.inpainting_fill, 0, len(MASKED_CONTENT) - 1)
@@ -272,11 +258,11 @@ class Img2ImgParams(GenerationParams):
             if not isinstance(getattr(self, name), bool):
                 raise ParamsError(name, "expected true or false")
         if self.initial_noise_multiplier is not None:
-            _require_number("initial_noise_multiplier", self.initial_noise_multiplier, 0.0, 1.5)
+            require_number("initial_noise_multiplier", self.initial_noise_multiplier, 0.0, 1.5)
         if self.image_cfg_scale is not None:
-            _require_number("image_cfg_scale", self.image_cfg_scale, 0.0, 100.0)
+            require_number("image_cfg_scale", self.image_cfg_scale, 0.0, 100.0)
         if self.scale_by is not None:
-            _require_number("scale_by", self.scale_by, 0.05, 4.0)
+            require_number("scale_by", self.scale_by, 0.05, 4.0)
 
 
 def _is_image(value: Any) -> bool:

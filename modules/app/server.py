@@ -101,7 +101,7 @@ def serve(app, args, *, hooks: Sequence[Callable[[str, int, str], None]] = (),
     """Serve `app` until stopped; each hook gets (host, port, local URL) once listening.
 
     `sock`: an already listening socket to serve on (the start-up page's, see
-    `modules.early_page`); otherwise host and port come from the flags.
+    `modules.app.early_page`); otherwise host and port come from the flags.
     """
     import uvicorn
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from modules.image_conditioning import inpaint_image_cond
-from modules.image_resize import resize
-from modules.params import LATENT_UPSCALE_MODES, ParamsError, Txt2ImgParams, hires_size
-from modules.processing import LatentStart, Plan, sample_batch
-from modules.refiner import split_for_hires
+from modules.imaging.resize import resize
+from modules.pipeline.image_conditioning import inpaint_image_cond
+from modules.pipeline.params import LATENT_UPSCALE_MODES, ParamsError, Txt2ImgParams, hires_size
+from modules.pipeline.plan import LatentStart, Plan
+from modules.pipeline.refiner import split_for_hires
+from modules.pipeline.sample import sample_batch
+from modules.pipeline.vae_codec import decode, decode_latents, encode_images, images_to_tensor
 from modules.sampling import registry as R
-from modules.vae_codec import decode, decode_latents, encode_images, images_to_tensor
 
 # Latent upscale mode -> (torch interpolation mode, antialias).
 LATENT_MODES: dict[str, tuple[str, bool]] = {
@@ -84,7 +85,7 @@ class HiresPass:
                                  antialias=antialias)
         upscale = None
         if self.upscaler not in ("None", "Lanczos"):
-            from modules.upscalers import upscalers_of
+            from modules.upscaling.registry import upscalers_of
 
             registry, settings = upscalers_of(self.runtime), self.first.settings
             upscale = lambda image, scale: registry.upscale(  # noqa: E731
@@ -109,7 +110,7 @@ def truncate(samples: torch.Tensor, truncate_x: int, truncate_y: int) -> torch.T
 def check_upscaler(runtime, name: str) -> None:
     if name in LATENT_MODES or name in ("None", "Lanczos", "Nearest"):
         return
-    from modules.upscalers import upscalers_of
+    from modules.upscaling.registry import upscalers_of
 
     names = upscalers_of(runtime).names()
     if name not in names:

@@ -1,27 +1,40 @@
 """Process entry point inside the venv: flags -> Runtime -> FastAPI app -> uvicorn.
 
+The web UI is handed in as a `Frontend` (`launch.py` passes `webui.frontend`), so this
+backend module never imports `webui/`; without one, or with `--nowebui`, the API is
+served alone.
+
 The page is served at once; the checkpoint loads in a background thread and the
 first generation waits for it (`Runtime.ready`). Serving itself (host, port, TLS,
-CORS, hooks run once listening: `--share`, `--autolaunch`) is `modules.server`.
+CORS, hooks run once listening: `--share`, `--autolaunch`) is `modules.app.server`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
-from modules.cmd_args import parse_args, unsupported_flags
+from modules.app.cmd_args import parse_args, unsupported_flags
 
 log = logging.getLogger("easel")
 
 
-def main(argv: list[str]) -> int:
+class Frontend(Protocol):
+    """The web UI as the entry point sees it: an app factory and the `--share` hook."""
+
+    def create_app(self, runtime): ...
+
+    def share_hook(self, args): ...
+
+
+def main(argv: list[str], *, frontend: Frontend | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.loglevel or logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for line in unsupported_flags(args):
         log.warning(line)
-    from modules.server import ServeError, add_server_middleware, serve
+    from modules.app.server import ServeError, add_server_middleware, serve
 
     try:
         early = start_early_page(args)  # before torch and gradio load
@@ -31,14 +44,14 @@ def main(argv: list[str]) -> int:
     from modules.runtime import Runtime
 
     runtime = Runtime.create(args)
-    app = build_app(runtime)  # before the model load, so importing gradio has the CPU
+    app = build_app(runtime, frontend)  # before the model load, so importing gradio has the CPU
     add_server_middleware(app, args)
     if not args.skip_load_model_at_start:
         threading.Thread(target=_load_initial_model, args=(runtime,), daemon=True).start()
     else:
         runtime.ready.set()
     try:
-        serve(app, args, hooks=start_hooks(args), sock=early.stop() if early else None)
+        serve(app, args, hooks=start_hooks(args, frontend), sock=early.stop() if early else None)
     except ServeError as error:
         log.error("%s", error)
         return 2
@@ -51,8 +64,8 @@ def start_early_page(args):
     """The start-up page on the UI's socket (not with TLS or --nowebui): see early_page."""
     if args.nowebui or args.tls_certfile or args.tls_keyfile:
         return None
-    from modules.early_page import EarlyPage, bind_listening_socket
-    from modules.server import ServeError, bind_host, choose_port
+    from modules.app.early_page import EarlyPage, bind_listening_socket
+    from modules.app.server import ServeError, bind_host, choose_port
 
     host = bind_host(args)
     port = choose_port(host, args)
@@ -64,24 +77,20 @@ def start_early_page(args):
     return EarlyPage(sock).start()
 
 
-def build_app(runtime):
-    """The API alone (`--nowebui`), or the Gradio UI with the API beside it."""
-    if runtime.args.nowebui:
+def build_app(runtime, frontend: Frontend | None):
+    """The API alone (`--nowebui`, or no frontend), or the UI with the API beside it."""
+    if runtime.args.nowebui or frontend is None:
         from modules.api.app import create_api_app
 
         return create_api_app(runtime)
-    from webui.app import create_app
-
-    return create_app(runtime)
+    return frontend.create_app(runtime)
 
 
-def start_hooks(args) -> list:
+def start_hooks(args, frontend: Frontend | None = None) -> list:
     """What runs once the server listens: the share tunnel, opening a browser."""
     hooks = []
-    if args.share and not args.nowebui:
-        from webui.share import share_hook
-
-        hooks.append(share_hook(args))
+    if args.share and not args.nowebui and frontend is not None:
+        hooks.append(frontend.share_hook(args))
     if args.autolaunch:
         def autolaunch(host: str, port: int, url: str) -> None:
             import webbrowser

@@ -78,7 +78,7 @@ def build_parser(*, preloads: Sequence[Callable[[argparse.ArgumentParser], None]
 
 def extension_preloads(argv: list[str]) -> list[Callable]:
     """The `preload(parser)` hooks of the extensions the flags in `argv` would load."""
-    from modules.extensions import preload_hooks
+    from modules.extensions.registry import preload_hooks
     from modules.paths import ROOT
 
     known, _ = build_parser(add_help=False).parse_known_args(argv)

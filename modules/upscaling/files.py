@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modules.models.errors import ModelLoadError
-from modules.upscaler_models.keys import unwrap
+from modules.upscaling.keys import unwrap
 
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 

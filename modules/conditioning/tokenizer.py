@@ -16,7 +16,7 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "clip_tokenizer"
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "clip_tokenizer"
 
 BOS_ID = 49406
 EOS_ID = 49407

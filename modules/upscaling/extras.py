@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from modules.params import ParamsError, _require_number
-from modules.upscalers import UpscalerRegistry
+from modules.errors import ParamsError, require_number
+from modules.upscaling.registry import UpscalerRegistry
 
 
 @dataclass(kw_only=True)
@@ -36,12 +36,12 @@ class ExtrasParams:
         if self.resize_mode not in (0, 1):
             raise ParamsError("resize_mode", f"must be 0 (scale by) or 1 (scale to), "
                                              f"got {self.resize_mode!r}")
-        _require_number("upscaling_resize", self.upscaling_resize, 0.01, 16.0)
+        require_number("upscaling_resize", self.upscaling_resize, 0.01, 16.0)
         for name in ("upscaling_resize_w", "upscaling_resize_h"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16384:
                 raise ParamsError(name, f"{value!r} is outside [1, 16384]")
-        _require_number("extras_upscaler_2_visibility", self.extras_upscaler_2_visibility, 0, 1)
+        require_number("extras_upscaler_2_visibility", self.extras_upscaler_2_visibility, 0, 1)
         for name in ("upscaler_1", "upscaler_2"):
             if getattr(self, name) not in names:
                 raise ParamsError(name, f"unknown upscaler {getattr(self, name)!r}; "

@@ -22,7 +22,7 @@ process.
 Random sources (setting ``randn_source``): "GPU" draws on the compute device with that
 device's generator (on a non-CUDA device, e.g. CPU or MPS, this is the CPU generator,
 as upstream does for MPS and as coincides on CPU); "CPU" always draws on the CPU;
-"NV" uses the numpy Philox emulation of CUDA's generator (``modules.rng_philox``).
+"NV" uses the numpy Philox emulation of CUDA's generator (``modules.sampling.rng_philox``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from modules.rng_philox import PhiloxGenerator
+from modules.sampling.rng_philox import PhiloxGenerator
 
 RandnSource = Literal["CPU", "GPU", "NV"]
 RANDN_SOURCES: tuple[str, ...] = ("GPU", "CPU", "NV")

@@ -31,17 +31,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from modules import masks as M
-from modules.color_correction import ColorCorrection
 from modules.devices import execution_device
-from modules.image_conditioning import inpaint_image_cond
-from modules.image_resize import resize, resize_image
+from modules.imaging import masks as M
+from modules.imaging.color_correction import ColorCorrection
+from modules.imaging.resize import resize, resize_image
 from modules.jobs import Command, Progress
-from modules.params import MASKED_CONTENT, GenerationResult, Img2ImgParams, ParamsError
-from modules.processing import LatentStart, Plan, collect_batch, plan_txt2img, sample_batch
+from modules.pipeline.image_conditioning import inpaint_image_cond
+from modules.pipeline.output import collect_batch
+from modules.pipeline.params import MASKED_CONTENT, GenerationResult, Img2ImgParams, ParamsError
+from modules.pipeline.plan import LatentStart, Plan, plan_txt2img
+from modules.pipeline.sample import sample_batch
+from modules.pipeline.vae_codec import encode, images_to_tensor, sample_posterior
+from modules.sampling.seeds import create_random_tensors
 from modules.scripts.base import BatchInfo
-from modules.seeds import create_random_tensors
-from modules.vae_codec import encode, images_to_tensor, sample_posterior
 
 
 @dataclass
@@ -119,7 +121,7 @@ def upscale_fn(runtime, settings):
     name = settings.upscaler_for_img2img
     if not name or name == "None":
         return None
-    from modules.upscalers import upscalers_of
+    from modules.upscaling.registry import upscalers_of
 
     registry = upscalers_of(runtime)
     return lambda image, scale: registry.upscale(image, scale, name, settings)

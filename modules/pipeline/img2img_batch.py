@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from modules.images import png_metadata, read_infotext
-from modules.img2img import img2img
+from modules.imaging.save import png_metadata, read_infotext
 from modules.infotext import parse_infotext
-from modules.params import Img2ImgParams
+from modules.pipeline.img2img import img2img
+from modules.pipeline.params import Img2ImgParams
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PNG_INFO_PROPS = ("Prompt", "Negative prompt", "Seed", "CFG scale", "Sampler", "Steps")

@@ -23,7 +23,7 @@ import re
 
 import torch
 
-from modules.upscaler_models.rrdbnet import RRDBConfig
+from modules.upscaling.rrdbnet import RRDBConfig
 
 Tensors = dict[str, torch.Tensor]
 

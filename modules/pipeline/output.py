@@ -1,0 +1,137 @@
+"""The end of a batch: VAE decode, scripts' post-processing, infotext, saving.
+
+`collect_batch` turns a batch's latents into images and appends them, with their
+infotexts, seeds and prompts, to the job's `GenerationResult`; `infotext_for` writes
+A1111's "parameters" text, including the sampler settings A1111 records only when they
+differ from their defaults.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+
+from modules.imaging import save as image_io
+from modules.infotext import GenerationInfo, create_infotext
+from modules.pipeline.params import GenerationResult
+from modules.pipeline.plan import Plan
+from modules.pipeline.vae_codec import decode_latents as vae_decode_latents
+from modules.sampling import registry as R
+from modules.scripts.base import PostprocessBatch, PostprocessImage
+from modules.settings import Settings
+
+
+def decode_latents(loaded, latents: torch.Tensor, settings: Settings | None = None
+                   ) -> list[Image.Image]:
+    """VAE decode with the family's scale factor (tiled when `settings` call for it)."""
+    return vae_decode_latents(loaded, latents, settings)
+
+
+def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
+                  result: GenerationResult, *, batch_index: int,
+                  finish: Callable[[int, Image.Image], Image.Image] | None = None) -> None:
+    """Decode, (finish: img2img's colour correction and overlay), infotexts, save."""
+    decoded = PostprocessBatch(decode_latents(plan.loaded, latents, plan.settings), batch_index)
+    plan.scripts.call("postprocess_batch", plan, decoded)
+    for offset, image in enumerate(decoded.images):
+        index = part.start + offset
+        if finish is not None:
+            image = finish(index, image)
+        hooked = PostprocessImage(image=image, index=index)
+        plan.scripts.call("postprocess_image", plan, hooked)
+        image = hooked.image
+        infotext = infotext_for(runtime, plan, index)
+        result.images.append(image)
+        result.infotexts.append(infotext)
+        result.seeds.append(plan.seeds[index])
+        result.subseeds.append(plan.subseeds[index])
+        result.prompts.append(plan.prompts[index])
+        result.negative_prompts.append(plan.negative_prompts[index])
+        if plan.settings.samples_save and not plan.params.do_not_save_samples:
+            path = str(save(runtime, plan, image, index, infotext, batch_index))
+            result.saved_paths.append(path)
+            plan.scripts.image_saved(image, plan, path, infotext)
+
+
+def infotext_for(runtime, plan: Plan, index: int) -> str:
+    p, settings, loaded = plan.params, plan.settings, plan.loaded
+    info = GenerationInfo(
+        steps=p.steps, sampler_name=plan.sampler.label,
+        scheduler=R.effective_schedule_label(plan.sampler, plan.scheduler),
+        cfg_scale=p.cfg_scale, seed=plan.seeds[index], width=p.width, height=p.height,
+        model_hash=loaded.shorthash if settings.add_model_hash_to_info else None,
+        model_name=loaded.info.model_name if settings.add_model_name_to_info else None,
+        vae_hash=(loaded.vae_sha256 or "")[:10] or None, vae_name=loaded.vae_name,
+        subseed=plan.subseeds[index], subseed_strength=p.subseed_strength,
+        seed_resize_from_w=p.seed_resize_from_w, seed_resize_from_h=p.seed_resize_from_h,
+        clip_skip=settings.CLIP_stop_at_last_layers,
+        eta_noise_seed_delta=settings.eta_noise_seed_delta,
+        sampler_uses_ensd=plan.sampler.uses_ensd and (p.eta if p.eta is not None
+                                                      else settings.eta_ancestral) != 0,
+        randn_source=settings.randn_source, tiling=p.tiling,
+        **{"token_merging_ratio": plan.token_merging, **plan.info_fields},
+    )
+    version = runtime.version if settings.add_version_to_infotext else None
+    return create_infotext(info, prompt=plan.prompts[index],
+                           negative_prompt=plan.negative_prompts[index],
+                           extra={**plan.extra_params, **plan.networks.extra_params,
+                                  **sampler_extra_params(plan), **compile_params(runtime)},
+                           version=version)
+
+
+def compile_params(runtime) -> dict:
+    """`Torch compile` in the infotext when the U-Net runs compiled (--compile, --cuda-graphs)."""
+    mode = getattr(runtime.models, "compile_mode", None)
+    labels = {"default": "inductor", "reduce-overhead": "inductor + CUDA graphs"}
+    return {"Torch compile": labels.get(mode, mode)} if mode else {}
+
+
+def sampler_extra_params(plan: Plan) -> dict:
+    """Sampler settings A1111 writes when they differ from their defaults."""
+    settings, spec, extra = plan.settings, plan.sampler, {}
+    eta = plan.params.eta if plan.params.eta is not None else (
+        settings.eta_ancestral if spec.eta_source == "ancestral" else settings.eta_ddim)
+    if spec.eta_source == "ancestral" and eta != 1.0:
+        extra["Eta"] = eta
+    if spec.eta_source == "ddim" and eta != 0.0:
+        extra["Eta DDIM"] = eta
+    for name, key, default in (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0),
+                               ("s_tmax", "Sigma tmax", 0.0), ("s_noise", "Sigma noise", 1.0)):
+        value = getattr(plan.params, name)
+        value = getattr(settings, name) if value is None else value
+        if name in spec.extra_params and value != default:
+            extra[key] = value
+    for name, key in (("sigma_min", "Schedule min sigma"), ("sigma_max", "Schedule max sigma"),
+                      ("rho", "Schedule rho")):
+        if getattr(settings, name):
+            extra[key] = getattr(settings, name)
+    if settings.always_discard_next_to_last_sigma:
+        extra["Discard penultimate sigma"] = True
+    if settings.sgm_noise_multiplier:
+        extra["SGM noise multiplier"] = True
+    if settings.s_min_uncond or plan.params.s_min_uncond:
+        extra["NGMS"] = plan.params.s_min_uncond or settings.s_min_uncond
+    if settings.skip_early_cond:
+        extra["Skip Early CFG"] = settings.skip_early_cond
+    return extra
+
+
+def save(runtime, plan: Plan, image: Image.Image, index: int, infotext: str, batch_index: int):
+    settings = plan.settings
+    root = runtime.paths.output_dir(getattr(settings, f"outdir_{plan.kind}_samples"))
+    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+    fields = image_io.FilenameFields(
+        seed=plan.seeds[index], prompt=plan.prompts[index], width=image.width,
+        height=image.height, sampler=plan.sampler.label, steps=plan.params.steps,
+        cfg_scale=plan.params.cfg_scale, model_name=plan.loaded.info.model_name,
+        model_hash=plan.loaded.shorthash, batch_number=None, generation_number=index)
+    pattern = settings.samples_filename_pattern or ("[seed]" if settings.save_to_dirs
+                                                    else "[seed]-[prompt_spaces]")
+    return image_io.save_image(image, directory, seed=plan.seeds[index],
+                               prompt=plan.prompts[index], infotext=infotext,
+                               extension=settings.samples_format, pattern=pattern, fields=fields,
+                               jpeg_quality=settings.jpeg_quality,
+                               write_metadata=settings.enable_pnginfo)

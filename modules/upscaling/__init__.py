@@ -1,0 +1,10 @@
+"""Upscalers and the Extras tab: from an image to a larger one.
+
+`registry.py` lists and runs upscalers (Lanczos, Nearest, model files in A1111's
+folders); `files.py` / `keys.py` read ESRGAN-family files safely, `rrdbnet.py` and
+`network.py` are our own networks, `spandrel_models.py` runs other architectures
+through spandrel, in the app or in the separate environment through `remote.py` and
+`worker.py`; `extras.py` / `extras_jobs.py` are the Extras operations.
+May import: models (safe readers), imaging, errors, paths, and `app.bootstrap_upscalers`
+for the environment's location; never `pipeline/`, `api/` or `webui/`.
+"""
