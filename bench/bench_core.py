@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -88,8 +89,8 @@ def bench_unet(runs: int, *, dtypes=(torch.float32, torch.bfloat16),
         run_ours = ours
         if compiled:  # the --compile flag: inductor on the CPU (first call compiles, minutes)
             run_ours = torch.compile(ours, dynamic=False)
-        mine, reference = time_pair(lambda: run_ours(x, t, context),
-                                    lambda: theirs(x, t, encoder_hidden_states=context), runs)
+        mine, reference = time_pair(partial(run_ours, x, t, context),
+                                    partial(theirs, x, t, encoder_hidden_states=context), runs)
         rows.append({"dtype": str(dtype).split(".")[-1], "compiled": compiled,
                      "easel_s": round(mine, 3),
                      "diffusers_s": round(reference, 3), "ratio": round(mine / reference, 3),

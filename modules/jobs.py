@@ -15,8 +15,9 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any
 
 Command = str | None
 

@@ -9,9 +9,10 @@ temporary folders.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from modules.jobs import JobQueue
 from modules.paths import Paths

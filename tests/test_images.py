@@ -171,7 +171,7 @@ def test_dated_output_dir() -> None:
 
 def test_read_gif_comment_and_novelai() -> None:
     buffer = io.BytesIO()
-    solid((0, 0, 0)).save(buffer, format="GIF", comment="gif params".encode())
+    solid((0, 0, 0)).save(buffer, format="GIF", comment=b"gif params")
     assert read_infotext(Image.open(io.BytesIO(buffer.getvalue()))) == "gif params"
 
     info = PngImagePlugin.PngInfo()

@@ -34,7 +34,7 @@ def runtime(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ui-bars")
-    for index, color in enumerate(("red", "white")):
+    for color in ("red", "white"):
         truth = ShapeLabels(shape="bar", color=color, background="blue", position="center", size="large")
         Image.fromarray(render(truth, resolution=64)).save(folder / f"{color} bar, blue background.png")
     return folder

@@ -8,7 +8,8 @@ it only converts widget values to a `Txt2ImgParams` (img2img: `webui.img2img_fie
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from modules.infotext import parse_infotext
 from modules.pipeline.infotext_fields import (

@@ -19,7 +19,8 @@ not offered is a `ParamsError` naming the field. Batch runs from folders are in
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image

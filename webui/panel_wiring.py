@@ -9,7 +9,8 @@ here, so txt2img and img2img behave the same.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import gradio as gr
 

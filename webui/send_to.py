@@ -8,8 +8,9 @@ exist; a "Send to" button without a target is hidden.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 from PIL import Image

@@ -9,7 +9,8 @@ the running generation instead of pulling the model from under it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Body
 
@@ -49,7 +50,7 @@ def in_queue(function: Callable[[], Any]):
     """A job function (a generator) that runs `function` in its turn and returns its value."""
     def task():
         return function()
-        yield  # noqa: unreachable - makes this a generator, the job queue's contract
+        yield  # unreachable: makes this a generator, the job queue's contract
 
     return task
 

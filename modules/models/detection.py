@@ -137,8 +137,9 @@ def _match_base_family(signature: UNetSignature, path: str) -> Family:
             return family
     raise ModelLoadError(
         path,
-        "unknown U-Net layout (model_channels={0.model_channels}, context_dim={0.context_dim}, "
-        "linear proj_in={0.linear_proj}, adm_in_channels={0.adm_in_channels})".format(signature),
+        f"unknown U-Net layout (model_channels={signature.model_channels}, "
+        f"context_dim={signature.context_dim}, linear proj_in={signature.linear_proj}, "
+        f"adm_in_channels={signature.adm_in_channels})",
     )
 
 

@@ -155,9 +155,9 @@ def _check_legacy(path: str) -> None:
                 check_pickle_globals(stream, path=path)
             except UnsafePickleError:
                 raise
-            except ModelLoadError:
+            except ModelLoadError as error:
                 if index == 0:
-                    raise ModelLoadError(path, "not a torch checkpoint (no valid pickle)")
+                    raise ModelLoadError(path, "not a torch checkpoint (no valid pickle)") from error
                 raise
 
 

@@ -8,8 +8,8 @@ Text encoders are transformers' CLIP classes; their weights go through the conve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 from torch import nn

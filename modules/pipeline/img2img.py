@@ -24,8 +24,8 @@ outpainting scripts (`modules/scripts/builtin/`), which drive this function.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
-from typing import Generator
 
 import torch
 import torch.nn.functional as F

@@ -14,7 +14,7 @@ decode, infotext and saving (`output.py`).
 
 from __future__ import annotations
 
-from typing import Generator
+from collections.abc import Generator
 
 from modules.jobs import Command, Progress
 from modules.pipeline import hires

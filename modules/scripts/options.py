@@ -14,9 +14,10 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from modules.scripts.args import ScriptArgsError, _coerce
 

@@ -11,8 +11,8 @@ Both the app process and the separate spandrel worker (`worker.py`) run models t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

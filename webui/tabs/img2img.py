@@ -11,9 +11,10 @@ Batch sub-tab runs `modules.pipeline.img2img_batch.img2img_batch` over folders.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import gradio as gr
 
