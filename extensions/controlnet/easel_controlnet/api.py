@@ -6,6 +6,9 @@ so they sit behind `--api-auth` like `/sdapi/v1/*`:
 - GET  /controlnet/version      -> {"version": 2}
 - GET  /controlnet/model_list   -> {"model_list": ["stem [hash8]", ...]}
 - GET  /controlnet/module_list  -> {"module_list": [...], "module_detail": {...}}
+  (`alias_names=true`: the extension's UI labels, e.g. "t2ia_color_grid" for "color")
+- GET  /controlnet/control_types -> {"control_types": {"All": {"module_list", "model_list",
+  "default_option", "default_model"}, "Canny": {...}, ...}} (`control_types.py`)
 - GET  /controlnet/settings     -> {"control_net_unit_count": n}
 - POST /controlnet/detect       -> {"images": [base64 PNG], "info": "Success"}
 """
@@ -18,14 +21,17 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
+from easel_controlnet.control_types import control_types
 from easel_controlnet.hint import decode_image, map_to_png_base64
 from easel_controlnet.library import list_models
 from easel_controlnet.prepare import detect_map
 from easel_controlnet.preprocessors import (
     PreprocessorError,
     all_preprocessors,
+    canonical_module,
     get_preprocessor,
     preprocessor_names,
+    ui_label,
 )
 from easel_controlnet.units import ControlNetUnit
 
@@ -42,7 +48,7 @@ class DetectRequest(BaseModel):
     low_vram: bool = False
 
 
-def module_detail() -> dict[str, Any]:
+def module_detail(alias_names: bool = False) -> dict[str, Any]:
     """Per module: whether it needs weights, and its sliders (label, default, range)."""
     detail = {}
     for name, entry in all_preprocessors().items():
@@ -54,13 +60,14 @@ def module_detail() -> dict[str, Any]:
             if slider is not None:
                 sliders.append({"name": slider.label, "value": slider.default,
                                 "min": slider.minimum, "max": slider.maximum})
-        detail[name] = {"model_free": entry.run is not None, "sliders": sliders,
-                        "files": list(entry.files)}
+        key = ui_label(name) if alias_names else name
+        detail[key] = {"model_free": entry.run is not None, "sliders": sliders,
+                       "files": list(entry.files)}
     return detail
 
 
 def detect(request: DetectRequest, annotator_dir: Path | None) -> dict[str, Any]:
-    if request.controlnet_module not in preprocessor_names():
+    if canonical_module(request.controlnet_module) not in preprocessor_names():
         raise HTTPException(422, f"Module {request.controlnet_module} not found")
     if not request.controlnet_input_images:
         raise HTTPException(422, "No image selected")
@@ -93,10 +100,17 @@ def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
         return {"model_list": [entry.name for entry in list_models(model_dir)]}
 
     def module_list(alias_names: bool = False) -> dict[str, Any]:
-        return {"module_list": list(preprocessor_names()), "module_detail": module_detail()}
+        names = [ui_label(n) if alias_names else n for n in preprocessor_names()]
+        return {"module_list": names, "module_detail": module_detail(alias_names)}
+
+    def types() -> dict[str, Any]:
+        names = list(preprocessor_names())
+        models = [entry.name for entry in list_models(model_dir)]
+        return {"control_types": control_types(names, {n: ui_label(n) for n in names}, models)}
 
     app.add_api_route("/controlnet/model_list", model_list)
     app.add_api_route("/controlnet/module_list", module_list)
+    app.add_api_route("/controlnet/control_types", types)
     app.add_api_route("/controlnet/settings", lambda: {"control_net_unit_count": unit_count})
 
     def detect_route(request: DetectRequest) -> dict[str, Any]:

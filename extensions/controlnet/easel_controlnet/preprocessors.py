@@ -191,7 +191,8 @@ def all_preprocessors() -> dict[str, Preprocessor]:
         Preprocessor("none", _none, uses_resolution=False),
         Preprocessor("invert", _invert),
         Preprocessor("canny", _canny, slider_a=low, slider_b=high),
-        Preprocessor("threshold", _threshold, slider_a=Slider("Binarization Threshold", 127, 0, 255)),
+        Preprocessor("threshold", _threshold,
+                     slider_a=Slider("Binarization Threshold", 127, 0, 255)),
         Preprocessor("binary", _binary, slider_a=Slider("Binary threshold", 0, 0, 255)),
         Preprocessor("scribble_xdog", _scribble_xdog, slider_a=Slider("XDoG Threshold", 32, 1, 64)),
         Preprocessor("color", _color),
@@ -217,6 +218,24 @@ def all_preprocessors() -> dict[str, Preprocessor]:
     return {entry.name: entry for entry in entries}
 
 
+# The ControlNet extension's other spellings of our modules: its UI labels (what
+# `module_list?alias_names=true` and the web UI show) and its older internal keys.
+UI_LABELS = {"invert": "invert (from white bg & black line)", "color": "t2ia_color_grid"}
+LEGACY_KEYS = {"depth": "depth_midas", "hed": "softedge_hed", "pidinet": "softedge_pidinet",
+               "lineart": "lineart_realistic", "segmentation": "seg_ufade20k"}
+
+
+def canonical_module(name: str) -> str:
+    """Our name for `name` when it is one of the extension's labels or keys, else `name`."""
+    labels = {label: module for module, label in UI_LABELS.items()}
+    return labels.get(name, LEGACY_KEYS.get(name, name))
+
+
+def ui_label(name: str) -> str:
+    """The extension's UI label of our module `name`."""
+    return UI_LABELS.get(name, name)
+
+
 def preprocessor_names() -> tuple[str, ...]:
     """Every known module name, model-free ones first (the API's module_list)."""
     return tuple(all_preprocessors())
@@ -224,11 +243,12 @@ def preprocessor_names() -> tuple[str, ...]:
 
 def get_preprocessor(name: str, annotator_dir: Path | None) -> Preprocessor:
     """The named preprocessor, ready to run, or a `PreprocessorError` saying why not."""
-    entry = all_preprocessors().get(name)
+    entry = all_preprocessors().get(canonical_module(name))
     if entry is None:
         raise PreprocessorError(f"unknown preprocessor {name!r}")
     if entry.run is None:
-        folder = annotator_dir if annotator_dir is not None else Path("models/ControlNet/annotators")
+        folder = (annotator_dir if annotator_dir is not None
+                  else Path("models/ControlNet/annotators"))
         missing = [f for f in entry.files if not (folder / f).is_file()]
         if missing:
             raise PreprocessorError(

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from easel_controlnet.preprocessors import preprocessor_names
+from easel_controlnet.preprocessors import canonical_module, preprocessor_names
 
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 RESIZE_ALIASES = {"Scale to Fit (Inner Fit)": "Crop and Resize",
@@ -148,7 +148,7 @@ def parse_unit(payload: dict[str, Any], *, modules: tuple[str, ...] | None = Non
         elif key in ("module", "model"):
             if not isinstance(value, str):
                 raise ValueError(f"{key}: expected a string, got {value!r}")
-            values[key] = value
+            values[key] = canonical_module(value) if key == "module" else value
         elif key == "weight":
             values[key] = _number(key, value, 0.0, 2.0)
         elif key in ("guidance_start", "guidance_end"):
