@@ -5,6 +5,7 @@ and an app (the web UI comes in from above as a `Frontend`, so nothing here impo
 `webui/`); `server.py` serves it with uvicorn (host, port, TLS, CORS, hooks);
 `early_page.py` answers on the UI's socket before torch and Gradio load;
 `bootstrap.py` / `bootstrap_upscalers.py` build `.venv` and the upscaler environment
-with the standard library only (`launch.py` imports them before anything is installed).
+with the standard library only (`launch.py` imports them before anything is installed),
+installing what `pyproject.py` reads from pyproject.toml, the one dependency list.
 May import: every backend room (it wires them); never `webui/` or gradio.
 """

@@ -7,9 +7,14 @@ Torch policy, in order:
    desktop) is kept: the venv sees it through `--system-site-packages`.
 2. Otherwise, if pip's find-links folder holds a local torch wheel (our CPU
    machines), that exact build is installed, never a multi-GB download.
-3. Otherwise pip's default torch for the platform is installed.
+3. Otherwise pip's build for the platform of the version pinned in pyproject.toml
+   (`[tool.easel].torch`) is installed.
 Every later install is constrained to the torch version found, so no package can
 silently replace it.
+
+What is installed is pyproject.toml's list (`modules/app/pyproject.py`):
+`[project].dependencies`, plus the `test` extra for `--run-tests`; torch is left out of it
+(the policy above decides torch).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from modules.app import pyproject
 
 VENV_DIR = ".venv"
 MARKER = ".easel-installed"
@@ -125,16 +132,15 @@ def _system_has_torch() -> bool:
     return probe.returncode == 0
 
 
-def _requirements_files(root: Path, with_tests: bool) -> list[Path]:
-    name = "test.txt" if with_tests else "base.txt"
-    return [root / "requirements" / name]
+def requirements(root: Path, with_tests: bool) -> list[str]:
+    """What `_install` gives `.venv` besides torch: pyproject's dependencies (+ `test`)."""
+    specs = pyproject.dependencies(root, *(["test"] if with_tests else []))
+    return [spec for spec in specs if pyproject.requirement_name(spec) != "torch"]
 
 
 def _requirements_digest(root: Path, with_tests: bool) -> str:
-    digest = hashlib.sha256()
-    for path in [root / "requirements" / "base.txt", *_requirements_files(root, with_tests)]:
-        digest.update(path.read_bytes())
-    return ("test-" if with_tests else "app-") + digest.hexdigest()[:16]
+    listed = "\n".join(requirements(root, with_tests)).encode()
+    return ("test-" if with_tests else "app-") + hashlib.sha256(listed).hexdigest()[:16]
 
 
 def _full_digest(root: Path) -> str:
@@ -167,15 +173,15 @@ def _install(root: Path, python: Path, *, with_tests: bool) -> None:
     torch_version = _installed_torch(python)
     local_wheel = _local_torch_wheel()
     if torch_version is None:
-        spec = f"torch=={local_wheel}" if local_wheel else "torch"
+        spec = f"torch=={local_wheel}" if local_wheel else pyproject.easel(root)["torch"]
         _pip(python, [spec], constraint=None)
         torch_version = _installed_torch(python)
         if torch_version is None:
             raise SystemExit("torch failed to install; see the pip output above")
     constraint = root / VENV_DIR / "torch-constraint.txt"
     constraint.write_text(f"torch=={torch_version}\n")
-    requirements = [f"-r{path}" for path in _requirements_files(root, with_tests)]
-    _pip(python, requirements, constraint=constraint, fast=local_wheel is not None)
+    _pip(python, requirements(root, with_tests), constraint=constraint,
+         fast=local_wheel is not None)
     if _installed_torch(python) != torch_version:
         raise SystemExit(f"an install replaced torch {torch_version}; refusing to continue")
 

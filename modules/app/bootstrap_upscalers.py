@@ -10,12 +10,12 @@ fails on import), the app's torch stays, and a separate environment with a worki
 torch + torchvision pair runs spandrel models in a worker process. In order:
 
 1. spandrel already imports in the app's venv: nothing to do.
-2. Install `requirements/upscalers.txt` (torchvision + spandrel) into the app's venv,
-   constrained to the app's torch version; keep it only if `import spandrel` works,
+2. Install pyproject.toml's `upscalers` extra (torchvision + spandrel) into the app's
+   venv, constrained to the app's torch version; keep it only if `import spandrel` works,
    else uninstall both again.
-3. Build `.venv-upscalers/` from `requirements/upscaler-env.txt` (its own pinned
-   torch + torchvision pair, with pip only, so the local wheels pip's config points
-   at are used), unless `--skip-upscaler-env` was given.
+3. Build `.venv-upscalers/` from pyproject.toml's `[tool.easel].upscaler-env` (its own
+   pinned torch + torchvision pair, with pip only, so the local wheels pip's config
+   points at are used), unless `--skip-upscaler-env` was given.
 
 Every step says what it does; none changes the app's torch (`bootstrap._install`
 checks that after any install).
@@ -27,6 +27,8 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+
+from modules.app import pyproject
 
 UPSCALER_VENV_DIR = ".venv-upscalers"
 MARKER = ".easel-installed"
@@ -40,10 +42,19 @@ def probe(python: Path) -> bool:
     return result.returncode == 0
 
 
+def app_requirements(root: Path) -> list[str]:
+    """torchvision + spandrel for the app's venv: the `upscalers` extra."""
+    return list(pyproject.read(root)["project"]["optional-dependencies"]["upscalers"])
+
+
+def env_requirements(root: Path) -> list[str]:
+    """The exact pins of `.venv-upscalers/`: `[tool.easel].upscaler-env`."""
+    return list(pyproject.easel(root)["upscaler-env"])
+
+
 def digest(root: Path) -> str:
-    data = b"".join((root / "requirements" / name).read_bytes()
-                    for name in ("upscalers.txt", "upscaler-env.txt"))
-    return "upscalers-" + hashlib.sha256(data).hexdigest()[:16]
+    listed = [*app_requirements(root), "--", *env_requirements(root)]
+    return "upscalers-" + hashlib.sha256("\n".join(listed).encode()).hexdigest()[:16]
 
 
 def env_python(root: Path) -> Path:
@@ -60,7 +71,7 @@ def ensure(root: Path, python: Path, *, install, build_env: bool) -> str:
         return "app"
     print("Installing torchvision + spandrel for the app's torch", flush=True)
     try:
-        install([f"-r{root / 'requirements' / 'upscalers.txt'}"])
+        install(app_requirements(root))
     except subprocess.CalledProcessError:
         print("that install failed", flush=True)
     if probe(python):
@@ -86,9 +97,7 @@ def build_separate_env(root: Path) -> bool:
     marker = root / UPSCALER_VENV_DIR / MARKER
     if python.exists() and marker.exists() and marker.read_text() == wanted:
         return probe(python)
-    requirements = root / "requirements" / "upscaler-env.txt"
-    pins = [line.strip() for line in requirements.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    pins = env_requirements(root)
     pair = [pin for pin in pins if pin.split("==")[0] in ("torch", "torchvision")]
     print(f"Building {UPSCALER_VENV_DIR}/ for spandrel upscalers with its own "
           f"{' + '.join(pair)} (the app's torch is not changed; several GB; "
@@ -97,7 +106,7 @@ def build_separate_env(root: Path) -> bool:
         subprocess.check_call([sys.executable, "-m", "venv", str(root / UPSCALER_VENV_DIR)])
     constraint = root / UPSCALER_VENV_DIR / "pair-constraint.txt"
     constraint.write_text("\n".join(pair) + "\n")
-    command = [str(python), "-m", "pip", "install", "-c", str(constraint), f"-r{requirements}"]
+    command = [str(python), "-m", "pip", "install", "-c", str(constraint), *pins]
     print("+", " ".join(command), flush=True)
     if subprocess.call(command) != 0 or not probe(python):
         print(f"{UPSCALER_VENV_DIR} could not be built; spandrel upscalers are unavailable "
