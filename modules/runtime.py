@@ -16,7 +16,7 @@ from typing import Any
 
 from modules.jobs import JobQueue
 from modules.paths import Paths
-from modules.settings import Settings, load_settings, save_settings
+from modules.settings import ClientAccess, Settings, load_settings, save_settings
 
 VERSION = "v0.1.0"
 
@@ -24,26 +24,32 @@ VERSION = "v0.1.0"
 class SettingsStore:
     """The saved settings, read as an immutable snapshot and replaced atomically."""
 
-    def __init__(self, path: Path, *, frozen: bool = False):
+    def __init__(self, path: Path, *, frozen: bool = False, access: ClientAccess | None = None):
         self._path = path
         self._lock = threading.Lock()
         self._settings = load_settings(path)
         self._frozen = frozen
+        self.access = access or ClientAccess(data_dir=path.parent, folders_locked=frozen)
 
     @property
     def current(self) -> Settings:
         with self._lock:
             return self._settings
 
-    def update(self, changes: Mapping[str, Any]) -> Settings:
-        """Validate `changes`, save them to disk, then make them current."""
+    def update(self, changes: Mapping[str, Any], *, origin: str = "api") -> Settings:
+        """Validate a client's `changes` (`origin` "ui": the Settings tab; see
+        `Settings.with_overrides`), save them to disk, then make them current."""
         if self._frozen:
             raise PermissionError("settings are frozen (--freeze-settings)")
         with self._lock:
-            updated = self._settings.with_overrides(changes)
+            updated = self._settings.with_overrides(changes, access=self.access, origin=origin)
             save_settings(updated, self._path)
             self._settings = updated
             return updated
+
+    def for_request(self, overrides: Mapping[str, Any]) -> Settings:
+        """The current settings with a request's `override_settings` (checked, not saved)."""
+        return self.current.with_overrides(overrides, access=self.access)
 
 
 @dataclass
@@ -67,7 +73,8 @@ class Runtime:
         from modules.models.manager import ModelManager
 
         paths = Paths.from_args(args)
-        settings = SettingsStore(paths.config_file, frozen=getattr(args, "freeze_settings", False))
+        settings = SettingsStore(paths.config_file, frozen=getattr(args, "freeze_settings", False),
+                                 access=ClientAccess.from_args(args, paths.data_dir))
         device = devices.choose_device(args)
         compile_mode, messages = devices.compile_mode(args, device)
         for message in [*messages, *devices.precision_warnings(args, device)]:

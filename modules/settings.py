@@ -26,12 +26,21 @@ class SettingsError(ValueError):
     """A setting name or value that cannot be accepted; the message names the field."""
 
 
+class SettingsForbidden(PermissionError):
+    """A guarded setting a client may not change (HTTP 403); the message names it."""
+
+
+# `guard` values: the settings a client may not change (see `ClientAccess`).
+FOLDER = "folder"  # a folder files are written to or read from
+POLICY = "policy"  # what the server may reach on a client's behalf
+
+
 def opt(default: Any, label: str, section: str, *, infotext: str | None = None,
         choices: tuple | None = None, minimum: float | None = None,
-        maximum: float | None = None, restart: bool = False) -> Any:
-    """Declare one setting with its UI metadata."""
+        maximum: float | None = None, restart: bool = False, guard: str | None = None) -> Any:
+    """Declare one setting with its UI metadata (`guard`: FOLDER / POLICY, or None)."""
     meta = {"label": label, "section": section, "infotext": infotext, "choices": choices,
-            "minimum": minimum, "maximum": maximum, "restart": restart}
+            "minimum": minimum, "maximum": maximum, "restart": restart, "guard": guard}
     return field(default=default, metadata=meta)
 
 
@@ -68,11 +77,16 @@ class Settings:
                             minimum=1, maximum=100)
     enable_pnginfo: bool = opt(True, "Save text information about generation parameters", SAVING)
     # Paths
-    outdir_txt2img_samples: str = opt("outputs/txt2img-images", "txt2img output folder", PATHS)
-    outdir_img2img_samples: str = opt("outputs/img2img-images", "img2img output folder", PATHS)
-    outdir_extras_samples: str = opt("outputs/extras-images", "Extras output folder", PATHS)
-    outdir_txt2img_grids: str = opt("outputs/txt2img-grids", "txt2img grids folder", PATHS)
-    outdir_img2img_grids: str = opt("outputs/img2img-grids", "img2img grids folder", PATHS)
+    outdir_txt2img_samples: str = opt("outputs/txt2img-images", "txt2img output folder", PATHS,
+                                      guard=FOLDER)
+    outdir_img2img_samples: str = opt("outputs/img2img-images", "img2img output folder", PATHS,
+                                      guard=FOLDER)
+    outdir_extras_samples: str = opt("outputs/extras-images", "Extras output folder", PATHS,
+                                     guard=FOLDER)
+    outdir_txt2img_grids: str = opt("outputs/txt2img-grids", "txt2img grids folder", PATHS,
+                                    guard=FOLDER)
+    outdir_img2img_grids: str = opt("outputs/img2img-grids", "img2img grids folder", PATHS,
+                                    guard=FOLDER)
     # Stable Diffusion
     sd_model_checkpoint: str = opt("", "Stable Diffusion checkpoint", SD, infotext="Model hash")
     sd_checkpoints_limit: int = opt(1, "Checkpoints to cache in RAM", SD, minimum=1, maximum=10)
@@ -183,8 +197,10 @@ class Settings:
     show_progress_every_n_steps: int = opt(5, "Live preview display period (steps)", PREVIEWS,
                                            minimum=-1, maximum=32)
     # API
-    api_enable_requests: bool = opt(True, "Allow http:// and https:// URLs for input images", API)
-    api_forbid_local_requests: bool = opt(True, "Forbid URLs to local resources", API)
+    api_enable_requests: bool = opt(True, "Allow http:// and https:// URLs for input images", API,
+                                    guard=POLICY)
+    api_forbid_local_requests: bool = opt(True, "Forbid URLs to local resources", API,
+                                          guard=POLICY)
     # Extensions (modules/extensions/registry.py)
     disabled_extensions: str = opt("[]", "Disabled extensions (a JSON list of names)", EXTENSIONS)
     disable_all_extensions: str = opt("none", "Disable all extensions (preserves the list of "
@@ -203,12 +219,66 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
-        """A validated copy with `overrides` applied; the original is untouched."""
+    def with_overrides(self, overrides: Mapping[str, Any], *, access: ClientAccess | None = None,
+                       origin: str = "api") -> "Settings":
+        """A validated copy with a client's `overrides` applied; the original is untouched.
+
+        Every client route (API options and `override_settings`, infotext, the UI) comes
+        through here: a guarded setting given a new value is refused unless `access`
+        allows it (`check_guarded`). Values equal to the current ones are no change.
+        """
         if not overrides:
             return self
         changes = {name: validate(name, value) for name, value in overrides.items()}
+        for name, value in changes.items():
+            if getattr(self, name) != value:
+                check_guarded(name, value, access or ClientAccess(), origin)
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ClientAccess:
+    """Which guarded settings clients may change; built once from the flags.
+
+    `allow_guarded`: `--allow-api-protected-settings`; `folders_locked`:
+    `--hide-ui-dir-config` or `--freeze-settings`; `data_dir`: where folders set through
+    the API must resolve. Defaults allow no change to any guarded setting.
+    """
+
+    data_dir: Path | None = None
+    allow_guarded: bool = False
+    folders_locked: bool = False
+
+    @staticmethod
+    def from_args(args, data_dir: Path) -> "ClientAccess":
+        return ClientAccess(data_dir=data_dir,
+                            allow_guarded=bool(getattr(args, "allow_api_protected_settings", 0)),
+                            folders_locked=bool(getattr(args, "hide_ui_dir_config", False)
+                                                or getattr(args, "freeze_settings", False)))
+
+
+def check_guarded(name: str, value: Any, access: ClientAccess, origin: str) -> None:
+    """Refuse a change to a guarded setting (403), or a folder outside the data dir (422).
+
+    `origin` "ui" is the Settings tab (the operator's page, as in A1111): only
+    `folders_locked` applies there. Anything else is a request from a client.
+    """
+    guard = Settings.describe(name).get("guard")
+    if guard is None:
+        return
+    if guard == FOLDER and access.folders_locked:
+        raise SettingsForbidden(f"{name}: folder settings are locked "
+                                "(--hide-ui-dir-config or --freeze-settings)")
+    if origin == "ui":
+        return
+    if not access.allow_guarded:
+        raise SettingsForbidden(f"{name}: cannot be changed through the API "
+                                "(the server allows it with --allow-api-protected-settings)")
+    if guard == FOLDER:
+        base = (access.data_dir or Path.cwd()).resolve()
+        target = (base / value).resolve()  # an absolute value replaces the base
+        if not target.is_relative_to(base):
+            raise SettingsError(f"{name}: {value!r} is outside the data directory")
 
 
 def validate(name: str, value: Any) -> Any:
@@ -279,7 +349,7 @@ def load_settings(path: Path) -> Settings:
             accepted[name] = validate(name, value)
         except SettingsError as error:
             print(f"Ignoring setting from {path}: {error}")
-    return Settings().with_overrides(accepted)
+    return dataclasses.replace(Settings(), **accepted)  # the operator's own file: trusted
 
 
 def save_settings(settings: Settings, path: Path) -> None:

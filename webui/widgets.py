@@ -128,7 +128,7 @@ def apply_quick_setting(runtime, name: str, value):
 
 def _save_setting(runtime, name: str, value) -> None:
     try:
-        runtime.settings.update({name: value})
+        runtime.settings.update({name: value}, origin="ui")
     except (SettingsError, PermissionError) as error:
         label = Settings.describe(name)["label"]
         raise gr.Error(f"{label}: {error}") from error

@@ -14,16 +14,20 @@ import base64
 import binascii
 import io
 import ipaddress
+import logging
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from modules.api.errors import ApiError
+from modules.imaging.decode import DEFAULT_MAX_INPUT_PIXELS, InvalidImage, open_bounded
 from modules.imaging.save import png_metadata
+
+log = logging.getLogger(__name__)
 
 MAX_FETCH_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_S = 30
@@ -51,14 +55,14 @@ def decode_base64_bytes(text: str) -> bytes:
         raise ApiError(400, f"Invalid encoded image: {error}") from error
 
 
-def open_image(data: bytes) -> Image.Image:
-    """A fully loaded PIL image; decoding errors and decompression bombs become 400s."""
+def open_image(data: bytes, *, field: str = "image",
+               max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
+    """A fully loaded PIL image; unreadable bytes are a 400, a picture whose header says
+    it has more than `max_pixels` pixels a 422 naming `field` (refused before decoding)."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        return open_bounded(data, field=field, max_pixels=max_pixels)
+    except InvalidImage as error:
         raise ApiError(400, f"Invalid encoded image: {error}") from error
-    return image
 
 
 def system_resolver(host: str) -> list[str]:
@@ -96,28 +100,40 @@ def verify_url(url: str, *, forbid_local: bool, resolve: Resolver = system_resol
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        raise ApiError(400, f"Image URL redirects to {newurl!r}; redirects are not followed")
+        raise urllib.error.URLError(f"redirects to {newurl!r}; redirects are not followed")
 
 
 def fetch_url(url: str) -> bytes:
+    """The body at `url`. Every failure reads the same to the client ("could not fetch
+    the image"), so answers cannot tell a closed port from a refusing service; the
+    reason goes to the log."""
     opener = urllib.request.build_opener(_NoRedirects())
     try:
         with opener.open(url, timeout=FETCH_TIMEOUT_S) as response:
             data = response.read(MAX_FETCH_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as error:
-        raise ApiError(400, f"Cannot fetch image URL {url!r}: {error}") from error
+        log.warning("image URL %r not fetched: %s", url, error)
+        raise ApiError(400, "image URL: could not fetch the image") from None
     if len(data) > MAX_FETCH_BYTES:
         raise ApiError(413, f"Image at {url!r} is larger than {MAX_FETCH_BYTES} bytes")
     return data
 
 
-def decode_image(text: str, settings, *, resolve: Resolver = system_resolver,
+def decode_image(text: str, settings, *, field: str = "image",
+                 max_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+                 resolve: Resolver = system_resolver,
                  fetch: Callable[[str], bytes] = fetch_url) -> Image.Image:
-    """An image from a request field: base64 (optionally `data:`) or an allowed URL."""
+    """An image from a request field: base64 (optionally `data:`) or an allowed URL,
+    at most `max_pixels` pixels (see `input_pixel_limit`)."""
     if text.startswith(("http://", "https://")):
         if not settings.api_enable_requests:
             raise ApiError(403, "Requests not allowed: image URLs are disabled "
                                 "(setting api_enable_requests)")
         verify_url(text, forbid_local=settings.api_forbid_local_requests, resolve=resolve)
-        return open_image(fetch(text))
-    return open_image(decode_base64_bytes(text))
+        return open_image(fetch(text), field=field, max_pixels=max_pixels)
+    return open_image(decode_base64_bytes(text), field=field, max_pixels=max_pixels)
+
+
+def input_pixel_limit(runtime) -> int:
+    """`--max-input-image-pixels`: the most pixels a picture a client sends may have."""
+    return getattr(runtime.args, "max_input_image_pixels", None) or DEFAULT_MAX_INPUT_PIXELS

@@ -17,18 +17,21 @@ import json
 import time
 from typing import Any
 
-from modules.api.convert import decode_image
+from modules.api.convert import decode_image, input_pixel_limit
 from modules.api.errors import ApiError, not_available
 from modules.api.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from modules.errors import without_paths
 from modules.infotext import parse_infotext
 from modules.models.errors import ModelLoadError
+from modules.models.vae_select import AUTOMATIC, NONE, resolve_vae
 from modules.pipeline.infotext_fields import (
     infotext_to_request_fields,
     infotext_to_settings_overrides,
 )
+from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationResult, Img2ImgParams, Txt2ImgParams, refiner_name
 from modules.sampling import registry as R
-from modules.settings import Settings
+from modules.settings import Settings, SettingsError
 from modules.styles import apply_styles, load_styles
 
 PARAM_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
@@ -58,9 +61,19 @@ def apply_infotext(request: GenerationRequest, settings: Settings, runtime) -> G
             value = _checkpoint_title_or_none(runtime, str(value))
             if value is None:
                 continue  # A1111 drops an unknown model hash
+        if name == "sd_vae" and not _known_vae(runtime, str(value)):
+            continue  # and falls back from an unknown VAE
         overrides[name] = value
     updated = request.model_copy(update={**fields, "override_settings": overrides or None})
     return type(request).model_validate(updated.model_dump(exclude_unset=False))
+
+
+def _known_vae(runtime, name: str) -> bool:
+    try:
+        check_vae_name(runtime, name)
+    except SettingsError:
+        return False
+    return True
 
 
 def _checkpoint_title_or_none(runtime, query: str) -> str | None:
@@ -137,8 +150,10 @@ def resolve_sampler_names(request: GenerationRequest) -> tuple[str, str]:
 
 
 def check_overrides(runtime, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Validate override_settings; the checkpoint must exist (404 naming it)."""
-    runtime.settings.current.with_overrides(overrides)  # SettingsError names the key
+    """Validate override_settings (guarded settings refused: 403); the checkpoint must
+    exist (404 naming it), the VAE too (422 naming `sd_vae`)."""
+    runtime.settings.for_request(overrides)  # SettingsError names the key
+    check_vae_name(runtime, overrides.get("sd_vae"))
     checkpoint = overrides.get("sd_model_checkpoint")
     if checkpoint:
         try:
@@ -148,14 +163,27 @@ def check_overrides(runtime, overrides: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+def check_vae_name(runtime, name: str | None) -> None:
+    """`sd_vae` must be "Automatic", "None" or a VAE file the server lists (422)."""
+    if name is None or name in (AUTOMATIC, NONE):
+        return
+    try:
+        resolve_vae(name, checkpoint_path="", vae_dir=runtime.paths.vae_dir,
+                    checkpoint_dirs=runtime.paths.checkpoint_dirs)
+    except ModelLoadError as error:
+        raise SettingsError(f"sd_vae: {str(name)[:100]!r}: {error.reason}") from None
+
+
 def to_params(request: Txt2ImgRequest, runtime) -> Txt2ImgParams:
     """The validated pipeline request for an API body (after `apply_infotext`)."""
-    firstpass = (decode_image(request.firstpass_image, runtime.settings.current)
+    firstpass = (decode_image(request.firstpass_image, runtime.settings.current,
+                              field="firstpass_image", max_pixels=input_pixel_limit(runtime))
                  if request.firstpass_image else None)
     params = Txt2ImgParams(**common_fields(request, runtime),
                            **{name: getattr(request, name) for name in HIRES_FIELDS},
                            **hires_names(request, runtime), firstpass_image=firstpass)
     params.validate()
+    check_pixel_budget(params, PixelBudget.from_args(runtime.args))
     check_script_params(params, runtime)
     return params
 
@@ -184,8 +212,11 @@ def to_img2img_params(request: Img2ImgRequest, runtime) -> Img2ImgParams:
     if not request.init_images:
         raise ApiError(404, "Init image not found")
     settings = runtime.settings.current
-    images = [decode_image(text, settings) for text in request.init_images]
-    mask = decode_image(request.mask, settings) if request.mask else None
+    limit = input_pixel_limit(runtime)
+    images = [decode_image(text, settings, field=f"init_images[{index}]", max_pixels=limit)
+              for index, text in enumerate(request.init_images)]
+    mask = (decode_image(request.mask, settings, field="mask", max_pixels=limit)
+            if request.mask else None)
     fields = {name: getattr(request, name) for name in IMG2IMG_FIELDS}
     if request.mask_blur is not None:
         fields.update(mask_blur_x=request.mask_blur, mask_blur_y=request.mask_blur)
@@ -194,6 +225,7 @@ def to_img2img_params(request: Img2ImgRequest, runtime) -> Img2ImgParams:
     params = Img2ImgParams(**common_fields(request, runtime), init_images=images, mask=mask,
                            **fields)
     params.validate()
+    check_pixel_budget(params, PixelBudget.from_args(runtime.args))
     check_script_params(params, runtime)
     return params
 
@@ -222,8 +254,10 @@ def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
 def info_dict(request: GenerationRequest, params, result: GenerationResult,
               *, started: float | None, version: str, index_of_first_image: int,
               infotexts: list[str]) -> dict[str, Any]:
-    """A1111's `Processed.js()` keys (a1111.md b.3.4)."""
+    """A1111's `Processed.js()` keys (a1111.md b.3.4), plus `warnings` when the job had any
+    (a network or ControlNet file that was skipped, ...), without server paths."""
     extra = result.extra
+    warnings = [without_paths(text) for text in dict.fromkeys(result.warnings)]
     return {
         "prompt": params.prompt, "all_prompts": result.prompts,
         "negative_prompt": params.negative_prompt, "all_negative_prompts": result.negative_prompts,
@@ -245,7 +279,7 @@ def info_dict(request: GenerationRequest, params, result: GenerationResult,
         "clip_skip": extra.get("clip_skip", 1),
         "is_using_inpainting_conditioning": extra.get("is_using_inpainting_conditioning", False),
         "version": version,
-    }
+    } | ({"warnings": warnings} if warnings else {})
 
 
 def job_timestamp(started: float | None) -> str:

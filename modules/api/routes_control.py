@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body
 
 from modules.api.convert import encode_data_uri, encode_png_base64
 from modules.api.errors import ApiError
-from modules.api.generation import job_timestamp
+from modules.api.generation import check_vae_name, job_timestamp
 from modules.api.schemas import (
     InternalProgressRequest,
     ProgressResponse,
@@ -26,8 +26,6 @@ from modules.jobs import Job
 from modules.models.errors import ModelLoadError
 from modules.settings import SettingsError, validate
 
-# Settings a client may not change over the API (A1111's restrict_api options).
-RESTRICTED_OPTIONS = ("api_enable_requests", "api_forbid_local_requests")
 SECRET_FLAG_WORDS = ("auth", "password", "token", "secret", "key")
 
 
@@ -138,14 +136,14 @@ class ControlRoutes:
             raise SettingsError(str(error)) from error
         problems = []
         for name, value in changes.items():
-            if name in RESTRICTED_OPTIONS:
-                raise ApiError(403, f"{name}: cannot be changed through the API")
             try:
                 validate(name, value)
             except SettingsError as error:
                 problems.append(str(error))
         if problems:
             raise SettingsError("; ".join(problems))
+        self.runtime.settings.for_request(changes)  # guarded settings: 403 (422) before saving
+        check_vae_name(self.runtime, changes.get("sd_vae"))
         checkpoint = changes.get("sd_model_checkpoint")
         if checkpoint:
             info = self._find_checkpoint(checkpoint)

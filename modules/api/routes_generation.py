@@ -93,7 +93,7 @@ class GenerationRoutes:
 
     def _response(self, request, params, result: GenerationResult, *,
                   started: float | None) -> dict[str, Any]:
-        settings = self.runtime.settings.current.with_overrides(params.override_settings)
+        settings = self.runtime.settings.for_request(params.override_settings)
         images, infotexts = list(result.images), list(result.infotexts)
         first = 0
         if result.extra.get("grid_included"):  # a script (X/Y/Z plot, ...) made its own grid
@@ -150,9 +150,11 @@ class GenerationRoutes:
         """Queued as a job (so `/progress` and `/interrupt` apply); bad fields are a 422
         before queueing. As A1111, a failure during training is reported in `info`."""
         if request.use_weight:
-            raise ParamsError("use_weight", "weighting the loss by the images' alpha is not supported")
-        params = params_from(TrainEmbeddingParams, {**request.model_dump(),
-                                                     "clip_grad_value": _number(request.clip_grad_value)})
+            raise ParamsError("use_weight",
+                              "weighting the loss by the images' alpha is not supported")
+        params = params_from(TrainEmbeddingParams,
+                             {**request.model_dump(),
+                              "clip_grad_value": _number(request.clip_grad_value)})
         validate_embedding_training(self.runtime, params)
         job = self.runtime.jobs.submit(lambda: train_embedding_job(self.runtime, params),
                                        job_id=request.id_task)

@@ -113,12 +113,22 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--theme", choices=("light", "dark"), default=None)
     g.add_argument("--freeze-settings", action="store_true")
     g.add_argument("--hide-ui-dir-config", action="store_true",
-                   help="refuse folder paths typed in the UI (Extras batch from directory)")
+                   help="refuse folder paths typed in the UI (batch from directory) and any "
+                        "change to the output folder settings")
+    g.add_argument("--allow-api-protected-settings", action="store_true",
+                   help="let API clients change the URL-request policy and the output folders "
+                        "(folders must stay inside the data directory)")
     g.add_argument("--no-hashing", action="store_true", help="do not sha256 checkpoints")
     g.add_argument("--disable-safe-unpickle", action="store_true",
                    help="accepted for compatibility; Easel always unpickles with an allow-list")
     g.add_argument("--disable-nan-check", action="store_true")
     g.add_argument("--max-body-mb", type=float, default=64.0, help="largest API request body")
+    g.add_argument("--max-pixels-per-image", type=int, default=4096 * 4096,
+                   help="largest generated image (pixels; the hires-fix target counts)")
+    g.add_argument("--max-pixels-per-request", type=int, default=128 * 1024 * 1024,
+                   help="pixels one request may generate (width x height x batch x count)")
+    g.add_argument("--max-input-image-pixels", type=int, default=8192 * 8192,
+                   help="largest image a client may send (checked from its header)")
     g.add_argument("--tls-keyfile", default=None, help="serve HTTPS with this key")
     g.add_argument("--tls-certfile", default=None, help="serve HTTPS with this certificate")
     g.add_argument("--timeout-keep-alive", type=int, default=30, help="keep-alive seconds")

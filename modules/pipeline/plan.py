@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modules.jobs import Cancellation
 from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
+from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationParams, ParamsError, Txt2ImgParams
 from modules.pipeline.refiner import infotext_params as refiner_infotext
 from modules.pipeline.refiner import prepare_refiner
@@ -45,6 +47,8 @@ class Plan:
     token_merging: float = 0.0  # ToMe ratio of this plan's sampling (modules/nn/token_merging.py)
     extra_params: dict = field(default_factory=dict)  # infotext keys before the sampler's
     refiner: object | None = None  # modules.pipeline.refiner.Refiner taking over part-way
+    # The job's stop requests, checked inside long steps (U-Net blocks, attention, VAE).
+    cancel: Cancellation = field(default_factory=Cancellation)
 
 
 @dataclass
@@ -70,7 +74,8 @@ class LatentStart:
 def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
     """Validate, resolve names and seeds, pick the model: everything that can fail early."""
     params.validate()
-    settings = runtime.settings.current.with_overrides(params.override_settings)
+    check_pixel_budget(params, PixelBudget.from_args(runtime.args))
+    settings = runtime.settings.for_request(params.override_settings)
     sampler, scheduler = R.resolve_sampler(params.sampler_name, params.scheduler)
     if R.uses_timestep_grid(sampler, scheduler) and params.steps < 2:
         # A1111's timestep grid with N steps runs N - 1 updates: one step would be none.
@@ -84,7 +89,8 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
     plan = Plan(params=params, settings=settings, loaded=loaded, sampler=sampler,
                 scheduler=scheduler, seeds=seeds, subseeds=subseeds,
                 prompts=[params.prompt] * count, negative_prompts=[params.negative_prompt] * count,
-                warnings=[], token_merging=settings.token_merging_ratio)
+                warnings=[], token_merging=settings.token_merging_ratio,
+                cancel=runtime.jobs.cancellation())
     plan.networks = activate_networks(
         runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache),
         loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)

@@ -97,7 +97,7 @@ def apply_settings(runtime, values: dict[str, Any]) -> list:
     if not changes:
         return ["<p>Nothing to apply.</p>", *current_values(runtime)]
     try:
-        runtime.settings.update(changes)
+        runtime.settings.update(changes, origin="ui")
     except (SettingsError, PermissionError) as error:
         raise gr.Error(describe_error(str(error))) from error
     labels = ", ".join(Settings.describe(name)["label"] for name in changes)

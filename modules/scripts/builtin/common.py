@@ -62,7 +62,7 @@ def put_grid_first(result: GenerationResult, grid, infotext: str, *,
 
 def save_grid(runtime, params, grid, infotext: str, *, kind: str) -> str | None:
     """Save to the grids folder when `grid_save` is on and the request saves images."""
-    settings = runtime.settings.current.with_overrides(params.override_settings)
+    settings = runtime.settings.for_request(params.override_settings)
     if not settings.grid_save or params.do_not_save_grid:
         return None
     root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_grids"))
@@ -93,7 +93,7 @@ def save_sample(runtime, params, image, *, seed: int | None, infotext: str,
                 kind: str = "img2img") -> str | None:
     """Save a script's finished picture to the samples folder, as a normal image would
     be (when `samples_save` is on and the request saves images)."""
-    settings = runtime.settings.current.with_overrides(params.override_settings)
+    settings = runtime.settings.for_request(params.override_settings)
     if not settings.samples_save or params.do_not_save_samples:
         return None
     root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_samples"))

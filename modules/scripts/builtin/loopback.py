@@ -95,7 +95,7 @@ class Loopback(Script):
         if len(history.images) > 1:
             grid = image_grid(history.images, rows=1)
             common.save_grid(p.runtime, params, grid, history.infotexts[0], kind="img2img")
-            settings = p.runtime.settings.current.with_overrides(params.override_settings)
+            settings = p.runtime.settings.for_request(params.override_settings)
             if settings.return_grid:
                 common.put_grid_first(result, grid, history.infotexts[0])
         return result

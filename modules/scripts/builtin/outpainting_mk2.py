@@ -115,7 +115,7 @@ class OutpaintingMk2(Script):
 
     def run(self, p: ScriptProcessing, args: "OutpaintingMk2.Args"):
         params = common.fixed_seed_params(common.resolve_scale_by(p.params))
-        settings = p.runtime.settings.current.with_overrides(params.override_settings)
+        settings = p.runtime.settings.for_request(params.override_settings)
         init = flatten(params.init_images[0], settings.img2img_background_color)
         result = common.empty_result()
         for batch in range(params.n_iter):

@@ -81,7 +81,7 @@ class PoorMansOutpainting(Script):
 
     def run(self, p: ScriptProcessing, args: "PoorMansOutpainting.Args"):
         params = common.fixed_seed_params(common.resolve_scale_by(p.params))
-        settings = p.runtime.settings.current.with_overrides(params.override_settings)
+        settings = p.runtime.settings.for_request(params.override_settings)
         init = flatten(params.init_images[0], settings.img2img_background_color)
         margins = Margins.of(parse_directions(TITLE, args.direction), args.pixels)
         canvas, mask = outpaint_canvas(init, margins, args.mask_blur)

@@ -75,7 +75,7 @@ class SDUpscale(Script):
 
     def run(self, p: ScriptProcessing, args: "SDUpscale.Args"):
         params = common.fixed_seed_params(common.resolve_scale_by(p.params))
-        settings = p.runtime.settings.current.with_overrides(params.override_settings)
+        settings = p.runtime.settings.for_request(params.override_settings)
         name = upscaler_name(p.runtime, args.upscaler_index)
         keys = {"SD upscale overlap": args.overlap, "SD upscale upscaler": name}
         init = flatten(params.init_images[0], settings.img2img_background_color)
