@@ -1,11 +1,11 @@
 """Images in and out of the API: base64 (with or without a `data:` prefix) and URLs.
 
 Responses carry bare base64 PNGs with the infotext in the `parameters` text chunk
-(a1111.md b.1). Requests may send base64, or an http(s) URL, which is fetched only when
-the `api_enable_requests` setting allows it; with `api_forbid_local_requests` every
-address the host resolves to must be a global one, so a client cannot make the server
-read loopback, private or link-local services. Redirects are refused rather than
-followed, since a redirect could point anywhere.
+(docs/a1111-semantics.md, "Serving, errors and images"). Requests may send base64, or an http(s)
+URL, which is fetched only when the `api_enable_requests` setting allows it; with
+`api_forbid_local_requests` every address the host resolves to must be a global one, so a client
+cannot make the server read loopback, private or link-local services. Redirects are refused rather
+than followed, since a redirect could point anywhere.
 """
 
 from __future__ import annotations

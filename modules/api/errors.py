@@ -1,10 +1,10 @@
 """A1111's error bodies and status codes for the HTTP API.
 
-Every failure is a JSON body `{error, detail, body, errors}` (a1111.md b.1): `error` is
-the exception class, `detail` the message a client shows, `errors` the exception text.
-Invalid request bodies keep FastAPI's 422 `{"detail": [{loc, msg, type}, ...]}` shape
-(A1111 uses FastAPI's handler for them) with `error` added. Known backend errors map
-to 4xx codes here, so a bad request never looks like a server crash.
+Every failure is a JSON body `{error, detail, body, errors}` (docs/a1111-semantics.md,
+"Serving, errors and images"): `error` is the exception class, `detail` the message a client shows,
+`errors` the exception text. Invalid request bodies keep FastAPI's 422
+`{"detail": [{loc, msg, type}, ...]}` shape (A1111 uses FastAPI's handler for them) with `error`
+added. Known backend errors map to 4xx codes here, so a bad request never looks like a server crash.
 """
 
 from __future__ import annotations

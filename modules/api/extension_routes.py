@@ -3,8 +3,9 @@
 Extensions register an `app_started` callback; it receives an `ExtensionApp`, whose
 `add_api_route(path, endpoint, methods=[...])` puts the route on a router that
 carries the API's Basic-auth check as a FastAPI dependency. So, unlike A1111 (where
-`on_app_started` routes bypass `--api-auth`, a1111.md h.4), an extension's routes
-are protected wherever they are mounted. Raw access to the FastAPI app is not offered.
+`on_app_started` routes bypass `--api-auth`; docs/a1111-semantics.md, "Extension routes"), an
+extension's routes are protected wherever they are mounted. Raw access to the FastAPI app is not
+offered.
 """
 
 from __future__ import annotations

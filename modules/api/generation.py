@@ -1,7 +1,7 @@
 """From an A1111 txt2img request to `Txt2ImgParams`, and from a result to A1111's answer.
 
-Request rules follow a1111.md b.3.3: `infotext` fills the fields the client did not
-set and adds the settings it implies to `override_settings`; the sampler is
+Request rules follow docs/a1111-semantics.md, "Request rules": `infotext` fills the fields the
+client did not set and adds the settings it implies to `override_settings`; the sampler is
 `sampler_name or sampler_index` (legacy "DPM++ 2M Karras" names are split); styles
 are merged from `styles.csv`; `save_images` decides saving. Everything is checked
 before the job is queued, so a bad request fails at once with the field named.
@@ -46,7 +46,9 @@ IMG2IMG_FIELDS = ("resize_mode", "denoising_strength", "image_cfg_scale", "mask_
 
 
 def apply_infotext(request: GenerationRequest, settings: Settings, runtime) -> GenerationRequest:
-    """Fill unset fields and override_settings from `request.infotext` (a1111.md b.3.3 1)."""
+    """Fill unset fields and override_settings from `request.infotext`.
+
+    Rule 1 of docs/a1111-semantics.md, "Request rules"."""
     if not request.infotext:
         return request
     parsed = parse_infotext(request.infotext)
@@ -85,7 +87,8 @@ def _checkpoint_title_or_none(runtime, query: str) -> str | None:
 
 def check_scripts(request: GenerationRequest, runtime) -> None:
     """script_name / script_args / alwayson_scripts resolve to scripts with valid args
-    (422 naming the script, and the field for bad args), as a1111.md b.3.3 3-4."""
+    (422 naming the script, and the field for bad args), as rules 3-4 of docs/a1111-semantics.md,
+    "Request rules"."""
     from modules.extensions.registry import ScriptNotFound
     from modules.scripts.args import ScriptArgsError
     from modules.scripts.selected import resolve_selected
@@ -254,8 +257,9 @@ def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
 def info_dict(request: GenerationRequest, params, result: GenerationResult,
               *, started: float | None, version: str, index_of_first_image: int,
               infotexts: list[str]) -> dict[str, Any]:
-    """A1111's `Processed.js()` keys (a1111.md b.3.4), plus `warnings` when the job had any
-    (a network or ControlNet file that was skipped, ...), without server paths."""
+    """A1111's `Processed.js()` keys (docs/a1111-semantics.md, "Generation response"), plus
+    `warnings` when the job had any (a network or ControlNet file that was skipped, ...), without
+    server paths."""
     extra = result.extra
     warnings = [without_paths(text) for text in dict.fromkeys(result.warnings)]
     return {

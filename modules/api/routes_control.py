@@ -1,8 +1,8 @@
 """Job and server control: progress, interrupt/skip, options, flags, checkpoints, memory.
 
-Progress follows A1111's formula (a1111.md b.4): 0.01 + job_no/job_count +
-(step/steps)/job_count, capped at 1, and eta = elapsed/progress - elapsed. Changing
-the checkpoint, unloading and reloading go through the job queue, so they wait for
+Progress follows A1111's formula (docs/a1111-semantics.md, "Extras, PNG info and progress"): 0.01 +
+job_no/job_count + (step/steps)/job_count, capped at 1, and eta = elapsed/progress - elapsed.
+Changing the checkpoint, unloading and reloading go through the job queue, so they wait for
 the running generation instead of pulling the model from under it.
 """
 

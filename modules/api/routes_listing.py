@@ -1,7 +1,7 @@
 """Read-only listings: samplers, schedulers, upscalers, models, networks, styles, scripts.
 
-Shapes are A1111's (a1111.md b.2, b.4). Lists of things Easel cannot run yet (face
-restorers, RealESRGAN models) are empty rather than invented. Files are
+Shapes are A1111's (docs/a1111-semantics.md, "Endpoints"). Lists of things Easel cannot run yet
+(face restorers, RealESRGAN models) are empty rather than invented. Files are
 listed by walking their own folder only; nothing here builds a path from a request.
 """
 

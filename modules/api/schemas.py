@@ -1,10 +1,10 @@
 """Request and response bodies of `/sdapi/v1/*`, written by hand to A1111's contract.
 
-Field names, types and defaults follow A1111 v1.10.1 (a1111.md b.3, b.4), never our
-internals: an empty txt2img body means Euler, 50 steps, CFG 7.0, 512x512, seed -1.
-As upstream, every field may be sent as `null`; a null field takes its default.
-Floats must be finite, and free-form values (`override_settings`, `script_args`, ...)
-may not hide NaN or Infinity either, since JSON answers cannot carry them.
+Field names, types and defaults follow A1111 v1.10.1, never our internals (docs/a1111-semantics.md,
+"Generation request fields" and "Extras, PNG info and progress"): an empty txt2img body means Euler,
+50 steps, CFG 7.0, 512x512, seed -1. As upstream, every field may be sent as `null`; a null field
+takes its default. Floats must be finite, and free-form values (`override_settings`, `script_args`,
+...) may not hide NaN or Infinity either, since JSON answers cannot carry them.
 """
 
 from __future__ import annotations
