@@ -4,8 +4,8 @@ A `CheckpointInfo` carries A1111's names for one checkpoint: `name` (path relati
 its folder, "/"-separated), `model_name` (that without extension, "/" -> "_"),
 `stem`, the legacy 8-hex hash, and once hashed the sha256 and the title
 `name [short]`. `find_checkpoint` resolves what a user, an API call or an old infotext
-says (a1111.md g.2): exact alias first, then the shortest title containing the query,
-then the same with a trailing `[...]` removed.
+says (docs/a1111-semantics.md, "Hashes and checkpoint lookup"): exact alias first, then the shortest
+title containing the query, then the same with a trailing `[...]` removed.
 
 Queries are only ever compared with the names of listed files; no path is built from
 them, and queries that look like paths escaping the folders (absolute, `..`) are

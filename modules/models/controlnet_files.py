@@ -1,7 +1,7 @@
 """ControlNet weight files: layout detection, config from shapes, safe loading.
 
 A ControlNet (Zhang et al., 2023, "Adding Conditional Control to Text-to-Image Diffusion
-Models") comes in two layouts (models.md 6):
+Models") comes in two layouts (docs/model-formats.md, "ControlNet files"):
 
 - LDM (lllyasviel's `control_*.pth`, `control_v11p_sd15_*.pth`, their `.safetensors`
   conversions): `control_model.` + `cldm.ControlNet` names, or the same names with the
@@ -55,7 +55,9 @@ class ControlNetHeader:
 
 
 def _unsupported_kind(keys: set[str]) -> str | None:
-    """A name for the adapter kinds this loader does not run (models.md 6)."""
+    """A name for the adapter kinds this loader does not run.
+
+    See docs/model-formats.md, "ControlNet files"."""
     if any("lora_controlnet" in key for key in keys):
         return "a Control-LoRA"
     if "difference" in keys:

@@ -1,7 +1,7 @@
 """Which family a checkpoint belongs to, from its keys and shapes only (no tensor data).
 
-Order (models.md 2.4): refuse architectures we do not run (SD3, Flux, ...), classify
-the U-Net by the numbers its shapes show (model channels, cross-attention width,
+Order (docs/model-formats.md, "Family detection"): refuse architectures we do not run (SD3, Flux,
+...), classify the U-Net by the numbers its shapes show (model channels, cross-attention width,
 linear or conv `proj_in`, ADM input width), check its block structure against the
 declared config, find each text encoder (LDM prefix, or a diffusers folder's
 `text_encoder/` names) and check its width against the U-Net's context, then read the

@@ -1,8 +1,8 @@
 """Rename diffusers `UNet2DConditionModel` / `AutoencoderKL` weights to LDM (CompVis) names.
 
 Our networks use the names of single-file checkpoints, so a diffusers folder is the one
-source that needs a mapping. The rules (models.md 3.2, 3.3; the inverse of diffusers'
-`convert_diffusers_to_original_stable_diffusion.py`), generalised to any number of
+source that needs a mapping. The rules (docs/model-formats.md, "Diffusers key mapping"; the inverse
+of diffusers' `convert_diffusers_to_original_stable_diffusion.py`), generalised to any number of
 levels and blocks per level:
 
 U-Net: `down_blocks.i.resnets.j` -> `input_blocks.{1 + i*(n+1) + j}.0`, its

@@ -1,9 +1,9 @@
 """The Checkpoint Merger: combine two or three checkpoints into a new file.
 
-A1111's merger (a1111.md a.10) with its field names: primary / secondary / tertiary
-model (A, B, C), "No interpolation", "Weighted sum" (A*(1-M) + B*M) or "Add difference"
-(A + (B-C)*M), save as float16, bake in a VAE, copy the `.yaml` config, discard weights
-whose name matches a regex, a custom name, and the metadata A1111 writes
+A1111's merger (docs/a1111-semantics.md, "Checkpoint merger") with its field names: primary /
+secondary / tertiary model (A, B, C), "No interpolation", "Weighted sum" (A*(1-M) + B*M) or
+"Add difference" (A + (B-C)*M), save as float16, bake in a VAE, copy the `.yaml` config, discard
+weights whose name matches a regex, a custom name, and the metadata A1111 writes
 (`sd_merge_recipe`, `sd_merge_models`, the inputs' own metadata, a JSON editor).
 
 Why it streams: the output header is planned from the input headers

@@ -1,6 +1,7 @@
 """What happens to each weight of a checkpoint merge, decided from the headers alone.
 
-A1111's Checkpoint Merger formulas (a1111.md a.10), with M the multiplier:
+A1111's Checkpoint Merger formulas (docs/a1111-semantics.md, "Checkpoint merger"), with M the
+multiplier:
 
 - No interpolation: A (used to convert, prune, bake a VAE or change precision);
 - Weighted sum:     A * (1 - M) + B * M;

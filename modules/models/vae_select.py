@@ -1,7 +1,7 @@
 """Which VAE a job decodes with: A1111's `sd_vae` setting and `--vae-path`.
 
-Precedence (a1111.md g.5): `--vae-path`; the setting when it names a file ("None"
-means the checkpoint's own VAE); on "Automatic", a VAE "near the checkpoint" (a file in
+Precedence (docs/a1111-semantics.md, "VAE choice"): `--vae-path`; the setting when it names a file
+("None" means the checkpoint's own VAE); on "Automatic", a VAE "near the checkpoint" (a file in
 the VAE folder, or `<stem>.vae.*` beside the checkpoint, whose name starts with the
 checkpoint's stem); otherwise the checkpoint's own VAE. Names resolve inside the VAE
 folder only; an unknown name is an error naming it (A1111 silently falls back).

@@ -1,7 +1,7 @@
 """The weight updates of LoRA-family adapters, as plain functions of their factors.
 
 Each adapter turns the tensors stored for one layer into dW (and maybe db), which is
-added to the layer's weight as W' = W + strength * scale * dW (models.md 4.1, 4.2):
+added to the layer's weight as W' = W + strength * scale * dW (docs/model-formats.md, "LoRA files"):
 
 * LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685): dW = up @ down, conv
   factors flattened to 2-D and reshaped back; LoCon's Tucker form (`lora_mid`) is

@@ -1,7 +1,7 @@
 """Textual-inversion files: reading every known layout, fitting them to a model.
 
 Textual inversion (Gal et al., 2022, https://arxiv.org/abs/2208.01618) learns a few
-token vectors for a new word. Layouts read here (models.md 5, a1111.md g.7):
+token vectors for a new word. Layouts read here (docs/model-formats.md, "Textual inversion files"):
 
 * A1111 `.pt`: `string_to_param` with exactly one entry, tensor (n, C), plus `name`,
   `step`, `sd_checkpoint`, `sd_checkpoint_name`;

@@ -1,6 +1,6 @@
 """Reading A1111 hypernetwork `.pt` files, trusting nothing in them.
 
-Layout (a1111.md a.11, models.md section 5): a pickled dict whose integer keys are token
+Layout (docs/model-formats.md, "Hypernetworks"): a pickled dict whose integer keys are token
 widths (768, 320, 640, 1280, 1024, ...), each holding a pair of state dicts (the k MLP,
 then the v MLP) with keys `linear.N.weight` / `linear.N.bias` (old files:
 `linear1.*` / `linear2.*`), plus the MLP's description: `layer_structure` (default

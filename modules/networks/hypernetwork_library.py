@@ -1,7 +1,7 @@
 """The user's hypernetwork files, and `<hypernet:NAME:MULT>` tags -> one job's context transform.
 
-As in A1111 (a1111.md d.6, g): every `.pt` under the hypernetwork folder
-(`models/hypernetworks/`, `--hypernetwork-dir`) is a hypernetwork named by its file
+As in A1111 (docs/a1111-semantics.md, "Network libraries"): every `.pt` under the hypernetwork
+folder (`models/hypernetworks/`, `--hypernetwork-dir`) is a hypernetwork named by its file
 stem; MULT defaults to 1. Names are only looked up in this listing, never joined into
 a path, so a prompt cannot reach a file outside the folder. Several tags stack in
 prompt order.

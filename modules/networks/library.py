@@ -1,7 +1,7 @@
 """The LoRA files a user has: listing, name / alias lookup, hashes, cached reads.
 
-As in A1111 (a1111.md g.6, d.6): every `.safetensors` / `.pt` / `.ckpt` under the
-LoRA folder is a network named by its file stem; its alias is the `ss_output_name`
+As in A1111 (docs/a1111-semantics.md, "Network libraries"): every `.safetensors` / `.pt` / `.ckpt`
+under the LoRA folder is a network named by its file stem; its alias is the `ss_output_name`
 metadata. A prompt names a network by stem or alias; an alias two files share is
 ambiguous and only their stems work. Names are only ever looked up in this listing,
 never joined into a path, so a prompt cannot reach a file outside the folder.

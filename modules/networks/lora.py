@@ -1,7 +1,7 @@
 """`<lora:...>` prompt tags -> typed weight patches on a clone of the model's patcher.
 
-Tag syntax (a1111.md d.6): `<lora:NAME:TE[:UNET[:DYN]]>` or named `te=`, `unet=`,
-`dyn=`; `<lyco:...>` is the same thing. TE defaults to 1, UNET to TE. Negative
+Tag syntax (docs/a1111-semantics.md, "Extra-network tags"): `<lora:NAME:TE[:UNET[:DYN]]>` or named
+`te=`, `unet=`, `dyn=`; `<lyco:...>` is the same thing. TE defaults to 1, UNET to TE. Negative
 multipliers are allowed. Several tags give several networks, summed per layer.
 
 Nothing here raises on a user's file: an unknown name, an unreadable file, a file for

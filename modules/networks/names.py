@@ -1,7 +1,7 @@
 """Which module of our model a LoRA key names, built from the model itself.
 
-LoRA files name the layer they change in one of several spellings (models.md 4.1,
-4.3, 4.4):
+LoRA files name the layer they change in one of several spellings (docs/model-formats.md,
+"LoRA files"):
 
 * kohya, SD1/SD2: `lora_unet_` + the *diffusers* U-Net path with `.` -> `_`
   (`lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`);
