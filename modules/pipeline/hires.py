@@ -1,8 +1,8 @@
 """Hires fix: txt2img's second pass, img2img on the upscaled first-pass result.
 
-A1111's recipe (a1111.md a.3, e.2, f.4): the first-pass latents are enlarged to the
-hires size, either in latent space (the "Latent ..." modes: torch interpolation of the
-latent) or as pictures (decode, an upscaler such as Lanczos or an ESRGAN model,
+A1111's recipe (docs/a1111-semantics.md, "Hires fix" and "Step rule"): the first-pass latents are
+enlarged to the hires size, either in latent space (the "Latent ..." modes: torch interpolation of
+the latent) or as pictures (decode, an upscaler such as Lanczos or an ESRGAN model,
 encode again); a latent too large for an exact `hr_resize_x` x `hr_resize_y` box is
 cropped centrally. Then an img2img pass runs with `hr_second_pass_steps` (or the
 first pass's steps) as explicit steps, so the schedule is
@@ -163,7 +163,7 @@ def _networks(runtime, plan: Plan):
 
 
 def extra_params(p: Txt2ImgParams, first: Plan, hires: Plan, upscaler: str) -> dict:
-    """The hires infotext keys in A1111's order (a1111.md c.3)."""
+    """The hires infotext keys in A1111's order (docs/a1111-semantics.md, "Key order")."""
     extra: dict = {}
     if _chosen(p.hr_checkpoint_name):
         extra["Hires checkpoint"] = hires.loaded.info.model_name

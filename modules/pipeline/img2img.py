@@ -2,7 +2,7 @@
 
 `img2img(runtime, params)` is a generator with txt2img's protocol (it yields
 `Progress`, accepts "skip"/"interrupt", returns a `GenerationResult`). The work
-follows A1111 (a1111.md a.4, e.2, f.4):
+follows A1111 (docs/a1111-semantics.md, "img2img", "Initial noise" and "Step rule"):
 
 1. pictures (`prepare_images`): the mask is binarised, inverted if asked, blurred;
    "Only masked" crops the mask's padded bounding box widened to the output's
@@ -282,7 +282,7 @@ def finisher(prepared: Prepared, batch_size: int):
 
 
 def extra_params(p: Img2ImgParams, multiplier: float, prepared: Prepared) -> dict:
-    """img2img's infotext keys, in A1111's order (a1111.md c.3)."""
+    """img2img's infotext keys, in A1111's order (docs/a1111-semantics.md, "Key order")."""
     extra: dict = {}
     if prepared.mask is not None:
         if p.inpainting_mask_invert:

@@ -1,7 +1,7 @@
 """img2img over a folder of images, and the sketch tabs' input compositing.
 
-`img2img_batch` is A1111's img2img "Batch" tab (a1111.md a.4): every image of
-`input_dir` (sorted by name) goes through `img2img` with the same settings; a mask of
+`img2img_batch` is A1111's img2img "Batch" tab (docs/a1111-semantics.md, "img2img batch"): every
+image of `input_dir` (sorted by name) goes through `img2img` with the same settings; a mask of
 the same file stem in `mask_dir` makes it an inpainting job; with `png_info_props`
 the chosen parameters are read from the infotext of the image (or of the same-named
 file in `png_info_dir`): "Prompt" and "Negative prompt" are appended to the given

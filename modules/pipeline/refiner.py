@@ -7,7 +7,7 @@ again by the refiner's own text encoders, e.g. an SDXL refiner's OpenCLIP-G with
 aesthetic score) and the *same* sampler run goes on with the latent it has, so
 multistep samplers keep their history, as A1111 does.
 
-The completed fraction is measured as A1111 measures it (a1111.md d.8):
+The completed fraction is measured as A1111 measures it (docs/a1111-semantics.md, "Refiner"):
 
 * by sigma (default): the discrete timestep t nearest the current sigma in the base
   model's table of T sigmas gives `(T - 1 - t) / T`;

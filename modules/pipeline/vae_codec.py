@@ -7,9 +7,9 @@ images and [-1, 1] tensors, and choose between the plain VAE and the tiled one
 or when `tiled_vae_auto` is on and the estimated memory of a plain pass exceeds what
 the device has free (CUDA: `torch.cuda.mem_get_info`; CPU: psutil's available RAM).
 
-The estimates are ComfyUI's published per-pixel figures for the SD VAE (perf.md 5.2):
-decode 2178 * h * w * 64 bytes per dtype byte for an h x w latent, encode 1767 * H * W
-for an H x W image. They are conservative on CPU (measured 1.0 GB vs 2.3 GB estimated
+The estimates are ComfyUI's published per-pixel figures for the SD VAE (docs/perf-reference.md,
+"VAE decode memory"): decode 2178 * h * w * 64 bytes per dtype byte for an h x w latent, encode
+1767 * H * W for an H x W image. They are conservative on CPU (measured 1.0 GB vs 2.3 GB estimated
 at 512² fp32), which only means tiling starts a little early.
 """
 

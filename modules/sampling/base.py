@@ -7,8 +7,8 @@ variance-exploding parameterisation x = x0 + sigma * eps, and `model(x, sigma_ba
 list of sigmas, usually ending in 0.
 
 Unlike k-diffusion, a sampler here is a *generator*: it yields one `SamplerStep` after
-every step and returns the final `x` (DESIGN.md, principle 6). The consumer gets
-progress and previews from the events and interrupts or skips by simply not asking for
+every step and returns the final `x` (docs/design.md, "Generation is a generator"). The consumer
+gets progress and previews from the events and interrupts or skips by simply not asking for
 the next one (`generator.close()`); samplers hold no resources, so there is nothing to
 clean up. `run_sampler` drains a generator when only the result matters.
 

@@ -7,9 +7,9 @@ Models"): for each image, with one unconditional and K weighted conditional pred
     D = D_uncond + sum_k w_k * cfg * (D_k - D_uncond).
 
 `CFGDenoiser` is itself a model D(x, sigma) for the samplers. Each call is one sampling
-"step" in A1111's sense (a1111.md f.3, d.3): it counts its calls from 0 and picks every
-prompt's cond for that count, so second-order samplers, which call it twice per step,
-walk a prompt schedule built over twice the steps (`registry.prompt_schedule_steps`).
+"step" in A1111's sense (docs/a1111-semantics.md, "CFG and step counting"): it counts its calls from
+0 and picks every prompt's cond for that count, so second-order samplers, which call it twice per
+step, walk a prompt schedule built over twice the steps (`registry.prompt_schedule_steps`).
 Rows with equal cond shapes go through the U-Net in one batch. Extensions observe or
 change a step through typed hooks passed in at construction: `before_model`
 (`CFGDenoiserParams`), `after_model` (`CFGDenoisedParams`) and `after_cfg`

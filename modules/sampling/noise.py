@@ -1,12 +1,12 @@
 """Noise sources for stochastic samplers, reproducible per image.
 
 A1111 makes a batch of N images equal N single-image runs by drawing every sampler
-noise tensor image by image from that image's own generator (a1111.md e.3). The same
-holds here: `randn_noise_sampler` draws `torch.randn(x.shape[1:], generator=g)` for each
-per-image generator and stacks them. SDE samplers use Brownian-tree noise (Kidger et al.,
-2021, torchsde) so that noise over an interval is consistent however the interval is cut;
-`BrownianTreeNoiseSampler` keeps one tree per image, seeded with that image's seed, as
-k-diffusion's batched tree does. Trees live on the CPU in float32.
+noise tensor image by image from that image's own generator (docs/a1111-semantics.md,
+"Sampler noise and ENSD"). The same holds here: `randn_noise_sampler` draws
+`torch.randn(x.shape[1:], generator=g)` for each per-image generator and stacks them. SDE samplers
+use Brownian-tree noise (Kidger et al., 2021, torchsde) so that noise over an interval is consistent
+however the interval is cut; `BrownianTreeNoiseSampler` keeps one tree per image, seeded with that
+image's seed, as k-diffusion's batched tree does. Trees live on the CPU in float32.
 """
 
 from __future__ import annotations

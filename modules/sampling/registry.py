@@ -1,10 +1,12 @@
-"""The sampler and scheduler tables, under A1111's labels and aliases (a1111.md f.1, f.2).
+"""The sampler and scheduler tables, under A1111's labels and aliases.
+
+The tables: docs/a1111-semantics.md, "Sampler table" and "Schedule types".
 
 A `SamplerSpec` is one row of A1111's sampler table: the function, its aliases and the
 options that change how it is driven (default scheduler, second order, Brownian noise,
 discarding the penultimate sigma, which settings it receives). `resolve_sampler`
 understands legacy combined names ("DPM++ 2M Karras"), `compute_sigmas` builds the
-schedule, `img2img_sigmas` cuts it for img2img and hires (a1111.md f.4).
+schedule, `img2img_sigmas` cuts it for img2img and hires (docs/a1111-semantics.md, "Step rule").
 
 DDIM, DDIM CFG++, PLMS and UniPC run in sigma space (`samplers_timestep.py`). On the
 Automatic scheduler they walk A1111's timestep grids, start from unit-variance noise and

@@ -3,7 +3,8 @@
 Each function returns a float32 tensor of sigmas, largest first, usually with a final 0
 (steps + 1 values for `n` steps). Those that need the model's own discretisation take
 `model_sigmas`: the model's sigma table in ascending order, index = training timestep
-(see `denoiser.discrete_sigmas`). Behaviour follows A1111 v1.10.1 (a1111.md f.2):
+(see `denoiser.discrete_sigmas`). Behaviour follows A1111 v1.10.1 (docs/a1111-semantics.md,
+"Schedule types"):
 
 - uniform / normal / sgm_uniform: uniform in timestep t, sigma by log-sigma interpolation
   (k-diffusion's DiscreteSchedule); sgm_uniform drops the last of n + 1 points (SGM).

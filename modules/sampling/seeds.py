@@ -1,7 +1,7 @@
 """A1111-compatible seeds and noise: seed resolution, batch seeds and ``ImageRNG``.
 
 A seed shared by an A1111 user must give the same picture here, so the initial latent
-noise follows A1111's recipe exactly (reference a1111.md §e):
+noise follows A1111's recipe exactly (docs/a1111-semantics.md, "Seeds"):
 
 * one generator per image, seeded with that image's seed; the initial noise of a batch
   is the stack of each generator's first ``randn`` draw, so a batch of four equals four
