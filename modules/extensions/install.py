@@ -1,9 +1,9 @@
 """Installing an extension from a git URL (the Extensions tab's "Install from URL").
 
 Refused unless the server is local, or `--enable-insecure-extension-access` is given
-(a1111.md a.13): `--listen`, `--share` and `--server-name` expose the page to others,
-and installing runs their code. The clone goes into the user extensions folder with
-`git clone --depth 1` in a subprocess; the new extension loads on the next start.
+(docs/a1111-semantics.md, "Installing extensions"): `--listen`, `--share` and `--server-name` expose
+the page to others, and installing runs their code. The clone goes into the user extensions folder
+with `git clone --depth 1` in a subprocess; the new extension loads on the next start.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Extensions: discovery, loading, enable/disable, and the registry held on the Runtime.
 
 An extension is a folder `extensions/<name>/` (built-in, beside `modules/`) or
-`<data-dir>/extensions/<name>/` (user-installed), laid out as in A1111 (a1111.md h.1):
-`scripts/*.py`, `install.py`, `preload.py`, `javascript/*.js`, `style.css`,
+`<data-dir>/extensions/<name>/` (user-installed), laid out as in A1111 (docs/a1111-semantics.md,
+"Extension folders"): `scripts/*.py`, `install.py`, `preload.py`, `javascript/*.js`, `style.css`,
 `metadata.ini`, and, Easel's addition, `ui.py` for Gradio parts (imported by
 `webui/` only, so `modules/` never pulls gradio in).
 

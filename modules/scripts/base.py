@@ -1,7 +1,7 @@
 """The `Script` base class extensions subclass, and the typed objects hooks receive.
 
 A script is a class in an extension's `scripts/*.py` (or a built-in) with A1111's
-method names (a1111.md h.2) and typed arguments instead of `*args`:
+method names (docs/a1111-semantics.md, "Script hooks") and typed arguments instead of `*args`:
 
 - `title()` names it; API clients match `script_name` / `alwayson_scripts` keys to it
   case-insensitively.

@@ -1,7 +1,7 @@
 """File-level work on one extension folder: metadata.ini, install.py, preload.py, scripts.
 
-Folder conventions are A1111's (a1111.md h.1). Modules are imported with importlib
-under unique names (`easel_ext.<extension>.<file>`), with the extension folder on
+Folder conventions are A1111's (docs/a1111-semantics.md, "Extension folders"). Modules are imported
+with importlib under unique names (`easel_ext.<extension>.<file>`), with the extension folder on
 `sys.path` only while its own files execute, so sibling imports work and nothing
 leaks into other extensions. `install.py` runs in a subprocess once per change of
 its content: a marker file in the extension folder records the hash it ran for.

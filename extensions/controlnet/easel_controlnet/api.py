@@ -1,4 +1,6 @@
-"""The ControlNet extension's HTTP routes (a1111.md h.5), on Easel's extension app.
+"""The ControlNet extension's HTTP routes, on Easel's extension app.
+
+The routes and their shapes: docs/a1111-semantics.md, "ControlNet API".
 
 Registered from the extension's `app_started` callback through `ExtensionApp.add_api_route`,
 so they sit behind `--api-auth` like `/sdapi/v1/*`:

@@ -12,7 +12,7 @@ units whose [guidance_start, guidance_end] holds the sampling progress step / to
 `params.unet_kwargs["control"]`; CFGDenoiser narrows it to the rows of each U-Net call
 (`for_rows`), and the U-Net calls it with its inputs.
 
-Control modes (a1111.md h.5, models.md 6):
+Control modes (docs/model-formats.md, "ControlNet files"):
 - Balanced: every residual x weight, on every row.
 - My prompt is more important ("soft injection"): residual i x weight x 0.825^(12 - i),
   i = 0..12 for SD1/SD2's 13 outputs (SDXL's 10 take the first 10 of those scales),

@@ -1,8 +1,8 @@
 """ControlNet units: the per-unit arguments of the popular ControlNet extension's API.
 
 Clients send `alwayson_scripts: {"controlnet": {"args": [unit, unit, ...]}}`, each unit
-a dict with the field names of sd-webui-controlnet's `ControlNetUnit` (a1111.md h.5):
-enabled, module, model, weight, image (base64, or {image, mask}), resize_mode,
+a dict with the field names of sd-webui-controlnet's `ControlNetUnit` (docs/a1111-semantics.md,
+"ControlNet API"): enabled, module, model, weight, image (base64, or {image, mask}), resize_mode,
 low_vram, processor_res, threshold_a, threshold_b, guidance_start, guidance_end,
 control_mode, pixel_perfect. Missing fields take the extension's defaults; a bad value
 raises `ValueError` naming the field (the scripts layer adds the unit's name), so API

@@ -1,8 +1,8 @@
 """Loopback (img2img): feed each output back in as the next init image, `loops` times.
 
-As A1111's script (a1111.md a.6): batch size is forced to 1 and `n_iter` becomes the
-number of independent runs. Every pass is a normal img2img job; after each one the
-seed goes up by one (so run `n`, loop `i` has seed `seed + n * loops + i`) and the
+As A1111's script (docs/a1111-semantics.md, "Built-in scripts"): batch size is forced to 1 and
+`n_iter` becomes the number of independent runs. Every pass is a normal img2img job; after each one
+the seed goes up by one (so run `n`, loop `i` has seed `seed + n * loops + i`) and the
 denoising strength moves from the request's value towards `final_denoising_strength`
 along the chosen curve, evaluated at `(i + 1) / (loops - 1)`:
 

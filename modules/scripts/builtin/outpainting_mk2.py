@@ -1,7 +1,7 @@
 """Outpainting mk2 (img2img): grow the picture one side at a time over matched noise.
 
-As A1111's script (a1111.md a.6), each chosen direction (left, right, up, down, in
-that order) is one img2img pass: the picture is grown by `pixels` on that side, the
+As A1111's script (docs/a1111-semantics.md, "Built-in scripts"), each chosen direction (left, right,
+up, down, in that order) is one img2img pass: the picture is grown by `pixels` on that side, the
 new area is filled with noise that follows the colours of the picture's border
 (`matched_noise`), and a strip of the job's width (left/right) or height (up/down)
 at the grown side, spanning the whole picture the other way, is inpainted with masked

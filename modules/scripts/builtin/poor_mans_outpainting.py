@@ -1,7 +1,7 @@
 """Poor man's outpainting (img2img): grow the canvas and inpaint the new border, tile by tile.
 
-As A1111's script (a1111.md a.6): the init image is pasted on a canvas grown by
-`pixels` on each chosen side; the mask is white over the new area and over a band of
+As A1111's script (docs/a1111-semantics.md, "Built-in scripts"): the init image is pasted on a
+canvas grown by `pixels` on each chosen side; the mask is white over the new area and over a band of
 `2 * mask_blur` pixels of the original along the grown sides, and img2img blurs it
 by `2 * mask_blur`. The canvas is cut into tiles of the job's width x height that
 overlap by `pixels`; every tile that touches the new area is inpainted (masked

@@ -1,4 +1,6 @@
-"""Prompt matrix: every combination of the `|`-separated parts of a prompt (a1111.md a.6).
+"""Prompt matrix: every combination of the `|`-separated parts of a prompt.
+
+A1111's script (docs/a1111-semantics.md, "Built-in scripts").
 
 "a cat|red|big" gives 4 images: "a cat", "a cat, red", "a cat, big",
 "a cat, red, big", all with the same seed (or consecutive seeds), and a grid labelled

@@ -1,4 +1,6 @@
-"""Prompts from file or textbox: one job per line (a1111.md a.6).
+"""Prompts from file or textbox: one job per line.
+
+A1111's script (docs/a1111-semantics.md, "Built-in scripts").
 
 A line is either a prompt (put before or after the UI prompt) or a list of
 `--name value` options (`--prompt "a cat" --steps 10 --seed 5`) that replace the

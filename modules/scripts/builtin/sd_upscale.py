@@ -1,10 +1,10 @@
 """SD upscale (img2img): enlarge with an upscaler, then re-diffuse it tile by tile.
 
-As A1111's script (a1111.md a.6, c.3): the init image is enlarged by `scale_factor`
-with the chosen upscaler (`int(side * scale) // 8 * 8`, see `modules.upscaling.registry`;
-"None" leaves it as it is), cut into tiles of the job's width x height overlapping by
-at least `overlap` pixels (`tiles.TileGrid`), every tile goes through img2img, and the
-tiles are blended back. Tiles run `batch_size` at a time; batch `k` of repeat `n`
+As A1111's script (docs/a1111-semantics.md, "Built-in scripts"): the init image is enlarged by
+`scale_factor` with the chosen upscaler (`int(side * scale) // 8 * 8`, see
+`modules.upscaling.registry`; "None" leaves it as it is), cut into tiles of the job's width x height
+overlapping by at least `overlap` pixels (`tiles.TileGrid`), every tile goes through img2img, and
+the tiles are blended back. Tiles run `batch_size` at a time; batch `k` of repeat `n`
 (`n_iter`) starts at seed `seed + n + k`, A1111's sequence. Each repeat gives one
 picture, carrying the infotext of the first tile plus `SD upscale overlap` and
 `SD upscale upscaler`. A mask in the request is not used.
