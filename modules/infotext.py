@@ -2,7 +2,7 @@
 
 The infotext is the interchange format of the SD community: A1111 users paste it into
 "PNG Info" or send it through ``/sdapi/v1/png-info``, and sites such as Civitai parse it.
-So both directions follow A1111 v1.10.1 byte for byte (reference a1111.md §c):
+So both directions follow A1111 v1.10.1 byte for byte (docs/a1111-semantics.md, "Infotext"):
 
     <prompt>
     Negative prompt: <negative>          (omitted when empty)

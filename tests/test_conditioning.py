@@ -2,7 +2,7 @@
 
 References are computed independently: ids by hand from the tokenizer's known ids,
 hidden states through transformers' own CLIP forward (`output_hidden_states`), and the
-emphasis weighting by the formula of reference/a1111.md §d.5.
+emphasis weighting by the formula of docs/a1111-semantics.md, "Chunks and weighting".
 """
 
 import pytest

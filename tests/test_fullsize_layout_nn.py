@@ -5,7 +5,7 @@ declarations, and compared with the key layouts of real SD1.5, SD2.1, SDXL base 
 refiner files (`tests/fixtures/*_keys.tsv`, key<TAB>shape<TAB>dtype): every
 checkpoint tensor under `model.diffusion_model.` / `first_stage_model.` must be a
 parameter or buffer of that shape, and nothing may be left over. Parameter counts are
-checked against the published numbers (models.md 1.3-1.5).
+checked against the published numbers (docs/model-formats.md, "Single-file checkpoint layout").
 """
 
 from __future__ import annotations

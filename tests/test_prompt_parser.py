@@ -1,7 +1,8 @@
 """The prompt language: emphasis, schedules, AND, extra-network tags, comments.
 
 Expected values come from A1111's documented examples (facts) or are derived by hand
-from the rules in reference/a1111.md §d; the derivation is written beside each case.
+from the rules in docs/a1111-semantics.md, "Prompt syntax"; the derivation is written beside each
+case.
 """
 
 import pytest

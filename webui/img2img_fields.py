@@ -1,7 +1,7 @@
 """img2img widgets -> `Img2ImgParams`: the sub-tab's pictures, resize and inpaint options.
 
-The img2img tab has one input per sub-tab (A1111's modes, a1111.md a.4). Each mode
-turns its widget values into init images and an optional mask here:
+The img2img tab has one input per sub-tab (A1111's modes, docs/a1111-semantics.md, "img2img modes").
+Each mode turns its widget values into init images and an optional mask here:
 
 - img2img: the uploaded picture;
 - Sketch: the picture with the strokes on it (the editor's composite);

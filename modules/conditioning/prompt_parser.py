@@ -1,8 +1,8 @@
 """The prompt language of A1111, read into plain data.
 
-One prompt goes through these steps (A1111's order, see `docs` and a1111.md §d.1):
-comments are stripped, extra-network tags `<lora:name:0.8>` are pulled out, positive
-prompts are split on `AND` into weighted sub-prompts, each sub-prompt is expanded into
+One prompt goes through these steps (A1111's order, see docs/a1111-semantics.md,
+"Prompt processing order"): comments are stripped, extra-network tags `<lora:name:0.8>` are pulled
+out, positive prompts are split on `AND` into weighted sub-prompts, each sub-prompt is expanded into
 a step schedule (`[from:to:when]`, `[a|b]`; parsed in `modules/conditioning/prompt_schedule.py`),
 and each scheduled text is read for emphasis `(word:1.2)` and `BREAK`.
 

@@ -2,9 +2,9 @@
 
 A1111's `img2img_color_correction` matches the result's histograms to the init
 image's in CIE L*a*b* and then keeps the luminosity of the uncorrected result
-(a1111.md a.4). Here, with numpy only: sRGB (D65) -> L*a*b*, per-channel histogram
-matching by quantile mapping, and the result takes L* from the uncorrected image and
-a*, b* from the matched one (a luminosity blend done in L*a*b*).
+(docs/a1111-semantics.md, "Color correction"). Here, with numpy only: sRGB (D65) -> L*a*b*,
+per-channel histogram matching by quantile mapping, and the result takes L* from the uncorrected
+image and a*, b* from the matched one (a luminosity blend done in L*a*b*).
 """
 
 from __future__ import annotations

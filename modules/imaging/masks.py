@@ -1,7 +1,7 @@
 """Inpainting masks: binarise, blur, crop to the masked area, fill, overlay.
 
-Conventions (A1111's, a1111.md a.4): a mask is an "L" image, white (255) where the
-picture is repainted. An RGBA mask image uses its alpha channel; an RGBA init image
+Conventions (A1111's, docs/a1111-semantics.md, "Inpainting"): a mask is an "L" image, white (255)
+where the picture is repainted. An RGBA mask image uses its alpha channel; an RGBA init image
 without a mask is repainted where it is transparent.
 
 * `binary_mask`: threshold at 128 (`round`), or keep the grey levels.

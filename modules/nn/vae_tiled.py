@@ -1,13 +1,13 @@
 """Tiled VAE encode and decode with GroupNorm statistics shared by every tile.
 
 Decoding a 2048x2048 image with the SD VAE needs several 128-channel float tensors of
-the full image size at once (perf.md 5.2: ~3.9 GB at 1024² in fp32). Cutting the
-image into tiles bounds that, but each GroupNorm (Wu & He, 2018, "Group
+the full image size at once (~3.9 GB at 1024² in fp32: docs/perf-reference.md, "VAE decode memory").
+Cutting the image into tiles bounds that, but each GroupNorm (Wu & He, 2018, "Group
 Normalization") would then normalise with its own tile's mean and variance, and the
-tiles come out with different brightness and colour: visible seams (models.md 8).
+tiles come out with different brightness and colour: visible seams.
 
-The approach here follows the "Tiled VAE" extension's idea (models.md 8): every tile
-is normalised with the statistics of the *whole* image, so all tiles see the same
+The approach here follows the "Tiled VAE" extension's idea (docs/model-formats.md, "Tiled VAE"):
+every tile is normalised with the statistics of the *whole* image, so all tiles see the same
 affine map at every GroupNorm and only the receptive field is cut. How:
 
 1. The part of the network that runs at latent resolution and holds the one global

@@ -1,7 +1,7 @@
 """Extras tab / `extra-single-image` / `extra-batch-images`: upscaling after the fact.
 
-A1111's "Upscale" postprocessing (a1111.md a.5, b.4): "Scale by" a factor, or "Scale
-to" width x height (the factor that covers the box, then an optional centre crop to
+A1111's "Upscale" postprocessing (docs/a1111-semantics.md, "Extras upscaling"): "Scale by" a factor,
+or "Scale to" width x height (the factor that covers the box, then an optional centre crop to
 exactly that size); "Upscaler 1", and "Upscaler 2" blended over it with a visibility
 weight. Upscaler 1 "None" leaves the image as it is. Face restoration (GFPGAN,
 CodeFormer) is not available yet and is refused when asked for.

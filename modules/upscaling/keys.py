@@ -1,6 +1,6 @@
 """ESRGAN state-dict layouts, mapped onto `RRDBNet`'s (BasicSR / Real-ESRGAN) names.
 
-Three layouts exist in the wild (models.md, A1111's upscaler notes):
+Three layouts exist in the wild (docs/model-formats.md, "Upscaler files"):
 
 * Real-ESRGAN / BasicSR ("new"): `conv_first`, `body.N.rdbK.convJ`, `conv_body`,
   `conv_up1`, `conv_up2`, `conv_hr`, `conv_last`; files often wrap the dict in
