@@ -20,6 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.extras import require_test_extras  # noqa: E402
+
+require_test_extras(__file__, "httpx")
 import httpx  # noqa: E402
 
 from modules.api.app import create_api_app  # noqa: E402

@@ -193,6 +193,10 @@ def main() -> None:
     parser.add_argument("--defaults", action="store_true",
                         help="also time each engine in its out-of-the-box dtype on this CPU")
     args = parser.parse_args()
+    if not args.skip_unet or args.defaults:
+        from bench.extras import require_test_extras
+
+        require_test_extras(__file__, "diffusers")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {os.cpu_count()}")
     dtypes = tuple(getattr(torch, name) for name in args.dtypes.split(","))
     if not args.skip_unet:

@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.extras import require_test_extras  # noqa: E402
 from bench.pipeline_worker import build_unets, build_vaes  # noqa: E402
 
 
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
+    require_test_extras(__file__, "diffusers")
     s = setup(args.dry_run)
     device_name = torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, device {device_name}, dtype {s.dtype}", flush=True)

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--cold", action="store_true",
                         help="time the first call (default: one untimed warm-up call first)")
     args = parser.parse_args(argv)
+    from bench.extras import require_test_extras
+
+    require_test_extras(__file__, "diffusers")  # the workers build diffusers' models
     rows = []
     parts = args.parts.split(",")
     common = {"dtype": args.dtype, "easel_dtype": args.easel_dtype, "tiny": args.tiny, "warmup": not args.cold}

@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
+    if "full" in parts:
+        from bench.extras import require_test_extras
+
+        require_test_extras(__file__, "diffusers")
     rows = []
     if "demo" in parts:
         rows.append(demo(args.seeds))

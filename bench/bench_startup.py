@@ -31,6 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.extras import require_test_extras  # noqa: E402
+
+require_test_extras(__file__, "httpx")
 import httpx  # noqa: E402
 
 from modules.app.early_page import STARTING_HEADER  # noqa: E402

@@ -6,7 +6,15 @@ code path runs and that Easel and diffusers, holding the same weights, agree.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -44,3 +52,46 @@ def test_pipeline_worker_runs_easel_in_its_own_dtype(part):
     mixed = run({**options, "easel_dtype": "bfloat16", "engine": "both"})["max_abs_diff"]
     # bf16 Easel against the fp32 reference: close, and no longer the same function.
     assert same < mixed < 0.25
+
+
+HIDE_AND_RUN = ("import runpy, sys; sys.modules[{module!r}] = None; sys.argv = {argv!r}; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_hiding(module: str, *argv: str):
+    """Run a bench script in a fresh interpreter in which `import <module>` fails."""
+    code = HIDE_AND_RUN.format(module=module, argv=list(argv))
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_bench_script_without_the_test_extras_says_so_in_one_line():
+    result = run_hiding("diffusers", "bench/bench_core.py", "--skip-load")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("bench_core.py needs the test extras (diffusers missing): ")
+    assert "python3 launch.py --run-tests" in lines[0]
+    assert "python3 -m modules.app.pyproject test" in lines[0]
+    # A part that needs no extra still runs without it.
+    result = run_hiding("diffusers", "bench/bench_core.py", "--skip-unet", "--skip-load")
+    assert result.returncode == 0 and result.stdout.startswith("torch "), result.stderr
+
+
+def test_every_bench_script_that_imports_a_test_extra_checks_for_it():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {re.match(r"[\w.-]+", s).group(0).lower() for s in project["dependencies"]}
+    extras = {re.match(r"[\w.-]+", s).group(0).lower()
+              for s in project["optional-dependencies"]["test"]} - base - {"pytest", "ruff"}
+    needs = re.compile(rf"^\s*(?:import|from) ({'|'.join(extras)})\b|pipeline_worker import",
+                       re.M)
+    for script in sorted((ROOT / "bench").glob("bench_*.py")):
+        if needs.search(script.read_text()):
+            assert "require_test_extras(__file__" in script.read_text(), script.name
+
+
+def test_the_extras_check_names_only_what_is_missing():
+    from bench.extras import missing
+
+    assert missing("json", "no_such_module_here", "no.such.package") == [
+        "no_such_module_here", "no.such.package"]
