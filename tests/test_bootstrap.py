@@ -197,3 +197,15 @@ def test_the_extras_print_for_a_hand_install():
     assert out.stdout.split() == toml()["project"]["optional-dependencies"]["test"]
     wrong = subprocess.run([*run, "nope"], cwd=ROOT, capture_output=True, text=True)
     assert wrong.returncode == 2 and "test" in wrong.stderr
+
+
+def test_without_tomllib_the_same_lists_are_installed(monkeypatch):
+    """Python 3.10 has no tomllib: the small reader gives the bootstrap the same lists."""
+    def lists():
+        return (bootstrap.requirements(ROOT, True), bootstrap_upscalers.app_requirements(ROOT),
+                bootstrap_upscalers.env_requirements(ROOT), pyproject.easel(ROOT)["torch"],
+                bootstrap._requirements_digest(ROOT, True), bootstrap_upscalers.digest(ROOT))
+
+    with_tomllib = lists()
+    monkeypatch.setattr(pyproject, "tomllib", None)
+    assert lists() == with_tomllib
