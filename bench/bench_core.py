@@ -123,8 +123,10 @@ def bench_defaults(runs: int) -> dict:
         spread = float(theirs(x, t, encoder_hidden_states=context).sample.std())
     mine, reference = time_pair(lambda: ours(x.to(dtype), t, context.to(dtype)),
                                 lambda: theirs(x, t, encoder_hidden_states=context), runs)
-    row = {"comparison": "defaults", "easel_dtype": str(dtype).split(".")[-1], "diffusers_dtype": "float32",
-           "easel_s": round(mine, 3), "diffusers_s": round(reference, 3), "ratio": round(mine / reference, 3),
+    row = {"comparison": "defaults", "easel_dtype": str(dtype).split(".")[-1],
+           "diffusers_dtype": "float32",
+           "easel_s": round(mine, 3), "diffusers_s": round(reference, 3),
+           "ratio": round(mine / reference, 3),
            "rms_diff_over_std": round(float(difference.pow(2).mean().sqrt()) / spread, 4)}
     print(json.dumps(row), flush=True)
     return row

@@ -95,7 +95,8 @@ def main() -> None:
         from safetensors.torch import load_file
 
         out = data / "models" / "Stable-diffusion"
-        whole, easel = load_file(str(out / "whole.safetensors")), load_file(str(out / "easel.safetensors"))
+        whole = load_file(str(out / "whole.safetensors"))
+        easel = load_file(str(out / "easel.safetensors"))
         equal = all(torch.equal(whole[k], easel[k]) for k in whole)
     print(f"input file: {size / 2**20:.0f} MiB x 2; outputs equal: {equal}")
     print(f"{'':14} {'extra peak MiB':>15} {'x one file':>11} {'seconds':>8}")

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     require_test_extras(__file__, "diffusers")  # the workers build diffusers' models
     rows = []
     parts = args.parts.split(",")
-    common = {"dtype": args.dtype, "easel_dtype": args.easel_dtype, "tiny": args.tiny, "warmup": not args.cold}
+    common = {"dtype": args.dtype, "easel_dtype": args.easel_dtype, "tiny": args.tiny,
+              "warmup": not args.cold}
     if "vae" in parts:
         for size in (int(s) for s in args.sizes.split(",")):
             rows.append(compare({**common, "part": "vae", "size": size}, args.runs))

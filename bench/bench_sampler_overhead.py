@@ -54,8 +54,8 @@ def main(steps: int = 20) -> None:
     for spec in R.SAMPLERS:
         sigmas = R.compute_sigmas(spec, R.AUTOMATIC, steps, table)
         x = x0 * float(sigmas[0])
-        noise = R.default_noise_sampler(spec, x, sigmas, generators=[torch.Generator().manual_seed(s) for s in (1, 2)],
-                                        seeds=[1, 2])
+        generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        noise = R.default_noise_sampler(spec, x, sigmas, generators=generators, seeds=[1, 2])
         if spec.record_uncond:
             trivial.last_uncond = x0 * 0.9
         calls[0] = 0

@@ -61,7 +61,8 @@ def wait_for(url: str, process: subprocess.Popen, started: float, *, placeholder
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
             answer = httpx.get(url, timeout=5)
-            if answer.status_code < 500 and (placeholder_ok or STARTING_HEADER not in answer.headers):
+            if answer.status_code < 500 and (placeholder_ok
+                                             or STARTING_HEADER not in answer.headers):
                 return time.perf_counter() - started
         except httpx.TransportError:
             pass

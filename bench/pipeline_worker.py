@@ -118,7 +118,8 @@ def _jobs(options: dict):
     vae_ours.to(mine)
     if options["part"] == "vae":
         z = _latent(family, options["size"], dtype)
-        return (lambda: decode_easel(vae_ours, z.to(mine))), (lambda: decode_diffusers(vae_theirs, z))
+        return ((lambda: decode_easel(vae_ours, z.to(mine))),
+                (lambda: decode_diffusers(vae_theirs, z)))
     unet_ours, unet_theirs = build_unets(family, dtype)
     unet_ours.to(mine)
     z = _latent(family, options["size"], dtype)

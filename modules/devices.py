@@ -66,8 +66,9 @@ CPU_BF16_MIN_UNET_CHANNELS = 192
 Precision = tuple[torch.dtype, torch.dtype]  # (U-Net and text encoders, VAE)
 
 
-def precision_policy(args, device: torch.device, *,
-                     native_bf16: Callable[[], bool] | None = None) -> Callable[[object], Precision]:
+def precision_policy(
+    args, device: torch.device, *, native_bf16: Callable[[], bool] | None = None,
+) -> Callable[[object], Precision]:
     """Per checkpoint family (anything with `.unet.model_channels`): the dtypes to load it in.
 
     The flags decide for every model, except on a CPU with native bf16 where none of
@@ -89,7 +90,8 @@ def precision_policy(args, device: torch.device, *,
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (else bf16 is emulated, and slow)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def precision_warnings(args, device: torch.device) -> list[str]:
@@ -139,9 +141,11 @@ def attention_backend(args) -> str:
 
     if getattr(args, "xformers", False) or getattr(args, "force_enable_xformers", False):
         return "xformers" if xformers_available() else "sdpa"
-    if getattr(args, "opt_sub_quad_attention", False) or getattr(args, "opt_split_attention", False):
+    if (getattr(args, "opt_sub_quad_attention", False)
+            or getattr(args, "opt_split_attention", False)):
         return "sliced"
-    if getattr(args, "opt_sdp_attention", False) or getattr(args, "opt_sdp_no_mem_attention", False):
+    if (getattr(args, "opt_sdp_attention", False)
+            or getattr(args, "opt_sdp_no_mem_attention", False)):
         return "sdpa"
     return "auto"
 

@@ -174,6 +174,7 @@ def test_url_images_follow_the_settings():
     with pytest.raises(ApiError, match="Invalid encoded image"):
         decode_image("https://example.test/a.png", Settings(api_forbid_local_requests=False),
                      fetch=lambda url: b"not an image")
-    pixel = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==")
+    pixel = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgAB"
+                             "SK+kcQAAAABJRU5ErkJggg==")
     assert decode_image("data:image/png;base64," + base64.b64encode(pixel).decode(),
                         Settings()).size == (1, 1)

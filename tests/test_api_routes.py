@@ -93,7 +93,8 @@ def test_legacy_sampler_name_and_sampler_errors(client):
 
 
 def test_infotext_fills_unset_fields_only(client):
-    text = "a dog\nNegative prompt: ugly\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 9, Size: 64x64"
+    text = ("a dog\nNegative prompt: ugly\n"
+            "Steps: 3, Sampler: Euler a, CFG scale: 5, Seed: 9, Size: 64x64")
     body, info = txt2img(client, infotext=text, steps=2)
     assert info["prompt"] == "a dog" and info["negative_prompt"] == "ugly"
     assert info["seed"] == 9 and info["sampler_name"] == "Euler a" and info["cfg_scale"] == 5.0

@@ -1,4 +1,5 @@
-"""`/sdapi/v1/create/embedding` and `/sdapi/v1/train/embedding` on the demo model, tiny step counts."""
+"""`/sdapi/v1/create/embedding` and `/sdapi/v1/train/embedding` on the demo model, tiny step
+counts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from modules.runtime import Runtime
 from modules.training.shapes import ShapeLabels, render
 from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
 
-DEMO = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "easel-demo.safetensors"
+DEMO = (Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion"
+        / "easel-demo.safetensors")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
     data = tmp_path_factory.mktemp("train-api")
-    rt = Runtime.create(parse_args(["--data-dir", str(data), "--ckpt-dir", str(DEMO.parent), "--nowebui"]))
+    rt = Runtime.create(parse_args(["--data-dir", str(data), "--ckpt-dir", str(DEMO.parent),
+                                    "--nowebui"]))
     rt.ready.set()
     yield rt
     rt.jobs.stop()
@@ -43,7 +46,8 @@ def data_root(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("bars")
     for index, (color, background) in enumerate((("red", "blue"), ("white", "black"),
                                                  ("yellow", "purple"), ("green", "orange"))):
-        truth = ShapeLabels(shape="bar", color=color, background=background, position="center", size="large")
+        truth = ShapeLabels(shape="bar", color=color, background=background, position="center",
+                            size="large")
         Image.fromarray(render(truth, resolution=64)).save(folder / f"{index:05d}-bar.png")
         (folder / f"{index:05d}-bar.txt").write_text(f"{color}, on {background}")
     (folder / "notes.md").write_text("not an image")
@@ -72,7 +76,8 @@ def test_create_refuses_to_overwrite_unless_asked(client, runtime):
     assert again.status_code == 422 and "already exists" in again.json()["detail"]
     replaced = create(client, name="twice", init_text="", overwrite_old=True)
     assert replaced.status_code == 200
-    assert float(read_embedding(runtime.paths.embeddings_dir / "twice.pt").vectors["*"].abs().sum()) == 0
+    replaced_vectors = read_embedding(runtime.paths.embeddings_dir / "twice.pt").vectors["*"]
+    assert float(replaced_vectors.abs().sum()) == 0
 
 
 @pytest.mark.parametrize("fields, needle", [
@@ -101,7 +106,8 @@ def test_train_embedding_runs_and_continues_from_its_step(client, runtime, data_
     path = runtime.paths.embeddings_dir / "trained.pt"
     before = read_embedding(path).vectors["*"].clone()
     fields = dict(embedding_name="trained", data_root=str(data_root), learn_rate="0.01:2, 0.005",
-                  batch_size=2, gradient_step=2, steps=3, create_image_every=2, save_embedding_every=2,
+                  batch_size=2, gradient_step=2, steps=3, create_image_every=2,
+                  save_embedding_every=2,
                   template_filename="subject_filewords.txt", shuffle_tags=True, tag_drop_out=0.2,
                   latent_sampling_method="random", clip_grad_mode="norm", clip_grad_value="1.0")
     response = train(client, **fields)
@@ -157,7 +163,8 @@ def test_training_is_a_job_that_interrupt_stops_and_keeps(client, runtime, data_
         if progress["state"].get("sampling_step", 0) >= 2:
             break
         time.sleep(0.05)
-    assert "Training embedding" in progress["textinfo"] and progress["state"]["sampling_steps"] == 100000
+    assert "Training embedding" in progress["textinfo"]
+    assert progress["state"]["sampling_steps"] == 100000
     client.post("/sdapi/v1/interrupt")
     thread.join(timeout=60)
     assert answer["info"].endswith("error: None")

@@ -23,7 +23,8 @@ def test_samples_are_a_pure_function_of_seed_and_index():
 
 
 def test_caption_grammar():
-    labels = ShapeLabels(shape="circle", color="red", background="orange", position="top left", size="small")
+    labels = ShapeLabels(shape="circle", color="red", background="orange", position="top left",
+                         size="small")
     assert caption_for(labels) == "a small red circle at the top left on an orange background"
     centred = ShapeLabels(shape="square", color="orange", background="blue", position="center")
     assert caption_for(centred) == "an orange square in the center on a blue background"
@@ -61,16 +62,19 @@ def test_checker_reads_every_attribute_of_generated_images():
 
 
 def test_checker_reports_mismatches():
-    truth = ShapeLabels(shape="triangle", color="red", background="blue", position="top right", size="large")
+    truth = ShapeLabels(shape="triangle", color="red", background="blue", position="top right",
+                        size="large")
     image = render(truth, resolution=64)
     result = check("a small green circle at the bottom left on a yellow background", image)
     assert result.found == truth
-    assert (result.color, result.background, result.shape, result.position, result.size) == (False,) * 5
+    assert (result.color, result.background, result.shape, result.position,
+            result.size) == (False,) * 5
     assert not result.all_correct
 
 
 def test_attributes_the_prompt_omits_are_not_judged():
-    truth = ShapeLabels(shape="square", color="white", background="black", position="center", size="small")
+    truth = ShapeLabels(shape="square", color="white", background="black", position="center",
+                        size="small")
     result = check("a white square on a black background", render(truth, resolution=64))
     assert result.position is None and result.size is None and result.all_correct
 
@@ -81,10 +85,13 @@ def test_blank_image_has_no_shape():
 
 
 def test_checker_works_at_other_sizes_and_with_blur():
-    truth = ShapeLabels(shape="circle", color="yellow", background="purple", position="bottom right", size="large")
-    image = Image.fromarray(render(truth, resolution=64)).resize((512, 512), Image.Resampling.BICUBIC)
+    truth = ShapeLabels(shape="circle", color="yellow", background="purple",
+                        position="bottom right", size="large")
+    image = Image.fromarray(render(truth, resolution=64)).resize((512, 512),
+                                                                 Image.Resampling.BICUBIC)
     assert analyze_image(image) == truth
-    blurred = Image.fromarray(render(truth, resolution=32)).resize((64, 64), Image.Resampling.BILINEAR)
+    blurred = Image.fromarray(render(truth, resolution=32)).resize((64, 64),
+                                                                   Image.Resampling.BILINEAR)
     assert analyze_image(blurred).shape == "circle"
 
 

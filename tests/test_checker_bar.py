@@ -24,7 +24,8 @@ def _every_placement(shape: str):
     for index, (size, position) in enumerate((s, p) for s in SIZES for p in POSITIONS):
         color = COLORS[index % len(COLORS)]
         background = COLORS[(index + 3) % len(COLORS)]
-        truth = ShapeLabels(shape=shape, color=color, background=background, position=position, size=size)
+        truth = ShapeLabels(shape=shape, color=color, background=background, position=position,
+                            size=size)
         for offset in OFFSETS:
             for scale in SCALES:
                 yield truth, render(truth, resolution=64, offset=offset, scale=scale)
@@ -45,9 +46,11 @@ def test_shape_survives_a_one_pixel_blur(shape):
 
 
 def test_bar_is_found_at_other_resolutions():
-    truth = ShapeLabels(shape="bar", color="yellow", background="black", position="top right", size="large")
+    truth = ShapeLabels(shape="bar", color="yellow", background="black", position="top right",
+                        size="large")
     assert analyze_image(Image.fromarray(render(truth, resolution=256))).shape == "bar"
-    assert analyze_image(Image.fromarray(render(truth, resolution=64)).resize((512, 512))).shape == "bar"
+    upscaled = Image.fromarray(render(truth, resolution=64)).resize((512, 512))
+    assert analyze_image(upscaled).shape == "bar"
 
 
 def test_random_bar_samples_check_out():

@@ -146,7 +146,8 @@ def test_metadata_has_a1111_recipe_and_models(runtime):
         "is_instruct_pix2pix": False}
     models = json.loads(metadata["sd_merge_models"])
     assert models[listed["a.safetensors"].sha256]["name"] == "a.safetensors"
-    assert models[listed["b.safetensors"].sha256]["legacy_hash"] == listed["b.safetensors"].legacy_hash
+    b = listed["b.safetensors"]
+    assert models[b.sha256]["legacy_hash"] == b.legacy_hash
     # a merge of the merge carries the earlier recipe along
     again = run_merge(runtime, MergeParams(primary_model_name="meta", secondary_model_name="c",
                                            custom_name="meta2"))
@@ -238,7 +239,8 @@ def test_other_architecture_is_refused_naming_key_and_shapes(runtime):
         run_merge(runtime, MergeParams(primary_model_name="a", secondary_model_name="sd2"))
     assert caught.value.field == "secondary_model_name"
     assert "different architectures" in caught.value.reason
-    assert "shape [" in caught.value.reason or "has no model.diffusion_model." in caught.value.reason
+    assert ("shape [" in caught.value.reason
+            or "has no model.diffusion_model." in caught.value.reason)
     assert not list(runtime.paths.checkpoint_dirs[0].glob("*sd2)*"))
 
 

@@ -128,7 +128,8 @@ def test_weighting_math_and_emphasis_modes(sd15, tokenizer):
     # "None": brackets are not parsed, so they are tokens of their own.
     literal = torch.tensor([padded(*tokenizer.encode("(a b:3) c"))])
     cond = sd15.encode_texts(texts[:1], settings=ConditioningSettings(emphasis="None"))[0]
-    torch.testing.assert_close(cond.crossattn, reference_hidden(encoder, literal)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond.crossattn, reference_hidden(encoder, literal)[0], rtol=1e-5,
+                               atol=1e-5)
     with pytest.raises(ValueError, match="emphasis"):
         sd15.encode_texts(["x"], settings=ConditioningSettings(emphasis="Loud"))
     assert emphasis_infotext(texts, "No norm") == "No norm"
@@ -161,7 +162,8 @@ def test_sdxl_context_and_vector_layout(sdxl):
     g_ids = torch.tensor([[BOS, A, B, EOS] + [0] * 73])
     want_l = reference_hidden(clip_l, l_ids, skip=2)[0]
     want_g = reference_hidden(clip_g, g_ids, skip=2)[0]
-    torch.testing.assert_close(cond.crossattn, torch.cat([want_l, want_g], dim=-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cond.crossattn, torch.cat([want_l, want_g], dim=-1), rtol=1e-5,
+                               atol=1e-5)
     with torch.no_grad():
         pooled = clip_g.transformer(input_ids=g_ids).text_embeds[0]
     sizes = [timestep_embedding(torch.tensor([float(v)]), 256)[0] for v in (64, 96, 8, 4, 64, 96)]
@@ -171,8 +173,8 @@ def test_sdxl_context_and_vector_layout(sdxl):
     # sdxl_clip_l_skip: CLIP-L takes hidden_states[-N] (no norm), bigG is unchanged.
     skipped = sdxl.encode_texts(["a b"], size=size, settings=ConditioningSettings(
         clip_skip=1, sdxl_clip_l_skip=True))[0]
-    torch.testing.assert_close(skipped.crossattn[:, :32], reference_hidden(clip_l, l_ids, skip=1)[0],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(skipped.crossattn[:, :32],
+                               reference_hidden(clip_l, l_ids, skip=1)[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(skipped.crossattn[:, 32:], want_g, rtol=1e-5, atol=1e-5)
     ignored = sdxl.encode_texts(["a b"], size=size, settings=ConditioningSettings(clip_skip=3))[0]
     torch.testing.assert_close(ignored.crossattn, cond.crossattn)
@@ -209,7 +211,8 @@ def test_schedules_and_and_weights(sd15):
     assert [step for step, _ in hires.entries] == [6]
     # Negative prompts are not split on AND.
     negative = sd15.encode_negative_batch(["a AND b"], steps=4)[0]
-    torch.testing.assert_close(negative.at(1).crossattn, sd15.encode_texts(["a AND b"])[0].crossattn)
+    torch.testing.assert_close(negative.at(1).crossattn,
+                               sd15.encode_texts(["a AND b"])[0].crossattn)
 
 
 def test_cache_is_keyed_on_prompt_steps_and_settings(sd15):
@@ -254,7 +257,8 @@ def test_token_count(sd15):
 
 
 def test_sd2_uses_open_clip_padding(tokenizer):
-    conditioner = Conditioner(encoders=random_encoders(TINY_SD2), tokenizer=tokenizer, family=TINY_SD2)
+    conditioner = Conditioner(encoders=random_encoders(TINY_SD2), tokenizer=tokenizer,
+                              family=TINY_SD2)
     cond = conditioner.encode_texts(["a b"])[0]
     encoder = conditioner.encoders[0]
     ids = torch.tensor([[BOS, A, B, EOS] + [0] * 73])

@@ -30,7 +30,8 @@ LORA = ROOT / "models" / "Lora" / "easel-bar.safetensors"
 # three shapes that are all as wide as high, has no way to draw an elongated one
 # (docs/architecture.md, "Training embeddings and LoRAs"). Measured with five recipes
 # (4-16 vectors, 400-2000 steps): 6-19 %; the LoRA, which changes the U-Net, 88 %.
-FROZEN_UNET_LIMIT = "an embedding cannot add a shape the frozen demo U-Net cannot draw; see docs/architecture.md"
+FROZEN_UNET_LIMIT = ("an embedding cannot add a shape the frozen demo U-Net cannot draw; "
+                     "see docs/architecture.md")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,7 +42,8 @@ def runtime(tmp_path_factory) -> Runtime:
     assert EMBEDDING.is_file() and LORA.is_file(), "the bar concepts must ship with the project"
     data = tmp_path_factory.mktemp("concepts")
     rt = Runtime.create(parse_args(["--data-dir", str(data), "--ckpt-dir", str(DEMO.parent),
-                                    "--embeddings-dir", str(EMBEDDING.parent), "--lora-dir", str(LORA.parent)]))
+                                    "--embeddings-dir", str(EMBEDDING.parent), "--lora-dir",
+                                    str(LORA.parent)]))
     rt.ready.set()
     yield rt
     rt.jobs.stop()
@@ -60,7 +62,8 @@ def test_shipped_files_are_in_a1111_and_kohya_formats():
 
 
 def _pixels(runtime, prompt: str) -> np.ndarray:
-    params = Txt2ImgParams(prompt=prompt, width=64, height=64, steps=20, cfg_scale=7.0, sampler_name="DPM++ 2M",
+    params = Txt2ImgParams(prompt=prompt, width=64, height=64, steps=20, cfg_scale=7.0,
+                           sampler_name="DPM++ 2M",
                            scheduler="Karras", seed=3, batch_size=4, do_not_save_samples=True)
     result = finish(txt2img(runtime, params))[0]
     assert not result.warnings, result.warnings
@@ -76,11 +79,12 @@ def test_lora_at_weight_zero_is_bit_identical_and_on_changes_the_image(runtime):
 
 def test_embedding_word_changes_the_image_and_is_hashed(runtime):
     prompt = bar_prompts(1)[0]
-    params = Txt2ImgParams(prompt=with_word("easel-bar")(prompt), width=64, height=64, steps=20, seed=3,
-                           do_not_save_samples=True)
+    params = Txt2ImgParams(prompt=with_word("easel-bar")(prompt), width=64, height=64, steps=20,
+                           seed=3, do_not_save_samples=True)
     result = finish(txt2img(runtime, params))[0]
     assert "TI hashes: \"easel-bar: " in result.infotexts[0]
-    assert not np.array_equal(_pixels(runtime, with_word("easel-bar")(prompt)), _pixels(runtime, prompt))
+    assert not np.array_equal(_pixels(runtime, with_word("easel-bar")(prompt)),
+                              _pixels(runtime, prompt))
 
 
 @pytest.fixture(scope="module")

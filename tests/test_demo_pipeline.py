@@ -151,7 +151,8 @@ def test_hires_fix_on_a_finished_picture_skips_the_first_pass(runtime):
             before.color, before.background, before.position), upscaler
     # A different finished picture gives a different result: the picture is the input.
     other = generate(runtime, HIRES_PROMPTS[1], seed=7).images[0]
-    changed = generate(runtime, prompt, seed=7, hr_upscaler="Lanczos", firstpass_image=other, **hires)
+    changed = generate(runtime, prompt, seed=7, hr_upscaler="Lanczos", firstpass_image=other,
+                       **hires)
     assert analyze_image(changed.images[0]).color == analyze_image(other).color
 
 

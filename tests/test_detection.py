@@ -67,7 +67,8 @@ def test_sd2_prediction_sources() -> None:
 
 def test_sdxl_markers() -> None:
     header = load_tsv("sdxl_base_keys.tsv")
-    family = detect_family({**header, "v_pred": TensorInfo((), "F32"), "ztsnr": TensorInfo((), "F32")})
+    family = detect_family({**header, "v_pred": TensorInfo((), "F32"),
+                            "ztsnr": TensorInfo((), "F32")})
     assert family == replace(F.SDXL, prediction="v", zero_terminal_snr=True)
     assert detect_family(header) == F.SDXL  # no markers: eps, no zsnr
 
@@ -159,9 +160,11 @@ def test_real_size_files_header_only(tmp_path: Path) -> None:
 
 def hf_text_encoder(prefix: str, width: int, layers: int) -> dict[str, TensorInfo]:
     """The keys detection reads from a diffusers (transformers-layout) text encoder."""
-    header = {prefix + "text_model.embeddings.token_embedding.weight": TensorInfo((49408, width), "F16")}
+    header = {prefix + "text_model.embeddings.token_embedding.weight":
+              TensorInfo((49408, width), "F16")}
     for layer in range(layers):
-        header[prefix + f"text_model.encoder.layers.{layer}.layer_norm1.weight"] = TensorInfo((width,), "F16")
+        key = prefix + f"text_model.encoder.layers.{layer}.layer_norm1.weight"
+        header[key] = TensorInfo((width,), "F16")
     return header
 
 
@@ -170,17 +173,22 @@ def without_text(header: dict[str, TensorInfo]) -> dict[str, TensorInfo]:
 
 
 def test_diffusers_text_encoder_prefixes() -> None:
-    sd15 = detect_family({**without_text(load_tsv("sd15_keys.tsv")), **hf_text_encoder("text_encoder.", 768, 12)})
+    sd15 = detect_family({**without_text(load_tsv("sd15_keys.tsv")),
+                          **hf_text_encoder("text_encoder.", 768, 12)})
     assert sd15.name == "sd1" and sd15.text_encoders[0].prefix == "text_encoder."
     assert sd15.text_encoders[0].config == F.CLIP_L
 
-    sd2 = detect_family({**without_text(load_tsv("sd21_keys.tsv")), **hf_text_encoder("text_encoder.", 1024, 23)},
+    sd2 = detect_family({**without_text(load_tsv("sd21_keys.tsv")),
+                         **hf_text_encoder("text_encoder.", 1024, 23)},
                         {"prediction_type": "epsilon"})
     clip_h = sd2.text_encoders[0]
-    assert (sd2.name, clip_h.prefix, clip_h.config.source_layout) == ("sd2", "text_encoder.", "clip_l")
-    assert (clip_h.config.num_layers, clip_h.config.layer, clip_h.config.final_norm) == (23, -1, True)
+    assert (sd2.name, clip_h.prefix, clip_h.config.source_layout) == (
+        "sd2", "text_encoder.", "clip_l")
+    assert (clip_h.config.num_layers, clip_h.config.layer,
+            clip_h.config.final_norm) == (23, -1, True)
 
     refiner = detect_family({**without_text(load_tsv("sdxl_refiner_keys.tsv")),
                              **hf_text_encoder("text_encoder_2.", 1280, 32)})
     clip_g = refiner.text_encoders[0]
-    assert (clip_g.prefix, clip_g.config.num_layers, clip_g.config.layer) == ("text_encoder_2.", 32, -2)
+    assert (clip_g.prefix, clip_g.config.num_layers, clip_g.config.layer) == (
+        "text_encoder_2.", 32, -2)

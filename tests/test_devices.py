@@ -26,7 +26,8 @@ def test_cpu_keeps_fp32_and_flags_choose_cpu():
     assert devices.choose_dtype(args, torch.device("cpu")) == torch.float32
     assert devices.choose_dtype(parse_args(["--no-half"]), torch.device("cuda")) == torch.float32
     assert devices.choose_dtype(parse_args([]), torch.device("cuda")) == torch.float16
-    assert devices.choose_vae_dtype(parse_args(["--no-half-vae"]), torch.device("cuda")) == torch.float32
+    assert devices.choose_vae_dtype(parse_args(["--no-half-vae"]),
+                                    torch.device("cuda")) == torch.float32
 
 
 def test_loaded_model_uses_the_flagged_backend(tmp_path):

@@ -109,7 +109,8 @@ def test_listing(tmp_path: Path) -> None:
     assert [info.name for info in found] == ["model2.ckpt", "model10.safetensors", "pipe",
                                              "sub/Anime.safetensors"]
     anime = found[3]
-    assert (anime.model_name, anime.stem, anime.title) == ("sub_Anime", "Anime", "sub/Anime.safetensors")
+    assert (anime.model_name, anime.stem, anime.title) == (
+        "sub_Anime", "Anime", "sub/Anime.safetensors")
     assert anime.legacy_hash == legacy_model_hash(tmp_path / "sub" / "Anime.safetensors")
     hashed = anime.hashed()
     assert hashed.sha256 == sha256_file(tmp_path / "sub" / "Anime.safetensors")

@@ -59,7 +59,8 @@ def test_load_with_dtype_and_selection(tmp_path: Path) -> None:
     assert torch.equal(weight, source["model.diffusion_model.out.2.weight"].bfloat16())
     ids = loaded["cond_stage_model.transformer.text_model.embeddings.position_ids"]
     assert ids.dtype == torch.int64 and torch.equal(ids, torch.arange(77)[None])  # ints keep dtype
-    only = load_state_dict(path, keys=["first_stage_model.decoder.conv_out.bias"], dtype=torch.float32)
+    only = load_state_dict(path, keys=["first_stage_model.decoder.conv_out.bias"],
+                           dtype=torch.float32)
     assert list(only) == ["first_stage_model.decoder.conv_out.bias"]
     assert torch.equal(only["first_stage_model.decoder.conv_out.bias"],
                        source["first_stage_model.decoder.conv_out.bias"].float())
@@ -97,8 +98,10 @@ def write_raw(path: Path, header: dict, data: bytes) -> Path:
           "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "overlaps"),
         ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, b"\0" * 16, "gap"),
         ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, "unknown dtype"),
-        ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "invalid shape"),
-        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "after the last"),
+        ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8,
+         "invalid shape"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12,
+         "after the last"),
     ],
 )
 def test_bad_safetensors(tmp_path: Path, header: dict, data: bytes, reason: str) -> None:
@@ -149,7 +152,8 @@ def tiny_diffusers_folder(root: Path) -> dict[str, dict[str, torch.Tensor]]:
                         down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                        intermediate_size=37, vocab_size=100, max_position_embeddings=77))
+                                        intermediate_size=37, vocab_size=100,
+                                        max_position_embeddings=77))
     unet.save_pretrained(root / "unet")
     vae.save_pretrained(root / "vae")
     text.save_pretrained(root / "text_encoder")
@@ -167,7 +171,8 @@ def test_diffusers_folder(tmp_path: Path) -> None:
     header = read_checkpoint_header(folder)
     assert header.format == "diffusers" and header.metadata["prediction_type"] == "v_prediction"
     conv_in = source["unet"]["conv_in.weight"]
-    assert header.tensors["model.diffusion_model.input_blocks.0.0.weight"] == TensorInfo(tuple(conv_in.shape), "F32")
+    assert (header.tensors["model.diffusion_model.input_blocks.0.0.weight"]
+            == TensorInfo(tuple(conv_in.shape), "F32"))
     assert header.tensors["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (64, 64, 1, 1)
     assert "text_encoder.text_model.embeddings.token_embedding.weight" in header.tensors
     assert len(header.tensors) == len(source["unet"]) + len(source["vae"]) + sum(
@@ -177,7 +182,8 @@ def test_diffusers_folder(tmp_path: Path) -> None:
     assert loaded.keys() == header.tensors.keys()
     assert torch.equal(loaded["model.diffusion_model.input_blocks.0.0.weight"], conv_in.half())
     q = source["vae"]["encoder.mid_block.attentions.0.to_q.weight"]
-    assert torch.equal(loaded["first_stage_model.encoder.mid.attn_1.q.weight"], q.half()[:, :, None, None])
+    assert torch.equal(loaded["first_stage_model.encoder.mid.attn_1.q.weight"],
+                       q.half()[:, :, None, None])
     assert {TensorInfo.of(t) for t in loaded.values()} >= {TensorInfo((64, 64, 1, 1), "F16")}
 
     only_vae = load_state_dict(folder, keys=["first_stage_model.decoder.conv_out.weight"])
@@ -196,21 +202,25 @@ def test_sharded_component(tmp_path: Path) -> None:
     source = tiny_diffusers_folder(folder)
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     names = sorted(source["unet"])
-    halves = {"part-1.safetensors": names[: len(names) // 2], "part-2.safetensors": names[len(names) // 2:]}
+    halves = {"part-1.safetensors": names[: len(names) // 2],
+              "part-2.safetensors": names[len(names) // 2:]}
     for shard, keys in halves.items():
         save_file({k: source["unet"][k].contiguous() for k in keys}, str(folder / "unet" / shard))
     weights.unlink()
     index = {"weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
-    (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    index_file = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    index_file.write_text(json.dumps(index))
     loaded = load_state_dict(folder, keys=["model.diffusion_model.out.2.weight"])
-    assert torch.equal(loaded["model.diffusion_model.out.2.weight"], source["unet"]["conv_out.weight"])
+    assert torch.equal(loaded["model.diffusion_model.out.2.weight"],
+                       source["unet"]["conv_out.weight"])
 
 
 def test_standalone_ldm_vae(tmp_path: Path) -> None:
     path = tmp_path / "vae-ft.ckpt"
     conv = torch.randn(3, 8, 3, 3)
     torch.save({"state_dict": {"decoder.conv_out.weight": conv, "loss.logvar": torch.zeros(()),
-                               "model_ema.decay": torch.ones(()), "quant_conv.bias": torch.ones(8)}}, path)
+                               "model_ema.decay": torch.ones(()),
+                               "quant_conv.bias": torch.ones(8)}}, path)
     vae = load_vae_state_dict(path, dtype=torch.float16)
     assert set(vae) == {"decoder.conv_out.weight", "quant_conv.bias"}
     assert torch.equal(vae["decoder.conv_out.weight"], conv.half())

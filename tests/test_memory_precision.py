@@ -63,7 +63,8 @@ def test_manager_loads_each_family_in_the_policy_dtypes(tmp_path):
     runtime.models.precision = lambda family: (torch.bfloat16, torch.float32)
     loaded = runtime.models.get()
     assert {p.dtype for p in loaded.model.unet.parameters()} == {torch.bfloat16}
-    assert {p.dtype for m in loaded.model.text_encoders.values() for p in m.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in loaded.model.text_encoders.values()
+            for p in m.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in loaded.model.vae.parameters()} == {torch.float32}
 
 

@@ -42,7 +42,8 @@ def close(a, b):
 
 def test_lora_linear_alpha_and_strength():
     w, down, up = rnd(6, 5), rnd(3, 5), rnd(6, 3)
-    out = merged(w, {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(1.5)}, 0.7)
+    tensors = {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(1.5)}
+    out = merged(w, tensors, 0.7)
     close(out["0.weight"], w + 0.7 * (1.5 / 3) * (up @ down))
     # No alpha: scale 1.
     out = merged(w, {"lora_down.weight": down, "lora_up.weight": up})
@@ -102,7 +103,9 @@ def kron(a, b):
     out = torch.zeros(a.shape[0] * b.shape[0], a.shape[1] * b.shape[1], *b.shape[2:])
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
-            out[i * b.shape[0]:(i + 1) * b.shape[0], j * b.shape[1]:(j + 1) * b.shape[1]] = a[i, j] * b
+            rows = slice(i * b.shape[0], (i + 1) * b.shape[0])
+            columns = slice(j * b.shape[1], (j + 1) * b.shape[1])
+            out[rows, columns] = a[i, j] * b
     return out
 
 

@@ -21,7 +21,8 @@ def fixture_groups() -> dict[str, dict[str, tuple[int, ...]]]:
     for line in FIXTURE.read_text().splitlines()[1:]:
         key, shape, _ = line.split("\t")
         name, suffix = key.split(".", 1)
-        groups.setdefault(name, {})[suffix] = tuple(int(x) for x in shape.strip("[]").split(",") if x)
+        dims = tuple(int(x) for x in shape.strip("[]").split(",") if x)
+        groups.setdefault(name, {})[suffix] = dims
     return groups
 
 

@@ -39,7 +39,8 @@ def runtime(tmp_path_factory):
     key = next(k for k in bad if k.endswith("attn1_to_q.lora_down.weight"))
     bad[key] = torch.zeros(4, 7)
     save_file(bad, str(folder / "badshape.safetensors"))
-    (folder / "truncated.safetensors").write_bytes((folder / "style.safetensors").read_bytes()[:500])
+    truncated = (folder / "style.safetensors").read_bytes()[:500]
+    (folder / "truncated.safetensors").write_bytes(truncated)
     return runtime
 
 

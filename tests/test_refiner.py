@@ -1,4 +1,5 @@
-"""The refiner: a second checkpoint takes over part-way through sampling (modules/pipeline/refiner.py)."""
+"""The refiner: a second checkpoint takes over part-way through sampling
+(modules/pipeline/refiner.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def runtime(tmp_path_factory):
 def generate(runtime, checkpoint="base", settings=None, **fields):
     params = Txt2ImgParams(prompt="a cat", seed=3, width=64, height=64, steps=6,
                            sampler_name="DPM++ 2M", do_not_save_samples=True,
-                           override_settings={"sd_model_checkpoint": checkpoint, **(settings or {})},
+                           override_settings={"sd_model_checkpoint": checkpoint,
+                                              **(settings or {})},
                            **fields)
     return finish(txt2img(runtime, params))[0]
 
@@ -55,9 +57,12 @@ def test_the_refiner_takes_over_and_is_recorded(runtime):
 def test_a_refiner_that_never_becomes_due_or_is_the_model_itself_changes_nothing(runtime):
     plain = generate(runtime)
     # By sigma the completed fraction never reaches 1.0 before the last call.
-    assert pixels(generate(runtime, refiner_checkpoint="other", refiner_switch_at=1.0)) == pixels(plain)
-    assert pixels(generate(runtime, refiner_checkpoint="base", refiner_switch_at=0.3)) == pixels(plain)
-    assert pixels(generate(runtime, refiner_checkpoint="None", refiner_switch_at=0.3)) == pixels(plain)
+    assert pixels(generate(runtime, refiner_checkpoint="other",
+                           refiner_switch_at=1.0)) == pixels(plain)
+    assert pixels(generate(runtime, refiner_checkpoint="base",
+                           refiner_switch_at=0.3)) == pixels(plain)
+    assert pixels(generate(runtime, refiner_checkpoint="None",
+                           refiner_switch_at=0.3)) == pixels(plain)
 
 
 def test_the_switch_point_matters_and_by_steps_is_a_setting(runtime):
@@ -66,7 +71,8 @@ def test_the_switch_point_matters_and_by_steps_is_a_setting(runtime):
     assert pixels(early) != pixels(late)
     by_steps = generate(runtime, refiner_checkpoint="other", refiner_switch_at=0.5,
                         settings={"refiner_switch_by_sample_steps": True})
-    assert parse_infotext(by_steps.infotexts[0])["Refiner switch by sampling steps"] in (True, "True")
+    fields = parse_infotext(by_steps.infotexts[0])
+    assert fields["Refiner switch by sampling steps"] in (True, "True")
 
 
 def test_an_sdxl_refiner_after_sdxl_base_uses_its_own_conditioning(runtime):
@@ -117,7 +123,8 @@ def test_the_guided_denoiser_swaps_model_and_conds_exactly_once_when_due():
     seen = []
     for step in range(4):
         cfg.step = step
-        if cfg.switch is not None and cfg.switch.due(cfg.step, cfg.total_steps, torch.tensor([1.0])):
+        if (cfg.switch is not None
+                and cfg.switch.due(cfg.step, cfg.total_steps, torch.tensor([1.0]))):
             cfg._take_switch()
         seen.append(float(cfg.denoiser(torch.zeros(1), torch.tensor([1.0]))[0]))
     assert seen == [1.0, 1.0, 2.0, 2.0] and built == [True] and cfg.switch is None

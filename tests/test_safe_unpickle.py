@@ -49,7 +49,8 @@ def test_malicious_pickles_refused(tmp_path: Path, payload, container: str) -> N
     else:
         obj["state_dict"] = {"w": [1.0, 2.0]}  # plain pickle: no torch storages
         path.write_bytes(pickle.dumps(obj, protocol=4))  # STACK_GLOBAL opcodes
-    with pytest.raises(UnsafePickleError, match=r"refusing to unpickle global '(posix\.system|builtins\.open|io\.open)'") as info:
+    refused = r"refusing to unpickle global '(posix\.system|builtins\.open|io\.open)'"
+    with pytest.raises(UnsafePickleError, match=refused) as info:
         load_pickle_checkpoint(path)
     assert str(path) in str(info.value)
     assert not sentinel.exists()
@@ -69,7 +70,8 @@ def save_lightning_checkpoint(path: Path) -> collections.OrderedDict:
     modules[LIGHTNING_MODULES[-1]].ModelCheckpoint = ModelCheckpoint
     state_dict = collections.OrderedDict(
         [("model.diffusion_model.out.2.weight", torch.randn(4, 8, 3, 3)),
-         ("cond_stage_model.transformer.text_model.embeddings.position_ids", torch.arange(77)[None])]
+         ("cond_stage_model.transformer.text_model.embeddings.position_ids",
+          torch.arange(77)[None])]
     )
     sys.modules.update(modules)
     try:
@@ -101,7 +103,8 @@ def test_legacy_format_loads(tmp_path: Path) -> None:
     path = tmp_path / "old.pt"
     torch.save({"state_dict": {"a": torch.arange(6.0).reshape(2, 3)}}, path,
                _use_new_zipfile_serialization=False)
-    assert torch.equal(load_pickle_checkpoint(path)["state_dict"]["a"], torch.arange(6.0).reshape(2, 3))
+    assert torch.equal(load_pickle_checkpoint(path)["state_dict"]["a"],
+                       torch.arange(6.0).reshape(2, 3))
 
 
 def test_unexpected_zip_entry_refused(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Samplers against data whose denoiser and probability-flow ODE are known exactly.
 
 For data x0 ~ N(mu, s^2), D(x, sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), and the ODE
-solution from (x_T, sigma_T) is x(sigma) = mu + (x_T - mu) sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_T^2).
+solution from (x_T, sigma_T) is
+x(sigma) = mu + (x_T - mu) sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_T^2).
 Deterministic samplers must converge to it at the order theory predicts; stochastic ones
 must reproduce N(mu, s^2); per-image noise must make batches equal single runs.
 """
@@ -34,14 +35,16 @@ def exact_ode(x_t: torch.Tensor, sigma_t: float, sigma: float) -> torch.Tensor:
 
 
 def log_uniform(n: int) -> torch.Tensor:
-    """n steps uniform in log sigma, stopping at SIGMA_MIN (no final 0: the error is measured there)."""
+    """n steps uniform in log sigma, stopping at SIGMA_MIN (no final 0: the error is measured
+    there)."""
     return torch.as_tensor(np.exp(np.linspace(math.log(SIGMA_MAX), math.log(SIGMA_MIN), n + 1)))
 
 
 def ode_error(label: str, n: int, **kwargs) -> float:
     spec = R.find_sampler(label)
     sigmas = log_uniform(n)
-    x = run_sampler(spec.function(gaussian_denoiser, X_T.clone(), sigmas, None, **{**spec.fixed_kwargs, **kwargs}))
+    x = run_sampler(spec.function(gaussian_denoiser, X_T.clone(), sigmas, None,
+                                  **{**spec.fixed_kwargs, **kwargs}))
     return float((x - exact_ode(X_T, SIGMA_MAX, float(sigmas[-1]))).abs().max())
 
 
@@ -84,12 +87,14 @@ def test_deterministic_order(label, kwargs, ns, expected):
 
 
 DETERMINISTIC_TO_ZERO = ["Euler", "Heun", "DPM2", "LMS", "DPM++ 2M", "DDIM", "PLMS", "UniPC",
-                         "DPM++ 3M SDE", "DPM++ 2M SDE", "DPM++ SDE", "DPM++ 2S a", "DPM adaptive", "DPM fast"]
+                         "DPM++ 3M SDE", "DPM++ 2M SDE", "DPM++ SDE", "DPM++ 2S a", "DPM adaptive",
+                         "DPM fast"]
 
 
 @pytest.mark.parametrize("label", DETERMINISTIC_TO_ZERO)
 def test_deterministic_lands_on_exact_solution(label):
-    """30 Karras steps to sigma = 0 land near the exact ODE endpoint (DPM fast/adaptive stop at sigma_min)."""
+    """30 Karras steps to sigma = 0 land near the exact ODE endpoint (DPM fast/adaptive stop at
+    sigma_min)."""
     spec = R.find_sampler(label)
     sigmas = S.karras(30, SIGMA_MIN, SIGMA_MAX).double()
     kwargs = {**spec.fixed_kwargs, **({"eta": 0.0} if spec.eta_source else {})}
@@ -105,7 +110,8 @@ def test_deterministic_lands_on_exact_solution(label):
 def test_restart_below_20_steps_is_heun():
     sigmas = S.karras(12, SIGMA_MIN, SIGMA_MAX).double()
     heun = run_sampler(R.find_sampler("Heun").function(gaussian_denoiser, X_T.clone(), sigmas))
-    restart = run_sampler(R.find_sampler("Restart").function(gaussian_denoiser, X_T.clone(), sigmas))
+    restart = run_sampler(R.find_sampler("Restart").function(gaussian_denoiser, X_T.clone(),
+                                                             sigmas))
     assert torch.equal(heun, restart)
 
 
@@ -119,14 +125,16 @@ STOCHASTIC = [
 ]
 
 
-@pytest.mark.parametrize(("label", "kwargs", "steps"), STOCHASTIC, ids=[c[0] + str(c[1]) for c in STOCHASTIC])
+@pytest.mark.parametrize(("label", "kwargs", "steps"), STOCHASTIC,
+                         ids=[c[0] + str(c[1]) for c in STOCHASTIC])
 def test_stochastic_reproduces_the_distribution(label, kwargs, steps):
     n = 20_000
     generator = torch.Generator().manual_seed(1234)
     spec = R.find_sampler(label)
     sigmas = S.karras(steps, SIGMA_MIN, SIGMA_MAX).double()
     # Start exactly at the noised data distribution N(mu, s^2 + sigma_max^2).
-    x = MU + math.sqrt(VAR + SIGMA_MAX**2) * torch.randn(n, generator=generator, dtype=torch.float64)
+    x = MU + math.sqrt(VAR + SIGMA_MAX**2) * torch.randn(n, generator=generator,
+                                                         dtype=torch.float64)
     noise = lambda s, s_next: torch.randn(n, generator=generator, dtype=torch.float64)  # noqa: E731
     out = run_sampler(spec.function(gaussian_denoiser, x, sigmas, None, noise_sampler=noise,
                                     **{**spec.fixed_kwargs, **kwargs}))
@@ -143,9 +151,11 @@ def test_lcm_with_the_exact_consistency_function():
 
     n = 20_000
     generator = torch.Generator().manual_seed(7)
-    x = MU + math.sqrt(VAR + SIGMA_MAX**2) * torch.randn(n, generator=generator, dtype=torch.float64)
+    x = MU + math.sqrt(VAR + SIGMA_MAX**2) * torch.randn(n, generator=generator,
+                                                         dtype=torch.float64)
     noise = lambda s, s_next: torch.randn(n, generator=generator, dtype=torch.float64)  # noqa: E731
-    out = run_sampler(R.find_sampler("LCM").function(consistency, x, S.karras(4, SIGMA_MIN, SIGMA_MAX).double(),
+    out = run_sampler(R.find_sampler("LCM").function(consistency, x,
+                                                     S.karras(4, SIGMA_MIN, SIGMA_MAX).double(),
                                                      None, noise_sampler=noise))
     assert abs(float(out.mean()) - MU) < 4 * math.sqrt(VAR / n)
     assert abs(float(out.var()) - VAR) < 4 * VAR * math.sqrt(2 / n)
@@ -166,16 +176,19 @@ def test_mixture_samplers_agree_and_match_moments():
     Euler a reproduces the mixture's mean and variance."""
     sigmas_fine = S.karras(400, 0.002, 20.0).double()
     x_t = torch.linspace(-40, 40, 16, dtype=torch.float64)
-    reference = run_sampler(R.find_sampler("Heun").function(mixture_denoiser, x_t.clone(), sigmas_fine))
+    reference = run_sampler(R.find_sampler("Heun").function(mixture_denoiser, x_t.clone(),
+                                                            sigmas_fine))
     for label in ("DPM++ 2M", "UniPC", "DPM2", "Heun"):
         spec = R.find_sampler(label)
-        x = run_sampler(spec.function(mixture_denoiser, x_t.clone(), S.karras(60, 0.002, 20.0).double()))
+        x = run_sampler(spec.function(mixture_denoiser, x_t.clone(),
+                                      S.karras(60, 0.002, 20.0).double()))
         assert float((x - reference).abs().max()) < 0.02, label
     n = 20_000
     generator = torch.Generator().manual_seed(3)
     x = 20.0 * torch.randn(n, generator=generator, dtype=torch.float64)
     noise = lambda s, s_next: torch.randn(n, generator=generator, dtype=torch.float64)  # noqa: E731
-    out = run_sampler(R.find_sampler("Euler a").function(mixture_denoiser, x, S.karras(200, 0.002, 20.0).double(),
+    out = run_sampler(R.find_sampler("Euler a").function(mixture_denoiser, x,
+                                                         S.karras(200, 0.002, 20.0).double(),
                                                          noise_sampler=noise))
     mean = 0.3 * -1.0 + 0.7 * 1.5
     var = 0.3 * (0.01 + 1.0) + 0.7 * (0.09 + 2.25) - mean**2
@@ -189,7 +202,8 @@ SDE = ["DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"]
 
 def _batch_run(label: str, seeds: list[int]) -> torch.Tensor:
     spec = R.find_sampler(label)
-    x = torch.stack([torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(s)) for s in seeds]) * 10
+    x = torch.stack([torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(s))
+                     for s in seeds]) * 10
     sigmas = S.karras(21, SIGMA_MIN, SIGMA_MAX)
     if spec.brownian_noise:
         noise = BrownianTreeNoiseSampler(x, float(sigmas[-2]), float(sigmas[0]), seeds)
@@ -213,7 +227,8 @@ def test_batch_equals_single_runs_and_is_reproducible(label):
 
 
 def test_generator_yields_steps_and_can_be_closed():
-    gen = R.find_sampler("Heun").function(gaussian_denoiser, X_T.clone(), S.karras(5, SIGMA_MIN, SIGMA_MAX).double())
+    gen = R.find_sampler("Heun").function(gaussian_denoiser, X_T.clone(),
+                                          S.karras(5, SIGMA_MIN, SIGMA_MAX).double())
     first = next(gen)
     assert isinstance(first, SamplerStep) and first.index == 0 and first.total == 5
     assert first.sigma == pytest.approx(SIGMA_MAX) and first.x.shape == X_T.shape
@@ -221,7 +236,8 @@ def test_generator_yields_steps_and_can_be_closed():
     with pytest.raises(StopIteration):
         next(gen)
     events = []
-    gen = R.find_sampler("Euler").function(gaussian_denoiser, X_T.clone(), S.karras(5, SIGMA_MIN, SIGMA_MAX).double())
+    gen = R.find_sampler("Euler").function(gaussian_denoiser, X_T.clone(),
+                                           S.karras(5, SIGMA_MIN, SIGMA_MAX).double())
     while True:
         try:
             events.append(next(gen))

@@ -1,4 +1,5 @@
-"""Sampler/scheduler names, img2img step selection, and the CFG denoiser's arithmetic and schedule."""
+"""Sampler/scheduler names, img2img step selection, and the CFG denoiser's arithmetic and
+schedule."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_legacy_combined_names():
     assert (sampler.label, scheduler.label) == ("Euler a", "Karras")
     sampler, scheduler = R.resolve_sampler("DPM++ 2M SDE Exponential")
     assert (sampler.label, scheduler.label) == ("DPM++ 2M SDE", "Automatic")
-    assert R.resolve_sampler("DPM++ 2M SDE Heun")[0].label == "DPM++ 2M SDE Heun"  # not "SDE" + "Heun"
+    # not "SDE" + "Heun"
+    assert R.resolve_sampler("DPM++ 2M SDE Heun")[0].label == "DPM++ 2M SDE Heun"
     assert R.resolve_sampler("DPM++ 2M", "Karras")[1] is R.AUTOMATIC
 
 
@@ -99,8 +101,10 @@ class RecordingDenoiser:
 
 def test_cfg_combines_and_parts_with_weights():
     inner = RecordingDenoiser()
-    positive = MultiCond(((ScheduledCond.constant(cond(1.0)), 1.0), (ScheduledCond.constant(cond(3.0)), 0.5)))
-    cfg = CFGDenoiser(inner, [positive], [ScheduledCond.constant(cond(-1.0))], cfg_scale=7.0, total_steps=10)
+    positive = MultiCond(((ScheduledCond.constant(cond(1.0)), 1.0),
+                          (ScheduledCond.constant(cond(3.0)), 0.5)))
+    cfg = CFGDenoiser(inner, [positive], [ScheduledCond.constant(cond(-1.0))], cfg_scale=7.0,
+                      total_steps=10)
     x = torch.zeros(1, 1, 2, 2)
     out = cfg(x, torch.tensor([1.0]))
     # uncond + 1.0 * 7 * (1 - (-1)) + 0.5 * 7 * (3 - (-1)) = -1 + 14 + 14
@@ -112,7 +116,8 @@ def test_cfg_separate_calls_for_different_token_lengths_and_inpaint_blend():
     inner = RecordingDenoiser()
     cfg = CFGDenoiser(inner, [MultiCond.single(ScheduledCond.constant(cond(2.0, 154)))],
                       [ScheduledCond.constant(cond(0.0))], cfg_scale=3.0, total_steps=10,
-                      inpaint=InpaintBlend(torch.full((1, 1, 2, 2), 5.0), torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])))
+                      inpaint=InpaintBlend(torch.full((1, 1, 2, 2), 5.0),
+                                           torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])))
     out = cfg(torch.zeros(1, 1, 2, 2), torch.tensor([1.0]))
     assert sorted(inner.calls) == [(1, (0.0,)), (1, (2.0,))]
     assert out.flatten().tolist() == [5.0, 6.0, 6.0, 6.0]
@@ -139,14 +144,17 @@ def test_cfg_skip_early_ngms_and_hooks():
         seen.append(params.step)
 
     cfg = CFGDenoiser(inner, [MultiCond.single(ScheduledCond.constant(cond(1.0)))],
-                      [ScheduledCond.constant(cond(0.0))], cfg_scale=5.0, total_steps=4, skip_early_cond=0.25,
+                      [ScheduledCond.constant(cond(0.0))], cfg_scale=5.0, total_steps=4,
+                      skip_early_cond=0.25,
                       s_min_uncond=0.5, hooks=Hooks(before_model=[before]), record_uncond=True)
     x = torch.zeros(1, 1, 2, 2)
-    assert torch.allclose(cfg(x, torch.tensor([2.0])), x + 1.0)  # step 0: skipped uncond -> cond only
+    # step 0: skipped uncond -> cond only
+    assert torch.allclose(cfg(x, torch.tensor([2.0])), x + 1.0)
     assert torch.allclose(cfg(x, torch.tensor([2.0])), x + 1.0)  # step 1: 1/4 <= 0.25 still early
     assert torch.allclose(cfg(x, torch.tensor([0.4])), x + 5.0)  # step 2: full CFG (even step)
     assert torch.allclose(cfg.last_uncond, x)
-    assert torch.allclose(cfg(x, torch.tensor([0.4])), x + 1.0)  # step 3: NGMS (odd step, sigma < 0.5)
+    # step 3: NGMS (odd step, sigma < 0.5)
+    assert torch.allclose(cfg(x, torch.tensor([0.4])), x + 1.0)
     assert cfg.used_skip_early_cfg and cfg.used_ngms and seen == [0, 1, 2, 3]
     assert [c[0] for c in inner.calls] == [1, 1, 2, 1]
 
@@ -192,7 +200,8 @@ def test_sigma_space_ddim_equals_timestep_formulation(label):
     sampler, scheduler = R.resolve_sampler(label)
     sigmas = R.compute_sigmas(sampler, scheduler, 10, TABLE).double()
     x = noise * R.initial_noise_scale(sampler, scheduler, float(sigmas[0]))
-    ours = run_sampler(sampler.function(Denoiser(eps_model, sigmas=TABLE), x, sigmas, {"context": None}))
+    ours = run_sampler(sampler.function(Denoiser(eps_model, sigmas=TABLE), x, sigmas,
+                                        {"context": None}))
     ours = ours * R.final_latent_scale(sampler, scheduler, float(sigmas[-1]))
     if label == "DDIM":
         reference = _vp_ddim(eps_model, noise, torch.arange(1, 1000, 100), alphas_cumprod)

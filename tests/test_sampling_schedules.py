@@ -18,7 +18,8 @@ from modules.sampling.denoiser import (
     scaled_linear_alphas_cumprod,
 )
 
-SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+          num_train_timesteps=1000)
 TABLE = model_sigmas(NoiseScheduleConfig())
 
 
@@ -27,19 +28,22 @@ def euler(**kwargs) -> EulerDiscreteScheduler:
 
 
 def close(a: torch.Tensor, b, rtol: float = 1e-6, atol: float = 1e-6) -> bool:
-    return torch.allclose(a.double(), torch.as_tensor(np.asarray(b), dtype=torch.float64), rtol=rtol, atol=atol)
+    return torch.allclose(a.double(), torch.as_tensor(np.asarray(b), dtype=torch.float64),
+                          rtol=rtol, atol=atol)
 
 
 def test_model_sigmas_match_diffusers():
     reference = euler().sigmas.flip(0)[1:]  # ascending, without the appended 0
     assert TABLE.shape == (1000,)
     assert close(TABLE, reference)
-    assert TABLE[0] == pytest.approx(0.0292, abs=1e-4) and TABLE[-1] == pytest.approx(14.6146, abs=1e-4)
+    assert TABLE[0] == pytest.approx(0.0292, abs=1e-4)
+    assert TABLE[-1] == pytest.approx(14.6146, abs=1e-4)
 
 
 def test_uniform_matches_diffusers_on_integer_timesteps():
     scheduler = euler(timestep_spacing="linspace")
-    scheduler.set_timesteps(10)  # timesteps 999, 888, ..., 0 are integers: no interpolation ambiguity
+    # timesteps 999, 888, ..., 0 are integers: no interpolation ambiguity
+    scheduler.set_timesteps(10)
     assert close(S.uniform(10, TABLE), scheduler.sigmas)
 
 
@@ -54,7 +58,8 @@ def test_karras_matches_diffusers(steps):
 def test_exponential_matches_diffusers(steps):
     scheduler = euler(use_exponential_sigmas=True)
     scheduler.set_timesteps(steps)
-    assert close(S.exponential(steps, float(TABLE[0]), float(TABLE[-1])), scheduler.sigmas, rtol=1e-5)
+    assert close(S.exponential(steps, float(TABLE[0]), float(TABLE[-1])), scheduler.sigmas,
+                 rtol=1e-5)
 
 
 @pytest.mark.parametrize("steps", [5, 20])
@@ -73,9 +78,11 @@ def test_polyexponential_with_rho_1_is_exponential_and_formula():
 
 def test_kl_optimal_formula_and_no_final_zero():
     sigmas = S.kl_optimal(8, 0.03, 14.6)
-    assert len(sigmas) == 9 and sigmas[-1] == pytest.approx(0.03) and sigmas[0] == pytest.approx(14.6)
+    assert len(sigmas) == 9
+    assert sigmas[-1] == pytest.approx(0.03) and sigmas[0] == pytest.approx(14.6)
     i = 3 / 8
-    assert float(sigmas[3]) == pytest.approx(math.tan(i * math.atan(0.03) + (1 - i) * math.atan(14.6)), rel=1e-6)
+    expected = math.tan(i * math.atan(0.03) + (1 - i) * math.atan(14.6))
+    assert float(sigmas[3]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_align_your_steps_table_and_loglinear_interpolation():
@@ -90,7 +97,8 @@ def test_align_your_steps_table_and_loglinear_interpolation():
 
 def test_sgm_uniform_and_normal():
     # 999 / 9 = 111: the SGM grid lands on table entries 999, 888, ..., 111.
-    assert close(S.sgm_uniform(9, float(TABLE[0]), float(TABLE[-1]), TABLE)[:-1], TABLE[999 - 111 * np.arange(9)])
+    assert close(S.sgm_uniform(9, float(TABLE[0]), float(TABLE[-1]), TABLE)[:-1],
+                 TABLE[999 - 111 * np.arange(9)])
     assert close(S.normal(10, float(TABLE[0]), float(TABLE[-1]), TABLE), S.uniform(10, TABLE))
 
 

@@ -182,7 +182,8 @@ def test_upcast_attention_computes_in_float32(dtype):
     reference = attention(q, k, v)
     half = attention(q.to(dtype), k.to(dtype), v.to(dtype), upcast=True)
     assert half.dtype == dtype
-    torch.testing.assert_close(half.float(), reference, rtol=2e-2, atol=2e-2 * reference.abs().max())
+    torch.testing.assert_close(half.float(), reference, rtol=2e-2,
+                               atol=2e-2 * reference.abs().max())
 
 
 def test_upcast_is_set_on_every_attention_layer():

@@ -43,7 +43,8 @@ class ReferenceOpenClipText(nn.Module):
         self.token_embedding = nn.Embedding(vocab, width)
         self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.1)
         self.transformer = nn.Module()
-        self.transformer.resblocks = nn.ModuleList(ReferenceResblock(width, heads) for _ in range(layers))
+        self.transformer.resblocks = nn.ModuleList(ReferenceResblock(width, heads)
+                                                   for _ in range(layers))
         self.ln_final = nn.LayerNorm(width)
         self.text_projection = nn.Parameter(torch.randn(width, proj) * width ** -0.5)
         self.logit_scale = nn.Parameter(torch.tensor(4.6))
@@ -83,7 +84,8 @@ def tiny_open_clip_config(**overrides) -> TextEncoderConfig:
 
 def test_open_clip_bigg_style_matches_reference():
     reference = randomized(ReferenceOpenClipText(), seed=0).eval()
-    config = tiny_open_clip_config(projection_dim=40, layer=-2, final_norm=False, output_pooled=True)
+    config = tiny_open_clip_config(projection_dim=40, layer=-2, final_norm=False,
+                                   output_pooled=True)
     encoder = TextEncoder(config=config).eval()
     report = encoder.load_checkpoint_weights(reference.state_dict())
     assert report.ignored == ("logit_scale",) and not report.unknown and not report.missing
@@ -153,7 +155,8 @@ def test_old_layout_without_text_model_prefix_and_strict_errors():
 
 
 def test_diffusers_text_encoder_2_layout_loads():
-    config = tiny_open_clip_config(projection_dim=40, layer=-2, final_norm=False, output_pooled=True)
+    config = tiny_open_clip_config(projection_dim=40, layer=-2, final_norm=False,
+                                   output_pooled=True)
     source = randomized(TextEncoder(config=config), seed=4).transformer
     encoder = TextEncoder(config=config)
     report = encoder.load_checkpoint_weights(source.state_dict())

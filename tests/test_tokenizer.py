@@ -9,7 +9,8 @@ def test_known_ids():
         49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 49407]
     assert tokenizer.encode_with_specials("  multiple   spaces\tand\nnewlines  ") == [
         49406, 6470, 9006, 537, 1218, 3418, 49407]
-    mixed = "A Photo of an ASTRONAUT, riding a horse!! (masterpiece:1.2) <lora:x:0.5> café naïve 日本"
+    mixed = ("A Photo of an ASTRONAUT, riding a horse!! (masterpiece:1.2) <lora:x:0.5> "
+             "café naïve 日本")
     ids = tokenizer.encode_with_specials(mixed)
     assert len(ids) == 36 and ids[:7] == [49406, 320, 1125, 539, 550, 18376, COMMA_ID]
     assert (BOS_ID, EOS_ID) == (49406, 49407)

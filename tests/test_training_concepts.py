@@ -57,7 +57,8 @@ def tokenizer():
 
 def test_learn_rate_schedule_pieces_and_end():
     schedule = parse_learn_rate("0.005:100, 1e-3:1000, 1e-5")
-    assert [schedule.rate_at(s) for s in (0, 99, 100, 999, 1000, 50000)] == [0.005, 0.005, 1e-3, 1e-3, 1e-5, 1e-5]
+    assert [schedule.rate_at(s) for s in (0, 99, 100, 999, 1000, 50000)] == [
+        0.005, 0.005, 1e-3, 1e-3, 1e-5, 1e-5]
     assert schedule.total_steps(100000) == 100000
     assert parse_learn_rate("0.01:10, 0.001:20").total_steps(100000) == 20
     assert parse_learn_rate(" 0.005 ").pieces == ((0.005, None),)
@@ -65,7 +66,8 @@ def test_learn_rate_schedule_pieces_and_end():
 
 
 @pytest.mark.parametrize("text, reason", [
-    ("", "empty"), ("abc", "not a number"), ("0.1:x", "whole number"), ("0.1, 0.2:5", "must be the last"),
+    ("", "empty"), ("abc", "not a number"), ("0.1:x", "whole number"),
+    ("0.1, 0.2:5", "must be the last"),
     ("0.1:5, 0.2:3", "must increase"), ("-1", "positive"), ("0", "positive"), ("nan", "positive"),
     ("0.1:0", "at least 1"),
 ])
@@ -89,21 +91,25 @@ def test_initial_vectors_follow_the_init_text(tokenizer):
 
 
 def test_both_a1111_formats_read_back(tmp_path):
-    data = EmbeddingData(name="thing", vectors=torch.randn(3, 32), step=7, sd_checkpoint="abcdef0123",
-                         sd_checkpoint_name="tiny")
+    data = EmbeddingData(name="thing", vectors=torch.randn(3, 32), step=7,
+                         sd_checkpoint="abcdef0123", sd_checkpoint_name="tiny")
     pt = save_embedding(data, tmp_path / "thing.pt")
     raw = torch.load(pt, weights_only=True)
-    assert set(raw) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
+    assert set(raw) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint",
+                        "sd_checkpoint_name"}
     assert raw["string_to_token"] == {"*": 265} and list(raw["string_to_param"]) == ["*"]
     read = read_embedding(pt)
-    assert (read.name, read.step, read.sd_checkpoint, read.sd_checkpoint_name) == ("thing", 7, "abcdef0123", "tiny")
+    assert (read.name, read.step, read.sd_checkpoint, read.sd_checkpoint_name) == (
+        "thing", 7, "abcdef0123", "tiny")
     st = read_embedding(save_embedding(data, tmp_path / "other" / "thing.safetensors"))
-    assert torch.equal(st.vectors["*"], data.vectors) and torch.equal(read.vectors["*"], data.vectors)
+    assert torch.equal(st.vectors["*"], data.vectors)
+    assert torch.equal(read.vectors["*"], data.vectors)
 
 
 def test_create_cleans_the_name_and_refuses_to_overwrite(tmp_path, tokenizer):
     table = torch.randn(49408, 8)
-    path = create_embedding(folder=tmp_path, name="my/emb?", token_embedding=table, tokenizer=tokenizer)
+    path = create_embedding(folder=tmp_path, name="my/emb?", token_embedding=table,
+                            tokenizer=tokenizer)
     assert path == tmp_path / "myemb.pt"
     with pytest.raises(ParamsError, match="already exists"):
         create_embedding(folder=tmp_path, name="myemb", token_embedding=table, tokenizer=tokenizer)
@@ -128,7 +134,8 @@ def test_folder_dataset_reads_captions_like_a1111(tmp_path):
 def test_prompts_from_templates_shuffle_and_drop_tags(tmp_path):
     (tmp_path / "t.txt").write_text("a [name] made of [filewords]\n\n")
     template = read_template(tmp_path, "t.txt")
-    options = PromptOptions(name="zz", template=tuple(template), shuffle_tags=True, tag_drop_out=0.5)
+    options = PromptOptions(name="zz", template=tuple(template), shuffle_tags=True,
+                            tag_drop_out=0.5)
     prompts = {make_prompt("a, b, c, d", options, random.Random(i)) for i in range(20)}
     assert all(p.startswith("a zz made of ") for p in prompts) and len(prompts) > 5
     assert any(len(p.split(", ")) < 4 for p in prompts)
@@ -152,13 +159,17 @@ def start_vectors(width: int) -> torch.Tensor:
 def train_embedding_steps(tiny_path, tmp_path, tokenizer, **overrides):
     model = load_model(tiny_path)
     width = model.family.text_encoders[0].config.hidden_size
-    file = save_embedding(EmbeddingData(name="zz-bar", vectors=start_vectors(width)), tmp_path / "zz-bar.pt")
+    file = save_embedding(EmbeddingData(name="zz-bar", vectors=start_vectors(width)),
+                          tmp_path / "zz-bar.pt")
     config = replace(EmbeddingTrainingConfig(learn_rate="0.05", batch_size=2, steps=4, save_every=2,
-                                             preview_every=0, latent_sampling_method="random"), **overrides)
+                                             preview_every=0, latent_sampling_method="random"),
+                     **overrides)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     items = bar_items("zz-bar", count=4, seed=0, resolution=64)
-    training = embedding_training(model, embedding_file=file, items=items, config=config, tokenizer=tokenizer,
-                                  outputs=[tmp_path / "out" / "zz-bar.safetensors"], log_dir=tmp_path / "log")
+    training = embedding_training(model, embedding_file=file, items=items, config=config,
+                                  tokenizer=tokenizer,
+                                  outputs=[tmp_path / "out" / "zz-bar.safetensors"],
+                                  log_dir=tmp_path / "log")
     result = drive(training, progress=False)
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     return result, unchanged
@@ -167,7 +178,8 @@ def train_embedding_steps(tiny_path, tmp_path, tokenizer, **overrides):
 def test_embedding_loop_trains_only_the_vectors_and_is_reproducible(tiny_path, tmp_path, tokenizer):
     first, unchanged = train_embedding_steps(tiny_path, tmp_path / "a", tokenizer)
     again, _ = train_embedding_steps(tiny_path, tmp_path / "b", tokenizer)
-    assert unchanged and first.step == 4 and not first.interrupted and all(np.isfinite(first.losses))
+    assert unchanged and first.step == 4 and not first.interrupted
+    assert all(np.isfinite(first.losses))
     vectors = read_embedding(first.paths[0]).vectors["*"]
     assert torch.equal(vectors, read_embedding(again.paths[0]).vectors["*"])
     assert not torch.allclose(vectors, start_vectors(vectors.shape[1]))
@@ -177,11 +189,13 @@ def test_embedding_loop_trains_only_the_vectors_and_is_reproducible(tiny_path, t
 
 def test_embedding_training_stops_on_interrupt_and_saves(tiny_path, tmp_path, tokenizer):
     model = load_model(tiny_path)
-    file = create_embedding(folder=tmp_path, name="zz-bar", tokenizer=tokenizer, num_vectors_per_token=1,
+    file = create_embedding(folder=tmp_path, name="zz-bar", tokenizer=tokenizer,
+                            num_vectors_per_token=1,
                             token_embedding=model.text_encoders["clip_l"].token_embedding.weight)
-    training = embedding_training(model, embedding_file=file, items=bar_items("zz-bar", count=2, seed=0,
-                                                                               resolution=64),
-                                  config=EmbeddingTrainingConfig(steps=1000, save_every=0, preview_every=0),
+    training = embedding_training(model, embedding_file=file,
+                                  items=bar_items("zz-bar", count=2, seed=0, resolution=64),
+                                  config=EmbeddingTrainingConfig(steps=1000, save_every=0,
+                                                                 preview_every=0),
                                   tokenizer=tokenizer)
     assert next(training).step == 1
     assert training.send(None).step == 2
@@ -193,7 +207,8 @@ def test_embedding_training_stops_on_interrupt_and_saves(tiny_path, tmp_path, to
 
 
 def test_embedding_width_must_fit(tiny_path, tmp_path, tokenizer):
-    file = save_embedding(EmbeddingData(name="wide", vectors=torch.zeros(1, 768)), tmp_path / "wide.pt")
+    file = save_embedding(EmbeddingData(name="wide", vectors=torch.zeros(1, 768)),
+                          tmp_path / "wide.pt")
     with pytest.raises(ParamsError, match="width 768"):
         next(embedding_training(load_model(tiny_path), embedding_file=file, tokenizer=tokenizer,
                                 items=bar_items("wide", count=1, seed=0, resolution=64),
@@ -209,7 +224,8 @@ def test_kohya_names_come_from_the_name_map_in_diffusers_spelling(tiny_path):
     assert all(name_map.get(name) == target for name, target in names.items())
     unet = [n for n in names if n.startswith("lora_unet_")]
     text = [n for n in names if n.startswith("lora_te_")]
-    assert unet and all(n.startswith(("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_"))
+    assert unet and all(n.startswith(("lora_unet_down_blocks_", "lora_unet_mid_block_",
+                                      "lora_unet_up_blocks_"))
                         for n in unet)
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k" in unet
     assert "lora_unet_down_blocks_0_attentions_0_proj_in" in unet
@@ -219,18 +235,24 @@ def test_kohya_names_come_from_the_name_map_in_diffusers_spelling(tiny_path):
 def test_lora_loop_writes_a_kohya_file_that_loads(tiny_path, tmp_path, tokenizer):
     model = load_model(tiny_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = LoraTrainingConfig(rank=2, alpha=1.0, text_encoder=True, learn_rate="1e-2", batch_size=2, steps=3)
+    config = LoraTrainingConfig(rank=2, alpha=1.0, text_encoder=True, learn_rate="1e-2",
+                                batch_size=2, steps=3)
     out = tmp_path / "Lora" / "zz.safetensors"
-    result = drive(lora_training(model, out=out, items=bar_items("bar", count=4, seed=0, resolution=64),
-                                 config=config, tokenizer=tokenizer, checkpoint_name="tiny"), progress=False)
-    assert result.step == 3 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    result = drive(lora_training(model, out=out,
+                                 items=bar_items("bar", count=4, seed=0, resolution=64),
+                                 config=config, tokenizer=tokenizer, checkpoint_name="tiny"),
+                   progress=False)
+    assert result.step == 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     network = load_network_file(out)
     meta = network.metadata
-    assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_output_name"]) == ("2", "1.0", "zz")
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"],
+            meta["ss_output_name"]) == ("2", "1.0", "zz")
     assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_sd_model_name"] == "tiny"
     assert float(meta["ss_training_started_at"]) <= float(meta["ss_training_finished_at"])
-    assert not network.unknown_keys and all(set(g) == {"lora_down.weight", "lora_up.weight", "alpha"}
-                                            for g in network.groups.values())
+    assert not network.unknown_keys
+    assert all(set(g) == {"lora_down.weight", "lora_up.weight", "alpha"}
+               for g in network.groups.values())
     up = network.groups["lora_unet_down_blocks_0_attentions_0_proj_in"]["lora_up.weight"]
     assert up.shape[1:] == (2, 1, 1) and up.abs().sum() > 0  # trained away from its zero start
     library = LoraLibrary(folder=out.parent, hash_cache=None)
@@ -247,13 +269,15 @@ def test_lora_network_starts_at_the_base_model(tiny_path):
 
 def test_lora_config_is_validated():
     for fields, name in (({"rank": 0}, "rank"), ({"alpha": 0.0}, "alpha"), ({"steps": -1}, "steps"),
-                         ({"clip_grad_mode": "huge"}, "clip_grad_mode"), ({"min_snr_gamma": -1.0}, "min_snr_gamma")):
+                         ({"clip_grad_mode": "huge"}, "clip_grad_mode"),
+                         ({"min_snr_gamma": -1.0}, "min_snr_gamma")):
         with pytest.raises(ParamsError) as caught:
             LoraTrainingConfig(**fields).validate()
         assert caught.value.field == name
 
 
-def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_image(tmp_path, tokenizer):
+def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_image(
+        tmp_path, tokenizer):
     """Issue #5 in the pixels, with a freshly trained file through the real pipeline."""
     from modules.pipeline.params import Txt2ImgParams
     from modules.pipeline.txt2img import txt2img
@@ -261,8 +285,10 @@ def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_imag
 
     runtime = tiny_runtime(tmp_path, {"tiny": TINY_SD15})
     model = load_model(tmp_path / "models" / "Stable-diffusion" / "tiny.safetensors")
-    config = LoraTrainingConfig(rank=2, alpha=2.0, text_encoder=True, learn_rate="5e-2", batch_size=2, steps=3)
-    drive(lora_training(model, out=runtime.paths.lora_dir / "zz.safetensors", config=config, tokenizer=tokenizer,
+    config = LoraTrainingConfig(rank=2, alpha=2.0, text_encoder=True, learn_rate="5e-2",
+                                batch_size=2, steps=3)
+    drive(lora_training(model, out=runtime.paths.lora_dir / "zz.safetensors", config=config,
+                        tokenizer=tokenizer,
                         items=bar_items("bar", count=4, seed=0, resolution=64)), progress=False)
 
     def pixels(prompt: str) -> np.ndarray:
@@ -290,13 +316,13 @@ def test_command_lines_train_from_a_folder_reproducibly(tiny_path, tmp_path):
     runs = []
     for run in ("a", "b"):
         out = tmp_path / run / "zz.safetensors"
-        train_embedding.main(["--data-root", str(data), "--model", str(tiny_path), "--out", str(out),
-                              "--log-dir", str(tmp_path / run / "log"), "--steps", "2", "--batch-size", "2",
-                              "--vectors", "1"])
+        train_embedding.main(["--data-root", str(data), "--model", str(tiny_path), "--out",
+                              str(out), "--log-dir", str(tmp_path / run / "log"), "--steps", "2",
+                              "--batch-size", "2", "--vectors", "1"])
         runs.append(read_embedding(out).vectors["*"])
         assert read_embedding(tmp_path / run / "log" / "zz.pt").step == 2
     assert torch.equal(runs[0], runs[1])  # seeded: the same vectors, bit for bit
     lora = tmp_path / "lora" / "zz.safetensors"
-    train_lora.main(["--data-root", str(data), "--model", str(tiny_path), "--out", str(lora), "--steps", "2",
-                     "--batch-size", "2", "--rank", "2", "--alpha", "2"])
+    train_lora.main(["--data-root", str(data), "--model", str(tiny_path), "--out", str(lora),
+                     "--steps", "2", "--batch-size", "2", "--rank", "2", "--alpha", "2"])
     assert load_network_file(lora).metadata["ss_steps"] == "2"

@@ -25,7 +25,8 @@ from tests.helpers.checkpoints import write_tiny_checkpoint
 from tests.tiny import TINY_SD15
 
 # A ControlNet's hint encoder downscales by 8, so the tiny VAE must too (four levels).
-TINY_8X = replace(TINY_SD15, vae=replace(TINY_SD15.vae, ch=8, ch_mult=(1, 1, 1, 1), norm_num_groups=4))
+TINY_8X = replace(TINY_SD15,
+                  vae=replace(TINY_SD15.vae, ch=8, ch_mult=(1, 1, 1, 1), norm_num_groups=4))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,8 @@ def test_a_fresh_controlnet_copies_the_encoder_and_leaves_the_unet_unchanged(tin
         assert torch.equal(unet(x, t, context, control=residuals), unet(x, t, context))
 
 
-def test_a_short_run_trains_only_the_controlnet_and_saves_a_loadable_file(tiny_checkpoint, tmp_path):
+def test_a_short_run_trains_only_the_controlnet_and_saves_a_loadable_file(
+        tiny_checkpoint, tmp_path):
     torch.set_num_threads(1)
     before = load_model(tiny_checkpoint).model.diffusion_model.state_dict()
     config = ControlNetTrainingConfig(steps=3, batch_size=4, dataset_size=8, resolution=64)

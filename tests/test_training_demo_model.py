@@ -10,7 +10,8 @@ from modules.training.checker import check
 from modules.training.demo_config import ARCHITECTURE, META_FAMILY, META_RESOLUTION, META_TITLE
 from modules.training.evaluate import generate, load_model
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "easel-demo.safetensors"
+CHECKPOINT = (Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion"
+              / "easel-demo.safetensors")
 
 # A few prompts the demo must get right (a subset of the kind the evaluation uses).
 PROMPTS = [
@@ -50,7 +51,8 @@ def test_demo_draws_colours_and_backgrounds(demo):
 
 def test_demo_places_the_shape_where_asked(demo):
     prompts = [f"a large red circle {where} on a white background"
-               for where in ("at the top left", "at the top right", "at the bottom left", "at the bottom right")]
+               for where in ("at the top left", "at the top right", "at the bottom left",
+                             "at the bottom right")]
     images = generate(demo, prompts, [0, 1, 2, 3], tokenizer=ClipTokenizer())
     assert sum(bool(check(p, im).position) for p, im in zip(prompts, images)) >= 3
 
@@ -58,7 +60,7 @@ def test_demo_places_the_shape_where_asked(demo):
 def test_prompt_changes_the_picture(demo):
     tokenizer = ClipTokenizer()
     red, green = generate(demo, ["a large red square in the center on a white background",
-                                 "a large green square in the center on a white background"], [3, 3],
-                          tokenizer=tokenizer)
+                                 "a large green square in the center on a white background"],
+                          [3, 3], tokenizer=tokenizer)
     assert check("a large red square in the center on a white background", red).color
     assert check("a large green square in the center on a white background", green).color

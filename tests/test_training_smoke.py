@@ -60,8 +60,8 @@ def tiny_vae():
 def fixed_vae_loss(vae: AutoencoderKL) -> float:
     images, _ = make_batch(99, 0, 8, resolution=RESOLUTION)
     with torch.no_grad():
-        loss, _ = vae_loss(vae, images_to_tensor(images), generator=torch.Generator().manual_seed(0),
-                           kl_weight=1e-4)
+        loss, _ = vae_loss(vae, images_to_tensor(images),
+                           generator=torch.Generator().manual_seed(0), kl_weight=1e-4)
     return float(loss)
 
 
@@ -81,7 +81,8 @@ def test_decoder_finetune_trains_only_the_decoder(tiny_vae):
     decoder = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
     before = fixed_vae_loss(vae)
     finetune_decoder(vae, progress=False,
-                     training=DecoderTrainingConfig(steps=30, batch_size=4, learning_rate=3e-4, resolution=RESOLUTION))
+                     training=DecoderTrainingConfig(steps=30, batch_size=4, learning_rate=3e-4,
+                                                    resolution=RESOLUTION))
     assert all(torch.equal(v, vae.encoder.state_dict()[k]) for k, v in encoder.items())
     assert not all(torch.equal(v, vae.decoder.state_dict()[k]) for k, v in decoder.items())
     assert fixed_vae_loss(vae) < 1.1 * before
@@ -93,11 +94,13 @@ def test_token_ids_follow_sd1_layout(tokenizer):
     assert ids[0, 0] == tokenizer.bos_id and ids[1, 0] == tokenizer.bos_id
     assert (ids[1, 1:] == tokenizer.eos_id).all()
     body = tokenizer.encode("a red circle on a blue background")
-    assert ids[0, 1:1 + len(body)].tolist() == body and (ids[0, 1 + len(body):] == tokenizer.eos_id).all()
+    assert ids[0, 1:1 + len(body)].tolist() == body
+    assert (ids[0, 1 + len(body):] == tokenizer.eos_id).all()
 
 
 def test_unet_and_text_encoder_loop_reduces_loss(tiny_vae, tokenizer):
-    data = build_latent_set(vae=tiny_vae, tokenizer=tokenizer, groups=4, repeats=2, seed=0, resolution=16)
+    data = build_latent_set(vae=tiny_vae, tokenizer=tokenizer, groups=4, repeats=2, seed=0,
+                            resolution=16)
     assert data.means.shape == (8, 4, 8, 8) and data.token_ids.shape == (4, 77)
     scale = measure_scale_factor(data.means, data.stds)
     torch.manual_seed(0)
@@ -108,16 +111,18 @@ def test_unet_and_text_encoder_loop_reduces_loss(tiny_vae, tokenizer):
 
     def fixed_loss() -> float:
         generator = torch.Generator().manual_seed(5)
-        latents, ids = draw_batch(data, groups=4, scale_factor=scale, empty_ids=empty, caption_dropout=0.0,
-                                  generator=generator)
+        latents, ids = draw_batch(data, groups=4, scale_factor=scale, empty_ids=empty,
+                                  caption_dropout=0.0, generator=generator)
         with torch.no_grad():
             return float(diffusion_loss(unet, text_encoder, latents, ids, alphas_cumprod=alphas,
                                         generator=generator, min_snr_gamma=5.0))
 
     before = fixed_loss()
-    training = UNetTrainingConfig(steps=20, groups_per_batch=4, repeats=2, learning_rate=2e-3, ema_decay=0.5)
+    training = UNetTrainingConfig(steps=20, groups_per_batch=4, repeats=2, learning_rate=2e-3,
+                                  ema_decay=0.5)
     losses = train_unet(unet=unet, text_encoder=text_encoder, data=data, scale_factor=scale,
-                        schedule=TINY_SD15.schedule, training=training, empty_ids=empty, progress=False)
+                        schedule=TINY_SD15.schedule, training=training, empty_ids=empty,
+                        progress=False)
     assert len(losses) == 20
     assert fixed_loss() < 0.8 * before
 
@@ -127,7 +132,8 @@ def test_trainer_touches_only_its_parameter_subset():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
     frozen = model[0].weight.detach().clone()
     model[0].requires_grad_(False)
-    trainer = Trainer(parameters=model[1].parameters(), learning_rate=0.1, total_steps=5, warmup_steps=1)
+    trainer = Trainer(parameters=model[1].parameters(), learning_rate=0.1, total_steps=5,
+                      warmup_steps=1)
     x = torch.randn(16, 4)
     first = trainer.step(model(x).pow(2).mean())
     for _ in range(4):

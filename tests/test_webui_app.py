@@ -48,7 +48,8 @@ def test_app_serves_the_page_and_config(runtime):
     config = client.get("/config").json()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     for elem_id in ("txt2img_prompt", "txt2img_generate", "txt2img_gallery",
-                    "setting_sd_model_checkpoint", "quick_CLIP_stop_at_last_layers", "quick_sd_vae", "txt2img_upscale",
+                    "setting_sd_model_checkpoint", "quick_CLIP_stop_at_last_layers", "quick_sd_vae",
+                    "txt2img_upscale",
                     "pnginfo_image", "settings_search", "setting_samples_format"):
         assert elem_id in ids
 
@@ -300,7 +301,8 @@ def test_upscale_button_runs_hires_on_the_selected_image(runtime, tmp_path):
     as_sent = [(str(path), None)]  # what Gradio hands a handler for a gallery input
     hires = {"enable_hr": False, "denoising_strength": 0.4, "hr_scale": 2.0,
              "hr_upscaler": "Lanczos", "hr_second_pass_steps": 2}
-    updates = list(txt2img.upscale_selected(runtime, {**FAST, **hires, "seed": 1}, as_sent, results))
+    updates = list(txt2img.upscale_selected(runtime, {**FAST, **hires, "seed": 1}, as_sent,
+                                            results))
     upscaled_gallery, _, _, upscaled = updates[-1]
     assert upscaled["seeds"] == [9]
     assert upscaled_gallery[0].size == (128, 128)

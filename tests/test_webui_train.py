@@ -16,7 +16,8 @@ from modules.training.shapes import ShapeLabels, render
 from tests.helpers.threads import one_thread  # noqa: F401 (fixture)
 from webui.tabs import train
 
-DEMO = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "easel-demo.safetensors"
+DEMO = (Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion"
+        / "easel-demo.safetensors")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,8 +36,10 @@ def runtime(tmp_path_factory):
 def data_root(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ui-bars")
     for color in ("red", "white"):
-        truth = ShapeLabels(shape="bar", color=color, background="blue", position="center", size="large")
-        Image.fromarray(render(truth, resolution=64)).save(folder / f"{color} bar, blue background.png")
+        truth = ShapeLabels(shape="bar", color=color, background="blue", position="center",
+                            size="large")
+        image = Image.fromarray(render(truth, resolution=64))
+        image.save(folder / f"{color} bar, blue background.png")
     return folder
 
 
@@ -44,25 +47,30 @@ def test_the_tab_builds_with_its_three_parts(runtime):
     with gr.Blocks():
         tab = train.build(runtime)
     assert set(tab.create) == {"name", "init_text", "num_vectors_per_token", "overwrite_old"}
-    assert {"embedding_name", "learn_rate", "data_root", "template_filename", "latent_sampling_method"} <= set(
+    assert {"embedding_name", "learn_rate", "data_root", "template_filename",
+            "latent_sampling_method"} <= set(
         tab.embedding)
     assert {"lora_name", "rank", "alpha", "text_encoder", "steps"} <= set(tab.lora)
-    assert ("subject_filewords.txt", "subject_filewords.txt") in tab.embedding["template_filename"].choices
+    choices = tab.embedding["template_filename"].choices
+    assert ("subject_filewords.txt", "subject_filewords.txt") in choices
 
 
 def ui_values(**fields):
     """What the widgets send: Number widgets give floats, 0 means the native size."""
-    values = {"learn_rate": "0.005", "clip_grad_mode": "disabled", "clip_grad_value": 0.1, "batch_size": 2.0,
+    values = {"learn_rate": "0.005", "clip_grad_mode": "disabled", "clip_grad_value": 0.1,
+              "batch_size": 2.0,
               "gradient_step": 1.0, "log_directory": "textual_inversion", "training_width": 0.0,
-              "training_height": 0.0, "steps": 2.0, "create_image_every": 0.0, "save_embedding_every": 0.0,
-              "shuffle_tags": False, "tag_drop_out": 0.0, "latent_sampling_method": "once", "seed": 0.0,
-              "template_filename": "subject_filewords.txt"}
+              "training_height": 0.0, "steps": 2.0, "create_image_every": 0.0,
+              "save_embedding_every": 0.0,
+              "shuffle_tags": False, "tag_drop_out": 0.0, "latent_sampling_method": "once",
+              "seed": 0.0, "template_filename": "subject_filewords.txt"}
     return values | fields
 
 
 def test_create_then_train_an_embedding_from_the_tab(runtime, data_root):
     info, dropdown = train.create_embedding_action(
-        runtime, {"name": "ui-bar", "init_text": "bar", "num_vectors_per_token": 2, "overwrite_old": False})
+        runtime,
+        {"name": "ui-bar", "init_text": "bar", "num_vectors_per_token": 2, "overwrite_old": False})
     assert "ui-bar.pt" in info and dropdown.value == "ui-bar"
     assert "ui-bar" in train.embedding_names(runtime)
     updates = list(train.train_embedding_action(runtime, ui_values(embedding_name="ui-bar",
@@ -77,7 +85,8 @@ def test_train_a_lora_from_the_tab(runtime, data_root):
         template_filename="filewords.txt", data_root=str(data_root))))
     assert "ui-lora.safetensors at step 2" in updates[-1][1]
     network = load_network_file(runtime.paths.lora_dir / "ui-lora.safetensors")
-    assert network.metadata["ss_network_dim"] == "2" and network.metadata["ss_output_name"] == "ui-lora"
+    assert network.metadata["ss_network_dim"] == "2"
+    assert network.metadata["ss_output_name"] == "ui-lora"
     assert any(name.startswith("lora_te_") for name in network.groups)
     assert runtime.networks.loras.find("ui-lora") is not None
 

@@ -160,7 +160,8 @@ def fields_from_infotext(text: str, current: Settings, current_model_hash: str |
         values["prompt"] = request.get("prompt", "")
         values["negative_prompt"] = request.get("negative_prompt", "")
     has_variation = request.get("subseed_strength", 0) > 0
-    has_resize = request.get("seed_resize_from_w", 0) > 0 and request.get("seed_resize_from_h", 0) > 0
+    has_resize = (request.get("seed_resize_from_w", 0) > 0
+                  and request.get("seed_resize_from_h", 0) > 0)
     values["seed_extras"] = bool(has_variation or has_resize)
     if "refiner_enabled" in names:
         values["refiner_enabled"] = bool(request.get("refiner_checkpoint"))

@@ -71,7 +71,8 @@ def build_results(prefix: str, *, upscale: bool = False) -> ResultsUI:
         zip_button = tool_button(ZIP_SYMBOL, elem_id=f"{prefix}_zip")
         send = {name: tool_button(symbol, elem_id=f"{prefix}_send_to_{name}")
                 for name, (symbol, _) in SEND_TARGETS.items()}
-        upscale_button = tool_button(UPSCALE_SYMBOL, elem_id=f"{prefix}_upscale") if upscale else None
+        upscale_button = (tool_button(UPSCALE_SYMBOL, elem_id=f"{prefix}_upscale")
+                          if upscale else None)
     download = gr.File(label="Download", visible=False, interactive=False,
                        elem_id=f"{prefix}_download_files", file_count="multiple")
     folder_info = gr.HTML(elem_id=f"{prefix}_folder_info", elem_classes=["folder-info"])

@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROTECTED_PREFIXES = ("/sdapi/", "/docs", "/redoc", "/openapi.json")
 
-
-async def send_json(send: Send, status: int, body: dict, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send: Send, status: int, body: dict,
+                    headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode("utf-8")
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),

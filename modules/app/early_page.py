@@ -25,7 +25,8 @@ STARTING_HEADER = "X-Easel-Starting"
 PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Easel</title>
 <meta http-equiv="refresh" content="1"><style>body{font-family:system-ui,sans-serif;
 display:flex;height:90vh;align-items:center;justify-content:center;color:#444}</style>
-</head><body><p>Easel is starting&hellip; this page turns into the UI by itself.</p></body></html>"""
+</head><body><p>Easel is starting&hellip; this page turns into the UI by itself.</p>\
+</body></html>"""
 
 
 def bind_listening_socket(host: str, port: int) -> socket.socket:
@@ -70,7 +71,8 @@ class EarlyPage:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._server = ThreadingHTTPServer(sock.getsockname()[:2], _Handler, bind_and_activate=False)
+        self._server = ThreadingHTTPServer(sock.getsockname()[:2], _Handler,
+                                           bind_and_activate=False)
         self._server.socket.close()
         self._server.socket = sock
         self._server.daemon_threads = True

@@ -44,7 +44,8 @@ class ClipTokenizer:
         # Read the two files ourselves and hand over plain data: no config lookup, no hub.
         vocab = json.loads((self.directory / "vocab.json").read_text(encoding="utf-8"))
         lines = (self.directory / "merges.txt").read_text(encoding="utf-8").splitlines()
-        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        merges = [tuple(line.split(" ")) for line in lines
+                  if line and not line.startswith("#version")]
         return CLIPTokenizer(vocab=vocab, merges=merges)
 
     def encode(self, text: str) -> list[int]:
@@ -55,7 +56,8 @@ class ClipTokenizer:
         """Token ids of each text, without specials (one tokenizer call for all)."""
         if not texts:
             return []
-        return self.hf_tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        return self.hf_tokenizer(list(texts), add_special_tokens=False,
+                                 truncation=False)["input_ids"]
 
     def encode_with_specials(self, text: str) -> list[int]:
         """`[BOS] + ids + [EOS]`, as a plain `tokenizer(text)` gives for CLIP."""

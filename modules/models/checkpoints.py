@@ -159,6 +159,7 @@ def find_checkpoint(query: str, checkpoints: Sequence[CheckpointInfo]) -> Checkp
     return found
 
 
-def _shortest_title_containing(query: str, checkpoints: Sequence[CheckpointInfo]) -> CheckpointInfo | None:
+def _shortest_title_containing(query: str,
+                               checkpoints: Sequence[CheckpointInfo]) -> CheckpointInfo | None:
     matches = [info for info in checkpoints if query in info.title]
     return min(matches, key=lambda info: len(info.title)) if matches else None

@@ -83,7 +83,8 @@ def detect_family(
     declared = family_from_metadata(metadata, path=path)
     family = declared or _match_base_family(signature, path)
     check_unet_structure(header, family, path=path)
-    _require(header, VAE_PREFIX + "decoder.conv_out.weight", "no VAE weights (first_stage_model.*)", path)
+    _require(header, VAE_PREFIX + "decoder.conv_out.weight",
+             "no VAE weights (first_stage_model.*)", path)
     family = _locate_text_encoders(header, family, signature, path)
     if signature.in_channels == 9:
         family = family.as_inpainting()
@@ -133,7 +134,8 @@ def _match_base_family(signature: UNetSignature, path: str) -> Family:
         unet = family.unet
         if (signature.model_channels, signature.context_dim, signature.linear_proj,
                 signature.adm_in_channels) == (unet.model_channels, unet.context_dim,
-                                               unet.use_linear_in_transformer, unet.adm_in_channels):
+                                               unet.use_linear_in_transformer,
+                                               unet.adm_in_channels):
             return family
     raise ModelLoadError(
         path,
@@ -153,7 +155,8 @@ def check_unet_structure(header: Mapping[str, TensorInfo], family: Family, *, pa
             block += 1
         if level < len(unet.channel_mult) - 1:
             _require(header, UNET_PREFIX + f"input_blocks.{block}.0.op.weight",
-                     f"U-Net does not match {family.label} (no downsample at input_blocks.{block})", path)
+                     f"U-Net does not match {family.label} (no downsample at input_blocks.{block})",
+                     path)
             block += 1
     if any(key.startswith(UNET_PREFIX + f"input_blocks.{block}.") for key in header):
         raise ModelLoadError(path, f"U-Net has more input blocks than {family.label}")
@@ -262,7 +265,8 @@ def _declared_prediction(header: Mapping[str, TensorInfo],
                          metadata: Mapping[str, object]) -> Prediction | None:
     if "v_pred" in header:
         return "v"
-    declared = str(metadata.get("prediction_type") or metadata.get("modelspec.prediction_type") or "")
+    declared = str(metadata.get("prediction_type")
+                   or metadata.get("modelspec.prediction_type") or "")
     if declared.lower() in ("v", "v_prediction", "v-prediction"):
         return "v"
     if declared.lower() in ("eps", "epsilon"):

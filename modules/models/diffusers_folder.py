@@ -64,7 +64,9 @@ def is_diffusers_folder(path: str | os.PathLike[str]) -> bool:
     return os.path.isfile(os.path.join(path, MODEL_INDEX))
 
 
-def read_diffusers_header(folder: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, object]]:
+def read_diffusers_header(
+    folder: str | os.PathLike[str],
+) -> tuple[dict[str, TensorInfo], dict[str, object]]:
     """LDM-named header of the whole folder, and its metadata."""
     folder = Path(folder)
     tensors: dict[str, TensorInfo] = {}
@@ -132,7 +134,8 @@ def _inside(directory: Path, name: str, index: Path) -> Path:
     return shard
 
 
-def _to_ldm(folder: Path, component: str, part: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _to_ldm(folder: Path, component: str,
+            part: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename one component's tensors to their LDM names under the component's prefix."""
     prefix = COMPONENT_PREFIXES[component]
     if component in TEXT_ENCODER_FOLDERS:
@@ -155,7 +158,8 @@ def _hf_text_name(key: str) -> str:
     return "text_model." + key
 
 
-def _header_to_ldm(folder: Path, component: str, part: Mapping[str, TensorInfo]) -> dict[str, TensorInfo]:
+def _header_to_ldm(folder: Path, component: str,
+                   part: Mapping[str, TensorInfo]) -> dict[str, TensorInfo]:
     """The same renaming for a header: meta tensors carry shapes through it, no data."""
     meta = {key: torch.empty(info.shape, dtype=info.torch_dtype, device="meta")
             for key, info in part.items()}
@@ -191,13 +195,15 @@ def unet_config_from_diffusers(config: Mapping[str, object]) -> UNetConfig:
     has_attention = ["CrossAttn" in str(kind) for kind in config.get("down_block_types", ())]
     per_level = _per_level(config.get("transformer_layers_per_block", 1), levels)
     # diffusers' `attention_head_dim` is really the head count (num_attention_heads wins)
-    heads = _per_level(config.get("num_attention_heads") or config.get("attention_head_dim", 8), levels)
+    heads = _per_level(config.get("num_attention_heads") or config.get("attention_head_dim", 8),
+                       levels)
     attended = [i for i in range(levels) if has_attention[i]] or [0]
     num_heads: int | None = heads[attended[0]]
     head_channels: int | None = None
     if len({heads[i] for i in attended}) > 1:
         num_heads, head_channels = None, channels[attended[0]] // heads[attended[0]]
-    mid_attention = config.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn"
+    mid_block = config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    mid_attention = mid_block == "UNetMidBlock2DCrossAttn"
     adm = config.get("projection_class_embeddings_input_dim")
     return UNetConfig(
         in_channels=int(config.get("in_channels", 4)),
@@ -211,7 +217,8 @@ def unet_config_from_diffusers(config: Mapping[str, object]) -> UNetConfig:
         num_heads=num_heads,
         num_head_channels=head_channels,
         use_linear_in_transformer=bool(config.get("use_linear_projection", False)),
-        adm_in_channels=int(adm) if config.get("addition_embed_type") == "text_time" and adm else None,
+        adm_in_channels=(int(adm) if config.get("addition_embed_type") == "text_time" and adm
+                         else None),
         norm_num_groups=int(config.get("norm_num_groups", 32)),
     )
 

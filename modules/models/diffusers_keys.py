@@ -282,7 +282,8 @@ def map_controlnet_keys(keys: Iterable[str], config: UNetConfig) -> KeyMapping:
     """
     keys = list(keys)
     hint_blocks = {
-        int(key.split(".")[2]) for key in keys if key.startswith("controlnet_cond_embedding.blocks.")
+        int(key.split(".")[2])
+        for key in keys if key.startswith("controlnet_cond_embedding.blocks.")
     }
     return _map_names(keys, _controlnet_rules(config, len(hint_blocks)))
 

@@ -133,7 +133,8 @@ class HashCache:
         if self._path is None:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=self._path.parent, prefix=self._path.name, suffix=".tmp")
+        handle, temp = tempfile.mkstemp(dir=self._path.parent, prefix=self._path.name,
+                                        suffix=".tmp")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 json.dump(self._entries, stream, indent=1, sort_keys=True)

@@ -108,7 +108,8 @@ def ldm_names(names: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in names:
         normalised = name
-        if name.startswith(OLD_CLIP_PREFIX) and not name.startswith(OLD_CLIP_PREFIX + "text_model."):
+        if (name.startswith(OLD_CLIP_PREFIX)
+                and not name.startswith(OLD_CLIP_PREFIX + "text_model.")):
             normalised = OLD_CLIP_PREFIX + "text_model." + name[len(OLD_CLIP_PREFIX):]
         out[normalised] = name
     return out
@@ -118,7 +119,8 @@ def _component_prefixes(keys: list[str]) -> tuple[str, ...]:
     return tuple(p for p in COMPONENT_PREFIXES.values() if any(k.startswith(p) for k in keys))
 
 
-def _select(tensors: Mapping[str, torch.Tensor], keys: list[str], path: str) -> dict[str, torch.Tensor]:
+def _select(tensors: Mapping[str, torch.Tensor], keys: list[str],
+            path: str) -> dict[str, torch.Tensor]:
     missing = [key for key in keys if key not in tensors]
     if missing:
         raise ModelLoadError(path, f"no tensor named {missing[0]!r}")
@@ -149,10 +151,12 @@ def load_vae_state_dict(
 def _load_vae_folder(folder: Path, *, dtype: torch.dtype | None,
                      device: str | torch.device) -> dict[str, torch.Tensor]:
     if is_diffusers_folder(folder):
-        loaded = load_diffusers_state_dict(folder, prefixes=(VAE_PREFIX,), dtype=dtype, device=device)
+        loaded = load_diffusers_state_dict(folder, prefixes=(VAE_PREFIX,), dtype=dtype,
+                                           device=device)
         return {k[len(VAE_PREFIX):]: v for k, v in loaded.items()}
     if not (folder / "config.json").is_file():
-        raise ModelLoadError(folder, "a directory that is neither a diffusers folder nor a VAE folder")
+        raise ModelLoadError(folder,
+                             "a directory that is neither a diffusers folder nor a VAE folder")
     config = vae_config_from_diffusers(read_json(folder / "config.json"))
     tensors: dict[str, torch.Tensor] = {}
     for file in component_weight_files(folder.parent, folder.name):
@@ -160,14 +164,16 @@ def _load_vae_folder(folder: Path, *, dtype: torch.dtype | None,
     return _vae_to_ldm(tensors, config, os.fspath(folder))
 
 
-def _vae_to_ldm(tensors: dict[str, torch.Tensor], config: VAEConfig, path: str) -> dict[str, torch.Tensor]:
+def _vae_to_ldm(tensors: dict[str, torch.Tensor], config: VAEConfig,
+                path: str) -> dict[str, torch.Tensor]:
     try:
         return vae_diffusers_to_ldm(tensors, config)
     except UnmappedKeysError as error:
         raise ModelLoadError(path, str(error.args[0])) from error
 
 
-def infer_diffusers_vae_config(tensors: Mapping[str, torch.Tensor | TensorInfo], path: str) -> VAEConfig:
+def infer_diffusers_vae_config(tensors: Mapping[str, torch.Tensor | TensorInfo],
+                               path: str) -> VAEConfig:
     """A diffusers-layout VAE's config read from its shapes (standalone files have no config)."""
     def shape(key: str) -> tuple[int, ...]:
         if key not in tensors:
@@ -186,6 +192,7 @@ def infer_diffusers_vae_config(tensors: Mapping[str, torch.Tensor | TensorInfo],
         ch_mult=mult,
         num_res_blocks=len(blocks),
         z_channels=z_channels,
-        embed_dim=shape("quant_conv.weight")[0] // 2 if "quant_conv.weight" in tensors else z_channels,
+        embed_dim=(shape("quant_conv.weight")[0] // 2 if "quant_conv.weight" in tensors
+                   else z_channels),
         norm_num_groups=VAEConfig().norm_num_groups,
     )

@@ -94,7 +94,8 @@ class ModelManager:
                  memory_policy: Callable[[Family], MemoryMode] | None = None,
                  channels_last: bool = False, upcast_attention: bool = False,
                  compile_mode: str | None = None,
-                 precision: Callable[[Family], tuple[torch.dtype, torch.dtype]] | None = None) -> None:
+                 precision: Callable[[Family], tuple[torch.dtype, torch.dtype]] | None = None,
+                 ) -> None:
         """
         :param cache_limit_source: read at every load for the number of checkpoints to keep
             (the `sd_checkpoints_limit` setting); `cache_limit` when not given
@@ -303,13 +304,15 @@ class ModelManager:
             return self._tokenizer
 
 
-def build_model(family: Family, state: dict[str, torch.Tensor], *, path: str) -> StableDiffusionModel:
+def build_model(family: Family, state: dict[str, torch.Tensor], *,
+                path: str) -> StableDiffusionModel:
     """Build on the meta device and assign the checkpoint's tensors by name."""
     with torch.device("meta"):
         model = StableDiffusionModel(family=family)
     report = model.load_ldm_state_dict(state)
     if report.missing:
-        raise ModelLoadError(path, f"{len(report.missing)} weights missing, e.g. {report.missing[:3]}")
+        raise ModelLoadError(path,
+                             f"{len(report.missing)} weights missing, e.g. {report.missing[:3]}")
     if report.unexpected:
         log.info("%s: ignored %d unused keys, e.g. %s", path, len(report.unexpected),
                  report.unexpected[:3])

@@ -99,7 +99,8 @@ class MergeParams:
         self.user_metadata()
 
     def used_fields(self) -> tuple[str, ...]:
-        return FIELDS[:{NO_INTERPOLATION: 1, WEIGHTED_SUM: 2, ADD_DIFFERENCE: 3}[self.interp_method]]
+        needed = {NO_INTERPOLATION: 1, WEIGHTED_SUM: 2, ADD_DIFFERENCE: 3}[self.interp_method]
+        return FIELDS[:needed]
 
     def discard_pattern(self) -> re.Pattern | None:
         if not self.discard_weights:
@@ -241,7 +242,8 @@ def _output_path(runtime, params: MergeParams, models, a) -> Path:
 
 
 def build_metadata(runtime, params: MergeParams, models: list[CheckpointInfo],
-                   sources: list[TensorSource], vae_path: Path | None, path: Path) -> dict[str, str]:
+                   sources: list[TensorSource], vae_path: Path | None,
+                   path: Path) -> dict[str, str]:
     """A1111's merge metadata; A's architecture declaration is always kept (loading needs it)."""
     metadata: dict[str, str] = {}
     if params.save_metadata:

@@ -31,7 +31,9 @@ from modules.errors import ParamsError
 from modules.models.families import UNET_PREFIX, VAE_PREFIX
 from modules.models.safetensors_io import TensorInfo
 
-NO_INTERPOLATION, WEIGHTED_SUM, ADD_DIFFERENCE = "No interpolation", "Weighted sum", "Add difference"
+NO_INTERPOLATION = "No interpolation"
+WEIGHTED_SUM = "Weighted sum"
+ADD_DIFFERENCE = "Add difference"
 INTERP_METHODS = (NO_INTERPOLATION, WEIGHTED_SUM, ADD_DIFFERENCE)
 SKIP_ON_MERGE = ("cond_stage_model.transformer.text_model.embeddings.position_ids",)
 INPUT_CONV = UNET_PREFIX + "input_blocks.0.0.weight"

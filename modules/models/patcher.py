@@ -101,8 +101,10 @@ def _merge_layer(module: nn.Module, patches: list[WeightPatch],
             if update.bias is not None and bias is not None and update.bias.numel() == bias.numel():
                 step = update.bias.reshape(bias.shape) * patch.strength
                 bias_delta = step if bias_delta is None else bias_delta + step
-        new_weight = None if weight_delta is None else (weight.float() + weight_delta).to(weight.dtype)
-        new_bias = None if bias_delta is None else (bias.detach().float() + bias_delta).to(bias.dtype)
+        new_weight = (None if weight_delta is None
+                      else (weight.float() + weight_delta).to(weight.dtype))
+        new_bias = (None if bias_delta is None
+                    else (bias.detach().float() + bias_delta).to(bias.dtype))
     return new_weight, new_bias
 
 

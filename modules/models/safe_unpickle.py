@@ -111,7 +111,8 @@ def load_pickle_checkpoint(
         with torch.serialization.safe_globals(_extra_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except Exception as error:  # torch raises several types; all mean "not loadable"
-        raise ModelLoadError(path, f"cannot load pickled checkpoint ({_first_line(error)})") from error
+        raise ModelLoadError(path,
+                             f"cannot load pickled checkpoint ({_first_line(error)})") from error
 
 
 def check_pickle_file(path: str) -> bool:
@@ -157,7 +158,8 @@ def _check_legacy(path: str) -> None:
                 raise
             except ModelLoadError as error:
                 if index == 0:
-                    raise ModelLoadError(path, "not a torch checkpoint (no valid pickle)") from error
+                    raise ModelLoadError(path,
+                                         "not a torch checkpoint (no valid pickle)") from error
                 raise
 
 
@@ -183,7 +185,8 @@ def check_pickle_globals(stream: io.BufferedIOBase, *, path: str) -> list[str]:
     return found
 
 
-def _track_strings(name: str, arg: Any, recent: list[str | None], memo: dict[int, str | None]) -> None:
+def _track_strings(name: str, arg: Any, recent: list[str | None],
+                   memo: dict[int, str | None]) -> None:
     if name in _MEMO_PUT_OPS:
         memo[arg] = recent[-1] if recent else None
     elif name == "MEMOIZE":
@@ -219,7 +222,8 @@ def _extra_safe_globals() -> list[Any]:
         (multiarray.scalar, "numpy.core.multiarray.scalar"),
         multiarray.scalar,
         numpy.dtype,
-        *(getattr(numpy.dtypes, f"{kind}DType") for kind in ("Float64", "Float32", "Int64", "Int32")),
+        *(getattr(numpy.dtypes, f"{kind}DType")
+          for kind in ("Float64", "Float32", "Int64", "Int32")),
     ]
     return extras
 

@@ -55,7 +55,8 @@ class SafetensorsWriter:
     def __init__(self, path: str | os.PathLike[str], entries: Sequence[tuple[str, TensorInfo]],
                  metadata: Mapping[str, str] | None = None) -> None:
         if sys.byteorder != "little":
-            raise RuntimeError("safetensors files are little-endian; big-endian hosts are not supported")
+            raise RuntimeError("safetensors files are little-endian; "
+                               "big-endian hosts are not supported")
         self.path = Path(path)
         self.entries = list(entries)
         self.metadata = dict(metadata or {})

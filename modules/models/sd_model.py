@@ -64,7 +64,8 @@ class StableDiffusionModel(nn.Module):
         used |= _load_part(self.unet, state_dict, UNET_PREFIX, report)
         used |= _load_part(self.vae, state_dict, VAE_PREFIX, report)
         for spec in self.family.text_encoders:
-            part = {k[len(spec.prefix):]: v for k, v in state_dict.items() if k.startswith(spec.prefix)}
+            part = {k[len(spec.prefix):]: v for k, v in state_dict.items()
+                    if k.startswith(spec.prefix)}
             used |= {spec.prefix + k for k in part}
             result = self.text_encoders[spec.name].load_checkpoint_weights(
                 part, strict=False, assign=True)

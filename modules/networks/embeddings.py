@@ -92,7 +92,8 @@ def read_embedding(path: Path) -> EmbeddingFile:
         if not isinstance(data, dict):
             raise ValueError("not a dict")
     vectors = _vectors(data)
-    if len({v.shape[0] for v in vectors.values()}) != 1 or any(v.ndim != 2 for v in vectors.values()):
+    if (len({v.shape[0] for v in vectors.values()}) != 1
+            or any(v.ndim != 2 for v in vectors.values())):
         raise ValueError("vectors of different counts or ranks")
     step = data.get("step")
     return EmbeddingFile(

@@ -92,7 +92,8 @@ def split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
-def group_tensors(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> NetworkTensors:
+def group_tensors(tensors: dict[str, Tensor],
+                  metadata: dict[str, str] | None = None) -> NetworkTensors:
     result = NetworkTensors(metadata=dict(metadata or {}))
     for key, tensor in tensors.items():
         if key.startswith("bundle_emb."):

@@ -55,7 +55,8 @@ class LoraActivation:
 
     def infotext_value(self) -> str | None:
         """`Lora hashes`: "name: hash, name2: hash2", names stripped of ':' and ','."""
-        items = [f"{name.replace(':', '').replace(',', '')}: {short}" for name, short in self.hashes]
+        items = [f"{name.replace(':', '').replace(',', '')}: {short}"
+                 for name, short in self.hashes]
         return ", ".join(items) or None
 
 

@@ -236,7 +236,8 @@ def noise_multiplier(p: Img2ImgParams, settings) -> float:
     return settings.initial_noise_multiplier
 
 
-def masked_content(plan: Plan, fill: int, init: torch.Tensor, repaint: torch.Tensor) -> torch.Tensor:
+def masked_content(plan: Plan, fill: int, init: torch.Tensor,
+                   repaint: torch.Tensor) -> torch.Tensor:
     """"latent noise": seed noise in the mask (the first batch's seeds, as A1111);
     "latent nothing": zeros there; "fill" and "original" keep the encoded picture."""
     if MASKED_CONTENT[fill] == "latent noise":

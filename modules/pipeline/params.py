@@ -2,8 +2,9 @@
 
 The web UI and the HTTP API both build a `Txt2ImgParams` (with the hires-fix fields) or
 an `Img2ImgParams` (init images, mask and inpainting options); `processing.txt2img` and
-`img2img.img2img` read nothing else. `validate()` checks every field a user or client can send and raises a
-`ParamsError` naming the field and the reason; nothing is silently clamped.
+`img2img.img2img` read nothing else. `validate()` checks every field a user or client can
+send and raises a `ParamsError` naming the field and the reason; nothing is silently
+clamped.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ class GenerationParams:
         if refiner_name(self.refiner_checkpoint) is None:
             return
         if self.refiner_switch_at is None:
-            raise ParamsError("refiner_switch_at", "is required when refiner_checkpoint is set "
-                                                   "(the fraction of sampling after which it takes over)")
+            raise ParamsError("refiner_switch_at",
+                              "is required when refiner_checkpoint is set "
+                              "(the fraction of sampling after which it takes over)")
         require_number("refiner_switch_at", self.refiner_switch_at, 0.01, 1.0)
 
 
@@ -189,8 +191,9 @@ class Txt2ImgParams(GenerationParams):
         if not hasattr(image, "size") or not hasattr(image, "convert"):
             raise ParamsError("firstpass_image", "must be an image")
         if tuple(image.size) != (self.width, self.height):
-            raise ParamsError("firstpass_image", f"is {image.size[0]}x{image.size[1]}, but width x height "
-                                                 f"is {self.width}x{self.height}")
+            raise ParamsError("firstpass_image",
+                              f"is {image.size[0]}x{image.size[1]}, but width x height "
+                              f"is {self.width}x{self.height}")
 
 
 def hires_size(p: Txt2ImgParams, factor: int = 8) -> tuple[int, int, int, int]:

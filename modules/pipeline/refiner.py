@@ -30,7 +30,8 @@ import torch
 from modules.models.errors import ModelLoadError
 from modules.pipeline.params import ParamsError, refiner_name
 
-HIRES_PASSES = {"first pass": (True, False), "second pass": (False, True), "both passes": (True, True)}
+HIRES_PASSES = {"first pass": (True, False), "second pass": (False, True),
+                "both passes": (True, True)}
 
 
 @dataclass
@@ -87,11 +88,13 @@ def prepare_refiner(runtime, plan) -> Refiner | None:
         return None
     base, other = plan.loaded.family, loaded.family
     if (other.latent_channels, other.vae.downscale) != (base.latent_channels, base.vae.downscale):
-        raise ParamsError("refiner_checkpoint", f"{loaded.info.name} ({other.label}) works in another "
-                                                f"latent space than {plan.loaded.info.name} ({base.label})")
+        raise ParamsError("refiner_checkpoint",
+                          f"{loaded.info.name} ({other.label}) works in another "
+                          f"latent space than {plan.loaded.info.name} ({base.label})")
     from modules.networks.activate import NetworkRegistry, activate_networks
 
-    registry = runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache)
+    registry = runtime.networks or NetworkRegistry.for_paths(runtime.paths,
+                                                             runtime.models.hash_cache)
     networks = activate_networks(registry, loaded, plan.prompts, plan.negative_prompts,
                                  comments=plan.settings.enable_prompt_comments)
     plan.warnings += [w for w in networks.warnings if w not in plan.warnings]
@@ -100,7 +103,8 @@ def prepare_refiner(runtime, plan) -> Refiner | None:
 
 
 def infotext_params(refiner: Refiner, settings, *, hires: bool) -> dict:
-    """A1111's keys: `Refiner: stem [hash]`, `Refiner switch at`, and the switch rules when not default."""
+    """A1111's keys: `Refiner: stem [hash]`, `Refiner switch at`, and the switch rules when not
+    default."""
     info = refiner.loaded.info
     extra = {"Refiner": f"{info.stem} [{refiner.loaded.shorthash}]" if refiner.loaded.shorthash
              else info.stem, "Refiner switch at": refiner.switch_at}

@@ -106,7 +106,8 @@ def make_denoiser(plan: Plan, device) -> Denoiser:
     if plan.token_merging > 0:
         unet = partial(unet, token_merging=plan.token_merging)
     if plan.sampler.lcm:
-        return LCMDenoiser(unet, sigmas=loaded.sigmas.to(device), prediction=loaded.family.prediction)
+        return LCMDenoiser(unet, sigmas=loaded.sigmas.to(device),
+                           prediction=loaded.family.prediction)
     return Denoiser(unet, sigmas=loaded.sigmas.to(device), prediction=loaded.family.prediction,
                     quantize=plan.sampler.quantize)
 
@@ -118,7 +119,8 @@ def refiner_switch(plan: Plan, part: slice, device, shape, image_cond) -> ModelS
     def build() -> SwitchTarget:
         seen = refiner_plan(plan, refiner)
         conds, unconds = encode_prompts(seen, part)
-        cond = image_cond if refiner.loaded.family.is_inpainting == plan.loaded.family.is_inpainting else None
+        same_kind = refiner.loaded.family.is_inpainting == plan.loaded.family.is_inpainting
+        cond = image_cond if same_kind else None
         if cond is None and refiner.loaded.family.is_inpainting:
             from modules.pipeline.image_conditioning import txt2img_image_cond
 

@@ -70,7 +70,8 @@ class AfterCFGParams:
 
 @dataclass(frozen=True)
 class InpaintBlend:
-    """Keep the original latent where `mask` is 1: denoised = denoised * (1 - mask) + init * mask."""
+    """Keep the original latent where `mask` is 1:
+    denoised = denoised * (1 - mask) + init * mask."""
 
     init_latent: Tensor
     mask: Tensor
@@ -124,11 +125,13 @@ class CFGDenoiser:
 
     def __post_init__(self) -> None:
         if len(self.conds) != len(self.unconds):
-            raise ValueError(f"CFGDenoiser: {len(self.conds)} positive and {len(self.unconds)} negative conds")
+            raise ValueError(f"CFGDenoiser: {len(self.conds)} positive and "
+                             f"{len(self.unconds)} negative conds")
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra_args: Any) -> Tensor:
         if x.shape[0] != len(self.conds):
-            raise ValueError(f"CFGDenoiser: batch of {x.shape[0]} but conds for {len(self.conds)} images")
+            raise ValueError(f"CFGDenoiser: batch of {x.shape[0]} "
+                             f"but conds for {len(self.conds)} images")
         if self.switch is not None and self.switch.due(self.step, self.total_steps, sigma):
             self._take_switch()
         skip_uncond = self._skip_uncond(sigma)
@@ -161,7 +164,8 @@ class CFGDenoiser:
         if self.skip_early_cond > 0 and self.step / self.total_steps <= self.skip_early_cond:
             self.used_skip_early_cfg = True
             return True
-        if self.s_min_uncond > 0 and (self.step % 2 or self.s_min_uncond_all) and float(sigma[0]) < self.s_min_uncond:
+        if (self.s_min_uncond > 0 and (self.step % 2 or self.s_min_uncond_all)
+                and float(sigma[0]) < self.s_min_uncond):
             self.used_ngms = True
             return True
         return False
@@ -171,12 +175,14 @@ class CFGDenoiser:
         rows = [_Row(i, scheduled.at(self.step), weight, False)
                 for i, multi in enumerate(self.conds) for scheduled, weight in multi.parts]
         if not skip_uncond:
-            rows += [_Row(i, uncond.at(self.step), 0.0, True) for i, uncond in enumerate(self.unconds)]
+            rows += [_Row(i, uncond.at(self.step), 0.0, True)
+                     for i, uncond in enumerate(self.unconds)]
         return rows
 
     def _model_input(self, x: Tensor, sigma: Tensor, rows: list[_Row]) -> CFGDenoiserParams:
         index = torch.tensor([row.image for row in rows], device=x.device)
-        image_cond = None if self.image_cond is None else self.image_cond[index.to(self.image_cond.device)]
+        image_cond = (None if self.image_cond is None
+                      else self.image_cond[index.to(self.image_cond.device)])
         return CFGDenoiserParams(x[index], sigma[index], [row.cond for row in rows], image_cond,
                                  self.step, self.total_steps, [row.image for row in rows],
                                  [row.is_uncond for row in rows])
@@ -185,7 +191,8 @@ class CFGDenoiser:
         """One U-Net call per group of rows whose conds have the same shapes."""
         groups: dict[tuple, list[int]] = {}
         for k, (cond, row) in enumerate(zip(params.conds, rows)):
-            key = (tuple(cond.crossattn.shape), None if cond.vector is None else tuple(cond.vector.shape),
+            key = (tuple(cond.crossattn.shape),
+                   None if cond.vector is None else tuple(cond.vector.shape),
                    row.is_uncond and not self.batch_cond_uncond)
             groups.setdefault(key, []).append(k)
         x_out = torch.empty_like(params.x)
@@ -193,8 +200,10 @@ class CFGDenoiser:
             index = torch.tensor(members, device=params.x.device)
             conds = [params.conds[k] for k in members]
             context = torch.stack([c.crossattn for c in conds]).to(params.x.device)
-            y = None if conds[0].vector is None else torch.stack([c.vector for c in conds]).to(params.x.device)
-            c_concat = None if params.image_cond is None else params.image_cond[index.to(params.image_cond.device)]
+            y = (None if conds[0].vector is None
+                 else torch.stack([c.vector for c in conds]).to(params.x.device))
+            c_concat = (None if params.image_cond is None
+                        else params.image_cond[index.to(params.image_cond.device)])
             extra = {name: value.for_rows(members) if hasattr(value, "for_rows") else value
                      for name, value in params.unet_kwargs.items()}
             x_out[index] = self.denoiser(params.x[index], params.sigma[index], context=context, y=y,

@@ -151,7 +151,8 @@ def lcm_sigmas(model_sigmas_table: Tensor, original_steps: int = LCM_ORIGINAL_ST
 class LCMDenoiser(Denoiser):
     """D for latent consistency models: snap to the 50-step grid, then c_skip x + c_out x0."""
 
-    def __init__(self, unet: UNet, *, sigmas: Tensor, prediction: Literal["eps", "v"] = "eps") -> None:
+    def __init__(self, unet: UNet, *, sigmas: Tensor,
+                 prediction: Literal["eps", "v"] = "eps") -> None:
         self.skip = len(sigmas) // LCM_ORIGINAL_STEPS
         super().__init__(unet, sigmas=lcm_sigmas(sigmas), prediction=prediction, quantize=True)
 

@@ -23,7 +23,8 @@ from modules.sampling.base import NoiseSampler
 def randn_noise_sampler(x: Tensor, generators: list[torch.Generator] | None) -> NoiseSampler:
     """Unit Gaussian noise shaped like `x`, one draw per image from its own generator."""
     if generators is not None and len(generators) != x.shape[0]:
-        raise ValueError(f"randn_noise_sampler: {len(generators)} generators for a batch of {x.shape[0]}")
+        raise ValueError(f"randn_noise_sampler: {len(generators)} generators "
+                         f"for a batch of {x.shape[0]}")
 
     # One image at a time, on the generator's device, then moved to x.
     def sample(sigma: float, sigma_next: float) -> Tensor:
@@ -41,14 +42,16 @@ class BrownianTreeNoiseSampler:
 
     def __init__(self, x: Tensor, sigma_min: float, sigma_max: float, seeds: list[int]) -> None:
         if len(seeds) != x.shape[0]:
-            raise ValueError(f"BrownianTreeNoiseSampler: {len(seeds)} seeds for a batch of {x.shape[0]}")
+            raise ValueError(f"BrownianTreeNoiseSampler: {len(seeds)} seeds "
+                             f"for a batch of {x.shape[0]}")
         self._like = x
         # Interval ends rounded to float32 as k-diffusion's sigmas are; queries are clamped to them.
         self._t0 = _f32(min(sigma_min, sigma_max))
         self._t1 = _f32(max(sigma_min, sigma_max))
         w0 = torch.zeros(x.shape[1:], dtype=torch.float32)
         # One tree per image, seeded with that image's seed.
-        self._trees = [torchsde.BrownianTree(self._t0, w0, self._t1, entropy=int(seed)) for seed in seeds]
+        self._trees = [torchsde.BrownianTree(self._t0, w0, self._t1, entropy=int(seed))
+                       for seed in seeds]
 
     def __call__(self, sigma: float, sigma_next: float) -> Tensor:
         lo = min(max(_f32(min(sigma, sigma_next)), self._t0), self._t1)

@@ -92,32 +92,36 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", sample_dpmpp_2m, ("k_dpmpp_2m",), "karras"),
     SamplerSpec("DPM++ SDE", sample_dpmpp_sde, ("k_dpmpp_sde",), "karras", second_order=True,
                 brownian_noise=True, eta_source="ancestral", extra_params=("s_noise",)),
-    SamplerSpec("DPM++ 2M SDE", sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde",), "exponential", brownian_noise=True,
-                eta_source="ancestral", extra_params=("s_noise",)),
+    SamplerSpec("DPM++ 2M SDE", sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde",), "exponential",
+                brownian_noise=True, eta_source="ancestral", extra_params=("s_noise",)),
     SamplerSpec("DPM++ 2M SDE Heun", sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde_heun",), "exponential",
                 brownian_noise=True, eta_source="ancestral", extra_params=("s_noise",),
                 fixed_kwargs={"solver_type": "heun"}),
-    SamplerSpec("DPM++ 2S a", sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), "karras", second_order=True,
+    SamplerSpec("DPM++ 2S a", sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), "karras",
+                second_order=True,
                 uses_ensd=True, eta_source="ancestral", extra_params=("s_noise",)),
     SamplerSpec("DPM++ 3M SDE", sample_dpmpp_3m_sde, ("k_dpmpp_3m_sde",), "exponential",
                 discard_next_to_last_sigma=True, brownian_noise=True, eta_source="ancestral",
                 extra_params=("s_noise",)),
-    SamplerSpec("Euler a", sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral"), uses_ensd=True,
-                eta_source="ancestral"),
+    SamplerSpec("Euler a", sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral"),
+                uses_ensd=True, eta_source="ancestral"),
     SamplerSpec("Euler", sample_euler, ("k_euler",), extra_params=CHURN),
     SamplerSpec("LMS", sample_lms, ("k_lms",)),
     SamplerSpec("Heun", sample_heun, ("k_heun",), second_order=True, extra_params=CHURN),
     SamplerSpec("DPM2", sample_dpm_2, ("k_dpm_2",), "karras", discard_next_to_last_sigma=True,
                 second_order=True, extra_params=CHURN),
-    SamplerSpec("DPM2 a", sample_dpm_2_ancestral, ("k_dpm_2_a",), "karras", discard_next_to_last_sigma=True,
-                uses_ensd=True, second_order=True, eta_source="ancestral", extra_params=("s_noise",)),
-    SamplerSpec("DPM fast", sample_dpm_fast, ("k_dpm_fast",), uses_ensd=True, eta_source="ancestral",
+    SamplerSpec("DPM2 a", sample_dpm_2_ancestral, ("k_dpm_2_a",), "karras",
+                discard_next_to_last_sigma=True,
+                uses_ensd=True, second_order=True, eta_source="ancestral",
                 extra_params=("s_noise",)),
-    SamplerSpec("DPM adaptive", sample_dpm_adaptive, ("k_dpm_ad",), uses_ensd=True, eta_source="ancestral"),
+    SamplerSpec("DPM fast", sample_dpm_fast, ("k_dpm_fast",), uses_ensd=True,
+                eta_source="ancestral", extra_params=("s_noise",)),
+    SamplerSpec("DPM adaptive", sample_dpm_adaptive, ("k_dpm_ad",), uses_ensd=True,
+                eta_source="ancestral"),
     SamplerSpec("Restart", sample_restart, ("restart",), "karras", second_order=True),
     SamplerSpec("DDIM", sample_ddim, ("ddim",), eta_source="ddim", timestep_grid="ddim"),
-    SamplerSpec("DDIM CFG++", sample_ddim_cfgpp, ("ddim_cfgpp",), eta_source="ddim", timestep_grid="ddim",
-                cfg_scale_multiplier=1 / 12.5, record_uncond=True),
+    SamplerSpec("DDIM CFG++", sample_ddim_cfgpp, ("ddim_cfgpp",), eta_source="ddim",
+                timestep_grid="ddim", cfg_scale_multiplier=1 / 12.5, record_uncond=True),
     SamplerSpec("PLMS", sample_plms, ("plms",), timestep_grid="ddim"),
     SamplerSpec("UniPC", sample_unipc, ("unipc",), timestep_grid="unipc", quantize=False),
     SamplerSpec("LCM", sample_lcm, ("k_lcm",), lcm=True),
@@ -243,7 +247,10 @@ def compute_sigmas(sampler: SamplerSpec, scheduler: SchedulerSpec, steps: int, m
 
 def _schedule(name: str, n: int, table: Tensor, options: ScheduleOptions) -> Tensor:
     spec = find_scheduler(name)
-    model_min, model_max = (0.1, 10.0) if options.use_old_karras_scheduler_sigmas else (float(table[0]), float(table[-1]))
+    if options.use_old_karras_scheduler_sigmas:
+        model_min, model_max = 0.1, 10.0
+    else:
+        model_min, model_max = float(table[0]), float(table[-1])
     lo, hi = options.sigma_min or model_min, options.sigma_max or model_max
     rho = options.rho or spec.default_rho
     build: dict[str, Callable[[], Tensor]] = {
@@ -262,13 +269,16 @@ def _schedule(name: str, n: int, table: Tensor, options: ScheduleOptions) -> Ten
     return build[spec.name]()
 
 
-def initial_noise_scale(sampler: SamplerSpec, scheduler: SchedulerSpec, sigma_first: float) -> float:
-    """Multiply unit noise by this to start txt2img: sigma, or sqrt(sigma^2 + 1) on a timestep grid."""
+def initial_noise_scale(sampler: SamplerSpec, scheduler: SchedulerSpec,
+                        sigma_first: float) -> float:
+    """Multiply unit noise by this to start txt2img: sigma, or sqrt(sigma^2 + 1) on a timestep
+    grid."""
     return math.sqrt(sigma_first**2 + 1) if uses_timestep_grid(sampler, scheduler) else sigma_first
 
 
 def final_latent_scale(sampler: SamplerSpec, scheduler: SchedulerSpec, sigma_last: float) -> float:
-    """Multiply the sampler's result by this: 1/sqrt(sigma^2 + 1) when a timestep grid stops early."""
+    """Multiply the sampler's result by this: 1/sqrt(sigma^2 + 1) when a timestep grid stops
+    early."""
     return 1 / math.sqrt(sigma_last**2 + 1) if uses_timestep_grid(sampler, scheduler) else 1.0
 
 
@@ -280,11 +290,14 @@ def img2img_steps(steps: int, denoising_strength: float, fix_steps: bool) -> tup
     return steps, int(strength * steps)
 
 
-def img2img_sigmas(sigmas: Tensor, steps: int, denoising_strength: float, fix_steps: bool) -> Tensor:
-    """The tail of a schedule img2img runs; `sigmas` must be computed for `img2img_steps(...)[0]` steps."""
+def img2img_sigmas(sigmas: Tensor, steps: int, denoising_strength: float,
+                   fix_steps: bool) -> Tensor:
+    """The tail of a schedule img2img runs; `sigmas` must be computed for
+    `img2img_steps(...)[0]` steps."""
     total, t_enc = img2img_steps(steps, denoising_strength, fix_steps)
     if len(sigmas) - 1 != total:
-        raise ValueError(f"img2img_sigmas: expected a schedule of {total} steps, got {len(sigmas) - 1}")
+        raise ValueError(f"img2img_sigmas: expected a schedule of {total} steps, "
+                         f"got {len(sigmas) - 1}")
     if total == 0:
         return sigmas[-1:]
     return sigmas[total - t_enc - 1:]
@@ -320,7 +333,8 @@ def sampler_kwargs(sampler: SamplerSpec, options: SamplerOptions) -> dict[str, A
 
 
 def default_noise_sampler(sampler: SamplerSpec, x: Tensor, sigmas: Tensor, *,
-                          generators: list[torch.Generator] | None, seeds: list[int]) -> NoiseSampler:
+                          generators: list[torch.Generator] | None,
+                          seeds: list[int]) -> NoiseSampler:
     """Brownian-tree noise seeded per image for SDE samplers, per-image generators otherwise."""
     if sampler.brownian_noise:
         positive = sigmas[sigmas > 0]
@@ -329,6 +343,8 @@ def default_noise_sampler(sampler: SamplerSpec, x: Tensor, sigmas: Tensor, *,
 
 
 def start_sampler(sampler: SamplerSpec, model: Model, x: Tensor, sigmas: Tensor, *,
-                  options: SamplerOptions = SamplerOptions(), noise_sampler: NoiseSampler | None = None) -> SamplerGen:
+                  options: SamplerOptions = SamplerOptions(),
+                  noise_sampler: NoiseSampler | None = None) -> SamplerGen:
     """The sampler's generator, with A1111's options applied."""
-    return sampler.function(model, x, sigmas, None, noise_sampler=noise_sampler, **sampler_kwargs(sampler, options))
+    return sampler.function(model, x, sigmas, None, noise_sampler=noise_sampler,
+                            **sampler_kwargs(sampler, options))

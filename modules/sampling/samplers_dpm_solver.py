@@ -59,10 +59,12 @@ def _solver_2(cache: _EpsCache, x: Tensor, t: float, t_next: float, r1: float = 
     u1 = x - math.exp(-s1) * math.expm1(r1 * h) * eps
     eps_r1 = cache.eps("eps_r1", u1, s1)
     sigma_next = math.exp(-t_next)
-    return x - sigma_next * math.expm1(h) * eps - sigma_next / (2 * r1) * math.expm1(h) * (eps_r1 - eps)
+    return (x - sigma_next * math.expm1(h) * eps
+            - sigma_next / (2 * r1) * math.expm1(h) * (eps_r1 - eps))
 
 
-def _solver_3(cache: _EpsCache, x: Tensor, t: float, t_next: float, r1: float = 1 / 3, r2: float = 2 / 3) -> Tensor:
+def _solver_3(cache: _EpsCache, x: Tensor, t: float, t_next: float, r1: float = 1 / 3,
+              r2: float = 2 / 3) -> Tensor:
     """DPM-Solver-3 with intermediate points at t + r1 h and t + r2 h."""
     h = t_next - t
     eps = cache.eps("eps", x, t)
@@ -70,10 +72,12 @@ def _solver_3(cache: _EpsCache, x: Tensor, t: float, t_next: float, r1: float = 
     u1 = x - math.exp(-s1) * math.expm1(r1 * h) * eps
     eps_r1 = cache.eps("eps_r1", u1, s1)
     phi_r2 = math.expm1(r2 * h) / (r2 * h) - 1
-    u2 = x - math.exp(-s2) * math.expm1(r2 * h) * eps - math.exp(-s2) * (r2 / r1) * phi_r2 * (eps_r1 - eps)
+    u2 = (x - math.exp(-s2) * math.expm1(r2 * h) * eps
+          - math.exp(-s2) * (r2 / r1) * phi_r2 * (eps_r1 - eps))
     eps_r2 = cache.eps("eps_r2", u2, s2)
     sigma_next = math.exp(-t_next)
-    return x - sigma_next * math.expm1(h) * eps - sigma_next / r2 * (math.expm1(h) / h - 1) * (eps_r2 - eps)
+    return (x - sigma_next * math.expm1(h) * eps
+            - sigma_next / r2 * (math.expm1(h) / h - 1) * (eps_r2 - eps))
 
 
 def _solver(order: int, cache: _EpsCache, x: Tensor, t: float, t_next: float) -> Tensor:
@@ -99,7 +103,8 @@ def _sigma_range(sigmas: Tensor) -> tuple[float, float]:
     return min(positive), max(positive)
 
 
-def sample_dpm_fast(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
+def sample_dpm_fast(model: Model, x: Tensor, sigmas: Tensor,
+                    extra_args: dict[str, Any] | None = None, *,
                     noise_sampler: NoiseSampler | None = None, eta: float = 0.0,
                     s_noise: float = 1.0) -> SamplerGen:
     """DPM-Solver-fast: len(sigmas) - 1 model evaluations on uniform steps in t."""
@@ -154,9 +159,12 @@ class PIDStepController:
         return accept
 
 
-def sample_dpm_adaptive(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                        noise_sampler: NoiseSampler | None = None, order: int = 3, rtol: float = 0.05,
-                        atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0, icoeff: float = 1.0,
+def sample_dpm_adaptive(model: Model, x: Tensor, sigmas: Tensor,
+                        extra_args: dict[str, Any] | None = None, *,
+                        noise_sampler: NoiseSampler | None = None, order: int = 3,
+                        rtol: float = 0.05,
+                        atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0,
+                        icoeff: float = 1.0,
                         dcoeff: float = 0.0, accept_safety: float = 0.81, eta: float = 0.0,
                         s_noise: float = 1.0) -> SamplerGen:
     """DPM-Solver-12 / -23 with adaptive steps; yields one event per accepted step."""
@@ -165,7 +173,8 @@ def sample_dpm_adaptive(model: Model, x: Tensor, sigmas: Tensor, extra_args: dic
     sigma_min, sigma_max = _sigma_range(sigmas)
     noise = require_noise(noise_sampler, x)
     s, t_end = -math.log(sigma_max), -math.log(sigma_min)
-    pid = PIDStepController(abs(h_init), 1.5 if eta else order, pcoeff, icoeff, dcoeff, accept_safety)
+    pid = PIDStepController(abs(h_init), 1.5 if eta else order, pcoeff, icoeff, dcoeff,
+                            accept_safety)
     x_prev, accepted = x, 0
     while s < t_end - 1e-5:
         cache = _EpsCache(model, extra_args)

@@ -34,7 +34,8 @@ def _lam(sigma: float) -> float:
     return -math.log(sigma)
 
 
-def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
+def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor,
+                              extra_args: dict[str, Any] | None = None, *,
                               noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
                               s_noise: float = 1.0) -> SamplerGen:
     """DPM-Solver++(2S), single-step second order, as an ancestral sampler."""
@@ -59,10 +60,12 @@ def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_arg
     return x
 
 
-def sample_dpmpp_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                     noise_sampler: NoiseSampler | None = None, eta: float = 1.0, s_noise: float = 1.0,
-                     r: float = 0.5) -> SamplerGen:
-    """DPM-Solver++ (stochastic, single-step second order), with an intermediate point at ratio r."""
+def sample_dpmpp_sde(model: Model, x: Tensor, sigmas: Tensor,
+                     extra_args: dict[str, Any] | None = None, *,
+                     noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
+                     s_noise: float = 1.0, r: float = 0.5) -> SamplerGen:
+    """DPM-Solver++ (stochastic, single-step second order), with an intermediate point at
+    ratio r."""
     sig = schedule_list(sigmas)
     noise = require_noise(noise_sampler, x)
     total = len(sig) - 1
@@ -71,14 +74,15 @@ def sample_dpmpp_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[s
         if sig[i + 1] == 0:
             x = x + to_d(x, sig[i], denoised) * (sig[i + 1] - sig[i])
         else:
-            x = _dpmpp_sde_step(model, x, denoised, sig[i], sig[i + 1], extra_args, noise, eta, s_noise, r)
+            x = _dpmpp_sde_step(model, x, denoised, sig[i], sig[i + 1], extra_args, noise, eta,
+                                s_noise, r)
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
     return x
 
 
 def _dpmpp_sde_step(model: Model, x: Tensor, denoised: Tensor, sigma: float, sigma_next: float,
-                    extra_args: dict[str, Any] | None, noise: NoiseSampler, eta: float, s_noise: float,
-                    r: float) -> Tensor:
+                    extra_args: dict[str, Any] | None, noise: NoiseSampler, eta: float,
+                    s_noise: float, r: float) -> Tensor:
     """One DPM++ SDE step: an ancestral half step to sigma_s, then the full step with mixed D."""
     lam, lam_next = _lam(sigma), _lam(sigma_next)
     h = lam_next - lam
@@ -96,7 +100,8 @@ def _dpmpp_sde_step(model: Model, x: Tensor, denoised: Tensor, sigma: float, sig
     return x + noise(sigma, sigma_next) * s_noise * su
 
 
-def sample_dpmpp_2m(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
+def sample_dpmpp_2m(model: Model, x: Tensor, sigmas: Tensor,
+                    extra_args: dict[str, Any] | None = None, *,
                     noise_sampler: NoiseSampler | None = None) -> SamplerGen:
     """DPM-Solver++(2M): second-order multistep, first order on the first and last step."""
     sig = schedule_list(sigmas)
@@ -119,8 +124,10 @@ def sample_dpmpp_2m(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[st
     return x
 
 
-def sample_dpmpp_2m_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                        noise_sampler: NoiseSampler | None = None, eta: float = 1.0, s_noise: float = 1.0,
+def sample_dpmpp_2m_sde(model: Model, x: Tensor, sigmas: Tensor,
+                        extra_args: dict[str, Any] | None = None, *,
+                        noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
+                        s_noise: float = 1.0,
                         solver_type: Literal["midpoint", "heun"] = "midpoint") -> SamplerGen:
     """DPM-Solver++(2M) SDE: multistep second order with eta-weighted noise."""
     if solver_type not in ("midpoint", "heun"):
@@ -154,7 +161,8 @@ def sample_dpmpp_2m_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dic
     return x
 
 
-def sample_dpmpp_3m_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
+def sample_dpmpp_3m_sde(model: Model, x: Tensor, sigmas: Tensor,
+                        extra_args: dict[str, Any] | None = None, *,
                         noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
                         s_noise: float = 1.0) -> SamplerGen:
     """DPM-Solver++(3M) SDE: third-order multistep with eta-weighted noise."""

@@ -35,10 +35,11 @@ from modules.sampling.base import (
 INF = float("inf")
 
 
-def sample_euler(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                 noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                 s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
-    """Euler's method, with optional churn (Karras et al. 2022, Algorithm 2 without the correction)."""
+def sample_euler(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                 *, noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
+    """Euler's method, with optional churn (Karras et al. 2022, Algorithm 2 without the
+    correction)."""
     sig = schedule_list(sigmas)
     total = len(sig) - 1
     for i in range(total):
@@ -51,7 +52,8 @@ def sample_euler(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, 
     return x
 
 
-def sample_euler_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
+def sample_euler_ancestral(model: Model, x: Tensor, sigmas: Tensor,
+                           extra_args: dict[str, Any] | None = None, *,
                            noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
                            s_noise: float = 1.0) -> SamplerGen:
     """Euler steps to sigma_down, then fresh noise up to sigma_next."""
@@ -69,9 +71,9 @@ def sample_euler_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_args: 
     return x
 
 
-def sample_heun(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
+def sample_heun(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                *, noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0,
+                s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
     """Heun's second-order method (Karras et al. 2022, Algorithm 2); Euler on the last step to 0."""
     sig = schedule_list(sigmas)
     total = len(sig) - 1
@@ -93,9 +95,9 @@ def sample_heun(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, A
     return x
 
 
-def sample_dpm_2(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                 noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                 s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
+def sample_dpm_2(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                 *, noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
     """DPM-Solver-2 in sigma form: the midpoint derivative taken at sqrt(sigma * sigma_next)."""
     sig = schedule_list(sigmas)
     total = len(sig) - 1
@@ -121,7 +123,8 @@ def _dpm_2_update(model: Model, x: Tensor, denoised: Tensor, sigma: float, sigma
     return x + d_2 * (sigma_next - sigma)
 
 
-def sample_dpm_2_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
+def sample_dpm_2_ancestral(model: Model, x: Tensor, sigmas: Tensor,
+                           extra_args: dict[str, Any] | None = None, *,
                            noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
                            s_noise: float = 1.0) -> SamplerGen:
     """DPM2 to sigma_down, then fresh noise up to sigma_next."""
@@ -143,7 +146,8 @@ def lms_coefficient(order: int, sig: list[float], i: int, j: int) -> float:
     nodes = [sig[i - k] for k in range(order)]
     # The basis polynomial: product over the other nodes of (tau - node_k) / (node_j - node_k).
     others = [node for k, node in enumerate(nodes) if k != j]
-    basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
+    basis = (np.polynomial.Polynomial.fromroots(others) if others
+             else np.polynomial.Polynomial([1.0]))
     basis = basis / math.prod(nodes[j] - node for node in others)
     antiderivative = basis.integ()
     return float(antiderivative(sig[i + 1]) - antiderivative(sig[i]))

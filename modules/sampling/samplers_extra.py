@@ -34,7 +34,8 @@ from modules.sampling.schedules import karras
 RestartPlan = dict[float, tuple[int, int, float]]  # at sigma ~ key: (steps + 1, times, sigma_max)
 
 
-def restart_segments(sigmas: list[float], restart_list: RestartPlan | None) -> list[tuple[float, float]]:
+def restart_segments(sigmas: list[float],
+                     restart_list: RestartPlan | None) -> list[tuple[float, float]]:
     """The (sigma, sigma_next) pairs the restart sampler walks, restarts included."""
     steps = len(sigmas) - 1
     if restart_list is None:
@@ -62,7 +63,8 @@ def restart_segments(sigmas: list[float], restart_list: RestartPlan | None) -> l
     return pairs
 
 
-def sample_restart(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
+def sample_restart(model: Model, x: Tensor, sigmas: Tensor,
+                   extra_args: dict[str, Any] | None = None, *,
                    noise_sampler: NoiseSampler | None = None, s_noise: float = 1.0,
                    restart_list: RestartPlan | None = None) -> SamplerGen:
     """Heun steps along the schedule, with noise re-injected at every restart."""

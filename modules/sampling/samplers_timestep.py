@@ -53,15 +53,15 @@ class UncondRecordingModel(Model, Protocol):
     last_uncond: Tensor | None
 
 
-def sample_ddim(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                noise_sampler: NoiseSampler | None = None, eta: float = 0.0) -> SamplerGen:
+def sample_ddim(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                *, noise_sampler: NoiseSampler | None = None, eta: float = 0.0) -> SamplerGen:
     """DDIM with stochasticity eta (0: deterministic)."""
     return _ddim(model, x, sigmas, extra_args, noise_sampler, eta, use_uncond_direction=False)
 
 
 def sample_ddim_cfgpp(model: UncondRecordingModel, x: Tensor, sigmas: Tensor,
-                      extra_args: dict[str, Any] | None = None, *, noise_sampler: NoiseSampler | None = None,
-                      eta: float = 0.0) -> SamplerGen:
+                      extra_args: dict[str, Any] | None = None, *,
+                      noise_sampler: NoiseSampler | None = None, eta: float = 0.0) -> SamplerGen:
     """DDIM CFG++: the re-noising direction uses the unconditional prediction."""
     return _ddim(model, x, sigmas, extra_args, noise_sampler, eta, use_uncond_direction=True)
 
@@ -91,11 +91,12 @@ def _last_uncond(model: Model) -> Tensor:
     return uncond
 
 
-AB_COEFFICIENTS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+AB_COEFFICIENTS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12),
+                   (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-def sample_plms(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                noise_sampler: NoiseSampler | None = None) -> SamplerGen:
+def sample_plms(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                *, noise_sampler: NoiseSampler | None = None) -> SamplerGen:
     """PLMS: Adams-Bashforth on eps (orders 2-4), pseudo improved Euler on the first step."""
     sig = schedule_list(sigmas)
     total = len(sig) - 1
@@ -106,7 +107,8 @@ def sample_plms(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, A
         if not old_eps and sig[i + 1] > 0:
             # Pseudo improved Euler: average eps here and at the Euler prediction.
             x_pred = x + eps * dt
-            eps_prime = (eps + to_d(x_pred, sig[i + 1], denoise(model, x_pred, sig[i + 1], extra_args))) / 2
+            eps_prime = (eps + to_d(x_pred, sig[i + 1],
+                                    denoise(model, x_pred, sig[i + 1], extra_args))) / 2
         else:
             history = [eps] + old_eps[::-1]
             coefficients = AB_COEFFICIENTS[min(len(old_eps), 3)]
@@ -118,8 +120,8 @@ def sample_plms(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, A
     return x
 
 
-def _unipc_update(model: Model, x: Tensor, history: list[tuple[Tensor, float]], sigma_t: float, order: int,
-                  variant: Literal["bh1", "bh2"], use_corrector: bool,
+def _unipc_update(model: Model, x: Tensor, history: list[tuple[Tensor, float]], sigma_t: float,
+                  order: int, variant: Literal["bh1", "bh2"], use_corrector: bool,
                   extra_args: dict[str, Any] | None) -> tuple[Tensor, Tensor | None]:
     """One UniP (predictor) step of the given order, plus the UniC corrector when asked."""
     m0, sigma_s = history[-1]
@@ -159,9 +161,10 @@ def _unipc_update(model: Model, x: Tensor, history: list[tuple[Tensor, float]], 
     return x_base - b_h * corr, model_t
 
 
-def sample_unipc(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-                 noise_sampler: NoiseSampler | None = None, order: int = 3,
-                 variant: Literal["bh1", "bh2"] = "bh1", lower_order_final: bool = True) -> SamplerGen:
+def sample_unipc(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+                 *, noise_sampler: NoiseSampler | None = None, order: int = 3,
+                 variant: Literal["bh1", "bh2"] = "bh1",
+                 lower_order_final: bool = True) -> SamplerGen:
     """UniPC multistep (data prediction); the order is capped by the number of steps."""
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
@@ -178,7 +181,8 @@ def sample_unipc(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, 
             # The exponential integrator's limit at sigma = 0 is the last data prediction.
             x, model_x = history[-1][0], None
         else:
-            x, model_x = _unipc_update(model, x, history, sig[step], step_order, variant, step < steps, extra_args)
+            x, model_x = _unipc_update(model, x, history, sig[step], step_order, variant,
+                                       step < steps, extra_args)
         if step < steps:
             if model_x is None:
                 model_x = denoise(model, x, sig[step], extra_args)

@@ -44,7 +44,8 @@ def sigma_to_t(sigma: float, model_sigmas: Tensor, quantize: bool = False) -> fl
     if quantize:
         return float((log_sigmas - log_sigma).abs().argmin())
     # The bracketing entries and the linear weight between them, clamped to the table.
-    high = int(torch.searchsorted(log_sigmas, torch.tensor([log_sigma], dtype=torch.float64)).clamp(1, len(log_sigmas) - 1))
+    position = torch.searchsorted(log_sigmas, torch.tensor([log_sigma], dtype=torch.float64))
+    high = int(position.clamp(1, len(log_sigmas) - 1))
     low_value, high_value = float(log_sigmas[high - 1]), float(log_sigmas[high])
     w = min(max((log_sigma - low_value) / (high_value - low_value), 0.0), 1.0)
     return (high - 1) + w
@@ -73,7 +74,8 @@ def normal(n: int, sigma_min: float, sigma_max: float, model_sigmas: Tensor, *, 
     return _with_zero(t_to_sigma(t, model_sigmas))
 
 
-def sgm_uniform(n: int, sigma_min: float, sigma_max: float, model_sigmas: Tensor, *, quantize: bool = True) -> Tensor:
+def sgm_uniform(n: int, sigma_min: float, sigma_max: float, model_sigmas: Tensor, *,
+                quantize: bool = True) -> Tensor:
     return normal(n, sigma_min, sigma_max, model_sigmas, sgm=True, quantize=quantize)
 
 
@@ -92,13 +94,15 @@ def exponential(n: int, sigma_min: float, sigma_max: float) -> Tensor:
 def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> Tensor:
     """Uniform in log sigma after a polynomial warp of the ramp."""
     ramp = np.linspace(1, 0, n) ** rho
-    return _with_zero(np.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
+    return _with_zero(np.exp(ramp * (math.log(sigma_max) - math.log(sigma_min))
+                             + math.log(sigma_min)))
 
 
 def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> Tensor:
     """tan of a linear ramp between atan(sigma_max) and atan(sigma_min); n + 1 values, no 0."""
     i = np.arange(n + 1) / n
-    return torch.as_tensor(np.tan(i * math.atan(sigma_min) + (1 - i) * math.atan(sigma_max))).float()
+    return torch.as_tensor(np.tan(i * math.atan(sigma_min)
+                                  + (1 - i) * math.atan(sigma_max))).float()
 
 
 def loglinear_interp(values: tuple[float, ...] | list[float], num: int) -> np.ndarray:
@@ -126,7 +130,8 @@ def ddim(n: int, model_sigmas: Tensor) -> Tensor:
     return _with_zero([float(model_sigmas[k]) for k in range(1, len(model_sigmas), stride)][::-1])
 
 
-def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta_: float = 0.6) -> Tensor:
+def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6,
+         beta_: float = 0.6) -> Tensor:
     """Beta(alpha, beta) quantiles of 1 - linspace(0, 1, n), mapped onto [sigma_min, sigma_max]."""
     from scipy import stats  # deferred: scipy is only needed for this schedule
 

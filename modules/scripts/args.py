@@ -96,8 +96,9 @@ def parse_args(args_type: type, payload: Any, *, script: str) -> Any:
         values: dict[str, Any] = {}
     elif isinstance(payload, (list, tuple)):
         if len(payload) > len(specs):
+            names = ", ".join(s.name for s in specs)
             raise ScriptArgsError(script, None, f"got {len(payload)} args but it takes "
-                                                f"{len(specs)} ({', '.join(s.name for s in specs)})")
+                                                f"{len(specs)} ({names})")
         values = {spec.name: value for spec, value in zip(specs, payload)}
     elif isinstance(payload, dict):
         known = {spec.name for spec in specs}

@@ -14,7 +14,8 @@ from modules.conditioning.tokenizer import ClipTokenizer
 CONTEXT_LENGTH = 77
 
 
-def token_ids(tokenizer: ClipTokenizer, captions: list[str], *, length: int = CONTEXT_LENGTH) -> torch.Tensor:
+def token_ids(tokenizer: ClipTokenizer, captions: list[str], *,
+              length: int = CONTEXT_LENGTH) -> torch.Tensor:
     """(len(captions), length) int64 ids: BOS, at most length - 2 tokens, EOS padding."""
     rows = []
     for ids in tokenizer.encode_batch(list(captions)):

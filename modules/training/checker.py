@@ -65,7 +65,8 @@ class CheckResult:
 
     @property
     def all_correct(self) -> bool:
-        return all(v is not False for v in (self.color, self.background, self.shape, self.position, self.size))
+        return all(v is not False for v in (self.color, self.background, self.shape, self.position,
+                                            self.size))
 
 
 def parse_prompt(prompt: str) -> ShapeLabels:
@@ -81,7 +82,8 @@ def parse_prompt(prompt: str) -> ShapeLabels:
     color = _find_one(subject, COLORS)
     if shape is None or color is None or background is None:
         raise ValueError(f"prompt {prompt!r} lacks a shape, a shape colour or a background colour")
-    position = next((p for p in sorted(POSITIONS, key=len, reverse=True) if f" {p} " in subject), None)
+    position = next((p for p in sorted(POSITIONS, key=len, reverse=True) if f" {p} " in subject),
+                    None)
     return ShapeLabels(shape=shape, color=color, background=background, position=position,
                        size=_find_one(subject, SIZES))
 
@@ -94,7 +96,8 @@ def _find_one(text: str, words: tuple[str, ...] | list[str]) -> str | None:
 
 def nearest_color(rgb: np.ndarray) -> str:
     """The palette name closest to an RGB triple."""
-    distances = {name: float(np.linalg.norm(rgb - np.array(value))) for name, value in PALETTE.items()}
+    distances = {name: float(np.linalg.norm(rgb - np.array(value)))
+                 for name, value in PALETTE.items()}
     return min(distances, key=distances.get)
 
 

@@ -50,14 +50,16 @@ def ldm_state_dict(*, family: Family, unet: UNetModel, vae: AutoencoderKL,
     return tensors
 
 
-def save_checkpoint(path: str | os.PathLike[str], *, family: Family, unet: UNetModel, vae: AutoencoderKL,
+def save_checkpoint(path: str | os.PathLike[str], *, family: Family, unet: UNetModel,
+                    vae: AutoencoderKL,
                     text_encoder: TextEncoder, dtype: torch.dtype = torch.float16,
                     title: str | None = None) -> Path:
     """Write the networks as `.safetensors` (floating tensors cast to `dtype`); returns the path."""
     path = Path(path)
     tensors = {
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
-        for k, v in ldm_state_dict(family=family, unet=unet, vae=vae, text_encoder=text_encoder).items()
+        for k, v in ldm_state_dict(family=family, unet=unet, vae=vae,
+                                   text_encoder=text_encoder).items()
     }
     metadata = demo_metadata(family) if title is None else demo_metadata(family, title=title)
     return save_model_file(tensors, path, metadata)

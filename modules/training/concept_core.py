@@ -86,7 +86,8 @@ class LatentCache:
         if self.fixed is not None:
             raw = self.fixed[index]
         else:
-            raw = self.means[index] + self.stds[index] * torch.randn(self.means[index].shape, generator=generator)
+            noise = torch.randn(self.means[index].shape, generator=generator)
+            raw = self.means[index] + self.stds[index] * noise
         return (raw - self.shift) * self.scale
 
 
@@ -155,7 +156,8 @@ class StepLoop:
     weight_decay: float = 0.0
 
 
-def optimise(parameters: Sequence[nn.Parameter], loop: StepLoop, micro_loss: Callable[[], torch.Tensor],
+def optimise(parameters: Sequence[nn.Parameter], loop: StepLoop,
+             micro_loss: Callable[[], torch.Tensor],
              *, start_step: int = 0) -> Generator[TrainingStep, str | None, int]:
     """AdamW over `parameters`; yields after each step; returns the steps taken.
 
@@ -176,7 +178,8 @@ def optimise(parameters: Sequence[nn.Parameter], loop: StepLoop, micro_loss: Cal
             loss.backward()
             total += float(loss.detach())
         if not math.isfinite(total):
-            raise FloatingPointError(f"the loss became {total} at step {step + 1}; lower the learn rate")
+            raise FloatingPointError(f"the loss became {total} at step {step + 1}; "
+                                     "lower the learn rate")
         _clip(parameters, loop)
         optimizer.step()
         step += 1
@@ -235,32 +238,38 @@ class ConceptTrainingOptions:
         check_common(batch_size=self.batch_size, gradient_step=self.gradient_step, steps=self.steps,
                      save_every=self.save_every, preview_every=self.preview_every,
                      tag_drop_out=self.tag_drop_out, clip_grad_mode=self.clip_grad_mode,
-                     clip_grad_value=self.clip_grad_value, latent_sampling_method=self.latent_sampling_method,
-                     seed=self.seed)
+                     clip_grad_value=self.clip_grad_value,
+                     latent_sampling_method=self.latent_sampling_method, seed=self.seed)
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
-            raise ParamsError("min_snr_gamma", f"must be positive or unset, got {self.min_snr_gamma}")
+            raise ParamsError("min_snr_gamma",
+                              f"must be positive or unset, got {self.min_snr_gamma}")
         return parse_learn_rate(self.learn_rate)
 
 
-def check_common(*, batch_size: int, gradient_step: int, steps: int, save_every: int, preview_every: int,
+def check_common(*, batch_size: int, gradient_step: int, steps: int, save_every: int,
+                 preview_every: int,
                  tag_drop_out: float, clip_grad_mode: str, clip_grad_value: float,
                  latent_sampling_method: str, seed: int = 0) -> None:
     """Validate the options both trainers share; errors name A1111's field names."""
-    whole_numbers = (("batch_size", batch_size, 1, MAX_BATCH), ("gradient_step", gradient_step, 1, 1000),
-                     ("steps", steps, 1, MAX_STEPS), ("save_embedding_every", save_every, 0, MAX_STEPS),
-                     ("create_image_every", preview_every, 0, MAX_STEPS), ("seed", seed, 0, 2**63 - 1))
+    whole_numbers = (("batch_size", batch_size, 1, MAX_BATCH),
+                     ("gradient_step", gradient_step, 1, 1000), ("steps", steps, 1, MAX_STEPS),
+                     ("save_embedding_every", save_every, 0, MAX_STEPS),
+                     ("create_image_every", preview_every, 0, MAX_STEPS),
+                     ("seed", seed, 0, 2**63 - 1))
     for field, value, low, high in whole_numbers:
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ParamsError(field, f"must be a whole number in {low}..{high}, got {value!r}")
     if not 0.0 <= tag_drop_out < 1.0:
         raise ParamsError("tag_drop_out", f"must be in [0, 1), got {tag_drop_out}")
     if clip_grad_mode not in CLIP_GRAD_MODES:
-        raise ParamsError("clip_grad_mode", f"{clip_grad_mode!r} is not one of {', '.join(CLIP_GRAD_MODES)}")
+        raise ParamsError("clip_grad_mode",
+                          f"{clip_grad_mode!r} is not one of {', '.join(CLIP_GRAD_MODES)}")
     if not (math.isfinite(clip_grad_value) and clip_grad_value > 0):
         raise ParamsError("clip_grad_value", f"must be a positive number, got {clip_grad_value}")
     if latent_sampling_method not in LATENT_SAMPLING_METHODS:
         raise ParamsError("latent_sampling_method",
-                          f"{latent_sampling_method!r} is not one of {', '.join(LATENT_SAMPLING_METHODS)}")
+                          f"{latent_sampling_method!r} is not one of "
+                          f"{', '.join(LATENT_SAMPLING_METHODS)}")
 
 
 def drive(training: Generator, *, progress: bool = True, desc: str = "training"):
@@ -285,14 +294,18 @@ def concept_parser(description: str, *, defaults: ConceptTrainingOptions, out: P
     parser = argparse.ArgumentParser(description=description)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bar", action="store_true", help="train the held-out bar of the demo set")
-    source.add_argument("--data-root", type=Path, help="a folder of images (captions in <stem>.txt)")
-    parser.add_argument("--template", type=Path, help="a prompt template file ([name], [filewords])")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to train against")
+    source.add_argument("--data-root", type=Path,
+                        help="a folder of images (captions in <stem>.txt)")
+    parser.add_argument("--template", type=Path,
+                        help="a prompt template file ([name], [filewords])")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="checkpoint to train against")
     parser.add_argument("--out", type=Path, default=out, help=out_help)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--learn-rate", default=defaults.learn_rate)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (small steps run fastest on one; 0: torch's default)")
+                        help="torch CPU threads "
+                             "(small steps run fastest on one; 0: torch's default)")
     return parser

@@ -80,7 +80,8 @@ def _filewords(image_path: Path) -> str:
     return LEADING_NUMBER.sub("", image_path.stem).strip()
 
 
-def read_template(templates_dir: Path, filename: str | None, *, field: str = "template_filename") -> list[str]:
+def read_template(templates_dir: Path, filename: str | None, *,
+                  field: str = "template_filename") -> list[str]:
     """The non-empty lines of a template file, looked up by name inside `templates_dir`.
 
     None or "" means the plain `[filewords]` template. A name is never joined into a

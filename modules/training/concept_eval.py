@@ -32,7 +32,8 @@ def bar_prompts(count: int = 8, *, seed: int = 4321) -> list[str]:
         color = COLORS[rng.integers(len(COLORS))]
         background = [c for c in COLORS if c != color][rng.integers(len(COLORS) - 1)]
         labels = ShapeLabels(shape="bar", color=color, background=background,
-                             position=list(POSITIONS)[i % len(POSITIONS)], size=SIZES[i % len(SIZES)])
+                             position=list(POSITIONS)[i % len(POSITIONS)],
+                             size=SIZES[i % len(SIZES)])
         prompts.append(caption_for(labels))
     return prompts
 
@@ -45,8 +46,8 @@ def with_lora(name: str, weight: float = 1.0) -> Callable[[str], str]:
     return lambda prompt: f"{prompt} <lora:{name}:{weight:g}>"
 
 
-def bar_images(runtime, transform: Callable[[str], str] = lambda p: p, *, prompts: Sequence[str] | None = None,
-               seeds: Sequence[int] = SEEDS) -> list:
+def bar_images(runtime, transform: Callable[[str], str] = lambda p: p, *,
+               prompts: Sequence[str] | None = None, seeds: Sequence[int] = SEEDS) -> list:
     """PIL images for every (prompt, seed), one batch of len(seeds) per prompt."""
     from modules.pipeline.params import Txt2ImgParams
     from modules.pipeline.txt2img import txt2img
@@ -54,7 +55,8 @@ def bar_images(runtime, transform: Callable[[str], str] = lambda p: p, *, prompt
     size = runtime.models.get().family.native_resolution
     images = []
     for prompt in prompts or bar_prompts():
-        params = Txt2ImgParams(prompt=transform(prompt), width=size, height=size, steps=20, cfg_scale=7.0,
+        params = Txt2ImgParams(prompt=transform(prompt), width=size, height=size, steps=20,
+                               cfg_scale=7.0,
                                sampler_name="DPM++ 2M", scheduler="Karras", seed=seeds[0],
                                batch_size=len(seeds), do_not_save_samples=True)
         images += list(_finish(txt2img(runtime, params)).images)
@@ -78,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Bar rates with and without a trained concept.")
     parser.add_argument("--embedding", help="embedding word (file stem in the embeddings folder)")
     parser.add_argument("--lora", help="LoRA name in the Lora folder")
-    parser.add_argument("--ckpt", type=Path, default=Path("models/Stable-diffusion/easel-demo.safetensors"))
+    parser.add_argument("--ckpt", type=Path,
+                        default=Path("models/Stable-diffusion/easel-demo.safetensors"))
     parser.add_argument("--data-dir", type=Path, default=Path("."), help="folder holding models/")
     args = parser.parse_args(argv)
     import torch
@@ -87,11 +90,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from modules.runtime import Runtime
 
     torch.set_num_threads(1)
-    runtime = Runtime.create(parse_args(["--data-dir", str(args.data_dir), "--ckpt", str(args.ckpt)]))
+    runtime = Runtime.create(parse_args(["--data-dir", str(args.data_dir), "--ckpt",
+                                         str(args.ckpt)]))
     runtime.ready.set()
     print(f"plain 'bar': {bar_rate(bar_images(runtime)):.2f}")
     if args.embedding:
-        print(f"embedding {args.embedding}: {bar_rate(bar_images(runtime, with_word(args.embedding))):.2f}")
+        rate = bar_rate(bar_images(runtime, with_word(args.embedding)))
+        print(f"embedding {args.embedding}: {rate:.2f}")
     if args.lora:
         print(f"<lora:{args.lora}:1>: {bar_rate(bar_images(runtime, with_lora(args.lora))):.2f}")
 

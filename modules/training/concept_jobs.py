@@ -96,11 +96,13 @@ def template_lines(runtime, filename: str) -> list[str]:
 
 
 def log_folder(runtime, params: ConceptDataParams, name: str) -> Path:
-    """`<data dir>/<log_directory>/<date>/<name>`; the log directory must stay inside the data dir."""
+    """`<data dir>/<log_directory>/<date>/<name>`; the log directory must stay inside the data
+    dir."""
     base = runtime.paths.data_dir.resolve()
     folder = (base / (params.log_directory or "textual_inversion")).resolve()
     if not folder.is_relative_to(base):
-        raise ParamsError("log_directory", f"{params.log_directory!r} leads outside the data directory")
+        raise ParamsError("log_directory",
+                          f"{params.log_directory!r} leads outside the data directory")
     return folder / datetime.date.today().isoformat() / name
 
 
@@ -115,10 +117,13 @@ def training_size(params: ConceptDataParams, native: int) -> tuple[int, int]:
 
 
 def _common(params: ConceptDataParams) -> dict:
-    return dict(learn_rate=params.learn_rate, batch_size=params.batch_size, gradient_step=params.gradient_step,
-                steps=params.steps, save_every=params.save_embedding_every, preview_every=params.create_image_every,
+    return dict(learn_rate=params.learn_rate, batch_size=params.batch_size,
+                gradient_step=params.gradient_step,
+                steps=params.steps, save_every=params.save_embedding_every,
+                preview_every=params.create_image_every,
                 shuffle_tags=params.shuffle_tags, tag_drop_out=params.tag_drop_out,
-                latent_sampling_method=params.latent_sampling_method, clip_grad_mode=params.clip_grad_mode,
+                latent_sampling_method=params.latent_sampling_method,
+                clip_grad_mode=params.clip_grad_mode,
                 clip_grad_value=params.clip_grad_value, seed=params.seed)
 
 
@@ -129,8 +134,8 @@ def embedding_config(params: TrainEmbeddingParams) -> EmbeddingTrainingConfig:
 
 
 def lora_config(params: TrainLoraParams) -> LoraTrainingConfig:
-    config = LoraTrainingConfig(rank=params.rank, alpha=params.alpha, text_encoder=params.text_encoder,
-                                **_common(params))
+    config = LoraTrainingConfig(rank=params.rank, alpha=params.alpha,
+                                text_encoder=params.text_encoder, **_common(params))
     config.validate()
     return config
 
@@ -154,30 +159,37 @@ def validate_lora_training(runtime, params: TrainLoraParams) -> Path:
     return runtime.paths.lora_dir / f"{clean_name(params.lora_name, field='lora_name')}.safetensors"
 
 
-def create_embedding_job(runtime, params: CreateEmbeddingParams) -> Generator[Progress, str | None, Path]:
+def create_embedding_job(
+    runtime, params: CreateEmbeddingParams,
+) -> Generator[Progress, str | None, Path]:
     """Write a new embedding for the current model; returns its path."""
     loaded = runtime.models.get()
     spec = loaded.family.text_encoders[0]
     if loaded.family.is_sdxl:
         raise ParamsError("name", "creating SDXL embeddings is not supported")
     path = create_embedding(
-        folder=runtime.paths.embeddings_dir, name=params.name, tokenizer=loaded.conditioner.tokenizer,
+        folder=runtime.paths.embeddings_dir, name=params.name,
+        tokenizer=loaded.conditioner.tokenizer,
         token_embedding=loaded.model.text_encoders[spec.name].token_embedding.weight,
         num_vectors_per_token=params.num_vectors_per_token, overwrite_old=params.overwrite_old,
-        init_text=params.init_text, sd_checkpoint=loaded.shorthash, sd_checkpoint_name=loaded.info.name)
+        init_text=params.init_text, sd_checkpoint=loaded.shorthash,
+        sd_checkpoint_name=loaded.info.name)
     runtime.networks.embeddings.refresh()
     return path
     yield  # a generator with no steps: the job queue drives every job the same way
 
 
-def train_embedding_job(runtime, params: TrainEmbeddingParams) -> Generator[Progress, str | None, TrainedEmbedding]:
+def train_embedding_job(
+    runtime, params: TrainEmbeddingParams,
+) -> Generator[Progress, str | None, TrainedEmbedding]:
     embedding_file = validate_embedding_training(runtime, params)
     loaded, model = _private_model(runtime)
     width, height = training_size(params, loaded.family.native_resolution)
     items = folder_items(params.data_root, width=width, height=height)
     training = embedding_training(
         model, embedding_file=embedding_file, items=items, config=embedding_config(params),
-        template=template_lines(runtime, params.template_filename), tokenizer=loaded.conditioner.tokenizer,
+        template=template_lines(runtime, params.template_filename),
+        tokenizer=loaded.conditioner.tokenizer,
         log_dir=log_folder(runtime, params, embedding_file.stem), checkpoint_hash=loaded.shorthash,
         checkpoint_name=loaded.info.name)
     result = yield from as_progress(training, "embedding")
@@ -185,7 +197,9 @@ def train_embedding_job(runtime, params: TrainEmbeddingParams) -> Generator[Prog
     return result
 
 
-def train_lora_job(runtime, params: TrainLoraParams) -> Generator[Progress, str | None, TrainedLora]:
+def train_lora_job(
+    runtime, params: TrainLoraParams,
+) -> Generator[Progress, str | None, TrainedLora]:
     out = validate_lora_training(runtime, params)
     loaded, model = _private_model(runtime)
     width, height = training_size(params, loaded.family.native_resolution)
@@ -193,7 +207,8 @@ def train_lora_job(runtime, params: TrainLoraParams) -> Generator[Progress, str 
     training = lora_training(model, out=out, items=items, config=lora_config(params),
                              tokenizer=loaded.conditioner.tokenizer,
                              template=template_lines(runtime, params.template_filename),
-                             log_dir=log_folder(runtime, params, out.stem), checkpoint_name=loaded.info.name)
+                             log_dir=log_folder(runtime, params, out.stem),
+                             checkpoint_name=loaded.info.name)
     result = yield from as_progress(training, "LoRA")
     runtime.networks.loras.refresh()
     return result

@@ -28,16 +28,19 @@ def preview_image(model: StableDiffusionModel, tokenizer: ClipTokenizer, prompt:
                   text_encoder=None, steps: int = 20, cfg_scale: float = 7.0) -> Image.Image:
     """One sample of `prompt` with the given (trained) embedding table / U-Net call."""
     family = model.family
-    context = encode_prompts(model, tokenizer, [prompt], embeddings=embeddings, text_encoder=text_encoder)
+    context = encode_prompts(model, tokenizer, [prompt], embeddings=embeddings,
+                             text_encoder=text_encoder)
     uncond = encode_prompts(model, tokenizer, [""], text_encoder=text_encoder)
     side = family.native_resolution // family.vae.downscale
-    noise = torch.randn((1, family.latent_channels, side, side), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn((1, family.latent_channels, side, side),
+                        generator=torch.Generator().manual_seed(seed))
     table = model_sigmas(family.schedule)
     denoiser = Denoiser(unet or model.unet, sigmas=table, prediction=family.prediction)
 
     # Classifier-free guidance, conditional and unconditional rows in one call.
     def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([context, uncond]))
+        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                        context=torch.cat([context, uncond]))
         cond, unc = both.chunk(2)
         return unc + cfg_scale * (cond - unc)
 

@@ -88,9 +88,11 @@ class DemoRecipe:
 
     def seeded(self, seed: int) -> "DemoRecipe":
         """The same recipe with every stage seeded from `seed`."""
-        return replace(self, vae=replace(self.vae, seed=seed), decoder=replace(self.decoder, seed=seed),
-                       unet=replace(self.unet, seed=seed), controlnet=replace(self.controlnet, seed=seed),
-                       refine=tuple(replace(r, seed=seed + 1 + i) for i, r in enumerate(self.refine)))
+        return replace(self, vae=replace(self.vae, seed=seed),
+                       decoder=replace(self.decoder, seed=seed), unet=replace(self.unet, seed=seed),
+                       controlnet=replace(self.controlnet, seed=seed),
+                       refine=tuple(replace(r, seed=seed + 1 + i)
+                                    for i, r in enumerate(self.refine)))
 
     def scaled(self, fraction: float) -> "DemoRecipe":
         """A shorter run: step counts and the training set multiplied by `fraction`."""
@@ -100,7 +102,8 @@ class DemoRecipe:
             self,
             vae=replace(self.vae, steps=part(self.vae.steps)),
             decoder=replace(self.decoder, steps=part(self.decoder.steps)),
-            unet=replace(self.unet, steps=part(self.unet.steps), dataset_groups=part(self.unet.dataset_groups)),
+            unet=replace(self.unet, steps=part(self.unet.steps),
+                         dataset_groups=part(self.unet.dataset_groups)),
             refine=tuple(replace(r, steps=part(r.steps), dataset_groups=part(r.dataset_groups))
                          for r in self.refine),
             controlnet=replace(self.controlnet, steps=part(self.controlnet.steps),
@@ -108,8 +111,8 @@ class DemoRecipe:
         )
 
 
-def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: AutoencoderKL | None = None,
-               snapshot_every: int = 0) -> Path:
+def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True,
+               vae: AutoencoderKL | None = None, snapshot_every: int = 0) -> Path:
     """Run every stage of `recipe` and write the checkpoint to `out`.
 
     :param vae: an autoencoder already trained by this recipe's VAE stages (skips them)
@@ -135,8 +138,9 @@ def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: Aut
         save_checkpoint(out.with_name(f"{out.stem}-step{step}{out.suffix}"), family=family,
                         unet=unet_avg, vae=vae, text_encoder=text_avg)
 
-    train_unet(unet=unet, text_encoder=text_encoder, data=data, scale_factor=family.vae.scale_factor,
-               schedule=family.schedule, training=recipe.unet, empty_ids=token_ids(tokenizer, [""])[0],
+    train_unet(unet=unet, text_encoder=text_encoder, data=data,
+               scale_factor=family.vae.scale_factor, schedule=family.schedule, training=recipe.unet,
+               empty_ids=token_ids(tokenizer, [""])[0],
                progress=progress, snapshot=snapshot, snapshot_every=snapshot_every)
     for round_index, refine in enumerate(recipe.refine):
         data = build_latent_set(vae=vae, tokenizer=tokenizer, groups=refine.dataset_groups,
@@ -148,20 +152,23 @@ def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True, vae: Aut
     return save_checkpoint(out, family=family, unet=unet, vae=vae, text_encoder=text_encoder)
 
 
-def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path, progress: bool = True) -> list[Path]:
+def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path,
+                 progress: bool = True) -> list[Path]:
     """The files that ship beside the demo checkpoint, trained on it (stage 6)."""
     from modules.training.train_controlnet import save_controlnet, train_controlnet
     from modules.training.train_embedding import BAR_EMBEDDING_CONFIG, train_bar_embedding
     from modules.training.train_lora import BAR_LORA_CONFIG, train_bar_lora
 
     controlnet, _ = train_controlnet(base=checkpoint, config=recipe.controlnet, progress=progress)
-    written = [save_controlnet(controlnet, models / "ControlNet" / "easel-demo-silhouette.safetensors",
+    written = [save_controlnet(controlnet,
+                               models / "ControlNet" / "easel-demo-silhouette.safetensors",
                                base_title=checkpoint.stem)]
     fraction = recipe.controlnet.steps / ControlNetTrainingConfig(steps=1200).steps
     # The embedding's training log (and its .pt twin) go beside the models folder.
     log = {"log_dir": models.parent / "textual_inversion" / "easel-bar"}
-    for train, config, folder, options in ((train_bar_embedding, BAR_EMBEDDING_CONFIG, "embeddings", log),
-                                           (train_bar_lora, BAR_LORA_CONFIG, "Lora", {})):
+    for train, config, folder, options in (
+            (train_bar_embedding, BAR_EMBEDDING_CONFIG, "embeddings", log),
+            (train_bar_lora, BAR_LORA_CONFIG, "Lora", {})):
         config = replace(config, steps=max(2, round(config.steps * fraction)))
         out = models / folder / "easel-bar.safetensors"
         train(checkpoint, config=config, out=out, progress=progress, **options)
@@ -189,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = train_demo(recipe, out=args.out, snapshot_every=args.snapshot_every)
     if args.extras:
         train_extras(recipe, checkpoint=path, models=args.out.parent.parent)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.perf_counter() - start) / 60:.1f} min")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ warm-up), the benchmark for "one image at native size in at most 3 s".
 
 Run it with:
 
-    python -m modules.training.evaluate [--checkpoint models/Stable-diffusion/easel-demo.safetensors]
+    python -m modules.training.evaluate \\
+        [--checkpoint models/Stable-diffusion/easel-demo.safetensors]
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def load_model(path: str | Path) -> StableDiffusionModel:
 
 @torch.no_grad()
 def generate(model: StableDiffusionModel, prompts: Sequence[str], seeds: Sequence[int], *,
-             tokenizer: ClipTokenizer, settings: SamplingSettings = SamplingSettings()) -> np.ndarray:
+             tokenizer: ClipTokenizer,
+             settings: SamplingSettings = SamplingSettings()) -> np.ndarray:
     """One image per (prompt, seed) pair: (N, H, W, 3) uint8 at the native resolution."""
     family: Family = model.family
     encoder = next(iter(model.text_encoders.values()))
@@ -73,7 +75,8 @@ def generate(model: StableDiffusionModel, prompts: Sequence[str], seeds: Sequenc
 
     # Classifier-free guidance: one batched call for the conditional and unconditional rows.
     def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([context, uncond]))
+        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                        context=torch.cat([context, uncond]))
         cond, unc = both.chunk(2)
         return unc + settings.cfg_scale * (cond - unc)
 
@@ -84,13 +87,15 @@ def generate(model: StableDiffusionModel, prompts: Sequence[str], seeds: Sequenc
     return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def evaluate(model: StableDiffusionModel, *, prompt_count: int = 24, seeds: Sequence[int] = (0, 1, 2, 3),
-             settings: SamplingSettings = SamplingSettings(), batch_size: int = 8) -> dict[str, float]:
+def evaluate(model: StableDiffusionModel, *, prompt_count: int = 24,
+             seeds: Sequence[int] = (0, 1, 2, 3), settings: SamplingSettings = SamplingSettings(),
+             batch_size: int = 8) -> dict[str, float]:
     """Accuracy per attribute over prompts x seeds, plus "seconds_per_image"."""
     tokenizer = ClipTokenizer()
     pairs = [(p, s) for p in evaluation_prompts(prompt_count) for s in seeds]
     verdicts: dict[str, list[bool]] = {name: [] for name in attribute_names()}
-    both: list[bool] = []  # shape colour and background right in the same image (the issue's figure)
+    # shape colour and background right in the same image (the issue's figure)
+    both: list[bool] = []
     start = time.perf_counter()
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
@@ -124,11 +129,13 @@ def benchmark(model: StableDiffusionModel, *, repeats: int = 5,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Check the demo model's images with the pixel checker.")
+    parser = argparse.ArgumentParser(
+        description="Check the demo model's images with the pixel checker.")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -24,7 +24,8 @@ from torch import nn
 class Trainer:
     """AdamW on a list of parameters, with linear warm-up, cosine decay and grad clipping."""
 
-    def __init__(self, *, parameters: Iterable[nn.Parameter], learning_rate: float, total_steps: int,
+    def __init__(self, *, parameters: Iterable[nn.Parameter], learning_rate: float,
+                 total_steps: int,
                  warmup_steps: int = 100, weight_decay: float = 0.0, final_lr_fraction: float = 0.1,
                  grad_clip: float | None = 1.0, betas: tuple[float, float] = (0.9, 0.99)) -> None:
         """
@@ -49,7 +50,8 @@ class Trainer:
         """Warm-up then cosine decay from the peak to `final_lr_fraction` of it."""
         if step < self.warmup_steps:
             return self.peak_lr * (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        progress = min(1.0,
+                       (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
         return self.peak_lr * (self.final_lr_fraction + (1 - self.final_lr_fraction) * cosine)
 

@@ -29,8 +29,8 @@ from modules.models.sd_model import StableDiffusionModel
 from modules.networks.names import UNET, NameMap, Target, text_prefixes
 from modules.nn.transformer import SpatialTransformer
 
-TEXT_LAYER_ENDINGS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                      "mlp.fc1", "mlp.fc2")
+TEXT_LAYER_ENDINGS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
 
 
 def unet_attention_paths(model: StableDiffusionModel) -> set[str]:

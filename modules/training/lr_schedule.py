@@ -47,7 +47,8 @@ def parse_learn_rate(text: str, *, field: str = "learn_rate") -> LearnRateSchedu
         if until is None and index != len(items) - 1:
             raise ParamsError(field, f"{item!r} has no step, so it must be the last piece")
         if until is not None and pieces and until <= (pieces[-1][1] or 0):
-            raise ParamsError(field, f"steps must increase, but {item!r} follows step {pieces[-1][1]}")
+            raise ParamsError(field,
+                              f"steps must increase, but {item!r} follows step {pieces[-1][1]}")
         pieces.append((rate, until))
     return LearnRateSchedule(tuple(pieces))
 

@@ -152,7 +152,8 @@ def random_truth(rng: np.random.Generator, *, shapes: tuple[str, ...] = SHAPES) 
     )
 
 
-def caption_labels(truth: ShapeLabels, rng: np.random.Generator, *, omit_probability: float) -> ShapeLabels:
+def caption_labels(truth: ShapeLabels, rng: np.random.Generator, *,
+                   omit_probability: float) -> ShapeLabels:
     """The labels a caption mentions: size and position are each left out sometimes."""
     omit_size, omit_position = rng.random(2) < omit_probability
     return ShapeLabels(
@@ -179,7 +180,8 @@ def make_sample(seed: int, index: int, *, resolution: int = 64, omit_probability
 def make_batch(seed: int, start: int, count: int, *, resolution: int = 64,
                omit_probability: float = 0.15) -> tuple[np.ndarray, list[str]]:
     """Samples start .. start + count - 1 as (count, H, W, 3) uint8 images and captions."""
-    samples = [make_sample(seed, start + i, resolution=resolution, omit_probability=omit_probability)
+    samples = [make_sample(seed, start + i, resolution=resolution,
+                           omit_probability=omit_probability)
                for i in range(count)]
     return np.stack([s.image for s in samples]), [s.caption for s in samples]
 

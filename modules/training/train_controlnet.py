@@ -10,7 +10,8 @@ To make the map win over the words, half of the training captions name a *differ
 position than the picture has (and some name none): the only reliable source of the
 position is then the map. Shape, colour and background still come from the caption.
 
-    python -m modules.training.train_controlnet --out models/ControlNet/easel-demo-silhouette.safetensors
+    python -m modules.training.train_controlnet \\
+        --out models/ControlNet/easel-demo-silhouette.safetensors
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def hint_tensor(maps: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(maps)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def training_caption(truth: ShapeLabels, rng: np.random.Generator, config: ControlNetTrainingConfig) -> str:
+def training_caption(truth: ShapeLabels, rng: np.random.Generator,
+                     config: ControlNetTrainingConfig) -> str:
     """A caption true in shape, colours and size, whose position is often wrong or absent."""
     draw = rng.random()
     position = truth.position
@@ -102,8 +104,8 @@ def training_caption(truth: ShapeLabels, rng: np.random.Generator, config: Contr
         position = others[rng.integers(len(others))]
     elif draw < config.position_mismatch + config.position_omitted:
         position = None
-    return caption_for(ShapeLabels(shape=truth.shape, color=truth.color, background=truth.background,
-                                   position=position, size=truth.size))
+    return caption_for(ShapeLabels(shape=truth.shape, color=truth.color,
+                                   background=truth.background, position=position, size=truth.size))
 
 
 def make_control_sample(seed: int, index: int, config: ControlNetTrainingConfig
@@ -142,8 +144,9 @@ def controlnet_from_unet(unet) -> ControlNet:
     return controlnet
 
 
-def control_loss(*, controlnet: ControlNet, unet, text_encoder, data: ControlSet, rows: torch.Tensor,
-                 scale_factor: float, alphas_cumprod: torch.Tensor, config: ControlNetTrainingConfig,
+def control_loss(*, controlnet: ControlNet, unet, text_encoder, data: ControlSet,
+                 rows: torch.Tensor, scale_factor: float, alphas_cumprod: torch.Tensor,
+                 config: ControlNetTrainingConfig,
                  empty_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Min-SNR-weighted eps MSE of the frozen U-Net steered by the ControlNet, on `rows`."""
     noise = torch.randn(data.means[rows].shape, generator=generator)
@@ -165,7 +168,8 @@ def control_loss(*, controlnet: ControlNet, unet, text_encoder, data: ControlSet
 
 def train_controlnet(*, base: str | os.PathLike[str], config: ControlNetTrainingConfig,
                      progress: bool = True) -> tuple[ControlNet, list[float]]:
-    """Train a silhouette ControlNet for the checkpoint at `base`; returns it (EMA weights) and the losses."""
+    """Train a silhouette ControlNet for the checkpoint at `base`; returns it (EMA weights) and
+    the losses."""
     _, family = inspect_checkpoint(base)
     model = load_model(base)
     unet, vae = model.model.diffusion_model, model.first_stage_model
@@ -202,7 +206,8 @@ def save_controlnet(controlnet: ControlNet, path: str | os.PathLike[str], *, bas
                     dtype: torch.dtype = torch.float16) -> Path:
     """Write `controlnet` in the LDM layout (`control_model.` names) as fp16 `.safetensors`."""
     path = Path(path)
-    tensors = {LDM_PREFIX + k: v.detach().to(dtype).contiguous() for k, v in controlnet.state_dict().items()}
+    tensors = {LDM_PREFIX + k: v.detach().to(dtype).contiguous()
+               for k, v in controlnet.state_dict().items()}
     metadata = {"modelspec.title": "Easel demo silhouette ControlNet",
                 "modelspec.architecture": "stable-diffusion-v1/controlnet",
                 "easel.base_model": base_title,
@@ -223,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = ControlNetTrainingConfig(steps=args.steps, seed=args.seed)
     controlnet, _ = train_controlnet(base=args.base, config=config)
     path = save_controlnet(controlnet, args.out, base_title=args.base.stem)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {(time.perf_counter() - start) / 60:.1f} min")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

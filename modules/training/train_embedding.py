@@ -84,7 +84,8 @@ BAR_IMAGES = 400
 
 @dataclass
 class TrainedEmbedding:
-    """What a run produced: the files written, the last step, the losses, whether it was cut short."""
+    """What a run produced: the files written, the last step, the losses, whether it was cut
+    short."""
 
     paths: list[Path]
     step: int
@@ -92,9 +93,11 @@ class TrainedEmbedding:
     interrupted: bool = False
 
 
-def embedding_training(model: StableDiffusionModel, *, embedding_file: Path, items: Sequence[ConceptItem],
+def embedding_training(model: StableDiffusionModel, *, embedding_file: Path,
+                       items: Sequence[ConceptItem],
                        config: EmbeddingTrainingConfig, template: Sequence[str] = ("[filewords]",),
-                       tokenizer: ClipTokenizer, outputs: Sequence[Path] = (), log_dir: Path | None = None,
+                       tokenizer: ClipTokenizer, outputs: Sequence[Path] = (),
+                       log_dir: Path | None = None,
                        checkpoint_hash: str | None = None, checkpoint_name: str | None = None,
                        ) -> Generator[TrainingStep, str | None, TrainedEmbedding]:
     """Train the embedding in `embedding_file` (a generator: one event per step).
@@ -111,7 +114,8 @@ def embedding_training(model: StableDiffusionModel, *, embedding_file: Path, ite
     vectors = _trainable_vectors(loaded.vectors, spec.config.hidden_size)
     start, total = loaded.step or 0, schedule.total_steps(config.steps)
     _check_usable(name, start, total, template, items)
-    table = EmbeddingTable([TextualInversion(name, tuple(tokenizer.encode(name)), {spec.name: vectors})])
+    table = EmbeddingTable([TextualInversion(name, tuple(tokenizer.encode(name)),
+                                             {spec.name: vectors})])
     generator = torch.Generator().manual_seed(config.seed)
     cache = LatentCache(model, items, method=config.latent_sampling_method, generator=generator)
     batches = Batches(len(items), batch_size=config.batch_size, seed=config.seed)
@@ -134,7 +138,8 @@ def embedding_training(model: StableDiffusionModel, *, embedding_file: Path, ite
     loop = StepLoop(schedule=schedule, total_steps=total, gradient_step=config.gradient_step,
                     clip_grad_mode=config.clip_grad_mode, clip_grad_value=config.clip_grad_value)
     result = TrainedEmbedding(paths=[], step=start)
-    preview_prompt = make_prompt(items[0].filewords, replace(options, tag_drop_out=0.0), random.Random(0))
+    preview_prompt = make_prompt(items[0].filewords, replace(options, tag_drop_out=0.0),
+                                 random.Random(0))
 
     def save(step: int) -> None:
         save_embedding(snapshot(step), log_dir / "embeddings" / f"{name}-{step}.pt")
@@ -150,32 +155,40 @@ def embedding_training(model: StableDiffusionModel, *, embedding_file: Path, ite
         preview_every=config.preview_every, preview=preview if logging else None)
     result.interrupted = result.step < total
     final = snapshot(result.step)
-    result.paths = [save_embedding(final, path) for path in dict.fromkeys([embedding_file, *outputs])]
+    result.paths = [save_embedding(final, path)
+                    for path in dict.fromkeys([embedding_file, *outputs])]
     return result
 
 
-def _check_usable(name: str, start: int, total: int, template: Sequence[str], items: Sequence[ConceptItem]) -> None:
+def _check_usable(name: str, start: int, total: int, template: Sequence[str],
+                  items: Sequence[ConceptItem]) -> None:
     """A run that would do nothing is an error that says why."""
     if start >= total:
-        raise ParamsError("steps", f"{name} is already trained for {start} steps (asked for {total})")
-    if not any("[name]" in line for line in template) and not any(name in item.filewords for item in items):
-        raise ParamsError("template_filename", f"no template line has [name] and no caption names {name!r}, "
-                                               "so the embedding would never be used")
+        raise ParamsError("steps",
+                          f"{name} is already trained for {start} steps (asked for {total})")
+    if (not any("[name]" in line for line in template)
+            and not any(name in item.filewords for item in items)):
+        raise ParamsError("template_filename",
+                          f"no template line has [name] and no caption names {name!r}, "
+                          "so the embedding would never be used")
 
 
 def _trainable_vectors(vectors: dict[str, torch.Tensor], width: int) -> torch.nn.Parameter:
     if SINGLE not in vectors:
-        raise ParamsError("embedding_name", "an SDXL embedding (clip_l + clip_g) cannot be trained here")
+        raise ParamsError("embedding_name",
+                          "an SDXL embedding (clip_l + clip_g) cannot be trained here")
     rows = vectors[SINGLE]
     if rows.shape[-1] != width:
-        raise ParamsError("embedding_name", f"vector width {rows.shape[-1]} does not fit this model "
-                                            f"(its text encoder is {width} wide)")
+        raise ParamsError("embedding_name",
+                          f"vector width {rows.shape[-1]} does not fit this model "
+                          f"(its text encoder is {width} wide)")
     return torch.nn.Parameter(rows.detach().float().clone())
 
 
 def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, out: Path,
                         data_root: Path | None = None, template: Sequence[str] = ("[filewords]",),
-                        vectors: int = BAR_VECTORS, init_text: str = "shape", images: int = BAR_IMAGES,
+                        vectors: int = BAR_VECTORS, init_text: str = "shape",
+                        images: int = BAR_IMAGES,
                         log_dir: Path | None = None, progress: bool = True) -> TrainedEmbedding:
     """Create an embedding named `out.stem` and train it on `data_root`'s images (A1111's
     dataset folder) or, without one, on `images` pictures of the held-out bar.
@@ -190,7 +203,8 @@ def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, ou
     log_dir = log_dir or Path("textual_inversion") / word
     encoder = model.text_encoders[model.family.text_encoders[0].name]
     seed_file = create_embedding(folder=log_dir, name=word, tokenizer=tokenizer, overwrite_old=True,
-                                 token_embedding=encoder.token_embedding.weight, num_vectors_per_token=vectors,
+                                 token_embedding=encoder.token_embedding.weight,
+                                 num_vectors_per_token=vectors,
                                  init_text=init_text, sd_checkpoint_name=model_path.stem)
     size = model.family.native_resolution
     items = (folder_items(data_root, width=size, height=size) if data_root is not None
@@ -198,13 +212,15 @@ def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, ou
     # The log folder's .pt is trained in place; `out` (and a .safetensors twin when `out`
     # is a .pt itself) get the result too.
     outputs = [out] + ([seed_file.with_suffix(".safetensors")] if out.suffix == ".pt" else [])
-    training = embedding_training(model, embedding_file=seed_file, items=items, config=config, template=template,
+    training = embedding_training(model, embedding_file=seed_file, items=items, config=config,
+                                  template=template,
                                   tokenizer=tokenizer, outputs=outputs, log_dir=log_dir,
                                   checkpoint_name=model_path.stem)
     return drive(training, progress=progress, desc="embedding")
 
 
-def train_bar_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTrainingConfig = BAR_EMBEDDING_CONFIG,
+def train_bar_embedding(model_path: Path = DEFAULT_MODEL, *,
+                        config: EmbeddingTrainingConfig = BAR_EMBEDDING_CONFIG,
                         out: Path = DEFAULT_OUT, **options) -> TrainedEmbedding:
     """The held-out bar of the demo set (the demo recipe's extra stage)."""
     return train_new_embedding(model_path, config=config, out=out, **options)
@@ -213,9 +229,11 @@ def train_bar_embedding(model_path: Path = DEFAULT_MODEL, *, config: EmbeddingTr
 def main(argv: Sequence[str] | None = None) -> None:
     parser = concept_parser("Train a textual-inversion embedding on a frozen model.",
                             defaults=BAR_EMBEDDING_CONFIG, out=DEFAULT_OUT,
-                            out_help="embedding file to write (.safetensors or .pt); its stem is the word")
+                            out_help="embedding file to write (.safetensors or .pt); "
+                                     "its stem is the word")
     parser.add_argument("--init-text", default="shape", help="initialisation text of the vectors")
-    parser.add_argument("--log-dir", type=Path, help="where the twin file goes (default textual_inversion/<word>)")
+    parser.add_argument("--log-dir", type=Path,
+                        help="where the twin file goes (default textual_inversion/<word>)")
     parser.add_argument("--vectors", type=int, default=BAR_VECTORS, help="vectors per token")
     args = parser.parse_args(argv)
     if args.threads:
@@ -229,9 +247,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.data_root else ("[filewords]",)
     began = time.perf_counter()
     try:
-        result = train_new_embedding(args.model, config=config, out=args.out, data_root=args.data_root,
-                                     template=template, vectors=args.vectors, init_text=args.init_text,
-                                     log_dir=args.log_dir)
+        result = train_new_embedding(args.model, config=config, out=args.out,
+                                     data_root=args.data_root,
+                                     template=template, vectors=args.vectors,
+                                     init_text=args.init_text, log_dir=args.log_dir)
     except ParamsError as error:
         parser.error(str(error))
     print(f"wrote {', '.join(map(str, result.paths))} after {result.step} steps "

@@ -118,7 +118,8 @@ def kohya_metadata(*, name: str, family: Family, config: LoraTrainingConfig, che
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": str(config.rank),
         "ss_network_alpha": str(config.alpha), "ss_network_args": json.dumps({}),
-        "ss_output_name": name, "ss_base_model_version": version, "ss_v2": str(version.startswith("sd_v2")),
+        "ss_output_name": name, "ss_base_model_version": version,
+        "ss_v2": str(version.startswith("sd_v2")),
         "ss_sd_model_name": checkpoint_name, "ss_resolution": f"({size}, {size})",
         "ss_training_started_at": f"{started:.3f}", "ss_training_finished_at": f"{time.time():.3f}",
         "ss_learning_rate": config.learn_rate, "ss_max_train_steps": str(config.steps),
@@ -144,61 +145,69 @@ def save_lora(network: LoraNetwork, path: Path, metadata: dict[str, str]) -> Pat
 
 
 def lora_training(model: StableDiffusionModel, *, out: Path, items: Sequence[ConceptItem],
-                  config: LoraTrainingConfig, tokenizer: ClipTokenizer, template: Sequence[str] = ("[filewords]",),
+                  config: LoraTrainingConfig, tokenizer: ClipTokenizer,
+                  template: Sequence[str] = ("[filewords]",),
                   log_dir: Path | None = None, checkpoint_name: str = "",
                   ) -> Generator[TrainingStep, str | None, TrainedLora]:
     """Train a new LoRA on `items` and write it to `out` (a generator: one event per step)."""
     schedule = config.validate()
     model.requires_grad_(False)  # only the LoRA factors learn
     generator = torch.Generator().manual_seed(config.seed)
-    network = LoraNetwork(model=model, rank=config.rank, alpha=config.alpha, text_encoder=config.text_encoder,
-                          generator=generator)
+    network = LoraNetwork(model=model, rank=config.rank, alpha=config.alpha,
+                          text_encoder=config.text_encoder, generator=generator)
     unet = network.unet_call(model.unet)
     spec = model.family.text_encoders[0]
     encoder = (network.text_encoder_call(spec.name, model.text_encoders[spec.name])
                if config.text_encoder else None)
     cache = LatentCache(model, items, method=config.latent_sampling_method, generator=generator)
     batches = Batches(len(items), batch_size=config.batch_size, seed=config.seed)
-    options = PromptOptions(name=out.stem, template=tuple(template), shuffle_tags=config.shuffle_tags,
-                            tag_drop_out=config.tag_drop_out)
+    options = PromptOptions(name=out.stem, template=tuple(template),
+                            shuffle_tags=config.shuffle_tags, tag_drop_out=config.tag_drop_out)
     rng, alphas, started = random.Random(config.seed), training_alphas(model), time.time()
 
     def micro_loss() -> torch.Tensor:
         rows = batches.next()
         prompts = [make_prompt(items[row].filewords, options, rng) for row in rows]
         context = encode_prompts(model, tokenizer, prompts, text_encoder=encoder)
-        return noise_prediction_loss(unet, cache.latents(rows, generator), context, alphas_cumprod=alphas,
-                                     generator=generator, min_snr_gamma=config.min_snr_gamma)
+        return noise_prediction_loss(unet, cache.latents(rows, generator), context,
+                                     alphas_cumprod=alphas, generator=generator,
+                                     min_snr_gamma=config.min_snr_gamma)
 
     def write(path: Path, step: int) -> Path:
-        return save_lora(network, path, kohya_metadata(name=out.stem, family=model.family, config=config,
-                                                       checkpoint_name=checkpoint_name, started=started,
-                                                       steps=step, items=items))
+        return save_lora(network, path,
+                         kohya_metadata(name=out.stem, family=model.family, config=config,
+                                        checkpoint_name=checkpoint_name,
+                                        started=started, steps=step, items=items))
 
     total = schedule.total_steps(config.steps)
     loop = StepLoop(schedule=schedule, total_steps=total, gradient_step=config.gradient_step,
                     clip_grad_mode=config.clip_grad_mode, clip_grad_value=config.clip_grad_value)
     result = TrainedLora(path=out, step=0)
-    preview_prompt = make_prompt(items[0].filewords, replace(options, tag_drop_out=0.0), random.Random(0))
+    preview_prompt = make_prompt(items[0].filewords, replace(options, tag_drop_out=0.0),
+                                 random.Random(0))
 
     def preview(step: int) -> None:
         with torch.no_grad():
-            image = preview_image(model, tokenizer, preview_prompt, seed=config.seed, unet=unet, text_encoder=encoder)
+            image = preview_image(model, tokenizer, preview_prompt, seed=config.seed, unet=unet,
+                                  text_encoder=encoder)
         save_preview(image, log_dir / "images", out.stem, step)
 
     logging = log_dir is not None
     result.step = yield from with_checkpoints(
         optimise(list(network.parameters()), loop, micro_loss), losses=result.losses,
         save_every=config.save_every, preview_every=config.preview_every,
-        save=(lambda step: write(log_dir / "Lora" / f"{out.stem}-{step}.safetensors", step)) if logging else None,
+        save=((lambda step: write(log_dir / "Lora" / f"{out.stem}-{step}.safetensors", step))
+              if logging else None),
         preview=preview if logging else None)
     result.interrupted = result.step < total
     write(out, result.step)
     return result
 
 
-def train_new_lora(model_path: Path, *, config: LoraTrainingConfig, out: Path, data_root: Path | None = None,
-                   template: Sequence[str] = ("[filewords]",), word: str = "bar", images: int = BAR_IMAGES,
+def train_new_lora(model_path: Path, *, config: LoraTrainingConfig, out: Path,
+                   data_root: Path | None = None,
+                   template: Sequence[str] = ("[filewords]",), word: str = "bar",
+                   images: int = BAR_IMAGES,
                    log_dir: Path | None = None, progress: bool = True) -> TrainedLora:
     """Train a LoRA on `data_root`'s images (A1111's dataset folder) or, without one, on
     `images` pictures of the held-out bar captioned with `word`; writes `out`."""
@@ -211,7 +220,8 @@ def train_new_lora(model_path: Path, *, config: LoraTrainingConfig, out: Path, d
     return drive(training, progress=progress, desc="lora")
 
 
-def train_bar_lora(model_path: Path = DEFAULT_MODEL, *, config: LoraTrainingConfig = BAR_LORA_CONFIG,
+def train_bar_lora(model_path: Path = DEFAULT_MODEL, *,
+                   config: LoraTrainingConfig = BAR_LORA_CONFIG,
                    out: Path = DEFAULT_OUT, **options) -> TrainedLora:
     """The held-out bar of the demo set (the demo recipe's extra stage): with
     `<lora:easel-bar:1>`, "bar" in a prompt of the shapes family should draw a bar."""
@@ -219,7 +229,8 @@ def train_bar_lora(model_path: Path = DEFAULT_MODEL, *, config: LoraTrainingConf
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = concept_parser("Train a LoRA (kohya format) on a frozen model.", defaults=BAR_LORA_CONFIG,
+    parser = concept_parser("Train a LoRA (kohya format) on a frozen model.",
+                            defaults=BAR_LORA_CONFIG,
                             out=DEFAULT_OUT, out_help="the .safetensors to write")
     parser.add_argument("--rank", type=int, default=BAR_LORA_CONFIG.rank)
     parser.add_argument("--alpha", type=float, default=BAR_LORA_CONFIG.alpha)
@@ -227,16 +238,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = replace(BAR_LORA_CONFIG, steps=args.steps, learn_rate=args.learn_rate, batch_size=args.batch_size,
-                     rank=args.rank, alpha=args.alpha, text_encoder=args.text_encoder, seed=args.seed)
-    template = read_template(args.template.parent, args.template.name) if args.template else ("[filewords]",)
+    config = replace(BAR_LORA_CONFIG, steps=args.steps, learn_rate=args.learn_rate,
+                     batch_size=args.batch_size,
+                     rank=args.rank, alpha=args.alpha, text_encoder=args.text_encoder,
+                     seed=args.seed)
+    template = (read_template(args.template.parent, args.template.name) if args.template
+                else ("[filewords]",))
     began = time.perf_counter()
     try:
         result = train_new_lora(args.model, config=config, out=args.out, data_root=args.data_root,
                                 template=template)
     except ParamsError as error:
         parser.error(str(error))
-    print(f"wrote {result.path} after {result.step} steps in {(time.perf_counter() - began) / 60:.1f} min")
+    minutes = (time.perf_counter() - began) / 60
+    print(f"wrote {result.path} after {result.step} steps in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -77,11 +77,13 @@ def build_latent_set(*, vae: AutoencoderKL, tokenizer: ClipTokenizer, groups: in
         images.append(group_images)
         captions.append(caption)
     means, stds = encode_latents(vae, np.concatenate(images), progress=progress)
-    return LatentSet(means=means, stds=stds, token_ids=token_ids(tokenizer, captions), repeats=repeats)
+    return LatentSet(means=means, stds=stds, token_ids=token_ids(tokenizer, captions),
+                     repeats=repeats)
 
 
 def draw_batch(data: LatentSet, *, groups: int, scale_factor: float, empty_ids: torch.Tensor,
-               caption_dropout: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+               caption_dropout: float,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled latent samples (groups * repeats, C, h, w) and token ids (groups, 77)."""
     chosen = torch.randint(data.groups, (groups,), generator=generator)
     rows = (chosen[:, None] * data.repeats + torch.arange(data.repeats)).flatten()
@@ -94,10 +96,11 @@ def draw_batch(data: LatentSet, *, groups: int, scale_factor: float, empty_ids: 
     return latents, ids
 
 
-def diffusion_loss(unet: UNetModel, text_encoder: TextEncoder, latents: torch.Tensor, ids: torch.Tensor, *,
-                   alphas_cumprod: torch.Tensor, generator: torch.Generator,
+def diffusion_loss(unet: UNetModel, text_encoder: TextEncoder, latents: torch.Tensor,
+                   ids: torch.Tensor, *, alphas_cumprod: torch.Tensor, generator: torch.Generator,
                    min_snr_gamma: float | None) -> torch.Tensor:
-    """Min-SNR-weighted eps-prediction MSE; each caption in `ids` covers len(latents) / len(ids) latents."""
+    """Min-SNR-weighted eps-prediction MSE; each caption in `ids` covers len(latents) / len(ids)
+    latents."""
     context = text_encoder(ids).hidden.repeat_interleave(latents.shape[0] // ids.shape[0], dim=0)
     timesteps = torch.randint(len(alphas_cumprod), (latents.shape[0],), generator=generator)
     noise = torch.randn(latents.shape, generator=generator)

@@ -85,7 +85,8 @@ class DecoderTrainingConfig:
     seed: int = 0
 
 
-def finetune_decoder(vae: AutoencoderKL, *, training: DecoderTrainingConfig, progress: bool = True) -> AutoencoderKL:
+def finetune_decoder(vae: AutoencoderKL, *, training: DecoderTrainingConfig,
+                     progress: bool = True) -> AutoencoderKL:
     """Sharpen the decoder with the encoder frozen, as SD's ft-MSE decoders were made.
 
     The latent space does not move, so a U-Net trained on this encoder's latents (even

@@ -53,7 +53,8 @@ def layout(state: Tensors) -> str | None:
 
 def _from_old(state: Tensors) -> Tensors:
     out: Tensors = {}
-    convs = sorted({int(m.group(1)) for k in state if (m := re.match(r"^model\.(\d+)\.weight$", k))})
+    convs = sorted({int(m.group(1)) for k in state
+                    if (m := re.match(r"^model\.(\d+)\.weight$", k))})
     last_sub = max(int(m.group(1)) for k in state
                    if (m := re.match(r"^model\.1\.sub\.(\d+)\.weight$", k)))
     tail = [c for c in convs if c >= 2]  # up convs, then HR conv, then the last conv

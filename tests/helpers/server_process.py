@@ -45,7 +45,8 @@ def launch_command(*flags: str, python: str = sys.executable) -> list[str]:
 
 @contextlib.contextmanager
 def running_server(data_dir: Path, *flags: str, port: int | None = None,
-                   env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[ServerProcess]:
+                   env: dict[str, str] | None = None,
+                   timeout: float = 300) -> Iterator[ServerProcess]:
     """Start `launch.py` with `flags` and yield once `/` answers; stop it afterwards."""
     port = port or free_port()
     log_path = data_dir / "server.log"

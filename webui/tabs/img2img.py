@@ -92,7 +92,8 @@ def _mode_tabs() -> tuple[gr.Tabs, dict[str, Any], dict[str, Any], dict[str, gr.
             pictures["image"] = gr.Image(label="Image for img2img", type="pil", format="png",
                                          image_mode="RGBA", sources=["upload", "clipboard"],
                                          height=EDITOR_HEIGHT, elem_id=f"{PREFIX}_image")
-        with gr.Tab("Sketch", id="sketch", elem_id=f"{PREFIX}_img2img_sketch_tab") as tabs["sketch"]:
+        with gr.Tab("Sketch", id="sketch",
+                    elem_id=f"{PREFIX}_img2img_sketch_tab") as tabs["sketch"]:
             pictures["sketch"] = _editor("sketch", "Image for img2img", SKETCH_COLORS)
         with gr.Tab("Inpaint", id="inpaint", elem_id=f"{PREFIX}_inpaint_tab") as tabs["inpaint"]:
             pictures["inpaint"] = _editor("inpaint", "Image for inpainting with mask",

@@ -28,12 +28,14 @@ from webui.widgets import REFRESH_SYMBOL, checkpoint_titles, tool_button
 LABELS = {
     "primary_model_name": "Primary model (A)", "secondary_model_name": "Secondary model (B)",
     "tertiary_model_name": "Tertiary model (C)", "custom_name": "Custom Name (Optional)",
-    "multiplier": "Multiplier (M) - set to 0 to get model A", "interp_method": "Interpolation Method",
+    "multiplier": "Multiplier (M) - set to 0 to get model A",
+    "interp_method": "Interpolation Method",
     "checkpoint_format": "Checkpoint format", "save_as_half": "Save as float16",
     "config_source": "Copy config from", "bake_in_vae": "Bake in VAE",
     "discard_weights": "Discard weights with matching name", "save_metadata": "Save metadata",
     "add_merge_recipe": "Add merge recipe metadata",
-    "copy_metadata_fields": "Copy metadata from merged models", "metadata_json": "Metadata in JSON format",
+    "copy_metadata_fields": "Copy metadata from merged models",
+    "metadata_json": "Metadata in JSON format",
 }
 MODEL_FIELDS = ("primary_model_name", "secondary_model_name", "tertiary_model_name")
 FIELD_ORDER = (*MODEL_FIELDS, "custom_name", "multiplier", "interp_method", "checkpoint_format",
@@ -76,7 +78,8 @@ def _options(runtime, f: dict[str, Any]) -> None:
     f["multiplier"] = gr.Slider(0.0, 1.0, step=0.05, value=0.3, label=LABELS["multiplier"],
                                 elem_id="modelmerger_interp_amount")
     f["interp_method"] = gr.Radio(list(INTERP_METHODS), value="Weighted sum",
-                                  label=LABELS["interp_method"], elem_id="modelmerger_interp_method")
+                                  label=LABELS["interp_method"],
+                                  elem_id="modelmerger_interp_method")
     with gr.Row():
         f["checkpoint_format"] = gr.Radio(list(CHECKPOINT_FORMATS), value="safetensors",
                                           label=LABELS["checkpoint_format"],
@@ -84,10 +87,12 @@ def _options(runtime, f: dict[str, Any]) -> None:
         f["save_as_half"] = gr.Checkbox(value=False, label=LABELS["save_as_half"],
                                         elem_id="modelmerger_save_as_half")
     f["config_source"] = gr.Radio(list(CONFIG_SOURCES), value=CONFIG_SOURCES[0],
-                                  label=LABELS["config_source"], elem_id="modelmerger_config_method")
+                                  label=LABELS["config_source"],
+                                  elem_id="modelmerger_config_method")
     with gr.Row():
         f["bake_in_vae"] = gr.Dropdown(choices=vae_choices(runtime), value="None",
-                                       label=LABELS["bake_in_vae"], elem_id="modelmerger_bake_in_vae")
+                                       label=LABELS["bake_in_vae"],
+                                       elem_id="modelmerger_bake_in_vae")
     f["discard_weights"] = gr.Textbox(label=LABELS["discard_weights"],
                                       elem_id="modelmerger_discard_weights")
     with gr.Accordion("Metadata", open=False):

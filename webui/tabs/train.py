@@ -35,15 +35,20 @@ POLL_SECONDS = 0.5
 
 # Widget labels (A1111's where it has the widget), by params field: errors name them.
 LABELS = {
-    "name": "Name", "init_text": "Initialization text", "num_vectors_per_token": "Number of vectors per token",
-    "overwrite_old": "Overwrite Old Embedding", "embedding_name": "Embedding", "lora_name": "LoRA name",
-    "learn_rate": "Learning rate", "batch_size": "Batch size", "gradient_step": "Gradient accumulation steps",
-    "data_root": "Dataset directory", "log_directory": "Log directory", "template_filename": "Prompt template",
+    "name": "Name", "init_text": "Initialization text",
+    "num_vectors_per_token": "Number of vectors per token",
+    "overwrite_old": "Overwrite Old Embedding", "embedding_name": "Embedding",
+    "lora_name": "LoRA name", "learn_rate": "Learning rate", "batch_size": "Batch size",
+    "gradient_step": "Gradient accumulation steps",
+    "data_root": "Dataset directory", "log_directory": "Log directory",
+    "template_filename": "Prompt template",
     "training_width": "Width", "training_height": "Height", "steps": "Max steps",
     "create_image_every": "Save an image to log directory every N steps, 0 to disable",
     "save_embedding_every": "Save a copy to log directory every N steps, 0 to disable",
-    "shuffle_tags": "Shuffle tags by ',' when creating prompts", "tag_drop_out": "Drop out tags when creating prompts",
-    "latent_sampling_method": "Choose latent sampling method", "clip_grad_mode": "Gradient Clipping",
+    "shuffle_tags": "Shuffle tags by ',' when creating prompts",
+    "tag_drop_out": "Drop out tags when creating prompts",
+    "latent_sampling_method": "Choose latent sampling method",
+    "clip_grad_mode": "Gradient Clipping",
     "clip_grad_value": "Gradient clipping value", "seed": "Seed", "rank": "Network rank (dim)",
     "alpha": "Network alpha", "text_encoder": "Train the text encoder too",
 }
@@ -59,18 +64,22 @@ class TrainTab:
 
 def embedding_names(runtime) -> list[str]:
     folder = runtime.paths.embeddings_dir
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in (".pt", ".safetensors")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.iterdir() if p.suffix in (".pt", ".safetensors"))
 
 
 def template_names(runtime) -> list[str]:
-    return sorted({p.name for folder in templates_dirs(runtime) if folder.is_dir() for p in folder.glob("*.txt")})
+    return sorted({p.name for folder in templates_dirs(runtime) if folder.is_dir()
+                   for p in folder.glob("*.txt")})
 
 
 def _widget(name: str, kind, **kwargs):
     return kind(label=LABELS[name], elem_id=f"train_{name}", **kwargs)
 
 
-def _data_widgets(runtime, defaults: ConceptDataParams, prefix: str) -> dict[str, gr.components.Component]:
+def _data_widgets(runtime, defaults: ConceptDataParams,
+                  prefix: str) -> dict[str, gr.components.Component]:
     """The dataset / optimisation widgets both trainers share, keyed by params field."""
     w: dict[str, gr.components.Component] = {}
 
@@ -80,13 +89,17 @@ def _data_widgets(runtime, defaults: ConceptDataParams, prefix: str) -> dict[str
         w["learn_rate"] = labelled("learn_rate", gr.Textbox, value=defaults.learn_rate)
         w["clip_grad_mode"] = labelled("clip_grad_mode", gr.Dropdown, choices=list(CLIP_GRAD_MODES),
                                       value=defaults.clip_grad_mode)
-        w["clip_grad_value"] = labelled("clip_grad_value", gr.Number, value=defaults.clip_grad_value)
+        w["clip_grad_value"] = labelled("clip_grad_value", gr.Number,
+                                        value=defaults.clip_grad_value)
     with gr.Row():
         w["batch_size"] = labelled("batch_size", gr.Number, value=defaults.batch_size, precision=0)
-        w["gradient_step"] = labelled("gradient_step", gr.Number, value=defaults.gradient_step, precision=0)
-    w["data_root"] = labelled("data_root", gr.Textbox, placeholder="Path to a directory with input images")
+        w["gradient_step"] = labelled("gradient_step", gr.Number, value=defaults.gradient_step,
+                                      precision=0)
+    w["data_root"] = labelled("data_root", gr.Textbox,
+                              placeholder="Path to a directory with input images")
     w["log_directory"] = labelled("log_directory", gr.Textbox, value=defaults.log_directory)
-    w["template_filename"] = labelled("template_filename", gr.Dropdown, choices=template_names(runtime),
+    w["template_filename"] = labelled("template_filename", gr.Dropdown,
+                                      choices=template_names(runtime),
                                      value=defaults.template_filename)
     with gr.Row():
         w["training_width"] = labelled("training_width", gr.Number, value=0, precision=0,
@@ -94,13 +107,15 @@ def _data_widgets(runtime, defaults: ConceptDataParams, prefix: str) -> dict[str
         w["training_height"] = labelled("training_height", gr.Number, value=0, precision=0)
     w["steps"] = labelled("steps", gr.Number, value=defaults.steps, precision=0)
     with gr.Row():
-        w["create_image_every"] = labelled("create_image_every", gr.Number, value=defaults.create_image_every,
+        w["create_image_every"] = labelled("create_image_every", gr.Number,
+                                           value=defaults.create_image_every,
                                           precision=0)
         w["save_embedding_every"] = labelled("save_embedding_every", gr.Number,
                                             value=defaults.save_embedding_every, precision=0)
     with gr.Row():
         w["shuffle_tags"] = labelled("shuffle_tags", gr.Checkbox, value=False)
-        w["tag_drop_out"] = labelled("tag_drop_out", gr.Slider, minimum=0, maximum=0.95, step=0.05, value=0)
+        w["tag_drop_out"] = labelled("tag_drop_out", gr.Slider, minimum=0, maximum=0.95, step=0.05,
+                                     value=0)
     w["latent_sampling_method"] = labelled("latent_sampling_method", gr.Radio, value="once",
                                           choices=list(LATENT_SAMPLING_METHODS))
     w["seed"] = labelled("seed", gr.Number, value=0, precision=0)
@@ -113,17 +128,20 @@ def build(runtime) -> TrainTab:
         with gr.Tab("Create embedding", id="train_create_embedding"):
             create = {"name": _widget("name", gr.Textbox),
                       "init_text": _widget("init_text", gr.Textbox, value="*"),
-                      "num_vectors_per_token": _widget("num_vectors_per_token", gr.Slider, minimum=1,
-                                                       maximum=75, step=1, value=1),
+                      "num_vectors_per_token": _widget("num_vectors_per_token", gr.Slider,
+                                                       minimum=1, maximum=75, step=1, value=1),
                       "overwrite_old": _widget("overwrite_old", gr.Checkbox, value=False)}
-            create_button = gr.Button("Create embedding", variant="primary", elem_id="train_create_button")
-            outputs["create_info"] = gr.Textbox(label="Output", interactive=False, elem_id="train_create_info")
+            create_button = gr.Button("Create embedding", variant="primary",
+                                      elem_id="train_create_button")
+            outputs["create_info"] = gr.Textbox(label="Output", interactive=False,
+                                                elem_id="train_create_info")
         with gr.Tab("Train embedding", id="train_embedding"):
             embedding = {"embedding_name": _widget("embedding_name", gr.Dropdown,
                                                    choices=embedding_names(runtime))}
             refresh = gr.Button("🔄", elem_id="train_refresh_embeddings", size="sm")
             embedding |= _data_widgets(runtime, TrainEmbeddingParams(), "train_embedding")
-            embedding_button = gr.Button("Train Embedding", variant="primary", elem_id="train_embedding_button")
+            embedding_button = gr.Button("Train Embedding", variant="primary",
+                                         elem_id="train_embedding_button")
         with gr.Tab("Train LoRA", id="train_lora"):
             defaults = TrainLoraParams()
             lora = {"lora_name": _widget("lora_name", gr.Textbox),
@@ -141,7 +159,8 @@ def build(runtime) -> TrainTab:
     return tab
 
 
-def _wire(runtime, tab: TrainTab, create_button, refresh, embedding_button, lora_button, interrupt) -> None:
+def _wire(runtime, tab: TrainTab, create_button, refresh, embedding_button, lora_button,
+          interrupt) -> None:
     def create(*values):
         return create_embedding_action(runtime, dict(zip(tab.create, values)))
 
@@ -157,8 +176,8 @@ def _wire(runtime, tab: TrainTab, create_button, refresh, embedding_button, lora
     progress = [tab.outputs["progress"], tab.outputs["info"]]
     create_button.click(create, list(tab.create.values()),
                         [tab.outputs["create_info"], tab.embedding["embedding_name"]])
-    refresh.click(lambda: gr.Dropdown(choices=embedding_names(runtime)), None, tab.embedding["embedding_name"],
-                  queue=False)
+    refresh.click(lambda: gr.Dropdown(choices=embedding_names(runtime)), None,
+                  tab.embedding["embedding_name"], queue=False)
     embedding_button.click(train_embedding, list(tab.embedding.values()), progress)
     lora_button.click(train_lora, list(tab.lora.values()), progress)
     interrupt.click(stop, None, None, queue=False)
@@ -171,8 +190,8 @@ def _params(cls, values: dict[str, Any]):
     for key in ("training_width", "training_height"):
         if key in kept and not kept[key]:
             kept[key] = None
-    for key in ("batch_size", "gradient_step", "steps", "create_image_every", "save_embedding_every", "seed",
-                "rank", "num_vectors_per_token"):
+    for key in ("batch_size", "gradient_step", "steps", "create_image_every",
+                "save_embedding_every", "seed", "rank", "num_vectors_per_token"):
         if isinstance(kept.get(key), float) and kept[key].is_integer():
             kept[key] = int(kept[key])
     return cls(**kept)
@@ -199,8 +218,9 @@ def train_embedding_action(runtime, values: dict[str, Any]) -> Iterator[tuple[st
     except ParamsError as error:
         raise _ui_error(error) from error
     job = runtime.jobs.submit(lambda: train_embedding_job(runtime, params))
-    yield from _poll(runtime, job, lambda r: f"Embedding saved to {', '.join(map(str, r.paths))} "
-                                             f"at step {r.step}" + (" (interrupted)" if r.interrupted else ""))
+    yield from _poll(runtime, job,
+                     lambda r: f"Embedding saved to {', '.join(map(str, r.paths))} "
+                               f"at step {r.step}" + (" (interrupted)" if r.interrupted else ""))
 
 
 def train_lora_action(runtime, values: dict[str, Any]) -> Iterator[tuple[str, str]]:

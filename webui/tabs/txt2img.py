@@ -90,8 +90,8 @@ def upscale_selected(runtime, values: dict[str, Any], gallery, results: dict[str
     seed, instead of a first pass (`firstpass_image`, as A1111's button)."""
     picture, _ = selected_image(gallery, results)
     params = checked_params(runtime, {**values, "enable_hr": True})
-    params = dataclasses.replace(params, firstpass_image=picture.convert("RGB"), width=picture.width,
-                                 height=picture.height, batch_size=1, n_iter=1,
+    params = dataclasses.replace(params, firstpass_image=picture.convert("RGB"),
+                                 width=picture.width, height=picture.height, batch_size=1, n_iter=1,
                                  seed=reuse_seed(results, "seeds"))
     try:
         params.validate()
