@@ -7,7 +7,12 @@ It lives here, below every room, so that no lower layer imports the pipeline for
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
+
+# A run of characters starting with "/" that is not part of a word, URL or relative path.
+_PATH_LIKE = re.compile(r"(?<![\w.:/\\~-])/[^\s'\"<>|]+")
 
 
 class ParamsError(ValueError):
@@ -25,3 +30,18 @@ def require_number(name: str, value: Any, low: float, high: float) -> None:
         raise ParamsError(name, f"expected a number, got {value!r}")
     if not low <= value <= high:
         raise ParamsError(name, f"{value} is outside [{low}, {high}]")
+
+
+def without_paths(text: str) -> str:
+    """`text` with absolute server paths cut to their last part (`/srv/models/x.ckpt` ->
+    `x.ckpt`), for messages sent to clients. Only paths whose top folder exists on this
+    machine are cut, so URL paths such as `/sdapi/v1/txt2img` stay as written."""
+    def shorten(match: re.Match) -> str:
+        found = match.group(0)
+        path = found.rstrip(".,;:)]}'\"")
+        parts = path.strip("/").split("/")
+        if not os.path.exists(path) and not os.path.isdir("/" + parts[0]):
+            return found
+        return parts[-1] + found[len(path):]
+
+    return _PATH_LIKE.sub(shorten, text)

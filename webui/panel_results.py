@@ -23,6 +23,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from modules.errors import without_paths
 from modules.imaging.grid import image_grid
 from modules.imaging.save import save_image
 from modules.models.errors import ModelLoadError
@@ -95,7 +96,7 @@ def gr_error(error: Exception) -> gr.Error:
     """A visible error naming the widget for a `ParamsError`, else the message."""
     if isinstance(error, ParamsError):
         return gr.Error(f"{F.label_for(error.field)}: {error.reason}")
-    return gr.Error(str(error))
+    return gr.Error(without_paths(str(error)))
 
 
 def poll_job(runtime, job, *, started: float, folder: str) -> Iterator[tuple]:
@@ -121,8 +122,8 @@ def poll_job(runtime, job, *, started: float, folder: str) -> Iterator[tuple]:
 
 def finished(runtime, result, *, started: float, folder: str) -> tuple:
     """What the page shows for a `GenerationResult` (a grid first for several images)."""
-    for warning in result.warnings:
-        gr.Warning(warning)
+    for warning in dict.fromkeys(result.warnings):
+        gr.Warning(without_paths(warning))
     has_grid = result.extra.get("grid_included", False)
     with_grid = not has_grid and len(result.images) > 1 and runtime.settings.current.return_grid
     first = [0] if with_grid else []  # the grid shows the first image's parameters

@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modules.errors import without_paths
+from modules.jobs import JobInterrupted
 from modules.models.errors import ModelLoadError
 from modules.pipeline.params import ParamsError
 from modules.settings import SettingsError
@@ -52,10 +54,12 @@ def status_for(exc: BaseException) -> int:
         return exc.status_code
     if isinstance(exc, (ParamsError, SettingsError, StyleError)):
         return 422
-    if isinstance(exc, ModelLoadError):
-        return 404 if "no such checkpoint" in str(exc) else 500
+    if isinstance(exc, ModelLoadError):  # a file that cannot be used is never a crash
+        return 404 if "no such checkpoint" in str(exc) else 422
     if isinstance(exc, PermissionError):
         return 403
+    if isinstance(exc, JobInterrupted):  # a queued job cancelled because the server stops
+        return 503
     if isinstance(exc, NotImplementedError):
         return 501
     return 500
@@ -67,7 +71,10 @@ def response_for(exc: BaseException) -> JSONResponse:
         log.error("API error: %s", exc, exc_info=exc)
     detail = exc.detail if isinstance(exc, ApiError) else str(exc)
     name = exc.error if isinstance(exc, ApiError) else type(exc).__name__
-    return JSONResponse(error_body(name, detail, errors=str(exc)), status_code=status)
+    if isinstance(detail, str):  # clients never see where the server keeps its files
+        detail = without_paths(detail)
+    body = error_body(name, detail, errors=without_paths(str(exc)))
+    return JSONResponse(body, status_code=status)
 
 
 def _validation_items(exc: RequestValidationError) -> list[dict[str, Any]]:

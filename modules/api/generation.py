@@ -216,10 +216,11 @@ def to_img2img_params(request: Img2ImgRequest, runtime) -> Img2ImgParams:
         raise ApiError(404, "Init image not found")
     settings = runtime.settings.current
     limit = input_pixel_limit(runtime)
-    images = [decode_image(text, settings, field=f"init_images[{index}]", max_pixels=limit)
-              for index, text in enumerate(request.init_images)]
-    mask = (decode_image(request.mask, settings, field="mask", max_pixels=limit)
-            if request.mask else None)
+    with runtime.jobs.side_work:  # decoding is bounded like the other picture routes
+        images = [decode_image(text, settings, field=f"init_images[{index}]", max_pixels=limit)
+                  for index, text in enumerate(request.init_images)]
+        mask = (decode_image(request.mask, settings, field="mask", max_pixels=limit)
+                if request.mask else None)
     fields = {name: getattr(request, name) for name in IMG2IMG_FIELDS}
     if request.mask_blur is not None:
         fields.update(mask_blur_x=request.mask_blur, mask_blur_y=request.mask_blur)

@@ -1,8 +1,8 @@
 """Read-only listings: samplers, schedulers, upscalers, models, networks, styles, scripts.
 
-Shapes are A1111's (docs/a1111-semantics.md, "Endpoints"). Lists of things Easel cannot run yet
-(face restorers, RealESRGAN models) are empty rather than invented. Files are
-listed by walking their own folder only; nothing here builds a path from a request.
+Shapes are A1111's (docs/a1111-semantics.md, "Endpoints"). Lists of things Easel cannot run
+yet (face restorers) are empty rather than invented; Real-ESRGAN models are the files present.
+Files are listed by walking their own folder only; nothing here builds a path from a request.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 
 from modules.models.errors import ModelLoadError
 from modules.models.safetensors_io import read_safetensors_header
 from modules.models.vae_select import list_vaes
+from modules.paths import UPSCALER_FOLDERS
 from modules.sampling import registry as R
 from modules.styles import load_styles
 
@@ -23,6 +24,10 @@ LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)",
                         "Latent (bicubic antialiased)", "Latent (nearest)",
                         "Latent (nearest-exact)")
 BUILTIN_UPSCALERS = ("None", "Lanczos", "Nearest")
+READY_WAIT_S = 30.0  # how long a model-dependent listing waits for the start-up load
+RETRY_AFTER_S = 5
+REALESRGAN_FOLDER = [flag for flag, _ in UPSCALER_FOLDERS].index("realesrgan_models_path")
+REALESRGAN_NAME = re.compile(r"(real-?esrgan|realesr-|r-esrgan)", re.IGNORECASE)
 
 
 def _scale_from_name(info) -> float | None:
@@ -57,6 +62,14 @@ def safetensors_metadata(path: Path) -> dict[str, Any]:
         return {}
 
 
+def wait_for_first_load(runtime) -> None:
+    """Return once the start-up model load has ended; a 503 with Retry-After when it
+    takes longer than READY_WAIT_S (A1111 serves nothing until its model is loaded)."""
+    if not runtime.ready.wait(READY_WAIT_S):
+        raise HTTPException(503, "the first checkpoint is still loading; retry shortly",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 class ListingRoutes:
     def __init__(self, runtime) -> None:
         self.runtime = runtime
@@ -67,7 +80,7 @@ class ListingRoutes:
             ("upscalers", self.upscalers), ("latent-upscale-modes", self.latent_upscale_modes),
             ("sd-models", self.sd_models), ("sd-vae", self.sd_vae),
             ("hypernetworks", self.hypernetworks), ("face-restorers", self.empty_list),
-            ("realesrgan-models", self.empty_list), ("prompt-styles", self.prompt_styles),
+            ("realesrgan-models", self.realesrgan_models), ("prompt-styles", self.prompt_styles),
             ("embeddings", self.embeddings), ("loras", self.loras), ("scripts", self.scripts),
             ("script-info", self.script_info), ("extensions", self.extensions),
         ):
@@ -88,6 +101,23 @@ class ListingRoutes:
         return [{"name": info.name, "model_name": None if info.path is None else info.name,
                  "model_path": info.path, "model_url": None, "scale": _scale_from_name(info)}
                 for info in upscalers_of(self.runtime).list()]
+
+    def realesrgan_models(self) -> list[dict[str, Any]]:
+        """A1111's `[{name, path, scale}]` over the Real-ESRGAN files that are here (the
+        RealESRGAN folder's, and files named like Real-ESRGAN's releases in the other
+        upscaler folders), named as `/upscalers` and `hr_upscaler` name them."""
+        from modules.upscaling.registry import upscalers_of
+
+        folder = self.runtime.paths.upscaler_dirs[REALESRGAN_FOLDER]
+        items = []
+        for info in upscalers_of(self.runtime).list():
+            if info.path is None:
+                continue
+            path = Path(info.path)
+            if path.is_relative_to(folder) or REALESRGAN_NAME.match(path.stem):
+                items.append({"name": info.name, "path": info.path,
+                              "scale": _scale_from_name(info) or 4})  # its releases: 4x but x2
+        return items
 
     def latent_upscale_modes(self) -> list[dict[str, str]]:
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
@@ -125,12 +155,17 @@ class ListingRoutes:
             self.runtime.paths, self.runtime.models.hash_cache)
 
     def embeddings(self) -> dict[str, dict]:
-        """A1111's shape; fitted against the current model (all skipped when none is loaded)."""
+        """A1111's shape, fitted against the current model: answered once the first load
+        ended (waiting up to READY_WAIT_S, then 503 + Retry-After); with no model loaded
+        after it, every file is listed as skipped with the reason."""
         from modules.networks.activate import encoder_widths
 
+        wait_for_first_load(self.runtime)
         loaded = self.runtime.models.current
         if loaded is None:
-            return {"loaded": {}, "skipped": {}}
+            return {"loaded": {}, "skipped": {
+                path.stem: {"error": "no checkpoint is loaded"}
+                for path, _, _ in self._networks().embeddings.scan()}}
         found = self._networks().embeddings.for_model(encoder_widths(loaded),
                                                       loaded.conditioner.tokenizer.encode)
         skipped = {name: (entry.describe() if entry else {"error": reason})

@@ -9,8 +9,8 @@ title containing the query, then the same with a trailing `[...]` removed.
 
 Queries are only ever compared with the names of listed files; no path is built from
 them, and queries that look like paths escaping the folders (absolute, `..`) are
-refused outright. Listing follows symlinks a user placed in the folders (A1111 does,
-people link drives) but never loops.
+refused outright. Links in the folders are followed by the one rule of
+`modules.models.folders` (A1111 follows them too; people link drives), never looping.
 
 Diffusers folders are listed as checkpoints too; their hashes are those of the U-Net
 weights file, the part that identifies a fine-tune.
@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from modules.models.diffusers_folder import MODEL_INDEX, component_weight_files
 from modules.models.errors import ModelLoadError
+from modules.models.folders import walk_folders
 from modules.models.hashes import CHECKPOINT_SHORT, HashCache, legacy_model_hash, sha256_file
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -61,12 +62,7 @@ class CheckpointInfo:
     @property
     def hash_target(self) -> str:
         """The file whose bytes are hashed (a diffusers folder's U-Net weights)."""
-        if os.path.isdir(self.path):
-            try:
-                return os.fspath(component_weight_files(Path(self.path), "unet")[0])
-            except ModelLoadError:
-                return os.path.join(self.path, MODEL_INDEX)
-        return self.path
+        return hash_target(self.path)
 
     @property
     def aliases(self) -> list[str]:
@@ -85,6 +81,25 @@ class CheckpointInfo:
         target = self.hash_target
         value = cache.sha256(target) if cache is not None else sha256_file(target)
         return replace(self, sha256=value)
+
+
+def hash_target(path: str | os.PathLike[str]) -> str:
+    """The file that stands for `path` in hashes: the path itself for a file; for a
+    diffusers folder its U-Net weights (the first shard when sharded), else its
+    `model_index.json`; for a bare component folder (a VAE) its own weights file."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    folder = Path(path)
+    if (folder / MODEL_INDEX).is_file():
+        try:
+            return os.fspath(component_weight_files(folder, "unet")[0])
+        except ModelLoadError:
+            return os.fspath(folder / MODEL_INDEX)
+    try:
+        return os.fspath(component_weight_files(folder.parent, folder.name)[0])
+    except ModelLoadError:
+        return os.fspath(folder / "config.json")
 
 
 def list_checkpoints(dirs: Iterable[str | os.PathLike[str]], *,
@@ -106,18 +121,11 @@ def list_checkpoints(dirs: Iterable[str | os.PathLike[str]], *,
 
 def _walk(root: str) -> list[str]:
     results: list[str] = []
-    seen: set[str] = set()
-    for directory, subdirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(directory)
-        if real in seen:  # a symlink loop or a second link to the same folder
-            subdirs[:] = []
-            continue
-        seen.add(real)
+    for directory, subdirs, files in walk_folders(root):
         if MODEL_INDEX in files and directory != root:
             results.append(directory)
             subdirs[:] = []
             continue
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         for file in files:
             lowered = file.lower()
             if lowered.endswith(CHECKPOINT_SUFFIXES) and not lowered.endswith(VAE_MARKERS):

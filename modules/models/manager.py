@@ -22,7 +22,12 @@ import torch
 
 from modules.conditioning.conditioner import Conditioner
 from modules.conditioning.tokenizer import ClipTokenizer
-from modules.models.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoints
+from modules.models.checkpoints import (
+    CheckpointInfo,
+    find_checkpoint,
+    hash_target,
+    list_checkpoints,
+)
 from modules.models.errors import ModelLoadError
 from modules.models.families import Family
 from modules.models.hashes import HashCache, short_hash
@@ -51,8 +56,9 @@ class LoadedModel:
     sigmas: torch.Tensor  # the model's ascending discrete sigma table
     sha256: str | None = None
     metadata: dict = field(default_factory=dict)
-    # Per-request patches (LoRA) go on clones of this; it is never patched itself.
-    patcher: ModelPatcher = field(init=False)
+    # Per-request patches (LoRA) go on clones of this; it is never patched itself. Its
+    # lock is the model's: every U-Net and text-encoder call, patched or not, takes it.
+    patcher: ModelPatcher = None  # type: ignore[assignment]  # made from `model` when None
     # Which components sit on the device when (--medvram / --lowvram, models/offload.py).
     placer: ComponentPlacer | None = None
 
@@ -62,7 +68,8 @@ class LoadedModel:
     vae_sha256: str | None = None
 
     def __post_init__(self) -> None:
-        self.patcher = ModelPatcher(model=self.model)
+        if self.patcher is None:
+            self.patcher = ModelPatcher(model=self.model)
 
     @property
     def vae(self) -> AutoencoderKL:
@@ -126,6 +133,7 @@ class ModelManager:
         self._tokenizer: ClipTokenizer | None = None
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._current: CheckpointInfo | None = None  # the default for jobs naming none
+        self.startup_warnings: list[str] = []  # why the start-up model is not the first choice
         self._lock = threading.RLock()
         # Called with each newly loaded model (the extensions' model_loaded callbacks).
         self.on_loaded: list = []
@@ -164,16 +172,46 @@ class ModelManager:
             return self._current
 
     def load_initial(self, setting: str = "", ckpt_flag: str | None = None) -> LoadedModel:
+        """The start-up model: `--ckpt`, else the setting's, else the first that is not the
+        demo; when that cannot be loaded, the next in listing order, the demo model last
+        (A1111 falls back too). Each failure is logged and kept in `startup_warnings`."""
+        self.startup_warnings = []
+        errors: list[ModelLoadError] = []
+        for info in self._initial_candidates(setting, ckpt_flag):
+            try:
+                loaded = self.select(info)
+            except ModelLoadError as error:
+                errors.append(error)
+                self.startup_warnings.append(f"{info.name} could not be loaded: {error.reason}")
+                log.warning("Checkpoint %s could not be loaded, trying the next: %s",
+                            info.path, error.reason)
+                continue
+            return loaded
+        if errors:
+            raise errors[0]
+        raise ModelLoadError(str(self.paths.checkpoint_dirs[-1]), "no checkpoints found")
+
+    def _initial_candidates(self, setting: str, ckpt_flag: str | None) -> list[CheckpointInfo]:
+        listed = self.checkpoints()
+        first: list[CheckpointInfo] = []
         if ckpt_flag:
-            return self.select(self.info_for_path(Path(ckpt_flag)))
-        info = self.find(setting) if setting else self.default_checkpoint()
-        return self.select(info)
+            first = [self.info_for_path(Path(ckpt_flag))]
+        elif setting:
+            found = find_checkpoint(setting, listed)
+            if found is None:
+                self.startup_warnings.append(f"checkpoint {setting!r} (the setting) not found")
+            first = [found] if found is not None else []
+        real = [info for info in listed if info.stem != DEMO_MODEL_STEM]
+        demo = [info for info in listed if info.stem == DEMO_MODEL_STEM]
+        ordered = first + [info for info in real + demo if info.path not in
+                           {tried.path for tried in first}]
+        return ordered
 
     def info_for_path(self, path: Path) -> CheckpointInfo:
         from modules.models.hashes import legacy_model_hash
 
         return CheckpointInfo(path=str(path.resolve()), name=path.name,
-                              legacy_hash=legacy_model_hash(path))
+                              legacy_hash=legacy_model_hash(hash_target(path)))
 
     def get(self, query: str | None = None) -> LoadedModel:
         """The model for one job: `query` (title/name/hash) or the current model.
@@ -210,7 +248,7 @@ class ModelManager:
                 while len(self._vaes) > 2:
                     self._vaes.popitem(last=False)
             self._vaes.move_to_end(key)
-            sha256 = self.hash_cache.sha256(path) if self.hashing else None
+            sha256 = self.hash_cache.sha256(hash_target(path)) if self.hashing else None
             return loaded.with_vae(self._vaes[key], path.name, sha256)
 
     def _load_vae(self, path: Path, family: Family) -> AutoencoderKL:
@@ -238,7 +276,7 @@ class ModelManager:
             self._loaded.move_to_end(info.path)
             loaded = self._loaded[info.path]
         else:
-            loaded = self._load(info)  # a failed load leaves the cached models serving
+            loaded = self._load_reported(info)  # a failed load leaves the others serving
             self._loaded[info.path] = loaded
             for listener in self.on_loaded:
                 listener(loaded)
@@ -261,6 +299,16 @@ class ModelManager:
     def _evict(loaded: LoadedModel) -> None:
         if loaded.placer is not None:
             loaded.placer.remove()
+
+    def _load_reported(self, info: CheckpointInfo) -> LoadedModel:
+        """`_load`, any failure but running out of memory a `ModelLoadError` naming the file."""
+        try:
+            return self._load(info)
+        except (ModelLoadError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as error:  # a damaged or unexpected file: named, never a crash
+            raise ModelLoadError(info.path, f"cannot be loaded ({type(error).__name__}: "
+                                            f"{error})") from error
 
     def _load(self, info: CheckpointInfo) -> LoadedModel:
         log.info("Loading %s", info.path)
@@ -285,16 +333,20 @@ class ModelManager:
         placer = ComponentPlacer(components={"text_encoders": model.text_encoders,
                                              "unet": model.unet, "vae": model.vae},
                                  device=self.device, mode=mode)
-        sha256 = self.hash_cache.sha256(info.path) if self.hashing else None
+        sha256 = self.hash_cache.sha256(info.hash_target) if self.hashing else None
         if sha256:
             info = CheckpointInfo(path=info.path, name=info.name, legacy_hash=info.legacy_hash,
                                   sha256=sha256)
+        # The shared conditioner calls the encoders through the patcher (no patches: plain
+        # calls), so it holds the model's lock as a LoRA job's patched calls do.
+        patcher = ModelPatcher(model=model)
+        encoders = [patcher.text_encoder(spec.name) for spec in family.text_encoders]
         return LoadedModel(
             info=info, family=family, model=model, sigmas=model_sigmas(
                 family.schedule, zero_terminal_snr=family.zero_terminal_snr),
-            conditioner=Conditioner(encoders=list(model.text_encoders.values()),
-                                    tokenizer=self.tokenizer(), family=family),
-            sha256=sha256, metadata=dict(header.metadata), placer=placer,
+            conditioner=Conditioner(encoders=encoders, tokenizer=self.tokenizer(),
+                                    family=family),
+            sha256=sha256, metadata=dict(header.metadata), placer=placer, patcher=patcher,
         )
 
     def tokenizer(self) -> ClipTokenizer:

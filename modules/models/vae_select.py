@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modules.models.errors import ModelLoadError
+from modules.models.folders import walk_files
 from modules.paths import VAE_SUFFIXES, inside
 
 AUTOMATIC = "Automatic"
@@ -20,11 +21,10 @@ NONE = "None"
 
 def list_vaes(vae_dir: Path, checkpoint_dirs: tuple[Path, ...] = ()) -> list[Path]:
     """VAE files in the VAE folder (recursive) and `*.vae.*` files beside checkpoints."""
-    found = [p for p in sorted(vae_dir.rglob("*")) if p.is_file() and p.suffix in VAE_SUFFIXES] \
-        if vae_dir.is_dir() else []
+    found = [p for p in walk_files(vae_dir, VAE_SUFFIXES) if p.suffix in VAE_SUFFIXES]
     for folder in checkpoint_dirs:
-        if folder.is_dir():
-            found += [p for p in sorted(folder.rglob("*.vae.*")) if p.suffix in VAE_SUFFIXES]
+        found += [p for p in walk_files(folder, VAE_SUFFIXES)
+                  if ".vae." in p.name and p.suffix in VAE_SUFFIXES]
     return found
 
 

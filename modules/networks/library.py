@@ -11,12 +11,12 @@ The short hash in infotexts is kohya's "addnet" hash, 12 hex digits (models/hash
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.models.folders import walk_files as model_files
 from modules.models.hashes import ADDNET_SHORT, HashCache
 from modules.models.safetensors_io import read_safetensors_header
 from modules.networks.files import NetworkTensors, file_stamp, load_network_file
@@ -53,14 +53,8 @@ def _metadata(path: Path) -> dict:
 
 
 def walk_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files under `folder` (recursive, hidden folders skipped) that resolve inside it."""
-    if not folder.is_dir():
-        return []
-    found = []
-    for directory, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found += [Path(directory) / f for f in sorted(files) if f.lower().endswith(suffixes)]
-    return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
+    """Files under `folder`, links followed by the rule of `modules.models.folders`."""
+    return model_files(folder, suffixes)
 
 
 class LoraLibrary:

@@ -25,6 +25,7 @@ from modules.conditioning.tokenizer import ClipTokenizer
 from modules.errors import ParamsError
 
 MAX_VECTORS = 75  # one prompt chunk
+MAX_NAME_BYTES = 200  # a file name holds 255 bytes; room for ".safetensors" and more
 STAR_TOKEN = 265  # A1111 writes this placeholder id for "*"
 FORMATS = (".pt", ".safetensors")
 
@@ -45,7 +46,16 @@ def clean_name(name: str, *, field: str = "name") -> str:
     cleaned = "".join(c for c in str(name) if c.isalnum() or c in "._- ").strip()
     if not cleaned or cleaned.strip(".") == "":
         raise ParamsError(field, f"{name!r} has no usable characters (letters, digits, '._- ')")
+    check_name_length(cleaned, field)
     return cleaned
+
+
+def check_name_length(name: str, field: str) -> None:
+    """File systems take 255 bytes per name: the name plus a suffix must fit."""
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise ParamsError(field, f"the name is {size} bytes long (UTF-8); the limit is "
+                                 f"{MAX_NAME_BYTES}")
 
 
 def initial_vectors(token_embedding: torch.Tensor, tokenizer: ClipTokenizer, init_text: str,
@@ -67,17 +77,39 @@ def embedding_path(folder: Path, name: str, suffix: str = ".pt") -> Path:
     return folder / f"{clean_name(name)}{suffix}"
 
 
-def create_embedding(*, folder: Path, name: str, token_embedding: torch.Tensor, tokenizer: ClipTokenizer,
-                     num_vectors_per_token: int = 1, overwrite_old: bool = False, init_text: str = "*",
-                     sd_checkpoint: str | None = None, sd_checkpoint_name: str | None = None) -> Path:
-    """Write a new, untrained embedding as `<folder>/<name>.pt`; returns its path."""
+def create_embedding(*, folder: Path, name: str, token_embedding: torch.Tensor,
+                     tokenizer: ClipTokenizer,
+                     num_vectors_per_token: int = 1, overwrite_old: bool = False,
+                     init_text: str = "*", sd_checkpoint: str | None = None,
+                     sd_checkpoint_name: str | None = None) -> Path:
+    """Write a new, untrained embedding as `<folder>/<name>.pt`; returns its path.
+
+    An embedding of that name in any format or subfolder (a trained `.safetensors`) is
+    never shadowed by a blank `.pt`: without `overwrite_old` the name is refused; with it,
+    the `.pt` is replaced, or when there is none, that file itself (in its format)."""
     path = embedding_path(folder, name)
-    if path.exists() and not overwrite_old:
-        raise ParamsError("name", f"file {path} already exists (set overwrite_old to replace it)")
+    existing = path if path.is_file() else existing_embedding(folder, path.stem)
+    if existing is not None and not overwrite_old:
+        raise ParamsError("name", f"an embedding named {path.stem!r} already exists "
+                                  f"({existing.relative_to(folder).as_posix()}); set "
+                                  "overwrite_old to replace it")
+    if existing is not None:
+        if existing.suffix not in FORMATS:
+            raise ParamsError("name", f"{existing.name} exists and is not a {FORMATS} file "
+                                      "that can be replaced; remove it or pick another name")
+        path = existing
     vectors = initial_vectors(token_embedding, tokenizer, init_text, num_vectors_per_token)
     data = EmbeddingData(name=path.stem, vectors=vectors, sd_checkpoint=sd_checkpoint,
                          sd_checkpoint_name=sd_checkpoint_name)
     return save_embedding(data, path)
+
+
+def existing_embedding(folder: Path, stem: str) -> Path | None:
+    """The file the embeddings library would read for the word `stem`, if any."""
+    from modules.networks.library import walk_files
+    from modules.paths import EMBEDDING_SUFFIXES
+
+    return next((p for p in walk_files(folder, EMBEDDING_SUFFIXES) if p.stem == stem), None)
 
 
 def save_embedding(data: EmbeddingData, path: Path) -> Path:
@@ -105,8 +137,10 @@ def find_embedding_file(folder: Path, name: str, *, field: str = "embedding_name
     """The `.pt` / `.safetensors` file named `name` directly in `folder` (never a path)."""
     if not name or any(sep in name for sep in ("/", "\\")) or name in (".", ".."):
         raise ParamsError(field, f"{name!r} is not an embedding name")
+    check_name_length(name, field)
     for suffix in FORMATS:
         candidate = folder / f"{name}{suffix}"
         if candidate.is_file():
             return candidate
-    raise ParamsError(field, f"no embedding {name!r} in {folder} (create it first)")
+    raise ParamsError(field, f"no embedding {name!r} in the embeddings folder "
+                             f"({folder.name}; create it first)")

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from modules.models.errors import ModelLoadError
+from modules.models.folders import walk_files
 from modules.upscaling import spandrel_models
 from modules.upscaling.files import MODEL_SUFFIXES, load_weights
 from modules.upscaling.keys import config_from, layout, to_basicsr
@@ -145,11 +146,9 @@ class UpscalerRegistry:
     def model_files(self) -> list[Path]:
         """Model files of every folder; a name found twice keeps the first folder's."""
         found: dict[str, Path] = {}
-        for folder in self.folders:
-            if folder.is_dir():
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
-                        found.setdefault(path.stem, path)
+        for folder in self.folders:  # links followed by the rule of models/folders.py
+            for path in walk_files(folder, MODEL_SUFFIXES):
+                found.setdefault(path.stem, path)
         return sorted(found.values(), key=lambda p: p.stem.lower())
 
     def list(self) -> list[UpscalerInfo]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from modules.models.controlnet_files import load_controlnet
+from modules.models.folders import walk_files
 from modules.models.hashes import legacy_model_hash
 from modules.nn.configs import UNetConfig
 from modules.nn.controlnet import ControlNet
@@ -40,10 +41,9 @@ class ModelEntry:
 
 def list_models(folder: Path | None) -> list[ModelEntry]:
     """ControlNet files in `folder` (recursive, sorted by name), annotators excluded."""
-    if folder is None or not folder.is_dir():
+    if folder is None:
         return []
-    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-             and ANNOTATORS not in p.relative_to(folder).parts[:-1]]
+    files = walk_files(folder, SUFFIXES, skip_folders=(ANNOTATORS,))  # links: one rule
     files.sort(key=lambda p: p.stem.lower())
     return [ModelEntry(f"{p.stem} [{legacy_model_hash(p)}]", p) for p in files]
 
@@ -60,7 +60,8 @@ def find_model(folder: Path | None, name: str) -> ModelEntry:
         if entry.stem == stem:
             return entry
     known = ", ".join(e.name for e in entries) or "none"
-    raise KeyError(f"ControlNet model {name!r} not found in {folder} (available: {known})")
+    where = folder.name if folder is not None else "no ControlNet folder"
+    raise KeyError(f"ControlNet model {name!r} not found in {where} (available: {known})")
 
 
 class ControlNetCache:

@@ -12,8 +12,10 @@ in `easel_controlnet/units.py`). It uses the public extension API only:
   the U-Net through its documented `control=` input (`easel_controlnet/inject.py`);
 - `setup(ctx)`: registers `/controlnet/*` routes from `app_started` (behind --api-auth).
 
-A unit that cannot run (missing model or picture, preprocessor without its weights)
-becomes a warning in the result naming the unit and field; the job goes on without it.
+A unit that cannot run (missing, damaged or unsafe model file, missing picture,
+preprocessor without its weights) becomes a warning in the result naming the unit and
+the reason, its `ControlNet <i>` infotext key is removed (the infotext names only what
+was applied), and the job goes on without it.
 """
 
 from dataclasses import dataclass
@@ -84,11 +86,23 @@ class ControlNetScript(Script):
                     ready, _ = prepare_unit(unit, target, cache=self.cache,
                                             fallback=init_images[0])
             except (ValueError, ModelLoadError, PreprocessorError) as error:
-                plan.warnings.append(f"ControlNet unit {index}: {error}")
+                skip_unit(plan, index, str(error))
+                continue
+            except Exception as error:  # a damaged model file: skipped and said, never a crash
+                skip_unit(plan, index, f"the model could not be used ({type(error).__name__}: "
+                                       f"{error})")
                 continue
             active.append(ready)
         if active:
             sampling.cfg_hooks.before_model.append(ControlStepHook(active))
+
+
+def skip_unit(plan, index: int, reason: str) -> None:
+    """A unit that cannot run: a warning in the result, and no infotext naming its model."""
+    message = f"ControlNet unit {index}: {reason}; the unit was skipped"
+    if message not in plan.warnings:
+        plan.warnings.append(message)
+    plan.extra_params.pop(f"ControlNet {index}", None)
 
 
 def setup(ctx) -> None:
