@@ -9,8 +9,8 @@ Progress, interrupt and skip always refer to the running job.
 
 from __future__ import annotations
 
-import itertools
 import queue
+import secrets
 import threading
 import time
 import traceback
@@ -34,8 +34,63 @@ class Progress:
     text: str = ""
 
 
+class JobInterrupted(Exception):
+    """Raised from inside a long step (attention chunk, U-Net block, VAE tile) when the
+    running job was asked to skip or stop; the sampling loop turns it into the
+    skipped / interrupted result (`modules.pipeline.sample.drive_sampler`)."""
+
+    def __init__(self, command: str):
+        super().__init__(f"job {command}")
+        self.command = command
+
+
+class Cancellation:
+    """The stop requests of one job, readable from inside a long computation.
+
+    `request("skip" | "interrupt")` records a command; the driver takes it between steps
+    (`take`), and code inside a step calls `check()`, which raises `JobInterrupted` while
+    a command waits. `stop()` (server shutdown) makes every later check and take answer
+    "interrupt", taken or not. Thread-safe; owned by one `Job`, no global state.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: Command = None
+        self._stopped = False
+
+    def request(self, command: str) -> None:
+        with self._lock:
+            if self._pending != "interrupt":  # an interrupt is never downgraded to a skip
+                self._pending = command
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def pending(self) -> Command:
+        with self._lock:
+            return "interrupt" if self._stopped else self._pending
+
+    def take(self) -> Command:
+        """The waiting command (then cleared), or None."""
+        with self._lock:
+            command, self._pending = self._pending, None
+            return "interrupt" if self._stopped else command
+
+    def check(self) -> None:
+        """Raise `JobInterrupted` when a command waits (called between chunks of work)."""
+        command = self.pending()
+        if command is not None:
+            raise JobInterrupted(command)
+
+
 JobFunction = Callable[[], Generator[Progress, Command, Any]]
 RECENT_JOBS_KEPT = 256  # finished jobs remembered for progress look-ups by id
+SIDE_WORK_SLOTS = 2  # picture-decoding requests served at once outside the queue
 
 
 @dataclass
@@ -51,7 +106,7 @@ class Job:
     result: Any = None
     error: BaseException | None = None
     error_text: str = ""
-    _command: Command = None
+    cancel: Cancellation = field(default_factory=Cancellation)
     _done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -81,31 +136,70 @@ class Job:
         return elapsed / fraction - elapsed
 
 
+def new_job_id() -> str:
+    """An unguessable id (128 random bits): knowing one job's id tells nothing of another's."""
+    return f"job-{secrets.token_urlsafe(16)}"
+
+
+class JobWorker(threading.Thread):
+    """A queue's worker thread; `cancel` is the running job's stop requests."""
+
+    cancel: Cancellation | None = None
+
+
+def current_cancellation() -> Cancellation:
+    """The stop requests of the job running on this thread (its code asks when it starts,
+    `modules.pipeline.plan`); outside a queue's worker, a fresh one that is never set."""
+    worker = threading.current_thread()
+    cancel = worker.cancel if isinstance(worker, JobWorker) else None
+    return cancel if cancel is not None else Cancellation()
+
+
 class JobQueue:
     """A FIFO of jobs served by one worker thread (generation is not re-entrant)."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._current: Job | None = None
         self._worker: threading.Thread | None = None
         self._recent: OrderedDict[str, Job] = OrderedDict()
+        # Requests that decode or upscale pictures outside the queue (extras, PNG info,
+        # ControlNet detect, img2img inputs) take a slot: N clients cannot multiply memory.
+        self.side_work = threading.BoundedSemaphore(SIDE_WORK_SLOTS)
 
     def start(self) -> None:
         if self._worker is None:
-            self._worker = threading.Thread(target=self._run, name="easel-jobs", daemon=True)
+            self._worker = JobWorker(target=self._run, name="easel-jobs", daemon=True)
             self._worker.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
+        """`cancel_all`, then end the worker (a later `submit` starts a new one)."""
+        self.cancel_all()
         if self._worker is not None:
             self._queue.put(None)
-            self._worker.join(timeout=30)
+            self._worker.join(timeout=timeout)
             self._worker = None
+
+    def cancel_all(self) -> None:
+        """Fail the queued jobs and stop the running one inside its step; returns at once
+        (the server calls it on SIGTERM / Ctrl+C, from the event loop)."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.error = JobInterrupted("cancelled: the server is stopping")
+                job._done.set()
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel.stop()
+
 
     def submit(self, task: JobFunction, job_id: str | None = None) -> Job:
         self.start()
-        job = Job(id=job_id or f"job-{next(self._ids)}", task=task)
+        job = Job(id=job_id or new_job_id(), task=task)
         with self._lock:
             self._recent[job.id] = job
             while len(self._recent) > RECENT_JOBS_KEPT:
@@ -140,7 +234,7 @@ class JobQueue:
         with self._lock:
             if self._current is None:
                 return False
-            self._current._command = command
+            self._current.cancel.request(command)
             return True
 
     def _run(self) -> None:
@@ -150,6 +244,9 @@ class JobQueue:
                 return
             with self._lock:
                 self._current = job
+            worker = threading.current_thread()
+            if isinstance(worker, JobWorker):
+                worker.cancel = job.cancel
             try:
                 job.result = drive(job)
             except BaseException as error:  # a failed job must never stop the worker
@@ -171,6 +268,6 @@ def drive(job: Job) -> Any:
         while True:
             event = generator.send(command)
             job.progress = event
-            command, job._command = job._command, None
+            command = job.cancel.take()
     except StopIteration as stop:
         return stop.value

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from modules.api.convert import decode_image, encode_png_base64
+from modules.api.convert import decode_image, encode_png_base64, input_pixel_limit
 from modules.api.errors import ApiError, not_available
 from modules.api.generation import (
     apply_infotext,
@@ -118,22 +118,32 @@ class GenerationRoutes:
     def _extras_params(self, request) -> ExtrasParams:
         return ExtrasParams(**{name: getattr(request, name) for name in EXTRAS_FIELDS})
 
+    def _decode(self, text: str, field: str):
+        """A client's picture, refused from its header over `--max-input-image-pixels`."""
+        return decode_image(text, self.runtime.settings.current, field=field,
+                            max_pixels=input_pixel_limit(self.runtime))
+
     def extra_single(self, request: ExtrasSingleImageRequest) -> dict[str, Any]:
         settings = self.runtime.settings.current
         if not request.image:
             raise ApiError(404, "Image not found")
-        image = decode_image(request.image, settings)
-        result, info = run_extras(upscalers_of(self.runtime), image,
-                                  self._extras_params(request), settings)
-        return {"html_info": info_html(info), "image": encode_png_base64(result)}
+        with self.runtime.jobs.side_work:  # a bounded number of these at once
+            image = self._decode(request.image, "image")
+            result, info = run_extras(upscalers_of(self.runtime), image,
+                                      self._extras_params(request), settings,
+                                      max_pixels=input_pixel_limit(self.runtime))
+            return {"html_info": info_html(info), "image": encode_png_base64(result)}
 
     def extra_batch(self, request: ExtrasBatchImagesRequest) -> dict[str, Any]:
         settings = self.runtime.settings.current
-        images = [decode_image(item.data, settings) for item in request.imageList]
-        results, info = run_extras_batch(upscalers_of(self.runtime), images,
-                                         self._extras_params(request), settings)
-        return {"html_info": info_html(info),
-                "images": [encode_png_base64(image) for image in results]}
+        with self.runtime.jobs.side_work:
+            images = [self._decode(item.data, f"imageList[{index}]")
+                      for index, item in enumerate(request.imageList)]
+            results, info = run_extras_batch(upscalers_of(self.runtime), images,
+                                             self._extras_params(request), settings,
+                                             max_pixels=input_pixel_limit(self.runtime))
+            return {"html_info": info_html(info),
+                    "images": [encode_png_base64(image) for image in results]}
 
     def interrogate(self, request: InterrogateRequest) -> None:
         raise not_available("Interrogate (CLIP / DeepBooru captions)")
@@ -170,8 +180,9 @@ class GenerationRoutes:
     def png_info(self, request: PNGInfoRequest) -> dict[str, Any]:
         if not request.image.strip():
             return {"info": "", "items": {}, "parameters": {}}
-        image = decode_image(request.image.strip(), self.runtime.settings.current)
-        infotext, items = read_image_info(image)
+        with self.runtime.jobs.side_work:
+            image = self._decode(request.image.strip(), "image")
+            infotext, items = read_image_info(image)
         items = {key: value for key, value in items.items() if _is_json_scalar(value)}
         parameters = parse_infotext(infotext) if infotext else {}
         return {"info": infotext or "", "items": items, "parameters": parameters}

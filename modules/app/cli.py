@@ -51,7 +51,8 @@ def main(argv: list[str], *, frontend: Frontend | None = None) -> int:
     else:
         runtime.ready.set()
     try:
-        serve(app, args, hooks=start_hooks(args, frontend), sock=early.stop() if early else None)
+        serve(app, args, hooks=start_hooks(args, frontend), sock=early.stop() if early else None,
+              on_stop=runtime.jobs.cancel_all)
     except ServeError as error:
         log.error("%s", error)
         return 2

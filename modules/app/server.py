@@ -23,6 +23,7 @@ log = logging.getLogger("easel")
 
 DEFAULT_UI_PORT, DEFAULT_API_PORT, PORT_SCAN = 7860, 7861, 100
 STARTED_POLL_S = 0.05
+SHUTDOWN_GRACE_S = 5  # open requests get this long after SIGTERM / Ctrl+C, then are cancelled
 
 
 class ServeError(SystemExit):
@@ -97,11 +98,13 @@ def local_url(host: str, port: int, args) -> str:
 
 
 def serve(app, args, *, hooks: Sequence[Callable[[str, int, str], None]] = (),
-          sock: socket.socket | None = None) -> None:
+          sock: socket.socket | None = None, on_stop: Callable[[], None] | None = None) -> None:
     """Serve `app` until stopped; each hook gets (host, port, local URL) once listening.
 
     `sock`: an already listening socket to serve on (the start-up page's, see
     `modules.app.early_page`); otherwise host and port come from the flags.
+    `on_stop` runs as soon as SIGTERM / Ctrl+C arrives (the CLI stops the running job
+    there), before uvicorn waits up to SHUTDOWN_GRACE_S for open requests.
     """
     import uvicorn
 
@@ -110,13 +113,30 @@ def serve(app, args, *, hooks: Sequence[Callable[[str, int, str], None]] = (),
     _check_tls(args)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_keep_alive=args.timeout_keep_alive,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
                             ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile)
-    server = uvicorn.Server(config)
+    server = _stopping_server(uvicorn.Server)(config)
+    server.on_stop = on_stop
     url = local_url(host, port, args)
     threading.Thread(target=_after_start, args=(server, hooks, host, port, url),
                      daemon=True).start()
     log.info("Serving on %s", url)
     server.run(sockets=[sock] if sock is not None else None)
+
+
+def _stopping_server(base):
+    """uvicorn's Server, calling `on_stop` when a stop signal arrives (uvicorn itself only
+    stops accepting and then waits for the open requests, which wait for their job)."""
+
+    class StoppingServer(base):
+        on_stop: Callable[[], None] | None = None
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            if self.on_stop is not None:
+                self.on_stop()
+
+    return StoppingServer
 
 
 def _check_tls(args) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from enum import Enum
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,24 @@ from torch import nn
 
 # Score-matrix budget of one query chunk of the sliced kernel (bytes).
 DEFAULT_SLICE_BYTES = 256 * 1024 * 1024
+# With a `cancel`, an attention over more scores than this runs in query chunks of about
+# CANCEL_CHUNK_SCORES each, with a check between them (about 0.1-0.5 s of CPU work, a
+# millisecond on a GPU): a huge image can be stopped inside one layer.
+CANCEL_CHUNKING_SCORES = 2**30
+CANCEL_CHUNK_SCORES = 2**27
+
+
+class Cancel(Protocol):
+    """Anything whose `check()` raises to abandon a long computation (a job's stop request,
+    `modules.jobs.Cancellation`); `modules/nn` only calls it."""
+
+    def check(self) -> None: ...
+
+
+def check(cancel: Cancel | None) -> None:
+    """Give a stop request its chance to end the computation here."""
+    if cancel is not None:
+        cancel.check()
 
 
 class AttentionBackend(str, Enum):
@@ -83,7 +102,8 @@ def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
 
 def sliced_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, slice_bytes: int = DEFAULT_SLICE_BYTES
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, slice_bytes: int = DEFAULT_SLICE_BYTES,
+    cancel: Cancel | None = None,
 ) -> torch.Tensor:
     """Attention computed over chunks of queries to bound the score matrix's memory.
 
@@ -98,6 +118,7 @@ def sliced_attention(
     chunk = max(1, min(queries, slice_bytes // max(1, bytes_per_query)))
     out = torch.empty(batch, heads, queries, v.shape[-1], dtype=q.dtype, device=q.device)
     for start in range(0, queries, chunk):
+        check(cancel)
         end = min(queries, start + chunk)
         scores = torch.matmul(q[:, :, start:end], k.transpose(-1, -2)) * scale
         weights = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
@@ -112,21 +133,33 @@ def attention(
     *,
     backend: AttentionBackend = AttentionBackend.SDPA,
     upcast: bool = False,
+    cancel: Cancel | None = None,
 ) -> torch.Tensor:
     """Multi-head attention over (batch, heads, tokens, head_dim) with the chosen kernel.
 
     `backend` must be resolved (see `resolve_backend`); `xformers` is used only for
     CUDA tensors, anything else falls back to SDPA. `upcast` computes half-precision
-    inputs in float32 and returns the input dtype (`--upcast-sampling`).
+    inputs in float32 and returns the input dtype (`--upcast-sampling`). With `cancel`,
+    a large attention runs in query chunks with `cancel.check()` between them (each
+    query's softmax is over all keys either way: the result is the same).
     """
     if upcast and q.dtype in (torch.float16, torch.bfloat16):
-        out = attention(q.float(), k.float(), v.float(), backend=backend)
+        out = attention(q.float(), k.float(), v.float(), backend=backend, cancel=cancel)
         return out.to(q.dtype)
     if backend is AttentionBackend.SLICED:
-        return sliced_attention(q, k, v)
-    if backend is AttentionBackend.XFORMERS and q.is_cuda:
-        return xformers_attention(q, k, v)
-    return sdpa_attention(q, k, v)
+        return sliced_attention(q, k, v, cancel=cancel)
+    kernel = (xformers_attention if backend is AttentionBackend.XFORMERS and q.is_cuda
+              else sdpa_attention)
+    batch, heads, queries, _ = q.shape
+    per_query = batch * heads * k.shape[2]
+    if cancel is None or per_query * queries <= CANCEL_CHUNKING_SCORES:
+        return kernel(q, k, v)
+    chunk = max(1, CANCEL_CHUNK_SCORES // per_query)
+    parts = []
+    for start in range(0, queries, chunk):
+        check(cancel)
+        parts.append(kernel(q[:, :, start:start + chunk], k, v))
+    return torch.cat(parts, dim=2)
 
 
 class AttentionLayer(nn.Module):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modules.nn.attention import AttentionBackend, set_attention_backend
+from modules.nn.attention import AttentionBackend, Cancel, check, set_attention_backend
 from modules.nn.configs import VAEConfig
 from modules.nn.ops import silu_fresh
 from modules.nn.vae_blocks import Downsample, MidBlock, ResnetBlock, Upsample, group_norm
@@ -133,10 +133,12 @@ class Decoder(nn.Module):
         self.norm_out = group_norm(widths[0], groups)
         self.conv_out = nn.Conv2d(widths[0], config.out_channels, kernel_size=3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+    def forward(self, z: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
+        """:param cancel: its `check()` runs between blocks and attention chunks"""
+        h = self.mid(self.conv_in(z), cancel)
         for level in reversed(self.up):
             for block in level.block:
+                check(cancel)
                 h = block(h)
             if level.upsample is not None:
                 h = level.upsample(h)
@@ -178,6 +180,8 @@ class AutoencoderKL(nn.Module):
         moments = self.quant_conv(self.encoder(self._prepare(x)))
         return DiagonalGaussian(moments.to(x.dtype).contiguous())
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscaled latent (B, embed_dim, h, w) -> image in about [-1, 1] (input's dtype)."""
-        return self.decoder(self.post_quant_conv(self._prepare(z))).to(z.dtype).contiguous()
+    def decode(self, z: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
+        """Unscaled latent (B, embed_dim, h, w) -> image in about [-1, 1] (input's dtype);
+        `cancel.check()` may abandon it between blocks."""
+        h = self.decoder(self.post_quant_conv(self._prepare(z)), cancel)
+        return h.to(z.dtype).contiguous()

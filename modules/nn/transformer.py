@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.nn.attention import AttentionLayer, attention
+from modules.nn.attention import AttentionLayer, Cancel, attention, check
 from modules.nn.ops import add_fresh, mul_fresh
 from modules.nn.token_merging import MapMerging, TokenMerging
 
@@ -98,9 +98,11 @@ class CrossAttention(AttentionLayer):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         context_transform: ContextTransform | None = None,
+        cancel: Cancel | None = None,
     ) -> torch.Tensor:
         """:param x: (B, T, query_dim); :param context: (B, S, context_dim) or None;
         :param context_transform: per-call change of the key / value sources (module docstring)
+        :param cancel: checked between query chunks of a large attention (`attention`)
         """
         source = x if context is None else context
         if context_transform is None:
@@ -111,7 +113,8 @@ class CrossAttention(AttentionLayer):
             k = self._split_heads(self.to_k(key_source))
             v = self._split_heads(self.to_v(value_source))
         # softmax(q k^T / sqrt(d)) v with this layer's kernel.
-        out = attention(q, k, v, backend=self.attention_backend, upcast=self.attention_upcast)
+        out = attention(q, k, v, backend=self.attention_backend, upcast=self.attention_upcast,
+                        cancel=cancel)
         # Merge the heads back into channels.
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out(out)
@@ -165,23 +168,26 @@ class BasicTransformerBlock(nn.Module):
         context: torch.Tensor,
         context_transform: ContextTransform | None = None,
         merging: MapMerging | None = None,
+        cancel: Cancel | None = None,
     ) -> torch.Tensor:
-        """:param merging: token merging of the self-attention (`modules.nn.token_merging`)"""
+        """:param merging: token merging of the self-attention (`modules.nn.token_merging`);
+        :param cancel: a stop request checked inside long attentions"""
         # Pixels attend to each other (each branch output is fresh: add into it).
-        x = add_fresh(self._self_attention(x, context_transform, merging), x)
+        x = add_fresh(self._self_attention(x, context_transform, merging, cancel), x)
         # Pixels attend to the text tokens.
-        x = add_fresh(self.attn2(self.norm2(x), context, context_transform), x)
+        x = add_fresh(self.attn2(self.norm2(x), context, context_transform, cancel), x)
         # Per-token MLP.
         return add_fresh(self.ff(self.norm3(x)), x)
 
     def _self_attention(self, x: torch.Tensor, context_transform: ContextTransform | None,
-                        merging: MapMerging | None) -> torch.Tensor:
+                        merging: MapMerging | None, cancel: Cancel | None) -> torch.Tensor:
         normed = self.norm1(x)
         if merging is None:
-            return self.attn1(normed, context_transform=context_transform)
+            return self.attn1(normed, context_transform=context_transform, cancel=cancel)
         # ToMe: attend over merged tokens, then give every token its group's output.
         plan = merging.plan(x)
-        return plan.unmerge(self.attn1(plan.merge(normed), context_transform=context_transform))
+        return plan.unmerge(self.attn1(plan.merge(normed), context_transform=context_transform,
+                                       cancel=cancel))
 
 
 class SpatialTransformer(nn.Module):
@@ -233,10 +239,12 @@ class SpatialTransformer(nn.Module):
         context: torch.Tensor,
         context_transform: ContextTransform | None = None,
         token_merging: TokenMerging | None = None,
+        cancel: Cancel | None = None,
     ) -> torch.Tensor:
         """:param x: (B, C, H, W); :param context: (B, S, context_dim);
         :param context_transform: see the module docstring;
-        :param token_merging: ToMe for this call (`modules.nn.token_merging`)"""
+        :param token_merging: ToMe for this call (`modules.nn.token_merging`);
+        :param cancel: a stop request checked between blocks and inside long attentions"""
         batch, channels, height, width = x.shape
         merging = token_merging.for_map(height, width) if token_merging is not None else None
         h = self.norm(x)
@@ -247,7 +255,8 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
-            h = block(h, context, context_transform, merging)
+            check(cancel)
+            h = block(h, context, context_transform, merging, cancel)
         # Project out and fold the tokens back into a map.
         if self.use_linear:
             h = self.proj_out(h)

@@ -32,7 +32,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from modules.nn.attention import AttentionBackend, set_attention_backend
+from modules.nn.attention import AttentionBackend, Cancel, check, set_attention_backend
 from modules.nn.configs import UNetConfig
 from modules.nn.timestep import timestep_embedding
 from modules.nn.token_merging import TokenMerging
@@ -161,6 +161,7 @@ class UNetModel(nn.Module):
         control: ControlResiduals | ControlSource | None = None,
         context_transform: ContextTransform | None = None,
         token_merging: float = 0.0,
+        cancel: Cancel | None = None,
     ) -> torch.Tensor:
         """Predict the noise (or v) of latents `x`.
 
@@ -171,6 +172,8 @@ class UNetModel(nn.Module):
         :param control: ControlNet residuals, or a `ControlSource` (see the module docstring)
         :param context_transform: changes what attention keys / values see (hypernetworks)
         :param token_merging: ToMe ratio for this call, 0 = off (`modules.nn.token_merging`)
+        :param cancel: its `check()` runs between blocks and attention chunks and raises
+            to abandon the call (a job's stop request, `modules.jobs.Cancellation`)
         :return: (B, out_channels, H, W) in the dtype of `x`; computed in the weights' dtype
         """
         dtype = self.dtype
@@ -186,12 +189,15 @@ class UNetModel(nn.Module):
         context = context.to(dtype)
         h = x.to(dtype).contiguous(memory_format=self.memory_format)
         tome = TokenMerging(ratio=token_merging, latent_tokens=x.shape[-2] * x.shape[-1])
-        attention_args = dict(context_transform=context_transform, token_merging=tome)
+        attention_args = dict(context_transform=context_transform, token_merging=tome,
+                              cancel=cancel)
         # Encoder: keep every block's output as a skip connection.
         skips = []
         for block in self.input_blocks:
+            check(cancel)
             h = block(h, emb, context, **attention_args)
             skips.append(h)
+        check(cancel)
         h = self.middle_block(h, emb, context, **attention_args)
         if control is not None:
             h = h + control.middle.to(dtype)
@@ -201,6 +207,7 @@ class UNetModel(nn.Module):
             ]
         # Decoder: concatenate the matching skip, upsample to the next skip's size.
         for block in self.output_blocks:
+            check(cancel)
             h = torch.cat([h, skips.pop()], dim=1)
             size = tuple(skips[-1].shape[-2:]) if skips else None
             h = block(h, emb, context, upsample_size=size, **attention_args)

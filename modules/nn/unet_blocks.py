@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.nn.attention import Cancel
 from modules.nn.ops import add_fresh, norm_silu_conv
 from modules.nn.token_merging import TokenMerging
 from modules.nn.transformer import ContextTransform, SpatialTransformer
@@ -105,12 +106,13 @@ class TimestepEmbedSequential(nn.Sequential):
         upsample_size: tuple[int, int] | None = None,
         context_transform: ContextTransform | None = None,
         token_merging: TokenMerging | None = None,
+        cancel: Cancel | None = None,
     ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, context_transform, token_merging)
+                x = layer(x, context, context_transform, token_merging, cancel=cancel)
             elif isinstance(layer, Upsample):
                 x = layer(x, upsample_size)
             else:

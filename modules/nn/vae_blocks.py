@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.nn.attention import AttentionLayer, attention
+from modules.nn.attention import AttentionLayer, Cancel, attention
 from modules.nn.ops import add_fresh, silu_fresh
 
 
@@ -54,14 +54,15 @@ class AttnBlock(AttentionLayer):
         self.v = nn.Conv2d(channels, channels, kernel_size=1)
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
         batch, channels, height, width = x.shape
         h = self.norm(x)
         # Pixels as tokens of one head: (B, 1, H*W, C).
         q, k, v = (
             proj(h).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v)
         )
-        out = attention(q, k, v, backend=self.attention_backend, upcast=self.attention_upcast)
+        out = attention(q, k, v, backend=self.attention_backend, upcast=self.attention_upcast,
+                        cancel=cancel)
         out = out.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
         return x + self.proj_out(out)
 
@@ -105,5 +106,5 @@ class MidBlock(nn.Module):
             in_channels=channels, out_channels=channels, norm_num_groups=norm_num_groups
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+    def forward(self, x: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x), cancel))

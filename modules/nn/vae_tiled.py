@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.nn.attention import sliced_attention
+from modules.nn.attention import Cancel, check, sliced_attention
 from modules.nn.autoencoder import AutoencoderKL, Decoder, DiagonalGaussian, Encoder
 from modules.nn.vae_blocks import AttnBlock, MidBlock, ResnetBlock
 
@@ -155,24 +155,26 @@ def resnet_forward(block: ResnetBlock, x: torch.Tensor, norm: NormFn) -> torch.T
     return h
 
 
-def attention_forward(block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+def attention_forward(block: AttnBlock, x: torch.Tensor,
+                      cancel: Cancel | None = None) -> torch.Tensor:
     """`AttnBlock.forward` with query-sliced attention (bounded memory, same result)."""
     batch, channels, height, width = x.shape
     h = block.norm(x)
     q, k, v = (proj(h).flatten(2).transpose(1, 2).unsqueeze(1)
                for proj in (block.q, block.k, block.v))
-    out = sliced_attention(q, k, v, slice_bytes=ATTENTION_SLICE_BYTES)
+    out = sliced_attention(q, k, v, slice_bytes=ATTENTION_SLICE_BYTES, cancel=cancel)
     out = out.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
     return x + block.proj_out(out)
 
 
-def mid_forward(mid: MidBlock, x: torch.Tensor) -> torch.Tensor:
-    return mid.block_2(attention_forward(mid.attn_1, mid.block_1(x)))
+def mid_forward(mid: MidBlock, x: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
+    return mid.block_2(attention_forward(mid.attn_1, mid.block_1(x), cancel))
 
 
-def decoder_head(decoder: Decoder, z: torch.Tensor) -> torch.Tensor:
+def decoder_head(decoder: Decoder, z: torch.Tensor,
+                 cancel: Cancel | None = None) -> torch.Tensor:
     """`conv_in` and the mid block (with its global attention), on the whole latent."""
-    return mid_forward(decoder.mid, decoder.conv_in(z))
+    return mid_forward(decoder.mid, decoder.conv_in(z), cancel)
 
 
 def decoder_tail(decoder: Decoder, h: torch.Tensor, norm: NormFn) -> torch.Tensor:
@@ -254,10 +256,12 @@ def _estimate(run: Callable[[torch.Tensor, NormFn], torch.Tensor], h: torch.Tens
     return norm.stats
 
 
-def _refine(run, h: torch.Tensor, tiles: list[Tile], stats, passes: int):
+def _refine(run, h: torch.Tensor, tiles: list[Tile], stats, passes: int,
+            cancel: Cancel | None = None):
     for _ in range(passes):
         norm = SharedNorm(mode="measure", stats=stats)
         for tile in tiles:
+            check(cancel)
             norm.start_tile(tile.core_in_padded, tile.padded[1] - tile.padded[0])
             run(_crop(h, tile.padded), norm)
         stats = norm.measured()
@@ -265,10 +269,11 @@ def _refine(run, h: torch.Tensor, tiles: list[Tile], stats, passes: int):
 
 
 def _run_tiles(run, h: torch.Tensor, tiles: list[Tile], stats, out: torch.Tensor,
-               factor: float) -> torch.Tensor:
+               factor: float, cancel: Cancel | None = None) -> torch.Tensor:
     """Run every tile with `stats`; write each core (scaled by `factor`) into `out`."""
     norm = SharedNorm(mode="apply", stats=stats)
     for tile in tiles:
+        check(cancel)
         norm.start_tile(None, 1)
         result = run(_crop(h, tile.padded), norm)
         y0, y1, x0, x1 = (int(v * factor) for v in tile.core)
@@ -281,19 +286,20 @@ def _run_tiles(run, h: torch.Tensor, tiles: list[Tile], stats, out: torch.Tensor
 
 @torch.no_grad()
 def tiled_decode(vae: AutoencoderKL, z: torch.Tensor, *, tile: int = 64, overlap: int = 16,
-                 refine: int = 1) -> torch.Tensor:
-    """Like `vae.decode(z)` (unscaled latent in, image out) in tiles of `tile` latent px."""
+                 refine: int = 1, cancel: Cancel | None = None) -> torch.Tensor:
+    """Like `vae.decode(z)` (unscaled latent in, image out) in tiles of `tile` latent px;
+    `cancel.check()` runs between tiles and attention chunks."""
     decoder, factor = vae.decoder, vae.config.downscale
-    h = decoder_head(decoder, vae.post_quant_conv(z.to(vae.dtype)))
+    h = decoder_head(decoder, vae.post_quant_conv(z.to(vae.dtype)), cancel)
 
     def run(x: torch.Tensor, norm: NormFn) -> torch.Tensor:
         return decoder_tail(decoder, x, norm)
 
     tiles = tile_grid(h.shape[-2], h.shape[-1], tile=tile, overlap=overlap)
-    stats = _refine(run, h, tiles, _estimate(run, h, tile + 2 * overlap), refine)
+    stats = _refine(run, h, tiles, _estimate(run, h, tile + 2 * overlap), refine, cancel)
     out = torch.empty(z.shape[0], vae.config.out_channels, h.shape[-2] * factor,
                       h.shape[-1] * factor, dtype=z.dtype, device=z.device)
-    return _run_tiles(run, h, tiles, stats, out, factor)
+    return _run_tiles(run, h, tiles, stats, out, factor, cancel)
 
 
 @torch.no_grad()

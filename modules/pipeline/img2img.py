@@ -109,7 +109,7 @@ def img2img(runtime, params: Img2ImgParams) -> Generator[Progress, Command, Gene
         latents, command = yield from sample_batch(plan, part, job_no=batch, start=start)
         collect_batch(runtime, plan, part, latents, result, batch_index=batch,
                       finish=finisher(prepared, size))
-        if command == "interrupt":
+        if command == "interrupt" or result.interrupted:
             result.interrupted = True
             break
     plan.scripts.call("postprocess", plan, result)

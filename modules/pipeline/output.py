@@ -16,6 +16,7 @@ from PIL import Image
 
 from modules.imaging import save as image_io
 from modules.infotext import GenerationInfo, create_infotext
+from modules.jobs import JobInterrupted
 from modules.pipeline.params import GenerationResult
 from modules.pipeline.plan import Plan
 from modules.pipeline.vae_codec import decode_latents as vae_decode_latents
@@ -24,17 +25,27 @@ from modules.scripts.base import PostprocessBatch, PostprocessImage
 from modules.settings import Settings
 
 
-def decode_latents(loaded, latents: torch.Tensor, settings: Settings | None = None
-                   ) -> list[Image.Image]:
+def decode_latents(loaded, latents: torch.Tensor, settings: Settings | None = None,
+                   cancel=None) -> list[Image.Image]:
     """VAE decode with the family's scale factor (tiled when `settings` call for it)."""
-    return vae_decode_latents(loaded, latents, settings)
+    return vae_decode_latents(loaded, latents, settings, cancel)
 
 
 def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
                   result: GenerationResult, *, batch_index: int,
                   finish: Callable[[int, Image.Image], Image.Image] | None = None) -> None:
-    """Decode, (finish: img2img's colour correction and overlay), infotexts, save."""
-    decoded = PostprocessBatch(decode_latents(plan.loaded, latents, plan.settings), batch_index)
+    """Decode, (finish: img2img's colour correction and overlay), infotexts, save.
+
+    A skip or interrupt that arrives during the VAE decode (or a server stop) abandons
+    it: the batch adds no image, and an interrupt marks the result interrupted.
+    """
+    try:
+        images = decode_latents(plan.loaded, latents, plan.settings, plan.cancel)
+    except JobInterrupted as stopped:
+        command = plan.cancel.take() or stopped.command
+        result.interrupted = result.interrupted or command == "interrupt"
+        return
+    decoded = PostprocessBatch(images, batch_index)
     plan.scripts.call("postprocess_batch", plan, decoded)
     for offset, image in enumerate(decoded.images):
         index = part.start + offset

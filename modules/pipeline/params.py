@@ -17,6 +17,12 @@ from modules.errors import ParamsError, require_number  # ParamsError: re-export
 MAX_SIDE = 8192
 MAX_STEPS = 1000
 MAX_BATCH = 64
+# Characters per prompt field (after styles are merged): A1111 users paste long prompts,
+# and 20,000 characters is ~50 times the 75-token chunk's worth of a typical prompt.
+MAX_PROMPT_CHARS = 20_000
+# Brackets `(` / `[` open inside one another: the schedule parser recurses once per level
+# (~3 Python frames each), and real prompts stay under ten.
+MAX_PROMPT_NESTING = 100
 
 
 @dataclass(kw_only=True)
@@ -75,10 +81,8 @@ class GenerationParams:
         _require_int("subseed", self.subseed, -1, 2**63 - 1)
         for name in ("seed_resize_from_h", "seed_resize_from_w"):
             _require_int(name, getattr(self, name), -1, MAX_SIDE)
-        if not isinstance(self.prompt, str):
-            raise ParamsError("prompt", "must be a string")
-        if not isinstance(self.negative_prompt, str):
-            raise ParamsError("negative_prompt", "must be a string")
+        for name in ("prompt", "negative_prompt"):
+            require_prompt(name, getattr(self, name))
         for name in ("eta", "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise"):
             value = getattr(self, name)
             if value is not None:
@@ -110,6 +114,35 @@ NO_REFINER = ("", "None", "none")
 def refiner_name(value: str | None) -> str | None:
     """The chosen refiner checkpoint, or None for A1111's spellings of "no refiner"."""
     return None if value is None or value in NO_REFINER else value
+
+
+def require_prompt(name: str, value: Any) -> None:
+    """A prompt field: a string of at most MAX_PROMPT_CHARS characters."""
+    if not isinstance(value, str):
+        raise ParamsError(name, "must be a string")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ParamsError(name, f"{len(value):,} characters is over the limit of "
+                                f"{MAX_PROMPT_CHARS:,} per prompt")
+    if bracket_depth(value) > MAX_PROMPT_NESTING:
+        raise ParamsError(name, f"brackets are nested {bracket_depth(value)} deep; the limit "
+                                f"is {MAX_PROMPT_NESTING}")
+
+
+def bracket_depth(text: str) -> int:
+    """How deep `(` and `[` open inside one another (backslash escapes do not count)."""
+    depth = deepest = 0
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]" and depth:
+            depth -= 1
+    return deepest
 
 
 def _require_int(name: str, value: Any, low: int, high: int) -> None:
@@ -168,9 +201,10 @@ class Txt2ImgParams(GenerationParams):
         _require_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
         for name in ("hr_resize_x", "hr_resize_y"):
             _require_int(name, getattr(self, name), 0, MAX_SIDE)
-        for name in ("hr_upscaler", "hr_prompt", "hr_negative_prompt"):
-            if not isinstance(getattr(self, name), str):
-                raise ParamsError(name, "must be a string")
+        if not isinstance(self.hr_upscaler, str):
+            raise ParamsError("hr_upscaler", "must be a string")
+        for name in ("hr_prompt", "hr_negative_prompt"):
+            require_prompt(name, getattr(self, name))
         for name in ("hr_checkpoint_name", "hr_sampler_name", "hr_scheduler"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from modules.jobs import Cancellation
+from modules.jobs import Cancellation, current_cancellation
 from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
 from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationParams, ParamsError, Txt2ImgParams
@@ -90,7 +90,7 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
                 scheduler=scheduler, seeds=seeds, subseeds=subseeds,
                 prompts=[params.prompt] * count, negative_prompts=[params.negative_prompt] * count,
                 warnings=[], token_merging=settings.token_merging_ratio,
-                cancel=runtime.jobs.cancellation())
+                cancel=current_cancellation())
     plan.networks = activate_networks(
         runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache),
         loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)

@@ -18,7 +18,7 @@ from modules.conditioning.conditioner import ConditioningSettings
 from modules.conditioning.prompt_parser import extract_extra_networks, strip_comments
 from modules.conditioning.sdxl import SizeConditioning
 from modules.devices import execution_device
-from modules.jobs import Progress
+from modules.jobs import Cancellation, JobInterrupted, Progress
 from modules.pipeline.plan import LatentStart, Plan, sampler_options, schedule_options
 from modules.pipeline.previews import cheap_preview, preview_due
 from modules.pipeline.refiner import ModelSwitch, SwitchTarget, refiner_plan
@@ -92,7 +92,8 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
                                 noise_sampler=noise_sampler)
     latents, command = yield from drive_sampler(generator, job_no=job_no,
                                                 job_count=p.n_iter * plan.passes,
-                                                steps=len(sigmas) - 1, preview=preview_maker(plan))
+                                                steps=len(sigmas) - 1, preview=preview_maker(plan),
+                                                cancel=plan.cancel, first=x)
     latents = latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2]))
     if start is not None and start.keep is not None:
         keep = start.keep.to(latents)
@@ -105,6 +106,7 @@ def make_denoiser(plan: Plan, device) -> Denoiser:
     unet, loaded = plan.networks.unet, plan.loaded
     if plan.token_merging > 0:
         unet = partial(unet, token_merging=plan.token_merging)
+    unet = partial(unet, cancel=plan.cancel)  # checked between blocks and attention chunks
     if plan.sampler.lcm:
         return LCMDenoiser(unet, sigmas=loaded.sigmas.to(device),
                            prediction=loaded.family.prediction)
@@ -158,10 +160,14 @@ def batch_rng(plan: Plan, part: slice, device, *, width: int | None = None,
                     device=device, eta_noise_seed_delta=settings.eta_noise_seed_delta)
 
 
-def drive_sampler(generator, *, job_no: int, job_count: int, steps: int, preview=None):
+def drive_sampler(generator, *, job_no: int, job_count: int, steps: int, preview=None,
+                  cancel: Cancellation | None = None, first: torch.Tensor | None = None):
     """Step a sampler; a skip or interrupt ends it with the last denoised estimate.
 
-    `preview(step_number, denoised)` may return a picture for the Progress event.
+    `preview(step_number, denoised)` may return a picture for the Progress event. A skip
+    or interrupt that arrives inside a step (`cancel.check()` in the U-Net raises
+    `JobInterrupted`) ends it the same way at once; before the first step ends, `first`
+    (the starting latent) stands for the estimate.
     """
     last = None
     while True:
@@ -172,6 +178,10 @@ def drive_sampler(generator, *, job_no: int, job_count: int, steps: int, preview
                 step = next(generator)
         except StopIteration as stop:
             return stop.value, None
+        except JobInterrupted as stopped:
+            generator.close()
+            command = (cancel.take() if cancel is not None else None) or stopped.command
+            return (last.denoised if last is not None else first), command
         last = step
         picture = preview(step.index + 1, step.denoised) if preview is not None else None
         command = yield Progress(step=step.index + 1, total_steps=steps, job_no=job_no,

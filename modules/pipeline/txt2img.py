@@ -58,7 +58,7 @@ def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, Gene
                                                          images=finished)
             final = hires_pass.plan
         collect_batch(runtime, final, part, latents, result, batch_index=batch)
-        if command == "interrupt":
+        if command == "interrupt" or result.interrupted:
             result.interrupted = True
             break
     plan.scripts.call("postprocess", plan, result)

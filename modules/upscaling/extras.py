@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from modules.errors import ParamsError, require_number
+from modules.imaging.decode import DEFAULT_MAX_INPUT_PIXELS
 from modules.upscaling.registry import UpscalerRegistry
 
 
@@ -52,13 +53,14 @@ class ExtrasParams:
 
 
 def _upscale(registry: UpscalerRegistry, image: Image.Image, name: str, p: ExtrasParams,
-             settings, info: dict) -> Image.Image:
+             settings, info: dict, max_pixels: int) -> Image.Image:
     if p.resize_mode == 1:
         scale = max(p.upscaling_resize_w / image.width, p.upscaling_resize_h / image.height)
         info["Postprocess upscale to"] = f"{p.upscaling_resize_w}x{p.upscaling_resize_h}"
     else:
         scale = p.upscaling_resize
         info["Postprocess upscale by"] = scale
+    _check_result_size(image, scale, p, max_pixels)
     image = registry.upscale(image, scale, name, settings)
     if p.resize_mode == 1 and p.upscaling_crop:
         width, height = p.upscaling_resize_w, p.upscaling_resize_h
@@ -69,18 +71,38 @@ def _upscale(registry: UpscalerRegistry, image: Image.Image, name: str, p: Extra
     return image
 
 
+def _check_result_size(image: Image.Image, scale: float, p: ExtrasParams,
+                       max_pixels: int) -> None:
+    """Upscalers round the result down to multiples of 8 px: under 8 px is refused; so is
+    a result of more than `max_pixels` pixels (the largest picture a client may send)."""
+    width, height = int(image.width * scale), int(image.height * scale)
+    if width * height > max_pixels:
+        field = "upscaling_resize" if p.resize_mode == 0 else "upscaling_resize_w"
+        raise ParamsError(field, f"the result would be {width}x{height} ({width * height:,} "
+                                 f"pixels), over the limit of {max_pixels:,} pixels "
+                                 f"(--max-input-image-pixels)")
+    for side, length in (("w", image.width), ("h", image.height)):
+        if int(length * scale) < 8:
+            field = "upscaling_resize" if p.resize_mode == 0 else f"upscaling_resize_{side}"
+            raise ParamsError(field, f"the result would be {int(length * scale)} px "
+                                     f"{'wide' if side == 'w' else 'high'} (the image is "
+                                     f"{image.width}x{image.height}); at least 8 px is needed")
+
+
 def run_extras(registry: UpscalerRegistry, image: Image.Image, p: ExtrasParams,
-               settings) -> tuple[Image.Image, dict]:
-    """One image through the upscale step; returns it and its info entries."""
+               settings, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+               ) -> tuple[Image.Image, dict]:
+    """One image through the upscale step; returns it and its info entries. A result over
+    `max_pixels` pixels is refused before upscaling."""
     p.validate(registry.names())
     info: dict = {}
     image = image.convert("RGB")
     if p.upscaler_1 == "None":
         return image, info
-    first = _upscale(registry, image, p.upscaler_1, p, settings, info)
+    first = _upscale(registry, image, p.upscaler_1, p, settings, info, max_pixels)
     info["Postprocess upscaler"] = p.upscaler_1
     if p.upscaler_2 != "None" and p.extras_upscaler_2_visibility > 0:
-        second = _upscale(registry, image, p.upscaler_2, p, settings, info)
+        second = _upscale(registry, image, p.upscaler_2, p, settings, info, max_pixels)
         if second.size != first.size:
             second = second.resize(first.size, resample=Image.Resampling.LANCZOS)
         first = Image.blend(first, second, p.extras_upscaler_2_visibility)
@@ -90,10 +112,11 @@ def run_extras(registry: UpscalerRegistry, image: Image.Image, p: ExtrasParams,
 
 
 def run_extras_batch(registry: UpscalerRegistry, images: list[Image.Image], p: ExtrasParams,
-                     settings) -> tuple[list[Image.Image], dict]:
+                     settings, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+                     ) -> tuple[list[Image.Image], dict]:
     results, info = [], {}
     for image in images:
-        result, info = run_extras(registry, image, p, settings)
+        result, info = run_extras(registry, image, p, settings, max_pixels=max_pixels)
         results.append(result)
     return results, info
 
