@@ -85,6 +85,17 @@ def _pick(flag: str | None, default: Path) -> Path:
     return Path(flag).resolve() if flag else default
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serves_only_locally(args) -> bool:
+    """True without `--listen`, `--share` or a `--server-name` other than a loopback name:
+    then only this machine can reach the server."""
+    host = getattr(args, "server_name", None)
+    return not (getattr(args, "listen", False) or getattr(args, "share", False)
+                or (host and host not in LOOPBACK_HOSTS))
+
+
 def inside(folder: Path, candidate: Path) -> bool:
     """True when `candidate` (after resolving links) lies inside `folder`."""
     try:

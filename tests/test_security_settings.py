@@ -9,8 +9,10 @@ and `--hide-ui-dir-config` / `--freeze-settings` lock them entirely.
 from __future__ import annotations
 
 import http.server
+import re
 import socket
 import threading
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -165,3 +167,51 @@ def test_settings_tab_follows_hide_ui_dir_config(tmp_path):
         store.update({"outdir_txt2img_grids": "elsewhere"})  # a client, not the UI
     assert issubclass(SettingsForbidden, PermissionError)
     assert not issubclass(SettingsForbidden, SettingsError)
+
+
+def test_img2img_batch_from_directory_follows_hide_ui_dir_config(tmp_path):
+    import gradio as gr
+
+    from webui.tabs.img2img import batch_folders
+
+    runtime = SimpleNamespace(args=SimpleNamespace(hide_ui_dir_config=True))
+    with pytest.raises(gr.Error, match="hide-ui-dir-config"):
+        batch_folders(runtime, {"input_dir": str(tmp_path), "output_dir": str(tmp_path)})
+
+
+# ------------------------------------------------- item 2: train/embedding's data_root
+TRAIN = "/sdapi/v1/train/embedding"
+
+
+@pytest.fixture(scope="module")
+def listening(tmp_path_factory):
+    """A server reachable from other machines (--listen)."""
+    rt = make_runtime(tmp_path_factory.mktemp("listen-data"), "--listen")
+    yield rt, TestClient(create_api_app(rt))
+    rt.jobs.stop()
+
+
+def train_detail(client, data_root) -> tuple[int, str]:
+    response = client.post(TRAIN, json={"embedding_name": "nobody", "data_root": str(data_root),
+                                        "steps": 2})
+    return response.status_code, response.json()["detail"]
+
+
+def test_data_root_stays_inside_the_data_directory_when_listening(listening, tmp_path):
+    rt, client = listening
+    existing, missing = tmp_path / "photos", tmp_path / "no-such-folder"
+    existing.mkdir()
+    answers = [train_detail(client, folder) for folder in (existing, missing, "/etc")]
+    assert all(status == 422 and "data_root" in detail for status, detail in answers)
+    # The answer is the same whether the folder exists or not: only the echoed name differs.
+    shapes = {re.sub(r"'[^']*'", "X", detail) for _, detail in answers}
+    assert len(shapes) == 1, shapes
+    inside = rt.paths.data_dir / "datasets" / "photos"
+    inside.mkdir(parents=True)
+    status, detail = train_detail(client, inside)  # accepted: the next check is the name
+    assert status == 422 and "embedding_name" in detail, detail
+
+
+def test_data_root_may_be_anywhere_on_a_local_server(client, tmp_path):
+    status, detail = train_detail(client, tmp_path)
+    assert status == 422 and "embedding_name" in detail, detail

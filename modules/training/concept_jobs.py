@@ -19,7 +19,7 @@ from pathlib import Path
 
 from modules.errors import ParamsError
 from modules.jobs import Progress
-from modules.paths import ROOT
+from modules.paths import ROOT, inside, serves_only_locally
 from modules.training.concept_core import TrainingStep
 from modules.training.concept_data import folder_items, read_template
 from modules.training.embedding_files import clean_name, create_embedding, find_embedding_file
@@ -106,6 +106,19 @@ def log_folder(runtime, params: ConceptDataParams, name: str) -> Path:
     return folder / datetime.date.today().isoformat() / name
 
 
+def dataset_folder(runtime, data_root: str) -> Path:
+    """`data_root` as a folder this server may read: inside the data directory, or anywhere
+    when only this machine can reach the server (`serves_only_locally`). Missing, not a
+    folder and not allowed give one answer, so a client cannot probe which folders exist."""
+    text = str(data_root or "").strip()
+    folder = Path(text).expanduser()
+    allowed = serves_only_locally(runtime.args) or inside(runtime.paths.data_dir, folder)
+    if not text or not allowed or not folder.is_dir():
+        where = "" if serves_only_locally(runtime.args) else " inside the data directory"
+        raise ParamsError("data_root", f"{text[:200]!r} is not a dataset folder{where}")
+    return folder
+
+
 def training_size(params: ConceptDataParams, native: int) -> tuple[int, int]:
     sizes = []
     for field_name in ("training_width", "training_height"):
@@ -145,8 +158,7 @@ def validate_embedding_training(runtime, params: TrainEmbeddingParams) -> Path:
     embedding_config(params)
     template_lines(runtime, params.template_filename)
     log_folder(runtime, params, "check")
-    if not params.data_root or not Path(params.data_root).is_dir():
-        raise ParamsError("data_root", f"{params.data_root!r} is not a directory")
+    dataset_folder(runtime, params.data_root)
     return find_embedding_file(runtime.paths.embeddings_dir, params.embedding_name)
 
 
@@ -154,8 +166,7 @@ def validate_lora_training(runtime, params: TrainLoraParams) -> Path:
     lora_config(params)
     template_lines(runtime, params.template_filename)
     log_folder(runtime, params, "check")
-    if not params.data_root or not Path(params.data_root).is_dir():
-        raise ParamsError("data_root", f"{params.data_root!r} is not a directory")
+    dataset_folder(runtime, params.data_root)
     return runtime.paths.lora_dir / f"{clean_name(params.lora_name, field='lora_name')}.safetensors"
 
 

@@ -243,7 +243,11 @@ def batch_task(runtime, fields: dict[str, Any], batch: dict[str, Any]):
 
 
 def batch_folders(runtime, batch: dict[str, Any]) -> dict[str, Path | None]:
-    """The folders of a batch run; a missing input folder is an error naming the field."""
+    """The folders of a batch run; a missing input folder is an error naming the field.
+    With --hide-ui-dir-config no folder typed in the UI is used (as Extras)."""
+    if getattr(runtime.args, "hide_ui_dir_config", False):
+        raise gr.Error("Input directory: batch from directory is disabled "
+                       "(--hide-ui-dir-config)")
     source = (batch.get("input_dir") or "").strip()
     if not source or not Path(source).is_dir():
         raise gr.Error(f"Input directory: {source!r} is not a folder on the server")
