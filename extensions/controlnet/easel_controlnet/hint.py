@@ -19,7 +19,9 @@ import io
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from modules.imaging.decode import open_bounded
 
 
 def decode_image(text: str, field: str = "image") -> Image.Image:
@@ -27,11 +29,10 @@ def decode_image(text: str, field: str = "image") -> Image.Image:
     if "," in text[:100] and text.startswith("data:"):
         text = text.split(",", 1)[1]
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(text, validate=False)))
-        image.load()
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as error:
+        data = base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError) as error:
         raise ValueError(f"{field}: not a base64-encoded picture ({error})") from None
-    return image
+    return open_bounded(data, field=field)  # ValueErrors naming the field (too large: header)
 
 
 def image_array(image: Image.Image) -> np.ndarray:
