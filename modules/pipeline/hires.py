@@ -7,7 +7,8 @@ encode again); a latent too large for an exact `hr_resize_x` x `hr_resize_y` box
 cropped centrally. Then an img2img pass runs with `hr_second_pass_steps` (or the
 first pass's steps) as explicit steps, so the schedule is
 `int(steps / denoising_strength)` long and its last `steps` sigmas are sampled.
-Its noise comes from a new `ImageRNG` with the same seeds at the hires latent shape.
+Its noise comes from a new `ImageRNG` with the same seeds at the hires latent shape, and
+an image upscaler's pictures are encoded with a posterior sample seeded per image.
 The pass may use its own sampler, scheduler, prompts and checkpoint.
 """
 
@@ -18,13 +19,20 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from modules.devices import execution_device
 from modules.imaging.resize import resize
 from modules.pipeline.image_conditioning import inpaint_image_cond
 from modules.pipeline.params import LATENT_UPSCALE_MODES, ParamsError, Txt2ImgParams, hires_size
 from modules.pipeline.plan import LatentStart, Plan
 from modules.pipeline.refiner import split_for_hires
 from modules.pipeline.sample import sample_batch
-from modules.pipeline.vae_codec import decode, decode_latents, encode_images, images_to_tensor
+from modules.pipeline.vae_codec import (
+    decode,
+    decode_latents,
+    encode,
+    images_to_tensor,
+    sample_posterior,
+)
 from modules.sampling import registry as R
 
 # Latent upscale mode -> (torch interpolation mode, antialias).
@@ -59,10 +67,10 @@ class HiresPass:
         `latents`, they are encoded for the latent modes (hires on a finished picture).
         """
         p = self.first.params
-        if latents is None:
-            latents = encode_images(self.first.loaded, images_to_tensor(images), self.first.settings,
-                                    noise_seed=self.first.seeds[part][0])
-        samples = self.upscaled(latents, images)
+        if latents is None and self.upscaler in LATENT_MODES:
+            latents = encode_seeded(self.first.loaded, images, self.first.settings,
+                                    self.first.seeds[part])
+        samples = self.upscaled(latents, part, images)
         samples = truncate(samples, *self.truncate)
         start = LatentStart(init_latent=samples, denoising_strength=p.denoising_strength,
                             steps=p.hr_second_pass_steps or p.steps, explicit_steps=True)
@@ -76,7 +84,9 @@ class HiresPass:
                 settings=self.sampling.settings)
         return (yield from sample_batch(self.sampling, part, job_no=job_no, start=start))
 
-    def upscaled(self, latents: torch.Tensor, images=None) -> torch.Tensor:
+    def upscaled(self, latents: torch.Tensor | None, part: slice, images=None) -> torch.Tensor:
+        """The batch `part` at the hires size; an image upscaler's pictures are encoded
+        with each image's own seed (image i of a batch equals its seed run alone)."""
         width, height = self.upscale_to
         factor = self.first.loaded.family.vae.downscale
         if self.upscaler in LATENT_MODES:
@@ -96,8 +106,18 @@ class HiresPass:
             images = [image.resize((width, height), resample=0) for image in images]
         else:
             images = [resize(image, width, height, upscale) for image in images]
-        return encode_images(self.sampling.loaded, images_to_tensor(images),
-                             self.sampling.settings, noise_seed=self.first.seeds[0])
+        return encode_seeded(self.sampling.loaded, images, self.sampling.settings,
+                             self.first.seeds[part])
+
+
+def encode_seeded(loaded, images, settings, seeds: list[int]) -> torch.Tensor:
+    """PIL images -> latents, image i's posterior sampled with noise seeded by `seeds[i]`
+    (as img2img does), so a batch equals its images run one by one."""
+    if len(images) != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds for {len(images)} images")
+    pixels = images_to_tensor(images)
+    posterior = encode(loaded.vae, pixels.to(execution_device(loaded.vae)), settings)
+    return sample_posterior(loaded, posterior, list(seeds))
 
 
 def truncate(samples: torch.Tensor, truncate_x: int, truncate_y: int) -> torch.Tensor:
