@@ -2,9 +2,10 @@
 
 `create_app(runtime)` builds the page (top bar, txt2img, PNG Info, Settings), puts
 the `/sdapi/v1/*` routes on the same FastAPI app when `--api` is given (before the
-UI's catch-all mount at "/"), and protects the UI with `--gradio-auth` /
-`--gradio-auth-path`. Nothing here waits for the model: the page is served at once,
-and handlers that need the model wait on `runtime.ready` in a worker thread.
+UI's catch-all mount at "/"), and protects the whole app (UI, API, `/internal/*`,
+extension routes) when any login is configured (`webui.login`, `modules.api.auth`).
+Nothing here waits for the model: the page is served at once, and handlers that need
+the model wait on `runtime.ready` in a worker thread.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 from fastapi import FastAPI
 
-from modules.app.cmd_args import parse_auth
+from modules.api.auth import ui_users
 from webui import widgets
 from webui.send_to import SendTarget, wire_send
 from webui.tabs import extensions as extensions_tab
@@ -45,7 +46,7 @@ def create_app(runtime) -> FastAPI:
         register_extension_routes(app, runtime)
     blocks = build_ui(runtime)
     theme = getattr(runtime.args, "theme", None) or ""
-    return gr.mount_gradio_app(
+    gr.mount_gradio_app(
         app, blocks, path="/", auth=ui_auth(runtime.args), auth_message="Easel",
         css=STYLE_FILE.read_text(encoding="utf-8") + "\n" + extensions_tab.page_css(runtime),
         head=extensions_tab.page_head(runtime), theme=gr.themes.Default(),
@@ -53,6 +54,10 @@ def create_app(runtime) -> FastAPI:
         root_path=getattr(runtime.args, "subpath", None) or None,
         ssr_mode=False, show_error=True, footer_links=["gradio"],
     )
+    from webui.login import protect_app
+
+    protect_app(app, runtime.args)  # after the mount: every route, the UI's included
+    return app
 
 
 def build_ui(runtime) -> gr.Blocks:
@@ -83,7 +88,7 @@ def build_ui(runtime) -> gr.Blocks:
         for panel in (t2i, i2i.panel):
             wire_send(panel, targets, tabs)
             _wire_checkpoint_cards(runtime, top, panel)
-        _wire_page_load(runtime, blocks, top, t2i, settings)
+        _wire_page_load(runtime, blocks, top, [t2i, i2i.panel], settings)
     blocks.queue(max_size=64, default_concurrency_limit=1)
     return blocks
 
@@ -136,38 +141,34 @@ def _wire_checkpoint_cards(runtime, top: widgets.TopBar, panel) -> None:
     pick.change(select, pick, [top.checkpoint, pick], concurrency_limit=1)
 
 
-def _wire_page_load(runtime, blocks: gr.Blocks, top: widgets.TopBar, t2i: txt2img.Txt2ImgTab,
+def _wire_page_load(runtime, blocks: gr.Blocks, top: widgets.TopBar, panels: list,
                     settings: settings_tab.SettingsTab) -> None:
     """On page load, the current settings; until the first model load ends, a timer that
-    then fills in the checkpoint and the model's native size (never waiting on the load)."""
+    then fills in the checkpoint and the model's native size in every panel (txt2img,
+    img2img), never waiting on the load and without a reload of the page."""
     quick = list(top.quick.values())
     blocks.load(lambda: settings_tab.current_values(runtime) + [
         getattr(runtime.settings.current, n) for n in top.quick],
         None, [*settings.widget_list(), *quick], queue=False)
     built_size = txt2img.native_size(runtime)
     timer = gr.Timer(MODEL_POLL_S, active=not runtime.ready.is_set())
-    size = [t2i.fields["width"], t2i.fields["height"]]
-    timer.tick(lambda width, height: model_defaults(runtime, width, height, built_size),
-               size, [top.checkpoint, *size, timer], queue=False, show_progress="hidden")
+    sides = [panel.fields[name] for panel in panels for name in ("width", "height")]
+    timer.tick(lambda *values: model_defaults(runtime, *values, built_size=built_size),
+               sides, [top.checkpoint, *sides, timer], queue=False, show_progress="hidden")
 
 
-def model_defaults(runtime, width: int, height: int, built_size: int) -> list:
+def model_defaults(runtime, *sides: int, built_size: int) -> list:
     """Once the first load ended: checkpoint choices/value, and the model's native size
-    for the sides the user has not changed from the page's default; then stop polling."""
+    for each side (width, height, ...) the user has not changed from the page's default;
+    then stop polling."""
     if not runtime.ready.is_set():
-        return [gr.skip()] * 4
+        return [gr.skip()] * (len(sides) + 2)
     size = txt2img.native_size(runtime)
     return [widgets.refresh_checkpoints(runtime),
-            size if width == built_size else gr.skip(),
-            size if height == built_size else gr.skip(),
+            *(size if side == built_size else gr.skip() for side in sides),
             gr.Timer(active=False)]
 
 
 def ui_auth(args) -> list[tuple[str, str]] | None:
     """Logins from `--gradio-auth "u:p,u2:p2"` and `--gradio-auth-path` (one or more per line)."""
-    users = parse_auth(getattr(args, "gradio_auth", None))
-    path = getattr(args, "gradio_auth_path", None)
-    if path:
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            users.update(parse_auth(line))
-    return sorted(users.items()) or None
+    return sorted(ui_users(args).items()) or None

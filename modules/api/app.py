@@ -2,8 +2,9 @@
 
 `create_api_app(runtime)` is `--nowebui`: the API alone, with its docs. `register_api(app,
 runtime)` adds the same routes to an existing app (the Gradio UI's, with `--api`).
-Both add the body-size limit (`--max-body-mb`) and, with `--api-auth`, HTTP Basic on
-`/sdapi/*` and the docs. Routes live in `routes_*.py`; bodies in `schemas.py`.
+Both add the body-size limit (`--max-body-mb`); authentication covers the whole app and
+is added by the app factories (`create_api_app` here, `webui.app.create_app`) through
+`modules.api.auth.protect`. Routes live in `routes_*.py`; bodies in `schemas.py`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import time
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 
+from modules.api.auth import protect
 from modules.api.errors import ApiRoute, install_error_handlers
 from modules.api.routes_control import ControlRoutes
 from modules.api.routes_generation import GenerationRoutes
 from modules.api.routes_listing import ListingRoutes
 from modules.api.schemas import InternalProgressResponse
-from modules.api.security import BasicAuthMiddleware, BodyLimitMiddleware
-from modules.app.cmd_args import parse_auth
+from modules.api.security import BodyLimitMiddleware
 
 DEFAULT_MAX_BODY_MB = 64.0
 
@@ -30,11 +31,14 @@ def create_api_app(runtime) -> FastAPI:
                   description="A1111-compatible Stable Diffusion API")
     install_error_handlers(app)
     register_api(app, runtime)
+    protect(app, runtime.args)  # every route, `/internal/*` and later ones included
     return app
 
 
 def register_api(app: FastAPI, runtime) -> None:
-    """Add `/sdapi/v1/*` and `/internal/progress` to `app`, with auth and the body limit."""
+    """Add `/sdapi/v1/*` and `/internal/progress` to `app`, with the body limit.
+
+    Authentication is the caller's: `modules.api.auth.protect` around the whole app."""
     router = APIRouter(route_class=ApiRoute)
     GenerationRoutes(runtime).register(router)
     control = ControlRoutes(runtime)
@@ -62,6 +66,3 @@ def add_middleware(app: FastAPI, args) -> None:
 
     max_mb = getattr(args, "max_body_mb", None) or DEFAULT_MAX_BODY_MB
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(max_mb * 1024 * 1024))
-    users = parse_auth(getattr(args, "api_auth", None))
-    if users:
-        app.add_middleware(BasicAuthMiddleware, users=users)

@@ -2,7 +2,8 @@
 
 Extensions register an `app_started` callback; it receives an `ExtensionApp`, whose
 `add_api_route(path, endpoint, methods=[...])` puts the route on a router that
-carries the API's Basic-auth check as a FastAPI dependency. So, unlike A1111 (where
+carries the API's Basic-auth check as a FastAPI dependency (besides the whole-app
+check of `modules.api.auth`). So, unlike A1111 (where
 `on_app_started` routes bypass `--api-auth`; docs/a1111-semantics.md, "Extension routes"), an
 extension's routes are protected wherever they are mounted. Raw access to the FastAPI app is not
 offered.
@@ -14,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
+from modules.api.auth import api_users
 from modules.api.errors import ApiRoute
 from modules.api.security import credentials_match
-from modules.app.cmd_args import parse_auth
 
 
 def auth_dependency(users: Mapping[str, str]) -> Callable:
@@ -49,7 +50,7 @@ def register_extension_routes(app: FastAPI, runtime) -> ExtensionApp | None:
     if runtime.extensions is None or getattr(app.state, "easel_extension_routes", False):
         return None
     app.state.easel_extension_routes = True
-    users = parse_auth(getattr(runtime.args, "api_auth", None))
+    users = api_users(runtime.args)
     router = APIRouter(route_class=ApiRoute, dependencies=[Depends(auth_dependency(users))])
     extension_app = ExtensionApp(router=router, version=runtime.version)
     runtime.extensions.call("app_started", extension_app)

@@ -1,9 +1,8 @@
-"""ASGI middleware guarding the API: HTTP Basic auth and a request-body size limit.
+"""ASGI pieces guarding the API: HTTP Basic credentials and a request-body size limit.
 
-`--api-auth "u:p[,u2:p2]"` protects every `/sdapi/` route and the API docs
-(`/docs`, `/redoc`, `/openapi.json`). A failed check answers 401 with
-`WWW-Authenticate: Basic` and `{"detail": "Incorrect username or password"}` as A1111
-does. Passwords are compared in constant time.
+`credentials_match` checks `Authorization: Basic` in constant time; `modules.api.auth`
+uses it to protect the whole app (every route, not a list of prefixes). A failed check
+answers 401 with `{"detail": "Incorrect username or password"}` as A1111 does.
 
 The body limit (`--max-body-mb`) is checked against `Content-Length` before anything
 is read; a body sent without one is buffered up to the limit. Both answer 413.
@@ -19,7 +18,6 @@ from collections.abc import Mapping, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-PROTECTED_PREFIXES = ("/sdapi/", "/docs", "/redoc", "/openapi.json")
 
 async def send_json(send: Send, status: int, body: dict,
                     headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
@@ -44,27 +42,6 @@ def credentials_match(header: str | None, users: Mapping[str, str]) -> bool:
         hmac.compare_digest(password.encode(), password.encode())  # same work either way
         return False
     return hmac.compare_digest(password.encode("utf-8"), expected.encode("utf-8"))
-
-
-class BasicAuthMiddleware:
-    """Require HTTP Basic credentials on paths under `prefixes`."""
-
-    def __init__(self, app: ASGIApp, *, users: Mapping[str, str],
-                 prefixes: Sequence[str] = PROTECTED_PREFIXES) -> None:
-        self.app = app
-        self.users = dict(users)
-        self.prefixes = tuple(prefixes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        if credentials_match(header, self.users):
-            await self.app(scope, receive, send)
-            return
-        await send_json(send, 401, {"detail": "Incorrect username or password"},
-                        [(b"www-authenticate", b"Basic")])
 
 
 class BodyLimitMiddleware:
