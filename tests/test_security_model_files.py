@@ -121,8 +121,10 @@ def test_unloadable_checkpoint_is_a_4xx_naming_it_without_paths(client, runtime)
     body = response.json()
     assert "0-broken.safetensors" in body["detail"]
     assert no_server_paths(response.text, runtime)
+    before = runtime.settings.current.sd_model_checkpoint
     assert client.post("/sdapi/v1/options",
                        json={"sd_model_checkpoint": "0-broken"}).status_code == 422
+    assert runtime.settings.current.sd_model_checkpoint == before  # not saved
 
 
 def test_create_embedding_refuses_to_shadow_a_trained_one(client, runtime):

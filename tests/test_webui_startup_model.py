@@ -27,7 +27,7 @@ def timer_event(blocks: gr.Blocks):
     return timer, events[0]
 
 
-def test_timer_fills_checkpoint_and_size_of_both_tabs_after_the_load(runtime):
+def test_timer_fills_checkpoint_and_size_of_both_tabs_after_the_load(runtime, monkeypatch):
     assert not runtime.ready.is_set()
     blocks = app_module.build_ui(runtime)
     timer, event = timer_event(blocks)
@@ -39,8 +39,12 @@ def test_timer_fills_checkpoint_and_size_of_both_tabs_after_the_load(runtime):
     assert event.fn(*page) == [gr.skip()] * 6  # still loading: nothing changes, keep polling
 
     runtime.models.load_initial()
+    runtime.models.startup_warnings = ["broken.safetensors could not be loaded: garbage"]
     runtime.ready.set()
+    warned = []
+    monkeypatch.setattr(gr, "Warning", warned.append)
     checkpoint, *sides, stop = event.fn(*page)
+    assert warned == runtime.models.startup_warnings  # why another model was loaded
     assert checkpoint["value"] == runtime.models.current.title
     assert runtime.models.current.title in checkpoint["choices"]
     assert sides == [64, 64, 64, gr.skip()]  # the tiny model's native size, kept 768

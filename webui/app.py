@@ -17,6 +17,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from modules.api.auth import ui_users
+from modules.errors import without_paths
 from webui import widgets
 from webui.send_to import SendTarget, wire_send
 from webui.tabs import extensions as extensions_tab
@@ -160,9 +161,11 @@ def _wire_page_load(runtime, blocks: gr.Blocks, top: widgets.TopBar, panels: lis
 def model_defaults(runtime, *sides: int, built_size: int) -> list:
     """Once the first load ended: checkpoint choices/value, and the model's native size
     for each side (width, height, ...) the user has not changed from the page's default;
-    then stop polling."""
+    why the start-up model is not the first choice, as warnings; then stop polling."""
     if not runtime.ready.is_set():
         return [gr.skip()] * (len(sides) + 2)
+    for warning in runtime.models.startup_warnings:
+        gr.Warning(without_paths(warning))
     size = txt2img.native_size(runtime)
     return [widgets.refresh_checkpoints(runtime),
             *(size if side == built_size else gr.skip() for side in sides),

@@ -148,9 +148,9 @@ class ControlRoutes:
         if checkpoint:
             info = self._find_checkpoint(checkpoint)
             changes = {**changes, "sd_model_checkpoint": info.title}
-        self.runtime.settings.update(changes)
-        if checkpoint:
+        if checkpoint:  # loaded first: a checkpoint that cannot be loaded is never saved
             self.runtime.jobs.submit(in_queue(lambda: self.runtime.models.select(info))).wait()
+        self.runtime.settings.update(changes)
 
     def _find_checkpoint(self, query: str):
         try:
