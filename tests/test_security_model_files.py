@@ -51,6 +51,8 @@ def runtime(tmp_path_factory):
     torch.save({768: Evil()}, models / "hypernetworks" / "evilnet.pt")
     write_tiny_controlnet(models / "ControlNet" / "control_tiny.safetensors", TINY_SD15.unet)
     (models / "ControlNet" / "control_bad.safetensors").write_bytes(b"\x00" * 100)
+    (models / "ESRGAN").mkdir()
+    (models / "ESRGAN" / "4x-broken.pth").write_bytes(b"garbage" * 20)
     rt = make_runtime(data, "--api-auth", "user:pw")
     yield rt
     rt.jobs.stop()
@@ -125,6 +127,19 @@ def test_unloadable_checkpoint_is_a_4xx_naming_it_without_paths(client, runtime)
     assert client.post("/sdapi/v1/options",
                        json={"sd_model_checkpoint": "0-broken"}).status_code == 422
     assert runtime.settings.current.sd_model_checkpoint == before  # not saved
+
+
+def test_unusable_upscaler_file_is_a_4xx_naming_it(client, runtime):
+    picture = png_base64(Image.new("RGB", (32, 32)))
+    extras = client.post("/sdapi/v1/extra-single-image", json={
+        "image": picture, "upscaler_1": "4x-broken", "upscaling_resize": 2})
+    hires = client.post("/sdapi/v1/txt2img", json={
+        **SMALL, "enable_hr": True, "hr_upscaler": "4x-broken", "hr_scale": 1.5,
+        "denoising_strength": 0.5})
+    for response in (extras, hires):
+        assert response.status_code == 422, response.text[:300]
+        assert "4x-broken.pth" in response.json()["detail"]
+        assert no_server_paths(response.text, runtime)
 
 
 def test_create_embedding_refuses_to_shadow_a_trained_one(client, runtime):

@@ -25,6 +25,7 @@ from modules.models.errors import ModelLoadError
 from modules.pipeline.params import ParamsError
 from modules.settings import SettingsError
 from modules.styles import StyleError
+from modules.upscaling.registry import UpscalerError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def status_for(exc: BaseException) -> int:
         return 422
     if isinstance(exc, ModelLoadError):  # a file that cannot be used is never a crash
         return 404 if "no such checkpoint" in str(exc) else 422
+    if isinstance(exc, UpscalerError):  # an unknown name, or a file that cannot be used
+        return 422
     if isinstance(exc, PermissionError):
         return 403
     if isinstance(exc, JobInterrupted):  # a queued job cancelled because the server stops
