@@ -36,7 +36,8 @@ def test_install_from_url_is_refused_when_not_local(runtime, tmp_path):
     for flags in (["--share"], ["--server-name", "0.0.0.0"]):
         assert not extension_access_allowed(parse_args(flags))
     assert extension_access_allowed(parse_args([]))
-    insecure = parse_args(["--listen", "--enable-insecure-extension-access"])
+    insecure = parse_args(["--listen", "--enable-insecure-extension-access",
+                           "--gradio-auth", "u:p"])  # exposed: a login is needed too
     assert extension_access_allowed(insecure)
     with pytest.raises(ValueError, match="not a git URL"):
         install_from_url(insecure, tmp_path, "file:///etc")

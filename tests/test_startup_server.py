@@ -41,7 +41,8 @@ def test_server_serves_page_loads_model_in_background_and_share_fails_soft(tmp_p
 def test_nowebui_serves_the_api_alone_with_auth(tmp_path):
     with running_server(tmp_path, "--nowebui", "--listen", "--skip-load-model-at-start",
                         "--api-auth", "u:p", "--ngrok", "token") as server:
-        assert httpx.get(server.url + "/", timeout=30).status_code == 404  # no UI
+        assert httpx.get(server.url + "/", timeout=30).status_code == 401  # all behind auth
+        assert httpx.get(server.url + "/", auth=("u", "p"), timeout=30).status_code == 404
         assert httpx.get(server.url + "/sdapi/v1/samplers", timeout=30).status_code == 401
         samplers = httpx.get(server.url + "/sdapi/v1/samplers", auth=("u", "p"), timeout=30)
         assert samplers.status_code == 200 and samplers.json()
@@ -104,7 +105,7 @@ def test_cors_and_api_log(caplog):
     app.get("/sdapi/v1/ping")(lambda: {"ok": True})
     add_server_middleware(app, parse_args(["--cors-allow-origins", "http://a.example",
                                            "--api-log"]))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")  # a Host the server serves
     with caplog.at_level(logging.INFO, logger="easel"):
         answer = client.get("/sdapi/v1/ping", headers={"Origin": "http://a.example"})
     assert answer.headers["access-control-allow-origin"] == "http://a.example"

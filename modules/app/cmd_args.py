@@ -105,7 +105,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subpath", default=None, help="root path behind a reverse proxy")
     g.add_argument("--cors-allow-origins", default=None)
     g.add_argument("--cors-allow-origins-regex", default=None)
+    g.add_argument("--allowed-hosts", default=None,
+                   help="extra Host names the server answers to, comma-separated "
+                        "(*.example.com for subdomains, * for any); others get 400")
     g.add_argument("--enable-insecure-extension-access", action="store_true")
+    g.add_argument("--allow-private-extension-urls", action="store_true",
+                   help="let Install from URL clone from private, loopback or link-local "
+                        "addresses")
     g.add_argument("--disable-all-extensions", action="store_true")
     g.add_argument("--disable-extra-extensions", action="store_true")
     g.add_argument("--skip-load-model-at-start", action="store_true")

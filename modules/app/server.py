@@ -6,6 +6,8 @@
   takes 7861.
 - `--tls-keyfile` / `--tls-certfile` serve HTTPS; `--timeout-keep-alive` (30 s);
   `--cors-allow-origins` / `--cors-allow-origins-regex`; `--api-log` logs each API call.
+- The Host header must name a host this server serves (`modules.app.hosts`: loopback,
+  the bound address, `--allowed-hosts`; any IP literal with `--listen`), else 400.
 - Hooks run once the socket is listening, with the local URL (the share tunnel and
   `--autolaunch` need a server that answers); a failing hook is logged, never fatal.
 """
@@ -71,7 +73,8 @@ def _with_port(args, port: int):
 
 
 def add_server_middleware(app, args) -> None:
-    """CORS and the API request log, for the UI app and the API-only app alike."""
+    """CORS, the API request log and, outermost, the Host check (`modules.app.hosts`),
+    for the UI app and the API-only app alike."""
     origins = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
     if origins or args.cors_allow_origins_regex:
         from fastapi.middleware.cors import CORSMiddleware
@@ -89,6 +92,17 @@ def add_server_middleware(app, args) -> None:
                 log.info("API %s %s %s %d %.3fs", client, request.method, request.url.path,
                          response.status_code, time.perf_counter() - started)
             return response
+    add_host_check(app, args)
+
+
+def add_host_check(app, args) -> None:
+    """Refuse Hosts this server does not serve (DNS rebinding); added last, so outermost."""
+    from modules.app.hosts import HostCheckMiddleware, HostRules
+
+    if args.subpath and not getattr(args, "allowed_hosts", None):
+        log.info("--subpath: a proxy that forwards its public Host header needs that name "
+                 "in --allowed-hosts (requests naming other hosts get 400)")
+    app.add_middleware(HostCheckMiddleware, rules=HostRules.from_args(args))
 
 
 def local_url(host: str, port: int, args) -> str:

@@ -1,9 +1,14 @@
 """Installing an extension from a git URL (the Extensions tab's "Install from URL").
 
-Refused unless the server is local, or `--enable-insecure-extension-access` is given
-(docs/a1111-semantics.md, "Installing extensions"): `--listen`, `--share` and `--server-name` expose
-the page to others, and installing runs their code. The clone goes into the user extensions folder
-with `git clone --depth 1` in a subprocess; the new extension loads on the next start.
+Allowed for a local, unauthenticated session or a logged-in one (issue #17): a server
+others can reach (`--listen`, `--share`, a non-loopback `--server-name`, a `--subpath`
+proxy, `--allowed-hosts`) needs `--enable-insecure-extension-access`
+(docs/a1111-semantics.md, "Installing extensions") and, unlike A1111, a login
+(`--gradio-auth` or `--api-auth`), since installing runs the extension's code. A URL
+whose host is or resolves to a private, loopback or link-local address is refused
+unless `--allow-private-extension-urls` (`url_check.py`); git then follows no
+redirects. The clone goes into the user extensions folder with `git clone --depth 1`
+in a subprocess; the new extension loads on the next start.
 """
 
 from __future__ import annotations
@@ -12,9 +17,15 @@ import re
 import subprocess
 from pathlib import Path
 
+from modules.extensions.url_check import refuse_private_host
+
 ACCESS_DENIED = ("Extension access is disabled because the server is not local "
-                 "(--listen, --share or --server-name); start with "
+                 "(--listen, --share, --server-name, --subpath or --allowed-hosts); start with "
                  "--enable-insecure-extension-access to allow it.")
+LOGIN_REQUIRED = ("Installing extensions on a server others can reach needs a login: start "
+                  "with --gradio-auth (or --api-auth) besides "
+                  "--enable-insecure-extension-access.")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 CLONE_TIMEOUT_S = 600
 
 
@@ -22,11 +33,30 @@ class ExtensionAccessError(PermissionError):
     """Installing or changing extensions is not allowed with these flags."""
 
 
+def server_is_local(args) -> bool:
+    """Only this machine can reach the server (no flag exposes it, no proxy in front)."""
+    name = (getattr(args, "server_name", None) or "").strip().lower().strip("[]")
+    exposed = (getattr(args, "listen", False) or getattr(args, "share", False)
+               or getattr(args, "subpath", None) or getattr(args, "allowed_hosts", None))
+    return not exposed and (not name or name in LOOPBACK_NAMES)
+
+
+def login_configured(args) -> bool:
+    return any(getattr(args, flag, None) for flag in ("api_auth", "gradio_auth",
+                                                       "gradio_auth_path"))
+
+
+def extension_access_denial(args) -> str | None:
+    """Why installing is refused with these flags, or None when it is allowed."""
+    if server_is_local(args):
+        return None
+    if not getattr(args, "enable_insecure_extension_access", False):
+        return ACCESS_DENIED
+    return None if login_configured(args) else LOGIN_REQUIRED
+
+
 def extension_access_allowed(args) -> bool:
-    if getattr(args, "enable_insecure_extension_access", False):
-        return True
-    return not (getattr(args, "listen", False) or getattr(args, "share", False)
-                or getattr(args, "server_name", None))
+    return extension_access_denial(args) is None
 
 
 def folder_name(url: str, dirname: str | None) -> str:
@@ -40,16 +70,21 @@ def folder_name(url: str, dirname: str | None) -> str:
 def install_from_url(args, target_root: Path, url: str, *, dirname: str | None = None,
                      branch: str | None = None) -> Path:
     """Clone `url` into `target_root/<name>`; return the new folder."""
-    if not extension_access_allowed(args):
-        raise ExtensionAccessError(ACCESS_DENIED)
+    denial = extension_access_denial(args)
+    if denial:
+        raise ExtensionAccessError(denial)
     url = url.strip()
     if not re.match(r"^(https?://|git@|ssh://)", url):
         raise ValueError(f"not a git URL: {url!r}")
+    private_ok = getattr(args, "allow_private_extension_urls", False)
+    if not private_ok:
+        refuse_private_host(url, ExtensionAccessError)
     target = target_root / folder_name(url, dirname)
     if target.exists():
         raise FileExistsError(f"extension folder {target} already exists")
-    command = ["git", "clone", "--depth", "1", *(["--branch", branch] if branch else []),
-               "--", url, str(target)]
+    guard = [] if private_ok else ["-c", "http.followRedirects=false"]  # no way round
+    command = ["git", *guard, "clone", "--depth", "1",
+               *(["--branch", branch] if branch else []), "--", url, str(target)]
     target_root.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(command, capture_output=True, text=True, timeout=CLONE_TIMEOUT_S)
     if done.returncode != 0:

@@ -4,8 +4,9 @@ Installed: every extension with its state and errors; ticking/unticking and "App
 persists `disabled_extensions` (scripts and callbacks follow at once; new files and
 install.py take a restart). Extension settings: the typed options extensions
 declared, validated and saved together. Install from URL: a `git clone` into the user
-extensions folder, refused with a message unless the server is local or
-`--enable-insecure-extension-access` is given. An extension's `ui.py` (its
+extensions folder, refused with a message unless the server is local, or
+`--enable-insecure-extension-access` and a login are given (`modules.extensions.install`,
+which also refuses private-network URLs). An extension's `ui.py` (its
 `ui_tabs(runtime) -> [(title, build)]`) and `ui_tabs` callbacks are only run here.
 """
 
@@ -18,11 +19,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules.extensions.install import (
-    ACCESS_DENIED,
-    extension_access_allowed,
-    install_from_url,
-)
+from modules.extensions.install import extension_access_denial, install_from_url
 from modules.scripts import loader
 
 log = logging.getLogger(__name__)
@@ -52,8 +49,9 @@ def apply_options(runtime, keys: list[str], *values) -> str:
 
 def install(runtime, url: str, branch: str, dirname: str) -> str:
     """The "Install" button: a status line (the refusal message when not allowed)."""
-    if not extension_access_allowed(runtime.args):
-        return ACCESS_DENIED
+    denial = extension_access_denial(runtime.args)
+    if denial:
+        return denial
     try:
         target = install_from_url(runtime.args, runtime.paths.extensions_dirs[-1], url,
                                   dirname=dirname or None, branch=branch or None)
@@ -113,13 +111,14 @@ def build(runtime) -> ExtensionsTab:
         with gr.Tab("Settings", elem_id="extensions_settings"):
             _build_options(runtime)
         with gr.Tab("Install from URL", elem_id="extensions_install"):
-            allowed = extension_access_allowed(runtime.args)
+            denial = extension_access_denial(runtime.args)
+            allowed = denial is None
             url = gr.Textbox(label="URL for extension's git repository", interactive=allowed)
             branch = gr.Textbox(label="Specific branch name (leave empty for default)",
                                 interactive=allowed)
             dirname = gr.Textbox(label="Local directory name (leave empty for auto)",
                                  interactive=allowed)
-            install_status = gr.Markdown("" if allowed else ACCESS_DENIED)
+            install_status = gr.Markdown(denial or "")
             gr.Button("Install", interactive=allowed).click(
                 lambda u, b, d: install(runtime, u, b, d), [url, branch, dirname],
                 install_status)
