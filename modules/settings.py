@@ -6,7 +6,9 @@ from one place. Setting names are A1111's, because API clients send them in
 `override_settings` and `/options`.
 
 Requests never change the shared settings: `settings.with_overrides({...})` returns a
-validated copy. Saving writes a temporary file and renames it over `config.json`, so a
+validated copy. Fields declared with `guard=` (the URL-request policy, output folders)
+are refused there for clients unless `ClientAccess` (from the flags) allows it.
+Saving writes a temporary file and renames it over `config.json`, so a
 crash mid-write never loses the previous file.
 """
 
