@@ -226,3 +226,24 @@ def test_diffusers_folder_loads_and_generates_with_hashing_on(diffusers_runtime,
     assert info["sd_model_name"] == "tiny-diffusers" and expected.startswith(info["sd_model_hash"])
     listed = {m["model_name"]: m for m in client.get("/sdapi/v1/sd-models").json()}
     assert listed["tiny-diffusers"]["sha256"] == expected
+
+
+def test_without_paths_cuts_server_paths_only(tmp_path):
+    from modules.errors import without_paths
+
+    file = tmp_path / "models" / "x.safetensors"
+    assert without_paths(f"{file}: truncated") == "x.safetensors: truncated"
+    assert without_paths(f"No such file: '{tmp_path}/gone/y.pt'") == "No such file: 'y.pt'"
+    kept = "see /sdapi/v1/loras, http://host/tmp/a and models/Lora/z.pt"
+    assert without_paths(kept) == kept
+
+
+def test_ui_checkpoint_error_names_the_file_without_paths(runtime):
+    import gradio as gr
+
+    from webui import widgets
+
+    with pytest.raises(gr.Error) as raised:
+        widgets.select_checkpoint(runtime, "0-broken")
+    assert "0-broken.safetensors" in str(raised.value)
+    assert no_server_paths(str(raised.value), runtime)

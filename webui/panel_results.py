@@ -116,7 +116,7 @@ def poll_job(runtime, job, *, started: float, folder: str) -> Iterator[tuple]:
             raise gr_error(error) from error
         except Exception as error:
             log.exception("generation failed")
-            raise gr.Error(f"Generation failed: {error}") from error
+            raise gr.Error(f"Generation failed: {without_paths(str(error))}") from error
     yield finished(runtime, result, started=started, folder=folder)
 
 

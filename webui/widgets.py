@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from modules.errors import without_paths
 from modules.models.errors import ModelLoadError
 from modules.settings import Settings, SettingsError
 
@@ -115,7 +116,7 @@ def select_checkpoint(runtime, title: str) -> dict:
         runtime.ready.wait()
         loaded = runtime.models.select(runtime.models.find(title))
     except ModelLoadError as error:
-        raise gr.Error(f"Stable Diffusion checkpoint: {error}") from error
+        raise gr.Error(f"Stable Diffusion checkpoint: {without_paths(str(error))}") from error
     _save_setting(runtime, "sd_model_checkpoint", loaded.info.title)
     return gr.update(choices=checkpoint_titles(runtime), value=loaded.info.title)
 

@@ -35,6 +35,7 @@ from modules.api.schemas import (
     TrainResponse,
     Txt2ImgRequest,
 )
+from modules.errors import without_paths
 from modules.imaging.grid import image_grid
 from modules.imaging.save import read_image_info
 from modules.infotext import parse_infotext
@@ -174,7 +175,8 @@ class GenerationRoutes:
             raise
         except Exception as error:  # reported as A1111 does; the server keeps serving
             log.exception("embedding training failed")
-            return {"info": f"train embedding complete: filename:  error: {error}"}
+            return {"info": "train embedding complete: filename:  error: "
+                            + without_paths(str(error))}
         return {"info": f"train embedding complete: filename: {result.paths[0]} error: None"}
 
     def png_info(self, request: PNGInfoRequest) -> dict[str, Any]:

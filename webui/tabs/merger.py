@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from modules.errors import without_paths
 from modules.models.errors import ModelLoadError
 from modules.models.merge import (
     CHECKPOINT_FORMATS,
@@ -142,5 +143,5 @@ def merge(runtime, values: dict[str, Any], progress=None) -> str:
     except ParamsError as error:
         raise gr.Error(f"{LABELS.get(error.field, error.field)}: {error.reason}") from error
     except ModelLoadError as error:  # an input file that cannot be read
-        raise gr.Error(str(error)) from error
+        raise gr.Error(without_paths(str(error))) from error
     return f"<p>{html.escape(result.message)}</p><p>{html.escape(result.info.title)}</p>"
