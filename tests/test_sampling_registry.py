@@ -145,8 +145,8 @@ def test_cfg_skip_early_ngms_and_hooks():
 
     cfg = CFGDenoiser(inner, [MultiCond.single(ScheduledCond.constant(cond(1.0)))],
                       [ScheduledCond.constant(cond(0.0))], cfg_scale=5.0, total_steps=4,
-                      skip_early_cond=0.25,
-                      s_min_uncond=0.5, hooks=Hooks(before_model=[before]), record_uncond=True)
+                      skip_early_cond=0.25, s_min_uncond=0.5,
+                      hooks=Hooks(before_model=[before]), record_uncond=True)
     x = torch.zeros(1, 1, 2, 2)
     # step 0: skipped uncond -> cond only
     assert torch.allclose(cfg(x, torch.tensor([2.0])), x + 1.0)

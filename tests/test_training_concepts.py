@@ -287,9 +287,9 @@ def test_trained_lora_at_weight_zero_is_bit_identical_and_on_it_changes_the_imag
     model = load_model(tmp_path / "models" / "Stable-diffusion" / "tiny.safetensors")
     config = LoraTrainingConfig(rank=2, alpha=2.0, text_encoder=True, learn_rate="5e-2",
                                 batch_size=2, steps=3)
+    items = bar_items("bar", count=4, seed=0, resolution=64)
     drive(lora_training(model, out=runtime.paths.lora_dir / "zz.safetensors", config=config,
-                        tokenizer=tokenizer,
-                        items=bar_items("bar", count=4, seed=0, resolution=64)), progress=False)
+                        tokenizer=tokenizer, items=items), progress=False)
 
     def pixels(prompt: str) -> np.ndarray:
         params = Txt2ImgParams(prompt=prompt, width=64, height=64, steps=3, seed=5, batch_size=2,

@@ -116,8 +116,9 @@ SD2 = Family(
         use_linear_in_transformer=True,
     ),
     vae=VAEConfig(),
-    text_encoders=(TextEncoderSpec(name="clip_h", prefix="cond_stage_model.model.",
-                                   config=CLIP_H),),
+    text_encoders=(
+        TextEncoderSpec(name="clip_h", prefix="cond_stage_model.model.", config=CLIP_H),
+    ),
 )
 SD2_V = replace(SD2, name="sd2_v", label="SD 2.x v-prediction", prediction="v",
                 native_resolution=768)

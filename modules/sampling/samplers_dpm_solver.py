@@ -162,10 +162,9 @@ class PIDStepController:
 def sample_dpm_adaptive(model: Model, x: Tensor, sigmas: Tensor,
                         extra_args: dict[str, Any] | None = None, *,
                         noise_sampler: NoiseSampler | None = None, order: int = 3,
-                        rtol: float = 0.05,
-                        atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0,
-                        icoeff: float = 1.0,
-                        dcoeff: float = 0.0, accept_safety: float = 0.81, eta: float = 0.0,
+                        rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                        pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
+                        accept_safety: float = 0.81, eta: float = 0.0,
                         s_noise: float = 1.0) -> SamplerGen:
     """DPM-Solver-12 / -23 with adaptive steps; yields one event per accepted step."""
     if order not in (2, 3):

@@ -56,8 +56,8 @@ def bar_images(runtime, transform: Callable[[str], str] = lambda p: p, *,
     images = []
     for prompt in prompts or bar_prompts():
         params = Txt2ImgParams(prompt=transform(prompt), width=size, height=size, steps=20,
-                               cfg_scale=7.0,
-                               sampler_name="DPM++ 2M", scheduler="Karras", seed=seeds[0],
+                               cfg_scale=7.0, sampler_name="DPM++ 2M", scheduler="Karras",
+                               seed=seeds[0],
                                batch_size=len(seeds), do_not_save_samples=True)
         images += list(_finish(txt2img(runtime, params)).images)
     return images

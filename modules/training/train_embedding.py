@@ -213,8 +213,8 @@ def train_new_embedding(model_path: Path, *, config: EmbeddingTrainingConfig, ou
     # is a .pt itself) get the result too.
     outputs = [out] + ([seed_file.with_suffix(".safetensors")] if out.suffix == ".pt" else [])
     training = embedding_training(model, embedding_file=seed_file, items=items, config=config,
-                                  template=template,
-                                  tokenizer=tokenizer, outputs=outputs, log_dir=log_dir,
+                                  template=template, tokenizer=tokenizer, outputs=outputs,
+                                  log_dir=log_dir,
                                   checkpoint_name=model_path.stem)
     return drive(training, progress=progress, desc="embedding")
 
