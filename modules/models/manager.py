@@ -242,17 +242,31 @@ class ModelManager:
         if path is None:
             return loaded
         with self._lock:
-            key = (str(path.resolve()), loaded.family.vae)
+            placer = loaded.placer
+            if placer is not None and placer.mode is MemoryMode.NORMAL:
+                placer = None
+            # --medvram / --lowvram: each model gets its own copy, placed by its placer (it
+            # rests in RAM and comes to the device for the VAE phase, like the model's own).
+            key = (str(path.resolve()), loaded.family.vae, loaded.info.path if placer else None)
             if key not in self._vaes:
-                self._vaes[key] = self._load_vae(path, loaded.family)
+                device = torch.device("cpu") if placer else self.device  # RAM until used
+                self._vaes[key] = self._load_vae(path, loaded.family, device)
                 while len(self._vaes) > 2:
-                    self._vaes.popitem(last=False)
+                    self._forget_vae(self._vaes.popitem(last=False)[0])
             self._vaes.move_to_end(key)
+            if placer is not None:
+                placer.attach(f"vae:{key[0]}", self._vaes[key])
             sha256 = self.hash_cache.sha256(hash_target(path)) if self.hashing else None
             return loaded.with_vae(self._vaes[key], path.name, sha256)
 
-    def _load_vae(self, path: Path, family: Family) -> AutoencoderKL:
-        state = load_vae_state_dict(path, dtype=self.precision(family)[1], device=self.device)
+    def _forget_vae(self, key: tuple) -> None:
+        """A VAE left the cache: the placer of the model it was loaded for lets it go."""
+        owner = self._loaded.get(key[2]) if key[2] is not None else None
+        if owner is not None and owner.placer is not None:
+            owner.placer.detach(f"vae:{key[0]}")
+
+    def _load_vae(self, path: Path, family: Family, device: torch.device) -> AutoencoderKL:
+        state = load_vae_state_dict(path, dtype=self.precision(family)[1], device=device)
         with torch.device("meta"):
             vae = AutoencoderKL(config=family.vae)
         result = vae.load_state_dict(state, strict=False, assign=True)
@@ -295,10 +309,11 @@ class ModelManager:
                 loaded.placer.restore()
         return loaded
 
-    @staticmethod
-    def _evict(loaded: LoadedModel) -> None:
+    def _evict(self, loaded: LoadedModel) -> None:
         if loaded.placer is not None:
             loaded.placer.remove()
+        for key in [key for key in self._vaes if key[2] == loaded.info.path]:
+            del self._vaes[key]  # its own copy of an external VAE (--medvram / --lowvram)
 
     def _load_reported(self, info: CheckpointInfo) -> LoadedModel:
         """`_load`, any failure but running out of memory a `ModelLoadError` naming the file."""

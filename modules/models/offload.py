@@ -83,6 +83,7 @@ class ComponentPlacer:
         self.mover = mover
         self.resident: str | None = None  # the component now on the device
         self._handles: list = []
+        self._attached: dict[str, list] = {}  # attached component -> its hook handles
         if mode is not MemoryMode.NORMAL:
             self._install()
 
@@ -115,11 +116,33 @@ class ComponentPlacer:
     def _block_out(self, block: nn.Module, args: tuple, output) -> None:
         self.mover(block, self.offload_device)
 
+    def attach(self, name: str, vae: nn.Module) -> None:
+        """Place an external VAE like the model's own: it rests on the offload device and
+        comes to the device when called, sending the previous component away."""
+        if self.mode is MemoryMode.NORMAL or name in self._attached:
+            return
+        self.components[name] = vae
+        setattr(vae, EXECUTION_DEVICE_ATTR, self.device)
+        self.mover(vae, self.offload_device)
+        self._attached[name] = [entry.register_forward_pre_hook(self._bring(name))
+                                for entry in _entry_points("vae", vae)]
+
+    def detach(self, name: str) -> None:
+        """Forget an attached VAE (dropped from the VAE cache): hooks off, back to RAM."""
+        for handle in self._attached.pop(name, []):
+            handle.remove()
+        vae = self.components.pop(name, None)
+        if vae is not None:
+            self.mover(vae, self.offload_device)
+        if self.resident == name:
+            self.resident = None
+
     def remove(self) -> None:
         """Drop the hooks (the model is being unloaded)."""
-        for handle in self._handles:
+        for handle in self._handles + [h for hs in self._attached.values() for h in hs]:
             handle.remove()
         self._handles.clear()
+        self._attached.clear()
 
     # ---- placement ----------------------------------------------------------------------
 
