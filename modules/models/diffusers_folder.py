@@ -238,6 +238,7 @@ def vae_config_from_diffusers(config: Mapping[str, object]) -> VAEConfig:
         norm_num_groups=int(config.get("norm_num_groups", 32)),
         scale_factor=float(config.get("scaling_factor", 0.18215)),
         shift_factor=float(config.get("shift_factor") or 0.0),
+        use_quant_conv=bool(config.get("use_quant_conv", True)),
     )
 
 

@@ -195,4 +195,5 @@ def infer_diffusers_vae_config(tensors: Mapping[str, torch.Tensor | TensorInfo],
         embed_dim=(shape("quant_conv.weight")[0] // 2 if "quant_conv.weight" in tensors
                    else z_channels),
         norm_num_groups=VAEConfig().norm_num_groups,
+        use_quant_conv="quant_conv.weight" in tensors,
     )

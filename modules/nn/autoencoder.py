@@ -5,7 +5,10 @@ appendix G) trains a convolutional VAE (Kingma & Welling, 2014) with a slight KL
 penalty: the encoder predicts a diagonal Gaussian (mean, log-variance) per latent pixel,
 8x smaller than the image; the decoder maps a latent back to pixels. SD1, SD2 and SDXL
 share this layout (CompVis `ldm/models/autoencoder.py`, `AutoencoderKL`), so the
-`first_stage_model.` tensors of a checkpoint load by name.
+`first_stage_model.` tensors of a checkpoint load by name. SD3 (Esser et al., 2024,
+https://arxiv.org/abs/2403.03206, sec. 5.2.1) and Flux.1 widen the latent to 16 channels
+and drop the 1x1 convolutions around it (`VAEConfig.use_quant_conv=False`); their files
+(`first_stage_model.*`, BFL's `ae.safetensors`) use the same names.
 
 Scaling is NOT applied here: the diffusion model works on `scale_factor * (z - shift)`
 (`VAEConfig.scale_factor`, 0.18215 for SD1/SD2, 0.13025 for SDXL); callers scale the
@@ -146,7 +149,8 @@ class Decoder(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    """Encoder and decoder, with 1x1 `quant_conv` / `post_quant_conv` next to the latent."""
+    """Encoder and decoder, with 1x1 `quant_conv` / `post_quant_conv` next to the latent
+    (identities when the config has none)."""
 
     def __init__(self, *, config: VAEConfig) -> None:
         """:param config: the architecture numbers (see `modules.nn.configs.VAEConfig`)."""
@@ -156,12 +160,16 @@ class AutoencoderKL(nn.Module):
         self.memory_format = torch.contiguous_format
         self.encoder = Encoder(config=config)
         self.decoder = Decoder(config=config)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, kernel_size=1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, kernel_size=1)
+        # The 1x1 convolutions next to the latent (SD1/SD2/SDXL only).
+        if config.use_quant_conv:
+            self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
+            self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        else:
+            self.quant_conv, self.post_quant_conv = nn.Identity(), nn.Identity()
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.quant_conv.weight.dtype
+        return self.encoder.conv_in.weight.dtype
 
     def set_attention_backend(self, name: str | AttentionBackend) -> AttentionBackend:
         """Choose the attention kernel of the two mid-block attentions ("sdpa", "sliced", ...)."""

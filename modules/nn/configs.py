@@ -49,7 +49,12 @@ class UNetConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class VAEConfig:
-    """The LDM `AutoencoderKL` hyper-parameters (same layout for SD1, SD2 and SDXL)."""
+    """The LDM `AutoencoderKL` hyper-parameters (same layout for SD1, SD2 and SDXL).
+
+    SD3 and Flux.1 use the same layout with 16 latent channels and no 1x1
+    `quant_conv` / `post_quant_conv` (`use_quant_conv=False`); their latents are
+    shifted as well as scaled: latent = (z - shift_factor) * scale_factor.
+    """
 
     in_channels: int = 3
     out_channels: int = 3
@@ -61,10 +66,19 @@ class VAEConfig:
     norm_num_groups: int = 32
     scale_factor: float = 0.18215
     shift_factor: float = 0.0
+    use_quant_conv: bool = True
 
     @property
     def downscale(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
+
+
+# The 16-channel autoencoder of SD3 / SD3.5 and of Flux.1 (`ae.safetensors`): same
+# network, different latent statistics.
+SD3_VAE = VAEConfig(z_channels=16, embed_dim=16, use_quant_conv=False,
+                    scale_factor=1.5305, shift_factor=0.0609)
+FLUX_VAE = VAEConfig(z_channels=16, embed_dim=16, use_quant_conv=False,
+                     scale_factor=0.3611, shift_factor=0.1159)
 
 
 @dataclass(frozen=True, kw_only=True)
