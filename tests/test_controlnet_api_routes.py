@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules.api.app import create_api_app
-from tests.helpers.api_runtime import make_runtime, png_base64
+from tests.helpers.api_runtime import decode_png, make_runtime, png_base64
 from tests.helpers.controlnet import use_extension_package
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"user:pw").decode()}
@@ -96,3 +96,41 @@ def test_unit_module_accepts_the_extension_labels_and_keys():
     assert parse_unit({"module": "depth"}, modules=names).module == "depth_midas"
     with pytest.raises(ValueError, match="module: unknown preprocessor"):
         parse_unit({"module": "recolor_luminance"}, modules=names)
+
+
+def test_render_openpose_json_draws_the_pose(client):
+    body_points = [0.0] * 54
+    body_points[0:3] = [0.5, 0.25, 1.0]  # joint 1 (nose), as fractions of the canvas
+    body_points[3:6] = [0.5, 0.5, 1.0]  # joint 2 (neck)
+    person = {"pose_keypoints_2d": body_points,
+              "face_keypoints_2d": [20 / 64, 60 / 64, 1.0]}
+    pixels_person = {"pose_keypoints_2d": [32.0, 16.0, 1.0, 32.0, 32.0, 1.0]}  # in pixels
+    for one in (person, pixels_person):
+        response = client.post("/controlnet/render_openpose_json", headers=AUTH,
+                               json=[{"people": [one], "canvas_width": 64,
+                                      "canvas_height": 64}])
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["info"] == "Success" and len(answer["images"]) == 1
+        picture = np.asarray(decode_png(answer["images"][0]).convert("RGB"))
+        assert picture.shape == (64, 64, 3)
+        assert tuple(picture[16, 32]) == (255, 0, 0)  # joint 1's colour
+        assert tuple(picture[32, 32]) == (255, 85, 0)  # joint 2's colour
+        assert tuple(picture[24, 32]) == (0, 0, 153)  # limb 2-1 in blue, dimmed to 60 %
+        assert picture[0:8].max() == 0  # nothing drawn elsewhere
+    assert tuple(np.asarray(decode_png(client.post(
+        "/controlnet/render_openpose_json", headers=AUTH,
+        json=[{"people": [person], "canvas_width": 64, "canvas_height": 64}]
+    ).json()["images"][0]))[60, 20]) == (255, 255, 255)  # the face point
+
+
+def test_render_openpose_json_refuses_bad_input(client):
+    url = "/controlnet/render_openpose_json"
+    assert client.post(url, headers=AUTH, json=[]).json() == {"info": "No pose data detected."}
+    cases = (([{"people": [{"pose_keypoints_2d": [1.0, 2.0]}], "canvas_width": 64,
+                "canvas_height": 64}], "pose_keypoints_2d"),
+             ([{"people": [], "canvas_width": 100000, "canvas_height": 64}], "canvas_width"),
+             ([{"people": []}] * 17, "17"))
+    for body, named in cases:
+        response = client.post(url, headers=AUTH, json=body)
+        assert response.status_code == 422 and named in response.text, response.text

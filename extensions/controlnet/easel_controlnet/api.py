@@ -13,6 +13,8 @@ so they sit behind `--api-auth` like `/sdapi/v1/*`:
   "default_option", "default_model"}, "Canny": {...}, ...}} (`control_types.py`)
 - GET  /controlnet/settings     -> {"control_net_unit_count": n}
 - POST /controlnet/detect       -> {"images": [base64 PNG], "info": "Success"}
+- POST /controlnet/render_openpose_json [{people, canvas_width, canvas_height}, ...]
+  -> {"images": [base64 PNG], "info": "Success"} (`openpose_render.py`)
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import Body, HTTPException
 from pydantic import BaseModel, Field
 
 from easel_controlnet.control_types import control_types
 from easel_controlnet.hint import decode_image, map_to_png_base64
 from easel_controlnet.library import list_models
+from easel_controlnet.openpose_render import MAX_PICTURES, PoseData, png_base64, render
 from easel_controlnet.prepare import detect_map
 from easel_controlnet.preprocessors import (
     PreprocessorError,
@@ -93,6 +96,19 @@ def detect(request: DetectRequest, annotator_dir: Path | None) -> dict[str, Any]
     return {"images": images, "info": "Success"}
 
 
+def render_openpose_json(
+        pose_data: list[PoseData] = Body(default_factory=list, max_length=MAX_PICTURES)
+) -> dict[str, Any]:
+    """Pictures of OpenPose keypoint JSON; no poses: the extension's "No pose data" info."""
+    if not pose_data:
+        return {"info": "No pose data detected."}
+    try:
+        images = [png_base64(render(pose)) for pose in pose_data]
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
+    return {"images": images, "info": "Success"}
+
+
 def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
                     unit_count: int) -> None:
     """Add the routes to an `ExtensionApp`."""
@@ -119,3 +135,5 @@ def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
         return detect(request, annotator_dir)
 
     app.add_api_route("/controlnet/detect", detect_route, methods=["POST"])
+    app.add_api_route("/controlnet/render_openpose_json", render_openpose_json,
+                      methods=["POST"])
