@@ -1,0 +1,61 @@
+"""Full-size Flux.1 transformers have exactly the tensors of BFL's files, by name and shape.
+
+`FluxTransformer` is built from FLUX_DEV and FLUX_SCHNELL on the meta device (no memory,
+no init cost) and compared with the key layouts of `flux1-dev.safetensors` and
+`flux1-schnell.safetensors` (`tests/fixtures/flux1_*_transformer_bfl.tsv`,
+key<TAB>shape<TAB>dtype): every file tensor must be a parameter of that shape, and
+nothing may be left over. Parameter counts are those of the fixture README: 11,901,408,320
+([dev]) and 11,891,178,560 ([schnell], the same without `guidance_in`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from modules.nn.flux import FLUX_DEV, FLUX_SCHNELL, FluxTransformer
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+CASES = [
+    pytest.param(FLUX_DEV, "flux1_dev_transformer_bfl.tsv", 780, 11_901_408_320, id="dev"),
+    pytest.param(FLUX_SCHNELL, "flux1_schnell_transformer_bfl.tsv", 776, 11_891_178_560,
+                 id="schnell"),
+]
+
+
+def _fixture_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    path = FIXTURES / name
+    shapes = {}
+    for line in path.read_text().splitlines()[1:]:
+        key, shape, _dtype = line.split("\t")
+        dims = shape.strip("[]")
+        shapes[key] = tuple(int(d) for d in dims.split(",")) if dims else ()
+    return shapes
+
+
+@pytest.mark.parametrize(("config", "fixture", "tensors", "parameters"), CASES)
+def test_flux_layout_matches_bfl_file(config, fixture, tensors, parameters) -> None:
+    with torch.device("meta"):
+        model = FluxTransformer(config=config)
+    expected = _fixture_shapes(fixture)
+    actual = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    assert len(expected) == tensors
+    assert sorted(set(expected) - set(actual)) == [], "file tensors the model lacks"
+    assert sorted(set(actual) - set(expected)) == [], "model tensors the file lacks"
+    wrong = {key: (actual[key], shape) for key, shape in expected.items() if actual[key] != shape}
+    assert wrong == {}, "shape mismatches (model, file)"
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert list(model.buffers()) == []
+
+
+@pytest.mark.parametrize(("config", "fixture", "tensors", "parameters"), CASES)
+def test_flux_loads_bfl_names_strictly(config, fixture, tensors, parameters) -> None:
+    """A state dict with exactly the file's names and shapes loads with strict=True."""
+    with torch.device("meta"):
+        model = FluxTransformer(config=config)
+        file_tensors = {key: torch.empty(shape) for key, shape in _fixture_shapes(fixture).items()}
+    result = model.load_state_dict(file_tensors, strict=True, assign=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
