@@ -106,3 +106,16 @@ def test_latent_larger_than_position_grid_is_refused() -> None:
     ours = random_mmdit(config)
     with pytest.raises(ValueError, match="position grid"), torch.no_grad():
         ours(**_inputs(config, height=18, width=4))
+
+
+def test_bfloat16_weights_take_float32_inputs() -> None:
+    """bf16 weights (as the files ship), float32 inputs: a bf16 result near float32's
+    (within 3e-2 · max, bf16 having 8 mantissa bits)."""
+    config = TINY_MMDITS["sd35_medium"]
+    ours = random_mmdit(config)
+    inputs = _inputs(config, height=8, width=8)
+    with torch.no_grad():
+        expected = ours(**inputs)
+        out = ours.to(torch.bfloat16)(**inputs)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - expected).abs().max() <= 3e-2 * expected.abs().max()
