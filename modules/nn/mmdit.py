@@ -2,8 +2,8 @@
 
 Esser et al., 2024, "Scaling Rectified Flow Transformers for High-Resolution Image
 Synthesis" (https://arxiv.org/abs/2403.03206). The 16-channel latent is cut into 2×2
-patches, each a token with a learned-size (here fixed sin-cos, loaded from the file)
-position embedding cropped from the centre of a `pos_embed_max_size`² grid; the text
+patches, each a token plus a position embedding (a 2-D sin-cos table stored in the file)
+cropped from the centre of a `pos_embed_max_size`² grid; the text
 tokens (CLIP-L/G hidden states zero-padded to 4096 channels, then T5 tokens) are
 projected by `context_embedder`; the conditioning vector `c` = timestep embedding +
 pooled-text embedding modulates every block. `depth` joint blocks (see `mmdit_blocks.py`)
