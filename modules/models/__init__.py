@@ -6,7 +6,8 @@ header alone; `single_file.py`, `diffusers_folder.py`, `diffusers_keys.py` map l
 (`sd3_keys.py`: diffusers' SD3 transformer names to the MMDiT's);
 `loader.py` builds an `SDModel`; `manager.py` holds the loaded model, VAE choice and
 hash cache; `patcher.py` gives per-job clones with LoRA patches; `offload.py` moves
-components for --medvram / --lowvram; `merge*.py` is the Checkpoint Merger.
+components for --medvram / --lowvram; `merge*.py` is the Checkpoint Merger;
+`folders.py` walks every kind of model folder by one rule for links.
 May import: nn, conditioning and sampling (to assemble a model's parts), networks
 (patch math), devices, paths, errors; never `pipeline/`, `api/` or `webui/`.
 """
