@@ -68,10 +68,10 @@ VAE_ATTENTION_NAMES = {
 class UnmappedKeysError(KeyError):
     """Keys of a state dict that the mapping does not know; `.keys` lists them."""
 
-    def __init__(self, what: str, keys: Iterable[str]) -> None:
+    def __init__(self, what: str, keys: Iterable[str], *, target: str = "LDM") -> None:
         self.keys = tuple(sorted(keys))
         shown = ", ".join(self.keys[:20]) + (" ..." if len(self.keys) > 20 else "")
-        super().__init__(f"{len(self.keys)} {what} key(s) have no LDM name: {shown}")
+        super().__init__(f"{len(self.keys)} {what} key(s) have no {target} name: {shown}")
 
 
 @dataclass(frozen=True)

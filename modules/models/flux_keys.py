@@ -1,0 +1,146 @@
+"""Rename diffusers `FluxTransformer2DModel` weights to Black Forest Labs' Flux.1 names.
+
+Our `modules.nn.flux.FluxTransformer` uses BFL's names (those of `flux1-dev.safetensors`),
+so a diffusers folder (`transformer/diffusion_pytorch_model*.safetensors`) is the one
+source that needs a mapping. It is the inverse of what diffusers' single-file converter
+does, with three things beyond renaming:
+
+* q, k, v are separate linears in diffusers (`attn.to_q`, `to_k`, `to_v`; the text
+  stream's `attn.add_q_proj`, ...) and one fused `qkv` in BFL: concatenated on the
+  output axis in the order q, k, v.
+* a single-stream block's `linear1` is q, k, v and the MLP's input layer
+  (`proj_mlp`) fused, in that order.
+* the final adaLN (`norm_out.linear`) gives (scale, shift) in diffusers and
+  (shift, scale) in BFL (`final_layer.adaLN_modulation.1`): the two halves of its
+  output rows are swapped.
+
+Keys may carry diffusers' `transformer.` prefix (a whole-pipeline state dict). Every key
+either maps or is reported: unknown keys and incomplete q/k/v groups raise
+`UnmappedKeysError`; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from modules.models.diffusers_keys import UnmappedKeysError
+
+# Top-level diffusers module -> BFL module.
+TOP_LEVEL = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+    "norm_out.linear": "final_layer.adaLN_modulation.1",
+    "proj_out": "final_layer.linear",
+}
+# Inside `transformer_blocks.N` -> inside `double_blocks.N`.
+DOUBLE_BLOCK = {
+    "norm1.linear": "img_mod.lin",
+    "norm1_context.linear": "txt_mod.lin",
+    "attn.norm_q": "img_attn.norm.query_norm",
+    "attn.norm_k": "img_attn.norm.key_norm",
+    "attn.norm_added_q": "txt_attn.norm.query_norm",
+    "attn.norm_added_k": "txt_attn.norm.key_norm",
+    "attn.to_out.0": "img_attn.proj",
+    "attn.to_add_out": "txt_attn.proj",
+    "ff.net.0.proj": "img_mlp.0",
+    "ff.net.2": "img_mlp.2",
+    "ff_context.net.0.proj": "txt_mlp.0",
+    "ff_context.net.2": "txt_mlp.2",
+}
+# Inside `single_transformer_blocks.N` -> inside `single_blocks.N`.
+SINGLE_BLOCK = {
+    "norm.linear": "modulation.lin",
+    "attn.norm_q": "norm.query_norm",
+    "attn.norm_k": "norm.key_norm",
+    "proj_out": "linear2",
+}
+# Fused BFL linears and their diffusers parts, in concatenation order.
+DOUBLE_FUSED = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
+SINGLE_FUSED = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+# The one linear whose output halves are in the other order.
+SWAPPED_HALVES = "final_layer.adaLN_modulation.1"
+
+BLOCK_PATTERN = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
+BLOCKS = {
+    "transformer_blocks": ("double_blocks", DOUBLE_BLOCK, DOUBLE_FUSED),
+    "single_transformer_blocks": ("single_blocks", SINGLE_BLOCK, SINGLE_FUSED),
+}
+
+
+def _bfl_module(module: str) -> tuple[str, int, int] | None:
+    """(BFL module, part index, number of parts) for a diffusers module; None if unknown.
+
+    A plain rename is part 0 of 1; a q/k/v/mlp linear is one part of a fused linear.
+    """
+    if module in TOP_LEVEL:
+        return TOP_LEVEL[module], 0, 1
+    match = BLOCK_PATTERN.fullmatch(module)
+    if match is None:
+        return None
+    kind, index, inner = match.groups()
+    bfl_kind, plain, fused = BLOCKS[kind]
+    prefix = f"{bfl_kind}.{index}."
+    if inner in plain:
+        return prefix + plain[inner], 0, 1
+    for target, parts in fused.items():
+        if inner in parts:
+            return prefix + target, parts.index(inner), len(parts)
+    return None
+
+
+def _bfl_param(module: str, param: str) -> str:
+    """BFL's RMS norms call their weight `scale`."""
+    return "scale" if module.endswith("_norm") and param == "weight" else param
+
+
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    """(a, b) -> (b, a) along the output axis."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def diffusers_to_bfl(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers `FluxTransformer2DModel` state dict under BFL's names (see module docstring).
+
+    Raises `UnmappedKeysError` naming the keys with no BFL name, and the parts of any
+    fused linear that arrived without all its siblings.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[int, torch.Tensor]] = {}
+    sizes: dict[str, int] = {}
+    unknown = []
+    for key, tensor in state_dict.items():
+        module, _, param = key.removeprefix("transformer.").rpartition(".")
+        target = _bfl_module(module)
+        if target is None:
+            unknown.append(key)
+            continue
+        bfl_module, part, count = target
+        bfl_key = f"{bfl_module}.{_bfl_param(bfl_module, param)}"
+        if bfl_module == SWAPPED_HALVES:
+            tensor = _swap_halves(tensor)
+        if count == 1:
+            converted[bfl_key] = tensor
+        else:
+            groups.setdefault(bfl_key, {})[part] = tensor
+            sizes[bfl_key] = count
+    for bfl_key, parts in groups.items():
+        if len(parts) != sizes[bfl_key]:
+            unknown.append(f"{bfl_key} (only {len(parts)} of its {sizes[bfl_key]} parts)")
+            continue
+        converted[bfl_key] = torch.cat([parts[i] for i in range(len(parts))], dim=0)
+    if unknown:
+        raise UnmappedKeysError("diffusers Flux", unknown, target="BFL")
+    return converted

@@ -1,0 +1,101 @@
+"""`diffusers_to_bfl` is the inverse of diffusers' Flux single-file converter.
+
+Round trip on tiny random [dev] and [schnell] transformers: our state dict (BFL names) ->
+diffusers' `convert_flux_transformer_checkpoint_to_diffusers` (`tests/flux_oracle.py`)
+-> a strict load into `FluxTransformer2DModel` -> its state dict -> `diffusers_to_bfl`
+gives back exactly our tensors (bitwise), including the fused q/k/v(/mlp) linears and
+the swapped halves of the final adaLN. The full-size layouts round-trip by name and
+shape on the meta device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from modules.models.diffusers_keys import UnmappedKeysError
+from modules.models.flux_keys import diffusers_to_bfl
+from modules.nn.flux import FluxTransformer, tiny_flux_config
+from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
+
+pytest.importorskip("diffusers")
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _random_model(guidance_embed: bool) -> FluxTransformer:
+    torch.manual_seed(3)
+    model = FluxTransformer(config=tiny_flux_config(guidance_embed=guidance_embed))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_()
+    return model
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["dev", "schnell"])
+def diffusers_state(request):
+    ours = _random_model(request.param)
+    reference = diffusers_flux(ours.config)
+    reference.load_state_dict(bfl_to_diffusers(ours.state_dict(), ours.config), strict=True)
+    return ours, reference.state_dict()
+
+
+def _assert_same_tensors(actual: dict, expected: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    different = [key for key in expected if not torch.equal(actual[key], expected[key])]
+    assert different == []
+
+
+def test_round_trip_gives_back_our_weights(diffusers_state) -> None:
+    ours, state = diffusers_state
+    converted = diffusers_to_bfl(state)
+    _assert_same_tensors(converted, ours.state_dict())
+    fresh = FluxTransformer(config=ours.config)
+    fresh.load_state_dict(converted, strict=True)
+
+
+def test_pipeline_prefix_is_accepted(diffusers_state) -> None:
+    ours, state = diffusers_state
+    prefixed = {f"transformer.{key}": tensor for key, tensor in state.items()}
+    _assert_same_tensors(diffusers_to_bfl(prefixed), ours.state_dict())
+
+
+def test_unknown_keys_and_incomplete_qkv_are_reported(diffusers_state) -> None:
+    _, state = diffusers_state
+    with pytest.raises(UnmappedKeysError) as error:
+        diffusers_to_bfl({**state, "pos_embed.weight": torch.zeros(1)})
+    assert error.value.keys == ("pos_embed.weight",)
+    incomplete = {k: v for k, v in state.items() if k != "transformer_blocks.1.attn.to_k.bias"}
+    with pytest.raises(UnmappedKeysError, match="double_blocks.1.img_attn.qkv.bias"):
+        diffusers_to_bfl(incomplete)
+    without_mlp = {k: v for k, v in state.items()
+                   if k != "single_transformer_blocks.0.proj_mlp.weight"}
+    with pytest.raises(UnmappedKeysError, match="single_blocks.0.linear1.weight"):
+        diffusers_to_bfl(without_mlp)
+
+
+def _fixture_tensors(name: str) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for line in (FIXTURES / name).read_text().splitlines()[1:]:
+        key, shape, _dtype = line.split("\t")
+        dims = tuple(int(d) for d in shape.strip("[]").split(","))
+        tensors[key] = torch.empty(dims, device="meta")
+    return tensors
+
+
+@pytest.mark.parametrize("fixture", ["flux1_dev_transformer_bfl.tsv",
+                                     "flux1_schnell_transformer_bfl.tsv"])
+def test_full_size_layout_round_trips(fixture) -> None:
+    from diffusers.loaders.single_file_utils import (
+        convert_flux_transformer_checkpoint_to_diffusers,
+    )
+
+    original = _fixture_tensors(fixture)
+    converted = convert_flux_transformer_checkpoint_to_diffusers(dict(original))
+    back = diffusers_to_bfl(converted)
+    assert sorted(back) == sorted(original)
+    assert {k: tuple(v.shape) for k, v in back.items()} == {
+        k: tuple(v.shape) for k, v in original.items()
+    }
