@@ -99,6 +99,15 @@ def test_every_route_of_the_ui_app_needs_the_ui_login(gradio_auth_app):
     assert client.post("/internal/progress", json={"id_task": "job-1"}).status_code == 401
 
 
+def test_the_public_login_page_shows_no_api_info(gradio_auth_app):
+    """Gradio embeds its API info (labels, defaults, checkpoint names) in the page."""
+    client = TestClient(gradio_auth_app)
+    for url in ("/", "/?all_endpoints=true"):
+        page = client.get(url).text
+        assert '"named_endpoints":{},"unnamed_endpoints":{}' in page, url
+        assert "tiny.safetensors" not in page and '"label":"Width"' not in page, url
+
+
 def test_every_route_needs_basic_auth_when_only_the_api_has_a_login(api_auth_app):
     client = TestClient(api_auth_app)
     assert walk_unauthenticated(client, api_auth_app, public_allowed=False) == []

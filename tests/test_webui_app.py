@@ -271,10 +271,11 @@ def test_real_api_beside_the_ui(tmp_path):
     rt = make_runtime(tmp_path, "--api", "--gradio-auth", "alice:pw1", load=False)
     rt.ready.set()
     client = TestClient(create_app(rt))
-    samplers = client.get("/sdapi/v1/samplers")
+    assert client.get("/sdapi/v1/samplers").status_code == 401  # the API follows the UI login
+    samplers = client.get("/sdapi/v1/samplers", auth=("alice", "pw1"))
     assert samplers.status_code == 200
     assert "DPM++ 2M" in [s["name"] for s in samplers.json()]
-    assert client.get("/config").status_code == 401  # the UI login does not guard the API
+    assert client.get("/config").status_code == 401
     rt.jobs.stop()
 
 

@@ -8,6 +8,11 @@ app and puts `modules.api.auth.AuthMiddleware` around everything, with
 - Gradio's session: the cookie Gradio's `/login` sets (`access-token-<id>` or its
   `-unsecure-` twin), valid while Gradio holds the token, so the page keeps working
   after a login exactly as Gradio's own `login_check` sees it.
+
+Gradio's login page embeds the app's API info (every event's widget labels, defaults and
+choices, checkpoint names included); with a UI login the page's events are therefore
+"undocumented" (still callable by the page, left out of that info), and the public paths
+are served without query parameters (`/?all_endpoints=1` would list them anyway).
 """
 
 from __future__ import annotations
@@ -44,8 +49,18 @@ def session_user(gradio_app):
     return user
 
 
+def undocument_events(blocks) -> None:
+    """Leave the page's events out of Gradio's API info (the public login page shows it)."""
+    for fn in blocks.fns.values():
+        if fn.api_visibility == "public":
+            fn.api_visibility = "undocumented"
+
+
 def protect_app(app, args) -> AuthRules:
     """Authentication for every route of the UI's app (API routes beside it included)."""
     gradio_app = gradio_app_of(app)
-    return protect(app, args, ui_app=gradio_app, public=PUBLIC_PATHS,
-                   public_prefixes=PUBLIC_PREFIXES, session_user=session_user(gradio_app))
+    rules = protect(app, args, ui_app=gradio_app, public=PUBLIC_PATHS,
+                    public_prefixes=PUBLIC_PREFIXES, session_user=session_user(gradio_app))
+    if rules.ui:
+        undocument_events(gradio_app.get_blocks())
+    return rules

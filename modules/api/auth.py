@@ -100,24 +100,27 @@ class AuthMiddleware:
         self.rules = rules
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.allowed(scope):
+        if scope["type"] not in ("http", "websocket") or not self.rules.enabled:
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "websocket":
+        ui_side = served_by_ui(scope, self.rules.ui_app)
+        if self.authenticated(scope, ui_side):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
-            return
-        login_page = self.rules.ui and served_by_ui(scope, self.rules.ui_app)
-        await send_json(send, 401, UNAUTHORIZED,
-                        () if login_page else [(b"www-authenticate", b"Basic")])
+        elif ui_side and self.rules.ui and self.rules.is_public(route_path(scope)):
+            # Public, not logged in: no query parameters (Gradio's `/?all_endpoints=1`
+            # would list every UI endpoint on the login page).
+            await self.app({**scope, "query_string": b""}, receive, send)
+        else:
+            login_page = ui_side and self.rules.ui
+            await send_json(send, 401, UNAUTHORIZED,
+                            () if login_page else [(b"www-authenticate", b"Basic")])
 
-    def allowed(self, scope: Scope) -> bool:
+    def authenticated(self, scope: Scope, ui_side: bool) -> bool:
+        """Valid Basic credentials for the request's side, or (UI side) a UI session."""
         rules = self.rules
-        if not rules.enabled:
-            return True
         headers = dict(scope.get("headers") or [])
-        ui_side = served_by_ui(scope, rules.ui_app)
-        if ui_side and rules.ui and rules.is_public(route_path(scope)):
-            return True
         header = headers.get(b"authorization", b"").decode("latin-1")
         if credentials_match(header, (rules.ui or rules.api) if ui_side else rules.api):
             return True
