@@ -3,7 +3,8 @@
 `safetensors_io.py`, `safe_unpickle.py`, `tensor_source.py` read files safely (never an
 unrestricted unpickle); `detection.py` / `families.py` recognise the family from the
 header alone; `single_file.py`, `diffusers_folder.py`, `diffusers_keys.py` map layouts
-(`sd3_keys.py`: diffusers' SD3 transformer names to the MMDiT's);
+(`sd3_keys.py`: diffusers' SD3 transformer names to the MMDiT's; `flux_keys.py`: diffusers'
+Flux transformer names to BFL's);
 `loader.py` builds an `SDModel`; `manager.py` holds the loaded model, VAE choice and
 hash cache; `patcher.py` gives per-job clones with LoRA patches; `offload.py` moves
 components for --medvram / --lowvram; `merge*.py` is the Checkpoint Merger;

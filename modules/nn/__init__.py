@@ -3,6 +3,7 @@
 Literate model code with CompVis attribute names, so single-file checkpoints load by
 name: `unet*.py`, `autoencoder.py` / `vae_blocks.py` / `vae_tiled.py`, `controlnet.py`,
 `mmdit.py` / `mmdit_blocks.py` (the SD3 / SD3.5 transformer, Stability AI names),
+`flux.py` / `flux_blocks.py` (the Flux.1 transformer, Black Forest Labs names),
 `text_encoders.py` (transformers' CLIP classes) and their key maps, `attention.py`
 (SDPA, sliced, xformers), `token_merging.py`, `configs.py` (typed dataclasses).
 May import: torch, transformers and other `nn/` files only: it knows nothing of
