@@ -110,6 +110,32 @@ class TextEncoderConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """A rectified-flow model's sigma shift and timestep convention (SD3, Flux.1).
+
+    sigma runs from 1 (noise) to 0 on `num_timesteps` training steps, shifted to spend
+    more steps at high noise: a fixed `shift` (SD3: 3.0), or with `dynamic_shift` a
+    resolution-dependent mu, linear in the number of image tokens from `base_shift` at
+    `base_image_seq_len` to `max_shift` at `max_image_seq_len` (Flux.1 dev).
+    The network gets `timestep_scale * sigma` (SD3: 1000; Flux: 1, it scales inside).
+    """
+
+    num_timesteps: int = 1000
+    shift: float = 1.0
+    dynamic_shift: bool = False
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+    timestep_scale: float = 1000.0
+
+
+SD3_FLOW = FlowConfig(shift=3.0)
+FLUX_DEV_FLOW = FlowConfig(dynamic_shift=True, timestep_scale=1.0)
+FLUX_SCHNELL_FLOW = FlowConfig(timestep_scale=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class NoiseScheduleConfig:
     """The DDPM training schedule the U-Net was trained on (scaled-linear betas)."""
 
