@@ -95,6 +95,25 @@ def test_the_served_api_refuses_a_rebound_host(tmp_path):
         runtime.jobs.stop()
 
 
+def test_the_ui_and_its_event_routes_refuse_a_rebound_host(tmp_path):
+    """The reported path: `Host: evil.example` reached the UI's Install from URL event."""
+    from webui.app import create_app
+
+    runtime = make_runtime(tmp_path, load=False)
+    runtime.ready.set()
+    app = create_app(runtime)
+    add_server_middleware(app, runtime.args)
+    client = TestClient(app, base_url="http://localhost:7860")
+    try:
+        assert client.get("/").status_code == 200
+        evil = {"Host": "evil.example:7860"}
+        assert client.get("/", headers=evil).status_code == 400
+        assert client.post("/gradio_api/queue/join", json={}, headers=evil).status_code == 400
+        assert client.post("/gradio_api/run/predict", json={}, headers=evil).status_code == 400
+    finally:
+        runtime.jobs.stop()
+
+
 # ------------------------------------------------------------------ Install from URL
 
 def test_an_exposed_server_needs_a_login_to_install(tmp_path):
