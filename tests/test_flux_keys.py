@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from modules.models.diffusers_keys import UnmappedKeysError
-from modules.models.flux_keys import diffusers_to_bfl
+from modules.models.flux_keys import bfl_target, diffusers_to_bfl, part_rows
 from modules.nn.flux import FluxTransformer, tiny_flux_config
 from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
 
@@ -74,6 +74,24 @@ def test_unknown_keys_and_incomplete_qkv_are_reported(diffusers_state) -> None:
                    if k != "single_transformer_blocks.0.proj_mlp.weight"}
     with pytest.raises(UnmappedKeysError, match="single_blocks.0.linear1.weight"):
         diffusers_to_bfl(without_mlp)
+
+
+def test_each_diffusers_linear_is_a_row_slice_of_its_bfl_linear(diffusers_state) -> None:
+    """`bfl_target` + `part_rows` place every diffusers weight inside ours (for LoRA)."""
+    ours, state = diffusers_state
+    our_state = ours.state_dict()
+    hidden = ours.config.hidden_size
+    for key, tensor in state.items():
+        module, _, param = key.rpartition(".")
+        target = bfl_target(module)
+        if target.module == "final_layer.adaLN_modulation.1":
+            continue  # the one layer whose rows are reordered, not sliced
+        our_param = "scale" if target.module.endswith("_norm") else param
+        rows = our_state[f"{target.module}.{our_param}"][part_rows(target, hidden)]
+        assert torch.equal(rows, tensor), key
+    assert bfl_target("transformer.single_transformer_blocks.1.proj_mlp") == (
+        "single_blocks.1.linear1", 3, 4)
+    assert bfl_target("pos_embed") is None
 
 
 def _fixture_tensors(name: str) -> dict[str, torch.Tensor]:

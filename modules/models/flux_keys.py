@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
@@ -79,13 +80,24 @@ BLOCKS = {
 }
 
 
-def _bfl_module(module: str) -> tuple[str, int, int] | None:
-    """(BFL module, part index, number of parts) for a diffusers module; None if unknown.
+class BflTarget(NamedTuple):
+    """Where a diffusers linear lands: part `part` of `parts` of BFL module `module`.
 
-    A plain rename is part 0 of 1; a q/k/v/mlp linear is one part of a fused linear.
+    A plain rename is part 0 of 1. A fused linear stacks its parts on the output axis:
+    parts 0-2 (q, k, v) are `hidden_size` rows each, a single block's part 3 (the MLP
+    input) is the rest (`part_rows`). LoRA loading uses this for diffusers/PEFT names.
     """
+
+    module: str
+    part: int
+    parts: int
+
+
+def bfl_target(module: str) -> BflTarget | None:
+    """The BFL module (and part of it) of a diffusers module name; None if unknown."""
+    module = module.removeprefix("transformer.")
     if module in TOP_LEVEL:
-        return TOP_LEVEL[module], 0, 1
+        return BflTarget(TOP_LEVEL[module], 0, 1)
     match = BLOCK_PATTERN.fullmatch(module)
     if match is None:
         return None
@@ -93,11 +105,20 @@ def _bfl_module(module: str) -> tuple[str, int, int] | None:
     bfl_kind, plain, fused = BLOCKS[kind]
     prefix = f"{bfl_kind}.{index}."
     if inner in plain:
-        return prefix + plain[inner], 0, 1
+        return BflTarget(prefix + plain[inner], 0, 1)
     for target, parts in fused.items():
         if inner in parts:
-            return prefix + target, parts.index(inner), len(parts)
+            return BflTarget(prefix + target, parts.index(inner), len(parts))
     return None
+
+
+def part_rows(target: BflTarget, hidden_size: int) -> slice:
+    """The output rows of the fused BFL linear that `target`'s part occupies."""
+    if target.parts == 1:
+        return slice(None)
+    start = target.part * hidden_size
+    # q, k and v are hidden_size wide; the MLP input after them takes the rest.
+    return slice(start, start + hidden_size) if target.part < 3 else slice(start, None)
 
 
 def _bfl_param(module: str, param: str) -> str:
@@ -118,29 +139,29 @@ def diffusers_to_bfl(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     fused linear that arrived without all its siblings.
     """
     converted: dict[str, torch.Tensor] = {}
+    # Fused linears: BFL key -> {part index: tensor}, with the number of parts expected.
     groups: dict[str, dict[int, torch.Tensor]] = {}
     sizes: dict[str, int] = {}
     unknown = []
     for key, tensor in state_dict.items():
         module, _, param = key.removeprefix("transformer.").rpartition(".")
-        target = _bfl_module(module)
+        target = bfl_target(module)
         if target is None:
             unknown.append(key)
             continue
-        bfl_module, part, count = target
-        bfl_key = f"{bfl_module}.{_bfl_param(bfl_module, param)}"
-        if bfl_module == SWAPPED_HALVES:
+        bfl_key = f"{target.module}.{_bfl_param(target.module, param)}"
+        if target.module == SWAPPED_HALVES:
             tensor = _swap_halves(tensor)
-        if count == 1:
+        if target.parts == 1:
             converted[bfl_key] = tensor
         else:
-            groups.setdefault(bfl_key, {})[part] = tensor
-            sizes[bfl_key] = count
+            groups.setdefault(bfl_key, {})[target.part] = tensor
+            sizes[bfl_key] = target.parts
     for bfl_key, parts in groups.items():
-        if len(parts) != sizes[bfl_key]:
+        if len(parts) == sizes[bfl_key]:
+            converted[bfl_key] = torch.cat([parts[i] for i in range(len(parts))], dim=0)
+        else:
             unknown.append(f"{bfl_key} (only {len(parts)} of its {sizes[bfl_key]} parts)")
-            continue
-        converted[bfl_key] = torch.cat([parts[i] for i in range(len(parts))], dim=0)
     if unknown:
         raise UnmappedKeysError("diffusers Flux", unknown, target="BFL")
     return converted
