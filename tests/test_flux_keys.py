@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from modules.models.diffusers_keys import UnmappedKeysError
-from modules.models.flux_keys import bfl_target, diffusers_to_bfl, part_rows
+from modules.models.flux_keys import (
+    bfl_target,
+    diffusers_to_bfl,
+    flux_config_from_shapes,
+    part_rows,
+)
 from modules.nn.flux import FluxTransformer, tiny_flux_config
 from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
 
@@ -92,6 +97,14 @@ def test_each_diffusers_linear_is_a_row_slice_of_its_bfl_linear(diffusers_state)
     assert bfl_target("transformer.single_transformer_blocks.1.proj_mlp") == (
         "single_blocks.1.linear1", 3, 4)
     assert bfl_target("pos_embed") is None
+
+
+def test_tiny_config_is_read_off_its_shapes(diffusers_state) -> None:
+    ours, _ = diffusers_state
+    shapes = {key: tuple(t.shape) for key, t in ours.state_dict().items()}
+    assert flux_config_from_shapes(shapes, axes_dim=(8, 12, 12)) == ours.config
+    with pytest.raises(ValueError, match="32 channels"):
+        flux_config_from_shapes(shapes)
 
 
 def _fixture_tensors(name: str) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modules.models.flux_keys import flux_config_from_shapes
 from modules.nn.flux import FLUX_DEV, FLUX_SCHNELL, FluxTransformer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -59,3 +60,16 @@ def test_flux_loads_bfl_names_strictly(config, fixture, tensors, parameters) -> 
         file_tensors = {key: torch.empty(shape) for key, shape in _fixture_shapes(fixture).items()}
     result = model.load_state_dict(file_tensors, strict=True, assign=True)
     assert result.missing_keys == [] and result.unexpected_keys == []
+
+
+@pytest.mark.parametrize(("config", "fixture", "tensors", "parameters"), CASES)
+def test_config_is_read_off_the_file_shapes(config, fixture, tensors, parameters) -> None:
+    assert flux_config_from_shapes(_fixture_shapes(fixture)) == config
+
+
+def test_config_from_shapes_follows_block_counts() -> None:
+    """A derivative with fewer blocks (e.g. 8 double, 38 single) gets its own counts."""
+    shapes = {key: shape for key, shape in _fixture_shapes("flux1_dev_transformer_bfl.tsv").items()
+              if not key.startswith("double_blocks.") or int(key.split(".")[1]) < 8}
+    config = flux_config_from_shapes(shapes)
+    assert (config.depth, config.depth_single_blocks, config.guidance_embed) == (8, 38, True)

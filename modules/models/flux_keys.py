@@ -17,6 +17,9 @@ does, with three things beyond renaming:
 Keys may carry diffusers' `transformer.` prefix (a whole-pipeline state dict). Every key
 either maps or is reported: unknown keys and incomplete q/k/v groups raise
 `UnmappedKeysError`; nothing is dropped silently.
+
+`flux_config_from_shapes` reads the architecture off BFL-named tensor shapes (a file's
+header), so dev, schnell and derivatives with other block counts build the right model.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import NamedTuple
 import torch
 
 from modules.models.diffusers_keys import UnmappedKeysError
+from modules.nn.flux import FluxConfig
 
 # Top-level diffusers module -> BFL module.
 TOP_LEVEL = {
@@ -165,3 +169,37 @@ def diffusers_to_bfl(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     if unknown:
         raise UnmappedKeysError("diffusers Flux", unknown, target="BFL")
     return converted
+
+
+def _block_count(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> int:
+    """1 + the highest N of `prefix.N.` keys (0 when there are none)."""
+    indices = {int(key.split(".")[1]) for key in shapes if key.startswith(prefix + ".")}
+    return max(indices) + 1 if indices else 0
+
+
+def flux_config_from_shapes(
+    shapes: Mapping[str, tuple[int, ...]], *, axes_dim: tuple[int, ...] | None = None
+) -> FluxConfig:
+    """The `FluxConfig` of a BFL-named transformer, from its tensors' shapes (no prefix).
+
+    The RoPE axes are not in the shapes: by default Flux.1's (16, 56, 56), which need
+    128 channels per head; pass `axes_dim` for other head widths (tiny test models).
+    """
+    hidden, in_channels = shapes["img_in.weight"]
+    head_dim = shapes["double_blocks.0.img_attn.norm.query_norm.scale"][0]
+    axes_dim = axes_dim or FluxConfig().axes_dim
+    if head_dim != sum(axes_dim):
+        raise ValueError(f"Flux heads of {head_dim} channels do not fit RoPE axes {axes_dim}")
+    return FluxConfig(
+        in_channels=in_channels,
+        vec_in_dim=shapes["vector_in.in_layer.weight"][1],
+        context_in_dim=shapes["txt_in.weight"][1],
+        hidden_size=hidden,
+        mlp_ratio=shapes["double_blocks.0.img_mlp.0.weight"][0] / hidden,
+        num_heads=hidden // head_dim,
+        depth=_block_count(shapes, "double_blocks"),
+        depth_single_blocks=_block_count(shapes, "single_blocks"),
+        qkv_bias="double_blocks.0.img_attn.qkv.bias" in shapes,
+        axes_dim=axes_dim,
+        guidance_embed="guidance_in.in_layer.weight" in shapes,
+    )
