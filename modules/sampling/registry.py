@@ -13,6 +13,10 @@ Automatic scheduler they walk A1111's timestep grids, start from unit-variance n
 stop at the grid's last (non-zero) sigma; `initial_noise_scale` and `final_latent_scale`
 convert between the latents so that results equal the timestep formulation. Other
 schedulers are honoured for them too (A1111 ignores the choice there).
+
+Rectified-flow models (SD3, Flux.1) pass their `flow.FlowSchedule` in
+`ScheduleOptions.flow`: schedules then work on its shifted table (see `flow.py`),
+Automatic means Simple, there is no timestep grid, and the first noise is not rescaled.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from modules.sampling import flow as FL
 from modules.sampling import schedules as S
 from modules.sampling.base import Model, NoiseSampler, SamplerGen
 from modules.sampling.denoiser import lcm_sigmas
@@ -222,6 +227,7 @@ class ScheduleOptions:
     use_old_karras_scheduler_sigmas: bool = False
     is_sdxl: bool = False
     quantize: bool = True
+    flow: FL.FlowSchedule | None = None  # a rectified-flow model's shift at this size
 
 
 def uses_timestep_grid(sampler: SamplerSpec, scheduler: SchedulerSpec) -> bool:
@@ -230,11 +236,16 @@ def uses_timestep_grid(sampler: SamplerSpec, scheduler: SchedulerSpec) -> bool:
 
 def compute_sigmas(sampler: SamplerSpec, scheduler: SchedulerSpec, steps: int, model_sigmas: Tensor,
                    options: ScheduleOptions = ScheduleOptions()) -> Tensor:
-    """The sigmas for `steps` steps: `model_sigmas` is the model's ascending sigma table."""
+    """The sigmas for `steps` steps: `model_sigmas` is the model's ascending sigma table
+    (for a flow model, `options.flow.table()` is used instead)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     discard = sampler.discard_next_to_last_sigma or options.always_discard_next_to_last_sigma
     n = steps + (1 if discard else 0)
+    if options.flow is not None:
+        name = "simple" if scheduler is AUTOMATIC else scheduler.name
+        sigmas = _schedule(name, n, options.flow.table(), options)
+        return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
     table = lcm_sigmas(model_sigmas) if sampler.lcm else model_sigmas
     # A1111's timestep samplers: their own grid (DDIM's n timesteps make n - 1 steps).
     if uses_timestep_grid(sampler, scheduler):
@@ -247,7 +258,7 @@ def compute_sigmas(sampler: SamplerSpec, scheduler: SchedulerSpec, steps: int, m
 
 def _schedule(name: str, n: int, table: Tensor, options: ScheduleOptions) -> Tensor:
     spec = find_scheduler(name)
-    if options.use_old_karras_scheduler_sigmas:
+    if options.use_old_karras_scheduler_sigmas and options.flow is None:
         model_min, model_max = 0.1, 10.0
     else:
         model_min, model_max = float(table[0]), float(table[-1])
@@ -266,20 +277,40 @@ def _schedule(name: str, n: int, table: Tensor, options: ScheduleOptions) -> Ten
         "ddim": lambda: S.ddim(n, table),
         "beta": lambda: S.beta(n, lo, hi, options.beta_alpha, options.beta_beta),
     }
+    if options.flow is not None:
+        build.update(_flow_builds(n, lo, hi, options.flow))
     return build[spec.name]()
 
 
+def _flow_builds(n: int, lo: float, hi: float, flow: FL.FlowSchedule
+                 ) -> dict[str, Callable[[], Tensor]]:
+    """The schedules that differ for a flow model: timestep = N * sigma, through the shift."""
+    def no_table() -> Tensor:
+        raise ValueError("Align Your Steps has no sigma table for flow models (SD3, Flux)")
+
+    return {
+        "normal": lambda: FL.normal(n, lo, hi, flow),
+        "sgm_uniform": lambda: FL.normal(n, lo, hi, flow, sgm=True),
+        "align_your_steps": no_table,
+    }
+
+
 def initial_noise_scale(sampler: SamplerSpec, scheduler: SchedulerSpec,
-                        sigma_first: float) -> float:
+                        sigma_first: float, *, flow: bool = False) -> float:
     """Multiply unit noise by this to start txt2img: sigma, or sqrt(sigma^2 + 1) on a timestep
-    grid."""
-    return math.sqrt(sigma_first**2 + 1) if uses_timestep_grid(sampler, scheduler) else sigma_first
+    grid; a flow model (`flow=True`) starts from sigma * noise (sigma_max = 1: the noise)."""
+    if flow or not uses_timestep_grid(sampler, scheduler):
+        return sigma_first
+    return math.sqrt(sigma_first**2 + 1)
 
 
-def final_latent_scale(sampler: SamplerSpec, scheduler: SchedulerSpec, sigma_last: float) -> float:
+def final_latent_scale(sampler: SamplerSpec, scheduler: SchedulerSpec, sigma_last: float,
+                       *, flow: bool = False) -> float:
     """Multiply the sampler's result by this: 1/sqrt(sigma^2 + 1) when a timestep grid stops
-    early."""
-    return 1 / math.sqrt(sigma_last**2 + 1) if uses_timestep_grid(sampler, scheduler) else 1.0
+    early (never for a flow model)."""
+    if flow or not uses_timestep_grid(sampler, scheduler):
+        return 1.0
+    return 1 / math.sqrt(sigma_last**2 + 1)
 
 
 def img2img_steps(steps: int, denoising_strength: float, fix_steps: bool) -> tuple[int, int]:
