@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from modules.nn.configs import NoiseScheduleConfig, TextEncoderConfig, UNetConfig, VAEConfig
+from modules.nn.configs import (
+    FlowConfig,
+    NoiseScheduleConfig,
+    TextEncoderConfig,
+    UNetConfig,
+    VAEConfig,
+)
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -43,6 +49,12 @@ class Family:
     adm: AdmKind = "none"
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     zero_terminal_snr: bool = False
+    # Rectified-flow models (SD3, Flux.1): their shift; None for eps / v models.
+    flow: FlowConfig | None = None
+
+    @property
+    def is_flow(self) -> bool:
+        return self.flow is not None
 
     @property
     def is_inpainting(self) -> bool:
