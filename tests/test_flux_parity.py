@@ -117,6 +117,7 @@ def test_scalar_timestep_and_float_guidance_broadcast(models) -> None:
                              guidance=torch.full((BATCH,), 2.0)))
     shared = ours(**dict(inputs, timesteps=torch.tensor(0.5), guidance=2.0))
     assert torch.equal(per_sample, shared)
+    assert torch.equal(per_sample, ours(**dict(inputs, timesteps=0.5, guidance=2.0)))
 
 
 @torch.no_grad()

@@ -172,7 +172,7 @@ class FluxTransformer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        timesteps: torch.Tensor,
+        timesteps: torch.Tensor | float,
         context: torch.Tensor,
         y: torch.Tensor,
         guidance: torch.Tensor | float | None = None,
@@ -182,7 +182,8 @@ class FluxTransformer(nn.Module):
         """Predict the flow velocity of latents `x`.
 
         :param x: (B, 16, H, W) latents (scaled and shifted as the VAE's latent space says)
-        :param timesteps: (B,) flow times t in [0, 1] (sigma; 1 = pure noise), or one 0-d
+        :param timesteps: (B,) flow times t in [0, 1] (sigma; 1 = pure noise), or one
+            0-d tensor or float for all
         :param context: (B, S, 4096) T5 encoder tokens
         :param y: (B, 768) pooled CLIP-L vector
         :param guidance: distilled guidance strength ((B,), 0-d or a float; e.g. 3.5),
@@ -207,7 +208,7 @@ class FluxTransformer(nn.Module):
         img_ids: torch.Tensor,
         txt: torch.Tensor,
         txt_ids: torch.Tensor,
-        timesteps: torch.Tensor,
+        timesteps: torch.Tensor | float,
         y: torch.Tensor,
         guidance: torch.Tensor | float | None = None,
         *,
@@ -230,10 +231,11 @@ class FluxTransformer(nn.Module):
         return self.final_layer(joint[:, txt.shape[1]:], vec)
 
     def _conditioning(
-        self, timesteps: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | float | None,
-        *, batch: int, dtype: torch.dtype,
+        self, timesteps: torch.Tensor | float, y: torch.Tensor,
+        guidance: torch.Tensor | float | None, *, batch: int, dtype: torch.dtype,
     ) -> torch.Tensor:
         """The vector `vec`: embedded timestep (+ embedded guidance for [dev]) + pooled CLIP."""
+        timesteps = torch.as_tensor(timesteps, device=y.device)
         vec = self.time_in(_time_features(timesteps, batch).to(dtype))
         if self.config.guidance_embed:
             if guidance is None:
