@@ -133,6 +133,28 @@ def test_api_app_alone_has_no_public_route(data):
     runtime.jobs.stop()
 
 
+def test_cors_preflight_is_answered_before_the_login_check(data):
+    """Browsers send preflights without credentials: CORS sits outside the auth check."""
+    from modules.app.cmd_args import parse_args
+    from modules.app.server import add_server_middleware
+
+    runtime = runtime_with(data, "--nowebui", "--api-auth", "bot:pw2")
+    app = create_api_app(runtime)
+    add_server_middleware(app, parse_args(["--api-auth", "bot:pw2",
+                                           "--cors-allow-origins", "http://a.example"]))
+    client = TestClient(app, base_url="http://127.0.0.1:7861")
+    cors = {"Origin": "http://a.example"}
+    preflight = client.options("/sdapi/v1/options", headers={
+        **cors, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://a.example"
+    assert client.get("/sdapi/v1/options", headers=cors).status_code == 401
+    signed = client.get("/sdapi/v1/options", headers={**cors, **basic("bot", "pw2")})
+    assert signed.status_code == 200
+    runtime.jobs.stop()
+
+
 def test_routes_added_later_are_covered_too(api_auth_app, gradio_auth_app):
     for app in (api_auth_app, gradio_auth_app):
         app.get("/sdapi/v1/added-later")(lambda: {"ok": True})
