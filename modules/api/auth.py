@@ -5,7 +5,8 @@ When any login is configured (`--api-auth`, `--gradio-auth`, `--gradio-auth-path
 docs, the mounted UI and any route added later. A request passes when
 
 - it is served by the UI mount and its path is in `public` (the login page and the
-  static files it needs; empty unless the UI has its own login), or
+  static files it needs; empty unless the UI has its own login; passed on without its
+  query string when nobody is logged in), or
 - it carries HTTP Basic credentials of the users for its side (see `AuthRules`), or
 - it is served by the UI mount and carries a session of the UI's own login
   (`session_user`, given by the front end: Gradio's cookie).
