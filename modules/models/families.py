@@ -22,7 +22,7 @@ from modules.nn.configs import (
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 
-Prediction = Literal["eps", "v"]
+Prediction = Literal["eps", "v", "flow"]  # "flow": SD3 / Flux (flow_families.py)
 AdmKind = Literal["none", "sdxl", "sdxl_refiner"]
 
 
