@@ -26,6 +26,8 @@ class Paths:
     models_dir: Path
     checkpoint_dirs: tuple[Path, ...]
     vae_dir: Path
+    # Separate text encoders of SD3 / Flux (clip_l, clip_g, t5xxl): Forge's folder, then A1111's
+    text_encoder_dirs: tuple[Path, ...]
     lora_dir: Path
     embeddings_dir: Path
     hypernetwork_dir: Path
@@ -49,6 +51,8 @@ class Paths:
             models_dir=models,
             checkpoint_dirs=tuple(ckpt_dirs),
             vae_dir=_pick(args.vae_dir, models / "VAE"),
+            text_encoder_dirs=(_pick(getattr(args, "text_encoder_dir", None),
+                                     models / "text_encoder"), models / "CLIP"),
             lora_dir=_pick(args.lora_dir, models / "Lora"),
             embeddings_dir=_pick(args.embeddings_dir, models / "embeddings"),
             hypernetwork_dir=_pick(args.hypernetwork_dir, models / "hypernetworks"),

@@ -149,6 +149,8 @@ def _path_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt", default=None, help="checkpoint to load at start")
     g.add_argument("--ckpt-dir", default=None)
     g.add_argument("--vae-dir", default=None)
+    g.add_argument("--text-encoder-dir", default=None,
+                   help="folder of separate text encoders (clip_l, clip_g, t5xxl) for SD3 / Flux")
     g.add_argument("--vae-path", default=None)
     g.add_argument("--lora-dir", default=None)
     g.add_argument("--embeddings-dir", default=None)
