@@ -2,10 +2,11 @@
 
 Samplers are generator functions with k-diffusion's one signature
 (`samplers_*.py`), schedules are plain functions (`schedules.py`), `denoiser.py` turns
-eps / v-prediction U-Net output into D(x, sigma), `cfg.py` is classifier-free guidance
-over scheduled conds, `registry.py` maps A1111's sampler and scheduler labels to them;
-`seeds.py` / `noise.py` / `rng_philox.py` make A1111-identical noise (CPU, GPU and
-NV sources, variation seeds, ENSD).
+eps / v-prediction U-Net output into D(x, sigma), `flow.py` does the same for
+rectified-flow velocity models (SD3, Flux.1) and holds their shifted schedules, `cfg.py`
+is classifier-free guidance over scheduled conds, `registry.py` maps A1111's sampler and
+scheduler labels to them; `seeds.py` / `noise.py` / `rng_philox.py` make A1111-identical
+noise (CPU, GPU and NV sources, variation seeds, ENSD).
 May import: nn (for model types) and `conditioning.conds`; never `pipeline/`, `api/`
 or `webui/`.
 """
