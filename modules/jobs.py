@@ -5,6 +5,12 @@ returns its result. The worker thread drives it and answers each event with a
 command, sent back into the generator: `None` to go on, `"skip"` to end the current
 batch, `"interrupt"` to end the job (the generator still returns what it has).
 Progress, interrupt and skip always refer to the running job.
+
+A step can be long (a huge image's attention, a VAE decode): each job owns a
+`Cancellation` that code inside the step checks (U-Net blocks, attention chunks, VAE
+tiles), raising `JobInterrupted`, which the sampling loop turns into the skipped /
+interrupted result. `stop` / `cancel_all` (server shutdown) fail the queued jobs and stop
+the running one. `side_work` bounds the picture routes that run beside the queue.
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def test_unet_and_vae_stop_between_blocks_and_tiles():
 
 
 def test_drive_sampler_ends_a_step_that_would_never_end():
-    cancel, first = Cancellation(), torch.zeros(1)
+    cancel = Cancellation()
 
     def endless_step():  # a sampler whose first step only ends when stopped
         while True:
@@ -211,12 +211,11 @@ def test_drive_sampler_ends_a_step_that_would_never_end():
 
     threading.Timer(0.2, cancel.request, args=("interrupt",)).start()
     started = time.monotonic()
-    driver = drive_sampler(endless_step(), job_no=0, job_count=1, steps=10, cancel=cancel,
-                           first=first)
+    driver = drive_sampler(endless_step(), job_no=0, job_count=1, steps=10, cancel=cancel)
     with pytest.raises(StopIteration) as stop:
         next(driver)
     latents, command = stop.value.value
-    assert command == "interrupt" and latents is first
+    assert command == "interrupt" and latents is None  # no step finished: nothing to decode
     assert time.monotonic() - started < 2
     assert cancel.pending() is None  # taken: the batch's decode may still run
 
@@ -232,8 +231,8 @@ def test_interrupt_stops_the_job_inside_its_first_step(runtime):
     queue.interrupt()  # before the first step can have finished
     result = job.wait(60)
     queue.stop()
-    assert result.interrupted and len(result.images) == 1
     assert job.progress is None  # no step completed: it stopped inside the first one
+    assert result.interrupted and result.images == []  # and decoded no noise
 
 
 def test_stop_fails_queued_jobs_and_stops_the_running_one(runtime):
@@ -250,3 +249,15 @@ def test_stop_fails_queued_jobs_and_stops_the_running_one(runtime):
     assert running.wait(1).interrupted and running.result.images == []
     with pytest.raises(JobInterrupted):
         waiting.wait(1)
+
+
+def test_the_ui_refuses_what_the_api_refuses(runtime):
+    import gradio as gr
+
+    from webui.requests import checked_request
+
+    with pytest.raises(gr.Error, match="over the limit of 65,536 pixels per image"):
+        checked_request(runtime, Txt2ImgParams(width=512, height=512), is_img2img=False)
+    with pytest.raises(gr.Error, match="per request"):
+        checked_request(runtime, Txt2ImgParams(width=256, height=256, batch_size=2, n_iter=4),
+                        is_img2img=False)

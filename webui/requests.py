@@ -11,6 +11,7 @@ import dataclasses
 
 import gradio as gr
 
+from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationParams, ParamsError
 from modules.styles import StyleError, apply_styles, load_styles
 from webui.panel_results import gr_error
@@ -45,6 +46,7 @@ def checked_request(runtime, params: GenerationParams, *, is_img2img: bool,
     params = with_styles(runtime, params)
     try:
         params.validate() if full else params.validate_common()
+        check_pixel_budget(params, PixelBudget.from_args(runtime.args))  # as the API
         check_script(runtime, params, is_img2img=is_img2img)
     except (ParamsError, ValueError, LookupError) as error:
         raise gr_error(error) from error

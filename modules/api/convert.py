@@ -5,7 +5,9 @@ Responses carry bare base64 PNGs with the infotext in the `parameters` text chun
 URL, which is fetched only when the `api_enable_requests` setting allows it; with
 `api_forbid_local_requests` every address the host resolves to must be a global one, so a client
 cannot make the server read loopback, private or link-local services. Redirects are refused rather
-than followed, since a redirect could point anywhere.
+than followed, since a redirect could point anywhere. Every picture is refused from its
+header when it has more than `--max-input-image-pixels` pixels
+(`modules.imaging.decode.open_bounded`), before any pixel is decoded.
 """
 
 from __future__ import annotations

@@ -31,11 +31,12 @@ from torch import nn
 
 # Score-matrix budget of one query chunk of the sliced kernel (bytes).
 DEFAULT_SLICE_BYTES = 256 * 1024 * 1024
-# With a `cancel`, an attention over more scores than this runs in query chunks of about
-# CANCEL_CHUNK_SCORES each, with a check between them (about 0.1-0.5 s of CPU work, a
-# millisecond on a GPU): a huge image can be stopped inside one layer.
-CANCEL_CHUNKING_SCORES = 2**30
-CANCEL_CHUNK_SCORES = 2**27
+# With a `cancel`, an attention over more scores (batch x heads x queries x keys) than the
+# first number runs in query chunks of about the second, with a check between them: on a
+# CPU a chunk is well under a second of work, so a huge image stops inside one layer; on
+# CUDA the numbers are 16 times larger (fewer, still short, kernel launches).
+CANCEL_CHUNKING_SCORES, CANCEL_CHUNK_SCORES = 2**28, 2**26
+CUDA_SCALE = 16
 
 
 class Cancel(Protocol):
@@ -152,9 +153,10 @@ def attention(
               else sdpa_attention)
     batch, heads, queries, _ = q.shape
     per_query = batch * heads * k.shape[2]
-    if cancel is None or per_query * queries <= CANCEL_CHUNKING_SCORES:
+    scale = CUDA_SCALE if q.is_cuda else 1
+    if cancel is None or per_query * queries <= CANCEL_CHUNKING_SCORES * scale:
         return kernel(q, k, v)
-    chunk = max(1, CANCEL_CHUNK_SCORES // per_query)
+    chunk = max(1, CANCEL_CHUNK_SCORES * scale // per_query)
     parts = []
     for start in range(0, queries, chunk):
         check(cancel)

@@ -37,8 +37,11 @@ def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
     """Decode, (finish: img2img's colour correction and overlay), infotexts, save.
 
     A skip or interrupt that arrives during the VAE decode (or a server stop) abandons
-    it: the batch adds no image, and an interrupt marks the result interrupted.
+    it: the batch adds no image, and an interrupt marks the result interrupted. Latents
+    of None (sampling stopped inside its first step) add no image either.
     """
+    if latents is None:
+        return
     try:
         images = decode_latents(plan.loaded, latents, plan.settings, plan.cancel)
     except JobInterrupted as stopped:

@@ -93,7 +93,9 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
     latents, command = yield from drive_sampler(generator, job_no=job_no,
                                                 job_count=p.n_iter * plan.passes,
                                                 steps=len(sigmas) - 1, preview=preview_maker(plan),
-                                                cancel=plan.cancel, first=x)
+                                                cancel=plan.cancel)
+    if latents is None:  # stopped inside the first step: nothing worth decoding
+        return None, command
     latents = latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2]))
     if start is not None and start.keep is not None:
         keep = start.keep.to(latents)
@@ -161,13 +163,13 @@ def batch_rng(plan: Plan, part: slice, device, *, width: int | None = None,
 
 
 def drive_sampler(generator, *, job_no: int, job_count: int, steps: int, preview=None,
-                  cancel: Cancellation | None = None, first: torch.Tensor | None = None):
+                  cancel: Cancellation | None = None):
     """Step a sampler; a skip or interrupt ends it with the last denoised estimate.
 
     `preview(step_number, denoised)` may return a picture for the Progress event. A skip
     or interrupt that arrives inside a step (`cancel.check()` in the U-Net raises
-    `JobInterrupted`) ends it the same way at once; before the first step ends, `first`
-    (the starting latent) stands for the estimate.
+    `JobInterrupted`) ends it the same way at once; stopped before any step ended, there
+    is no estimate and the latents are None (the batch then adds no image).
     """
     last = None
     while True:
@@ -181,7 +183,7 @@ def drive_sampler(generator, *, job_no: int, job_count: int, steps: int, preview
         except JobInterrupted as stopped:
             generator.close()
             command = (cancel.take() if cancel is not None else None) or stopped.command
-            return (last.denoised if last is not None else first), command
+            return (last.denoised if last is not None else None), command
         last = step
         picture = preview(step.index + 1, step.denoised) if preview is not None else None
         command = yield Progress(step=step.index + 1, total_steps=steps, job_no=job_no,
