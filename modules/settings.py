@@ -93,6 +93,11 @@ class Settings:
     sd_model_checkpoint: str = opt("", "Stable Diffusion checkpoint", SD, infotext="Model hash")
     sd_checkpoints_limit: int = opt(1, "Checkpoints to cache in RAM", SD, minimum=1, maximum=10)
     sd_vae: str = opt("Automatic", "SD VAE", VAE, infotext="VAE")
+    # Forge's option: how the diffusion model's layer weights are stored (models/lowbit_load).
+    forge_unet_storage_dtype: str = opt(
+        "Automatic", "Diffusion in Low Bits", SD, infotext="Diffusion in Low Bits",
+        choices=("Automatic", "Automatic (fp16 LoRA)", "float8-e4m3fn",
+                 "float8-e4m3fn (fp16 LoRA)", "float8-e5m2", "float8-e5m2 (fp16 LoRA)"))
     CLIP_stop_at_last_layers: int = opt(1, "Clip skip", SD, infotext="Clip skip",
                                         minimum=1, maximum=12)
     emphasis: str = opt("Original", "Emphasis mode", SD, infotext="Emphasis",
