@@ -22,6 +22,7 @@ import torch
 
 from modules.conditioning.conditioner import Conditioner
 from modules.conditioning.tokenizer import ClipTokenizer
+from modules.models import flow_manager
 from modules.models.checkpoints import (
     CheckpointInfo,
     find_checkpoint,
@@ -102,7 +103,7 @@ class ModelManager:
                  channels_last: bool = False, upcast_attention: bool = False,
                  compile_mode: str | None = None,
                  precision: Callable[[Family], tuple[torch.dtype, torch.dtype]] | None = None,
-                 ) -> None:
+                 modules_source: Callable[[], list[str]] | None = None) -> None:
         """
         :param cache_limit_source: read at every load for the number of checkpoints to keep
             (the `sd_checkpoints_limit` setting); `cache_limit` when not given
@@ -113,6 +114,7 @@ class ModelManager:
             "reduce-overhead" = CUDA graphs); None: eager
         :param precision: (weights dtype, VAE dtype) per family (`devices.precision_policy`);
             `dtype` and `vae_dtype` for every family when not given
+        :param modules_source: the `forge_additional_modules` setting (SD3 / Flux parts)
         """
         self.paths = paths
         self.device = device
@@ -123,6 +125,7 @@ class ModelManager:
         self.cache_limit_source = cache_limit_source or (lambda: self.cache_limit)
         self.memory_policy = memory_policy or (lambda family: MemoryMode.NORMAL)
         self.precision = precision or (lambda family: (self.dtype, self.vae_dtype))
+        self.modules_source = modules_source or list
         self.channels_last = channels_last
         self.upcast_attention = upcast_attention
         self.compile_mode = compile_mode
@@ -327,6 +330,9 @@ class ModelManager:
 
     def _load(self, info: CheckpointInfo) -> LoadedModel:
         log.info("Loading %s", info.path)
+        plan = flow_manager.plan_for(self, info)  # SD3 / SD3.5 / Flux.1; None for the others
+        if plan is not None:
+            return flow_manager.load_flow(self, info, plan)
         header, family = inspect_checkpoint(info.path)
         mode = self.memory_policy(family)
         # Straight into the target dtype, and onto the device unless the mode keeps it in RAM.

@@ -1,0 +1,209 @@
+"""Planning the load of an SD3 / SD3.5 / Flux.1 model: which file holds each part, and how.
+
+A model comes as one of:
+
+* a single file with everything (ComfyUI / Forge / SAI all-in-one files),
+* a diffusion-model file (BFL's `flux1-dev.safetensors`, SAI's SD3.5 files with their
+  VAE) plus separate text encoders and VAE in their folders (`flow_parts.py`),
+* a diffusers folder (`model_index.json` naming `StableDiffusion3Pipeline` or
+  `FluxPipeline`, with `transformer/`, `vae/`, `text_encoder*/`), renamed to the
+  reference names by `sd3_keys` / `flux_keys` / `diffusers_keys`.
+
+`plan_flow_checkpoint` reads headers only and returns a `FlowPlan`: the family (every
+config read off the shapes) and, for each part, a `Source` that reads its tensors later
+(`flow_model.assemble_flow_model`). Anything that is not a flow model gives None, so
+the SD1/SD2/SDXL path handles it; a flow model that cannot be completed is one
+`ModelLoadError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from modules.models.diffusers_folder import (
+    MODEL_INDEX,
+    component_weight_files,
+    read_json,
+    vae_config_from_diffusers,
+)
+from modules.models.diffusers_keys import UnmappedKeysError, vae_diffusers_to_ldm
+from modules.models.errors import ModelLoadError
+from modules.models.flow_detection import (
+    detect_flow,
+    encoder_config,
+    shapes_under,
+    vae_config,
+)
+from modules.models.flow_families import FlowFamily
+from modules.models.flow_parts import PartFile, list_parts, pick_parts, resolve_modules
+from modules.models.flux_keys import diffusers_to_bfl
+from modules.models.safetensors_io import TensorInfo
+from modules.models.sd3_keys import diffusers_to_sai
+from modules.models.single_file import load_file, read_file_header
+
+DIFFUSION = "diffusion"
+VAE = "vae"
+# Our prefixes for the parts of a diffusers folder, as if it were one all-in-one file.
+FOLDER_PREFIXES = {"transformer": "model.diffusion_model.", "vae": "first_stage_model."}
+FOLDER_ENCODERS = {
+    "StableDiffusion3Pipeline": {"text_encoder": "clip_l", "text_encoder_2": "clip_g",
+                                 "text_encoder_3": "t5xxl"},
+    "FluxPipeline": {"text_encoder": "clip_l", "text_encoder_2": "t5xxl"},
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one part's tensors are: keys under `prefix` of one file, or a diffusers
+    component's files renamed by `convert`."""
+
+    path: str
+    prefix: str = ""
+    keys: tuple[str, ...] = ()  # names without the prefix
+    files: tuple[Path, ...] = ()
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+
+    def read(self, *, dtype: torch.dtype | None,
+             device: str | torch.device) -> dict[str, torch.Tensor]:
+        """The part's tensors (floating ones cast to `dtype`), one file read at a time."""
+        if self.files:
+            tensors: dict[str, torch.Tensor] = {}
+            for file in self.files:
+                tensors.update(load_file(file, dtype=dtype, device=device))
+            return self.convert(tensors) if self.convert else tensors
+        loaded = load_file(self.path, keys=[self.prefix + key for key in self.keys],
+                           dtype=dtype, device=device)
+        return {key[len(self.prefix):]: value for key, value in loaded.items()}
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    """A flow model's family and the source of each part ("diffusion", "vae", encoders)."""
+
+    path: str
+    family: FlowFamily
+    sources: dict[str, Source]
+    modules: tuple[PartFile, ...] = ()  # separate files used, for infotext
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+def plan_flow_checkpoint(path: str | os.PathLike[str], *, folders: Sequence[Path] = (),
+                         module_names: Sequence[str] = ()) -> FlowPlan | None:
+    """The plan to load `path` as a flow model, or None when it is not one (headers only)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        found = _folder_header(Path(path))
+        if found is None:
+            return None
+        header, metadata, sources = found
+    else:
+        file_header = read_file_header(path)
+        header, metadata, sources = file_header.tensors, file_header.metadata, None
+    layout = detect_flow(header, metadata, path=path)
+    if layout is None:
+        return None
+    family = layout.family
+    if sources is None:
+        sources = {DIFFUSION: _file_source(path, header, layout.diffusion_prefix)}
+        if layout.vae_prefix is not None:
+            sources[VAE] = _file_source(path, header, layout.vae_prefix)
+        for spec in family.text_encoders:
+            if spec.name in layout.encoders:
+                sources[spec.name] = _file_source(path, header, spec.prefix)
+    chosen = resolve_modules(module_names, folders) if module_names else []
+    wanted = [kind for kind in (VAE, *family.needs) if kind not in sources]
+    wanted += [part.kind for part in chosen if part.kind not in wanted]
+    available = list_parts(folders) if set(wanted) - {p.kind for p in chosen} else []
+    picked = pick_parts(family, wanted, chosen=chosen, available=available, folders=folders,
+                        path=path) if wanted else {}
+    for kind, part in picked.items():
+        family, sources[kind] = _with_part(family, kind, part)
+    check_encoder_widths(family, path=path)
+    return FlowPlan(path=path, family=family, sources=sources,
+                    modules=tuple(picked.values()), metadata=dict(metadata))
+
+
+def _file_source(path: str, header: Mapping[str, TensorInfo], prefix: str) -> Source:
+    return Source(path=path, prefix=prefix, keys=tuple(shapes_under(header, prefix)))
+
+
+def _with_part(family: FlowFamily, kind: str, part: PartFile) -> tuple[FlowFamily, Source]:
+    """The family with the config of a separate part's file, and the part's source."""
+    header = read_file_header(part.path).tensors
+    shapes = shapes_under(header, "")
+    source = Source(path=str(part.path), keys=tuple(shapes))
+    if kind == VAE:
+        return replace(family, vae=vae_config(shapes, family.vae, path=str(part.path))), source
+    specs = tuple(replace(spec, config=encoder_config(kind, shapes, path=str(part.path),
+                                                      base=spec.config))
+                  if spec.name == kind else spec for spec in family.text_encoders)
+    return replace(family, text_encoders=specs), source
+
+
+def check_encoder_widths(family: FlowFamily, *, path: str) -> None:
+    """SD3's pooled vector is CLIP-L's + CLIP-G's; Flux's is CLIP-L's: widths must agree."""
+    configs = {spec.name: spec.config for spec in family.text_encoders}
+    pooled = sum(config.projection_dim or config.hidden_size
+                 for name, config in configs.items() if name != "t5xxl")
+    expected = (family.diffusion.adm_in_channels if family.architecture == "sd3"
+                else family.diffusion.vec_in_dim)
+    if pooled != expected:
+        raise ModelLoadError(path, f"the CLIP text encoders give a pooled vector of {pooled}, "
+                                   f"{family.label} takes {expected}: mismatched text encoders")
+
+
+# ---- diffusers folders ----------------------------------------------------------------
+
+
+def _folder_header(folder: Path):
+    """(header in our prefixed names, metadata, sources) of a flow diffusers folder."""
+    index_path = folder / MODEL_INDEX
+    if not index_path.is_file():
+        return None
+    index = read_json(index_path)
+    encoders = FOLDER_ENCODERS.get(str(index.get("_class_name")))
+    if encoders is None:
+        return None
+    header: dict[str, TensorInfo] = {}
+    sources: dict[str, Source] = {}
+    flux = index["_class_name"] == "FluxPipeline"
+    parts = [("transformer", DIFFUSION), ("vae", VAE), *encoders.items()]
+    for component, kind in parts:
+        if not (folder / component).is_dir():
+            continue
+        files = tuple(component_weight_files(folder, component))
+        convert = _converter(folder, component, flux)
+        prefix = FOLDER_PREFIXES.get(component, f"text_encoders.{kind}.transformer.")
+        sources[kind] = Source(path=str(folder / component), files=files, convert=convert)
+        header |= {prefix + key: info
+                   for key, info in _converted_header(files, convert, folder / component).items()}
+    if DIFFUSION not in sources:
+        raise ModelLoadError(folder, "diffusers folder has no transformer/ component")
+    return header, {"diffusers.model_index": index}, sources
+
+
+def _converter(folder: Path, component: str, flux: bool):
+    if component == "transformer":
+        return diffusers_to_bfl if flux else diffusers_to_sai
+    if component == "vae":
+        config = vae_config_from_diffusers(read_json(folder / "vae" / "config.json"))
+        return lambda tensors: vae_diffusers_to_ldm(tensors, config)
+    return None
+
+
+def _converted_header(files: Sequence[Path], convert, where: Path) -> dict[str, TensorInfo]:
+    """A component's header renamed: meta tensors carry the shapes through the converter."""
+    meta: dict[str, torch.Tensor] = {}
+    for file in files:
+        meta |= {key: torch.empty(info.shape, dtype=info.torch_dtype, device="meta")
+                 for key, info in read_file_header(file).tensors.items()}
+    try:
+        renamed = convert(meta) if convert else meta
+    except UnmappedKeysError as error:
+        raise ModelLoadError(where, str(error.args[0])) from error
+    return {key: TensorInfo.of(tensor) for key, tensor in renamed.items()}

@@ -1,0 +1,60 @@
+"""The model manager's path for SD3 / SD3.5 / Flux.1 checkpoints.
+
+`ModelManager._load` asks `plan_for` first: a file or folder that is a flow model gets a
+`FlowPlan` (headers only, separate parts chosen from the folders and the
+`forge_additional_modules` setting), and `load_flow` assembles it into a `LoadedModel`
+whose `family` is a `FlowFamily` (prediction "flow", shift in `family.flow`, generation
+defaults in `family.defaults`) and whose `model` is a `FlowModel` (transformer, VAE with
+its latent scale/shift in `family.vae`, text encoders by name). Its `conditioner` is None
+and `sigmas` the model's shifted flow table at 1024²: prompts, conditioning and the flow
+sampler are the pipeline's business. Every failure is a `ModelLoadError` raised before
+anything is cached, so the model that was serving keeps serving.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modules.models.checkpoints import CheckpointInfo
+from modules.models.flow_loader import FlowPlan, plan_flow_checkpoint
+from modules.models.flow_model import FlowModel, assemble_flow_model
+from modules.models.flow_parts import module_folders
+from modules.models.offload import ComponentPlacer, MemoryMode
+from modules.nn.attention import set_attention_backend, set_attention_upcast
+from modules.sampling.flow import flow_schedule
+
+
+def plan_for(manager, info: CheckpointInfo) -> FlowPlan | None:
+    """The flow plan of a checkpoint, or None when it is an SD1/SD2/SDXL checkpoint."""
+    return plan_flow_checkpoint(info.path, folders=module_folders(manager.paths),
+                                module_names=tuple(manager.modules_source() or ()))
+
+
+def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
+    """A `LoadedModel` of the flow model `plan` describes, placed as the manager places."""
+    from modules.models.manager import LoadedModel  # the manager imports this module
+
+    family = plan.family
+    mode = manager.memory_policy(family)
+    device = manager.device if mode is MemoryMode.NORMAL else torch.device("cpu")
+    dtype, vae_dtype = manager.precision(family)
+    model = assemble_flow_model(plan, dtype=dtype, vae_dtype=vae_dtype, device=device)
+    _configure(manager, model)
+    placer = ComponentPlacer(components={"text_encoders": model.text_encoders,
+                                         "unet": model.unet, "vae": model.vae},
+                             device=manager.device, mode=mode)
+    sha256 = manager.hash_cache.sha256(info.hash_target) if manager.hashing else None
+    if sha256:
+        info = CheckpointInfo(path=info.path, name=info.name, legacy_hash=info.legacy_hash,
+                              sha256=sha256)
+    return LoadedModel(info=info, family=family, model=model, conditioner=None,
+                       sigmas=flow_schedule(family.flow).table(), sha256=sha256,
+                       metadata=dict(plan.metadata), placer=placer)
+
+
+def _configure(manager, model: FlowModel) -> None:
+    """Attention kernel, upcast and memory layout as the manager's options say."""
+    set_attention_backend(model.diffusion_model, manager.attention)
+    model.vae.set_attention_backend(manager.attention)
+    model.vae.set_channels_last(manager.channels_last)
+    set_attention_upcast(model, manager.upcast_attention)
