@@ -1,4 +1,5 @@
-"""How much work one generation request may ask for (docs/security.md, "Bounded work").
+"""How much work one generation request may ask for (docs/security.md,
+"Bounded work per request").
 
 A request is refused before it is queued, with a `ParamsError` naming the field, when:
 
