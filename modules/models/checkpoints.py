@@ -85,17 +85,20 @@ class CheckpointInfo:
 
 def hash_target(path: str | os.PathLike[str]) -> str:
     """The file that stands for `path` in hashes: the path itself for a file; for a
-    diffusers folder its U-Net weights (the first shard when sharded), else its
-    `model_index.json`; for a bare component folder (a VAE) its own weights file."""
+    diffusers folder its U-Net (or SD3 / Flux transformer) weights (the first shard when
+    sharded), else its `model_index.json`; for a bare component folder (a VAE) its own
+    weights file."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         return path
     folder = Path(path)
     if (folder / MODEL_INDEX).is_file():
-        try:
-            return os.fspath(component_weight_files(folder, "unet")[0])
-        except ModelLoadError:
-            return os.fspath(folder / MODEL_INDEX)
+        for denoiser in ("unet", "transformer"):  # SD1/SD2/SDXL; SD3 / Flux
+            try:
+                return os.fspath(component_weight_files(folder, denoiser)[0])
+            except ModelLoadError:
+                continue
+        return os.fspath(folder / MODEL_INDEX)
     try:
         return os.fspath(component_weight_files(folder.parent, folder.name)[0])
     except ModelLoadError:
