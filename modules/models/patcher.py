@@ -45,6 +45,10 @@ class WeightPatch:
     component: "unet" or a text encoder name; path: the module inside it.
     tensors: the adapter's tensors in kohya's spelling (`lora_down.weight`, `alpha`,
     `hada_w1_a`, `diff`, ...). source / name: file and module name, for messages.
+    rows: the output rows of the layer the adapter updates (None: all): a diffusers /
+    PEFT `to_q` LoRA on a fused `qkv` or Flux `linear1` updates the q rows only.
+    swap_halves: the adapter was trained on a layout whose two halves of output rows
+    come in the other order (diffusers' (scale, shift) adaLN for our (shift, scale)).
     """
 
     component: str
@@ -54,6 +58,8 @@ class WeightPatch:
     dyn: int | None = None
     source: str = ""
     name: str = ""
+    rows: slice | None = None
+    swap_halves: bool = False
 
 
 @dataclass
@@ -90,22 +96,56 @@ def _merge_layer(module: nn.Module, patches: list[WeightPatch],
     with torch.no_grad():
         for patch in patches:
             try:
-                update = updates_for(patch.tensors, weight, dyn=patch.dyn)
+                delta, bias_step = _patch_delta(patch, weight, bias)
             except (AdapterError, KeyError, RuntimeError) as error:
                 skipped.append((patch, str(error)))
                 continue
-            delta = update.weight
-            if update.dora_scale is not None:
-                delta = apply_dora(weight, delta, update.dora_scale)
             weight_delta = delta * patch.strength + (0 if weight_delta is None else weight_delta)
-            if update.bias is not None and bias is not None and update.bias.numel() == bias.numel():
-                step = update.bias.reshape(bias.shape) * patch.strength
+            if bias_step is not None:
+                step = bias_step * patch.strength
                 bias_delta = step if bias_delta is None else bias_delta + step
         new_weight = (None if weight_delta is None
                       else (weight.float() + weight_delta).to(weight.dtype))
         new_bias = (None if bias_delta is None
                     else (bias.detach().float() + bias_delta).to(bias.dtype))
     return new_weight, new_bias
+
+
+def _swap_halves(tensor: Tensor) -> Tensor:
+    """(a, b) -> (b, a) along the output axis."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def _patch_delta(patch: WeightPatch, weight: Tensor,
+                 bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(dW, db) of one patch at strength 1, full-size; db None when there is none."""
+    part = weight if patch.rows is None else weight[patch.rows]
+    # Adapters that read W (DoRA, (IA)^3) see it in the layout they were trained on.
+    reference = _swap_halves(part) if patch.swap_halves else part
+    update = updates_for(patch.tensors, reference, dyn=patch.dyn)
+    delta, bias_delta = update.weight, update.bias
+    if update.dora_scale is not None:
+        delta = apply_dora(reference, delta, update.dora_scale)
+    bias_part = bias if bias is None or patch.rows is None else bias[patch.rows]
+    if bias_delta is not None and (bias_part is None or bias_delta.numel() != bias_part.numel()):
+        bias_delta = None
+    if bias_delta is not None:
+        bias_delta = bias_delta.reshape(bias_part.shape)
+    if patch.swap_halves:
+        delta = _swap_halves(delta)
+        bias_delta = None if bias_delta is None else _swap_halves(bias_delta)
+    if patch.rows is None:
+        return delta, bias_delta
+    return _placed(delta, weight, patch.rows), (
+        None if bias_delta is None else _placed(bias_delta, bias, patch.rows))
+
+
+def _placed(delta: Tensor, like: Tensor, rows: slice) -> Tensor:
+    """`delta` in rows `rows` of a float32 zero tensor shaped like `like`."""
+    full = torch.zeros(like.shape, dtype=delta.dtype, device=delta.device)
+    full[rows] = delta
+    return full
 
 
 class PatchedCall:

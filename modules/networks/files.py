@@ -6,7 +6,8 @@ with no dot in the module name (`lora_unet_..._to_q.lora_down.weight`, `....alph
 a few suffix spellings (`.lora_A.weight`, `.lora.down.weight`,
 `.processor.to_q_lora.down.weight`, ...), which are normalised here to kohya's
 (`lora_down.weight` / `lora_up.weight`), so that the adapter math sees one layout.
-`bundle_emb.*` (textual inversions bundled into a LoRA) are set apart.
+`bundle_emb.*` (textual inversions bundled into a LoRA) are set apart. Flux / SD3 files
+use the roots `transformer.` (diffusers, PEFT, AI-toolkit) and `diffusion_model.` (ComfyUI).
 
 Pickled files (`.pt`, `.ckpt`) go through the allow-list unpickler only.
 """
@@ -38,8 +39,12 @@ DIFFUSERS_SUFFIXES = (
     (".dora_scale", "dora_scale"),
     (".alpha", "alpha"),
 )
-DIFFUSERS_ROOTS = ("unet.", "text_encoder.", "text_encoder_2.")
+# Flux / SD3 transformers: diffusers' `transformer.` and ComfyUI's `diffusion_model.`.
+DIFFUSERS_ROOTS = ("unet.", "text_encoder.", "text_encoder_2.", "transformer.",
+                   "diffusion_model.")
 BARE_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.")  # old attn-proc files
+# PEFT state dicts of a Flux / SD3 transformer saved without the `transformer.` prefix.
+BARE_TRANSFORMER_ROOTS = ("transformer_blocks.", "single_transformer_blocks.")
 
 
 @dataclass
@@ -74,6 +79,8 @@ def _diffusers_name(key: str) -> tuple[str, str] | None:
             module = key[: -len(ending)]
             if module.startswith(BARE_UNET_ROOTS):
                 module = "unet." + module
+            elif module.startswith(BARE_TRANSFORMER_ROOTS):
+                module = "transformer." + module
             # Attention-processor spellings: `attn1.processor.to_q`, `to_out` (no index).
             module = module.replace(".processor.", ".")
             if module.endswith(".to_out"):
@@ -84,7 +91,7 @@ def _diffusers_name(key: str) -> tuple[str, str] | None:
 
 def split_key(key: str) -> tuple[str, str] | None:
     """(module name, suffix) of one key, in kohya's spelling; None if not a LoRA key."""
-    if key.startswith(DIFFUSERS_ROOTS + BARE_UNET_ROOTS):
+    if key.startswith(DIFFUSERS_ROOTS + BARE_UNET_ROOTS + BARE_TRANSFORMER_ROOTS):
         return _diffusers_name(key)
     if "." in key:
         name, suffix = key.split(".", 1)

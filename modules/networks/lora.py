@@ -110,7 +110,8 @@ def _patches_for(entry: NetworkOnDisk, request: LoraRequest, library: LoraLibrar
         strength = request.te if target.is_text else request.unet
         patches.append(WeightPatch(component=target.component, path=target.path,
                                    tensors=group, strength=strength, dyn=request.dyn,
-                                   source=entry.path.name, name=module_name))
+                                   source=entry.path.name, name=module_name,
+                                   rows=target.rows, swap_halves=target.swap_halves))
     total = len(tensors.groups)
     if not patches:
         warnings.append(f"{label}: none of its {total} modules match this model "

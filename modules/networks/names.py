@@ -11,6 +11,10 @@ LoRA files name the layer they change in one of several spellings (docs/model-fo
 * diffusers / PEFT: `unet.` + diffusers path, `text_encoder.` / `text_encoder_2.` +
   CLIP path, dots kept.
 
+Flux.1 and SD3/SD3.5 transformers (`flow_names.py`) have spellings of their own: kohya's
+`lora_unet_` + our (reference) path, and diffusers' `transformer.` + its path, which
+may name one part (rows) of a fused linear of ours.
+
 Underscores cannot be parsed back into paths (`transformer_blocks`, `to_q` and
 `proj_in` contain some), so the map goes the other way: every Linear, Conv2d and norm
 of the model is enumerated, and each gets all its names - from its LDM path and from
@@ -20,12 +24,14 @@ dictionary lookup.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from torch import nn
 
 from modules.models.diffusers_keys import map_unet_keys_to_diffusers
+from modules.networks import flow_names
+from modules.nn.text_encoders import TextEncoder
 
 ModuleKind = Literal["linear", "conv", "norm"]
 UNET = "unet"
@@ -38,6 +44,8 @@ class Target:
     component: "unet" or a text encoder name ("clip_l", "clip_h", "clip_g").
     path: the module path inside that component (`model.unet` or the `TextEncoder`),
     so the patched parameters are `path + ".weight"` / `path + ".bias"`.
+    rows / swap_halves: the part of a fused layer a name covers, and whether its two
+    halves of rows are in the other order (diffusers names of Flux / SD3 layers).
     """
 
     component: str
@@ -45,6 +53,8 @@ class Target:
     kind: ModuleKind
     weight_shape: tuple[int, ...]
     has_bias: bool
+    rows: slice | None = None
+    swap_halves: bool = False
 
     @property
     def is_text(self) -> bool:
@@ -96,7 +106,10 @@ class NameMap:
     def __init__(self, *, model) -> None:
         """:param model: a `StableDiffusionModel` (real or on the meta device)."""
         self.targets: dict[str, Target] = {}
-        self._add_unet(model)
+        if flow_names.is_transformer(model.unet):
+            self._add_transformer(model.unet)
+        else:
+            self._add_unet(model)
         self._add_text_encoders(model)
 
     def _add(self, name: str, target: Target) -> None:
@@ -116,11 +129,27 @@ class NameMap:
                 self._add("lora_unet_" + path.replace(".", "_"), target)
                 self._add("unet." + path, target)
 
+    def _add_transformer(self, network: nn.Module) -> None:
+        """A Flux / MMDiT transformer: our paths, and diffusers' paths onto their rows."""
+        targets = {target.path: target for target in _targets(UNET, network)}
+        for target in targets.values():
+            for name in flow_names.own_names(target.path):
+                self._add(name, target)
+        for module, place in flow_names.diffusers_placements(network):
+            target = targets.get(place.path)
+            if target is None:
+                continue
+            part = replace(target, rows=place.rows, swap_halves=place.swap_halves)
+            for name in flow_names.diffusers_spellings(module):
+                self._add(name, part)
+
     def _add_text_encoders(self, model) -> None:
         specs = model.family.text_encoders
         for index, spec in enumerate(specs):
             kohya, diffusers = text_prefixes(index, len(specs))
             encoder = model.text_encoders[spec.name]
+            if not isinstance(encoder, TextEncoder):  # T5: no LoRA names yet
+                continue
             for target in _targets(spec.name, encoder.transformer, prefix="transformer."):
                 path = target.path[len("transformer."):]
                 hf_path = canonical_clip_path(path)
