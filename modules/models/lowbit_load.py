@@ -36,7 +36,7 @@ from modules.models.errors import ModelLoadError
 from modules.models.gguf_io import is_gguf, read_gguf, read_gguf_header
 from modules.models.safetensors_io import iter_safetensors, read_safetensors_header
 from modules.nn.gguf_quants import QuantizedTensor
-from modules.nn.lowbit import FLOAT8_FORMATS, prepare_low_bit, to_low_bit
+from modules.nn.lowbit import FLOAT8_FORMATS, LowBitWeight, prepare_low_bit, to_low_bit
 
 INFOTEXT_KEY = "Diffusion in Low Bits"
 # Forge's labels -> storage format (None: as the file stores it).
@@ -71,9 +71,19 @@ def storage_for_label(label: str) -> str | None:
     return STORAGE_LABELS[label]
 
 
-def low_bits_infotext(label: str) -> dict[str, str]:
-    """`{"Diffusion in Low Bits": label}` unless the option is "Automatic"."""
-    return {} if label == "Automatic" else {INFOTEXT_KEY: label}
+def low_bits_infotext(label: str, diffusion_model: nn.Module | None = None) -> dict[str, str]:
+    """`{"Diffusion in Low Bits": label}` unless the option is "Automatic", or the given
+    diffusion model holds no low-bit layer (the option did not apply to it)."""
+    unused = diffusion_model is not None and not low_bit_layers(diffusion_model)
+    if label == "Automatic" or unused:
+        return {}
+    return {INFOTEXT_KEY: label}
+
+
+def low_bit_layers(model: nn.Module) -> dict[str, str]:
+    """Layer name -> storage format, for the layers of `model` kept low-bit."""
+    return {name: module.storage for name, module in model.named_modules()
+            if isinstance(module, LowBitWeight)}
 
 
 def layer_weight_names(model: nn.Module, prefix: str = "") -> set[str]:
