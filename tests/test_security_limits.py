@@ -22,7 +22,7 @@ from PIL import Image
 from modules.api.app import create_api_app
 from modules.imaging.decode import ImageTooLarge, InvalidImage, open_bounded
 from modules.jobs import SIDE_WORK_SLOTS, Cancellation, JobInterrupted, JobQueue
-from modules.nn.attention import attention
+from modules.nn.attention import attention, chunked_attention, sdpa_attention
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.unet import UNetModel
 from modules.nn.vae_tiled import tiled_decode
@@ -184,6 +184,14 @@ def test_attention_stops_between_query_chunks():
     assert stop.calls == 2  # the first chunk ran, the second was never started
 
 
+def test_chunked_attention_is_the_same_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 8) for _ in range(3))
+    never = Cancellation()
+    chunked = chunked_attention(sdpa_attention, q, k, v, chunk=64, cancel=never)
+    torch.testing.assert_close(chunked, sdpa_attention(q, k, v), rtol=1e-5, atol=1e-6)
+
+
 def test_unet_and_vae_stop_between_blocks_and_tiles():
     torch.manual_seed(0)
     unet = UNetModel(config=TINY_SD15.unet).eval()
@@ -261,3 +269,14 @@ def test_the_ui_refuses_what_the_api_refuses(runtime):
     with pytest.raises(gr.Error, match="per request"):
         checked_request(runtime, Txt2ImgParams(width=256, height=256, batch_size=2, n_iter=4),
                         is_img2img=False)
+
+
+def test_limit_flags_must_be_positive():
+    from modules.app.cmd_args import parse_args
+
+    for flag in ("--max-pixels-per-image", "--max-pixels-per-request",
+                 "--max-input-image-pixels"):
+        assert getattr(parse_args([flag, "4096"]), flag[2:].replace("-", "_")) == 4096
+        for bad in ("0", "-1", "many"):
+            with pytest.raises(SystemExit):
+                parse_args([flag, bad])

@@ -129,17 +129,28 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
                    help="accepted for compatibility; Easel always unpickles with an allow-list")
     g.add_argument("--disable-nan-check", action="store_true")
     g.add_argument("--max-body-mb", type=float, default=64.0, help="largest API request body")
-    g.add_argument("--max-pixels-per-image", type=int, default=4096 * 4096,
+    g.add_argument("--max-pixels-per-image", type=positive_int, default=4096 * 4096,
                    help="largest generated image (pixels; the hires-fix target counts)")
-    g.add_argument("--max-pixels-per-request", type=int, default=128 * 1024 * 1024,
+    g.add_argument("--max-pixels-per-request", type=positive_int, default=128 * 1024 * 1024,
                    help="pixels one request may generate (width x height x batch x count)")
-    g.add_argument("--max-input-image-pixels", type=int, default=8192 * 8192,
+    g.add_argument("--max-input-image-pixels", type=positive_int, default=8192 * 8192,
                    help="largest image a client may send (checked from its header)")
     g.add_argument("--tls-keyfile", default=None, help="serve HTTPS with this key")
     g.add_argument("--tls-certfile", default=None, help="serve HTTPS with this certificate")
     g.add_argument("--timeout-keep-alive", type=int, default=30, help="keep-alive seconds")
     g.add_argument("--loglevel", default=None, type=str.upper,
                    choices=("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0 (the pixel limits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
 
 
 def _path_flags(p: argparse.ArgumentParser) -> None:

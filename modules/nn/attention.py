@@ -157,8 +157,14 @@ def attention(
     if cancel is None or per_query * queries <= CANCEL_CHUNKING_SCORES * scale:
         return kernel(q, k, v)
     chunk = max(1, CANCEL_CHUNK_SCORES * scale // per_query)
+    return chunked_attention(kernel, q, k, v, chunk=chunk, cancel=cancel)
+
+
+def chunked_attention(kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk: int,
+                      cancel: Cancel | None) -> torch.Tensor:
+    """`kernel(q, k, v)` over `chunk` queries at a time, `cancel.check()` before each."""
     parts = []
-    for start in range(0, queries, chunk):
+    for start in range(0, q.shape[2], chunk):
         check(cancel)
         parts.append(kernel(q[:, :, start:start + chunk], k, v))
     return torch.cat(parts, dim=2)
