@@ -10,6 +10,7 @@ mask and the extra input channels of inpainting models. It is a generator: one
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -20,11 +21,12 @@ from modules.conditioning.sdxl import SizeConditioning
 from modules.devices import execution_device
 from modules.jobs import Cancellation, JobInterrupted, Progress
 from modules.pipeline.plan import LatentStart, Plan, sampler_options, schedule_options
-from modules.pipeline.previews import cheap_preview, preview_due
+from modules.pipeline.previews import family_preview, preview_due
 from modules.pipeline.refiner import ModelSwitch, SwitchTarget, refiner_plan
 from modules.sampling import registry as R
 from modules.sampling.cfg import CFGDenoiser, InpaintBlend
 from modules.sampling.denoiser import Denoiser, LCMDenoiser
+from modules.sampling.flow import FlowDenoiser, flow_schedule, noised
 from modules.sampling.seeds import ImageRNG
 from modules.scripts.base import SamplingInfo
 from modules.settings import Settings
@@ -59,7 +61,10 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
         x = rng.first().to(device) * initial_scale(plan, float(sigmas[0]), settings)
     else:
         noise = rng.next().to(device) * start.noise_multiplier
-        x = start.init_latent.to(device) + noise * float(sigmas[0])
+        init = start.init_latent.to(device)
+        # Flow models: on the straight path (1 - sigma) init + sigma noise; else init + sigma noise.
+        x = (noised(init, noise, float(sigmas[0])) if family.is_flow
+             else init + noise * float(sigmas[0]))
     denoiser = make_denoiser(plan, device)
     image_cond = start.image_cond if start is not None else None
     if image_cond is None and family.is_inpainting:
@@ -96,16 +101,20 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
                                                 cancel=plan.cancel)
     if latents is None:  # stopped inside the first step: nothing worth decoding
         return None, command
-    latents = latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2]))
+    latents = latents * R.final_latent_scale(plan.sampler, plan.scheduler, float(sigmas[-2]),
+                                             flow=family.is_flow)
     if start is not None and start.keep is not None:
         keep = start.keep.to(latents)
         latents = latents * (1 - keep) + start.init_latent.to(latents) * keep
     return latents, command
 
 
-def make_denoiser(plan: Plan, device) -> Denoiser:
+def make_denoiser(plan: Plan, device) -> Denoiser | FlowDenoiser:
     """The unguided D(x, sigma) of the plan's (LoRA-patched) U-Net on its sigma table."""
     unet, loaded = plan.networks.unet, plan.loaded
+    if loaded.family.is_flow:  # a velocity-predicting transformer (SD3, Flux.1)
+        return FlowDenoiser(partial(unet, cancel=plan.cancel), sigmas=loaded.sigmas.to(device),
+                            timestep_scale=loaded.family.flow.timestep_scale)
     if plan.token_merging > 0:
         unet = partial(unet, token_merging=plan.token_merging)
     unet = partial(unet, cancel=plan.cancel)  # checked between blocks and attention chunks
@@ -138,7 +147,8 @@ def refiner_switch(plan: Plan, part: slice, device, shape, image_cond) -> ModelS
 
 def batch_sigmas(plan: Plan, start: LatentStart | None, device) -> torch.Tensor:
     """The full schedule, or for a `LatentStart` the tail A1111's img2img rule runs."""
-    loaded, options = plan.loaded, schedule_options(plan.settings, plan.loaded.family)
+    loaded = plan.loaded
+    options = flow_schedule_options(plan, start, schedule_options(plan.settings, loaded.family))
     if start is None:
         return R.compute_sigmas(plan.sampler, plan.scheduler, plan.params.steps,
                                 loaded.sigmas, options).to(device)
@@ -148,6 +158,19 @@ def batch_sigmas(plan: Plan, start: LatentStart | None, device) -> torch.Tensor:
         return torch.zeros(1, device=device)
     sigmas = R.compute_sigmas(plan.sampler, plan.scheduler, total, loaded.sigmas, options)
     return R.img2img_sigmas(sigmas, start.steps, start.denoising_strength, fix).to(device)
+
+
+def flow_schedule_options(plan: Plan, start: LatentStart | None,
+                          options: R.ScheduleOptions) -> R.ScheduleOptions:
+    """A flow model's shift at this batch's image size (Flux.1 dev's depends on it)."""
+    family = plan.loaded.family
+    if not family.is_flow:
+        return options
+    if start is not None:
+        height, width = (side * family.vae.downscale for side in start.init_latent.shape[-2:])
+    else:
+        width, height = plan.params.width, plan.params.height
+    return replace(options, flow=flow_schedule(family.flow, width, height))
 
 
 def batch_rng(plan: Plan, part: slice, device, *, width: int | None = None,
@@ -198,11 +221,11 @@ def preview_maker(plan: Plan):
     settings = plan.settings
     if not settings.live_previews_enable or settings.show_progress_every_n_steps <= 0:
         return None
-    is_sdxl = plan.loaded.family.is_sdxl
+    family = plan.loaded.family
 
     def make(step: int, denoised: torch.Tensor):
         if preview_due(step, settings.show_progress_every_n_steps, True):
-            return cheap_preview(denoised, is_sdxl=is_sdxl)
+            return family_preview(denoised, family)
         return None
     return make
 
@@ -242,6 +265,8 @@ def conditioning_text(prompt: str, settings: Settings, warnings: list[str]) -> s
 
 
 def initial_scale(plan: Plan, sigma_first: float, settings: Settings) -> float:
+    if plan.loaded.family.is_flow:  # x = sigma * noise: the noise itself at sigma_max = 1
+        return R.initial_noise_scale(plan.sampler, plan.scheduler, sigma_first, flow=True)
     if settings.sgm_noise_multiplier and not R.uses_timestep_grid(plan.sampler, plan.scheduler):
         return (sigma_first**2 + 1) ** 0.5
     return R.initial_noise_scale(plan.sampler, plan.scheduler, sigma_first)
