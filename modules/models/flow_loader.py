@@ -146,7 +146,7 @@ def _with_part(family: FlowFamily, kind: str, part: PartFile) -> tuple[FlowFamil
 
 
 def check_encoder_widths(family: FlowFamily, *, path: str) -> None:
-    """SD3's pooled vector is CLIP-L's + CLIP-G's; Flux's is CLIP-L's: widths must agree."""
+    """SD3's pooled vector is CLIP-L's + CLIP-G's, Flux's CLIP-L's; T5 gives the context."""
     configs = {spec.name: spec.config for spec in family.text_encoders}
     pooled = sum(config.projection_dim or config.hidden_size
                  for name, config in configs.items() if name != "t5xxl")
@@ -155,6 +155,11 @@ def check_encoder_widths(family: FlowFamily, *, path: str) -> None:
     if pooled != expected:
         raise ModelLoadError(path, f"the CLIP text encoders give a pooled vector of {pooled}, "
                                    f"{family.label} takes {expected}: mismatched text encoders")
+    width = (family.diffusion.context_in_channels if family.architecture == "sd3"
+             else family.diffusion.context_in_dim)
+    if configs["t5xxl"].hidden_size != width:
+        raise ModelLoadError(path, f"the T5 text encoder is {configs['t5xxl'].hidden_size} wide, "
+                                   f"{family.label} takes {width}: mismatched text encoder")
 
 
 # ---- diffusers folders ----------------------------------------------------------------

@@ -5,21 +5,24 @@
 `forge_additional_modules` setting), and `load_flow` assembles it into a `LoadedModel`
 whose `family` is a `FlowFamily` (prediction "flow", shift in `family.flow`, generation
 defaults in `family.defaults`) and whose `model` is a `FlowModel` (transformer, VAE with
-its latent scale/shift in `family.vae`, text encoders by name). Its `conditioner` is None
-and `sigmas` the model's shifted flow table at 1024²: prompts, conditioning and the flow
-sampler are the pipeline's business. Every failure is a `ModelLoadError` raised before
-anything is cached, so the model that was serving keeps serving.
+its latent scale/shift in `family.vae`, text encoders by name). Its `conditioner` is a
+`FlowConditioner` over the model's encoders and `sigmas` the model's shifted flow table
+at 1024²; driving the sampler is the pipeline's business. Every failure is a
+`ModelLoadError` raised before anything is cached, so the model that was serving keeps
+serving.
 """
 
 from __future__ import annotations
 
 import torch
 
+from modules.conditioning.flow_conditioner import FlowConditioner
 from modules.models.checkpoints import CheckpointInfo
 from modules.models.flow_loader import FlowPlan, plan_flow_checkpoint
 from modules.models.flow_model import FlowModel, assemble_flow_model
 from modules.models.flow_parts import module_folders
 from modules.models.offload import ComponentPlacer, MemoryMode
+from modules.models.patcher import ModelPatcher
 from modules.nn.attention import set_attention_backend, set_attention_upcast
 from modules.sampling.flow import flow_schedule
 
@@ -47,9 +50,14 @@ def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
     if sha256:
         info = CheckpointInfo(path=info.path, name=info.name, legacy_hash=info.legacy_hash,
                               sha256=sha256)
-    return LoadedModel(info=info, family=family, model=model, conditioner=None,
+    # The conditioner calls the encoders through the patcher: it holds the model's lock.
+    patcher = ModelPatcher(model=model)
+    conditioner = FlowConditioner(
+        encoders=[patcher.text_encoder(spec.name) for spec in family.text_encoders],
+        tokenizer=manager.tokenizer(), family=family)
+    return LoadedModel(info=info, family=family, model=model, conditioner=conditioner,
                        sigmas=flow_schedule(family.flow).table(), sha256=sha256,
-                       metadata=dict(plan.metadata), placer=placer)
+                       metadata=dict(plan.metadata), placer=placer, patcher=patcher)
 
 
 def _configure(manager, model: FlowModel) -> None:

@@ -150,12 +150,14 @@ def missing_part_message(family: FlowFamily, kind: str, folders: Sequence[Path])
     """E.g. "Flux.1 dev needs a T5-XXL text encoder in models/text_encoder/ ..."."""
     if kind == "vae":
         where = folders[-1] if folders else Path("models/VAE")
-        what = "16-channel VAE (ae.safetensors)"
+        what, example = "16-channel VAE", "ae.safetensors"
     else:
         where = folders[0] if folders else Path("models/text_encoder")
-        what = f"{ENCODER_LABELS[kind]} text encoder ({kind}*.safetensors)"
-    return (f"{family.label} needs a {what} in {where.parent.name}/{where.name}/; the checkpoint "
-            f"has none (or choose one with the {MODULES_SETTING} setting)")
+        what = f"{ENCODER_LABELS[kind]} text encoder"
+        example = {"t5xxl": "t5xxl_fp16.safetensors"}.get(kind, f"{kind}.safetensors")
+    return (f"{family.label} needs a {what} in {where.parent.name}/{where.name}/ (e.g. "
+            f"{example}); the checkpoint has none that fits (or choose one with the "
+            f"{MODULES_SETTING} setting)")
 
 
 def module_infotext(parts: Iterable[PartFile]) -> dict[str, str]:
