@@ -8,7 +8,8 @@
 - Euler on `FlowDenoiser` (through `CFGDenoiser`, real CFG) equals the scheduler's step
   loop on a toy velocity field: atol 1e-5 (x - D recomputes sigma * v in float32).
 - Every A1111 schedule label gives a decreasing schedule ending in 0 on a flow table;
-  SD1 schedules are untouched by the flow options.
+  Automatic is Simple, or the sampler's default scheduler where it has one (DPM++ 2M:
+  Karras); SD1 schedules are untouched by the flow options.
 """
 
 from __future__ import annotations
@@ -196,10 +197,13 @@ def test_every_label_decreases_to_zero(label, config) -> None:
             assert bool((sigmas[1:] < sigmas[:-1]).all()), (sampler, label, sigmas)
             if label != "DDIM":
                 assert len(sigmas) == steps + 1
-    automatic = R.compute_sigmas(R.find_sampler("DPM++ 2M"), R.AUTOMATIC, 9, flow.table(), options)
-    simple = R.compute_sigmas(R.find_sampler("Euler"), R.find_scheduler("Simple"), 9,
-                              flow.table(), options)
-    assert torch.equal(automatic, simple)
+    # Automatic: the sampler's default (so "DPM++ 2M Karras" stays Karras), else Simple.
+    def sigmas(sampler: str, label: str) -> torch.Tensor:
+        return R.compute_sigmas(*R.resolve_sampler(sampler, label), 9, flow.table(), options)
+
+    assert torch.equal(sigmas("Euler", "Automatic"), sigmas("Euler", "Simple"))
+    assert torch.equal(sigmas("DPM++ 2M", "Automatic"), sigmas("Euler", "Karras"))
+    assert torch.equal(sigmas("DPM++ 2M Karras", "Automatic"), sigmas("Euler", "Karras"))
 
 
 def test_align_your_steps_is_refused_for_flow() -> None:

@@ -16,7 +16,8 @@ sigma = e^mu / (e^mu + 1/t - 1) with mu linear in the number of image tokens
 (0.5 at 256, 1.15 at 4096). `FlowSchedule.table()` is the model's ascending sigma table
 (index k - 1 for t = k / N), the table A1111's schedule types work on:
 
-- Simple: every N/n-th table entry from the top (the model default, "Automatic");
+- Simple: every N/n-th table entry from the top ("Automatic" for samplers without a
+  default scheduler of their own);
 - Normal / SGM Uniform: uniform in the model's timestep N * sigma between the table's
   ends, mapped through the shift (SGM: n + 1 points, the last dropped);
 - Karras, Beta, Exponential, ...: the SD1 formulas between the table's sigma_min and 1.

@@ -16,7 +16,8 @@ schedulers are honoured for them too (A1111 ignores the choice there).
 
 Rectified-flow models (SD3, Flux.1) pass their `flow.FlowSchedule` in
 `ScheduleOptions.flow`: schedules then work on its shifted table (see `flow.py`),
-Automatic means Simple, there is no timestep grid, and the first noise is not rescaled.
+Automatic means the sampler's default scheduler (DPM++ 2M: Karras, as the infotext says)
+or else Simple, there is no timestep grid, and the first noise is not rescaled.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def compute_sigmas(sampler: SamplerSpec, scheduler: SchedulerSpec, steps: int, m
     discard = sampler.discard_next_to_last_sigma or options.always_discard_next_to_last_sigma
     n = steps + (1 if discard else 0)
     if options.flow is not None:
-        name = "simple" if scheduler is AUTOMATIC else scheduler.name
+        name = (sampler.default_scheduler or "simple") if scheduler is AUTOMATIC else scheduler.name
         sigmas = _schedule(name, n, options.flow.table(), options)
         return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
     table = lcm_sigmas(model_sigmas) if sampler.lcm else model_sigmas
