@@ -63,6 +63,7 @@ def run_every_part(model: FlowModel) -> None:
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert image.shape == (1, 3, 16, 16) and hidden.shape == (1, 3, 64)
     assert torch.isfinite(clip.pooled).all()
+    assert model.text_encoders["clip_l"].transformer.config.num_attention_heads == 2
 
 
 def assert_weights(model: FlowModel, written: dict[str, dict[str, torch.Tensor]]) -> None:

@@ -23,6 +23,7 @@ models go through the same code as real ones.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +52,9 @@ FLUX_KEY = "double_blocks.0.img_attn.qkv.weight"
 T5_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"
 CLIP_KEYS = ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight")
 PART_METADATA_KEY = "easel.text_encoder"
+# CLIP head counts are not in the shapes (real files: width / 64). Scaled-down files state
+# them: a JSON object {"clip_l": 4, ...} in an all-in-one file, a number in a separate one.
+CLIP_HEADS_KEY = "easel.clip_heads"
 CLIP_WIDTHS = {768: "clip_l", 1280: "clip_g"}
 
 
@@ -95,8 +99,8 @@ def detect_flow(header: Mapping[str, TensorInfo], metadata: Mapping[str, object]
     for spec in family.text_encoders:
         shapes = shapes_under(header, spec.prefix)
         if shapes:
-            spec = replace(spec, config=encoder_config(spec.name, shapes, path=path,
-                                                       base=spec.config))
+            config = encoder_config(spec.name, shapes, path=path, base=spec.config)
+            spec = replace(spec, config=with_declared_heads(config, metadata, spec.name))
             present.append(spec.name)
         specs.append(spec)
     family = replace(family, text_encoders=tuple(specs))
@@ -189,6 +193,26 @@ def clip_config(name: str, shapes: Shapes, base: TextEncoderConfig | None = None
     )
 
 
+def with_declared_heads(config, metadata: Mapping[str, object] | None, name: str | None):
+    """`config` with the CLIP head count the metadata declares (see `CLIP_HEADS_KEY`)."""
+    raw = (metadata or {}).get(CLIP_HEADS_KEY)
+    if raw is None or not isinstance(config, TextEncoderConfig):
+        return config
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+        heads = int(value[name] if name is not None and isinstance(value, dict) else value)
+    except (ValueError, TypeError, KeyError):
+        return config
+    return replace(config, num_heads=heads) if heads > 0 else config
+
+
+def clip_heads_metadata(family) -> dict[str, str]:
+    """The metadata that keeps a scaled-down family's CLIP head counts in its file."""
+    heads = {spec.name: spec.config.num_heads for spec in family.text_encoders
+             if isinstance(spec.config, TextEncoderConfig)}
+    return {CLIP_HEADS_KEY: json.dumps(heads, sort_keys=True)}
+
+
 def classify_part(header: Mapping[str, TensorInfo], metadata: Mapping[str, object] | None = None,
                   *, path: str = "<file>") -> Part | None:
     """What a separate file holds, or None for anything that is not a flow-model part."""
@@ -201,7 +225,8 @@ def classify_part(header: Mapping[str, TensorInfo], metadata: Mapping[str, objec
         role = str(metadata.get(PART_METADATA_KEY) or CLIP_WIDTHS.get(width, ""))
         if role not in ("clip_l", "clip_g"):
             return None
-        return Part(role, encoder_config(role, shapes_under(header, ""), path=path))
+        config = encoder_config(role, shapes_under(header, ""), path=path)
+        return Part(role, with_declared_heads(config, metadata, None))
     if "decoder.conv_out.weight" in header and "encoder.conv_out.weight" in header:
         shapes = shapes_under(header, "")
         if "encoder.conv_in.weight" in shapes and any(".down_blocks." in k for k in shapes):

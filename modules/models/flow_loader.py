@@ -18,6 +18,7 @@ the SD1/SD2/SDXL path handles it; a flow model that cannot be completed is one
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,10 +35,12 @@ from modules.models.diffusers_folder import (
 from modules.models.diffusers_keys import UnmappedKeysError, vae_diffusers_to_ldm
 from modules.models.errors import ModelLoadError
 from modules.models.flow_detection import (
+    CLIP_HEADS_KEY,
     detect_flow,
     encoder_config,
     shapes_under,
     vae_config,
+    with_declared_heads,
 )
 from modules.models.flow_families import FlowFamily
 from modules.models.flow_parts import PartFile, list_parts, pick_parts, resolve_modules
@@ -134,14 +137,16 @@ def _file_source(path: str, header: Mapping[str, TensorInfo], prefix: str) -> So
 
 def _with_part(family: FlowFamily, kind: str, part: PartFile) -> tuple[FlowFamily, Source]:
     """The family with the config of a separate part's file, and the part's source."""
-    header = read_file_header(part.path).tensors
-    shapes = shapes_under(header, "")
+    file_header = read_file_header(part.path)
+    shapes = shapes_under(file_header.tensors, "")
     source = Source(path=str(part.path), keys=tuple(shapes))
     if kind == VAE:
         return replace(family, vae=vae_config(shapes, family.vae, path=str(part.path))), source
-    specs = tuple(replace(spec, config=encoder_config(kind, shapes, path=str(part.path),
-                                                      base=spec.config))
-                  if spec.name == kind else spec for spec in family.text_encoders)
+    config = encoder_config(kind, shapes, path=str(part.path),
+                            base=next(s.config for s in family.text_encoders if s.name == kind))
+    config = with_declared_heads(config, file_header.metadata, None)
+    specs = tuple(replace(spec, config=config) if spec.name == kind else spec
+                  for spec in family.text_encoders)
     return replace(family, text_encoders=specs), source
 
 
@@ -189,7 +194,19 @@ def _folder_header(folder: Path):
                    for key, info in _converted_header(files, convert, folder / component).items()}
     if DIFFUSION not in sources:
         raise ModelLoadError(folder, "diffusers folder has no transformer/ component")
-    return header, {"diffusers.model_index": index}, sources
+    return header, {"diffusers.model_index": index, **_clip_heads(folder, encoders)}, sources
+
+
+def _clip_heads(folder: Path, encoders: Mapping[str, str]) -> dict[str, str]:
+    """The CLIP head counts the folder's `config.json` files state (not in the shapes)."""
+    heads = {}
+    for component, kind in encoders.items():
+        config = folder / component / "config.json"
+        if kind != "t5xxl" and config.is_file():
+            value = read_json(config).get("num_attention_heads")
+            if isinstance(value, int):
+                heads[kind] = value
+    return {CLIP_HEADS_KEY: json.dumps(heads)} if heads else {}
 
 
 def _converter(folder: Path, component: str, flux: bool):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modules.models.flow_detection import PART_METADATA_KEY, rope_axes
+from modules.models.flow_detection import CLIP_HEADS_KEY, PART_METADATA_KEY, rope_axes
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.configs import TextEncoderConfig, VAEConfig
 from modules.nn.flux import FluxConfig, FluxTransformer
@@ -32,7 +32,8 @@ TINY_FLUX = FluxConfig(hidden_size=64, num_heads=2, axes_dim=rope_axes(32), dept
                        guidance_embed=True)
 TINY_VAE = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=16, embed_dim=16,
                      use_quant_conv=False)
-TINY_CLIP_L = TextEncoderConfig(hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64)
+TINY_CLIP_L = TextEncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+HEADS = {CLIP_HEADS_KEY: json.dumps({"clip_l": 2, "clip_g": 2})}  # not in the shapes
 TINY_CLIP_G = replace(TINY_CLIP_L, hidden_act="gelu", projection_dim=32)
 TINY_T5 = T5Config(hidden_size=64, num_layers=2, num_heads=2, head_dim=32,
                    intermediate_size=96)
@@ -68,7 +69,7 @@ def write_all_in_one(path: Path, parts: dict[str, dict[str, torch.Tensor]], *,
         prefix = prefixes.get(kind, f"text_encoders.{kind}.transformer.")
         tensors |= {prefix + key: value for key, value in part.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata={**HEADS, **(metadata or {})})
     return path
 
 
@@ -86,7 +87,7 @@ def write_separate(checkpoint: Path, models: Path, parts: dict[str, dict[str, to
     for name in ("clip_l", "clip_g"):
         if name in parts:
             save_file(parts[name], str(encoders / f"{name}.safetensors"),
-                      metadata={PART_METADATA_KEY: name})
+                      metadata={PART_METADATA_KEY: name, CLIP_HEADS_KEY: "2"})
     for name in t5_names:
         save_file(parts["t5xxl"], str(encoders / f"{name}.safetensors"))
     if not with_vae_in_checkpoint:
@@ -121,6 +122,8 @@ def write_diffusers(folder: Path, architecture: str, parts: dict[str, dict[str, 
         save_file({k: v.contiguous() for k, v in tensors.items()},
                   str(folder / name / f"{file}.safetensors"))
     _write_json(folder / "vae" / "config.json", DIFFUSERS_VAE_CONFIG)
+    for name in folders[:len(encoders) - 1]:  # the CLIP encoders: their heads
+        _write_json(folder / name / "config.json", {"num_attention_heads": 2})
     return folder
 
 
