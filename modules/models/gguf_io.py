@@ -17,6 +17,7 @@ that dtype. Shapes are PyTorch's (GGML lists dimensions innermost first).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -108,16 +109,21 @@ def _field_value(field) -> object:  # noqa: ANN001 - gguf's ReaderField
 def read_gguf(path: str | os.PathLike[str], *, keys: list[str] | None = None,
               device: str | torch.device = "cpu") -> dict[str, torch.Tensor | QuantizedTensor]:
     """Every tensor (or `keys`): `QuantizedTensor` for GGML quantizations, else a tensor."""
-    header = read_gguf_header(path)
+    return dict(iter_gguf(path, keys=keys, device=device))
+
+
+def iter_gguf(path: str | os.PathLike[str], *, keys: list[str] | None = None,
+              device: str | torch.device = "cpu", header: GGUFHeader | None = None,
+              ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+    """Yield `(name, tensor)` one at a time (so a caller converting each keeps one copy)."""
+    header = header or read_gguf_header(path)
     names = list(header.tensors) if keys is None else keys
     missing = [name for name in names if name not in header.tensors]
     if missing:
         raise GGUFError(header.path, f"no tensor named {missing[0]!r}")
-    out: dict[str, torch.Tensor | QuantizedTensor] = {}
     with open(header.path, "rb") as stream:
         for name in names:
-            out[name] = _read_tensor(stream, header, name, device)
-    return out
+            yield name, _read_tensor(stream, header, name, device)
 
 
 def _read_tensor(stream, header: GGUFHeader, name: str,  # noqa: ANN001 - a binary file

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from modules.models.errors import ModelLoadError
-from modules.models.gguf_io import is_gguf, read_gguf, read_gguf_header
+from modules.models.gguf_io import is_gguf, iter_gguf, read_gguf_header
 from modules.models.safetensors_io import iter_safetensors, read_safetensors_header
 from modules.nn.gguf_quants import QuantizedTensor
 from modules.nn.lowbit import FLOAT8_FORMATS, LowBitWeight, prepare_low_bit, to_low_bit
@@ -122,8 +122,9 @@ def read_low_bit_state(path: str | os.PathLike[str], *, layer_weights: set[str],
 def _tensors(path: str, prefix: str,
              device: str | torch.device) -> Iterator[tuple[str, LoadedTensor]]:
     if is_gguf(path):
-        names = [name for name in read_gguf_header(path).tensors if name.startswith(prefix)]
-        yield from read_gguf(path, keys=names, device=device).items()
+        header = read_gguf_header(path)
+        names = [name for name in header.tensors if name.startswith(prefix)]
+        yield from iter_gguf(path, keys=names, device=device, header=header)
         return
     if not path.endswith(".safetensors"):
         raise ModelLoadError(path, "low-bit loading reads .safetensors and .gguf files")
