@@ -1,7 +1,8 @@
 """Which family a checkpoint belongs to, from its keys and shapes only (no tensor data).
 
-Order (docs/model-formats.md, "Family detection"): refuse architectures we do not run (SD3, Flux,
-...), classify the U-Net by the numbers its shapes show (model channels, cross-attention width,
+Order (docs/model-formats.md, "Family detection"): refuse architectures this U-Net path does
+not run (SD3 and Flux load through `flow_detection.py` / `flow_loader.py`; EDM, ...),
+classify the U-Net by the numbers its shapes show (model channels, cross-attention width,
 linear or conv `proj_in`, ADM input width), check its block structure against the
 declared config, find each text encoder (LDM prefix, or a diffusers folder's
 `text_encoder/` names) and check its width against the U-Net's context, then read the
@@ -38,12 +39,14 @@ from modules.models.families import (
 from modules.models.family_metadata import family_from_metadata
 from modules.models.safetensors_io import TensorInfo
 
+NOT_HERE = "is not supported here (SD1/SD2/SDXL only)"
 # Marker key (or key fragment) -> why we refuse the file.
 UNSUPPORTED_MARKERS: tuple[tuple[str, str], ...] = (
-    ("model.diffusion_model.x_embedder.proj.weight", "Stable Diffusion 3 is not supported"),
-    ("joint_blocks.", "Stable Diffusion 3 (MMDiT) is not supported"),
-    ("double_blocks.", "Flux is not supported"),
-    ("single_blocks.", "Flux is not supported"),
+    # Flow models load through `flow_loader.py` (the model manager); not here.
+    ("model.diffusion_model.x_embedder.proj.weight", f"Stable Diffusion 3 {NOT_HERE}"),
+    ("joint_blocks.", f"Stable Diffusion 3 (MMDiT) {NOT_HERE}"),
+    ("double_blocks.", f"Flux {NOT_HERE}"),
+    ("single_blocks.", f"Flux {NOT_HERE}"),
     ("edm_mean", "EDM models (Playground 2.5) are not supported"),
     ("edm_vpred.sigma_max", "EDM v-prediction models are not supported"),
     ("depth_model.", "SD2 depth-to-image is not supported"),
