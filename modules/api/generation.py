@@ -36,9 +36,10 @@ from modules.styles import apply_styles, load_styles
 
 PARAM_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
                 "batch_size", "n_iter", "steps", "cfg_scale", "width", "height", "eta",
-                "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise")
+                "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise", "distilled_cfg_scale")
 HIRES_FIELDS = ("enable_hr", "denoising_strength", "hr_scale", "hr_second_pass_steps",
-                "hr_resize_x", "hr_resize_y", "hr_prompt", "hr_negative_prompt")
+                "hr_resize_x", "hr_resize_y", "hr_prompt", "hr_negative_prompt",
+                "hr_distilled_cfg")
 IMG2IMG_FIELDS = ("resize_mode", "denoising_strength", "image_cfg_scale", "mask_blur_x",
                   "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res",
                   "inpaint_full_res_padding", "inpainting_mask_invert",

@@ -64,6 +64,7 @@ class GenerationRequest(ApiModel):
     n_iter: int = 1
     steps: int = 50
     cfg_scale: float = 7.0
+    distilled_cfg_scale: float = 3.5
     width: int = 512
     height: int = 512
     restore_faces: bool | None = None
@@ -115,6 +116,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_distilled_cfg: float = 3.5
 
 
 class Img2ImgRequest(GenerationRequest):

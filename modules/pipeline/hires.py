@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from modules.devices import execution_device
 from modules.imaging.resize import resize
+from modules.pipeline.flow_plan import is_flow, with_flow_conditioner
 from modules.pipeline.image_conditioning import inpaint_image_cond
 from modules.pipeline.params import LATENT_UPSCALE_MODES, ParamsError, Txt2ImgParams, hires_size
 from modules.pipeline.plan import LatentStart, Plan
@@ -150,9 +151,12 @@ def prepare(runtime, plan: Plan) -> HiresPass:
                                            _chosen(p.hr_scheduler) or p.scheduler)
     checkpoint = _chosen(p.hr_checkpoint_name)
     loaded = runtime.models.get(checkpoint) if checkpoint else plan.loaded
+    if checkpoint and is_flow(loaded.family):
+        loaded = with_flow_conditioner(loaded, runtime.models.tokenizer())
     prompts = [p.hr_prompt or prompt for prompt in plan.prompts]
     negatives = [p.hr_negative_prompt or prompt for prompt in plan.negative_prompts]
-    params = replace(p, width=final[0], height=final[1], steps=p.hr_second_pass_steps or p.steps)
+    params = replace(p, width=final[0], height=final[1], steps=p.hr_second_pass_steps or p.steps,
+                     distilled_cfg_scale=p.hr_distilled_cfg)
     sampling = replace(plan, params=params, sampler=sampler, scheduler=scheduler, loaded=loaded,
                        prompts=prompts, negative_prompts=negatives)
     if loaded is not plan.loaded or prompts != plan.prompts or negatives != plan.negative_prompts:

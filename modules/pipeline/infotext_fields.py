@@ -39,6 +39,8 @@ REQUEST_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Hires negative prompt", "hr_negative_prompt", str),
     ("Refiner", "refiner_checkpoint", str), ("Refiner switch at", "refiner_switch_at", float),
     ("Mask blur", "mask_blur", int), ("Masked area padding", "inpaint_full_res_padding", int),
+    ("Distilled CFG Scale", "distilled_cfg_scale", float),
+    ("Hires Distilled CFG Scale", "hr_distilled_cfg", float),
 )
 
 def _convert_fields(parsed: Mapping[str, Any],

@@ -43,6 +43,8 @@ class GenerationParams:
     n_iter: int = 1
     steps: int = 20
     cfg_scale: float = 7.0
+    # Flux.1 dev's guidance input (Forge's "Distilled CFG Scale"); other models ignore it.
+    distilled_cfg_scale: float = 3.5
     width: int = 512
     height: int = 512
     tiling: bool = False
@@ -76,6 +78,7 @@ class GenerationParams:
         _require_int("batch_size", self.batch_size, 1, MAX_BATCH)
         _require_int("n_iter", self.n_iter, 1, 10_000)
         require_number("cfg_scale", self.cfg_scale, 0.0, 100.0)
+        require_number("distilled_cfg_scale", self.distilled_cfg_scale, 0.0, 100.0)
         require_number("subseed_strength", self.subseed_strength, 0.0, 1.0)
         _require_int("seed", self.seed, -1, 2**63 - 1)
         _require_int("subseed", self.subseed, -1, 2**63 - 1)
@@ -183,6 +186,7 @@ class Txt2ImgParams(GenerationParams):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_distilled_cfg: float = 3.5  # the hires pass's distilled CFG scale (Flux.1 dev)
     # A finished picture (PIL) to run the hires pass on instead of a first pass (A1111's ✨).
     firstpass_image: Any = None
 
@@ -198,6 +202,7 @@ class Txt2ImgParams(GenerationParams):
             raise ParamsError("denoising_strength", "is required when enable_hr is true")
         require_number("denoising_strength", self.denoising_strength, 0.0, 1.0)
         require_number("hr_scale", self.hr_scale, 1.0, MAX_HIRES_SCALE)
+        require_number("hr_distilled_cfg", self.hr_distilled_cfg, 0.0, 100.0)
         _require_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
         for name in ("hr_resize_x", "hr_resize_y"):
             _require_int(name, getattr(self, name), 0, MAX_SIDE)

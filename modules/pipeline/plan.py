@@ -15,6 +15,7 @@ import torch
 
 from modules.jobs import Cancellation, current_cancellation
 from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
+from modules.pipeline.flow_plan import prepare_flow_plan
 from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationParams, ParamsError, Txt2ImgParams
 from modules.pipeline.refiner import infotext_params as refiner_infotext
@@ -91,9 +92,10 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
                 prompts=[params.prompt] * count, negative_prompts=[params.negative_prompt] * count,
                 warnings=[], token_merging=settings.token_merging_ratio,
                 cancel=current_cancellation())
+    prepare_flow_plan(runtime, plan)  # SD3.x / Flux.1: size check, conditioner, infotext
     plan.networks = activate_networks(
         runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache),
-        loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)
+        plan.loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)
     plan.warnings += plan.networks.warnings
     plan.refiner = prepare_refiner(runtime, plan)
     if plan.refiner is not None:

@@ -115,6 +115,9 @@ class CFGDenoiser:
     batch_cond_uncond: bool = True
     cfg_scale_multiplier: float = 1.0
     record_uncond: bool = False
+    # Skip the negative rows when the guidance cancels them (scale 1, one part of weight 1):
+    # set for SD3 / Flux.1, whose distilled or CFG-free use runs at scale 1.
+    skip_uncond_at_scale_one: bool = False
     hooks: Hooks = field(default_factory=Hooks)
     step: int = 0
     last_uncond: Tensor | None = None
@@ -161,6 +164,8 @@ class CFGDenoiser:
 
     def _skip_uncond(self, sigma: Tensor) -> bool:
         """Skip Early CFG (first fraction of steps) or NGMS (low sigma, every other step)."""
+        if self.skip_uncond_at_scale_one and self._uncond_cancels():
+            return True
         if self.skip_early_cond > 0 and self.step / self.total_steps <= self.skip_early_cond:
             self.used_skip_early_cfg = True
             return True
@@ -169,6 +174,12 @@ class CFGDenoiser:
             self.used_ngms = True
             return True
         return False
+
+    def _uncond_cancels(self) -> bool:
+        """uncond + 1 * (cond - uncond) = cond: scale 1 and each image one part of weight 1."""
+        return (self.cfg_scale * self.cfg_scale_multiplier == 1 and not self.record_uncond
+                and all(len(multi.parts) == 1 and multi.parts[0][1] == 1
+                        for multi in self.conds))
 
     def _rows(self, skip_uncond: bool) -> list[_Row]:
         """Every image's positive parts at this step, then (unless skipped) every uncond."""
