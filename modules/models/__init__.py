@@ -9,6 +9,10 @@ Flux transformer names to BFL's);
 hash cache; `patcher.py` gives per-job clones with LoRA patches; `offload.py` moves
 components for --medvram / --lowvram; `merge*.py` is the Checkpoint Merger;
 `folders.py` walks every kind of model folder by one rule for links.
+SD3 / SD3.5 / Flux.1: `flow_families.py` declares them, `flow_detection.py` recognises
+files and parts from headers, `flow_parts.py` finds separate text encoders / VAEs,
+`flow_loader.py` plans a load (every layout), `flow_model.py` assembles the `FlowModel`,
+`flow_manager.py` is the manager's path for them.
 May import: nn, conditioning and sampling (to assemble a model's parts), networks
 (patch math), devices, paths, errors; never `pipeline/`, `api/` or `webui/`.
 """
