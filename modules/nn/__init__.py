@@ -6,7 +6,9 @@ name: `unet*.py`, `autoencoder.py` / `vae_blocks.py` / `vae_tiled.py`, `controln
 `flux.py` / `flux_blocks.py` (the Flux.1 transformer, Black Forest Labs names),
 `text_encoders.py` (transformers' CLIP classes) and their key maps, `t5.py` (T5 v1.1 XXL
 through transformers' `T5EncoderModel`), `attention.py`
-(SDPA, sliced, xformers), `token_merging.py`, `configs.py` (typed dataclasses).
-May import: torch, transformers and other `nn/` files only: it knows nothing of
-prompts, files or HTTP.
+(SDPA, sliced, xformers), `token_merging.py`, `configs.py` (typed dataclasses),
+`lowbit.py` (layers keeping float8 / GGUF weights, dequantized per call) with
+`gguf_quants.py` (GGML block formats in torch).
+May import: torch, transformers, gguf (GGML type names and block sizes) and other `nn/`
+files only: it knows nothing of prompts, files or HTTP.
 """
