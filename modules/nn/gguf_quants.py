@@ -70,10 +70,9 @@ def _nibbles(packed: torch.Tensor, run: int = 32) -> torch.Tensor:
     return torch.stack([chunks & 0x0F, chunks >> 4], dim=2).reshape(packed.shape[0], -1, run)
 
 
-def _bits(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """(n, m) bytes -> (n, count, m): bit k of every byte (k < count)."""
-    shifts = torch.arange(count, device=packed.device, dtype=torch.int32).view(1, count, 1)
-    return (packed.unsqueeze(1) >> shifts) & 1
+def _bits(packed: torch.Tensor) -> torch.Tensor:
+    """(n, m) bytes -> (n, 8, m): bit k of every byte, in uint8."""
+    return torch.stack([(packed >> k) & 1 for k in range(8)], dim=1)
 
 
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
@@ -81,15 +80,15 @@ def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
-    q = _nibbles(blocks[:, 2:].int(), 16).reshape(-1, 32)
-    return _f16(blocks, 0) * (q - 8).float()
+    q = _nibbles(blocks[:, 2:], 16).reshape(-1, 32)
+    return _f16(blocks, 0) * (q.float() - 8)
 
 
 def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
     # Bit j of the little-endian uint32 is bit j % 8 of its byte j // 8.
-    high = _bits(blocks[:, 2:6].int(), 8).transpose(1, 2).reshape(-1, 32)
-    q = _nibbles(blocks[:, 6:].int(), 16).reshape(-1, 32) | (high << 4)
-    return _f16(blocks, 0) * (q - 16).float()
+    high = _bits(blocks[:, 2:6]).transpose(1, 2).reshape(-1, 32)
+    q = _nibbles(blocks[:, 6:], 16).reshape(-1, 32) | (high << 4)
+    return _f16(blocks, 0) * (q.float() - 16)
 
 
 def _k_scales(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,24 +108,24 @@ def _k_affine(blocks: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
-    return _k_affine(blocks, _nibbles(blocks[:, 16:144].int()))
+    return _k_affine(blocks, _nibbles(blocks[:, 16:144]))
 
 
 def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
-    high = _bits(blocks[:, 16:48].int(), 8)  # (n, sub-block, weight)
-    return _k_affine(blocks, _nibbles(blocks[:, 48:176].int()) | (high << 4))
+    high = _bits(blocks[:, 16:48])  # (n, sub-block, weight)
+    return _k_affine(blocks, _nibbles(blocks[:, 48:176]) | (high << 4))
 
 
 def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
-    low = blocks[:, :128].int().reshape(n, 2, 64)
-    high = blocks[:, 128:192].int().reshape(n, 2, 32)
+    low = blocks[:, :128].reshape(n, 2, 64)
+    high = blocks[:, 128:192].reshape(n, 2, 32)
     # Each half of 128 weights: four runs of 32, the 2-bit highs taken from bits 0-1 .. 6-7.
     runs = [low[..., :32] & 0x0F, low[..., 32:] & 0x0F, low[..., :32] >> 4, low[..., 32:] >> 4]
     q = torch.cat([run | (((high >> (2 * i)) & 3) << 4) for i, run in enumerate(runs)], dim=-1)
     scales = blocks[:, 192:208].view(torch.int8).float().reshape(n, 16, 1)
     d = _f16(blocks, 208).reshape(n, 1, 1)
-    return ((d * scales) * (q.reshape(n, 16, 16) - 32).float()).reshape(n, QK_K)
+    return ((d * scales) * (q.reshape(n, 16, 16).float() - 32)).reshape(n, QK_K)
 
 
 DEQUANTIZERS: dict[GGMLQuantizationType, Callable[[torch.Tensor], torch.Tensor]] = {
