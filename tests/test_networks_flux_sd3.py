@@ -19,6 +19,8 @@ models' own parity tests (float32 rounding); merged weights of the two spellings
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -26,15 +28,22 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from modules.conditioning.flow_conditioner import FlowConditioner
 from modules.conditioning.prompt_parser import extract_extra_networks
+from modules.conditioning.t5_tokenizer import load_t5_tokenizer
+from modules.conditioning.tokenizer import ClipTokenizer
 from modules.models import flux_keys
+from modules.models.flow_model import FlowModel
 from modules.models.hashes import HashCache
 from modules.models.patcher import ModelPatcher
 from modules.networks.activate import NetworkRegistry, activate_networks
 from modules.networks.library import LoraLibrary
-from modules.networks.lora import activate_loras, merge_warnings
-from modules.nn.flux import FluxTransformer, tiny_flux_config
+from modules.networks.lora import activate_loras, merge_warnings, name_map
+from modules.networks.names import NameMap
+from modules.nn.flux import FluxTransformer
+from tests.flow_tiny import TINY_FLUX_DEV, TINY_SD35, randomise
 from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
+from tests.helpers.lora_files import kohya_lora
 from tests.mmdit_configs import TINY_MMDITS, random_mmdit, sd3_diffusers_config
 
 pytest.importorskip("diffusers")
@@ -42,16 +51,6 @@ pytest.importorskip("peft")
 
 RANK, ALPHA = 4, 2.0
 RELATIVE_TOLERANCE = 1e-5
-
-
-class TinyFlowModel(nn.Module):
-    """What the patcher and the name map read of a loaded flow model."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.unet = network
-        self.text_encoders = nn.ModuleDict()
-        self.family = SimpleNamespace(text_encoders=())
 
 
 def _randomise(model: nn.Module, seed: int) -> None:
@@ -62,32 +61,43 @@ def _randomise(model: nn.Module, seed: int) -> None:
             param.copy_(noise + 1 if name.endswith(".scale") else noise)
 
 
+def flow_model(family, network: nn.Module) -> FlowModel:
+    """A `FlowModel` of `family` (random text encoders) with `network` as its transformer."""
+    model = FlowModel(family=family)
+    model.model.diffusion_model = network
+    for index, encoder in enumerate(model.text_encoders.values()):
+        randomise(encoder, seed=10 + index)
+    return model.eval().requires_grad_(False)
+
+
 @pytest.fixture(scope="module")
 def flux():
-    config = tiny_flux_config(guidance_embed=True)
-    ours = FluxTransformer(config=config).eval().requires_grad_(False)
-    _randomise(ours, seed=4)
-    return ours, bfl_to_diffusers(ours.state_dict(), config)
+    """The tiny Flux [dev] `FlowModel` and its transformer's weights in diffusers' layout."""
+    config = TINY_FLUX_DEV.diffusion
+    network = FluxTransformer(config=config)
+    _randomise(network, seed=4)
+    return flow_model(TINY_FLUX_DEV, network), bfl_to_diffusers(network.state_dict(), config)
 
 
 def flux_twin(state: dict) -> nn.Module:
-    twin = diffusers_flux(tiny_flux_config(guidance_embed=True))
+    twin = diffusers_flux(TINY_FLUX_DEV.diffusion)
     twin.load_state_dict(state, strict=True)
     return twin.eval().requires_grad_(False)
 
 
-def peft_lora(twin: nn.Module, *, seed: int, alpha: float | None) -> dict[str, torch.Tensor]:
-    """A rank-4 LoRA on every Linear of a diffusers transformer, in PEFT's spelling."""
+def peft_lora(twin: nn.Module, *, seed: int, alpha: float | None,
+              prefix: str = "transformer.", scale: float = 0.1) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA on every Linear of a diffusers / transformers model, PEFT's spelling."""
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, module in sorted(twin.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
-        key = f"transformer.{name}"
+        key = f"{prefix}{name}"
         tensors[f"{key}.lora_A.weight"] = torch.randn(
-            RANK, module.in_features, generator=generator) * 0.1
+            RANK, module.in_features, generator=generator) * scale
         tensors[f"{key}.lora_B.weight"] = torch.randn(
-            module.out_features, RANK, generator=generator) * 0.1
+            module.out_features, RANK, generator=generator) * scale
         if alpha is not None:
             tensors[f"{key}.alpha"] = torch.tensor(alpha)
     return tensors
@@ -117,7 +127,7 @@ def kohya_from_peft(peft: dict[str, torch.Tensor], alpha: float | None) -> dict:
 
 
 def easel(model: nn.Module, folder, tag: str):
-    patcher = ModelPatcher(model=TinyFlowModel(model))
+    patcher = ModelPatcher(model=model)
     library = LoraLibrary(folder=folder, hash_cache=HashCache(path=None))
     activation = activate_loras(patcher, library, extract_extra_networks(tag)[1])
     return activation, activation.warnings + merge_warnings(activation)
@@ -164,10 +174,11 @@ def assert_close(ours: torch.Tensor, expected: torch.Tensor, scale: float) -> No
 @pytest.mark.parametrize("alpha", [None, ALPHA], ids=["peft", "ai_toolkit_alpha"])
 @torch.no_grad()
 def test_flux_peft_lora_matches_diffusers(flux, tmp_path, alpha) -> None:
-    ours, state = flux
+    model, state = flux
+    ours = model.unet
     twin = flux_twin(state)
     save_file(peft_lora(twin, seed=1, alpha=alpha), str(tmp_path / "peft.safetensors"))
-    activation, warnings = easel(ours, tmp_path, "<lora:peft:0.7>")
+    activation, warnings = easel(model, tmp_path, "<lora:peft:0.7>")
     assert not warnings, warnings
     inputs = flux_inputs(ours.config)
     plain = ours(**inputs)
@@ -185,13 +196,14 @@ def test_flux_peft_lora_matches_diffusers(flux, tmp_path, alpha) -> None:
 
 @torch.no_grad()
 def test_flux_kohya_lora_gives_the_peft_weights(flux, tmp_path) -> None:
-    ours, state = flux
+    model, state = flux
+    ours = model.unet
     twin = flux_twin(state)
     peft = peft_lora(twin, seed=2, alpha=ALPHA)
     save_file(peft, str(tmp_path / "peft.safetensors"))
     save_file(kohya_from_peft(peft, ALPHA), str(tmp_path / "kohya.safetensors"))
-    from_peft, warnings = easel(ours, tmp_path, "<lora:peft:0.8>")
-    from_kohya, more = easel(ours, tmp_path, "<lora:kohya:0.8>")
+    from_peft, warnings = easel(model, tmp_path, "<lora:peft:0.8>")
+    from_kohya, more = easel(model, tmp_path, "<lora:kohya:0.8>")
     assert not warnings + more, warnings + more
     peft_params = from_peft.patcher.merged().params["unet"]
     kohya_params = from_kohya.patcher.merged().params["unet"]
@@ -205,7 +217,7 @@ def test_flux_kohya_lora_gives_the_peft_weights(flux, tmp_path) -> None:
              if k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))
              and "_linear1." not in k}
     save_file(kohya, str(tmp_path / "nolinear1.safetensors"))
-    from_file, warnings = easel(ours, tmp_path, "<lora:nolinear1:0.8>")
+    from_file, warnings = easel(model, tmp_path, "<lora:nolinear1:0.8>")
     assert not warnings, warnings
     inputs = flux_inputs(ours.config)
     expected = diffusers_flux_velocity(
@@ -219,21 +231,23 @@ def sd3_pair(config):
         convert_sd3_transformer_checkpoint_to_diffusers,
     )
 
-    ours = random_mmdit(config, seed=6).requires_grad_(False)
-    state = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
+    network = random_mmdit(config, seed=6)
+    state = {f"model.diffusion_model.{k}": v.clone() for k, v in network.state_dict().items()}
     twin = SD3Transformer2DModel(**sd3_diffusers_config(config)).eval()
     twin.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(state), strict=True)
-    return ours, twin.requires_grad_(False)
+    model = flow_model(replace(TINY_SD35, diffusion=config), network)
+    return model, twin.requires_grad_(False)
 
 
 @pytest.mark.parametrize("name", ["sd35_large", "sd35_medium"])
 @torch.no_grad()
 def test_sd35_peft_lora_matches_diffusers(tmp_path, name) -> None:
     config = TINY_MMDITS[name]
-    ours, twin = sd3_pair(config)
+    model, twin = sd3_pair(config)
+    ours = model.unet
     lora = peft_lora(twin, seed=3, alpha=None)
     save_file(lora, str(tmp_path / "sd3.safetensors"))
-    activation, warnings = easel(ours, tmp_path, "<lora:sd3:0.6>")
+    activation, warnings = easel(model, tmp_path, "<lora:sd3:0.6>")
     assert not warnings, warnings
     assert not activation.patcher.merged().skipped
     twin.load_lora_adapter(str(tmp_path / "sd3.safetensors"), prefix="transformer",
@@ -254,7 +268,8 @@ def test_sd35_peft_lora_matches_diffusers(tmp_path, name) -> None:
 
 @torch.no_grad()
 def test_unknown_keys_are_named_in_warnings(flux, tmp_path) -> None:
-    ours, state = flux
+    model, state = flux
+    ours = model.unet
     lora = peft_lora(flux_twin(state), seed=4, alpha=None)
     lora["transformer.no_such_block.0.to_q.lora_A.weight"] = torch.zeros(RANK, 8)
     lora["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"] = torch.zeros(RANK, 8)
@@ -264,7 +279,7 @@ def test_unknown_keys_are_named_in_warnings(flux, tmp_path) -> None:
     sd1 = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)}
     save_file(sd1, str(tmp_path / "sd1.safetensors"))
-    activation, warnings = easel(ours, tmp_path, "<lora:mixed:1> <lora:sd1:1> <lora:gone:1>")
+    activation, warnings = easel(model, tmp_path, "<lora:mixed:1> <lora:sd1:1> <lora:gone:1>")
     text = "\n".join(warnings)
     assert "2 of" in text and "transformer.no_such_block.0.to_q" in text
     assert "lora_unet_down_blocks_0_attentions_0_proj_in" in text
@@ -279,10 +294,11 @@ def test_unknown_keys_are_named_in_warnings(flux, tmp_path) -> None:
 
 @torch.no_grad()
 def test_multiplier_zero_is_bit_identical(flux, tmp_path) -> None:
-    ours, state = flux
+    model, state = flux
+    ours = model.unet
     save_file(peft_lora(flux_twin(state), seed=5, alpha=ALPHA),
               str(tmp_path / "zero.safetensors"))
-    activation, warnings = easel(ours, tmp_path, "<lora:zero:0>")
+    activation, warnings = easel(model, tmp_path, "<lora:zero:0>")
     assert not warnings
     params = activation.patcher.merged().params["unet"]
     assert params, "the patches were merged"
@@ -292,23 +308,78 @@ def test_multiplier_zero_is_bit_identical(flux, tmp_path) -> None:
     assert torch.equal(activation.patcher.unet()(**inputs), ours(**inputs))
 
 
+def flux_loaded(model: FlowModel) -> SimpleNamespace:
+    """What `activate_networks` reads of a `LoadedModel`, as `flow_manager.load_flow` builds it."""
+    patcher = ModelPatcher(model=model)
+    conditioner = FlowConditioner(
+        encoders=[patcher.text_encoder(spec.name) for spec in model.family.text_encoders],
+        tokenizer=ClipTokenizer(), family=model.family, t5_tokenizer=load_t5_tokenizer())
+    return SimpleNamespace(patcher=patcher, model=model, family=model.family,
+                           conditioner=conditioner)
+
+
 @torch.no_grad()
-def test_activate_networks_writes_lora_hashes(flux, tmp_path) -> None:
-    """The job entry point on a Flux model: patched transformer and `Lora hashes`."""
-    ours, state = flux
+def test_activate_networks_patches_transformer_clip_and_t5(flux, tmp_path) -> None:
+    """The job entry point on a Flux `FlowModel`: one file with the transformer (PEFT),
+    CLIP-L (kohya `lora_te1_`) and T5 (PEFT `text_encoder_2.`, Flux's second encoder)
+    gives a patched transformer, a `FlowConditioner` over patched encoders whose T5
+    equals PEFT's (`inject_adapter_in_model` on a copy), and `Lora hashes`."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    model, state = flux
+    ours, t5 = model.unet, model.text_encoders["t5xxl"]
     lora_dir = tmp_path / "Lora"
     lora_dir.mkdir()
-    save_file(peft_lora(flux_twin(state), seed=6, alpha=None), str(lora_dir / "style.safetensors"))
+    loaded = flux_loaded(model)
+    tensors = peft_lora(flux_twin(state), seed=6, alpha=None)
+    tensors |= kohya_lora(name_map(loaded.patcher), ("lora_te1_",), rank=RANK)
+    t5_lora = peft_lora(t5.transformer, seed=7, alpha=None, prefix="text_encoder_2.", scale=0.2)
+    tensors |= t5_lora
+    save_file(tensors, str(lora_dir / "style.safetensors"))
     registry = NetworkRegistry(lora_dir=lora_dir, embeddings_dir=tmp_path / "embeddings",
                                hypernetwork_dir=tmp_path / "hypernetworks",
                                hash_cache=HashCache(path=None))
-    model = TinyFlowModel(ours)
-    loaded = SimpleNamespace(patcher=ModelPatcher(model=model), model=model, family=model.family,
-                             conditioner=SimpleNamespace(tokenizer=SimpleNamespace(
-                                 encode=lambda text: [])))
-    active = activate_networks(registry, loaded, ["a cat <lora:style:0.5>"], [""])
+    active = activate_networks(registry, loaded, ["a cat <lora:style:1:0.5>"], [""])
     assert not active.warnings, active.warnings
     short = registry.loras.shorthash(registry.loras.find("style"))
     assert active.extra_params == {"Lora hashes": f"style: {short}"}
+    assert active.cache_token  # the conditioning cache tells patched encoders apart
     inputs = flux_inputs(ours.config)
     assert (active.unet(**inputs) - ours(**inputs)).abs().max() > 1e-2
+    conditioner = active.conditioner
+    assert isinstance(conditioner, FlowConditioner) and conditioner is not loaded.conditioner
+    assert conditioner.t5_tokenizer is loaded.conditioner.t5_tokenizer
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    clip = conditioner.encoder_named("clip_l")(ids).hidden
+    assert (clip - model.text_encoders["clip_l"](ids).hidden).abs().max() > 1e-3
+    peft_state = {k.removeprefix("text_encoder_2."): v for k, v in t5_lora.items()}
+    targets = sorted({k.removesuffix(".lora_A.weight") for k in peft_state if "lora_A" in k})
+    reference = inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK,
+                                                   target_modules=targets),
+                                        copy.deepcopy(t5.transformer))
+    assert not set_peft_model_state_dict(reference, peft_state).unexpected_keys
+    expected = reference(input_ids=ids).last_hidden_state
+    patched = conditioner.t5_encoder(ids)
+    assert (patched - t5(ids)).abs().max() > 1e-3
+    assert_close(patched, expected, expected.abs().max().item())
+
+
+def test_sd3_text_encoder_names() -> None:
+    """SD3.x: kohya numbers CLIP-L, CLIP-G and T5 te1-te3; diffusers text_encoder(_2, _3)."""
+    names = NameMap(model=FlowModel(family=TINY_SD35))
+    expected = {
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": "clip_l",
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj": "clip_l",
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": "clip_g",
+        "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj": "clip_g",
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q": "t5xxl",
+        "text_encoder_3.encoder.block.0.layer.0.SelfAttention.q": "t5xxl",
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": "unet",
+        "transformer.transformer_blocks.2.norm1_context.linear": "unet",
+    }
+    assert {name: names.get(name).component for name in expected} == expected
+    last = names.get("transformer.transformer_blocks.2.norm1_context.linear")
+    assert last.path == "joint_blocks.2.context_block.adaLN_modulation.1" and last.swap_halves
+    k = names.get("transformer.transformer_blocks.0.attn.to_k")
+    hidden = TINY_SD35.diffusion.hidden_size
+    assert k.path == "joint_blocks.0.x_block.attn.qkv" and k.rows == slice(hidden, 2 * hidden)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from modules.conditioning.conditioner import Conditioner
 from modules.conditioning.embeddings import EmbeddingTable
+from modules.conditioning.flow_conditioner import FlowConditioner
 from modules.conditioning.prompt_parser import (
     ExtraNetworkTag,
     extract_extra_networks,
@@ -90,7 +91,9 @@ def activate_networks(registry: NetworkRegistry, loaded, prompts: list[str],
     activation = activate_loras(loaded.patcher, registry.loras, loras)
     warnings += activation.warnings + merge_warnings(activation)
     patcher = activation.patcher
-    if hypernets:
+    if hypernets and loaded.family.is_flow:
+        _warn(warnings, "hypernetworks apply to U-Net models only; <hypernet:...> was ignored")
+    elif hypernets:
         hyper = activate_hypernetworks(registry.hypernetworks, hypernets,
                                        widths=AttentionWidths.of(loaded.family.unet),
                                        device=execution_device(loaded.model.unet))
@@ -99,9 +102,7 @@ def activate_networks(registry: NetworkRegistry, loaded, prompts: list[str],
     conditioner, token = loaded.conditioner, ()
     if patcher.patches_text_encoders():
         token = patcher.key
-        conditioner = Conditioner(
-            encoders=[patcher.text_encoder(spec.name) for spec in loaded.family.text_encoders],
-            tokenizer=loaded.conditioner.tokenizer, family=loaded.family)
+        conditioner = patched_conditioner(loaded, patcher)
     extra = {}
     if activation.infotext_value():
         extra["Lora hashes"] = activation.infotext_value()
@@ -110,6 +111,18 @@ def activate_networks(registry: NetworkRegistry, loaded, prompts: list[str],
         extra["TI hashes"] = ti_hashes
     return ActiveNetworks(unet=patcher.unet(), conditioner=conditioner, embeddings=table,
                           cache_token=token, extra_params=extra, warnings=warnings)
+
+
+def patched_conditioner(loaded, patcher) -> Conditioner:
+    """A conditioner of the loaded one's kind over the patcher's text encoders."""
+    base = loaded.conditioner
+    # A flow family may run without one of its encoders (SD3 without T5): None stays None.
+    encoders = [None if shared is None else patcher.text_encoder(spec.name)
+                for spec, shared in zip(loaded.family.text_encoders, base.encoders)]
+    if isinstance(base, FlowConditioner):
+        return FlowConditioner(encoders=encoders, tokenizer=base.tokenizer,
+                               family=loaded.family, t5_tokenizer=base.t5_tokenizer)
+    return Conditioner(encoders=encoders, tokenizer=base.tokenizer, family=loaded.family)
 
 
 def encoder_widths(loaded) -> dict[str, int]:

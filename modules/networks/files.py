@@ -40,8 +40,8 @@ DIFFUSERS_SUFFIXES = (
     (".alpha", "alpha"),
 )
 # Flux / SD3 transformers: diffusers' `transformer.` and ComfyUI's `diffusion_model.`.
-DIFFUSERS_ROOTS = ("unet.", "text_encoder.", "text_encoder_2.", "transformer.",
-                   "diffusion_model.")
+DIFFUSERS_ROOTS = ("unet.", "text_encoder.", "text_encoder_2.", "text_encoder_3.",
+                   "transformer.", "diffusion_model.")
 BARE_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.")  # old attn-proc files
 # PEFT state dicts of a Flux / SD3 transformer saved without the `transformer.` prefix.
 BARE_TRANSFORMER_ROOTS = ("transformer_blocks.", "single_transformer_blocks.")

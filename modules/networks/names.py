@@ -10,6 +10,9 @@ LoRA files name the layer they change in one of several spellings (docs/model-fo
   the transformers CLIP path (`text_model_encoder_layers_0_self_attn_q_proj`);
 * diffusers / PEFT: `unet.` + diffusers path, `text_encoder.` / `text_encoder_2.` +
   CLIP path, dots kept.
+* T5 (SD3.x, Flux.1): kohya `lora_te3_` (sd-scripts numbers it third for both), diffusers
+  `text_encoder_3.` (SD3) / `text_encoder_2.` (Flux) + the transformers T5 encoder path
+  (`encoder.block.0.layer.0.SelfAttention.q`).
 
 Flux.1 and SD3/SD3.5 transformers (`flow_names.py`) have spellings of their own: kohya's
 `lora_unet_` + our (reference) path, and diffusers' `transformer.` + its path, which
@@ -31,10 +34,12 @@ from torch import nn
 
 from modules.models.diffusers_keys import map_unet_keys_to_diffusers
 from modules.networks import flow_names
+from modules.nn.t5_encoder import T5TextEncoder
 from modules.nn.text_encoders import TextEncoder
 
 ModuleKind = Literal["linear", "conv", "norm"]
 UNET = "unet"
+T5_KOHYA_PREFIX = "lora_te3_"
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,10 @@ class NameMap:
         for index, spec in enumerate(specs):
             kohya, diffusers = text_prefixes(index, len(specs))
             encoder = model.text_encoders[spec.name]
-            if not isinstance(encoder, TextEncoder):  # T5: no LoRA names yet
+            if isinstance(encoder, T5TextEncoder):
+                self._add_t5(spec.name, encoder, diffusers)
+                continue
+            if not isinstance(encoder, TextEncoder):
                 continue
             for target in _targets(spec.name, encoder.transformer, prefix="transformer."):
                 path = target.path[len("transformer."):]
@@ -156,6 +164,12 @@ class NameMap:
                 self._add(kohya + hf_path.replace(".", "_"), target)
                 self._add(diffusers + hf_path, target)
                 self._add(diffusers + path, target)
+
+    def _add_t5(self, name: str, encoder: T5TextEncoder, diffusers: str) -> None:
+        for target in _targets(name, encoder.transformer, prefix="transformer."):
+            path = target.path[len("transformer."):]
+            self._add(T5_KOHYA_PREFIX + path.replace(".", "_"), target)
+            self._add(diffusers + path, target)
 
     def get(self, name: str) -> Target | None:
         return self.targets.get(name)
