@@ -17,10 +17,11 @@ from modules.models.gguf_io import GGUFError, read_gguf, read_gguf_header
 from modules.nn.gguf_quants import SUPPORTED_TYPES, QuantizedTensor, dequantize
 from tests.gguf_kquants import quantize
 
-# Where each type's float16 scales sit in its block (d; and dmin for Q4_K / Q5_K).
+# Where each type's float16 scales sit in its block (d; and m / dmin where there is one).
 SCALE_OFFSETS = {
     GGMLQuantizationType.Q8_0: (0,), GGMLQuantizationType.Q4_0: (0,),
-    GGMLQuantizationType.Q5_0: (0,), GGMLQuantizationType.Q4_K: (0, 2),
+    GGMLQuantizationType.Q5_0: (0,), GGMLQuantizationType.Q4_1: (0, 2),
+    GGMLQuantizationType.Q5_1: (0, 2), GGMLQuantizationType.Q4_K: (0, 2),
     GGMLQuantizationType.Q5_K: (0, 2), GGMLQuantizationType.Q6_K: (208,),
 }
 
@@ -111,6 +112,7 @@ def test_a_written_gguf_file_loads(gguf_file):
     header = read_gguf_header(path)
     assert header.architecture == "flux"
     assert header.tensors["img_in.weight"].shape == (16, 256)
+    assert header.shapes["norm.scale"] == (256,)
     assert header.tensors["img_in.weight"].qtype == GGMLQuantizationType.Q8_0
     loaded = read_gguf(path)
     assert set(loaded) == set(tensors)

@@ -61,6 +61,11 @@ class GGUFHeader:
     metadata: dict[str, object]
 
     @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> PyTorch shape, for detecting the family from the header."""
+        return {name: info.shape for name, info in self.tensors.items()}
+
+    @property
     def architecture(self) -> str | None:
         value = self.metadata.get(ARCHITECTURE_KEY)
         return value if isinstance(value, str) else None

@@ -14,6 +14,8 @@ Blocks of 32 weights ("legacy" quants), scale `d` a float16 at the start of the 
   nibble weight j + 16; w = d * (q - 8).
 - Q5_0 (22 bytes): d, 32 high bits (a little-endian uint32, bit j for weight j), then
   nibbles as Q4_0; q = nibble | high bit << 4; w = d * (q - 16).
+- Q4_1 (20 bytes) / Q5_1 (24 bytes): as Q4_0 / Q5_0 with a float16 offset m after d and
+  unsigned codes; w = d * q + m.
 
 Super-blocks of 256 weights ("k-quants"), 8 or 16 sub-blocks with their own small scales:
 - Q4_K (144 bytes): d, dmin (float16), 12 bytes packing 8 six-bit scales and 8 six-bit
@@ -91,6 +93,17 @@ def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
     return _f16(blocks, 0) * (q.float() - 16)
 
 
+def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
+    q = _nibbles(blocks[:, 4:], 16).reshape(-1, 32)
+    return _f16(blocks, 0) * q.float() + _f16(blocks, 2)
+
+
+def _q5_1(blocks: torch.Tensor) -> torch.Tensor:
+    high = _bits(blocks[:, 4:8]).transpose(1, 2).reshape(-1, 32)
+    q = _nibbles(blocks[:, 8:], 16).reshape(-1, 32) | (high << 4)
+    return _f16(blocks, 0) * q.float() + _f16(blocks, 2)
+
+
 def _k_scales(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Q4_K/Q5_K: 12 bytes -> 8 six-bit scales and 8 six-bit mins, each (n, 8, 1)."""
     s = packed.int()
@@ -132,6 +145,8 @@ DEQUANTIZERS: dict[GGMLQuantizationType, Callable[[torch.Tensor], torch.Tensor]]
     GGMLQuantizationType.Q8_0: _q8_0,
     GGMLQuantizationType.Q4_0: _q4_0,
     GGMLQuantizationType.Q5_0: _q5_0,
+    GGMLQuantizationType.Q4_1: _q4_1,
+    GGMLQuantizationType.Q5_1: _q5_1,
     GGMLQuantizationType.Q4_K: _q4_k,
     GGMLQuantizationType.Q5_K: _q5_k,
     GGMLQuantizationType.Q6_K: _q6_k,
