@@ -93,6 +93,7 @@ class Runtime:
             upcast_attention=devices.upcast_attention(args),
             compile_mode=compile_mode,
             precision=devices.precision_policy(args, device),
+            modules_source=lambda: list(settings.current.forge_additional_modules),
         )
         from modules.networks.activate import NetworkRegistry
 

@@ -98,6 +98,9 @@ class Settings:
         "Automatic", "Diffusion in Low Bits", SD, infotext="Diffusion in Low Bits",
         choices=("Automatic", "Automatic (fp16 LoRA)", "float8-e4m3fn",
                  "float8-e4m3fn (fp16 LoRA)", "float8-e5m2", "float8-e5m2 (fp16 LoRA)"))
+    # Forge's option: separate VAE / text encoder files (names inside models/VAE/ and
+    # models/text_encoder/) that complete or replace an SD3 / Flux checkpoint's parts.
+    forge_additional_modules: tuple = opt((), "VAE / Text Encoder", SD)
     CLIP_stop_at_last_layers: int = opt(1, "Clip skip", SD, infotext="Clip skip",
                                         minimum=1, maximum=12)
     emphasis: str = opt("Original", "Emphasis mode", SD, infotext="Emphasis",
@@ -330,9 +333,23 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{name}: expected a number, got {value!r}")
         return float(value)
+    if kind == "tuple":
+        return _name_tuple(name, value)
     if not isinstance(value, str):
         raise SettingsError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+MAX_LIST_ITEMS = 16
+
+
+def _name_tuple(name: str, value: Any) -> tuple[str, ...]:
+    """A list of file names (`forge_additional_modules`) as a tuple."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST_ITEMS or not all(
+            isinstance(item, str) and 0 < len(item) <= 256 for item in value):
+        raise SettingsError(f"{name}: expected a list of at most {MAX_LIST_ITEMS} file names, "
+                            f"got {str(value)[:100]!r}")
+    return tuple(value)
 
 
 def load_settings(path: Path) -> Settings:

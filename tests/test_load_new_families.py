@@ -191,3 +191,25 @@ def test_manager_loads_a_flow_model(manager):
                                                               FlowConditioner)
     assert loaded.sigmas.shape == (1000,) and float(loaded.sigmas[-1]) == pytest.approx(1.0)
     run_every_part(loaded.model)
+
+
+def test_the_setting_chooses_parts_and_a_change_reloads(tmp_path, parts):
+    from modules.app.cmd_args import parse_args
+    from modules.models.manager import ModelManager
+    from modules.paths import Paths
+
+    data = tmp_path / "data"
+    write_separate(data / "models" / "Stable-diffusion" / "flux.safetensors", data / "models",
+                   parts["flux"], t5_names=("t5xxl_fp16", "t5xxl_fp8_e4m3fn"))
+    chosen: list[str] = []
+    manager = ModelManager(paths=Paths.from_args(parse_args(["--data-dir", str(data)])),
+                           device=torch.device("cpu"), dtype=torch.float32,
+                           vae_dtype=torch.float32, hashing=False,
+                           modules_source=lambda: list(chosen))
+    first = manager.get("flux")
+    assert first.model.infotext() == {"Module 1": "ae", "Module 2": "clip_l",
+                                      "Module 3": "t5xxl_fp16"}
+    assert manager.get("flux") is first  # same setting: the cached model
+    chosen.append("t5xxl_fp8_e4m3fn")
+    second = manager.get("flux")
+    assert second is not first and second.model.modules_used[-1] == "t5xxl_fp8_e4m3fn"

@@ -23,6 +23,7 @@ from modules.api.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgReques
 from modules.errors import without_paths
 from modules.infotext import parse_infotext
 from modules.models.errors import ModelLoadError
+from modules.models.flow_parts import MODULES_SETTING, module_folders, resolve_modules
 from modules.models.vae_select import AUTOMATIC, NONE, resolve_vae
 from modules.pipeline.infotext_fields import (
     infotext_to_request_fields,
@@ -31,7 +32,7 @@ from modules.pipeline.infotext_fields import (
 from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationResult, Img2ImgParams, Txt2ImgParams, refiner_name
 from modules.sampling import registry as R
-from modules.settings import Settings, SettingsError
+from modules.settings import Settings, SettingsError, validate
 from modules.styles import apply_styles, load_styles
 
 PARAM_FIELDS = ("seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
@@ -66,9 +67,19 @@ def apply_infotext(request: GenerationRequest, settings: Settings, runtime) -> G
                 continue  # A1111 drops an unknown model hash
         if name == "sd_vae" and not _known_vae(runtime, str(value)):
             continue  # and falls back from an unknown VAE
+        if name == MODULES_SETTING and not _known_modules(runtime, value):
+            continue  # modules (Forge's "Module N") this server does not have
         overrides[name] = value
     updated = request.model_copy(update={**fields, "override_settings": overrides or None})
     return type(request).model_validate(updated.model_dump(exclude_unset=False))
+
+
+def _known_modules(runtime, names) -> bool:
+    try:
+        check_module_names(runtime, names)
+    except SettingsError:
+        return False
+    return True
 
 
 def _known_vae(runtime, name: str) -> bool:
@@ -158,6 +169,7 @@ def check_overrides(runtime, overrides: dict[str, Any]) -> dict[str, Any]:
     exist (404 naming it), the VAE too (422 naming `sd_vae`)."""
     runtime.settings.for_request(overrides)  # SettingsError names the key
     check_vae_name(runtime, overrides.get("sd_vae"))
+    check_module_names(runtime, overrides.get(MODULES_SETTING))
     checkpoint = overrides.get("sd_model_checkpoint")
     if checkpoint:
         try:
@@ -176,6 +188,16 @@ def check_vae_name(runtime, name: str | None) -> None:
                     checkpoint_dirs=runtime.paths.checkpoint_dirs)
     except ModelLoadError as error:
         raise SettingsError(f"sd_vae: {str(name)[:100]!r}: {error.reason}") from None
+
+
+def check_module_names(runtime, names) -> None:
+    """`forge_additional_modules`: file names inside the text-encoder / VAE folders (422)."""
+    if not names:
+        return
+    try:
+        resolve_modules(list(validate(MODULES_SETTING, names)), module_folders(runtime.paths))
+    except ModelLoadError as error:
+        raise SettingsError(f"{MODULES_SETTING}: {without_paths(error.reason)}") from None
 
 
 def to_params(request: Txt2ImgRequest, runtime) -> Txt2ImgParams:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body
 
 from modules.api.convert import encode_data_uri, encode_png_base64
 from modules.api.errors import ApiError
-from modules.api.generation import check_vae_name, job_timestamp
+from modules.api.generation import check_module_names, check_vae_name, job_timestamp
 from modules.api.schemas import (
     InternalProgressRequest,
     ProgressResponse,
@@ -144,6 +144,7 @@ class ControlRoutes:
             raise SettingsError("; ".join(problems))
         self.runtime.settings.for_request(changes)  # guarded settings: 403 (422) before saving
         check_vae_name(self.runtime, changes.get("sd_vae"))
+        check_module_names(self.runtime, changes.get("forge_additional_modules"))
         checkpoint = changes.get("sd_model_checkpoint")
         if checkpoint:
             info = self._find_checkpoint(checkpoint)

@@ -20,17 +20,28 @@ from modules.conditioning.flow_conditioner import FlowConditioner
 from modules.models.checkpoints import CheckpointInfo
 from modules.models.flow_loader import FlowPlan, plan_flow_checkpoint
 from modules.models.flow_model import FlowModel, assemble_flow_model
-from modules.models.flow_parts import module_folders
+from modules.models.flow_parts import MODULES_SETTING, module_folders
 from modules.models.offload import ComponentPlacer, MemoryMode
 from modules.models.patcher import ModelPatcher
 from modules.nn.attention import set_attention_backend, set_attention_upcast
 from modules.sampling.flow import flow_schedule
 
 
+def requested_modules(manager) -> tuple[str, ...]:
+    """The `forge_additional_modules` names the manager's setting gives now."""
+    return tuple(manager.modules_source() or ())
+
+
 def plan_for(manager, info: CheckpointInfo) -> FlowPlan | None:
     """The flow plan of a checkpoint, or None when it is an SD1/SD2/SDXL checkpoint."""
     return plan_flow_checkpoint(info.path, folders=module_folders(manager.paths),
-                                module_names=tuple(manager.modules_source() or ()))
+                                module_names=requested_modules(manager))
+
+
+def stale(manager, loaded) -> bool:
+    """A cached flow model built with other `forge_additional_modules` than asked now."""
+    built = loaded.metadata.get(MODULES_SETTING)
+    return built is not None and tuple(built) != requested_modules(manager)
 
 
 def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
@@ -57,7 +68,8 @@ def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
         tokenizer=manager.tokenizer(), family=family)
     return LoadedModel(info=info, family=family, model=model, conditioner=conditioner,
                        sigmas=flow_schedule(family.flow).table(), sha256=sha256,
-                       metadata=dict(plan.metadata), placer=placer, patcher=patcher)
+                       metadata={**plan.metadata, MODULES_SETTING: requested_modules(manager)},
+                       placer=placer, patcher=patcher)
 
 
 def _configure(manager, model: FlowModel) -> None:

@@ -70,6 +70,10 @@ class FlowModel(nn.Module):
     def vae(self) -> AutoencoderKL:
         return self.first_stage_model
 
+    def infotext(self) -> dict[str, str]:
+        """Forge's fields for the separate parts used: {"Module 1": "ae", ...}."""
+        return {f"Module {index}": name for index, name in enumerate(self.modules_used, 1)}
+
 
 def assemble_flow_model(plan: FlowPlan, *, dtype: torch.dtype, vae_dtype: torch.dtype,
                         device: str | torch.device = "cpu") -> FlowModel:

@@ -289,11 +289,14 @@ class ModelManager:
             self._current = None
 
     def _ensure(self, info: CheckpointInfo) -> LoadedModel:
-        if info.path in self._loaded:
+        cached = self._loaded.get(info.path)
+        if cached is not None and not flow_manager.stale(self, cached):
             self._loaded.move_to_end(info.path)
-            loaded = self._loaded[info.path]
+            loaded = cached
         else:
             loaded = self._load_reported(info)  # a failed load leaves the others serving
+            if cached is not None:
+                self._evict(cached)  # its separate parts changed (flow_manager.stale)
             self._loaded[info.path] = loaded
             for listener in self.on_loaded:
                 listener(loaded)

@@ -123,6 +123,16 @@ SETTINGS_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
 )
 
 
+def _modules(parsed: Mapping[str, Any]) -> tuple[str, ...]:
+    """Forge's `Module 1: ae, Module 2: clip_l, ...` as the forge_additional_modules names."""
+    numbered = {}
+    for key, value in parsed.items():
+        head, _, number = str(key).partition(" ")
+        if head == "Module" and number.isdigit():
+            numbered[int(number)] = str(value)
+    return tuple(numbered[n] for n in sorted(numbered))
+
+
 def infotext_to_settings_overrides(parsed: Mapping[str, Any],
                                    current: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Settings the infotext implies, e.g. ``{"CLIP_stop_at_last_layers": 2}``.
@@ -132,6 +142,9 @@ def infotext_to_settings_overrides(parsed: Mapping[str, Any],
     into a checkpoint title is the model registry's job.
     """
     overrides = _convert_fields(parsed, SETTINGS_FIELDS)
+    modules = _modules(parsed)
+    if modules:
+        overrides["forge_additional_modules"] = modules
     if current is None:
         return overrides
     return {name: value for name, value in overrides.items()
