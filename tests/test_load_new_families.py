@@ -213,3 +213,5 @@ def test_the_setting_chooses_parts_and_a_change_reloads(tmp_path, parts):
     chosen.append("t5xxl_fp8_e4m3fn")
     second = manager.get("flux")
     assert second is not first and second.model.modules_used[-1] == "t5xxl_fp8_e4m3fn"
+    job = manager.get("flux", modules=["t5xxl_fp16.safetensors"])  # a job's override_settings
+    assert job.model.modules_used[-1] == "t5xxl_fp16" and manager.job_modules is None

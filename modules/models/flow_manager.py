@@ -14,6 +14,9 @@ serving.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 
 from modules.conditioning.flow_conditioner import FlowConditioner
@@ -28,8 +31,20 @@ from modules.sampling.flow import flow_schedule
 
 
 def requested_modules(manager) -> tuple[str, ...]:
-    """The `forge_additional_modules` names the manager's setting gives now."""
+    """The `forge_additional_modules` names asked now: the job's, else the setting's."""
+    if getattr(manager, "job_modules", None) is not None:
+        return manager.job_modules
     return tuple(manager.modules_source() or ())
+
+
+@contextmanager
+def job_modules(manager, names: Sequence[str] | None) -> Iterator[None]:
+    """For one `ModelManager.get` (under its lock): the job's module names."""
+    manager.job_modules = None if names is None else tuple(names)
+    try:
+        yield
+    finally:
+        manager.job_modules = None
 
 
 def plan_for(manager, info: CheckpointInfo) -> FlowPlan | None:

@@ -126,6 +126,7 @@ class ModelManager:
         self.memory_policy = memory_policy or (lambda family: MemoryMode.NORMAL)
         self.precision = precision or (lambda family: (self.dtype, self.vae_dtype))
         self.modules_source = modules_source or list
+        self.job_modules: tuple[str, ...] | None = None  # one get()'s, under the lock
         self.channels_last = channels_last
         self.upcast_attention = upcast_attention
         self.compile_mode = compile_mode
@@ -206,9 +207,8 @@ class ModelManager:
             first = [found] if found is not None else []
         real = [info for info in listed if info.stem != DEMO_MODEL_STEM]
         demo = [info for info in listed if info.stem == DEMO_MODEL_STEM]
-        ordered = first + [info for info in real + demo if info.path not in
-                           {tried.path for tried in first}]
-        return ordered
+        return first + [info for info in real + demo if info.path not in
+                        {tried.path for tried in first}]
 
     def info_for_path(self, path: Path) -> CheckpointInfo:
         from modules.models.hashes import legacy_model_hash
@@ -216,15 +216,14 @@ class ModelManager:
         return CheckpointInfo(path=str(path.resolve()), name=path.name,
                               legacy_hash=legacy_model_hash(hash_target(path)))
 
-    def get(self, query: str | None = None) -> LoadedModel:
-        """The model for one job: `query` (title/name/hash) or the current model.
-
-        Getting a model by name does not change which model later jobs get by default.
-        """
-        with self._lock:
+    def get(self, query: str | None = None, modules: list[str] | None = None) -> LoadedModel:
+        """The model for one job: `query` (title/name/hash) or the current model; `modules`:
+        the job's `forge_additional_modules` for SD3 / Flux (None: the setting's). Getting
+        a model by name does not change which model later jobs get by default."""
+        with self._lock, flow_manager.job_modules(self, modules):
             if not query:
                 current = self.current
-                if current is not None:
+                if current is not None and not flow_manager.stale(self, current):
                     return current
                 if self._current is not None:  # evicted by a per-job model: reload it
                     return self._ensure(self._current)
