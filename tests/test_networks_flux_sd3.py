@@ -382,4 +382,4 @@ def test_sd3_text_encoder_names() -> None:
     assert last.path == "joint_blocks.2.context_block.adaLN_modulation.1" and last.swap_halves
     k = names.get("transformer.transformer_blocks.0.attn.to_k")
     hidden = TINY_SD35.diffusion.hidden_size
-    assert k.path == "joint_blocks.0.x_block.attn.qkv" and k.rows == slice(hidden, 2 * hidden)
+    assert k.path == "joint_blocks.0.x_block.attn.qkv" and k.rows == (hidden, 2 * hidden)

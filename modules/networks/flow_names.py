@@ -9,7 +9,8 @@ files people download name a layer in one of these spellings (docs/model-formats
 * ComfyUI-style: `diffusion_model.` + our path, dots kept;
 * diffusers / PEFT / AI-toolkit: `transformer.` + the diffusers path
   (`transformer.single_transformer_blocks.0.attn.to_q`); some trainers write it the
-  kohya way, `lora_transformer_` + the diffusers path with `.` -> `_`.
+  kohya way, `lora_transformer_` + the diffusers path with `.` -> `_`, and LyCORIS
+  (SimpleTuner's LoKr / LoHa) as `lycoris_` + that underscored path.
 
 A diffusers name may be one *part* of a fused linear of ours: diffusers keeps q, k and v
 (and a Flux single block's MLP input) as separate linears where the reference fuses
@@ -38,18 +39,20 @@ COMFY_PREFIX = "diffusion_model."
 # Prefixes of the spellings that name diffusers paths.
 DIFFUSERS_PREFIX = "transformer."
 KOHYA_DIFFUSERS_PREFIX = "lora_transformer_"
+LYCORIS_PREFIX = "lycoris_"
 
 
 @dataclass(frozen=True)
 class Placement:
     """Where a diffusers linear's LoRA lands in our transformer.
 
-    path: our module; rows: its output rows (None: all of them); swap_halves: the two
-    halves of those rows are in the other order in diffusers' layout.
+    path: our module; rows: its output rows, (start, stop) with stop None for "to the
+    end" (None: all of them); swap_halves: the two halves of those rows are in the
+    other order in diffusers' layout.
     """
 
     path: str
-    rows: slice | None = None
+    rows: tuple[int, int | None] | None = None
     swap_halves: bool = False
 
 
@@ -64,8 +67,10 @@ def own_names(path: str) -> tuple[str, ...]:
 
 
 def diffusers_spellings(module: str) -> tuple[str, ...]:
-    """The spellings of one diffusers module path: PEFT's and the kohya-style one."""
-    return DIFFUSERS_PREFIX + module, KOHYA_DIFFUSERS_PREFIX + module.replace(".", "_")
+    """The spellings of one diffusers module path: PEFT's, the kohya-style and LyCORIS'."""
+    underscored = module.replace(".", "_")
+    return (DIFFUSERS_PREFIX + module, KOHYA_DIFFUSERS_PREFIX + underscored,
+            LYCORIS_PREFIX + underscored)
 
 
 def _flux_modules(network: FluxTransformer) -> Iterator[str]:
@@ -86,7 +91,10 @@ def _flux_placements(network: FluxTransformer) -> Iterator[tuple[str, Placement]
         target = flux_keys.bfl_target(module)
         if target is None:
             continue
-        rows = None if target.parts == 1 else flux_keys.part_rows(target, hidden)
+        rows = None
+        if target.parts > 1:
+            part = flux_keys.part_rows(target, hidden)
+            rows = (part.start, part.stop)
         yield module, Placement(target.module, rows, target.module == flux_keys.SWAPPED_HALVES)
 
 
@@ -100,7 +108,7 @@ def _mmdit_placements(network: MMDiT) -> Iterator[tuple[str, Placement]]:
             continue
         rows = None
         if target.parts > 1:  # q, k, v: equal blocks of `hidden` rows
-            rows = slice(target.part * hidden, (target.part + 1) * hidden)
+            rows = (target.part * hidden, (target.part + 1) * hidden)
         yield module, Placement(target.module, rows, target.swap_halves)
 
 

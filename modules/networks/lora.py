@@ -111,7 +111,8 @@ def _patches_for(entry: NetworkOnDisk, request: LoraRequest, library: LoraLibrar
         patches.append(WeightPatch(component=target.component, path=target.path,
                                    tensors=group, strength=strength, dyn=request.dyn,
                                    source=entry.path.name, name=module_name,
-                                   rows=target.rows, swap_halves=target.swap_halves))
+                                   rows=None if target.rows is None else slice(*target.rows),
+                                   swap_halves=target.swap_halves))
     total = len(tensors.groups)
     if not patches:
         warnings.append(f"{label}: none of its {total} modules match this model "

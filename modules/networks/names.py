@@ -49,8 +49,9 @@ class Target:
     component: "unet" or a text encoder name ("clip_l", "clip_h", "clip_g").
     path: the module path inside that component (`model.unet` or the `TextEncoder`),
     so the patched parameters are `path + ".weight"` / `path + ".bias"`.
-    rows / swap_halves: the part of a fused layer a name covers, and whether its two
-    halves of rows are in the other order (diffusers names of Flux / SD3 layers).
+    rows / swap_halves: the (start, stop) output rows of a fused layer a name covers
+    (stop None: to the end), and whether its two halves of rows are in the other order
+    (diffusers names of Flux / SD3 layers). A tuple, not a slice: targets are hashable.
     """
 
     component: str
@@ -58,7 +59,7 @@ class Target:
     kind: ModuleKind
     weight_shape: tuple[int, ...]
     has_bias: bool
-    rows: slice | None = None
+    rows: tuple[int, int | None] | None = None
     swap_halves: bool = False
 
     @property
