@@ -1,20 +1,23 @@
 """LoRA on Flux.1 and SD3.5 transformers: Easel's merged copies against diffusers' PEFT layers.
 
-A tiny Flux (`tiny_flux_config`, dev style: 2 double + 2 single blocks, hidden 64) and a
-tiny SD3.5 MMDiT (tests/mmdit_configs.py) get random weights; their diffusers twins are
-loaded with the same weights through diffusers' own single-file converters. A rank-4
-LoRA on every Linear of the diffusers twin, in PEFT's spelling
-(`transformer.<diffusers path>.lora_A/lora_B.weight`, optionally AI-toolkit's `.alpha`),
-is loaded by diffusers (`FluxPipeline.lora_state_dict` + `load_lora_into_transformer`,
+A tiny Flux [dev] `FlowModel` (tests/flow_tiny.py: 2 double + 2 single blocks, hidden 64)
+and tiny SD3.5 Large / Medium MMDiTs (tests/mmdit_configs.py) get random weights; their
+diffusers twins are loaded with the same weights through diffusers' own single-file
+converters (tests/helpers/flow_lora.py). A rank-4 LoRA on every Linear of the diffusers
+twin, in PEFT's spelling (`transformer.<diffusers path>.lora_A/lora_B.weight`, optionally
+AI-toolkit's `.alpha`, or PEFT DoRA's `lora_magnitude_vector`), is loaded by diffusers
+(`FluxPipeline.lora_state_dict` + `load_lora_into_transformer`, `load_lora_adapter`:
 forward-time PEFT layers) and by Easel (`activate_loras`: q/k/v and proj_mlp LoRAs land
 on the rows of the fused `qkv` / `linear1`, the final adaLN's halves swapped).
 The same LoRA written the kohya way (`lora_unet_<BFL path>`, one LoRA per fused linear:
 the parts' downs stacked, their ups block-diagonal, alpha scaled with the rank) gives
-the same merged weights, and diffusers' kohya reader agrees on the output.
+the same merged weights, and diffusers' kohya reader agrees on the output. Text
+encoders: kohya `lora_te1_` (CLIP-L) and PEFT `text_encoder_2.` (Flux's T5) through
+`activate_networks`, T5 against peft's `inject_adapter_in_model`.
 
-Tolerances: outputs within 1e-5 x std (Flux) / max (SD3) of diffusers' output, as the
-models' own parity tests (float32 rounding); merged weights of the two spellings within
-1e-6 absolute. Multiplier 0 is bit-identical to no LoRA.
+Tolerances: outputs within 1e-5 x std (Flux) / max (SD3, T5) of the oracle's output, as
+the models' own parity tests (float32 rounding); merged weights of the two spellings
+within 1e-6 absolute. Multiplier 0 is bit-identical to no LoRA.
 """
 
 from __future__ import annotations
@@ -26,149 +29,42 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from modules.conditioning.flow_conditioner import FlowConditioner
-from modules.conditioning.prompt_parser import extract_extra_networks
 from modules.conditioning.t5_tokenizer import load_t5_tokenizer
 from modules.conditioning.tokenizer import ClipTokenizer
-from modules.models import flux_keys
 from modules.models.flow_model import FlowModel
 from modules.models.hashes import HashCache
 from modules.models.patcher import ModelPatcher
 from modules.networks.activate import NetworkRegistry, activate_networks
-from modules.networks.library import LoraLibrary
-from modules.networks.lora import activate_loras, merge_warnings, name_map
+from modules.networks.lora import name_map
 from modules.networks.names import NameMap
-from modules.nn.flux import FluxTransformer
-from tests.flow_tiny import TINY_FLUX_DEV, TINY_SD35, randomise
-from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
+from tests.flow_tiny import TINY_SD35
+from tests.helpers.flow_lora import (
+    ALPHA,
+    RANK,
+    assert_close,
+    diffusers_flux_velocity,
+    easel,
+    flow_model,
+    flux_inputs,
+    flux_twin,
+    kohya_from_peft,
+    peft_lora,
+    tiny_flux,
+    with_diffusers_lora,
+)
 from tests.helpers.lora_files import kohya_lora
 from tests.mmdit_configs import TINY_MMDITS, random_mmdit, sd3_diffusers_config
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-RANK, ALPHA = 4, 2.0
-RELATIVE_TOLERANCE = 1e-5
-
-
-def _randomise(model: nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator) * 0.1
-            param.copy_(noise + 1 if name.endswith(".scale") else noise)
-
-
-def flow_model(family, network: nn.Module) -> FlowModel:
-    """A `FlowModel` of `family` (random text encoders) with `network` as its transformer."""
-    model = FlowModel(family=family)
-    model.model.diffusion_model = network
-    for index, encoder in enumerate(model.text_encoders.values()):
-        randomise(encoder, seed=10 + index)
-    return model.eval().requires_grad_(False)
-
 
 @pytest.fixture(scope="module")
 def flux():
     """The tiny Flux [dev] `FlowModel` and its transformer's weights in diffusers' layout."""
-    config = TINY_FLUX_DEV.diffusion
-    network = FluxTransformer(config=config)
-    _randomise(network, seed=4)
-    return flow_model(TINY_FLUX_DEV, network), bfl_to_diffusers(network.state_dict(), config)
-
-
-def flux_twin(state: dict) -> nn.Module:
-    twin = diffusers_flux(TINY_FLUX_DEV.diffusion)
-    twin.load_state_dict(state, strict=True)
-    return twin.eval().requires_grad_(False)
-
-
-def peft_lora(twin: nn.Module, *, seed: int, alpha: float | None,
-              prefix: str = "transformer.", scale: float = 0.1) -> dict[str, torch.Tensor]:
-    """A rank-4 LoRA on every Linear of a diffusers / transformers model, PEFT's spelling."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, module in sorted(twin.named_modules()):
-        if not isinstance(module, nn.Linear):
-            continue
-        key = f"{prefix}{name}"
-        tensors[f"{key}.lora_A.weight"] = torch.randn(
-            RANK, module.in_features, generator=generator) * scale
-        tensors[f"{key}.lora_B.weight"] = torch.randn(
-            module.out_features, RANK, generator=generator) * scale
-        if alpha is not None:
-            tensors[f"{key}.alpha"] = torch.tensor(alpha)
-    return tensors
-
-
-def kohya_from_peft(peft: dict[str, torch.Tensor], alpha: float | None) -> dict:
-    """The same LoRA under BFL names, one (down, up) per fused linear of ours."""
-    parts: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for key, down in peft.items():
-        if key.endswith(".lora_A.weight"):
-            module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
-            target = flux_keys.bfl_target(module)
-            up = peft[key.replace(".lora_A.", ".lora_B.")]
-            parts.setdefault(target.module, {})[target.part] = (down, up)
-    tensors = {}
-    for module, found in parts.items():
-        ordered = [found[i] for i in range(len(found))]
-        up = torch.block_diag(*(u for _, u in ordered))
-        if module == flux_keys.SWAPPED_HALVES:  # diffusers' (scale, shift) -> BFL's order
-            up = torch.cat(up.chunk(2, dim=0)[::-1], dim=0)
-        name = "lora_unet_" + module.replace(".", "_")
-        tensors[f"{name}.lora_down.weight"] = torch.cat([d for d, _ in ordered], dim=0)
-        tensors[f"{name}.lora_up.weight"] = up
-        # Per part, scale alpha / rank; stacked, the rank is len(parts) times larger.
-        tensors[f"{name}.alpha"] = torch.tensor((alpha or RANK) * len(ordered))
-    return tensors
-
-
-def easel(model: nn.Module, folder, tag: str):
-    patcher = ModelPatcher(model=model)
-    library = LoraLibrary(folder=folder, hash_cache=HashCache(path=None))
-    activation = activate_loras(patcher, library, extract_extra_networks(tag)[1])
-    return activation, activation.warnings + merge_warnings(activation)
-
-
-def flux_inputs(config) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(7)
-    return dict(x=torch.randn(2, 16, 6, 8, generator=generator),
-                timesteps=torch.tensor([0.3, 0.9]),
-                context=torch.randn(2, 5, config.context_in_dim, generator=generator),
-                y=torch.randn(2, config.vec_in_dim, generator=generator),
-                guidance=torch.tensor([3.5, 2.0]))
-
-
-def diffusers_flux_velocity(twin: nn.Module, inputs: dict) -> torch.Tensor:
-    from diffusers import FluxPipeline
-
-    x = inputs["x"]
-    batch, channels, height, width = x.shape
-    out = twin(hidden_states=FluxPipeline._pack_latents(x, batch, channels, height, width),
-               encoder_hidden_states=inputs["context"], pooled_projections=inputs["y"],
-               timestep=inputs["timesteps"], guidance=inputs["guidance"],
-               img_ids=FluxPipeline._prepare_latent_image_ids(
-                   batch, height // 2, width // 2, x.device, x.dtype),
-               txt_ids=torch.zeros(inputs["context"].shape[1], 3)).sample
-    return FluxPipeline._unpack_latents(out, height * 8, width * 8, 8)
-
-
-def with_diffusers_lora(twin: nn.Module, path, multiplier: float) -> nn.Module:
-    from diffusers import FluxPipeline
-
-    state, alphas = FluxPipeline.lora_state_dict(str(path), return_alphas=True)
-    FluxPipeline.load_lora_into_transformer(state, alphas, twin, adapter_name="x")
-    twin.set_adapters(["x"], weights=[multiplier])
-    return twin
-
-
-def assert_close(ours: torch.Tensor, expected: torch.Tensor, scale: float) -> None:
-    assert ours.shape == expected.shape
-    error = (ours - expected).abs().max().item()
-    assert error <= RELATIVE_TOLERANCE * scale, (error, scale)
+    return tiny_flux()
 
 
 @pytest.mark.parametrize("alpha", [None, ALPHA], ids=["peft", "ai_toolkit_alpha"])
@@ -223,6 +119,29 @@ def test_flux_kohya_lora_gives_the_peft_weights(flux, tmp_path) -> None:
     expected = diffusers_flux_velocity(
         with_diffusers_lora(twin, tmp_path / "nolinear1.safetensors", 0.8), inputs)
     assert_close(from_file.patcher.unet()(**inputs), expected, expected.std().item())
+
+
+@torch.no_grad()
+def test_flux_peft_dora_matches_diffusers(flux, tmp_path) -> None:
+    """PEFT DoRA (`lora_magnitude_vector` per output row) on q/k/v parts: each part is
+    renormalised over its own rows of the fused weight, as diffusers' separate linears.
+    Multiplier 1: at other strengths A1111 blends W and the DoRA result, PEFT does not."""
+    model, state = flux
+    twin = flux_twin(state)
+    lora = peft_lora(twin, seed=8, alpha=None)
+    weights, generator = twin.state_dict(), torch.Generator().manual_seed(3)
+    for key in [k for k in lora if k.endswith(".lora_A.weight")]:
+        module = key.removesuffix(".lora_A.weight")
+        weight = weights[module.removeprefix("transformer.") + ".weight"]
+        noise = torch.randn(weight.shape[0], generator=generator)
+        lora[f"{module}.lora_magnitude_vector"] = weight.norm(dim=1) * (1 + 0.1 * noise)
+    save_file(lora, str(tmp_path / "dora.safetensors"))
+    activation, warnings = easel(model, tmp_path, "<lora:dora:1>")
+    assert not warnings, warnings
+    inputs = flux_inputs(model.unet.config)
+    expected = diffusers_flux_velocity(with_diffusers_lora(twin, tmp_path / "dora.safetensors",
+                                                           1.0), inputs)
+    assert_close(activation.patcher.unet()(**inputs), expected, expected.std().item())
 
 
 def sd3_pair(config):
