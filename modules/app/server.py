@@ -147,8 +147,8 @@ def _stopping_server(base):
 
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
-            if self.on_stop is not None:
-                self.on_stop()
+            if self.on_stop is not None:  # in a thread: a signal handler must not wait on locks
+                threading.Thread(target=self.on_stop, name="easel-stop", daemon=True).start()
 
     return StoppingServer
 
