@@ -45,6 +45,7 @@ from modules.models.flow_detection import (
 from modules.models.flow_families import FlowFamily
 from modules.models.flow_parts import PartFile, list_parts, pick_parts, resolve_modules
 from modules.models.flux_keys import diffusers_to_bfl
+from modules.models.gguf_io import is_gguf, read_gguf_header
 from modules.models.safetensors_io import TensorInfo
 from modules.models.sd3_keys import diffusers_to_sai
 from modules.models.single_file import load_file, read_file_header
@@ -68,6 +69,7 @@ class Source:
     path: str
     prefix: str = ""
     keys: tuple[str, ...] = ()  # names without the prefix
+    float8: bool = False  # some tensors are stored in float8 (kept low-bit when loaded)
     files: tuple[Path, ...] = ()
     convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
 
@@ -104,6 +106,10 @@ def plan_flow_checkpoint(path: str | os.PathLike[str], *, folders: Sequence[Path
         if found is None:
             return None
         header, metadata, sources = found
+    elif is_gguf(path):  # a quantized diffusion model (city96's GGUF files): BFL / SAI names
+        gguf = read_gguf_header(path)
+        header = {name: TensorInfo(shape=shape, dtype="F16") for name, shape in gguf.shapes.items()}
+        metadata, sources = dict(gguf.metadata), None
     else:
         file_header = read_file_header(path)
         header, metadata, sources = file_header.tensors, file_header.metadata, None
@@ -132,7 +138,10 @@ def plan_flow_checkpoint(path: str | os.PathLike[str], *, folders: Sequence[Path
 
 
 def _file_source(path: str, header: Mapping[str, TensorInfo], prefix: str) -> Source:
-    return Source(path=path, prefix=prefix, keys=tuple(shapes_under(header, prefix)))
+    float8 = any(info.dtype.startswith("F8") for key, info in header.items()
+                 if key.startswith(prefix))
+    return Source(path=path, prefix=prefix, keys=tuple(shapes_under(header, prefix)),
+                  float8=float8)
 
 
 def _with_part(family: FlowFamily, kind: str, part: PartFile) -> tuple[FlowFamily, Source]:

@@ -22,7 +22,9 @@ from torch import nn
 
 from modules.models.errors import ModelLoadError
 from modules.models.flow_families import FlowFamily
-from modules.models.flow_loader import DIFFUSION, VAE, FlowPlan
+from modules.models.flow_loader import DIFFUSION, VAE, FlowPlan, Source
+from modules.models.gguf_io import is_gguf
+from modules.models.lowbit_load import load_diffusion_weights
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.flux import FluxTransformer
 from modules.nn.mmdit import MMDiT
@@ -76,19 +78,46 @@ class FlowModel(nn.Module):
 
 
 def assemble_flow_model(plan: FlowPlan, *, dtype: torch.dtype, vae_dtype: torch.dtype,
-                        device: str | torch.device = "cpu") -> FlowModel:
-    """Build `plan.family`'s model on the meta device, then fill each part from its source."""
+                        device: str | torch.device = "cpu",
+                        storage_label: str = "Automatic") -> FlowModel:
+    """Build `plan.family`'s model on the meta device, then fill each part from its source.
+
+    :param storage_label: the `forge_unet_storage_dtype` setting: float8 / GGUF diffusion
+        weights stay low-bit (`lowbit_load.py`), or dense ones are converted
+    """
     with torch.device("meta"):
         model = FlowModel(family=plan.family)
     parts: dict[str, nn.Module] = {DIFFUSION: model.diffusion_model, VAE: model.vae,
                                    **dict(model.text_encoders.items())}
     for kind, module in parts.items():
         source = plan.sources[kind]
+        if kind == DIFFUSION and _low_bit(source, storage_label):
+            _fill_low_bit(module, source, storage_label, dtype=dtype, device=device)
+            continue
         tensors = source.read(dtype=vae_dtype if kind == VAE else dtype, device=device)
         _fill(module, tensors, kind, source.path)
         del tensors
     model.modules_used = tuple(part.name for part in plan.modules)
     return model.eval().requires_grad_(False)
+
+
+def _low_bit(source: Source, storage_label: str) -> bool:
+    """Whether the diffusion weights go through the low-bit loader (single files only)."""
+    if source.files:
+        return False
+    asked = storage_label != "Automatic" and source.path.endswith(".safetensors")
+    return is_gguf(source.path) or source.float8 or asked
+
+
+def _fill_low_bit(module: nn.Module, source: Source, storage_label: str, *,
+                  dtype: torch.dtype, device: str | torch.device) -> None:
+    try:
+        result = load_diffusion_weights(module, source.path, storage_label=storage_label,
+                                        compute_dtype=dtype, prefix=source.prefix, device=device)
+    except (RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise ModelLoadError(source.path, f"diffusion weights do not fit: {reason}") from error
+    _check_filled(module, result.missing, DIFFUSION, source.path)
 
 
 def _fill(module: nn.Module, tensors: Mapping[str, torch.Tensor], kind: str, path: str) -> None:
@@ -104,6 +133,10 @@ def _fill(module: nn.Module, tensors: Mapping[str, torch.Tensor], kind: str, pat
     except RuntimeError as error:  # size mismatch
         reason = str(error).strip().splitlines()[-1].strip()
         raise ModelLoadError(path, f"{kind} weights do not fit: {reason}") from error
+    _check_filled(module, missing, kind, path)
+
+
+def _check_filled(module: nn.Module, missing: list[str], kind: str, path: str) -> None:
     left = [name for name, t in [*module.named_parameters(), *module.named_buffers()]
             if t.is_meta]
     if missing or left:
