@@ -272,6 +272,10 @@ def test_gguf_flux_transformer_with_separate_parts(tmp_path, parts):
     writer.write_tensors_to_file()
     writer.close()
     model = load(tmp_path / "flux-Q8_0.gguf", models)
+    from modules.models.checkpoints import list_checkpoints
+
+    listed = [info.name for info in list_checkpoints([tmp_path])]
+    assert "flux-Q8_0.gguf" in listed  # listed as a checkpoint, as Forge does
     assert model.family.name == "flux_dev" and model.modules_used == ("ae", "clip_l",
                                                                         "t5xxl_fp16")
     assert _relative_error(_velocity(model), _velocity(dense)) < LOW_BIT_TOLERANCE

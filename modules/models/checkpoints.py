@@ -29,7 +29,8 @@ from modules.models.errors import ModelLoadError
 from modules.models.folders import walk_folders
 from modules.models.hashes import CHECKPOINT_SHORT, HashCache, legacy_model_hash, sha256_file
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+# `.gguf`: quantized SD3 / Flux diffusion models (flow_loader.py), listed as Forge does.
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".gguf")
 VAE_MARKERS = (".vae.ckpt", ".vae.safetensors", ".vae.pt")
 TRAILING_HASH = re.compile(r"\s*\[[^]]+]\s*$")
 
