@@ -20,6 +20,7 @@ from modules.conditioning.prompt_parser import extract_extra_networks, strip_com
 from modules.conditioning.sdxl import SizeConditioning
 from modules.devices import execution_device
 from modules.jobs import Cancellation, JobInterrupted, Progress
+from modules.pipeline import flow_plan
 from modules.pipeline.plan import LatentStart, Plan, sampler_options, schedule_options
 from modules.pipeline.previews import family_preview, preview_due
 from modules.pipeline.refiner import ModelSwitch, SwitchTarget, refiner_plan
@@ -82,6 +83,7 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
         skip_early_cond=settings.skip_early_cond,
         cfg_scale_multiplier=plan.sampler.cfg_scale_multiplier,
         record_uncond=plan.sampler.record_uncond,
+        skip_uncond_at_scale_one=family.is_flow,
         hooks=hooks,
     )
     if plan.refiner is not None:
@@ -113,7 +115,9 @@ def make_denoiser(plan: Plan, device) -> Denoiser | FlowDenoiser:
     """The unguided D(x, sigma) of the plan's (LoRA-patched) U-Net on its sigma table."""
     unet, loaded = plan.networks.unet, plan.loaded
     if loaded.family.is_flow:  # a velocity-predicting transformer (SD3, Flux.1)
-        return FlowDenoiser(partial(unet, cancel=plan.cancel), sigmas=loaded.sigmas.to(device),
+        # Flux.1 dev also takes its distilled guidance (`flow_plan.model_kwargs`).
+        unet = partial(unet, cancel=plan.cancel, **flow_plan.model_kwargs(plan))
+        return FlowDenoiser(unet, sigmas=loaded.sigmas.to(device),
                             timestep_scale=loaded.family.flow.timestep_scale)
     if plan.token_merging > 0:
         unet = partial(unet, token_merging=plan.token_merging)
