@@ -39,7 +39,8 @@ from modules.models.patcher import ModelPatcher
 from modules.networks.activate import NetworkRegistry, activate_networks
 from modules.networks.lora import name_map
 from modules.networks.names import NameMap
-from tests.flow_tiny import TINY_SD35
+from modules.nn.lowbit import LowBitLinear, to_low_bit
+from tests.flow_tiny import TINY_FLUX_DEV, TINY_SD35
 from tests.helpers.flow_lora import (
     ALPHA,
     RANK,
@@ -142,6 +143,27 @@ def test_flux_peft_dora_matches_diffusers(flux, tmp_path) -> None:
     expected = diffusers_flux_velocity(with_diffusers_lora(twin, tmp_path / "dora.safetensors",
                                                            1.0), inputs)
     assert_close(activation.patcher.unet()(**inputs), expected, expected.std().item())
+
+
+@torch.no_grad()
+def test_lora_on_float8_flux_equals_lora_on_its_rounded_weights(flux, tmp_path) -> None:
+    """A float8 (e4m3fn) transformer: the LoRA merges into the dequantized weights; the
+    result equals the same LoRA on a dense model holding those rounded weights."""
+    model, state = flux
+    save_file(peft_lora(flux_twin(state), seed=9, alpha=ALPHA),
+              str(tmp_path / "style.safetensors"))
+    low = to_low_bit(copy.deepcopy(model.unet), "float8_e4m3fn", compute_dtype=torch.float32)
+    dense = copy.deepcopy(model.unet)
+    dense.load_state_dict({k: v.float() for k, v in low.state_dict().items()})
+    outputs = []
+    for network in (low, dense):
+        activation, warnings = easel(flow_model(TINY_FLUX_DEV, network), tmp_path,
+                                     "<lora:style:0.9>")
+        assert not warnings, warnings
+        outputs.append(activation.patcher.unet()(**flux_inputs(network.config)))
+    assert isinstance(low.double_blocks[0].img_attn.qkv, LowBitLinear)
+    assert (outputs[0] - low(**flux_inputs(low.config))).abs().max() > 1e-2
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-6)
 
 
 def sd3_pair(config):

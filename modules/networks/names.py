@@ -82,8 +82,10 @@ def _targets(component: str, root: nn.Module, prefix: str = "") -> list[Target]:
     for path, module in root.named_modules():
         kind = _kind(module)
         if kind is not None and path:
+            # Low-bit layers (`modules.nn.lowbit`) know their shape without dequantizing.
+            shape = getattr(module, "weight_shape", None) or module.weight.shape
             found.append(Target(component=component, path=prefix + path, kind=kind,
-                                weight_shape=tuple(module.weight.shape),
+                                weight_shape=tuple(shape),
                                 has_bias=getattr(module, "bias", None) is not None))
     return found
 
