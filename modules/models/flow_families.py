@@ -76,8 +76,9 @@ def encoder(name: str, config) -> TextEncoderSpec:
 
 
 # SD3's CLIP-L and CLIP-G: penultimate hidden states (not normed) and the pooled vector.
+# Both are stored with transformers' names (`text_model.*`, G's `text_projection`).
 SD3_CLIP_L = replace(CLIP_L, layer=-2, final_norm=False, output_pooled=True)
-SD3_CLIP_G = CLIP_G
+SD3_CLIP_G = replace(CLIP_G, source_layout="clip_l")
 # Flux.1 reads only CLIP-L's pooled vector.
 FLUX_CLIP_L = replace(CLIP_L, output_pooled=True)
 SD3_ENCODERS = (encoder("clip_l", SD3_CLIP_L), encoder("clip_g", SD3_CLIP_G),
