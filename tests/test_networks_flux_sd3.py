@@ -101,12 +101,15 @@ def test_flux_kohya_lora_gives_the_peft_weights(flux, tmp_path) -> None:
     save_file(kohya_from_peft(peft, ALPHA), str(tmp_path / "kohya.safetensors"))
     from_peft, warnings = easel(model, tmp_path, "<lora:peft:0.8>")
     from_kohya, more = easel(model, tmp_path, "<lora:kohya:0.8>")
-    assert not warnings + more, warnings + more
+    # Half each: row parts and whole fused layers summed on the same layers.
+    halves, others = easel(model, tmp_path, "<lora:peft:0.4> <lora:kohya:0.4>")
+    assert not warnings + more + others, warnings + more + others
     peft_params = from_peft.patcher.merged().params["unet"]
-    kohya_params = from_kohya.patcher.merged().params["unet"]
-    assert set(peft_params) == set(kohya_params)
-    for name, tensor in peft_params.items():
-        torch.testing.assert_close(kohya_params[name], tensor, rtol=0, atol=1e-6, msg=name)
+    for other in (from_kohya, halves):
+        params = other.patcher.merged().params["unet"]
+        assert set(peft_params) == set(params)
+        for name, tensor in peft_params.items():
+            torch.testing.assert_close(params[name], tensor, rtol=0, atol=1e-6, msg=name)
     # diffusers' own kohya reader agrees on the output of the blocks' layers. (0.42.1's
     # reader splits `linear1` at the full-size widths, 3 x 3072 + 12288 rows, and names
     # the top-level layers without `transformer.`, so they never load: both left out.)

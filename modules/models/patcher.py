@@ -100,10 +100,9 @@ def _merge_layer(module: nn.Module, patches: list[WeightPatch],
             except (AdapterError, KeyError, RuntimeError) as error:
                 skipped.append((patch, str(error)))
                 continue
-            weight_delta = delta * patch.strength + (0 if weight_delta is None else weight_delta)
+            weight_delta = _accumulate(weight_delta, delta * patch.strength, weight, patch.rows)
             if bias_step is not None:
-                step = bias_step * patch.strength
-                bias_delta = step if bias_delta is None else bias_delta + step
+                bias_delta = _accumulate(bias_delta, bias_step * patch.strength, bias, patch.rows)
         new_weight = (None if weight_delta is None
                       else (weight.float() + weight_delta).to(weight.dtype))
         new_bias = (None if bias_delta is None
@@ -119,7 +118,7 @@ def _swap_halves(tensor: Tensor) -> Tensor:
 
 def _patch_delta(patch: WeightPatch, weight: Tensor,
                  bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """(dW, db) of one patch at strength 1, full-size; db None when there is none."""
+    """(dW, db) of one patch at strength 1 for its rows; db None when there is none."""
     part = weight if patch.rows is None else weight[patch.rows]
     # Adapters that read W (DoRA, (IA)^3) see it in the layout they were trained on.
     reference = _swap_halves(part) if patch.swap_halves else part
@@ -135,17 +134,17 @@ def _patch_delta(patch: WeightPatch, weight: Tensor,
     if patch.swap_halves:
         delta = _swap_halves(delta)
         bias_delta = None if bias_delta is None else _swap_halves(bias_delta)
-    if patch.rows is None:
-        return delta, bias_delta
-    return _placed(delta, weight, patch.rows), (
-        None if bias_delta is None else _placed(bias_delta, bias, patch.rows))
+    return delta, bias_delta
 
 
-def _placed(delta: Tensor, like: Tensor, rows: slice) -> Tensor:
-    """`delta` in rows `rows` of a float32 zero tensor shaped like `like`."""
-    full = torch.zeros(like.shape, dtype=delta.dtype, device=delta.device)
-    full[rows] = delta
-    return full
+def _accumulate(total: Tensor | None, step: Tensor, like: Tensor, rows: slice | None) -> Tensor:
+    """`total` + `step`, where `step` covers `rows` of a tensor shaped like `like`."""
+    if rows is None:
+        return step if total is None else step + total
+    if total is None:
+        total = torch.zeros(like.shape, dtype=step.dtype, device=step.device)
+    total[rows] += step
+    return total
 
 
 class PatchedCall:
