@@ -126,6 +126,11 @@ class CFGDenoiser:
     # The refiner (modules/pipeline/refiner.py): swaps the model and conds once it is due.
     switch: Any = None
 
+    @property
+    def is_flow(self) -> bool:
+        """True over a rectified-flow denoiser (`flow.FlowDenoiser`): see `renoise.py`."""
+        return bool(getattr(self.denoiser, "is_flow", False))
+
     def __post_init__(self) -> None:
         if len(self.conds) != len(self.unconds):
             raise ValueError(f"CFGDenoiser: {len(self.conds)} positive and "

@@ -144,6 +144,7 @@ class FlowDenoiser:
         self.sigmas = sigmas.float()
         self.timestep_scale = timestep_scale
         self.prediction = "flow"
+        self.is_flow = True  # samplers add their noise on the flow path (`renoise.py`)
 
     @property
     def sigma_min(self) -> float:

@@ -18,6 +18,8 @@ Rectified-flow models (SD3, Flux.1) pass their `flow.FlowSchedule` in
 `ScheduleOptions.flow`: schedules then work on its shifted table (see `flow.py`),
 Automatic means the sampler's default scheduler (DPM++ 2M: Karras, as the infotext says)
 or else Simple, there is no timestep grid, and the first noise is not rescaled.
+`start_sampler` passes `flow=True` to the sampler for a model whose `is_flow` is True,
+so that ancestral / SDE / Restart / LCM noise is added on the flow path (`renoise.py`).
 """
 
 from __future__ import annotations
@@ -351,9 +353,13 @@ class SamplerOptions:
     unipc_lower_order_final: bool = True
 
 
-def sampler_kwargs(sampler: SamplerSpec, options: SamplerOptions) -> dict[str, Any]:
-    """The keyword arguments A1111 passes to this sampler function."""
+def sampler_kwargs(sampler: SamplerSpec, options: SamplerOptions, *,
+                   flow: bool = False) -> dict[str, Any]:
+    """The keyword arguments A1111 passes to this sampler function (and `flow=True` for a
+    rectified-flow model: the samplers then add their noise on the flow path)."""
     kwargs = dict(sampler.fixed_kwargs)
+    if flow:
+        kwargs["flow"] = True
     kwargs.update({name: getattr(options, name) for name in sampler.extra_params})
     if sampler.eta_source is not None:
         default = options.eta_ancestral if sampler.eta_source == "ancestral" else options.eta_ddim
@@ -376,7 +382,10 @@ def default_noise_sampler(sampler: SamplerSpec, x: Tensor, sigmas: Tensor, *,
 
 def start_sampler(sampler: SamplerSpec, model: Model, x: Tensor, sigmas: Tensor, *,
                   options: SamplerOptions = SamplerOptions(),
-                  noise_sampler: NoiseSampler | None = None) -> SamplerGen:
-    """The sampler's generator, with A1111's options applied."""
+                  noise_sampler: NoiseSampler | None = None,
+                  flow: bool | None = None) -> SamplerGen:
+    """The sampler's generator, with A1111's options applied. `flow` None: the model's
+    `is_flow` attribute decides (`FlowDenoiser` and a `CFGDenoiser` over one say True)."""
+    flow = bool(getattr(model, "is_flow", False)) if flow is None else flow
     return sampler.function(model, x, sigmas, None, noise_sampler=noise_sampler,
-                            **sampler_kwargs(sampler, options))
+                            **sampler_kwargs(sampler, options, flow=flow))

@@ -9,6 +9,7 @@ sizes with a PID controller on the difference between an order-(k-1) and an orde
 solution (the paper's section 4.2, and Gustafsson's PI control). Both run from the
 schedule's largest sigma to its smallest non-zero one and return x at that sigma, as
 k-diffusion's `sample_dpm_fast` / `sample_dpm_adaptive` (MIT) do; written anew.
+With eta > 0 they are ancestral; `flow=True` takes a flow model's split (`renoise.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from modules.sampling.base import (
     require_noise,
     schedule_list,
 )
+from modules.sampling.renoise import Renoise, flow_sigma_down, raise_noise
 
 
 class _EpsCache:
@@ -95,6 +97,28 @@ def _ancestral_target(t: float, t_next: float, t_end: float, eta: float) -> tupl
     return t_down, math.sqrt(math.exp(-2 * t_next) - math.exp(-2 * t_down))
 
 
+def _ancestral_split(t: float, t_next: float, t_end: float, eta: float,
+                     flow: bool) -> tuple[float, Renoise]:
+    """`_ancestral_target` as (t_down, the noise to add): VE, or a flow model's split."""
+    if not flow:
+        t_down, sigma_up = _ancestral_target(t, t_next, t_end, eta)
+        return t_down, Renoise(math.exp(-t_down), 1.0, sigma_up)
+    sigma_down = flow_sigma_down(math.exp(-t), math.exp(-t_next), eta)
+    t_down = t_end if sigma_down <= math.exp(-t_end) else min(t_end, -math.log(sigma_down))
+    return t_down, raise_noise(math.exp(-t_down), math.exp(-t_next), flow=True)
+
+
+def _add_noise(x: Tensor, step: Renoise, s_noise: float, noise: NoiseSampler, t: float,
+               t_next: float) -> Tensor:
+    """The step's fresh noise (VE: `x + sigma_up * s_noise * z`, as k-diffusion writes it)."""
+    if not step.std:
+        return x
+    z = noise(math.exp(-t), math.exp(-t_next))
+    if step.scale == 1.0:
+        return x + step.std * s_noise * z
+    return step.add_noise(x, z, s_noise)
+
+
 def _sigma_range(sigmas: Tensor) -> tuple[float, float]:
     """The largest and the smallest non-zero sigma of a schedule."""
     positive = [s for s in schedule_list(sigmas) if s > 0]
@@ -106,7 +130,7 @@ def _sigma_range(sigmas: Tensor) -> tuple[float, float]:
 def sample_dpm_fast(model: Model, x: Tensor, sigmas: Tensor,
                     extra_args: dict[str, Any] | None = None, *,
                     noise_sampler: NoiseSampler | None = None, eta: float = 0.0,
-                    s_noise: float = 1.0) -> SamplerGen:
+                    s_noise: float = 1.0, flow: bool = False) -> SamplerGen:
     """DPM-Solver-fast: len(sigmas) - 1 model evaluations on uniform steps in t."""
     sigma_min, sigma_max = _sigma_range(sigmas)
     nfe = len(sigmas) - 1
@@ -119,11 +143,9 @@ def sample_dpm_fast(model: Model, x: Tensor, sigmas: Tensor,
     for i, order in enumerate(orders):
         cache = _EpsCache(model, extra_args)
         t, t_next = ts[i], ts[i + 1]
-        t_down, sigma_up = _ancestral_target(t, t_next, t_end, eta)
+        t_down, step = _ancestral_split(t, t_next, t_end, eta, flow)
         denoised = x - math.exp(-t) * cache.eps("eps", x, t)
-        x = _solver(order, cache, x, t, t_down)
-        if sigma_up:
-            x = x + sigma_up * s_noise * noise(math.exp(-t), math.exp(-t_next))
+        x = _add_noise(_solver(order, cache, x, t, t_down), step, s_noise, noise, t, t_next)
         yield SamplerStep(i, len(orders), x, denoised, math.exp(-t), math.exp(-t_next))
     return x
 
@@ -165,7 +187,7 @@ def sample_dpm_adaptive(model: Model, x: Tensor, sigmas: Tensor,
                         rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                         pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
                         accept_safety: float = 0.81, eta: float = 0.0,
-                        s_noise: float = 1.0) -> SamplerGen:
+                        s_noise: float = 1.0, flow: bool = False) -> SamplerGen:
     """DPM-Solver-12 / -23 with adaptive steps; yields one event per accepted step."""
     if order not in (2, 3):
         raise ValueError(f"DPM adaptive order must be 2 or 3, got {order}")
@@ -178,7 +200,7 @@ def sample_dpm_adaptive(model: Model, x: Tensor, sigmas: Tensor,
     while s < t_end - 1e-5:
         cache = _EpsCache(model, extra_args)
         t = min(t_end, s + pid.h)
-        t_down, sigma_up = _ancestral_target(s, t, t_end, eta)
+        t_down, step = _ancestral_split(s, t, t_end, eta, flow)
         denoised = x - math.exp(-s) * cache.eps("eps", x, s)
         # A lower- and a higher-order solution from the same evaluations.
         if order == 2:
@@ -189,9 +211,7 @@ def sample_dpm_adaptive(model: Model, x: Tensor, sigmas: Tensor,
         error = float(torch.linalg.norm((x_low - x_high) / delta)) / x.numel() ** 0.5
         if pid.propose(error):
             x_prev = x_low
-            x = x_high
-            if sigma_up:
-                x = x + sigma_up * s_noise * noise(math.exp(-s), math.exp(-t))
+            x = _add_noise(x_high, step, s_noise, noise, s, t)
             yield SamplerStep(accepted, len(sigmas) - 1, x, denoised, math.exp(-s), math.exp(-t))
             accepted, s = accepted + 1, t
     return x

@@ -7,6 +7,9 @@ constant D is x_next = (sigma_next / sigma) x - expm1(-h) D; higher orders corre
 with earlier evaluations (multistep "2M", "3M") or a midpoint evaluation ("2S").
 The SDE variants (Gonzalez et al. 2023 / Lu et al. 2022, section 5) add eta-weighted
 Brownian noise. Algorithms as in k-diffusion's `sampling.py` (MIT), written anew.
+With `flow=True` (rectified-flow models) the steps are the same and only the noise is
+added on the flow path (`renoise.py`); every SDE step is an ODE step to some sigma_down
+followed by noise, so the same rule applies.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from modules.sampling.base import (
     NoiseSampler,
     SamplerGen,
     SamplerStep,
-    ancestral_step,
     denoise,
     require_noise,
     schedule_list,
     to_d,
 )
+from modules.sampling.renoise import ancestral, raise_noise
 
 
 def _lam(sigma: float) -> float:
@@ -37,14 +40,15 @@ def _lam(sigma: float) -> float:
 def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor,
                               extra_args: dict[str, Any] | None = None, *,
                               noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
-                              s_noise: float = 1.0) -> SamplerGen:
+                              s_noise: float = 1.0, flow: bool = False) -> SamplerGen:
     """DPM-Solver++(2S), single-step second order, as an ancestral sampler."""
     sig = schedule_list(sigmas)
     noise = require_noise(noise_sampler, x)
     total = len(sig) - 1
     for i in range(total):
         denoised = denoise(model, x, sig[i], extra_args)
-        sigma_down, sigma_up = ancestral_step(sig[i], sig[i + 1], eta)
+        step = ancestral(sig[i], sig[i + 1], eta, flow=flow)
+        sigma_down = step.sigma_down
         if sigma_down == 0:
             x = x + to_d(x, sig[i], denoised) * (sigma_down - sig[i])
         else:
@@ -55,7 +59,7 @@ def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor,
             denoised_2 = denoise(model, x_2, sigma_mid, extra_args)
             x = (sigma_down / sig[i]) * x - math.expm1(-h) * denoised_2
         if sig[i + 1] > 0:
-            x = x + noise(sig[i], sig[i + 1]) * s_noise * sigma_up
+            x = step.add_noise(x, noise(sig[i], sig[i + 1]), s_noise)
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
     return x
 
@@ -63,7 +67,7 @@ def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor,
 def sample_dpmpp_sde(model: Model, x: Tensor, sigmas: Tensor,
                      extra_args: dict[str, Any] | None = None, *,
                      noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
-                     s_noise: float = 1.0, r: float = 0.5) -> SamplerGen:
+                     s_noise: float = 1.0, r: float = 0.5, flow: bool = False) -> SamplerGen:
     """DPM-Solver++ (stochastic, single-step second order), with an intermediate point at
     ratio r."""
     sig = schedule_list(sigmas)
@@ -75,35 +79,38 @@ def sample_dpmpp_sde(model: Model, x: Tensor, sigmas: Tensor,
             x = x + to_d(x, sig[i], denoised) * (sig[i + 1] - sig[i])
         else:
             x = _dpmpp_sde_step(model, x, denoised, sig[i], sig[i + 1], extra_args, noise, eta,
-                                s_noise, r)
+                                s_noise, r, flow)
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
     return x
 
 
 def _dpmpp_sde_step(model: Model, x: Tensor, denoised: Tensor, sigma: float, sigma_next: float,
                     extra_args: dict[str, Any] | None, noise: NoiseSampler, eta: float,
-                    s_noise: float, r: float) -> Tensor:
+                    s_noise: float, r: float, flow: bool) -> Tensor:
     """One DPM++ SDE step: an ancestral half step to sigma_s, then the full step with mixed D."""
     lam, lam_next = _lam(sigma), _lam(sigma_next)
     h = lam_next - lam
     sigma_s = math.exp(-(lam + h * r))
     fac = 1 / (2 * r)
     # Step 1: to the intermediate point, with noise.
-    sd, su = ancestral_step(sigma, sigma_s, eta)
+    step = ancestral(sigma, sigma_s, eta, flow=flow)
+    sd = step.sigma_down
     x_2 = (sd / sigma) * x - math.expm1(lam - _lam(sd)) * denoised
-    x_2 = x_2 + noise(sigma, sigma_s) * s_noise * su
+    x_2 = step.add_noise(x_2, noise(sigma, sigma_s), s_noise)
     denoised_2 = denoise(model, x_2, sigma_s, extra_args)
     # Step 2: the full step with a blend of both data predictions, with noise.
-    sd, su = ancestral_step(sigma, sigma_next, eta)
+    step = ancestral(sigma, sigma_next, eta, flow=flow)
+    sd = step.sigma_down
     denoised_d = (1 - fac) * denoised + fac * denoised_2
     x = (sd / sigma) * x - math.expm1(lam - _lam(sd)) * denoised_d
-    return x + noise(sigma, sigma_next) * s_noise * su
+    return step.add_noise(x, noise(sigma, sigma_next), s_noise)
 
 
 def sample_dpmpp_2m(model: Model, x: Tensor, sigmas: Tensor,
                     extra_args: dict[str, Any] | None = None, *,
-                    noise_sampler: NoiseSampler | None = None) -> SamplerGen:
-    """DPM-Solver++(2M): second-order multistep, first order on the first and last step."""
+                    noise_sampler: NoiseSampler | None = None, flow: bool = False) -> SamplerGen:
+    """DPM-Solver++(2M): second-order multistep, first order on the first and last step
+    (the same for flow models: no noise is added)."""
     sig = schedule_list(sigmas)
     total = len(sig) - 1
     old_denoised: Tensor | None = None
@@ -128,7 +135,8 @@ def sample_dpmpp_2m_sde(model: Model, x: Tensor, sigmas: Tensor,
                         extra_args: dict[str, Any] | None = None, *,
                         noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
                         s_noise: float = 1.0,
-                        solver_type: Literal["midpoint", "heun"] = "midpoint") -> SamplerGen:
+                        solver_type: Literal["midpoint", "heun"] = "midpoint",
+                        flow: bool = False) -> SamplerGen:
     """DPM-Solver++(2M) SDE: multistep second order with eta-weighted noise."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
@@ -153,7 +161,9 @@ def sample_dpmpp_2m_sde(model: Model, x: Tensor, sigmas: Tensor,
                 else:
                     coeff = -0.5 * math.expm1(-h - eta_h)
                 x = x + coeff * (1 / r) * (denoised - old_denoised)
-            if eta:
+            if eta and flow:
+                x = _flow_sde_noise(x, noise, sig[i], sig[i + 1], eta_h, s_noise)
+            elif eta:
                 scale = sig[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
                 x = x + noise(sig[i], sig[i + 1]) * scale
         old_denoised, h_last = denoised, h
@@ -164,7 +174,7 @@ def sample_dpmpp_2m_sde(model: Model, x: Tensor, sigmas: Tensor,
 def sample_dpmpp_3m_sde(model: Model, x: Tensor, sigmas: Tensor,
                         extra_args: dict[str, Any] | None = None, *,
                         noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0) -> SamplerGen:
+                        s_noise: float = 1.0, flow: bool = False) -> SamplerGen:
     """DPM-Solver++(3M) SDE: third-order multistep with eta-weighted noise."""
     sig = schedule_list(sigmas)
     noise = require_noise(noise_sampler, x)
@@ -180,12 +190,23 @@ def sample_dpmpp_3m_sde(model: Model, x: Tensor, sigmas: Tensor,
             h_eta = h * (eta + 1)
             x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
             x = x + _dpmpp_3m_correction(denoised, history, h, h_eta)
-            if eta:
+            if eta and flow:
+                x = _flow_sde_noise(x, noise, sig[i], sig[i + 1], h * eta, s_noise)
+            elif eta:
                 scale = sig[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
                 x = x + noise(sig[i], sig[i + 1]) * scale
         history = [(denoised, h)] + history[:1]
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
     return x
+
+
+def _flow_sde_noise(x: Tensor, noise: NoiseSampler, sigma: float, sigma_next: float,
+                    eta_h: float, s_noise: float) -> Tensor:
+    """The SDE samplers' noise for a flow model. Their deterministic part (the damped x)
+    is the ODE step to sigma_down = sigma_next e^(-eta h) (VE noise: sqrt(sigma_next^2 -
+    sigma_down^2)); a flow model raises it from there with `renoise.raise_noise`."""
+    step = raise_noise(sigma_next * math.exp(-eta_h), sigma_next, flow=True)
+    return step.add_noise(x, noise(sigma, sigma_next), s_noise)
 
 
 def _dpmpp_3m_correction(denoised: Tensor, history: list[tuple[Tensor, float | None]], h: float,

@@ -7,6 +7,7 @@ midpoint sigma_mid = sqrt(sigma * sigma_next) (Lu et al., 2022, DPM-Solver-2 in 
 form). The ancestral variants split each step into a deterministic step to sigma_down
 and fresh noise of size sigma_up (Ho et al., 2020). LMS is the linear multistep method
 on the ODE derivative with Lagrange-interpolation coefficients integrated exactly.
+`flow=True` (rectified-flow models): the same ODE steps, noise added as `renoise.py` derives.
 Algorithms as in k-diffusion's `sampling.py` (MIT); this is an independent write-up.
 """
 
@@ -24,28 +25,30 @@ from modules.sampling.base import (
     SamplerGen,
     SamplerStep,
     add_churn,
-    ancestral_step,
     churn_gamma,
     denoise,
     require_noise,
     schedule_list,
     to_d,
 )
+from modules.sampling.renoise import ancestral, flow_churn
 
 INF = float("inf")
 
 
 def sample_euler(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                  *, noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
+                 s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0,
+                 flow: bool = False) -> SamplerGen:
     """Euler's method, with optional churn (Karras et al. 2022, Algorithm 2 without the
     correction)."""
     sig = schedule_list(sigmas)
+    churn = flow_churn if flow else add_churn
     total = len(sig) - 1
     for i in range(total):
         # Optionally add noise, then one Euler step from sigma_hat.
         gamma = churn_gamma(sig[i], total, s_churn, s_tmin, s_tmax)
-        x, sigma_hat = add_churn(x, sig[i], gamma, s_noise, noise_sampler, sig[i + 1])
+        x, sigma_hat = churn(x, sig[i], gamma, s_noise, noise_sampler, sig[i + 1])
         denoised = denoise(model, x, sigma_hat, extra_args)
         x = x + to_d(x, sigma_hat, denoised) * (sig[i + 1] - sigma_hat)
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
@@ -55,31 +58,33 @@ def sample_euler(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, 
 def sample_euler_ancestral(model: Model, x: Tensor, sigmas: Tensor,
                            extra_args: dict[str, Any] | None = None, *,
                            noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0) -> SamplerGen:
+                           s_noise: float = 1.0, flow: bool = False) -> SamplerGen:
     """Euler steps to sigma_down, then fresh noise up to sigma_next."""
     sig = schedule_list(sigmas)
     noise = require_noise(noise_sampler, x)
     total = len(sig) - 1
     for i in range(total):
         denoised = denoise(model, x, sig[i], extra_args)
-        sigma_down, sigma_up = ancestral_step(sig[i], sig[i + 1], eta)
-        x = x + to_d(x, sig[i], denoised) * (sigma_down - sig[i])
+        step = ancestral(sig[i], sig[i + 1], eta, flow=flow)
+        x = x + to_d(x, sig[i], denoised) * (step.sigma_down - sig[i])
         # Re-noise (never after the final step to sigma = 0).
         if sig[i + 1] > 0:
-            x = x + noise(sig[i], sig[i + 1]) * s_noise * sigma_up
+            x = step.add_noise(x, noise(sig[i], sig[i + 1]), s_noise)
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
     return x
 
 
 def sample_heun(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                 *, noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
+                s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0,
+                flow: bool = False) -> SamplerGen:
     """Heun's second-order method (Karras et al. 2022, Algorithm 2); Euler on the last step to 0."""
     sig = schedule_list(sigmas)
+    churn = flow_churn if flow else add_churn
     total = len(sig) - 1
     for i in range(total):
         gamma = churn_gamma(sig[i], total, s_churn, s_tmin, s_tmax)
-        x, sigma_hat = add_churn(x, sig[i], gamma, s_noise, noise_sampler, sig[i + 1])
+        x, sigma_hat = churn(x, sig[i], gamma, s_noise, noise_sampler, sig[i + 1])
         denoised = denoise(model, x, sigma_hat, extra_args)
         d = to_d(x, sigma_hat, denoised)
         dt = sig[i + 1] - sigma_hat
@@ -97,13 +102,15 @@ def sample_heun(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, A
 
 def sample_dpm_2(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                  *, noise_sampler: NoiseSampler | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> SamplerGen:
+                 s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0,
+                 flow: bool = False) -> SamplerGen:
     """DPM-Solver-2 in sigma form: the midpoint derivative taken at sqrt(sigma * sigma_next)."""
     sig = schedule_list(sigmas)
+    churn = flow_churn if flow else add_churn
     total = len(sig) - 1
     for i in range(total):
         gamma = churn_gamma(sig[i], total, s_churn, s_tmin, s_tmax)
-        x, sigma_hat = add_churn(x, sig[i], gamma, s_noise, noise_sampler, sig[i + 1])
+        x, sigma_hat = churn(x, sig[i], gamma, s_noise, noise_sampler, sig[i + 1])
         denoised = denoise(model, x, sigma_hat, extra_args)
         x = _dpm_2_update(model, x, denoised, sigma_hat, sig[i + 1], extra_args)
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
@@ -126,17 +133,17 @@ def _dpm_2_update(model: Model, x: Tensor, denoised: Tensor, sigma: float, sigma
 def sample_dpm_2_ancestral(model: Model, x: Tensor, sigmas: Tensor,
                            extra_args: dict[str, Any] | None = None, *,
                            noise_sampler: NoiseSampler | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0) -> SamplerGen:
+                           s_noise: float = 1.0, flow: bool = False) -> SamplerGen:
     """DPM2 to sigma_down, then fresh noise up to sigma_next."""
     sig = schedule_list(sigmas)
     noise = require_noise(noise_sampler, x)
     total = len(sig) - 1
     for i in range(total):
         denoised = denoise(model, x, sig[i], extra_args)
-        sigma_down, sigma_up = ancestral_step(sig[i], sig[i + 1], eta)
-        x = _dpm_2_update(model, x, denoised, sig[i], sigma_down, extra_args)
+        step = ancestral(sig[i], sig[i + 1], eta, flow=flow)
+        x = _dpm_2_update(model, x, denoised, sig[i], step.sigma_down, extra_args)
         if sig[i + 1] > 0:
-            x = x + noise(sig[i], sig[i + 1]) * s_noise * sigma_up
+            x = step.add_noise(x, noise(sig[i], sig[i + 1]), s_noise)
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
     return x
 
@@ -154,8 +161,10 @@ def lms_coefficient(order: int, sig: list[float], i: int, j: int) -> float:
 
 
 def sample_lms(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, *,
-               noise_sampler: NoiseSampler | None = None, order: int = 4) -> SamplerGen:
-    """Linear multistep: x += sum_j c_j d_{i-j}, exact integrals of the interpolating polynomial."""
+               noise_sampler: NoiseSampler | None = None, order: int = 4,
+               flow: bool = False) -> SamplerGen:
+    """Linear multistep: x += sum_j c_j d_{i-j}, exact integrals of the interpolating polynomial
+    (the same for flow models: no noise is added)."""
     sig = schedule_list(sigmas)
     total = len(sig) - 1
     derivatives: list[Tensor] = []

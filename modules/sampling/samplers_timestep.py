@@ -9,7 +9,8 @@ update below is that formulation divided by sqrt(abar) of its target:
   with s = eta sqrt((1-abar_prev)/(1-abar_t) (1 - abar_t/abar_prev)) becomes
   x_prev = x0 + sigma_down eps + sigma_up z, where sigma_up = eta sigma_prev
   sqrt(sigma_t^2 - sigma_prev^2) / sigma_t and sigma_down^2 = sigma_prev^2 - sigma_up^2:
-  exactly the ancestral split of `base.ancestral_step` (eta = 0: an Euler step).
+  exactly the ancestral split of `base.ancestral_step` (eta = 0: an Euler step). For
+  flow models (`flow=True`) the split and the noise are `renoise.ancestral`'s.
 - DDIM CFG++ (Chung et al., 2024) takes the direction from the unconditional eps and a
   guidance scale divided by 12.5 (the registry sets the multiplier on the CFG denoiser).
 - PLMS (Liu et al., 2022, "Pseudo Numerical Methods for Diffusion Models"): Adams-
@@ -39,12 +40,12 @@ from modules.sampling.base import (
     NoiseSampler,
     SamplerGen,
     SamplerStep,
-    ancestral_step,
     denoise,
     require_noise,
     schedule_list,
     to_d,
 )
+from modules.sampling.renoise import ancestral
 
 
 class UncondRecordingModel(Model, Protocol):
@@ -54,20 +55,25 @@ class UncondRecordingModel(Model, Protocol):
 
 
 def sample_ddim(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                *, noise_sampler: NoiseSampler | None = None, eta: float = 0.0) -> SamplerGen:
+                *, noise_sampler: NoiseSampler | None = None, eta: float = 0.0,
+                flow: bool = False) -> SamplerGen:
     """DDIM with stochasticity eta (0: deterministic)."""
-    return _ddim(model, x, sigmas, extra_args, noise_sampler, eta, use_uncond_direction=False)
+    return _ddim(model, x, sigmas, extra_args, noise_sampler, eta, use_uncond_direction=False,
+                 flow=flow)
 
 
 def sample_ddim_cfgpp(model: UncondRecordingModel, x: Tensor, sigmas: Tensor,
                       extra_args: dict[str, Any] | None = None, *,
-                      noise_sampler: NoiseSampler | None = None, eta: float = 0.0) -> SamplerGen:
+                      noise_sampler: NoiseSampler | None = None, eta: float = 0.0,
+                      flow: bool = False) -> SamplerGen:
     """DDIM CFG++: the re-noising direction uses the unconditional prediction."""
-    return _ddim(model, x, sigmas, extra_args, noise_sampler, eta, use_uncond_direction=True)
+    return _ddim(model, x, sigmas, extra_args, noise_sampler, eta, use_uncond_direction=True,
+                 flow=flow)
 
 
 def _ddim(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None,
-          noise_sampler: NoiseSampler | None, eta: float, use_uncond_direction: bool) -> SamplerGen:
+          noise_sampler: NoiseSampler | None, eta: float, use_uncond_direction: bool, *,
+          flow: bool) -> SamplerGen:
     sig = schedule_list(sigmas)
     total = len(sig) - 1
     for i in range(total):
@@ -75,10 +81,10 @@ def _ddim(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | 
         direction_source = _last_uncond(model) if use_uncond_direction else denoised
         eps = to_d(x, sig[i], direction_source)
         # x0 plus the deterministic part of the noise, then fresh noise.
-        sigma_down, sigma_up = ancestral_step(sig[i], sig[i + 1], eta)
-        x = denoised + eps * sigma_down
-        if sigma_up:
-            x = x + require_noise(noise_sampler, x)(sig[i], sig[i + 1]) * sigma_up
+        step = ancestral(sig[i], sig[i + 1], eta, flow=flow)
+        x = denoised + eps * step.sigma_down
+        if step.std:
+            x = step.add_noise(x, require_noise(noise_sampler, x)(sig[i], sig[i + 1]))
         yield SamplerStep(i, total, x, denoised, sig[i], sig[i + 1])
     return x
 
@@ -96,8 +102,9 @@ AB_COEFFICIENTS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12),
 
 
 def sample_plms(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
-                *, noise_sampler: NoiseSampler | None = None) -> SamplerGen:
-    """PLMS: Adams-Bashforth on eps (orders 2-4), pseudo improved Euler on the first step."""
+                *, noise_sampler: NoiseSampler | None = None, flow: bool = False) -> SamplerGen:
+    """PLMS: Adams-Bashforth on eps (orders 2-4), pseudo improved Euler on the first step
+    (the same for flow models: no noise is added)."""
     sig = schedule_list(sigmas)
     total = len(sig) - 1
     old_eps: list[Tensor] = []  # newest last
@@ -164,8 +171,9 @@ def _unipc_update(model: Model, x: Tensor, history: list[tuple[Tensor, float]], 
 def sample_unipc(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                  *, noise_sampler: NoiseSampler | None = None, order: int = 3,
                  variant: Literal["bh1", "bh2"] = "bh1",
-                 lower_order_final: bool = True) -> SamplerGen:
-    """UniPC multistep (data prediction); the order is capped by the number of steps."""
+                 lower_order_final: bool = True, flow: bool = False) -> SamplerGen:
+    """UniPC multistep (data prediction); the order is capped by the number of steps
+    (the same for flow models: no noise is added)."""
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
     sig = schedule_list(sigmas)
