@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from modules.api.auth import ui_users
 from modules.errors import without_paths
 from webui import widgets
+from webui.panel import shows_distilled_cfg
 from webui.send_to import SendTarget, wire_send
 from webui.tabs import extensions as extensions_tab
 from webui.tabs import extras as extras_tab
@@ -90,6 +91,7 @@ def build_ui(runtime) -> gr.Blocks:
             wire_send(panel, targets, tabs)
             _wire_checkpoint_cards(runtime, top, panel)
         _wire_page_load(runtime, blocks, top, [t2i, i2i.panel], settings)
+        _wire_distilled_cfg(runtime, blocks, top, [t2i, i2i.panel])
     blocks.queue(max_size=64, default_concurrency_limit=1)
     return blocks
 
@@ -140,6 +142,18 @@ def _wire_checkpoint_cards(runtime, top: widgets.TopBar, panel) -> None:
         return widgets.select_checkpoint(runtime, title), ""
 
     pick.change(select, pick, [top.checkpoint, pick], concurrency_limit=1)
+
+
+def _wire_distilled_cfg(runtime, blocks: gr.Blocks, top: widgets.TopBar, panels: list) -> None:
+    """"Distilled CFG Scale" shows while the loaded model is Flux.1 dev: on page load and
+    whenever the checkpoint changes."""
+    sliders = [panel.fields["distilled_cfg_scale"] for panel in panels]
+
+    def show() -> list:
+        return [gr.update(visible=shows_distilled_cfg(runtime))] * len(sliders)
+
+    blocks.load(show, None, sliders, queue=False)
+    top.checkpoint.change(show, None, sliders, queue=False, show_progress="hidden")
 
 
 def _wire_page_load(runtime, blocks: gr.Blocks, top: widgets.TopBar, panels: list,

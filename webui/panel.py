@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from modules.pipeline.flow_plan import has_distilled_guidance
 from modules.pipeline.params import LATENT_UPSCALE_MODES
 from modules.sampling import registry
 from webui import fields as F
@@ -149,9 +150,19 @@ def build_size_and_batch(prefix: str, w: dict[str, Any], size: int) -> None:
                queue=False, show_progress="hidden")
 
 
-def build_cfg(prefix: str, w: dict[str, Any]) -> None:
+def build_cfg(prefix: str, w: dict[str, Any], runtime=None) -> None:
     w["cfg_scale"] = gr.Slider(1, 30, value=7.0, step=0.5, label="CFG Scale",
                                elem_id=f"{prefix}_cfg_scale")
+    # Forge's slider for Flux.1 dev's guidance input; shown only while such a model is loaded.
+    w["distilled_cfg_scale"] = gr.Slider(0, 30, value=3.5, step=0.1, label="Distilled CFG Scale",
+                                         elem_id=f"{prefix}_distilled_cfg_scale",
+                                         visible=shows_distilled_cfg(runtime))
+
+
+def shows_distilled_cfg(runtime) -> bool:
+    """Whether the loaded model takes a distilled guidance value (Flux.1 dev)."""
+    loaded = loaded_model(runtime) if runtime is not None else None
+    return loaded is not None and has_distilled_guidance(loaded.family)
 
 
 def build_seed_rows(prefix: str, w: dict[str, Any], tools: dict[str, gr.Button]) -> list[Any]:

@@ -63,7 +63,7 @@ def build(runtime) -> Img2ImgTab:
                                         label="Resize mode", elem_id="resize_mode")
             PN.build_sampler(PREFIX, w)
             _resize_rows(runtime, w)
-            PN.build_cfg(PREFIX, w)
+            PN.build_cfg(PREFIX, w, runtime)
             w["denoising_strength"] = gr.Slider(0, 1, value=0.75, step=0.01,
                                                 label="Denoising strength",
                                                 elem_id=f"{PREFIX}_denoising_strength")

@@ -54,7 +54,7 @@ def build(runtime) -> PN.GenerationPanel:
         with gr.Column(scale=1, elem_id=f"{PREFIX}_settings"):
             PN.build_sampler(PREFIX, w)
             PN.build_size_and_batch(PREFIX, w, PN.native_size(runtime))
-            PN.build_cfg(PREFIX, w)
+            PN.build_cfg(PREFIX, w, runtime)
             extra_rows = PN.build_seed_rows(PREFIX, w, tools)
             toggles = [PN.build_hires(runtime, PREFIX, w), PN.build_refiner(runtime, PREFIX, w)]
             scripts = build_scripts(runtime, PREFIX, is_img2img=False)
