@@ -66,6 +66,9 @@ def prepare_flow_plan(runtime, plan) -> None:
     check_size(plan.params, family)
     plan.loaded = with_flow_conditioner(plan.loaded, runtime.models.tokenizer())
     plan.extra_params.update(flow_infotext(plan.params, family))
+    # Forge's `Module 1: ae, Module 2: clip_l, ...`: the separate parts the model was built with.
+    modules = getattr(plan.loaded.model, "infotext", None)
+    plan.extra_params.update(modules() if modules else {})
 
 
 def flow_infotext(params, family) -> dict:

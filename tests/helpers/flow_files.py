@@ -32,6 +32,7 @@ TINY_FLUX = FluxConfig(hidden_size=64, num_heads=2, axes_dim=rope_axes(32), dept
                        guidance_embed=True)
 TINY_VAE = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=16, embed_dim=16,
                      use_quant_conv=False)
+PIPELINE_VAE = replace(TINY_VAE, ch_mult=(1, 1, 1, 1))
 TINY_CLIP_L = TextEncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 HEADS = {CLIP_HEADS_KEY: json.dumps({"clip_l": 2, "clip_g": 2})}  # not in the shapes
 TINY_CLIP_G = replace(TINY_CLIP_L, hidden_act="gelu", projection_dim=32)
@@ -47,12 +48,14 @@ def _randomised(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
 
 
-def random_parts(architecture: str, *, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Bare-named tensors of each part: "diffusion", "vae", "clip_l", ["clip_g"], "t5xxl"."""
+def random_parts(architecture: str, *, seed: int = 0, vae: VAEConfig | None = None
+                 ) -> dict[str, dict[str, torch.Tensor]]:
+    """Bare-named tensors of each part: "diffusion", "vae", "clip_l", ["clip_g"], "t5xxl";
+    `vae`: e.g. `PIPELINE_VAE` (8x down, as the pipeline's sizes assume)."""
     diffusion = (MMDiT(config=TINY_MMDIT) if architecture == "sd3"
                  else FluxTransformer(config=TINY_FLUX))
     parts = {"diffusion": _randomised(diffusion, seed),
-             "vae": _randomised(AutoencoderKL(config=TINY_VAE), seed + 1),
+             "vae": _randomised(AutoencoderKL(config=vae or TINY_VAE), seed + 1),
              "clip_l": _randomised(TextEncoder(config=TINY_CLIP_L).transformer, seed + 2)}
     if architecture == "sd3":
         parts["clip_g"] = _randomised(TextEncoder(config=TINY_CLIP_G).transformer, seed + 3)
