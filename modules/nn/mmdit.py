@@ -161,7 +161,8 @@ class MMDiT(nn.Module):
         rows, cols = x.shape[-2] // p, x.shape[-1] // p
         dtype = self.context_embedder.weight.dtype
         tokens = self.x_embedder(x.to(dtype))
-        tokens = tokens + self.cropped_pos_embed(rows, cols).to(tokens.dtype)
+        # `.to(tokens)`: under --lowvram only the blocks visit the device, not this buffer.
+        tokens = tokens + self.cropped_pos_embed(rows, cols).to(tokens)
         # Conditioning vector: timestep embedding + pooled text embedding.
         timesteps = timesteps.to(x.device).reshape(-1).expand(x.shape[0])
         c = self.t_embedder(timesteps) + self.y_embedder(y)
