@@ -144,21 +144,26 @@ def test_extras_refuses_a_result_over_the_limit(client):
         "upscaling_resize")
 
 
-def test_picture_routes_share_a_bounded_lane(client, runtime):
+@pytest.mark.parametrize("path, body", [
+    ("/sdapi/v1/png-info", {"image": picture(32)}),
+    ("/controlnet/detect", {"controlnet_module": "invert (from white bg & black line)",
+                            "controlnet_input_images": [picture(32)],
+                            "controlnet_processor_res": 32}),
+])
+def test_picture_routes_share_a_bounded_lane(client, runtime, path, body):
     lane = runtime.jobs.side_work
     for _ in range(SIDE_WORK_SLOTS):
         assert lane.acquire(timeout=5)
     answers = []
-    thread = threading.Thread(target=lambda: answers.append(
-        client.post("/sdapi/v1/png-info", json={"image": picture(32)})))
+    thread = threading.Thread(target=lambda: answers.append(client.post(path, json=body)))
     thread.start()
     time.sleep(0.5)
     waited = thread.is_alive() and not answers
     for _ in range(SIDE_WORK_SLOTS):
         lane.release()
     thread.join(30)
-    assert waited, "png-info ran while every slot of the lane was taken"
-    assert answers and answers[0].status_code == 200
+    assert waited, f"{path} ran while every slot of the lane was taken"
+    assert answers and answers[0].status_code == 200, answers[0].text[:300]
 
 
 # ---------------------------------------------------------------- stopping inside a step

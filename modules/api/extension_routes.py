@@ -11,6 +11,7 @@ offered.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -30,12 +31,18 @@ def auth_dependency(users: Mapping[str, str]) -> Callable:
 
 
 class ExtensionApp:
-    """What `app_started` callbacks get: a place to add authenticated API routes."""
+    """What `app_started` callbacks get: a place to add authenticated API routes.
 
-    def __init__(self, *, router: APIRouter, version: str):
+    `side_work` is the server's bounded lane for picture work done outside the job queue
+    (`JobQueue.side_work`): a route that decodes or processes client pictures holds it
+    (`with app.side_work:`) so that N clients cannot multiply memory.
+    """
+
+    def __init__(self, *, router: APIRouter, version: str, side_work=None):
         self._router = router
         self.version = version
         self.paths: list[str] = []
+        self.side_work = side_work if side_work is not None else contextlib.nullcontext()
 
     def add_api_route(self, path: str, endpoint: Callable, *,
                       methods: Sequence[str] = ("GET",), **options) -> None:
@@ -52,7 +59,8 @@ def register_extension_routes(app: FastAPI, runtime) -> ExtensionApp | None:
     app.state.easel_extension_routes = True
     users = api_users(runtime.args)
     router = APIRouter(route_class=ApiRoute, dependencies=[Depends(auth_dependency(users))])
-    extension_app = ExtensionApp(router=router, version=runtime.version)
+    extension_app = ExtensionApp(router=router, version=runtime.version,
+                                 side_work=runtime.jobs.side_work)
     runtime.extensions.call("app_started", extension_app)
     app.include_router(router)
     return extension_app

@@ -19,6 +19,7 @@ so they sit behind `--api-auth` like `/sdapi/v1/*`:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,11 @@ def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
     app.add_api_route("/controlnet/control_types", types)
     app.add_api_route("/controlnet/settings", lambda: {"control_net_unit_count": unit_count})
 
+    lane = getattr(app, "side_work", None) or contextlib.nullcontext()
+
     def detect_route(request: DetectRequest) -> dict[str, Any]:
-        return detect(request, annotator_dir)
+        with lane:  # one of the server's few picture-work slots (docs/security.md)
+            return detect(request, annotator_dir)
 
     app.add_api_route("/controlnet/detect", detect_route, methods=["POST"])
     app.add_api_route("/controlnet/render_openpose_json", render_openpose_json,
