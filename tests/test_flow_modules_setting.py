@@ -64,3 +64,8 @@ def test_a_file_in_the_folder_is_accepted(client):
     assert client.get("/sdapi/v1/options").json()[SETTING] == ["clip_l.safetensors"]
     response = client.post("/sdapi/v1/options", json={SETTING: []})
     assert response.status_code == 200
+
+
+def test_sd_modules_lists_the_parts(client):
+    listed = client.get("/sdapi/v1/sd-modules").json()
+    assert [item["model_name"] for item in listed] == ["clip_l.safetensors"]

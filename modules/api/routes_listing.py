@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 
 from modules.models.errors import ModelLoadError
+from modules.models.flow_parts import list_parts, module_folders
 from modules.models.safetensors_io import read_safetensors_header
 from modules.models.vae_select import list_vaes
 from modules.paths import UPSCALER_FOLDERS
@@ -78,7 +79,7 @@ class ListingRoutes:
         for path, handler in (
             ("samplers", self.samplers), ("schedulers", self.schedulers),
             ("upscalers", self.upscalers), ("latent-upscale-modes", self.latent_upscale_modes),
-            ("sd-models", self.sd_models), ("sd-vae", self.sd_vae),
+            ("sd-models", self.sd_models), ("sd-vae", self.sd_vae), ("sd-modules", self.sd_modules),
             ("hypernetworks", self.hypernetworks), ("face-restorers", self.empty_list),
             ("realesrgan-models", self.realesrgan_models), ("prompt-styles", self.prompt_styles),
             ("embeddings", self.embeddings), ("loras", self.loras), ("scripts", self.scripts),
@@ -135,6 +136,12 @@ class ListingRoutes:
         paths = self.runtime.paths
         return [{"model_name": path.name, "filename": str(path)}
                 for path in list_vaes(paths.vae_dir, paths.checkpoint_dirs)]
+
+    def sd_modules(self) -> list[dict[str, str]]:
+        """Forge's list of separate VAE / text encoder files (`forge_additional_modules`):
+        those whose header shows a flow-model part."""
+        return [{"model_name": part.path.name, "filename": str(part.path)}
+                for part in list_parts(module_folders(self.runtime.paths))]
 
     def hypernetworks(self) -> list[dict[str, str]]:
         """A1111's `[{name, path}]`: the `.pt` files of the hypernetwork folder."""
