@@ -59,6 +59,7 @@ def runtime(tmp_path_factory):
 
 def generate(runtime, prompt: str):
     result = finish(txt2img(runtime, Txt2ImgParams(prompt=prompt, **SMALL)))[0]
+    assert not result.warnings, result.warnings
     return np.asarray(result.images[0]), parse_infotext(result.infotexts[0])
 
 
