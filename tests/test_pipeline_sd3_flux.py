@@ -256,3 +256,58 @@ def test_xyz_plot_over_steps(setup):
     parsed = [parse_infotext(text) for text in result.infotexts[1:]]
     assert [p["Steps"] for p in parsed] == ["2", "3"]
     assert all(p["Distilled CFG Scale"] == "3.5" for p in parsed)
+
+
+def test_flux_hires_fix_takes_its_own_distilled_cfg(setup):
+    runtime, _ = setup
+    hires = dict(cfg_scale=1.0, enable_hr=True, denoising_strength=0.5, hr_scale=1.5,
+                 hr_upscaler="Latent", hr_second_pass_steps=2)
+    low, _ = finish(txt2img(runtime, request("flux", **hires, hr_distilled_cfg=1.0)))
+    high, _ = finish(txt2img(runtime, request("flux", **hires, hr_distilled_cfg=5.0)))
+    assert high.images[0].size == (96, 96)
+    parsed = parse_infotext(high.infotexts[0])
+    assert parsed["Distilled CFG Scale"] == "3.5"
+    assert parsed["Hires Distilled CFG Scale"] == "5.0"
+    assert low.images[0].tobytes() != high.images[0].tobytes()
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_inpainting_keeps_the_unmasked_part(setup, arch):
+    from PIL import Image
+
+    from modules.pipeline.img2img import img2img
+    from modules.pipeline.params import Img2ImgParams
+
+    runtime, _ = setup
+    init = Image.fromarray(np.tile(np.linspace(0, 255, SIZE, dtype=np.uint8)[None, :, None],
+                                   (SIZE, 1, 3)))
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, SIZE // 2, SIZE))  # repaint the left half
+    fields = {k: v for k, v in vars(request(arch, cfg_scale=1.0)).items()
+              if k in Img2ImgParams.__dataclass_fields__}
+    params = Img2ImgParams(**{**fields, "denoising_strength": 0.9}, init_images=[init],
+                           mask=mask, mask_blur_x=0, mask_blur_y=0)
+    result, _ = finish(img2img(runtime, params))
+    out, original = np.asarray(result.images[0], int), np.asarray(init, int)
+    assert np.abs(out - original)[:, SIZE // 2:].max() <= 1
+    assert np.abs(out - original)[:, :SIZE // 2].max() > 10
+
+
+def test_api_takes_distilled_cfg_scale_and_names_a_bad_size(setup):
+    from fastapi.testclient import TestClient
+
+    from modules.api.app import create_api_app
+    from tests.helpers.api_runtime import decode_png
+
+    runtime, _ = setup
+    client = TestClient(create_api_app(runtime))
+    body = {"prompt": "a cat", "width": SIZE, "height": SIZE, "steps": 2, "seed": 3,
+            "cfg_scale": 1, "distilled_cfg_scale": 2.0,
+            "override_settings": {"sd_model_checkpoint": "tiny_flux"}}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["parameters"]["distilled_cfg_scale"] == 2.0
+    image = decode_png(response.json()["images"][0])
+    assert parse_infotext(image.info["parameters"])["Distilled CFG Scale"] == "2.0"
+    response = client.post("/sdapi/v1/txt2img", json={**body, "width": 72})
+    assert response.status_code == 422 and "width" in response.text
