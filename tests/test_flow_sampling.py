@@ -141,7 +141,7 @@ def test_euler_with_cfg_matches_scheduler_step_loop() -> None:
 @pytest.mark.parametrize("sampler", [spec.label for spec in R.SAMPLERS])
 def test_every_sampler_runs_on_the_flow_denoiser(sampler) -> None:
     """Interface check: each sampler drives CFG over `FlowDenoiser` to a finite latent.
-    (Only the ODE samplers are flow-exact; ancestral / SDE noise is the VE formula.)"""
+    (The noise of ancestral / SDE samplers on flow models: tests/test_flow_ancestral.py.)"""
     spec = R.find_sampler(sampler)
     flow = FL.flow_schedule(FLUX_DEV_FLOW, 512, 512)
     context = torch.full((1, 8, 6), 0.4)

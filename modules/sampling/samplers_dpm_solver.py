@@ -100,7 +100,7 @@ def _ancestral_target(t: float, t_next: float, t_end: float, eta: float) -> tupl
 def _ancestral_split(t: float, t_next: float, t_end: float, eta: float,
                      flow: bool) -> tuple[float, Renoise]:
     """`_ancestral_target` as (t_down, the noise to add): VE, or a flow model's split."""
-    if not flow:
+    if not flow or not eta:
         t_down, sigma_up = _ancestral_target(t, t_next, t_end, eta)
         return t_down, Renoise(math.exp(-t_down), 1.0, sigma_up)
     sigma_down = flow_sigma_down(math.exp(-t), math.exp(-t_next), eta)
