@@ -119,6 +119,23 @@ def test_diffusers_folder(tmp_path, parts, arch):
     run_every_part(model)
 
 
+@pytest.mark.parametrize(("arch", "prefix"), [("sd3", "transformer."), ("flux", "")])
+def test_diffusers_named_transformer_file(tmp_path, parts, arch, prefix):
+    from safetensors.torch import save_file
+
+    from tests.helpers.flow_files import diffusers_transformer
+
+    models = tmp_path / "models"
+    write_separate(tmp_path / "unused.safetensors", models, parts[arch])
+    renamed = diffusers_transformer(arch, parts[arch]["diffusion"])
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({prefix + k: v.contiguous() for k, v in renamed.items()}, str(path))
+    model = load(path, models)
+    assert model.family.architecture == arch
+    assert_weights(model, parts[arch])  # renamed back to the reference names exactly
+    run_every_part(model)
+
+
 def test_chosen_modules_resolve_inside_the_folders_only(tmp_path, parts):
     models = tmp_path / "models"
     path = write_separate(tmp_path / "flux.safetensors", models, parts["flux"],

@@ -7,7 +7,8 @@ A model comes as one of:
   VAE) plus separate text encoders and VAE in their folders (`flow_parts.py`),
 * a diffusers folder (`model_index.json` naming `StableDiffusion3Pipeline` or
   `FluxPipeline`, with `transformer/`, `vae/`, `text_encoder*/`), renamed to the
-  reference names by `sd3_keys` / `flux_keys` / `diffusers_keys`.
+  reference names by `sd3_keys` / `flux_keys` / `diffusers_keys`; a diffusers-named
+  transformer saved as one file (bare or under `transformer.`) is renamed the same way.
 
 `plan_flow_checkpoint` reads headers only and returns a `FlowPlan`: the family (every
 config read off the shapes) and, for each part, a `Source` that reads its tensors later
@@ -64,7 +65,7 @@ FOLDER_ENCODERS = {
 @dataclass(frozen=True)
 class Source:
     """Where one part's tensors are: keys under `prefix` of one file, or a diffusers
-    component's files renamed by `convert`."""
+    component's files; `convert` renames diffusers names to the reference ones."""
 
     path: str
     prefix: str = ""
@@ -83,7 +84,8 @@ class Source:
             return self.convert(tensors) if self.convert else tensors
         loaded = load_file(self.path, keys=[self.prefix + key for key in self.keys],
                            dtype=dtype, device=device)
-        return {key[len(self.prefix):]: value for key, value in loaded.items()}
+        tensors = {key[len(self.prefix):]: value for key, value in loaded.items()}
+        return self.convert(tensors) if self.convert else tensors
 
 
 @dataclass(frozen=True)
@@ -101,29 +103,15 @@ def plan_flow_checkpoint(path: str | os.PathLike[str], *, folders: Sequence[Path
                          module_names: Sequence[str] = ()) -> FlowPlan | None:
     """The plan to load `path` as a flow model, or None when it is not one (headers only)."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        found = _folder_header(Path(path))
-        if found is None:
-            return None
-        header, metadata, sources = found
-    elif is_gguf(path):  # a quantized diffusion model (city96's GGUF files): BFL / SAI names
-        gguf = read_gguf_header(path)
-        header = {name: TensorInfo(shape=shape, dtype="F16") for name, shape in gguf.shapes.items()}
-        metadata, sources = dict(gguf.metadata), None
-    else:
-        file_header = read_file_header(path)
-        header, metadata, sources = file_header.tensors, file_header.metadata, None
+    found = _read_header(path)
+    if found is None:
+        return None
+    header, metadata, sources = found
     layout = detect_flow(header, metadata, path=path)
     if layout is None:
         return None
     family = layout.family
-    if sources is None:
-        sources = {DIFFUSION: _file_source(path, header, layout.diffusion_prefix)}
-        if layout.vae_prefix is not None:
-            sources[VAE] = _file_source(path, header, layout.vae_prefix)
-        for spec in family.text_encoders:
-            if spec.name in layout.encoders:
-                sources[spec.name] = _file_source(path, header, spec.prefix)
+    sources = sources or _layout_sources(path, header, layout)
     chosen = resolve_modules(module_names, folders) if module_names else []
     wanted = [kind for kind in (VAE, *family.needs) if kind not in sources]
     wanted += [part.kind for part in chosen if part.kind not in wanted]
@@ -135,6 +123,53 @@ def plan_flow_checkpoint(path: str | os.PathLike[str], *, folders: Sequence[Path
     check_encoder_widths(family, path=path)
     return FlowPlan(path=path, family=family, sources=sources,
                     modules=tuple(picked.values()), metadata=dict(metadata))
+
+
+def _read_header(path: str):
+    """(header, metadata, sources or None) of a folder, GGUF or single file; None: not flow."""
+    if os.path.isdir(path):
+        return _folder_header(Path(path))
+    if is_gguf(path):  # a quantized diffusion model (city96's GGUF files): BFL / SAI names
+        gguf = read_gguf_header(path)
+        header = {name: TensorInfo(shape=shape, dtype="F16") for name, shape in gguf.shapes.items()}
+        return header, dict(gguf.metadata), None
+    file_header = read_file_header(path)
+    diffusers = _diffusers_transformer(path, file_header.tensors)
+    if diffusers is not None:
+        header, sources = diffusers
+        return header, file_header.metadata, sources
+    return file_header.tensors, file_header.metadata, None
+
+
+def _layout_sources(path: str, header: Mapping[str, TensorInfo], layout) -> dict[str, Source]:
+    """Each part's keys in one file, under the prefixes `detect_flow` found."""
+    sources = {DIFFUSION: _file_source(path, header, layout.diffusion_prefix)}
+    if layout.vae_prefix is not None:
+        sources[VAE] = _file_source(path, header, layout.vae_prefix)
+    for spec in layout.family.text_encoders:
+        if spec.name in layout.encoders:
+            sources[spec.name] = _file_source(path, header, spec.prefix)
+    return sources
+
+
+def _diffusers_transformer(path: str, header: Mapping[str, TensorInfo]):
+    """A diffusers-named SD3 / Flux transformer saved as one file: (our header, sources)."""
+    for prefix in ("", "transformer."):
+        if prefix + "transformer_blocks.0.attn.to_q.weight" not in header:
+            continue
+        if prefix + "x_embedder.weight" in header:
+            convert = diffusers_to_bfl
+        elif prefix + "pos_embed.proj.weight" in header:
+            convert = diffusers_to_sai
+        else:
+            return None
+        keys = tuple(shapes_under(header, prefix))
+        source = Source(path=path, prefix=prefix, keys=keys, convert=convert)
+        meta = {key: torch.empty(header[prefix + key].shape, device="meta") for key in keys}
+        renamed = _renamed(meta, convert, Path(path))
+        return ({FOLDER_PREFIXES["transformer"] + key: info for key, info in renamed.items()},
+                {DIFFUSION: source})
+    return None
 
 
 def _file_source(path: str, header: Mapping[str, TensorInfo], prefix: str) -> Source:
@@ -233,6 +268,11 @@ def _converted_header(files: Sequence[Path], convert, where: Path) -> dict[str, 
     for file in files:
         meta |= {key: torch.empty(info.shape, dtype=info.torch_dtype, device="meta")
                  for key, info in read_file_header(file).tensors.items()}
+    return _renamed(meta, convert, where)
+
+
+def _renamed(meta: dict[str, torch.Tensor], convert, where: Path) -> dict[str, TensorInfo]:
+    """Shapes through a key converter (diffusers -> reference names), on the meta device."""
     try:
         renamed = convert(meta) if convert else meta
     except UnmappedKeysError as error:

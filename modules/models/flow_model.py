@@ -103,7 +103,7 @@ def assemble_flow_model(plan: FlowPlan, *, dtype: torch.dtype, vae_dtype: torch.
 
 def _low_bit(source: Source, storage_label: str) -> bool:
     """Whether the diffusion weights go through the low-bit loader (single files only)."""
-    if source.files:
+    if source.files or source.convert:  # diffusers names: renamed by the dense path
         return False
     asked = storage_label != "Automatic" and source.path.endswith(".safetensors")
     return is_gguf(source.path) or source.float8 or asked

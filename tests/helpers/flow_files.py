@@ -99,19 +99,24 @@ def write_separate(checkpoint: Path, models: Path, parts: dict[str, dict[str, to
     return checkpoint
 
 
-def write_diffusers(folder: Path, architecture: str, parts: dict[str, dict[str, torch.Tensor]]
-                    ) -> Path:
-    """A diffusers pipeline folder; the transformer renamed by diffusers' own converter
+def diffusers_transformer(architecture: str, tensors: dict[str, torch.Tensor]
+                          ) -> dict[str, torch.Tensor]:
+    """The diffusion model in diffusers' names, renamed by diffusers' own converter
     (through `tests/flux_oracle.py` for Flux, whose converter assumes full-size widths)."""
     from diffusers.loaders import single_file_utils as converters
 
     from tests.flux_oracle import bfl_to_diffusers
 
     if architecture == "sd3":
-        transformer = converters.convert_sd3_transformer_checkpoint_to_diffusers(
-            {"model.diffusion_model." + k: v.clone() for k, v in parts["diffusion"].items()})
-    else:
-        transformer = bfl_to_diffusers(parts["diffusion"], TINY_FLUX)
+        return converters.convert_sd3_transformer_checkpoint_to_diffusers(
+            {"model.diffusion_model." + k: v.clone() for k, v in tensors.items()})
+    return bfl_to_diffusers(tensors, TINY_FLUX)
+
+
+def write_diffusers(folder: Path, architecture: str, parts: dict[str, dict[str, torch.Tensor]]
+                    ) -> Path:
+    """A diffusers pipeline folder (`diffusers_transformer` names the transformer)."""
+    transformer = diffusers_transformer(architecture, parts["diffusion"])
     pipeline = "StableDiffusion3Pipeline" if architecture == "sd3" else "FluxPipeline"
     encoders = (["clip_l", "clip_g", "t5xxl"] if architecture == "sd3" else ["clip_l", "t5xxl"])
     folders = ["text_encoder", "text_encoder_2", "text_encoder_3"]
