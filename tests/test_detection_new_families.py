@@ -161,3 +161,12 @@ def test_full_size_encoders_match_the_files(tsv, name, parameters):
     assert ours == theirs
     # The README counts the file's tensors: T5's tied embedding twice.
     assert sum(math.prod(shape) for shape in ours.values()) == parameters
+
+
+def test_bitsandbytes_files_are_refused_by_name():
+    from modules.models.errors import ModelLoadError
+
+    header = prefixed(load_tsv("flux1_dev_transformer_bfl.tsv"), PREFIX)
+    header[PREFIX + "double_blocks.0.img_attn.qkv.weight.absmax"] = TensorInfo((4,), "F32")
+    with pytest.raises(ModelLoadError, match="bitsandbytes NF4"):
+        detect_flow(header)

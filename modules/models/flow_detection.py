@@ -90,6 +90,9 @@ def detect_flow(header: Mapping[str, TensorInfo], metadata: Mapping[str, object]
             break
     else:
         return None
+    if any(".quant_state." in key or key.endswith(".absmax") for key in header):
+        raise ModelLoadError(path, "bitsandbytes NF4 / FP4 weights are not supported; use a "
+                                   "16-bit, float8 or GGUF file of this model")
     family = diffusion_family(shapes_under(header, prefix), metadata or {}, path=path)
     vae_prefix = next((p for p in VAE_PREFIXES if p + "decoder.conv_out.weight" in header), None)
     if vae_prefix is not None:
