@@ -9,7 +9,9 @@ second-order samplers and 0.025 for the first-order ones (Euler a, DDIM eta, DPM
 Euler churn), whose discretisation leaves up to 0.015 at 250 steps in either
 parameterisation (it shrinks as 1/steps). The VE formula used on a flow model is off
 by 0.45+ in the mean (negative controls). The noise step itself is checked analytically
-(`renoise.py`), and eta = 0 must give the deterministic solver bit for bit.
+(`renoise.py`), and eta = 0 must give the deterministic solver bit for bit. Oracle: LCM
+on a flow model equals diffusers' `FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)`
+(atol 1e-5, float32).
 """
 
 from __future__ import annotations
@@ -242,3 +244,28 @@ def test_start_sampler_reads_is_flow_from_the_cfg_denoiser() -> None:
     assert "flow" not in record.kwargs  # SD1/SDXL: exactly the old keyword arguments
     R.start_sampler(spec, flow_cfg, x, sigmas, flow=False)
     assert "flow" not in record.kwargs
+
+
+def test_flow_lcm_equals_diffusers_stochastic_flow_match_euler() -> None:
+    """Oracle: diffusers' `FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)` steps
+    x <- (1 - sigma_next) * x0 + sigma_next * noise, our LCM on a flow model; same toy
+    velocity, same noise draws, float32: atol 1e-5 (x - D recomputes sigma * v)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, stochastic_sampling=True)
+    scheduler.set_timesteps(6)
+
+    def velocity(x, t, **_):
+        return torch.tanh(x) * (1 + t.view(-1, 1, 1, 1) / 1000) - 0.3
+
+    x0 = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    x = x0.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(velocity(x, t.view(1)), t, x, generator=gen).prev_sample
+    ours_gen = torch.Generator().manual_seed(2)
+    denoiser = FL.FlowDenoiser(velocity, sigmas=FL.FlowSchedule(shift=3.0).table())
+    ours = run_sampler(R.find_sampler("LCM").function(
+        lambda x, s: denoiser(x, s, context=None), x0.clone(), scheduler.sigmas, flow=True,
+        noise_sampler=lambda a, b: torch.randn(1, 4, 3, 3, generator=ours_gen)))
+    assert torch.allclose(ours, x, atol=1e-5, rtol=0), (ours - x).abs().max()
