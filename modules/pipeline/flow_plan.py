@@ -10,7 +10,8 @@ this module holds the rest, fixed when the job is planned:
   model (kept in its patcher's memos) when the loader did not attach one;
 * Flux.1 dev's distilled guidance: the request's `distilled_cfg_scale` (hires pass:
   `hr_distilled_cfg`) goes to the transformer as `guidance=`, and the infotext says
-  `Distilled CFG Scale` (and `Hires Distilled CFG Scale`), as Forge writes them.
+  `Distilled CFG Scale` (and `Hires Distilled CFG Scale`), as Forge writes them;
+* the separate files the model was assembled from: `Module 1: ae, Module 2: clip_l, ...`.
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ def prepare_flow_plan(runtime, plan) -> None:
     check_size(plan.params, family)
     plan.loaded = with_flow_conditioner(plan.loaded, runtime.models.tokenizer())
     plan.extra_params.update(flow_infotext(plan.params, family))
-    # Forge's `Module 1: ae, Module 2: clip_l, ...`: the separate parts the model was built with.
-    modules = getattr(plan.loaded.model, "infotext", None)
-    plan.extra_params.update(modules() if modules else {})
+    plan.extra_params.update(module_infotext(plan.loaded.model))
+
+
+def module_infotext(model) -> dict:
+    """Forge's `Module 1: ae, Module 2: clip_l, ...` for the separate parts a model uses."""
+    infotext = getattr(model, "infotext", None)
+    return dict(infotext()) if callable(infotext) else {}
 
 
 def flow_infotext(params, family) -> dict:
