@@ -170,3 +170,31 @@ def test_bitsandbytes_files_are_refused_by_name():
     header[PREFIX + "double_blocks.0.img_attn.qkv.weight.absmax"] = TensorInfo((4,), "F32")
     with pytest.raises(ModelLoadError, match="bitsandbytes NF4"):
         detect_flow(header)
+
+
+# Parameters of each part built on the meta device (the MMDiT's `pos_embed` is a buffer,
+# not counted); Flux and the VAE equal the fixture README's counts.
+FULL_SIZE_PARAMETERS = {
+    "sd3_medium": 2_028_328_000, "sd35_large": 8_056_627_520,
+    "sd35_large_turbo": 8_056_627_520, "sd35_medium": 2_243_171_520,
+    "flux_dev": 11_901_408_320, "flux_schnell": 11_891_178_560,
+}
+
+
+@pytest.mark.parametrize("family", FF.FLOW_FAMILIES, ids=lambda family: family.name)
+def test_full_size_families_build_on_meta(family):
+    import torch
+
+    from modules.models.flow_model import FlowModel
+
+    with torch.device("meta"):
+        model = FlowModel(family=family)
+
+    def count(module) -> int:
+        return sum(parameter.numel() for parameter in module.parameters())
+
+    assert count(model.diffusion_model) == FULL_SIZE_PARAMETERS[family.name]
+    assert count(model.vae) == 83_819_683
+    expected = {"clip_l": 123_060_480, "clip_g": 694_659_840, "t5xxl": 4_762_310_656}
+    assert {name: count(encoder) for name, encoder in model.text_encoders.items()} == {
+        name: expected[name] for name in family.needs}  # T5: its tied embedding once
