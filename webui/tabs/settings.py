@@ -88,7 +88,15 @@ def search_updates(query: str) -> list:
 
 
 def changed_values(current: Settings, values: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if getattr(current, name) != value}
+    return {name: value for name, value in values.items()
+            if not _same(getattr(current, name), value)}
+
+
+def _same(saved: Any, shown: Any) -> bool:
+    """A list setting is saved as a tuple and shown as a list."""
+    if isinstance(saved, tuple) and isinstance(shown, list):
+        shown = tuple(shown)
+    return saved == shown
 
 
 def apply_settings(runtime, values: dict[str, Any]) -> list:
@@ -115,4 +123,5 @@ def describe_error(message: str) -> str:
 
 def current_values(runtime) -> list:
     current = runtime.settings.current
-    return [getattr(current, name) for name in Settings.names()]
+    values = [getattr(current, name) for name in Settings.names()]
+    return [list(value) if isinstance(value, tuple) else value for value in values]
