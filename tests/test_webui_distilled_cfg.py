@@ -19,8 +19,8 @@ def fake_runtime(family, *, ready: bool = True):
     event = threading.Event()
     if ready:
         event.set()
-    return SimpleNamespace(ready=event, models=SimpleNamespace(current=SimpleNamespace(
-        family=family)))
+    models = SimpleNamespace(current=SimpleNamespace(family=family), checkpoints=lambda: [])
+    return SimpleNamespace(ready=event, models=models, upscalers=SimpleNamespace(names=list))
 
 
 def test_slider_shows_for_flux_dev_only():
@@ -44,9 +44,24 @@ def test_slider_value_becomes_the_request_field():
     assert F.params_from_fields({"distilled_cfg_scale": 2.0}).distilled_cfg_scale == 2.0
     assert F.params_from_fields({}).distilled_cfg_scale == 3.5
     assert F.label_for("distilled_cfg_scale") == "Distilled CFG Scale"
+    assert "hr_distilled_cfg" in F.FIELDS and "hr_distilled_cfg" not in F.COMMON_FIELDS
+    hires = F.params_from_fields({"enable_hr": True, "hr_distilled_cfg": 5.0})
+    assert hires.hr_distilled_cfg == 5.0 and F.params_from_fields({}).hr_distilled_cfg == 3.5
+
+
+def test_hires_slider_shows_for_flux_dev_only():
+    runtime = fake_runtime(TINY_FLUX_DEV)
+    with gr.Blocks():
+        shown, hidden = {}, {}
+        PN.build_hires(runtime, "txt2img", shown)
+        runtime.models.current = SimpleNamespace(family=TINY_SD15)
+        PN.build_hires(runtime, "txt2img", hidden)
+    assert shown["hr_distilled_cfg"].visible and not hidden["hr_distilled_cfg"].visible
+    assert shown["hr_distilled_cfg"].label == "Hires Distilled CFG Scale"
 
 
 def test_pasted_infotext_fills_the_slider():
     text = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 1, Distilled CFG Scale: 2.5, Seed: 1"
-    values = F.fields_from_infotext(text, Settings())
+    values = F.fields_from_infotext(text + ", Hires Distilled CFG Scale: 4.0", Settings())
     assert values["distilled_cfg_scale"] == 2.5 and values["cfg_scale"] == 1.0
+    assert values["hr_distilled_cfg"] == 4.0

@@ -145,9 +145,10 @@ def _wire_checkpoint_cards(runtime, top: widgets.TopBar, panel) -> None:
 
 
 def _wire_distilled_cfg(runtime, blocks: gr.Blocks, top: widgets.TopBar, panels: list) -> None:
-    """"Distilled CFG Scale" shows while the loaded model is Flux.1 dev: on page load and
-    whenever the checkpoint changes."""
-    sliders = [panel.fields["distilled_cfg_scale"] for panel in panels]
+    """"Distilled CFG Scale" (and its hires twin) shows while the loaded model is Flux.1 dev:
+    on page load and whenever the checkpoint changes."""
+    sliders = [panel.fields[name] for panel in panels
+               for name in ("distilled_cfg_scale", "hr_distilled_cfg") if name in panel.fields]
 
     def show() -> list:
         return [gr.update(visible=shows_distilled_cfg(runtime))] * len(sliders)

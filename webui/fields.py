@@ -39,7 +39,7 @@ HIRES_LABELS: dict[str, str] = {
     "hr_resize_x": "Resize width to", "hr_resize_y": "Resize height to",
     "hr_checkpoint_name": "Hires checkpoint", "hr_sampler_name": "Hires sampling method",
     "hr_scheduler": "Hires schedule type", "hr_prompt": "Hires prompt",
-    "hr_negative_prompt": "Hires negative prompt",
+    "hr_negative_prompt": "Hires negative prompt", "hr_distilled_cfg": "Hires Distilled CFG Scale",
 }
 FIELD_LABELS: dict[str, str] = {**COMMON_LABELS, **HIRES_LABELS}
 COMMON_FIELDS: tuple[str, ...] = tuple(COMMON_LABELS)
@@ -118,6 +118,7 @@ def hires_params(v: Mapping[str, Any]) -> dict[str, Any]:
                   hr_scale=v.get("hr_scale", 2.0), hr_resize_x=v.get("hr_resize_x", 0),
                   hr_resize_y=v.get("hr_resize_y", 0), hr_prompt=v.get("hr_prompt") or "",
                   hr_negative_prompt=v.get("hr_negative_prompt") or "",
+                  hr_distilled_cfg=v.get("hr_distilled_cfg", 3.5),
                   denoising_strength=v.get("denoising_strength", 0.7) if enabled else None)
     for name, same in (("hr_checkpoint_name", SAME_CHECKPOINT),
                        ("hr_sampler_name", SAME_SAMPLER), ("hr_scheduler", SAME_SCHEDULER)):

@@ -213,6 +213,10 @@ def build_hires(runtime, prefix: str, w: dict[str, Any]) -> tuple[Any, Any]:
                                          elem_id=f"{prefix}_hr_resize_x")
             w["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                          elem_id=f"{prefix}_hr_resize_y")
+        w["hr_distilled_cfg"] = gr.Slider(0, 30, value=3.5, step=0.1,
+                                          label="Hires Distilled CFG Scale",
+                                          elem_id=f"{prefix}_hr_distilled_cfg",
+                                          visible=shows_distilled_cfg(runtime))
         _hires_names(runtime, prefix, w)
     return w["enable_hr"], group
 
