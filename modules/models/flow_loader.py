@@ -4,7 +4,8 @@ A model comes as one of:
 
 * a single file with everything (ComfyUI / Forge / SAI all-in-one files),
 * a diffusion-model file (BFL's `flux1-dev.safetensors`, SAI's SD3.5 files with their
-  VAE) plus separate text encoders and VAE in their folders (`flow_parts.py`),
+  VAE, a `.gguf` quantization) plus separate text encoders and VAE in their folders
+  (`flow_parts.py`),
 * a diffusers folder (`model_index.json` naming `StableDiffusion3Pipeline` or
   `FluxPipeline`, with `transformer/`, `vae/`, `text_encoder*/`), renamed to the
   reference names by `sd3_keys` / `flux_keys` / `diffusers_keys`; a diffusers-named
