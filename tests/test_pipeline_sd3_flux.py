@@ -164,6 +164,7 @@ def test_sd35_generation_equals_stable_diffusion_3_pipeline(setup):
     assert ours["steps"] == STEPS and float(ours["sigmas"][0]) == 1.0
     pipe = sd3_pipeline(ours["plan"].loaded, vaes["sd3"])
     cond, uncond = ours["cond"], ours["uncond"]
+    assert cond.crossattn.shape == (77 + 256, 64) and cond.vector.shape == (64,)
     common = dict(prompt_embeds=cond.crossattn[None], pooled_prompt_embeds=cond.vector[None],
                   negative_prompt_embeds=uncond.crossattn[None],
                   negative_pooled_prompt_embeds=uncond.vector[None], guidance_scale=4.5,
@@ -182,6 +183,7 @@ def test_flux_dev_generation_equals_flux_pipeline(setup):
     ours = our_generation(runtime, request("flux", cfg_scale=1.0, distilled_cfg_scale=2.5))
     pipe = flux_pipeline(ours["plan"].loaded, vaes["flux"])
     noise, cond = ours["noise"], ours["cond"]
+    assert cond.crossattn.shape == (512, 64) and cond.vector.shape == (32,)  # dev: 512 T5 tokens
     channels, height, width = noise.shape[1:]
     packed = pipe._pack_latents(noise, 1, channels, height, width)
     common = dict(prompt_embeds=cond.crossattn[None], pooled_prompt_embeds=cond.vector[None],
