@@ -1,9 +1,9 @@
 """Flow models from users' layouts generate through the whole pipeline (tiny, random).
 
-An SD3.5-style all-in-one file and a Flux-style transformer with its parts in
-models/text_encoder/ and models/VAE/ are listed, loaded by the model manager and run by
-txt2img; the infotext names the separate parts as Forge does (`Module N`; pasting it back
-is tested in test_flow_modules_setting.py).
+An SD3.5-style all-in-one file (with T5, and without: completed from the folder) and a
+Flux-style transformer with its parts in models/text_encoder/ and models/VAE/ are listed,
+loaded by the model manager and run by txt2img; the infotext names the separate parts as
+Forge does (`Module N`; pasting it back is tested in test_flow_modules_setting.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from tests.helpers.flow_files import PIPELINE_VAE, random_parts, write_all_in_on
 def runtime(tmp_path_factory):
     data = tmp_path_factory.mktemp("flow-data")
     checkpoints = data / "models" / "Stable-diffusion"
-    write_all_in_one(checkpoints / "sd35-tiny.safetensors",
-                     random_parts("sd3", vae=PIPELINE_VAE))
+    sd3 = random_parts("sd3", vae=PIPELINE_VAE)
+    write_all_in_one(checkpoints / "sd35-tiny.safetensors", sd3)
+    without_t5 = {kind: tensors for kind, tensors in sd3.items() if kind != "t5xxl"}
+    write_all_in_one(checkpoints / "sd35-no-t5.safetensors", without_t5)  # incl_clips files
     write_separate(checkpoints / "flux-tiny.safetensors", data / "models",
                    random_parts("flux", seed=1, vae=PIPELINE_VAE))
     rt = Runtime.create(parse_args(["--data-dir", str(data), "--nowebui"]))
@@ -34,6 +36,7 @@ def runtime(tmp_path_factory):
 
 @pytest.mark.parametrize(("name", "modules"), [
     ("sd35-tiny", {}),
+    ("sd35-no-t5", {"Module 1": "t5xxl_fp16"}),  # completed by the folder's T5
     ("flux-tiny", {"Module 1": "ae", "Module 2": "clip_l", "Module 3": "t5xxl_fp16"}),
 ])
 def test_generates_with_parts_in_the_infotext(runtime, name, modules):

@@ -149,6 +149,15 @@ def test_chosen_modules_resolve_inside_the_folders_only(tmp_path, parts):
             resolve_modules([bad], folders(models))
 
 
+def test_sd3_without_t5_loads_without_it(tmp_path, parts):
+    without_t5 = {kind: tensors for kind, tensors in parts["sd3"].items() if kind != "t5xxl"}
+    model = load(write_all_in_one(tmp_path / "sd3_incl_clips.safetensors", without_t5),
+                 tmp_path / "models")  # empty folders
+    assert model.family.needs == ("clip_l", "clip_g") and "t5xxl" not in model.text_encoders
+    clip_g = model.text_encoders["clip_g"].transformer.state_dict()
+    assert all(torch.equal(clip_g[k], v) for k, v in parts["sd3"]["clip_g"].items())
+
+
 def test_flux_without_t5_is_one_clear_error(tmp_path, parts):
     models = tmp_path / "models"
     path = write_separate(tmp_path / "flux.safetensors", models, parts["flux"], t5_names=())

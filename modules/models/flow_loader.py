@@ -121,6 +121,8 @@ def plan_flow_checkpoint(path: str | os.PathLike[str], *, folders: Sequence[Path
                         path=path) if wanted else {}
     for kind, part in picked.items():
         family, sources[kind] = _with_part(family, kind, part)
+    family = replace(family, text_encoders=tuple(  # SD3 without T5: that encoder is left out
+        spec for spec in family.text_encoders if spec.name in sources))
     check_encoder_widths(family, path=path)
     return FlowPlan(path=path, family=family, sources=sources,
                     modules=tuple(picked.values()), metadata=dict(metadata))
@@ -207,7 +209,7 @@ def check_encoder_widths(family: FlowFamily, *, path: str) -> None:
                                    f"{family.label} takes {expected}: mismatched text encoders")
     width = (family.diffusion.context_in_channels if family.architecture == "sd3"
              else family.diffusion.context_in_dim)
-    if configs["t5xxl"].hidden_size != width:
+    if "t5xxl" in configs and configs["t5xxl"].hidden_size != width:
         raise ModelLoadError(path, f"the T5 text encoder is {configs['t5xxl'].hidden_size} wide, "
                                    f"{family.label} takes {width}: mismatched text encoder")
 

@@ -123,7 +123,8 @@ def fits(family: FlowFamily, part: PartFile) -> bool:
 def pick_parts(family: FlowFamily, missing: Sequence[str], *, chosen: Sequence[PartFile],
                available: Sequence[PartFile], folders: Sequence[Path],
                path: str) -> dict[str, PartFile]:
-    """A part for each `missing` kind: the chosen file of that kind, else the best fit."""
+    """A part for each `missing` kind: the chosen file of that kind, else the best fit.
+    SD3's T5 is optional (`optional_parts`): without one it is left out, not an error."""
     picked: dict[str, PartFile] = {}
     for kind in missing:
         named = [part for part in chosen if part.kind == kind]
@@ -134,10 +135,19 @@ def pick_parts(family: FlowFamily, missing: Sequence[str], *, chosen: Sequence[P
             picked[kind] = named[0]
             continue
         candidates = [part for part in available if part.kind == kind and fits(family, part)]
+        if not candidates and kind in optional_parts(family):
+            log.warning("%s: no T5-XXL text encoder found; %s runs without it (zeros in its "
+                        "place), with weaker prompt following", path, family.label)
+            continue
         if not candidates:
             raise ModelLoadError(path, missing_part_message(family, kind, folders))
         picked[kind] = min(candidates, key=lambda part: _preference(part, family))
     return picked
+
+
+def optional_parts(family: FlowFamily) -> frozenset[str]:
+    """Parts a family runs without: SD3's T5 (its context then has zeros there)."""
+    return frozenset({"t5xxl"}) if family.architecture == "sd3" else frozenset()
 
 
 def _preference(part: PartFile, family: FlowFamily) -> tuple[int, int, str]:
