@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from modules.models.patcher import ModelPatcher
+from modules.nn.flux import tiny_flux_config
 from modules.pipeline import flow_plan as FP
 from modules.pipeline.params import ParamsError, Txt2ImgParams
 from tests.flow_tiny import TINY_FLUX_DEV, TINY_SD35
@@ -28,6 +30,9 @@ def test_distilled_guidance_only_for_flux_dev():
     assert FP.model_kwargs(plan) == {"guidance": 2.0}
     plan.loaded.family = TINY_SD35
     assert FP.model_kwargs(plan) == {}
+    schnell = replace(TINY_FLUX_DEV, diffusion=tiny_flux_config(guidance_embed=False))
+    plan.loaded.family = schnell  # schnell has no guidance_in
+    assert FP.model_kwargs(plan) == {} and FP.flow_infotext(params, schnell) == {}
 
 
 def test_module_infotext_lists_the_separate_parts():
