@@ -1,6 +1,6 @@
 """The T5 v1.1 XXL encoder: full-size layout, tied-embedding loading, tokens.
 
-- Built on the meta device from `T5_XXL`, `T5Encoder.transformer` has exactly the tensors
+- Built on the meta device from `T5_XXL`, `T5TextEncoder.transformer` has exactly the tensors
   of `t5xxl_fp16.safetensors` (`tests/fixtures/t5xxl_encoder.tsv`, 220 tensors including
   both names of the tied embedding): 4,893,906,944 values over the file's 220 tensors (the
   fixture README's figure, which counts the 32128 x 4096 embedding twice), 4,762,310,656
@@ -20,27 +20,28 @@ import pytest
 import torch
 
 from modules.conditioning.t5_tokenizer import load_t5_tokenizer, t5_prompt_embeds, tokenize_t5
-from modules.nn.t5 import (
+from modules.nn.t5_encoder import (
     EMBED_TOKENS,
     SHARED,
     T5_XXL,
     T5Config,
-    T5Encoder,
-    T5LoadError,
+    T5TextEncoder,
     hf_t5_config,
 )
 from tests.test_fullsize_layout_nn import _assert_same_layout, _fixture_shapes
 
 T5_XXL_FILE_VALUES = 4_893_906_944  # all 220 tensors of the file, embedding twice
 T5_XXL_PARAMETERS = 4_762_310_656  # the tied embedding once
-TINY_T5 = T5Config(vocab_size=64, d_model=16, num_layers=2, num_heads=4, d_kv=4, d_ff=24,
-                   relative_attention_num_buckets=8, relative_attention_max_distance=16)
+TINY_T5 = T5Config(vocab_size=64, hidden_size=16, num_layers=2, num_heads=4, head_dim=4,
+                   intermediate_size=24, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16)
 
 
 def test_full_size_t5_xxl_matches_the_file() -> None:
     expected = _fixture_shapes("t5xxl_encoder.tsv", "")
     assert len(expected) == 220 and SHARED in expected and EMBED_TOKENS in expected
-    encoder = T5Encoder(config=T5_XXL, device="meta")
+    with torch.device("meta"):
+        encoder = T5TextEncoder(config=T5_XXL)
     _assert_same_layout(encoder.transformer, expected)
     assert sum(p.numel() for p in encoder.parameters()) == T5_XXL_PARAMETERS
     assert sum(t.numel() for t in encoder.transformer.state_dict().values()) == \
@@ -74,8 +75,8 @@ def test_tied_embedding_loads_from_either_name(reference, names, assign) -> None
              if k not in (SHARED, EMBED_TOKENS)}
     for name in names:
         state[name] = reference.shared.weight.detach().clone()
-    ours = T5Encoder(config=TINY_T5)
-    ours.load_checkpoint_weights(state, assign=assign)
+    ours = T5TextEncoder(config=TINY_T5)
+    assert ours.load_weights(state, assign=assign) == []
     transformer = ours.transformer
     assert transformer.encoder.embed_tokens.weight is transformer.shared.weight
     with torch.no_grad():
@@ -85,25 +86,37 @@ def test_tied_embedding_loads_from_either_name(reference, names, assign) -> None
     assert torch.equal(actual, expected)
 
 
-def test_bad_state_dicts_are_refused(reference) -> None:
+def test_missing_weights_are_reported_unknown_ignored(reference) -> None:
     state = dict(reference.state_dict())
-    ours = T5Encoder(config=TINY_T5)
-    with pytest.raises(T5LoadError, match="token embedding"):
-        ours.load_checkpoint_weights({k: v for k, v in state.items()
-                                      if k not in (SHARED, EMBED_TOKENS)})
-    with pytest.raises(T5LoadError, match="unknown keys"):
-        ours.load_checkpoint_weights({**state, "decoder.block.0.weight": torch.zeros(1)})
-    with pytest.raises(T5LoadError, match="missing"):
-        ours.load_checkpoint_weights({k: v for k, v in state.items() if ".block.1." not in k})
+    without_embedding = {k: v for k, v in state.items() if k not in (SHARED, EMBED_TOKENS)}
+    assert T5TextEncoder(config=TINY_T5).load_weights(without_embedding) == [SHARED]
+    extra = {**state, "decoder.block.0.weight": torch.zeros(1)}
+    assert T5TextEncoder(config=TINY_T5).load_weights(extra) == []
+    partial = {k: v for k, v in state.items() if ".block.1." not in k}
+    missing = T5TextEncoder(config=TINY_T5).load_weights(partial)
+    assert missing and all(".block.1." in key for key in missing)
 
 
 def test_float16_keeps_wo_in_float32() -> None:
-    encoder = T5Encoder(config=TINY_T5, dtype=torch.float16)
+    encoder = T5TextEncoder(config=TINY_T5, dtype=torch.float16)
     assert encoder.dtype == torch.float16
     assert encoder.transformer.encoder.block[0].layer[-1].DenseReluDense.wo.weight.dtype == \
         torch.float32
     assert encoder.transformer.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == \
         torch.float16
+
+
+def test_float16_file_loads_with_wo_in_float32(reference) -> None:
+    """The loader reads tensors already cast to float16; `wo` goes back to float32."""
+    half = {k: v.half() for k, v in reference.state_dict().items()}
+    with torch.device("meta"):
+        encoder = T5TextEncoder(config=TINY_T5)
+    assert encoder.load_weights(half) == []
+    wo = encoder.transformer.encoder.block[1].layer[-1].DenseReluDense.wo.weight
+    assert wo.dtype == torch.float32 and encoder.dtype == torch.float16
+    with torch.no_grad():
+        out = encoder(IDS)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
 
 
 def test_tokens_padded_and_truncated_like_the_pipelines() -> None:
@@ -114,7 +127,7 @@ def test_tokens_padded_and_truncated_like_the_pipelines() -> None:
     assert tokens.mask.tolist() == [[1] * 8 + [0] * 2, [1] + [0] * 9]
     short = tokenize_t5(tokenizer, ["a photo of a cat"], 5)
     assert short.ids.tolist() == [[3, 9, 1202, 13, 1]]  # truncated, EOS kept last
-    encoder = T5Encoder(config=replace(TINY_T5, vocab_size=32128))
+    encoder = T5TextEncoder(config=replace(TINY_T5, vocab_size=32128))
     embeds = t5_prompt_embeds(encoder, tokenizer, ["a photo of a cat"], 12)
     assert embeds.shape == (1, 12, 16)
     masked = t5_prompt_embeds(encoder, tokenizer, ["a photo of a cat"], 12, use_mask=True)

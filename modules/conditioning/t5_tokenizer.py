@@ -51,7 +51,7 @@ def tokenize_t5(tokenizer, prompts: list[str], max_length: int) -> T5Tokens:
 
 def t5_prompt_embeds(encoder, tokenizer, prompts: list[str], max_length: int, *,
                      use_mask: bool = False) -> torch.Tensor:
-    """(B, max_length, d_model) final hidden states of a `modules.nn.t5.T5Encoder`."""
+    """(B, max_length, d_model) final hidden states of a `modules.nn.t5_encoder.T5TextEncoder`."""
     tokens = tokenize_t5(tokenizer, prompts, max_length)
     device = encoder.transformer.shared.weight.device
     mask = tokens.mask.to(device) if use_mask else None

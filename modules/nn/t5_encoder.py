@@ -7,9 +7,13 @@ hidden states, the long text context of the MMDiT and of Flux.
 
 The network is transformers' `T5EncoderModel`, whose parameter names are those of the
 files users keep (`t5xxl_fp16.safetensors`: `shared.weight`, `encoder.block.N...`), so
-weights load by name. The token embedding is stored as `shared.weight`,
+weights load by name (all-in-one files add `text_encoders.t5xxl.transformer.`, which the
+loader strips). The token embedding is stored as `shared.weight`,
 `encoder.embed_tokens.weight` or both (the two are one tensor); `load_weights` fills
-both from whichever is present.
+both from whichever is present and keeps them one tensor.
+
+In float16 the feed-forward output projections `wo` stay float32 (as transformers keeps
+them): T5 v1.1's activations overflow float16 there otherwise.
 """
 
 from __future__ import annotations
@@ -74,33 +78,62 @@ def hf_t5_config(config: T5Config):
         relative_attention_num_buckets=config.relative_attention_num_buckets,
         relative_attention_max_distance=config.relative_attention_max_distance,
         feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
     )
 
 
 class T5TextEncoder(nn.Module):
     """Token ids (B, L) -> T5 encoder hidden states (B, L, hidden_size)."""
 
-    def __init__(self, *, config: T5Config) -> None:
+    def __init__(self, *, config: T5Config, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         from transformers import T5EncoderModel
 
         self.config = config
         # Built on the ambient default device: `with torch.device("meta")` costs nothing.
         self.transformer = T5EncoderModel(hf_t5_config(config))
+        self.transformer.eval()
+        if dtype is not None:
+            self.set_dtype(dtype)
 
-    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-        """Assign a file's tensors by name; returns the parameters left without weights."""
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.shared.weight.dtype
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Cast the weights; float16 keeps the `wo` projections in float32."""
+        self.transformer.to(dtype)
+        self._keep_wo_float32()
+
+    def _keep_wo_float32(self) -> None:
+        if self.dtype != torch.float16:
+            return
+        # Cast the weight's data in place of the parameter, so meta weights stay meta.
+        for block in self.transformer.encoder.block:
+            block.layer[-1].DenseReluDense.wo.float()
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], *,
+                     assign: bool = True) -> list[str]:
+        """Load a file's tensors by name; returns the parameters left without weights.
+
+        Keys the encoder does not have are ignored; the token embedding may come under
+        either name or both, and stays one tensor for both names.
+        """
         tensors = dict(state_dict)
         embedding = tensors.get(SHARED, tensors.get(EMBED_TOKENS))
         if embedding is not None:
-            tensors[SHARED] = tensors[EMBED_TOKENS] = embedding
+            tensors[SHARED] = embedding
+        tensors.pop(EMBED_TOKENS, None)
         expected = self.transformer.state_dict()
         result = self.transformer.load_state_dict(
-            {k: v for k, v in tensors.items() if k in expected}, strict=False, assign=True)
-        return list(result.missing_keys)
+            {k: v for k, v in tensors.items() if k in expected}, strict=False, assign=assign)
+        # An assign-load replaces `shared.weight`: tie the encoder's embedding to it again.
+        self.transformer.encoder.embed_tokens.weight = self.transformer.shared.weight
+        self._keep_wo_float32()
+        return [key for key in result.missing_keys if key != EMBED_TOKENS]
 
     def forward(self, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states; SD3 / Flux give no mask (padding tokens are attended to)."""
         output = self.transformer(input_ids=input_ids, attention_mask=attention_mask)
         return output.last_hidden_state
