@@ -62,6 +62,9 @@ def choose_vae_dtype(args, device: torch.device) -> torch.dtype:
 # U-Net width from which bf16 pays on a CPU: the demo (32 channels) is 10 % slower in
 # bf16, SD1.5 / SD2 / SDXL (320) 1.66x faster (docs/performance.md).
 CPU_BF16_MIN_UNET_CHANNELS = 192
+# The same for a flow family's diffusion transformer (SD3.x: 1536 and up, Flux.1: 3072);
+# flow families carry a placeholder U-Net config, so their width is the transformer's.
+CPU_BF16_MIN_HIDDEN_SIZE = 1024
 
 Precision = tuple[torch.dtype, torch.dtype]  # (U-Net and text encoders, VAE)
 
@@ -69,7 +72,7 @@ Precision = tuple[torch.dtype, torch.dtype]  # (U-Net and text encoders, VAE)
 def precision_policy(
     args, device: torch.device, *, native_bf16: Callable[[], bool] | None = None,
 ) -> Callable[[object], Precision]:
-    """Per checkpoint family (anything with `.unet.model_channels`): the dtypes to load it in.
+    """Per checkpoint family (`.unet.model_channels`, or a flow family's `.diffusion`): dtypes.
 
     The flags decide for every model, except on a CPU with native bf16 where none of
     `--no-half`, `--precision full` and `--bf16` is given: there a full-size family runs
@@ -82,10 +85,18 @@ def precision_policy(
         return lambda family: (weights, vae)
 
     def for_family(family) -> Precision:
-        if family.unet.model_channels < CPU_BF16_MIN_UNET_CHANNELS:
+        if not is_full_size(family):
             return weights, vae
         return torch.bfloat16, (vae if getattr(args, "no_half_vae", False) else torch.bfloat16)
     return for_family
+
+
+def is_full_size(family) -> bool:
+    """Whether a family is wide enough for bf16 to pay on a CPU (U-Net or transformer width)."""
+    diffusion = getattr(family, "diffusion", None)
+    if diffusion is not None:
+        return diffusion.hidden_size >= CPU_BF16_MIN_HIDDEN_SIZE
+    return family.unet.model_channels >= CPU_BF16_MIN_UNET_CHANNELS
 
 
 def cpu_has_native_bf16() -> bool:

@@ -58,6 +58,25 @@ def test_cpu_with_native_bf16_runs_full_size_models_in_bf16_and_small_ones_in_fp
     assert _policy([], CUDA)(DEMO_FAMILY) == (torch.float16, torch.float16)
 
 
+def test_flow_families_are_judged_by_the_transformer_width():
+    """Flow families carry a placeholder U-Net: their size is the transformer's hidden size."""
+    from modules.models.flow_families import (
+        FLUX_DEV_FAMILY,
+        FLUX_SCHNELL_FAMILY,
+        SD3_MEDIUM_FAMILY,
+        SD35_MEDIUM_FAMILY,
+    )
+    from tests.flow_tiny import TINY_FLUX_DEV, TINY_SD35
+
+    bf16, fp32 = (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)
+    for family in (SD3_MEDIUM_FAMILY, SD35_MEDIUM_FAMILY, FLUX_DEV_FAMILY, FLUX_SCHNELL_FAMILY):
+        assert devices.is_full_size(family) and _policy([])(family) == bf16, family.name
+    for family in (TINY_SD35, TINY_FLUX_DEV):
+        assert not devices.is_full_size(family) and _policy([])(family) == fp32, family.name
+    assert _policy(["--bf16"])(TINY_FLUX_DEV) == bf16
+    assert _policy([], native=False)(FLUX_DEV_FAMILY) == fp32
+
+
 def test_manager_loads_each_family_in_the_policy_dtypes(tmp_path):
     runtime = tiny_runtime(tmp_path, {"tiny": TINY_SD15})
     runtime.models.precision = lambda family: (torch.bfloat16, torch.float32)
