@@ -94,6 +94,7 @@ class Runtime:
             compile_mode=compile_mode,
             precision=devices.precision_policy(args, device),
             modules_source=lambda: list(settings.current.forge_additional_modules),
+            storage_source=lambda: settings.current.forge_unet_storage_dtype,
         )
         from modules.networks.activate import NetworkRegistry
 

@@ -2,7 +2,8 @@
 
 `ModelManager._load` asks `plan_for` first: a file or folder that is a flow model gets a
 `FlowPlan` (headers only, separate parts chosen from the folders and the
-`forge_additional_modules` setting), and `load_flow` assembles it into a `LoadedModel`
+`forge_additional_modules` setting), and `load_flow` assembles it (diffusion weights stored
+as `forge_unet_storage_dtype` says, `storage_option.py`) into a `LoadedModel`
 whose `family` is a `FlowFamily` (prediction "flow", shift in `family.flow`, generation
 defaults in `family.defaults`) and whose `model` is a `FlowModel` (transformer, VAE with
 its latent scale/shift in `family.vae`, text encoders by name). Its `conditioner` is a
@@ -26,6 +27,7 @@ from modules.models.flow_model import FlowModel, assemble_flow_model
 from modules.models.flow_parts import MODULES_SETTING, module_folders
 from modules.models.offload import ComponentPlacer, MemoryMode
 from modules.models.patcher import ModelPatcher
+from modules.models.storage_option import STORAGE_SETTING, requested_storage, storage_stale
 from modules.nn.attention import set_attention_backend, set_attention_upcast
 from modules.sampling.flow import flow_schedule
 
@@ -54,9 +56,11 @@ def plan_for(manager, info: CheckpointInfo) -> FlowPlan | None:
 
 
 def stale(manager, loaded) -> bool:
-    """A cached flow model built with other `forge_additional_modules` than asked now."""
+    """A cached model built with other `forge_additional_modules` (flow models) or another
+    `forge_unet_storage_dtype` (every model) than asked now."""
     built = loaded.metadata.get(MODULES_SETTING)
-    return built is not None and tuple(built) != requested_modules(manager)
+    changed = built is not None and tuple(built) != requested_modules(manager)
+    return changed or storage_stale(manager, loaded)
 
 
 def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
@@ -67,7 +71,9 @@ def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
     mode = manager.memory_policy(family)
     device = manager.device if mode is MemoryMode.NORMAL else torch.device("cpu")
     dtype, vae_dtype = manager.precision(family)
-    model = assemble_flow_model(plan, dtype=dtype, vae_dtype=vae_dtype, device=device)
+    storage = requested_storage(manager)
+    model = assemble_flow_model(plan, dtype=dtype, vae_dtype=vae_dtype, device=device,
+                                storage_label=storage)
     _configure(manager, model)
     placer = ComponentPlacer(components={"text_encoders": model.text_encoders,
                                          "unet": model.unet, "vae": model.vae},
@@ -83,7 +89,8 @@ def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
         tokenizer=manager.tokenizer(), family=family)
     return LoadedModel(info=info, family=family, model=model, conditioner=conditioner,
                        sigmas=flow_schedule(family.flow).table(), sha256=sha256,
-                       metadata={**plan.metadata, MODULES_SETTING: requested_modules(manager)},
+                       metadata={**plan.metadata, MODULES_SETTING: requested_modules(manager),
+                                 STORAGE_SETTING: storage},
                        placer=placer, patcher=patcher)
 
 

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ from modules.models.loader import inspect_checkpoint, load_state_dict, load_vae_
 from modules.models.offload import ComponentPlacer, MemoryMode
 from modules.models.patcher import ModelPatcher
 from modules.models.sd_model import StableDiffusionModel
+from modules.models.storage_option import store_unet
 from modules.models.vae_select import resolve_vae
 from modules.nn.attention import set_attention_upcast
 from modules.nn.autoencoder import AutoencoderKL
@@ -103,7 +104,8 @@ class ModelManager:
                  channels_last: bool = False, upcast_attention: bool = False,
                  compile_mode: str | None = None,
                  precision: Callable[[Family], tuple[torch.dtype, torch.dtype]] | None = None,
-                 modules_source: Callable[[], list[str]] | None = None) -> None:
+                 modules_source: Callable[[], list[str]] | None = None,
+                 storage_source: Callable[[], str] | None = None) -> None:
         """
         :param cache_limit_source: read at every load for the number of checkpoints to keep
             (the `sd_checkpoints_limit` setting); `cache_limit` when not given
@@ -115,6 +117,7 @@ class ModelManager:
         :param precision: (weights dtype, VAE dtype) per family (`devices.precision_policy`);
             `dtype` and `vae_dtype` for every family when not given
         :param modules_source: the `forge_additional_modules` setting (SD3 / Flux parts)
+        :param storage_source: the `forge_unet_storage_dtype` setting (models/storage_option)
         """
         self.paths = paths
         self.device = device
@@ -126,6 +129,7 @@ class ModelManager:
         self.memory_policy = memory_policy or (lambda family: MemoryMode.NORMAL)
         self.precision = precision or (lambda family: (self.dtype, self.vae_dtype))
         self.modules_source = modules_source or list
+        self.storage_source = storage_source or (lambda: "Automatic")
         self.job_modules: tuple[str, ...] | None = None  # one get()'s, under the lock
         self.channels_last = channels_last
         self.upcast_attention = upcast_attention
@@ -343,11 +347,11 @@ class ModelManager:
         state = load_state_dict(info.path, dtype=dtype, device=load_device)
         model = build_model(family, state, path=info.path)
         del state
+        storage = store_unet(self, model.unet, dtype)  # forge_unet_storage_dtype
         model.vae.to(vae_dtype)
-        model.unet.set_attention_backend(self.attention)
-        model.vae.set_attention_backend(self.attention)
-        model.unet.set_channels_last(self.channels_last)
-        model.vae.set_channels_last(self.channels_last)
+        for part in (model.unet, model.vae):
+            part.set_attention_backend(self.attention)
+            part.set_channels_last(self.channels_last)
         set_attention_upcast(model, self.upcast_attention)
         model.eval().requires_grad_(False)
         if self.compile_mode is not None:
@@ -357,11 +361,8 @@ class ModelManager:
                                              "unet": model.unet, "vae": model.vae},
                                  device=self.device, mode=mode)
         sha256 = self.hash_cache.sha256(info.hash_target) if self.hashing else None
-        if sha256:
-            info = CheckpointInfo(path=info.path, name=info.name, legacy_hash=info.legacy_hash,
-                                  sha256=sha256)
-        # The shared conditioner calls the encoders through the patcher (no patches: plain
-        # calls), so it holds the model's lock as a LoRA job's patched calls do.
+        info = replace(info, sha256=sha256) if sha256 else info
+        # The conditioner calls the encoders through the patcher: it holds the model's lock.
         patcher = ModelPatcher(model=model)
         encoders = [patcher.text_encoder(spec.name) for spec in family.text_encoders]
         return LoadedModel(
@@ -369,7 +370,7 @@ class ModelManager:
                 family.schedule, zero_terminal_snr=family.zero_terminal_snr),
             conditioner=Conditioner(encoders=encoders, tokenizer=self.tokenizer(),
                                     family=family),
-            sha256=sha256, metadata=dict(header.metadata), placer=placer, patcher=patcher,
+            sha256=sha256, metadata={**header.metadata, **storage}, placer=placer, patcher=patcher,
         )
 
     def tokenizer(self) -> ClipTokenizer:

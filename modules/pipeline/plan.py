@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from modules.jobs import Cancellation, current_cancellation
+from modules.models.storage_option import storage_infotext
 from modules.networks.activate import ActiveNetworks, NetworkRegistry, activate_networks
 from modules.pipeline.flow_plan import prepare_flow_plan
 from modules.pipeline.limits import PixelBudget, check_pixel_budget
@@ -94,6 +95,7 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
                 warnings=[], token_merging=settings.token_merging_ratio,
                 cancel=current_cancellation())
     prepare_flow_plan(runtime, plan)  # SD3.x / Flux.1: size check, conditioner, infotext
+    plan.extra_params.update(storage_infotext(plan.loaded))  # Diffusion in Low Bits
     plan.networks = activate_networks(
         runtime.networks or NetworkRegistry.for_paths(runtime.paths, runtime.models.hash_cache),
         plan.loaded, plan.prompts, plan.negative_prompts, comments=settings.enable_prompt_comments)
