@@ -5,9 +5,14 @@ with the setting at "float8-e4m3fn": the U-Net / transformer holds low-bit layer
 infotext says `Diffusion in Low Bits: float8-e4m3fn`, and the model was reloaded for the
 change. Back at "Automatic" the model is reloaded dense and gives bit for bit the image
 it gave before (tolerance 0), without the infotext key.
+
+`.sft` (Flux's other extension for safetensors) is listed as a checkpoint and read as
+safetensors: a copy of the Flux file under that name loads low-bit and gives the same image.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -31,6 +36,7 @@ def runtime(tmp_path_factory):
     write_tiny_checkpoint(checkpoints / "sd1-tiny.safetensors", TINY_SD15)
     write_separate(checkpoints / "flux-tiny.safetensors", data / "models",
                    random_parts("flux", seed=1, vae=PIPELINE_VAE))
+    shutil.copy(checkpoints / "flux-tiny.safetensors", checkpoints / "flux-sft.sft")
     rt = Runtime.create(parse_args(["--data-dir", str(data), "--nowebui"]))
     rt.ready.set()
     yield rt
@@ -62,3 +68,13 @@ def test_float8_setting_reloads_low_bit_and_automatic_is_unchanged(runtime, name
     assert dense_again is not low_loaded and not low_bit_layers(dense_again.model.unet)
     assert KEY not in infotext
     assert np.array_equal(again, dense)  # bit for bit the image before the change
+
+
+def test_sft_file_is_listed_and_read_as_safetensors(runtime):
+    names = [info.name for info in runtime.models.checkpoints()]
+    assert "flux-sft.sft" in names and "flux-tiny.safetensors" in names
+    image, infotext, loaded = _generate(runtime, "flux-sft", "float8-e4m3fn")
+    assert loaded.family.is_flow and low_bit_layers(loaded.model.unet)
+    assert f"{KEY}: float8-e4m3fn" in infotext
+    same, _, _ = _generate(runtime, "flux-tiny", "float8-e4m3fn")
+    assert np.array_equal(image, same)

@@ -29,8 +29,9 @@ from modules.models.errors import ModelLoadError
 from modules.models.folders import walk_folders
 from modules.models.hashes import CHECKPOINT_SHORT, HashCache, legacy_model_hash, sha256_file
 
-# `.gguf`: quantized SD3 / Flux diffusion models (flow_loader.py), listed as Forge does.
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".gguf")
+# `.gguf`: quantized SD3 / Flux diffusion models (flow_loader.py), listed as Forge does;
+# `.sft`: Flux's other name for safetensors (read by content, `single_file.file_format`).
+CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".gguf")
 VAE_MARKERS = (".vae.ckpt", ".vae.safetensors", ".vae.pt")
 TRAILING_HASH = re.compile(r"\s*\[[^]]+]\s*$")
 

@@ -25,6 +25,7 @@ from modules.models.flow_families import FlowFamily
 from modules.models.flow_loader import DIFFUSION, VAE, FlowPlan, Source
 from modules.models.gguf_io import is_gguf
 from modules.models.lowbit_load import load_diffusion_weights
+from modules.models.single_file import SAFETENSORS_SUFFIXES
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.flux import FluxTransformer
 from modules.nn.mmdit import MMDiT
@@ -105,7 +106,7 @@ def _low_bit(source: Source, storage_label: str) -> bool:
     """Whether the diffusion weights go through the low-bit loader (single files only)."""
     if source.files or source.convert:  # diffusers names: renamed by the dense path
         return False
-    asked = storage_label != "Automatic" and source.path.endswith(".safetensors")
+    asked = storage_label != "Automatic" and source.path.lower().endswith(SAFETENSORS_SUFFIXES)
     return is_gguf(source.path) or source.float8 or asked
 
 

@@ -35,6 +35,7 @@ from torch import nn
 from modules.models.errors import ModelLoadError
 from modules.models.gguf_io import is_gguf, iter_gguf, read_gguf_header
 from modules.models.safetensors_io import iter_safetensors, read_safetensors_header
+from modules.models.single_file import SAFETENSORS_SUFFIXES
 from modules.nn.gguf_quants import QuantizedTensor
 from modules.nn.lowbit import FLOAT8_FORMATS, LowBitWeight, prepare_low_bit, to_low_bit
 
@@ -126,7 +127,7 @@ def _tensors(path: str, prefix: str,
         names = [name for name in header.tensors if name.startswith(prefix)]
         yield from iter_gguf(path, keys=names, device=device, header=header)
         return
-    if not path.endswith(".safetensors"):
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
         raise ModelLoadError(path, "low-bit loading reads .safetensors and .gguf files")
     header = read_safetensors_header(path)
     keys = [name for name in header.tensors if name.startswith(prefix)]
