@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from modules.api.auth import ui_users
 from modules.errors import without_paths
 from webui import widgets
+from webui.family_defaults import wire_family_defaults
 from webui.panel import shows_distilled_cfg
 from webui.send_to import SendTarget, wire_send
 from webui.tabs import extensions as extensions_tab
@@ -92,6 +93,7 @@ def build_ui(runtime) -> gr.Blocks:
             _wire_checkpoint_cards(runtime, top, panel)
         _wire_page_load(runtime, blocks, top, [t2i, i2i.panel], settings)
         _wire_distilled_cfg(runtime, blocks, top, [t2i, i2i.panel])
+        wire_family_defaults(runtime, blocks, top.checkpoint, [t2i, i2i.panel])
     blocks.queue(max_size=64, default_concurrency_limit=1)
     return blocks
 
