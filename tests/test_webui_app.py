@@ -49,6 +49,7 @@ def test_app_serves_the_page_and_config(runtime):
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     for elem_id in ("txt2img_prompt", "txt2img_generate", "txt2img_gallery",
                     "setting_sd_model_checkpoint", "quick_CLIP_stop_at_last_layers", "quick_sd_vae",
+                    "quick_forge_additional_modules",
                     "txt2img_upscale",
                     "pnginfo_image", "settings_search", "setting_samples_format"):
         assert elem_id in ids

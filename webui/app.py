@@ -99,9 +99,11 @@ def build_ui(runtime) -> gr.Blocks:
 
 
 def _wire_top_bar(runtime, top: widgets.TopBar, settings: settings_tab.SettingsTab) -> None:
-    top.refresh.click(lambda: [widgets.refresh_checkpoints(runtime),
-                               gr.update(choices=widgets.vae_choices(runtime))],
-                      None, [top.checkpoint, top.quick["sd_vae"]], queue=False)
+    modules = top.quick[widgets.MODULES]
+    top.refresh.click(lambda chosen: [widgets.refresh_checkpoints(runtime),
+                                      gr.update(choices=widgets.vae_choices(runtime)),
+                                      gr.update(choices=widgets.module_choices(runtime, chosen))],
+                      modules, [top.checkpoint, top.quick["sd_vae"], modules], queue=False)
     def select(title: str):
         update = widgets.select_checkpoint(runtime, title)
         return update, runtime.settings.current.sd_model_checkpoint
@@ -165,9 +167,8 @@ def _wire_page_load(runtime, blocks: gr.Blocks, top: widgets.TopBar, panels: lis
     then fills in the checkpoint and the model's native size in every panel (txt2img,
     img2img), never waiting on the load and without a reload of the page."""
     quick = list(top.quick.values())
-    blocks.load(lambda: settings_tab.current_values(runtime) + [
-        getattr(runtime.settings.current, n) for n in top.quick],
-        None, [*settings.widget_list(), *quick], queue=False)
+    blocks.load(lambda: settings_tab.current_values(runtime) + widgets.quick_values(runtime),
+                None, [*settings.widget_list(), *quick], queue=False)
     built_size = txt2img.native_size(runtime)
     timer = gr.Timer(MODEL_POLL_S, active=not runtime.ready.is_set())
     sides = [panel.fields[name] for panel in panels for name in ("width", "height")]

@@ -1,7 +1,8 @@
 """Small Gradio building blocks shared by the tabs: tool buttons and the top bar.
 
 The top bar holds what A1111 users look for first: the "Stable Diffusion checkpoint"
-dropdown with its refresh button, and the quick settings (SD VAE, Clip skip). Changing
+dropdown with its refresh button, and the quick settings (SD VAE, Forge's "VAE / Text
+Encoder" multi-select of separate SD3 / Flux parts, Clip skip). Changing
 either goes through the backend (`runtime.models`, `runtime.settings.update`); this
 file only builds widgets and turns their values into those calls.
 """
@@ -17,7 +18,8 @@ from modules.models.errors import ModelLoadError
 from modules.settings import Settings, SettingsError
 
 REFRESH_SYMBOL = "\U0001f504"  # 🔄
-QUICK_SETTINGS = ("sd_vae", "CLIP_stop_at_last_layers",)
+MODULES = "forge_additional_modules"
+QUICK_SETTINGS = ("sd_vae", MODULES, "CLIP_stop_at_last_layers")
 
 
 def tool_button(symbol: str, *, elem_id: str | None = None, visible: bool = True) -> gr.Button:
@@ -34,8 +36,21 @@ def vae_choices(runtime) -> list[str]:
     return [AUTOMATIC, NONE, *(p.name for p in list_vaes(paths.vae_dir, paths.checkpoint_dirs))]
 
 
+def module_choices(runtime, selected=()) -> list[str]:
+    """"VAE / Text Encoder": the part files of the text-encoder and VAE folders (as
+    `/sdapi/v1/sd-modules` lists them), then any other name the setting holds."""
+    from modules.models.flow_parts import list_parts, module_folders
+
+    names = [part.path.name for part in list_parts(module_folders(runtime.paths))]
+    return names + [name for name in selected if name not in names]
+
+
 def quick_widget(runtime, name: str, value) -> gr.components.Component:
     """A top-bar setting; the VAE is a dropdown of what exists (a file name is allowed too)."""
+    if name == MODULES:  # shown always, as Forge does
+        return gr.Dropdown(choices=module_choices(runtime, value), value=list(value),
+                           multiselect=True, label="VAE / Text Encoder", scale=0,
+                           elem_id=f"quick_{MODULES}", min_width=320)
     if name == "sd_vae":
         return gr.Dropdown(choices=vae_choices(runtime), value=value, label="SD VAE",
                            elem_id="quick_sd_vae", allow_custom_value=True, scale=0,
@@ -127,11 +142,25 @@ def select_checkpoint(runtime, title: str) -> dict:
 def apply_quick_setting(runtime, name: str, value):
     """Save one quick setting; a refused value is shown naming the setting."""
     _save_setting(runtime, name, value)
-    return getattr(runtime.settings.current, name)
+    return shown(getattr(runtime.settings.current, name))
+
+
+def shown(value):
+    """A setting's value as its widget shows it (a list setting is saved as a tuple)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def quick_values(runtime) -> list:
+    """The quick settings' current values, in `QUICK_SETTINGS` order."""
+    return [shown(getattr(runtime.settings.current, name)) for name in QUICK_SETTINGS]
 
 
 def _save_setting(runtime, name: str, value) -> None:
     try:
+        if name == MODULES:  # names inside the folders, as the API's /options checks them
+            from modules.api.generation import check_module_names
+
+            check_module_names(runtime, value)
         runtime.settings.update({name: value}, origin="ui")
     except (SettingsError, PermissionError) as error:
         label = Settings.describe(name)["label"]
