@@ -12,6 +12,10 @@ Prints a short table:
 * SDXL-size U-Net at 1024x1024 (128x128 latent), same measurement, Easel and diffusers.
 * Peak VRAM of one SD1.5 512x512 job (text encoder, 2 CFG steps, VAE decode) in the
   normal, `--medvram` and `--lowvram` modes (`modules/models/offload.py`).
+* SD3.5 Medium and Flux.1 [schnell] at 1024x1024 in bf16 (bench/gpu_flow.py): it/s of
+  diffusers and of Easel dense, float8 and GGUF Q8_0, and one job's peak VRAM in the
+  normal and `--medvram` modes. `--flow skip` / `--flow only` leave them out / run them
+  alone (each half fits the 10-minute command limit of a lent GPU).
 
 Targets (issue 10): SD1.5 >= 60 it/s default and >= 100 it/s compiled on an H100; SDXL
 1024 >= 16 it/s; SD1.5 peak VRAM <= 3.5 GB default, <= 2 GB medvram.
@@ -37,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.extras import require_test_extras  # noqa: E402
+from bench.gpu_flow import flow_rows  # noqa: E402
 from bench.pipeline_worker import build_unets, build_vaes  # noqa: E402
 
 
@@ -195,15 +200,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="tiny models on the CPU: checks the script, measures nothing")
     parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--flow", choices=("with", "skip", "only"), default="with",
+                        help="the SD3.5 Medium / Flux.1 rows (bench/gpu_flow.py): with the "
+                             "SD1.5 / SDXL rows, skipped, or alone")
     args = parser.parse_args(argv)
     require_test_extras(__file__, "diffusers")
     s = setup(args.dry_run)
     device_name = torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, device {device_name}, dtype {s.dtype}", flush=True)
-    rows = speed_rows(s.families[0], s.sizes[0], s, compiled=True)
-    if not args.skip_sdxl:
-        rows += speed_rows(s.families[1], s.sizes[1], s, compiled=False)
-    rows += [peak_vram_row(mode, s) for mode in ("normal", "medvram", "lowvram")]
+    rows = []
+    if args.flow != "only":
+        rows += speed_rows(s.families[0], s.sizes[0], s, compiled=True)
+        if not args.skip_sdxl:
+            rows += speed_rows(s.families[1], s.sizes[1], s, compiled=False)
+        rows += [peak_vram_row(mode, s) for mode in ("normal", "medvram", "lowvram")]
+    if args.flow != "skip":
+        rows += flow_rows(s.device, s.dry_run, partial(iterations_per_second, s=s))
     print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "rows": rows}, indent=1))

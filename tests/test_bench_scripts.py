@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +28,44 @@ def test_gpu_script_dry_run_covers_every_row(capsys):
     assert any("diffusers SDPA" in c for c in cases)
     assert any("Easel default" in c for c in cases)
     assert any("Easel compile" in c for c in cases)
-    assert sum("peak VRAM" in c for c in cases) == 3
+    # SD1.5's three memory modes; SD3.5 Medium bf16 and Flux bf16 / fp8 / Q8_0 in two each.
+    assert sum("peak VRAM" in c for c in cases) == 3 + 4 * 2
+    for name in ("SD3.5 Medium", "Flux.1 schnell"):
+        for engine in ("diffusers bf16", "Easel bf16", "Easel fp8", "Easel Q8_0"):
+            assert any(c.startswith(name) and c.endswith(engine) for c in cases), (name, engine)
+    assert any(c.startswith("Flux.1 schnell Q8_0") and c.endswith("medvram") for c in cases)
     assert all(row["it_s"] > 0 for row in rows if "it_s" in row)
     assert "peak VRAM GB" in capsys.readouterr().out
+
+
+def test_gpu_flow_q8_0_blocks_are_ggmls():
+    """The GPU rows' in-memory Q8_0 weights: byte for byte gguf's reference quantizer."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from bench.gpu_flow import q8_0
+
+    weight = torch.randn(64, 96, generator=torch.Generator().manual_seed(0))
+    packed = q8_0(weight)
+    expected = quantize(weight.numpy(), GGMLQuantizationType.Q8_0)
+    assert (packed.data.numpy().reshape(expected.shape) == expected).all()
+    assert (packed.dequantize() - weight).abs().max() <= weight.abs().max() / 127
+
+
+def test_flow_bench_runs_end_to_end_on_tiny_configs():
+    from bench import bench_flow
+
+    rows = bench_flow.main(["--config", "tiny", "--repeats", "1"])
+    by_case = {row["case"].split(",")[0]: row for row in rows}
+    sd35, t5 = by_case["SD3.5 Medium step"], by_case["T5-XXL encode"]
+    flux = next(row for row in rows if row["case"].startswith("Flux.1 schnell step"))
+    # Same weights in bf16: the engines differ by rounding only (fp8 storage: more).
+    assert sd35["rel_diff"] < 0.05 and flux["rel_diff"] < 0.05
+    assert flux["fp8_rel_diff"] < 0.2 and flux["fp8_gb"] < flux["bf16_gb"]
+    assert t5["rel_diff"] == 0.0  # the wrapper runs the very same module
+    assert all(row[k] > 0 for row in (sd35, flux, t5) for k in row if k.endswith("_s"))
+    loads = [row for row in rows if row["case"].startswith("load ")]
+    assert len(loads) == 6 and all(row["rss_over_file"] > 0 for row in loads)
 
 
 @pytest.mark.parametrize("part", ["vae", "image"])
