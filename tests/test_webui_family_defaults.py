@@ -3,26 +3,18 @@
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import gradio as gr
 
 from modules.models.flow_families import FLUX_SCHNELL_FAMILY, SD35_MEDIUM_FAMILY
 from tests.flow_tiny import TINY_FLUX_DEV
+from tests.test_webui_distilled_cfg import fake_runtime
 from tests.tiny import TINY_SD15
 from webui import family_defaults as FD
 
 PAGE = {"sampler_name": "DPM++ 2M", "scheduler": "Automatic", "steps": 20, "cfg_scale": 7.0,
         "distilled_cfg_scale": 3.5}
-
-
-def fake_runtime(family, *, ready: bool = True):
-    event = threading.Event()
-    if ready:
-        event.set()
-    models = SimpleNamespace(current=SimpleNamespace(family=family), checkpoints=lambda: [])
-    return SimpleNamespace(ready=event, models=models, upscalers=SimpleNamespace(names=list))
 
 
 def _set(updates: dict) -> dict:
