@@ -2,7 +2,8 @@
 
 `safetensors_io.py`, `safe_unpickle.py`, `tensor_source.py`, `gguf_io.py` read files
 safely (never an unrestricted unpickle); `lowbit_load.py` loads a diffusion model with
-its weights in low bits (float8, GGUF; the "Diffusion in Low Bits" option);
+its weights in low bits (float8, GGUF; the "Diffusion in Low Bits" option, read at
+every load by `storage_option.py`);
 `detection.py` / `families.py` recognise the family from the header alone;
 `single_file.py`, `diffusers_folder.py`, `diffusers_keys.py` map layouts
 (`sd3_keys.py`: diffusers' SD3 transformer names to the MMDiT's; `flux_keys.py`: diffusers'
