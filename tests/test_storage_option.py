@@ -43,13 +43,16 @@ def runtime(tmp_path_factory):
     rt.jobs.stop()
 
 
-def _generate(runtime, name: str, label: str):
+def _generate(runtime, name: str, label: str, job_label: str | None = None):
     runtime.settings.update({"forge_unet_storage_dtype": label})
+    overrides = {"sd_model_checkpoint": name}
+    if job_label is not None:
+        overrides["forge_unet_storage_dtype"] = job_label
     params = Txt2ImgParams(prompt="a cat", negative_prompt="", width=64, height=64, steps=2,
-                           seed=1, do_not_save_samples=True,
-                           override_settings={"sd_model_checkpoint": name})
+                           seed=1, do_not_save_samples=True, override_settings=overrides)
     result, _ = finish(txt2img(runtime, params))
-    return np.asarray(result.images[0]), result.infotexts[0], runtime.models.get(name)
+    loaded = runtime.models.get(name, storage=job_label)  # the model the job ran
+    return np.asarray(result.images[0]), result.infotexts[0], loaded
 
 
 @pytest.mark.parametrize("name", ["sd1-tiny", "flux-tiny"])
@@ -68,6 +71,16 @@ def test_float8_setting_reloads_low_bit_and_automatic_is_unchanged(runtime, name
     assert dense_again is not low_loaded and not low_bit_layers(dense_again.model.unet)
     assert KEY not in infotext
     assert np.array_equal(again, dense)  # bit for bit the image before the change
+
+
+def test_a_jobs_override_holds_for_that_job(runtime):
+    dense, _, _ = _generate(runtime, "sd1-tiny", "Automatic")
+    low, infotext, loaded = _generate(runtime, "sd1-tiny", "Automatic", "float8-e5m2")
+    assert set(low_bit_layers(loaded.model.unet).values()) == {"float8_e5m2"}
+    assert f"{KEY}: float8-e5m2" in infotext and not np.array_equal(low, dense)
+    again, infotext, loaded = _generate(runtime, "sd1-tiny", "Automatic")
+    assert not low_bit_layers(loaded.model.unet) and KEY not in infotext
+    assert np.array_equal(again, dense)
 
 
 def test_sft_file_is_listed_and_read_as_safetensors(runtime):

@@ -36,7 +36,7 @@ from modules.models.loader import inspect_checkpoint, load_state_dict, load_vae_
 from modules.models.offload import ComponentPlacer, MemoryMode
 from modules.models.patcher import ModelPatcher
 from modules.models.sd_model import StableDiffusionModel
-from modules.models.storage_option import store_unet
+from modules.models.storage_option import job_storage, store_unet
 from modules.models.vae_select import resolve_vae
 from modules.nn.attention import set_attention_upcast
 from modules.nn.autoencoder import AutoencoderKL
@@ -220,11 +220,12 @@ class ModelManager:
         return CheckpointInfo(path=str(path.resolve()), name=path.name,
                               legacy_hash=legacy_model_hash(hash_target(path)))
 
-    def get(self, query: str | None = None, modules: list[str] | None = None) -> LoadedModel:
-        """The model for one job: `query` (title/name/hash) or the current model; `modules`:
-        the job's `forge_additional_modules` for SD3 / Flux (None: the setting's). Getting
-        a model by name does not change which model later jobs get by default."""
-        with self._lock, flow_manager.job_modules(self, modules):
+    def get(self, query: str | None = None, modules: list[str] | None = None,
+            storage: str | None = None) -> LoadedModel:
+        """The model for one job: `query` (title/name/hash) or the current model; `modules`,
+        `storage`: the job's `forge_additional_modules`, `forge_unet_storage_dtype` (None: the
+        settings'). Getting a model by name does not change later jobs' default model."""
+        with self._lock, flow_manager.job_modules(self, modules), job_storage(self, storage):
             if not query:
                 current = self.current
                 if current is not None and not flow_manager.stale(self, current):
@@ -344,9 +345,8 @@ class ModelManager:
         # Straight into the target dtype, and onto the device unless the mode keeps it in RAM.
         load_device = self.device if mode is MemoryMode.NORMAL else torch.device("cpu")
         dtype, vae_dtype = self.precision(family)
-        state = load_state_dict(info.path, dtype=dtype, device=load_device)
-        model = build_model(family, state, path=info.path)
-        del state
+        model = build_model(family, load_state_dict(info.path, dtype=dtype, device=load_device),
+                            path=info.path)  # the state dict is freed once assigned
         storage = store_unet(self, model.unet, dtype)  # forge_unet_storage_dtype
         model.vae.to(vae_dtype)
         for part in (model.unet, model.vae):

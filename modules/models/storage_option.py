@@ -1,6 +1,7 @@
 """The `forge_unet_storage_dtype` setting ("Diffusion in Low Bits") in the model manager.
 
-The manager reads the setting at every load (`ModelManager.storage_source`), like
+The manager reads the setting at every load (`ModelManager.storage_source`; a job's
+`override_settings` value through `ModelManager.get(storage=...)`), like
 `forge_additional_modules`: SD3 / Flux transformers are filled low-bit as they are read
 (`assemble_flow_model(storage_label=...)`), an SD1 / SD2 / SDXL U-Net is converted after
 it is built (`apply_storage_label`; the peak is then the dense U-Net's size). The label a
@@ -13,6 +14,9 @@ under "Automatic" stays low-bit without the key, as the setting did not ask for 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -23,9 +27,22 @@ AUTOMATIC = "Automatic"
 
 
 def requested_storage(manager) -> str:
-    """The storage label asked now (the setting's; "Automatic" without a source)."""
+    """The storage label asked now: the job's, else the setting's ("Automatic" without one)."""
+    job = getattr(manager, "job_storage", None)
+    if job:
+        return job
     source = getattr(manager, "storage_source", None)
     return (source() if source is not None else None) or AUTOMATIC
+
+
+@contextmanager
+def job_storage(manager, label: str | None) -> Iterator[None]:
+    """For one `ModelManager.get` (under its lock): the job's storage label."""
+    manager.job_storage = label
+    try:
+        yield
+    finally:
+        manager.job_storage = None
 
 
 def store_unet(manager, unet: nn.Module, dtype: torch.dtype) -> dict[str, str]:

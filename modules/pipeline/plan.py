@@ -84,7 +84,8 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
         raise ParamsError("steps", f"{sampler.label} on its own schedule needs at least 2 steps")
     runtime.ready.wait()
     loaded = runtime.models.get(params.override_settings.get("sd_model_checkpoint"),
-                                modules=list(settings.forge_additional_modules))
+                                modules=list(settings.forge_additional_modules),
+                                storage=settings.forge_unet_storage_dtype)
     loaded = runtime.models.with_vae(loaded, settings.sd_vae)
     count = params.batch_size * params.n_iter
     seed, subseed = fix_seed(params.seed), fix_seed(params.subseed)
