@@ -68,4 +68,5 @@ def encode_t5(encoder, tokenizer, texts: Sequence[str], *, max_length: int,
     tokens = t5_weighted_tokens(tokenizer, texts, max_length=max_length, emphasis=emphasis)
     device = execution_device(encoder)
     hidden = encoder(tokens.ids.to(device)).float()
-    return apply_emphasis(hidden, tokens.weights.to(device), emphasis)
+    # Under --lowvram T5 runs on the CPU and its placer hands its output to the device.
+    return apply_emphasis(hidden, tokens.weights.to(hidden.device), emphasis)

@@ -8,9 +8,10 @@ whose `family` is a `FlowFamily` (prediction "flow", shift in `family.flow`, gen
 defaults in `family.defaults`) and whose `model` is a `FlowModel` (transformer, VAE with
 its latent scale/shift in `family.vae`, text encoders by name). Its `conditioner` is a
 `FlowConditioner` over the model's encoders and `sigmas` the model's shifted flow table
-at 1024²; driving the sampler is the pipeline's business. Every failure is a
-`ModelLoadError` raised before anything is cached, so the model that was serving keeps
-serving.
+at 1024²; driving the sampler is the pipeline's business. Its `placer` places the
+parts as `--medvram` / `--lowvram` ask, T5 on the CPU when VRAM is short (offload.py).
+Every failure is a `ModelLoadError` raised before anything is cached, so the model that
+was serving keeps serving.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from modules.conditioning.flow_conditioner import FlowConditioner
+from modules.conditioning.flow_conditioner import T5_NAME, FlowConditioner
 from modules.models.checkpoints import CheckpointInfo
 from modules.models.flow_loader import FlowPlan, plan_flow_checkpoint
 from modules.models.flow_model import FlowModel, assemble_flow_model
@@ -77,7 +78,7 @@ def load_flow(manager, info: CheckpointInfo, plan: FlowPlan):
     _configure(manager, model)
     placer = ComponentPlacer(components={"text_encoders": model.text_encoders,
                                          "unet": model.unet, "vae": model.vae},
-                             device=manager.device, mode=mode)
+                             device=manager.device, mode=mode, cpu_capable=(T5_NAME,))
     sha256 = manager.hash_cache.sha256(info.hash_target) if manager.hashing else None
     if sha256:
         info = CheckpointInfo(path=info.path, name=info.name, legacy_hash=info.legacy_hash,

@@ -12,6 +12,14 @@ A1111's flags, as its users know them:
   to the device just before it runs and back right after, so only one block's weights
   (the largest SD1.5 block is ~0.1 GB in fp16) occupy the device at a time.
 
+Flow models (SD3.x, Flux.1) are placed the same way: "unet" is their transformer, whose
+top-level callables are its embedders, its blocks (MMDiT `joint_blocks.N`, Flux
+`double_blocks.N` and `single_blocks.N`) and its final layer. T5-XXL (~9.5 GB in fp16)
+is a `cpu_capable` encoder: under `--lowvram`, and under `--medvram` when the device has
+less free memory than T5's weights take, it stays in RAM and runs on the CPU, and only its
+output (a few MB of hidden states) is moved to the device, as Forge does; CLIP encoders
+follow the group's rules.
+
 The moves are made by forward pre-hooks (PyTorch's documented extension point, the same
 one A1111 uses), registered per loaded model by a `ComponentPlacer` that the
 `LoadedModel` owns; nothing global is touched and the hooks are removed with the
@@ -26,13 +34,13 @@ bookkeeping; their effect on GPU memory is measured by `bench/bench_gpu.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from enum import Enum
 
 import torch
 from torch import nn
 
-from modules.devices import EXECUTION_DEVICE_ATTR
+from modules.devices import EXECUTION_DEVICE_ATTR, memory_stats
 
 
 class MemoryMode(str, Enum):
@@ -53,6 +61,18 @@ def memory_mode(args, *, is_sdxl: bool) -> MemoryMode:
 
 
 Mover = Callable[[nn.Module, torch.device], None]
+FreeMemory = Callable[[torch.device], int]
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on `device` (CUDA: the driver's count; the CPU: available RAM)."""
+    return int(memory_stats(device)["free"])
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (shared tensors counted once)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def move_module(module: nn.Module, device: torch.device) -> None:
@@ -71,11 +91,17 @@ class ComponentPlacer:
     :param offload_device: where resting components live (the CPU's RAM)
     :param mode: see `MemoryMode`; NORMAL registers nothing
     :param mover: how a module is moved (tests pass a recording mover)
+    :param cpu_capable: names in the "text_encoders" ModuleDict (flow models: "t5xxl") that
+        run on the CPU, only their output moving to the device: always in lowvram, in
+        medvram when `free_memory(device)` at construction is below their size
+    :param free_memory: free bytes of a device (tests pass a stand-in)
     """
 
     def __init__(self, *, components: dict[str, nn.Module], device: torch.device,
                  offload_device: torch.device = torch.device("cpu"),
-                 mode: MemoryMode = MemoryMode.NORMAL, mover: Mover = move_module) -> None:
+                 mode: MemoryMode = MemoryMode.NORMAL, mover: Mover = move_module,
+                 cpu_capable: Collection[str] = (),
+                 free_memory: FreeMemory = free_memory) -> None:
         self.components = components
         self.device = torch.device(device)
         self.offload_device = torch.device(offload_device)
@@ -84,19 +110,42 @@ class ComponentPlacer:
         self.resident: str | None = None  # the component now on the device
         self._handles: list = []
         self._attached: dict[str, list] = {}  # attached component -> its hook handles
+        # Encoders that compute on the CPU (see `cpu_capable`), by name.
+        self.cpu_encoders: dict[str, nn.Module] = {}
         if mode is not MemoryMode.NORMAL:
+            self.cpu_encoders = self._choose_cpu_encoders(cpu_capable, free_memory)
             self._install()
 
     # ---- setup --------------------------------------------------------------------------
 
+    def _choose_cpu_encoders(self, names: Collection[str],
+                             free: FreeMemory) -> dict[str, nn.Module]:
+        group = self.components.get("text_encoders")
+        if not isinstance(group, nn.ModuleDict):
+            return {}
+        present = [name for name in names if name in group]
+        if self.mode is MemoryMode.MEDVRAM and present:
+            room = free(self.device)
+            present = [name for name in present if room < module_bytes(group[name])]
+        return {name: group[name] for name in present}
+
     def _install(self) -> None:
+        on_cpu = {id(m) for encoder in self.cpu_encoders.values() for m in encoder.modules()}
         for name, module in self.components.items():
             setattr(module, EXECUTION_DEVICE_ATTR, self.device)
             if name == "unet" and self.mode is MemoryMode.LOWVRAM:
                 self._stream_blocks(module)
                 continue
             for entry in _entry_points(name, module):
-                self._handles.append(entry.register_forward_pre_hook(self._bring(name)))
+                if id(entry) not in on_cpu:
+                    self._handles.append(entry.register_forward_pre_hook(self._bring(name)))
+        for encoder in self.cpu_encoders.values():
+            setattr(encoder, EXECUTION_DEVICE_ATTR, self.offload_device)
+            self._handles.append(encoder.register_forward_hook(self._output_to_device))
+
+    def _output_to_device(self, module: nn.Module, args: tuple, output):
+        """A CPU-kept encoder's hidden states go to the device the transformer runs on."""
+        return output.to(self.device) if isinstance(output, torch.Tensor) else None
 
     def _bring(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
@@ -155,11 +204,21 @@ class ComponentPlacer:
         if self.mode is MemoryMode.NORMAL or self.resident == name:
             return
         if self.resident is not None:
-            self.mover(self.components[self.resident], self.offload_device)
+            self._move(self.resident, self.offload_device)
         streamed = name == "unet" and self.mode is MemoryMode.LOWVRAM
         if not streamed:
-            self.mover(self.components[name], self.device)
+            self._move(name, self.device)
         self.resident = name
+
+    def _move(self, name: str, device: torch.device) -> None:
+        """Move a component; the encoders kept on the CPU stay where they are."""
+        module = self.components[name]
+        if name != "text_encoders" or not self.cpu_encoders:
+            self.mover(module, device)
+            return
+        for key, encoder in module.items():
+            if key not in self.cpu_encoders:
+                self.mover(encoder, device)
 
     def offload_all(self) -> None:
         """Everything to RAM (a model kept in the checkpoint cache but not in use)."""
