@@ -25,7 +25,14 @@ OFFLINE_ENV = {
 }
 
 
+MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python: numpy, scipy and tomllib need it
+
+
 def main(argv: list[str]) -> int:
+    if sys.version_info < MIN_PYTHON:
+        print(f"Easel needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this is "
+              f"{sys.version.split()[0]}.", file=sys.stderr)
+        return 2
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     sys.path.insert(0, str(ROOT))

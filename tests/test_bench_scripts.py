@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from modules.app import bootstrap, bootstrap_upscalers, pyproject
 
@@ -151,40 +151,6 @@ def test_the_bootstrap_imports_only_the_standard_library():
     assert out.strip() == "[]"
 
 
-TRICKY = '''
-[project]  # a comment
-name = "x#y"  # a hash inside a string stays
-dependencies = [
-    "a==1",  # one
-    "b[extra]>=2; python_version >= '3.10'",
-]
-count = 3
-mixed = [1, "a"]
-nested = [["a"], ["b"]]
-table = { file = "LICENSE" }
-
-[[tool.list]]
-name = "skipped"
-
-[tool."quoted"]
-k = "v"
-empty = []
-'''
-
-
-def test_the_python_310_reader_agrees_with_tomllib():
-    text = (ROOT / "pyproject.toml").read_text()
-    parsed, real = pyproject.parse_subset(text), tomllib.loads(text)
-    assert parsed["project"]["dependencies"] == real["project"]["dependencies"]
-    assert parsed["project"]["optional-dependencies"] == real["project"]["optional-dependencies"]
-    assert parsed["tool"]["easel"] == real["tool"]["easel"]
-    tricky = pyproject.parse_subset(TRICKY)
-    assert tricky["project"] == {
-        "name": "x#y", "dependencies": ["a==1", "b[extra]>=2; python_version >= '3.10'"]}
-    assert tricky["tool"]["quoted"] == {"k": "v", "empty": []}
-    assert "list" not in tricky["tool"]
-
-
 def test_requirement_names():
     assert pyproject.requirement_name("huggingface_hub==2.4.0") == "huggingface-hub"
     assert pyproject.requirement_name("torch>=2.1") == "torch"
@@ -197,15 +163,3 @@ def test_the_extras_print_for_a_hand_install():
     assert out.stdout.split() == toml()["project"]["optional-dependencies"]["test"]
     wrong = subprocess.run([*run, "nope"], cwd=ROOT, capture_output=True, text=True)
     assert wrong.returncode == 2 and "test" in wrong.stderr
-
-
-def test_without_tomllib_the_same_lists_are_installed(monkeypatch):
-    """Python 3.10 has no tomllib: the small reader gives the bootstrap the same lists."""
-    def lists():
-        return (bootstrap.requirements(ROOT, True), bootstrap_upscalers.app_requirements(ROOT),
-                bootstrap_upscalers.env_requirements(ROOT), pyproject.easel(ROOT)["torch"],
-                bootstrap._requirements_digest(ROOT, True), bootstrap_upscalers.digest(ROOT))
-
-    with_tomllib = lists()
-    monkeypatch.setattr(pyproject, "tomllib", None)
-    assert lists() == with_tomllib

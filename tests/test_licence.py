@@ -1,8 +1,7 @@
 """The licence files exist, pyproject points at them, and NOTICE names every shipped asset."""
 
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,28 +15,23 @@ Standard library only: `launch.py` reads them before anything is installed.
 adds the test extras by hand, keeping `.venv`'s torch (`pip install -e .` does not work:
 Easel runs from its checkout and is not packaged).
 
-Python 3.11+ parses with `tomllib`; Python 3.10 has none, so a small reader of the TOML
-this file uses (tables; strings and arrays of strings; other values skipped) stands in.
+Easel needs Python 3.11+ (`launch.py` says so before anything else), whose standard library
+parses TOML (`tomllib`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
+import tomllib
 from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = None
 
 PYPROJECT = "pyproject.toml"
 
 
 def read(root: Path) -> dict:
     text = (root / PYPROJECT).read_text(encoding="utf-8")
-    return tomllib.loads(text) if tomllib is not None else parse_subset(text)
+    return tomllib.loads(text)
 
 
 def requirement_name(spec: str) -> str:
@@ -58,50 +53,6 @@ def dependencies(root: Path, *extras: str) -> list[str]:
 def easel(root: Path) -> dict:
     """The `[tool.easel]` table."""
     return read(root)["tool"]["easel"]
-
-
-def parse_subset(text: str) -> dict:
-    """The tables of a TOML document with their string and string-array values."""
-    data: dict = {}
-    table = data
-    lines = iter(text.splitlines())
-    for raw in lines:
-        line = _uncomment(raw).strip()
-        if line.startswith("[["):
-            table = {}  # arrays of tables: not needed, skipped
-        elif line.startswith("["):
-            table = data
-            for part in line.strip("[]").split("."):
-                table = table.setdefault(part.strip().strip('"'), {})
-        elif "=" in line:
-            key, value = (piece.strip() for piece in line.split("=", 1))
-            while value.startswith("[") and _depth(value) > 0:
-                value += " " + _uncomment(next(lines)).strip()
-            parsed = _value(value)
-            if parsed is not None:
-                table[key.strip('"')] = parsed
-    return data
-
-
-_STRING = r'"(?:[^"\\]|\\.)*"'
-
-
-def _uncomment(line: str) -> str:
-    """The line without a `#` comment (a `#` inside a string is kept)."""
-    return re.match(rf'(?:{_STRING}|[^"#])*', line).group(0)
-
-
-def _depth(value: str) -> int:
-    bare = re.sub(_STRING, "", value)
-    return bare.count("[") - bare.count("]")
-
-
-def _value(value: str):
-    if re.fullmatch(_STRING, value):
-        return json.loads(value)
-    if re.fullmatch(r"\[[\s,]*\]", re.sub(_STRING, "", value)):
-        return [json.loads(item) for item in re.findall(_STRING, value)]
-    return None
 
 
 def main(argv: list[str]) -> int:
