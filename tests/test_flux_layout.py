@@ -10,15 +10,12 @@ nothing may be left over. Parameter counts are those of the fixture README: 11,9
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from modules.models.flux_keys import flux_config_from_shapes
 from modules.nn.flux import FLUX_DEV, FLUX_SCHNELL, FluxTransformer
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from tests.helpers.layouts import assert_same_layout, fixture_shapes
 
 CASES = [
     pytest.param(FLUX_DEV, "flux1_dev_transformer_bfl.tsv", 780, 11_901_408_320, id="dev"),
@@ -27,27 +24,13 @@ CASES = [
 ]
 
 
-def _fixture_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    path = FIXTURES / name
-    shapes = {}
-    for line in path.read_text().splitlines()[1:]:
-        key, shape, _dtype = line.split("\t")
-        dims = shape.strip("[]")
-        shapes[key] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return shapes
-
-
 @pytest.mark.parametrize(("config", "fixture", "tensors", "parameters"), CASES)
 def test_flux_layout_matches_bfl_file(config, fixture, tensors, parameters) -> None:
     with torch.device("meta"):
         model = FluxTransformer(config=config)
-    expected = _fixture_shapes(fixture)
-    actual = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    expected = fixture_shapes(fixture)
     assert len(expected) == tensors
-    assert sorted(set(expected) - set(actual)) == [], "file tensors the model lacks"
-    assert sorted(set(actual) - set(expected)) == [], "model tensors the file lacks"
-    wrong = {key: (actual[key], shape) for key, shape in expected.items() if actual[key] != shape}
-    assert wrong == {}, "shape mismatches (model, file)"
+    assert_same_layout(model, expected)
     assert sum(p.numel() for p in model.parameters()) == parameters
     assert list(model.buffers()) == []
 
@@ -57,19 +40,19 @@ def test_flux_loads_bfl_names_strictly(config, fixture, tensors, parameters) -> 
     """A state dict with exactly the file's names and shapes loads with strict=True."""
     with torch.device("meta"):
         model = FluxTransformer(config=config)
-        file_tensors = {key: torch.empty(shape) for key, shape in _fixture_shapes(fixture).items()}
+        file_tensors = {key: torch.empty(shape) for key, shape in fixture_shapes(fixture).items()}
     result = model.load_state_dict(file_tensors, strict=True, assign=True)
     assert result.missing_keys == [] and result.unexpected_keys == []
 
 
 @pytest.mark.parametrize(("config", "fixture", "tensors", "parameters"), CASES)
 def test_config_is_read_off_the_file_shapes(config, fixture, tensors, parameters) -> None:
-    assert flux_config_from_shapes(_fixture_shapes(fixture)) == config
+    assert flux_config_from_shapes(fixture_shapes(fixture)) == config
 
 
 def test_config_from_shapes_follows_block_counts() -> None:
     """A derivative with fewer blocks (e.g. 8 double, 38 single) gets its own counts."""
-    shapes = {key: shape for key, shape in _fixture_shapes("flux1_dev_transformer_bfl.tsv").items()
+    shapes = {key: shape for key, shape in fixture_shapes("flux1_dev_transformer_bfl.tsv").items()
               if not key.startswith("double_blocks.") or int(key.split(".")[1]) < 8}
     config = flux_config_from_shapes(shapes)
     assert (config.depth, config.depth_single_blocks, config.guidance_embed) == (8, 38, True)

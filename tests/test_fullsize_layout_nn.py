@@ -10,16 +10,13 @@ checked against the published numbers (docs/model-formats.md, "Single-file check
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from modules.models import families as F
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.unet import UNetModel
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from tests.helpers.layouts import assert_same_layout, fixture_shapes
 
 CASES = [
     pytest.param(F.SD15, "sd15_keys.tsv", 859_520_964, id="sd15"),
@@ -30,37 +27,11 @@ CASES = [
 VAE_PARAMETERS = 83_653_863
 
 
-def _fixture_shapes(name: str, prefix: str) -> dict[str, tuple[int, ...]]:
-    """The shapes of the fixture's tensors under `prefix`, keyed without it."""
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {path} not available")
-    shapes = {}
-    for line in path.read_text().splitlines()[1:]:
-        key, shape, _dtype = line.split("\t")
-        if key.startswith(prefix):
-            dims = shape.strip("[]")
-            shapes[key[len(prefix) :]] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return shapes
-
-
-def _model_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-
-
-def _assert_same_layout(model: torch.nn.Module, expected: dict[str, tuple[int, ...]]) -> None:
-    actual = _model_shapes(model)
-    assert sorted(set(expected) - set(actual)) == [], "checkpoint tensors the model lacks"
-    assert sorted(set(actual) - set(expected)) == [], "model tensors the checkpoint lacks"
-    wrong = {key: (actual[key], shape) for key, shape in expected.items() if actual[key] != shape}
-    assert wrong == {}, "shape mismatches (model, checkpoint)"
-
-
 @pytest.mark.parametrize(("family", "fixture", "parameters"), CASES)
 def test_unet_layout_matches_checkpoint(family, fixture, parameters) -> None:
     with torch.device("meta"):
         unet = UNetModel(config=family.unet)
-    _assert_same_layout(unet, _fixture_shapes(fixture, F.UNET_PREFIX))
+    assert_same_layout(unet, fixture_shapes(fixture, F.UNET_PREFIX))
     assert sum(p.numel() for p in unet.parameters()) == parameters
 
 
@@ -68,7 +39,7 @@ def test_unet_layout_matches_checkpoint(family, fixture, parameters) -> None:
 def test_vae_layout_matches_checkpoint(family, fixture, parameters) -> None:
     with torch.device("meta"):
         vae = AutoencoderKL(config=family.vae)
-    _assert_same_layout(vae, _fixture_shapes(fixture, F.VAE_PREFIX))
+    assert_same_layout(vae, fixture_shapes(fixture, F.VAE_PREFIX))
     assert sum(p.numel() for p in vae.parameters()) == VAE_PARAMETERS
     assert sum(p.numel() for p in vae.decoder.parameters()) == 49_490_179
     assert sum(p.numel() for p in vae.encoder.parameters()) == 34_163_592

@@ -12,14 +12,12 @@ diffusers' `SD3Transformer2DModel` with the same config.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from modules.nn.mmdit import SD3_MEDIUM, SD35_LARGE, SD35_MEDIUM, MMDiT, MMDiTConfig
+from tests.helpers.layouts import assert_same_layout, fixture_shapes
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PREFIX = "model.diffusion_model."
 
 CASES = [
@@ -30,20 +28,6 @@ CASES = [
 ]
 
 
-def fixture_shapes(name: str, prefix: str = PREFIX) -> dict[str, tuple[int, ...]]:
-    """The shapes of the fixture's tensors under `prefix`, keyed without it."""
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {path} not available")
-    shapes = {}
-    for line in path.read_text().splitlines()[1:]:
-        key, shape, _dtype = line.split("\t")
-        if key.startswith(prefix):
-            dims = shape.strip("[]")
-            shapes[key[len(prefix):]] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return shapes
-
-
 def _meta_model(config: MMDiTConfig) -> MMDiT:
     with torch.device("meta"):
         return MMDiT(config=config)
@@ -51,13 +35,9 @@ def _meta_model(config: MMDiTConfig) -> MMDiT:
 
 @pytest.mark.parametrize(("config", "fixture", "tensors", "parameters", "grid"), CASES)
 def test_mmdit_layout_matches_single_file(config, fixture, tensors, parameters, grid) -> None:
-    expected = fixture_shapes(fixture)
+    expected = fixture_shapes(fixture, PREFIX)
     model = _meta_model(config)
-    actual = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-    assert sorted(set(expected) - set(actual)) == [], "file tensors the model lacks"
-    assert sorted(set(actual) - set(expected)) == [], "model tensors the file lacks"
-    wrong = {key: (actual[key], shape) for key, shape in expected.items() if actual[key] != shape}
-    assert wrong == {}, "shape mismatches (model, file)"
+    assert_same_layout(model, expected)
     assert len(expected) == tensors
     assert sum(p.numel() for p in model.parameters()) == parameters
     assert sum(b.numel() for b in model.buffers()) == grid
@@ -66,7 +46,7 @@ def test_mmdit_layout_matches_single_file(config, fixture, tensors, parameters, 
 @pytest.mark.parametrize(("config", "fixture"), [(SD35_LARGE, "sd35_large_single_file.tsv"),
                                                  (SD35_MEDIUM, "sd35_medium_single_file.tsv")])
 def test_config_read_from_file_shapes(config, fixture) -> None:
-    assert MMDiTConfig.from_shapes(fixture_shapes(fixture)) == config
+    assert MMDiTConfig.from_shapes(fixture_shapes(fixture, PREFIX)) == config
 
 
 def test_sd3_medium_parameter_count() -> None:

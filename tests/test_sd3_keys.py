@@ -15,8 +15,8 @@ import torch
 from modules.models.diffusers_keys import UnmappedKeysError
 from modules.models.sd3_keys import Target, diffusers_to_sai, sai_target
 from modules.nn.mmdit import MMDiT
+from tests.helpers.layouts import fixture_shapes
 from tests.mmdit_configs import TINY_MMDITS, random_mmdit, sd3_diffusers_config
-from tests.test_mmdit_layout import fixture_shapes
 
 
 def _to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -37,7 +37,7 @@ def test_round_trip_through_diffusers_converter(name: str) -> None:
 
 @pytest.mark.parametrize("fixture", ["sd35_large_single_file.tsv", "sd35_medium_single_file.tsv"])
 def test_full_size_round_trip_on_meta(fixture: str) -> None:
-    shapes = fixture_shapes(fixture)
+    shapes = fixture_shapes(fixture, "model.diffusion_model.")
     state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
     back = diffusers_to_sai(_to_diffusers(state))
     assert {key: tuple(t.shape) for key, t in back.items()} == shapes

@@ -28,7 +28,7 @@ from modules.nn.t5_encoder import (
     T5TextEncoder,
     hf_t5_config,
 )
-from tests.test_fullsize_layout_nn import _assert_same_layout, _fixture_shapes
+from tests.helpers.layouts import assert_same_layout, fixture_shapes
 
 T5_XXL_FILE_VALUES = 4_893_906_944  # all 220 tensors of the file, embedding twice
 T5_XXL_PARAMETERS = 4_762_310_656  # the tied embedding once
@@ -38,11 +38,11 @@ TINY_T5 = T5Config(vocab_size=64, hidden_size=16, num_layers=2, num_heads=4, hea
 
 
 def test_full_size_t5_xxl_matches_the_file() -> None:
-    expected = _fixture_shapes("t5xxl_encoder.tsv", "")
+    expected = fixture_shapes("t5xxl_encoder.tsv", "")
     assert len(expected) == 220 and SHARED in expected and EMBED_TOKENS in expected
     with torch.device("meta"):
         encoder = T5TextEncoder(config=T5_XXL)
-    _assert_same_layout(encoder.transformer, expected)
+    assert_same_layout(encoder.transformer, expected)
     assert sum(p.numel() for p in encoder.parameters()) == T5_XXL_PARAMETERS
     assert sum(t.numel() for t in encoder.transformer.state_dict().values()) == \
         T5_XXL_FILE_VALUES

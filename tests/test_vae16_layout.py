@@ -14,7 +14,7 @@ import torch
 
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.configs import FLUX_VAE, SD3_VAE
-from tests.test_fullsize_layout_nn import _assert_same_layout, _fixture_shapes
+from tests.helpers.layouts import assert_same_layout, fixture_shapes
 
 AE_PARAMETERS = 83_819_683
 
@@ -30,12 +30,12 @@ def _meta_vae(config) -> AutoencoderKL:
     pytest.param(SD3_VAE, "sd35_medium_single_file.tsv", "first_stage_model.", id="sd35_medium"),
 ])
 def test_vae16_layout_matches_file(config, fixture, prefix) -> None:
-    expected = _fixture_shapes(fixture, prefix)
+    expected = fixture_shapes(fixture, prefix)
     if not prefix:
         assert all(key.startswith(("encoder.", "decoder.")) for key in expected)
     assert len(expected) == 244
     model = _meta_vae(config)
-    _assert_same_layout(model, expected)
+    assert_same_layout(model, expected)
     assert sum(p.numel() for p in model.parameters()) == AE_PARAMETERS
 
 
