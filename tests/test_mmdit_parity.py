@@ -12,13 +12,17 @@ implementations order the joint tokens and some sums differently).
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from modules.nn.attention import set_attention_backend
+from tests.helpers.parity import assert_close
 from tests.mmdit_configs import TINY_MMDITS, random_mmdit, sd3_diffusers_config
 
 RELATIVE_TOLERANCE = 1e-5
+_assert_close = partial(assert_close, tolerance=RELATIVE_TOLERANCE)
 
 
 def _pair(config, seed: int = 0):
@@ -51,13 +55,6 @@ def _reference(reference, inputs: dict, **kwargs) -> torch.Tensor:
     return reference(hidden_states=inputs["x"], encoder_hidden_states=inputs["context"],
                      pooled_projections=inputs["y"], timestep=inputs["timesteps"],
                      return_dict=False, **kwargs)[0]
-
-
-def _assert_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
-    assert ours.shape == reference.shape
-    scale = reference.abs().max().item()
-    assert scale > 1e-3, "degenerate reference output"
-    assert (ours - reference).abs().max().item() <= RELATIVE_TOLERANCE * scale
 
 
 @pytest.mark.parametrize("name", list(TINY_MMDITS))

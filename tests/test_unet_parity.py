@@ -9,6 +9,8 @@ implementations order some sums differently).
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -23,19 +25,13 @@ from modules.nn.attention import (
 from modules.nn.timestep import timestep_embedding
 from modules.nn.unet import ControlResiduals, UNetModel
 from tests.diffusers_configs import ADM_TIME_EMBED_DIM, unet_diffusers_config
+from tests.helpers.parity import assert_close, perturb
 from tests.tiny import TINY_FAMILIES, TINY_SD15, TINY_SDXL
 
 RELATIVE_TOLERANCE = 1e-5
+_assert_close = partial(assert_close, tolerance=RELATIVE_TOLERANCE)
 # Number of SDXL time ids: original size, crop, target size (base); size, crop, score (refiner).
 TIME_IDS = {"sdxl": 6, "sdxl_refiner": 5}
-
-
-def _perturb(model: torch.nn.Module, seed: int) -> None:
-    """Move every weight off its default init (unit norms, zero biases) so all of them matter."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
 
 
 def _pair(family, seed: int = 0):
@@ -44,7 +40,7 @@ def _pair(family, seed: int = 0):
 
     torch.manual_seed(seed)
     reference = UNet2DConditionModel(**unet_diffusers_config(family.unet)).eval()
-    _perturb(reference, seed)
+    perturb(reference, seed)  # every weight off its default init
     ours = UNetModel(config=family.unet).eval()
     ours.load_state_dict(unet_diffusers_to_ldm(reference.state_dict(), family.unet), strict=True)
     return reference, ours
@@ -72,16 +68,6 @@ def _inputs(family, height: int = 16, width: int = 16, seed: int = 1) -> dict:
         inputs["y"] = torch.cat([text, fourier], dim=-1)
         inputs["added_cond_kwargs"] = {"text_embeds": text, "time_ids": time_ids}
     return inputs
-
-
-def _assert_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
-    assert ours.shape == reference.shape
-    scale = reference.abs().max().item()
-    assert scale > 1e-3, "degenerate reference output"
-    difference = (ours - reference).abs().max().item()
-    assert difference <= RELATIVE_TOLERANCE * scale, (
-        f"max diff {difference} vs output scale {scale}"
-    )
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES, ids=lambda f: f.name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -25,8 +26,10 @@ from modules.nn.configs import FLUX_VAE, SD3_VAE, VAEConfig
 from modules.nn.vae_tiled import tiled_decode, tiled_encode
 from modules.pipeline import vae_codec
 from tests.diffusers_configs import vae_diffusers_config
+from tests.helpers.parity import assert_close, perturb
 
 RELATIVE_TOLERANCE = 1e-5
+_assert_close = partial(assert_close, tolerance=RELATIVE_TOLERANCE)
 TINY_VAE16 = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=16, embed_dim=16,
                        use_quant_conv=False, scale_factor=1.5305, shift_factor=0.0609)
 
@@ -38,20 +41,9 @@ def _reference():
     kwargs = vae_diffusers_config(TINY_VAE16)
     model = DiffusersAutoencoderKL(**kwargs, shift_factor=TINY_VAE16.shift_factor,
                                    use_quant_conv=False, use_post_quant_conv=False).eval()
-    generator = torch.Generator().manual_seed(0)
     # Move every weight off its default init so norms and biases matter too.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    perturb(model, 0)
     return model
-
-
-def _assert_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
-    assert ours.shape == reference.shape
-    scale = reference.abs().max().item()
-    assert scale > 1e-3, "degenerate reference output"
-    difference = (ours - reference).abs().max().item()
-    assert difference <= RELATIVE_TOLERANCE * scale, f"max diff {difference} vs scale {scale}"
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,19 @@ models encode and decode the same tensors. Tolerance: max |ours - diffusers| <=
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from modules.models.diffusers_keys import UnmappedKeysError, map_vae_keys, vae_diffusers_to_ldm
 from modules.nn.autoencoder import AutoencoderKL, DiagonalGaussian
 from tests.diffusers_configs import vae_diffusers_config
+from tests.helpers.parity import assert_close, perturb
 from tests.tiny import TINY_VAE
 
 RELATIVE_TOLERANCE = 1e-5
+_assert_close = partial(assert_close, tolerance=RELATIVE_TOLERANCE)
 # diffusers < 0.14 spelled the attention projections differently.
 OLD_ATTENTION_SPELLING = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
@@ -26,11 +30,8 @@ def _reference(seed: int = 0):
 
     torch.manual_seed(seed)
     model = DiffusersAutoencoderKL(**vae_diffusers_config(TINY_VAE)).eval()
-    generator = torch.Generator().manual_seed(seed)
     # Move every weight off its default init so norms and biases matter too.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    perturb(model, seed)
     return model
 
 
@@ -38,16 +39,6 @@ def _ours_from(state: dict) -> AutoencoderKL:
     model = AutoencoderKL(config=TINY_VAE).eval()
     model.load_state_dict(vae_diffusers_to_ldm(state, TINY_VAE), strict=True)
     return model
-
-
-def _assert_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
-    assert ours.shape == reference.shape
-    scale = reference.abs().max().item()
-    assert scale > 1e-3, "degenerate reference output"
-    difference = (ours - reference).abs().max().item()
-    assert difference <= RELATIVE_TOLERANCE * scale, (
-        f"max diff {difference} vs output scale {scale}"
-    )
 
 
 @pytest.fixture(scope="module")
