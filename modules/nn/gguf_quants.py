@@ -29,6 +29,7 @@ Super-blocks of 256 weights ("k-quants"), 8 or 16 sub-blocks with their own smal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,10 +49,7 @@ class QuantizedTensor:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
