@@ -37,7 +37,7 @@ from modules.imaging.color_correction import ColorCorrection
 from modules.imaging.resize import resize, resize_image
 from modules.jobs import Command, Progress
 from modules.pipeline.image_conditioning import inpaint_image_cond
-from modules.pipeline.output import collect_batch
+from modules.pipeline.output import collect_batch, new_result
 from modules.pipeline.params import MASKED_CONTENT, GenerationResult, Img2ImgParams, ParamsError
 from modules.pipeline.plan import LatentStart, Plan, plan_txt2img
 from modules.pipeline.sample import sample_batch
@@ -93,12 +93,8 @@ def img2img(runtime, params: Img2ImgParams) -> Generator[Progress, Command, Gene
     if plan.loaded.family.is_inpainting:
         plan.info_fields["conditional_mask_weight"] = settings.inpainting_mask_weight
     plan.extra_params = extra_params(p, noise_multiplier(p, settings), prepared)
-    result = GenerationResult(images=[], infotexts=[], seeds=[], subseeds=[], prompts=[],
-                              negative_prompts=[], warnings=plan.warnings)
-    result.extra.update(sd_model_name=plan.loaded.info.model_name,
-                        sd_model_hash=plan.loaded.shorthash, sampler_name=plan.sampler.label,
-                        clip_skip=settings.CLIP_stop_at_last_layers,
-                        is_using_inpainting_conditioning=plan.loaded.family.is_inpainting)
+    result = new_result(
+        plan, is_using_inpainting_conditioning=plan.loaded.family.is_inpainting)
     size = p.batch_size
     for batch in range(p.n_iter):
         part = slice(batch * size, (batch + 1) * size)

@@ -31,6 +31,17 @@ def decode_latents(loaded, latents: torch.Tensor, settings: Settings | None = No
     return vae_decode_latents(loaded, latents, settings, cancel)
 
 
+def new_result(plan: Plan, **extra: object) -> GenerationResult:
+    """A job's empty result: `plan`'s warnings, and in `extra` the model, sampler and clip
+    skip (then any `extra` fields the caller adds)."""
+    result = GenerationResult(images=[], infotexts=[], seeds=[], subseeds=[], prompts=[],
+                              negative_prompts=[], warnings=plan.warnings)
+    result.extra.update(sd_model_name=plan.loaded.info.model_name,
+                        sd_model_hash=plan.loaded.shorthash, sampler_name=plan.sampler.label,
+                        clip_skip=plan.settings.CLIP_stop_at_last_layers, **extra)
+    return result
+
+
 def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
                   result: GenerationResult, *, batch_index: int,
                   finish: Callable[[int, Image.Image], Image.Image] | None = None) -> None:

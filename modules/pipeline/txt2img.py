@@ -18,7 +18,7 @@ from collections.abc import Generator
 
 from modules.jobs import Command, Progress
 from modules.pipeline import hires
-from modules.pipeline.output import collect_batch
+from modules.pipeline.output import collect_batch, new_result
 from modules.pipeline.params import GenerationResult, Txt2ImgParams
 from modules.pipeline.plan import plan_txt2img
 from modules.pipeline.sample import sample_batch
@@ -34,11 +34,7 @@ def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, Gene
     plan = plan_txt2img(runtime, params)
     plan.scripts.call("before_process", plan)
     plan.scripts.call("process", plan)
-    result = GenerationResult(images=[], infotexts=[], seeds=[], subseeds=[], prompts=[],
-                              negative_prompts=[], warnings=plan.warnings)
-    result.extra.update(sd_model_name=plan.loaded.info.model_name,
-                        sd_model_hash=plan.loaded.shorthash, sampler_name=plan.sampler.label,
-                        clip_skip=plan.settings.CLIP_stop_at_last_layers)
+    result = new_result(plan)
     size = params.batch_size
     if params.enable_hr:
         hires_pass = hires.prepare(runtime, plan)
