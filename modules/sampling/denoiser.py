@@ -63,13 +63,11 @@ def model_sigmas(config: NoiseScheduleConfig, *, zero_terminal_snr: bool = False
     return discrete_sigmas(alphas_cumprod)
 
 
-class DiscreteSchedule:
-    """A sigma table with sigma <-> t conversion."""
+class SigmaTable:
+    """A model's ascending sigma table (float32) and its two ends."""
 
-    def __init__(self, sigmas: Tensor, *, quantize: bool = True) -> None:
+    def __init__(self, sigmas: Tensor) -> None:
         self.sigmas = sigmas.float()
-        self.log_sigmas = self.sigmas.log()
-        self.quantize = quantize
 
     @property
     def sigma_min(self) -> float:
@@ -78,6 +76,15 @@ class DiscreteSchedule:
     @property
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
+
+
+class DiscreteSchedule(SigmaTable):
+    """A sigma table with sigma <-> t conversion."""
+
+    def __init__(self, sigmas: Tensor, *, quantize: bool = True) -> None:
+        super().__init__(sigmas)
+        self.log_sigmas = self.sigmas.log()
+        self.quantize = quantize
 
     def sigma_to_t(self, sigma: Tensor, quantize: bool | None = None) -> Tensor:
         """Timesteps of a batch of sigmas: nearest entry, or log-sigma interpolation."""

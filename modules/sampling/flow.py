@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from modules.nn.configs import FlowConfig
+from modules.sampling.denoiser import SigmaTable
 
 FlowModel = Callable[..., Tensor]  # model(x, timestep, context=..., y=..., **kw) -> velocity
 
@@ -129,7 +130,7 @@ def noised(init: Tensor, noise: Tensor, sigma: float | Tensor) -> Tensor:
     return (1 - sigma) * init + sigma * noise
 
 
-class FlowDenoiser:
+class FlowDenoiser(SigmaTable):
     """D(x, sigma) = x - sigma * v(x, timestep_scale * sigma) for a velocity model.
 
     Called like `denoiser.Denoiser` (so `cfg.CFGDenoiser` drives it): keyword `context`,
@@ -140,19 +141,11 @@ class FlowDenoiser:
                  ) -> None:
         """:param sigmas: the model's ascending sigma table (`FlowSchedule.table()`)
         :param timestep_scale: the model's timestep per unit sigma (SD3 1000, Flux 1)"""
+        super().__init__(sigmas)
         self.model = model
-        self.sigmas = sigmas.float()
         self.timestep_scale = timestep_scale
         self.prediction = "flow"
         self.is_flow = True  # samplers add their noise on the flow path (`renoise.py`)
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
 
     def timestep(self, sigma: Tensor) -> Tensor:
         """The timestep the network is given for these sigmas."""
