@@ -96,6 +96,13 @@ def sd35_pair(config: MMDiTConfig, dtype: torch.dtype, device: str = "cpu"):
     return assert_materialised(ours), assert_materialised(theirs)
 
 
+def placed(inputs: dict[str, torch.Tensor], dtype: torch.dtype,
+           device: str) -> dict[str, torch.Tensor]:
+    """The inputs on `device`, in `dtype` but for the timesteps (kept float32)."""
+    return {k: v.to(device, dtype if k != "timesteps" else torch.float32)
+            for k, v in inputs.items()}
+
+
 def sd35_inputs(config: MMDiTConfig, side: int, tokens: int, dtype: torch.dtype,
                 device: str = "cpu", batch: int = 2) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
@@ -104,8 +111,7 @@ def sd35_inputs(config: MMDiTConfig, side: int, tokens: int, dtype: torch.dtype,
         timesteps=torch.full((batch,), 500.0),
         context=torch.randn(batch, tokens, config.context_in_channels, generator=generator),
         y=torch.randn(batch, config.adm_in_channels, generator=generator))
-    return {k: v.to(device, dtype if k != "timesteps" else torch.float32)
-            for k, v in inputs.items()}
+    return placed(inputs, dtype, device)
 
 
 def sd35_diffusers_call(model: nn.Module, inputs: dict):
@@ -145,8 +151,7 @@ def flux_inputs(config: FluxConfig, side: int, tokens: int, dtype: torch.dtype,
         timesteps=torch.full((batch,), 0.75),
         context=torch.randn(batch, tokens, config.context_in_dim, generator=generator),
         y=torch.randn(batch, config.vec_in_dim, generator=generator))
-    return {k: v.to(device, dtype if k != "timesteps" else torch.float32)
-            for k, v in inputs.items()}
+    return placed(inputs, dtype, device)
 
 
 def flux_diffusers_call(model: nn.Module, inputs: dict):
