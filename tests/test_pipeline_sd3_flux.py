@@ -158,6 +158,20 @@ def assert_pixels_close(ours, reference) -> None:
     assert difference <= PIXEL_TOLERANCE + 1e-6, f"pixels differ by {difference * 255:.2f}/255"
 
 
+@torch.no_grad()
+def pipeline_outputs(pipe, common: dict) -> tuple[torch.Tensor, np.ndarray]:
+    """The diffusers pipeline's final latents (as it returns them) and [0, 1] pixels."""
+    return (pipe(**common, output_type="latent").images,
+            pipe(**common, output_type="np").images)
+
+
+def assert_same_generation(ours: dict, latents: torch.Tensor, pixels: np.ndarray) -> None:
+    """Our final latents within LATENT_TOLERANCE, our image within PIXEL_TOLERANCE."""
+    difference = (ours["latents"] - latents).abs().max().item()
+    assert difference <= LATENT_TOLERANCE, difference
+    assert_pixels_close(ours["pixels"][0], pixels)
+
+
 def test_sd35_generation_equals_stable_diffusion_3_pipeline(setup):
     runtime, vaes = setup
     ours = our_generation(runtime, request("sd3", cfg_scale=4.5))
@@ -170,12 +184,8 @@ def test_sd35_generation_equals_stable_diffusion_3_pipeline(setup):
                   negative_pooled_prompt_embeds=uncond.vector[None], guidance_scale=4.5,
                   num_inference_steps=STEPS, sigmas=ours["sigmas"][:-1].tolist(),
                   latents=ours["noise"], height=SIZE, width=SIZE)
-    with torch.no_grad():
-        latents = pipe(**common, output_type="latent").images
-        pixels = pipe(**common, output_type="np").images
-    difference = (ours["latents"] - latents).abs().max().item()
-    assert difference <= LATENT_TOLERANCE, difference
-    assert_pixels_close(ours["pixels"][0], pixels)
+    latents, pixels = pipeline_outputs(pipe, common)
+    assert_same_generation(ours, latents, pixels)
 
 
 def test_flux_dev_generation_equals_flux_pipeline(setup):
@@ -189,13 +199,9 @@ def test_flux_dev_generation_equals_flux_pipeline(setup):
     common = dict(prompt_embeds=cond.crossattn[None], pooled_prompt_embeds=cond.vector[None],
                   guidance_scale=2.5, num_inference_steps=STEPS,
                   sigmas=ours["sigmas"][:-1].tolist(), latents=packed, height=SIZE, width=SIZE)
-    with torch.no_grad():
-        latents = pipe(**common, output_type="latent").images
-        pixels = pipe(**common, output_type="np").images
+    latents, pixels = pipeline_outputs(pipe, common)
     latents = pipe._unpack_latents(latents, SIZE, SIZE, pipe.vae_scale_factor)
-    difference = (ours["latents"] - latents).abs().max().item()
-    assert difference <= LATENT_TOLERANCE, difference
-    assert_pixels_close(ours["pixels"][0], pixels)
+    assert_same_generation(ours, latents, pixels)
 
 
 def test_distilled_guidance_changes_flux_dev_only(setup):
