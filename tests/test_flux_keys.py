@@ -10,8 +10,6 @@ shape on the meta device.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -24,10 +22,9 @@ from modules.models.flux_keys import (
 )
 from modules.nn.flux import FluxTransformer, tiny_flux_config
 from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
+from tests.helpers.layouts import fixture_shapes
 
 pytest.importorskip("diffusers")
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _random_model(guidance_embed: bool) -> FluxTransformer:
@@ -108,12 +105,7 @@ def test_tiny_config_is_read_off_its_shapes(diffusers_state) -> None:
 
 
 def _fixture_tensors(name: str) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for line in (FIXTURES / name).read_text().splitlines()[1:]:
-        key, shape, _dtype = line.split("\t")
-        dims = tuple(int(d) for d in shape.strip("[]").split(","))
-        tensors[key] = torch.empty(dims, device="meta")
-    return tensors
+    return {key: torch.empty(shape, device="meta") for key, shape in fixture_shapes(name).items()}
 
 
 @pytest.mark.parametrize("fixture", ["flux1_dev_transformer_bfl.tsv",
