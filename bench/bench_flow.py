@@ -24,8 +24,11 @@ gone before the next is built; each checks the memory available first):
   safetensors (layer weights float8, the rest bf16) and GGUF Q8_0 (layer weights Q8_0,
   the rest F16 / F32), each loaded in a fresh process through
   `modules.models.lowbit_load.load_diffusion_weights` (the app's low-bit loading path,
-  "Automatic": the file's storage kept). Reported: peak resident set above the
-  post-import baseline (VmHWM - VmRSS) / file size.
+  "Automatic": the file's storage kept); and a T5 at XXL width with 2 layers written in
+  fp16 and in float8 e4m3fn (matrices; embedding and position table fp16), as users'
+  `t5xxl_fp16` / `t5xxl_fp8_e4m3fn` files, loaded the app's way for a separate text
+  encoder (meta build, `flow_loader.Source.read` casting to bf16, `load_weights`).
+  Reported: peak resident set above the post-import baseline (VmHWM - VmRSS) / file size.
 
 Timings alternate the engines within each repeat and report medians; the first call of
 each engine (the output comparison) is the warm-up.
@@ -150,6 +153,8 @@ def load_config(family: str, size: str):
 
 
 def load_label(family: str, size: str) -> str:
+    if family == "t5":
+        return f"T5-XXL width, {t5_load_config(size).num_layers} layers"
     config = load_config(family, size)
     if family == "sd35":
         return f"SD3.5 Medium layout, depth {config.depth}"
@@ -203,17 +208,61 @@ def status_kib(key: str) -> int:
     raise KeyError(key)
 
 
+def t5_load_config(size: str):
+    return pairs.TINY_T5 if size == "tiny" else dataclasses.replace(pairs.T5_XXL, num_layers=2)
+
+
+def write_t5_files(size: str, folder: Path) -> dict[str, Path]:
+    """A reduced T5 as the files users keep: fp16, and float8 e4m3fn matrices (the
+    embedding and the relative position table fp16)."""
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        encoder = pairs.T5TextEncoder(config=t5_load_config(size))
+    shapes = pairs.shapes_of(encoder.transformer)
+    shapes.pop("encoder.embed_tokens.weight")
+    state = pairs.random_state(shapes, torch.float16)
+    paths = {name: folder / f"t5-{name}" for name in ("fp16.safetensors", "fp8.safetensors")}
+    save_file(state, str(paths["fp16.safetensors"]))
+    save_file({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 and "shared" not in k
+               and "relative" not in k else v for k, v in state.items()},
+              str(paths["fp8.safetensors"]))
+    return paths
+
+
+def load_t5(size: str, path: str) -> torch.nn.Module:
+    """The app's path for a separate T5 file (`flow_model.assemble_flow_model`): meta
+    build, `Source.read` casting to the compute dtype, `load_weights` by assignment."""
+    from modules.models.flow_loader import Source
+    from modules.models.safetensors_io import read_safetensors_header
+
+    with torch.device("meta"):
+        encoder = pairs.T5TextEncoder(config=t5_load_config(size))
+    source = Source(path=path, keys=tuple(read_safetensors_header(path).tensors))
+    missing = encoder.load_weights(source.read(dtype=DTYPE, device="cpu"))
+    assert not missing, missing
+    return encoder
+
+
 def load_child(family: str, size: str, path: str) -> None:
     """In a fresh process: build on meta, load the file, print the peak memory above the
     post-import baseline and the bytes the model holds."""
+    # load_t5's imports (T5TextEncoder imports transformers' model when built), done before
+    # the baseline like every other import.
+    from transformers import T5EncoderModel  # noqa: F401
+
+    import modules.models.flow_loader  # noqa: F401
     from modules.models.lowbit_load import load_diffusion_weights
     from modules.nn.lowbit import storage_bytes
 
     base = status_kib("VmRSS:")
     start = time.perf_counter()
-    model = build_meta(family, size)
-    report = load_diffusion_weights(model, path, compute_dtype=DTYPE)
-    assert not report.missing and not report.unexpected, report
+    if family == "t5":
+        model = load_t5(size, path)
+    else:
+        model = build_meta(family, size)
+        report = load_diffusion_weights(model, path, compute_dtype=DTYPE)
+        assert not report.missing and not report.unexpected, report
     pairs.assert_materialised(model)
     print(json.dumps({"extra_kib": status_kib("VmHWM:") - base, "held": storage_bytes(model),
                       "seconds": time.perf_counter() - start}))
@@ -222,8 +271,10 @@ def load_child(family: str, size: str, path: str) -> None:
 def bench_load(size: str) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for family in ("sd35", "flux"):
-            for name, path in write_files(family, size, Path(tmp)).items():
+        for family in ("sd35", "flux", "t5"):
+            files = write_t5_files(size, Path(tmp)) if family == "t5" else \
+                write_files(family, size, Path(tmp))
+            for name, path in files.items():
                 out = subprocess.run(
                     [sys.executable, __file__, "--load-child", family, "--config", size,
                      "--file", str(path)], capture_output=True, text=True, check=True)
@@ -280,7 +331,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
-    parser.add_argument("--load-child", choices=("sd35", "flux"), help=argparse.SUPPRESS)
+    parser.add_argument("--load-child", choices=("sd35", "flux", "t5"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load_child:
