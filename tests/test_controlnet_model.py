@@ -106,7 +106,8 @@ def test_unet_with_injection_matches_diffusers(family, tmp_path) -> None:
                                   down_block_additional_residuals=down,
                                   mid_block_additional_residual=middle).sample
         # The ControlSource form: residuals computed from the U-Net's own inputs.
-        source = lambda x, t, context, y: ours_cn(x, hint, t, context, y)  # noqa: E731
+        source = lambda x, t, context, y, cancel=None: ours_cn(  # noqa: E731
+            x, hint, t, context, y, cancel=cancel)
         actual = ours_unet(inputs["x"], inputs["timesteps"], inputs["context"], inputs["y"],
                            control=source)
         plain = ours_unet(inputs["x"], inputs["timesteps"], inputs["context"], inputs["y"])

@@ -98,14 +98,17 @@ class Encoder(nn.Module):
         self.norm_out = group_norm(widths[-1], groups)
         self.conv_out = nn.Conv2d(widths[-1], 2 * config.z_channels, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
+        """:param cancel: its `check()` runs between blocks and attention chunks"""
         h = self.conv_in(x)
         for level in self.down:
             for block in level.block:
+                check(cancel)
                 h = block(h)
             if level.downsample is not None:
                 h = level.downsample(h)
-        h = self.mid(h)
+        check(cancel)
+        h = self.mid(h, cancel)
         return self.conv_out(silu_fresh(self.norm_out(h)))
 
 
@@ -183,9 +186,10 @@ class AutoencoderKL(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.dtype).contiguous(memory_format=self.memory_format)
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """Image in [-1, 1], (B, 3, H, W) -> posterior over unscaled latents (input's dtype)."""
-        moments = self.quant_conv(self.encoder(self._prepare(x)))
+    def encode(self, x: torch.Tensor, cancel: Cancel | None = None) -> DiagonalGaussian:
+        """Image in [-1, 1], (B, 3, H, W) -> posterior over unscaled latents (input's dtype);
+        `cancel.check()` may abandon it between blocks."""
+        moments = self.quant_conv(self.encoder(self._prepare(x), cancel))
         return DiagonalGaussian(moments.to(x.dtype).contiguous())
 
     def decode(self, z: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:

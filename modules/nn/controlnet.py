@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modules.nn.attention import Cancel, check
 from modules.nn.configs import UNetConfig
 from modules.nn.timestep import timestep_embedding
 from modules.nn.unet import ControlResiduals
@@ -131,6 +132,7 @@ class ControlNet(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         y: torch.Tensor | None = None,
+        cancel: Cancel | None = None,
     ) -> ControlResiduals:
         """Residuals for the U-Net, unscaled (weights are the caller's business).
 
@@ -139,6 +141,8 @@ class ControlNet(nn.Module):
         :param timesteps: (B,) or 0-d timesteps
         :param context: (B, S, context_dim) text encoding
         :param y: (B, adm_in_channels) SDXL ADM vector, None for SD1/SD2
+        :param cancel: its `check()` runs between blocks and attention chunks (a job's
+            `modules.jobs.Cancellation`; raises `JobInterrupted` to abandon the call)
         :return: one residual per input block and one for the middle block, in x's dtype
         """
         dtype = self.dtype
@@ -150,10 +154,12 @@ class ControlNet(nn.Module):
         h = x.to(dtype)
         outs = []
         for index, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
-            h = block(h, emb, context)
+            check(cancel)
+            h = block(h, emb, context, cancel=cancel)
             # The encoded hint joins after the input convolution.
             if index == 0:
                 h = h + guided_hint
             outs.append(zero_conv(h).to(x.dtype))
-        h = self.middle_block(h, emb, context)
+        check(cancel)
+        h = self.middle_block(h, emb, context, cancel=cancel)
         return ControlResiduals(down=tuple(outs), middle=self.middle_block_out(h).to(x.dtype))

@@ -17,7 +17,8 @@ reference implementation (Zhang et al., 2023, https://arxiv.org/abs/2302.05543,
 `control.down[i]` is added to the skip connection saved from `input_blocks[i]` at the
 moment the decoder concatenates it; the tensor flowing down the encoder is unchanged.
 `control` may also be a `ControlSource`: a callable that computes the residuals from
-the U-Net's own inputs (x, timesteps, context, y) at the start of the call, which is
+the U-Net's own inputs (x, timesteps, context, y, and the call's `cancel`, which the
+ControlNet checks between its blocks) at the start of the call, which is
 what a ControlNet needs, since it runs on the same x_t, t and text as the U-Net.
 
 Hypernetwork hook point: `forward(..., context_transform=...)` is handed to every
@@ -69,6 +70,8 @@ class ControlSource(Protocol):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         y: torch.Tensor | None,
+        *,
+        cancel: Cancel | None = None,
     ) -> ControlResiduals | None: ...
 
 
@@ -180,7 +183,7 @@ class UNetModel(nn.Module):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         if control is not None and not isinstance(control, ControlResiduals):
-            control = control(x, timesteps, context, y)
+            control = control(x, timesteps, context, y, cancel=cancel)
         if control is not None and len(control.down) != len(self.input_blocks):
             raise ValueError(
                 f"control.down has {len(control.down)} tensors, expected {len(self.input_blocks)}"

@@ -198,9 +198,10 @@ def encoder_head(encoder: Encoder, x: torch.Tensor, norm: NormFn) -> torch.Tenso
     return h
 
 
-def encoder_tail(encoder: Encoder, h: torch.Tensor) -> torch.Tensor:
+def encoder_tail(encoder: Encoder, h: torch.Tensor,
+                 cancel: Cancel | None = None) -> torch.Tensor:
     """The mid block, `norm_out` and `conv_out`, on the whole latent."""
-    return encoder.conv_out(F.silu(encoder.norm_out(mid_forward(encoder.mid, h))))
+    return encoder.conv_out(F.silu(encoder.norm_out(mid_forward(encoder.mid, h, cancel))))
 
 
 # ---------------------------------------------------------------- tiles
@@ -304,8 +305,9 @@ def tiled_decode(vae: AutoencoderKL, z: torch.Tensor, *, tile: int = 64, overlap
 
 @torch.no_grad()
 def tiled_encode(vae: AutoencoderKL, x: torch.Tensor, *, tile: int = 512, overlap: int = 64,
-                 refine: int = 1) -> DiagonalGaussian:
-    """Like `vae.encode(x)` in tiles of `tile` pixels; sides must divide by the VAE factor."""
+                 refine: int = 1, cancel: Cancel | None = None) -> DiagonalGaussian:
+    """Like `vae.encode(x)` in tiles of `tile` pixels; sides must divide by the VAE factor.
+    `cancel.check()` runs between tiles and attention chunks."""
     encoder, factor = vae.encoder, vae.config.downscale
     if x.shape[-2] % factor or x.shape[-1] % factor:
         raise ValueError(f"tiled_encode: image sides must be multiples of {factor}, "
@@ -317,10 +319,13 @@ def tiled_encode(vae: AutoencoderKL, x: torch.Tensor, *, tile: int = 512, overla
         return encoder_head(encoder, part, norm)
 
     tiles = tile_grid(x.shape[-2], x.shape[-1], tile=tile, overlap=overlap)
-    stats = _refine(run, pixels, tiles, _estimate(run, pixels, tile + 2 * overlap), refine)
+    check(cancel)
+    stats = _estimate(run, pixels, tile + 2 * overlap)
+    stats = _refine(run, pixels, tiles, stats, refine, cancel)
     width = encoder.conv_out.in_channels
     h = torch.empty(x.shape[0], width, x.shape[-2] // factor, x.shape[-1] // factor,
                     dtype=vae.dtype, device=x.device)
-    h = _run_tiles(run, pixels, tiles, stats, h, 1 / factor)
-    moments = vae.quant_conv(encoder_tail(encoder, h))
+    h = _run_tiles(run, pixels, tiles, stats, h, 1 / factor, cancel)
+    check(cancel)
+    moments = vae.quant_conv(encoder_tail(encoder, h, cancel))
     return DiagonalGaussian(moments.to(x.dtype))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from modules.devices import execution_device
 from modules.imaging.resize import resize
+from modules.jobs import JobInterrupted
 from modules.pipeline.flow_plan import is_flow, with_flow_conditioner
 from modules.pipeline.image_conditioning import inpaint_image_cond
 from modules.pipeline.params import LATENT_UPSCALE_MODES, ParamsError, Txt2ImgParams, hires_size
@@ -67,10 +68,20 @@ class HiresPass:
         `images` (PIL) replace the decoded first pass for image upscalers; without
         `latents`, they are encoded for the latent modes (hires on a finished picture).
         """
+        try:
+            start = self.second_pass_start(part, latents, images)
+        except JobInterrupted as stopped:  # stopped in a VAE pass: no latents for this batch
+            return None, self.sampling.cancel.take() or stopped.command
+        return (yield from sample_batch(self.sampling, part, job_no=job_no, start=start))
+
+    def second_pass_start(self, part: slice, latents: torch.Tensor | None, images) -> LatentStart:
+        """The second pass's start: upscaled (VAE decode / encode as the upscaler needs),
+        with the inpainting conditioning of a 9-channel model; the VAE passes check the
+        job's cancellation."""
         p = self.first.params
         if latents is None and self.upscaler in LATENT_MODES:
             latents = encode_seeded(self.first.loaded, images, self.first.settings,
-                                    self.first.seeds[part])
+                                    self.first.seeds[part], cancel=self.first.cancel)
         samples = self.upscaled(latents, part, images)
         samples = truncate(samples, *self.truncate)
         start = LatentStart(init_latent=samples, denoising_strength=p.denoising_strength,
@@ -78,12 +89,13 @@ class HiresPass:
         loaded = self.sampling.loaded
         if loaded.family.is_inpainting:
             pixels = decode(loaded.vae, samples / loaded.family.vae.scale_factor
-                            + loaded.family.vae.shift_factor, self.sampling.settings)
+                            + loaded.family.vae.shift_factor, self.sampling.settings,
+                            self.sampling.cancel)
             start.image_cond = inpaint_image_cond(
                 loaded, pixels.clamp(-1, 1), torch.ones(pixels.shape[0], 1, *pixels.shape[-2:]),
                 weight=self.sampling.settings.inpainting_mask_weight,
-                settings=self.sampling.settings)
-        return (yield from sample_batch(self.sampling, part, job_no=job_no, start=start))
+                settings=self.sampling.settings, cancel=self.sampling.cancel)
+        return start
 
     def upscaled(self, latents: torch.Tensor | None, part: slice, images=None) -> torch.Tensor:
         """The batch `part` at the hires size; an image upscaler's pictures are encoded
@@ -102,22 +114,23 @@ class HiresPass:
             upscale = lambda image, scale: registry.upscale(  # noqa: E731
                 image, scale, self.upscaler, settings)
         if images is None:
-            images = decode_latents(self.first.loaded, latents, self.first.settings)
+            images = decode_latents(self.first.loaded, latents, self.first.settings,
+                                    self.first.cancel)
         if self.upscaler == "Nearest":
             images = [image.resize((width, height), resample=0) for image in images]
         else:
             images = [resize(image, width, height, upscale) for image in images]
         return encode_seeded(self.sampling.loaded, images, self.sampling.settings,
-                             self.first.seeds[part])
+                             self.first.seeds[part], cancel=self.sampling.cancel)
 
 
-def encode_seeded(loaded, images, settings, seeds: list[int]) -> torch.Tensor:
+def encode_seeded(loaded, images, settings, seeds: list[int], cancel=None) -> torch.Tensor:
     """PIL images -> latents, image i's posterior sampled with noise seeded by `seeds[i]`
     (as img2img does), so a batch equals its images run one by one."""
     if len(images) != len(seeds):
         raise ValueError(f"{len(seeds)} seeds for {len(images)} images")
     pixels = images_to_tensor(images)
-    posterior = encode(loaded.vae, pixels.to(execution_device(loaded.vae)), settings)
+    posterior = encode(loaded.vae, pixels.to(execution_device(loaded.vae)), settings, cancel)
     return sample_posterior(loaded, posterior, list(seeds))
 
 

@@ -23,24 +23,26 @@ from modules.pipeline.vae_codec import encode_images
 
 
 def inpaint_image_cond(loaded, source: torch.Tensor, mask: torch.Tensor, *, weight: float,
-                       settings=None, round_mask: bool = True) -> torch.Tensor:
+                       settings=None, round_mask: bool = True, cancel=None) -> torch.Tensor:
     """`[mask, masked-image latent]` for a source (B, 3, H, W) in [-1, 1], mask (B, 1, H, W).
 
-    `mask` is 1 where the image is repainted.
+    `mask` is 1 where the image is repainted; `cancel` may stop the encode (a job's
+    `Cancellation`).
     """
     mask = mask.to(source)
     if round_mask:
         mask = torch.round(mask)
     masked = torch.lerp(source, source * (1.0 - mask), weight)
-    latent = encode_images(loaded, masked, settings)
+    latent = encode_images(loaded, masked, settings, cancel=cancel)
     mask_latent = F.interpolate(mask, size=latent.shape[-2:])
     return torch.cat([mask_latent.to(latent), latent], dim=1)
 
 
-def txt2img_image_cond(loaded, latent_shape: tuple[int, ...], settings=None) -> torch.Tensor:
+def txt2img_image_cond(loaded, latent_shape: tuple[int, ...], settings=None,
+                       cancel=None) -> torch.Tensor:
     """Mask of ones and the latent of a grey image, for inpainting models without a mask."""
     batch, _, height, width = latent_shape
     factor = loaded.family.vae.downscale
     grey = torch.zeros(batch, 3, height * factor, width * factor)
-    latent = encode_images(loaded, grey, settings)
+    latent = encode_images(loaded, grey, settings, cancel=cancel)
     return torch.cat([torch.ones(batch, 1, height, width).to(latent), latent], dim=1)

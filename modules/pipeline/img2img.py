@@ -35,7 +35,7 @@ from modules.devices import execution_device
 from modules.imaging import masks as M
 from modules.imaging.color_correction import ColorCorrection
 from modules.imaging.resize import resize, resize_image
-from modules.jobs import Command, Progress
+from modules.jobs import Command, JobInterrupted, Progress
 from modules.pipeline.image_conditioning import inpaint_image_cond
 from modules.pipeline.output import collect_batch, new_result
 from modules.pipeline.params import MASKED_CONTENT, GenerationResult, Img2ImgParams, ParamsError
@@ -87,8 +87,11 @@ def img2img(runtime, params: Img2ImgParams) -> Generator[Progress, Command, Gene
     p, settings = plan.params, plan.settings
     prepared = prepare_images(p, settings, upscale=upscale_fn(runtime, settings))
     plan.warnings += prepared.warnings
-    posteriors = encode_init(plan, prepared)
-    image_cond = inpainting_cond(plan, prepared) if plan.loaded.family.is_inpainting else None
+    try:
+        posteriors = encode_init(plan, prepared)
+        image_cond = inpainting_cond(plan, prepared) if plan.loaded.family.is_inpainting else None
+    except JobInterrupted as stopped:  # stopped inside the VAE encode: nothing to sample
+        return stopped_while_encoding(plan, stopped)
     plan.info_fields = {"denoising_strength": p.denoising_strength}
     if plan.loaded.family.is_inpainting:
         plan.info_fields["conditional_mask_weight"] = settings.inpainting_mask_weight
@@ -108,6 +111,15 @@ def img2img(runtime, params: Img2ImgParams) -> Generator[Progress, Command, Gene
         if command == "interrupt" or result.interrupted:
             result.interrupted = True
             break
+    plan.scripts.call("postprocess", plan, result)
+    return result
+
+
+def stopped_while_encoding(plan: Plan, stopped: JobInterrupted) -> GenerationResult:
+    """The empty result of a job stopped before sampling (a skip ends it as well: no
+    batch can run without the encoded pictures)."""
+    result = new_result(plan)
+    result.interrupted = (plan.cancel.take() or stopped.command) == "interrupt"
     plan.scripts.call("postprocess", plan, result)
     return result
 
@@ -196,7 +208,7 @@ def encode_init(plan: Plan, prepared: Prepared) -> list:
     loaded, settings = plan.loaded, plan.settings
     vae = loaded.vae
     device = execution_device(vae)
-    return [encode(vae, images_to_tensor([image]).to(device), settings)
+    return [encode(vae, images_to_tensor([image]).to(device), settings, plan.cancel)
             for image in prepared.images]
 
 
@@ -257,7 +269,8 @@ def inpainting_cond(plan: Plan, prepared: Prepared) -> torch.Tensor:
         mask = images_to_tensor([prepared.mask])[:, :1] * 0.5 + 0.5
     cond = inpaint_image_cond(plan.loaded, source, mask.expand(source.shape[0], -1, -1, -1),
                               weight=plan.settings.inpainting_mask_weight,
-                              settings=plan.settings, round_mask=p.mask_round)
+                              settings=plan.settings, round_mask=p.mask_round,
+                              cancel=plan.cancel)
     batch = p.batch_size
     return cond.expand(batch, -1, -1, -1).clone() if cond.shape[0] == 1 else cond
 

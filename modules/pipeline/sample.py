@@ -71,7 +71,10 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
     if image_cond is None and family.is_inpainting:
         from modules.pipeline.image_conditioning import txt2img_image_cond
 
-        image_cond = txt2img_image_cond(loaded, x.shape, settings)
+        try:
+            image_cond = txt2img_image_cond(loaded, x.shape, settings, cancel=plan.cancel)
+        except JobInterrupted as stopped:  # stopped while encoding: no step, no latents
+            return None, plan.cancel.take() or stopped.command
     hooks = plan.scripts.cfg_hooks()
     cfg = CFGDenoiser(
         denoiser, conds, unconds, p.cfg_scale,
@@ -141,7 +144,8 @@ def refiner_switch(plan: Plan, part: slice, device, shape, image_cond) -> ModelS
         if cond is None and refiner.loaded.family.is_inpainting:
             from modules.pipeline.image_conditioning import txt2img_image_cond
 
-            cond = txt2img_image_cond(refiner.loaded, shape, plan.settings)
+            cond = txt2img_image_cond(refiner.loaded, shape, plan.settings,
+                                      cancel=plan.cancel)
         return SwitchTarget(make_denoiser(seen, device), conds, unconds,
                             None if cond is None else cond.to(device))
 

@@ -103,8 +103,11 @@ def _decode_once(vae: AutoencoderKL, z: torch.Tensor, settings, cancel=None) -> 
         return vae.decode(z.to(vae.dtype), cancel).float()
 
 
-def encode(vae: AutoencoderKL, x: torch.Tensor, settings=None):
-    """Image tensor in [-1, 1] -> the posterior (`DiagonalGaussian`) over unscaled latents."""
+def encode(vae: AutoencoderKL, x: torch.Tensor, settings=None, cancel=None):
+    """Image tensor in [-1, 1] -> the posterior (`DiagonalGaussian`) over unscaled latents.
+
+    `cancel` (a job's `Cancellation`) is checked between blocks and tiles.
+    """
     factor = vae.config.downscale
     divisible = x.shape[-2] % factor == 0 and x.shape[-1] % factor == 0
     with torch.inference_mode():
@@ -112,8 +115,8 @@ def encode(vae: AutoencoderKL, x: torch.Tensor, settings=None):
                 tuple(x.shape), vae.dtype), x.device):
             return tiled_encode(vae, x, tile=settings.tiled_vae_encoder_tile,
                                 overlap=settings.tiled_vae_encoder_overlap,
-                                refine=settings.tiled_vae_refine)
-        return vae.encode(x)
+                                refine=settings.tiled_vae_refine, cancel=cancel)
+        return vae.encode(x, cancel)
 
 
 def decode_latents(loaded, latents: torch.Tensor, settings=None,
@@ -125,14 +128,14 @@ def decode_latents(loaded, latents: torch.Tensor, settings=None,
 
 
 def encode_images(loaded, pixels: torch.Tensor, settings=None, *,
-                  noise_seed: int | None = None) -> torch.Tensor:
+                  noise_seed: int | None = None, cancel=None) -> torch.Tensor:
     """[-1, 1] images (B, 3, H, W) -> diffusion latents.
 
     With `noise_seed` the posterior is sampled (see `sample_posterior`); without, its
     mean is used.
     """
     vae = loaded.vae
-    posterior = encode(vae, pixels.to(execution_device(vae)), settings)
+    posterior = encode(vae, pixels.to(execution_device(vae)), settings, cancel)
     seeds = None if noise_seed is None else [noise_seed] * pixels.shape[0]
     return sample_posterior(loaded, posterior, seeds)
 

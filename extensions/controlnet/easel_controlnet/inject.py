@@ -77,7 +77,8 @@ class ActiveUnit:
         return self._sized[size]
 
     def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                  y: torch.Tensor | None, rows_image: list[int]) -> ControlResiduals:
+                  y: torch.Tensor | None, rows_image: list[int],
+                  cancel=None) -> ControlResiduals:
         """This unit's scaled residuals for a batch of rows (row -> image index)."""
         hint = self.hint_for(*x.shape[-2:])
         if hint.shape[0] == 1:
@@ -85,7 +86,7 @@ class ActiveUnit:
         else:
             hint = hint[torch.tensor(rows_image, device=hint.device)]
         out = self.model(x[:, : self.model.in_channels], hint.to(x.device), timesteps,
-                         context, y)
+                         context, y, cancel=cancel)
         scales = level_scales(len(out.down) + 1, self.weight, self.control_mode)
         return ControlResiduals(down=tuple(r * s for r, s in zip(out.down, scales)),
                                 middle=out.middle * scales[-1])
@@ -104,7 +105,8 @@ class ControlProvider:
                                [self.row_is_uncond[r] for r in rows])
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None) -> ControlResiduals | None:
+                 y: torch.Tensor | None, *, cancel=None) -> ControlResiduals | None:
+        """:param cancel: the U-Net call's cancellation, checked between ControlNet blocks"""
         if len(self.row_is_uncond) != x.shape[0]:
             raise ValueError(f"ControlNet: {x.shape[0]} rows in the U-Net call but "
                              f"{len(self.row_is_uncond)} described")
@@ -114,7 +116,7 @@ class ControlProvider:
         for unit in self.units:
             if unit.cond_only and not bool(cond.any()):
                 continue  # only negative-prompt rows: this unit adds nothing
-            part = unit.residuals(x, timesteps, context, y, self.row_images)
+            part = unit.residuals(x, timesteps, context, y, self.row_images, cancel)
             if unit.cond_only:
                 part = ControlResiduals(down=tuple(r * cond for r in part.down),
                                         middle=part.middle * cond)
