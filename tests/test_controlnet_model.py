@@ -29,7 +29,8 @@ from modules.models.diffusers_keys import map_controlnet_keys
 from modules.models.errors import ModelLoadError
 from modules.nn.controlnet import ControlNet, ControlNetConfig
 from tests.diffusers_configs import unet_diffusers_config
-from tests.test_unet_parity import _assert_close, _inputs, _pair, _perturb
+from tests.helpers.parity import perturb
+from tests.test_unet_parity import _assert_close, _inputs, _pair
 from tests.tiny import TINY_SD15, TINY_SDXL
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sd15_controlnet_keys.tsv"
@@ -48,7 +49,7 @@ def _reference(family, seed: int = 3):
 
     torch.manual_seed(seed)
     reference = ControlNetModel(**controlnet_diffusers_config(family)).eval()
-    _perturb(reference, seed)  # zero convs start at zero: move them off it
+    perturb(reference, seed)  # zero convs start at zero: move them off it
     return reference
 
 
