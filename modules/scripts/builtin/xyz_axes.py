@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+MAX_AXIS_VALUES = 1024  # as many as a whole plot may have cells (xyz_plot.MAX_CELLS)
 RANGE = re.compile(r"^\s*([+-]?[\d.]+)\s*-\s*([+-]?[\d.]+)\s*"
                    r"(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
@@ -91,6 +93,13 @@ def find_axis(choice: int | str) -> Axis:
     raise ValueError(f"X/Y/Z plot: unknown axis type {choice!r} (one of {list(AXIS_LABELS)})")
 
 
+def _check_count(text: str, count: int) -> None:
+    """Refuse a range of more values than a plot may have, before building it."""
+    if count > MAX_AXIS_VALUES:
+        raise ValueError(f"X/Y/Z plot: range {text!r} has {count} values; "
+                         f"at most {MAX_AXIS_VALUES} are allowed")
+
+
 def _expand_range(text: str, kind: type) -> list | None:
     match = RANGE.match(text)
     if not match or kind is str:
@@ -98,6 +107,7 @@ def _expand_range(text: str, kind: type) -> list | None:
     start, end = kind(float(match[1])), kind(float(match[2]))
     if match[4]:  # [count]
         count = int(match[4])
+        _check_count(text, count)
         if count < 2:
             return [start]
         step = (end - start) / (count - 1)
@@ -105,6 +115,10 @@ def _expand_range(text: str, kind: type) -> list | None:
     step = kind(float(match[3])) if match[3] else kind(1)
     if step == 0:
         raise ValueError(f"X/Y/Z plot: range {text!r} has a zero step")
+    # Count first: a step lost in rounding (1-2 (1e-17)) would otherwise never end.
+    if start + step == start:
+        raise ValueError(f"X/Y/Z plot: range {text!r} has a step too small to advance")
+    _check_count(text, math.floor((end - start) / step + 1e-9) + 1)
     values, value = [], start
     while (value <= end + 1e-9) if step > 0 else (value >= end - 1e-9):
         values.append(round(value, 10) if kind is float else value)
@@ -125,12 +139,14 @@ def parse_values(axis: Axis, text: str) -> list:
         expanded = _expand_range(item, axis.kind)
         if expanded is not None:
             values += expanded
+            _check_count(text[:40], len(values))
             continue
         try:
             values.append(axis.kind(float(item)) if axis.kind is int else axis.kind(item))
         except ValueError as error:
             raise ValueError(f"X/Y/Z plot: {axis.label} value {item!r} is not "
                              f"{'an integer' if axis.kind is int else 'a number'}") from error
+    _check_count(text[:40], len(values))
     return values
 
 

@@ -11,10 +11,13 @@ checked before the first one runs, so a bad value fails at once.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from modules.errors import ParamsError
 from modules.imaging.grid_labels import join_with_titles, labelled_grid
+from modules.pipeline.limits import PixelBudget, largest_image
 from modules.scripts.args import arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common
@@ -103,9 +106,19 @@ class XYZPlot(Script):
         return axes
 
     def check(self, runtime, params, args: "XYZPlot.Args") -> None:
-        cells = self.cells(params, self.axes(runtime, args))
-        if len(cells) > MAX_CELLS:
-            raise ValueError(f"X/Y/Z plot: {len(cells)} cells; at most {MAX_CELLS} are allowed")
+        axes = self.axes(runtime, args)
+        count = math.prod(len(values) for _, values in axes)
+        if count > MAX_CELLS:  # counted before a single cell is built
+            raise ValueError(f"X/Y/Z plot: {count} cells; at most {MAX_CELLS} are allowed")
+        budget = PixelBudget.from_args(runtime.args)
+        _, width, height = largest_image(params)
+        total = count * width * height * params.batch_size * params.n_iter
+        if total > budget.per_request:  # the whole plot is one request, and one grid
+            raise ParamsError("script_args", f"the plot makes {count} cells of {width}x{height} "
+                                             f"({total:,} pixels), over the limit of "
+                                             f"{budget.per_request:,} pixels per request "
+                                             f"(--max-pixels-per-request)")
+        self.cells(params, axes)  # every cell validated
 
     def run(self, p: ScriptProcessing, args: "XYZPlot.Args"):
         params = p.params if args.no_fixed_seeds else common.fixed_seed_params(p.params)
