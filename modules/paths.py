@@ -89,15 +89,18 @@ def _pick(flag: str | None, default: Path) -> Path:
     return Path(flag).resolve() if flag else default
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def serves_only_locally(args) -> bool:
-    """True without `--listen`, `--share` or a `--server-name` other than a loopback name:
-    then only this machine can reach the server."""
-    host = getattr(args, "server_name", None)
-    return not (getattr(args, "listen", False) or getattr(args, "share", False)
-                or (host and host not in LOOPBACK_HOSTS))
+    """True when only this machine can reach the server: no `--listen`, `--share`,
+    `--subpath` (a proxy in front) or `--allowed-hosts` (names it is reached by), and no
+    `--server-name` other than a loopback name. Training's `data_root` and installing
+    extensions both ask this one question."""
+    name = (getattr(args, "server_name", None) or "").strip().lower().strip("[]")
+    exposed = (getattr(args, "listen", False) or getattr(args, "share", False)
+               or getattr(args, "subpath", None) or getattr(args, "allowed_hosts", None))
+    return not exposed and (not name or name in LOOPBACK_NAMES)
 
 
 def inside(folder: Path, candidate: Path) -> bool:

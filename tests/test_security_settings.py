@@ -215,3 +215,19 @@ def test_data_root_stays_inside_the_data_directory_when_listening(listening, tmp
 def test_data_root_may_be_anywhere_on_a_local_server(client, tmp_path):
     status, detail = train_detail(client, tmp_path)
     assert status == 422 and "embedding_name" in detail, detail
+
+
+@pytest.mark.parametrize("flags", [["--subpath", "/sd"], ["--allowed-hosts", "sd.example.com"],
+                                   ["--server-name", "0.0.0.0"]])
+def test_a_proxied_or_named_server_is_not_local(flags):
+    """Behind a `--subpath` proxy or reached by `--allowed-hosts` names, remote clients
+    arrive at 127.0.0.1: training reads only inside the data directory there too, and the
+    same rule decides extension installs."""
+    from modules.app.cmd_args import parse_args
+    from modules.extensions.install import server_is_local
+    from modules.paths import serves_only_locally
+
+    args = parse_args(flags)
+    assert not serves_only_locally(args) and not server_is_local(args)
+    assert serves_only_locally(parse_args([])) and serves_only_locally(
+        parse_args(["--server-name", "[::1]"]))

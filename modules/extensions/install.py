@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from modules.extensions.url_check import refuse_private_host
+from modules.paths import serves_only_locally
 
 ACCESS_DENIED = ("Extension access is disabled because the server is not local "
                  "(--listen, --share, --server-name, --subpath or --allowed-hosts); start with "
@@ -25,7 +26,6 @@ ACCESS_DENIED = ("Extension access is disabled because the server is not local "
 LOGIN_REQUIRED = ("Installing extensions on a server others can reach needs a login: start "
                   "with --gradio-auth (or --api-auth) besides "
                   "--enable-insecure-extension-access.")
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 CLONE_TIMEOUT_S = 600
 
 
@@ -34,11 +34,8 @@ class ExtensionAccessError(PermissionError):
 
 
 def server_is_local(args) -> bool:
-    """Only this machine can reach the server (no flag exposes it, no proxy in front)."""
-    name = (getattr(args, "server_name", None) or "").strip().lower().strip("[]")
-    exposed = (getattr(args, "listen", False) or getattr(args, "share", False)
-               or getattr(args, "subpath", None) or getattr(args, "allowed_hosts", None))
-    return not exposed and (not name or name in LOOPBACK_NAMES)
+    """Only this machine can reach the server (see `modules.paths.serves_only_locally`)."""
+    return serves_only_locally(args)
 
 
 def login_configured(args) -> bool:
