@@ -103,6 +103,12 @@ def serves_only_locally(args) -> bool:
     return not exposed and (not name or name in LOOPBACK_NAMES)
 
 
+def login_configured(args) -> bool:
+    """Any login (`--api-auth`, `--gradio-auth`, `--gradio-auth-path`) protects the app."""
+    return any(getattr(args, flag, None) for flag in ("api_auth", "gradio_auth",
+                                                       "gradio_auth_path"))
+
+
 def inside(folder: Path, candidate: Path) -> bool:
     """True when `candidate` (after resolving links) lies inside `folder`."""
     try:

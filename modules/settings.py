@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from modules.paths import login_configured, serves_only_locally
+
 
 class SettingsError(ValueError):
     """A setting name or value that cannot be accepted; the message names the field."""
@@ -258,20 +260,25 @@ class ClientAccess:
     data_dir: Path | None = None
     allow_guarded: bool = False
     folders_locked: bool = False
+    ui_is_operator: bool = True  # see `from_args`
 
     @staticmethod
     def from_args(args, data_dir: Path) -> "ClientAccess":
+        # The UI is the operator's page (A1111) only where no stranger can reach it: on a
+        # local-only server or behind a login. Otherwise its events are client requests.
         return ClientAccess(data_dir=data_dir,
                             allow_guarded=bool(getattr(args, "allow_api_protected_settings", 0)),
                             folders_locked=bool(getattr(args, "hide_ui_dir_config", False)
-                                                or getattr(args, "freeze_settings", False)))
+                                                or getattr(args, "freeze_settings", False)),
+                            ui_is_operator=serves_only_locally(args) or login_configured(args))
 
 
 def check_guarded(name: str, value: Any, access: ClientAccess, origin: str) -> None:
     """Refuse a change to a guarded setting (403), or a folder outside the data dir (422).
 
-    `origin` "ui" is the Settings tab (the operator's page, as in A1111): only
-    `folders_locked` applies there. Anything else is a request from a client.
+    `origin` "ui" is the Settings tab and the top bar: where the UI is the operator's page
+    (`ClientAccess.ui_is_operator`) only `folders_locked` applies there; on a server open to
+    others without a login the UI gets a client's rules. Anything else is a client.
     """
     guard = Settings.describe(name).get("guard")
     if guard is None:
@@ -279,7 +286,7 @@ def check_guarded(name: str, value: Any, access: ClientAccess, origin: str) -> N
     if guard == FOLDER and access.folders_locked:
         raise SettingsForbidden(f"{name}: folder settings are locked "
                                 "(--hide-ui-dir-config or --freeze-settings)")
-    if origin == "ui":
+    if origin == "ui" and access.ui_is_operator:
         return
     if not access.allow_guarded:
         raise SettingsForbidden(f"{name}: cannot be changed through the API "

@@ -231,3 +231,23 @@ def test_a_proxied_or_named_server_is_not_local(flags):
     assert not serves_only_locally(args) and not server_is_local(args)
     assert serves_only_locally(parse_args([])) and serves_only_locally(
         parse_args(["--server-name", "[::1]"]))
+
+
+@pytest.mark.parametrize("flags, operator", [([], True), (["--listen"], False),
+                                             (["--listen", "--gradio-auth", "u:p"], True)])
+def test_the_ui_is_the_operators_page_only_where_strangers_cannot_reach_it(
+        tmp_path, flags, operator):
+    """Gradio's events can be called by any client: on a server open to others without a
+    login, the Settings tab and the top bar get a client's rules for guarded settings."""
+    from modules.app.cmd_args import parse_args
+
+    access = ClientAccess.from_args(parse_args(flags), tmp_path)
+    store = SettingsStore(tmp_path / "config.json", access=access)
+    change = {"api_forbid_local_requests": False}
+    if operator:
+        assert store.update(change, origin="ui")
+    else:
+        with pytest.raises(SettingsForbidden, match="api_forbid_local_requests"):
+            store.update(change, origin="ui")
+        with pytest.raises(SettingsForbidden, match="outdir_txt2img_samples"):
+            store.update({"outdir_txt2img_samples": "/etc/cron.d"}, origin="ui")

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from modules.extensions.url_check import refuse_private_host
-from modules.paths import serves_only_locally
+from modules.paths import login_configured, serves_only_locally
 
 ACCESS_DENIED = ("Extension access is disabled because the server is not local "
                  "(--listen, --share, --server-name, --subpath or --allowed-hosts); start with "
@@ -36,11 +36,6 @@ class ExtensionAccessError(PermissionError):
 def server_is_local(args) -> bool:
     """Only this machine can reach the server (see `modules.paths.serves_only_locally`)."""
     return serves_only_locally(args)
-
-
-def login_configured(args) -> bool:
-    return any(getattr(args, flag, None) for flag in ("api_auth", "gradio_auth",
-                                                       "gradio_auth_path"))
 
 
 def extension_access_denial(args) -> str | None:
