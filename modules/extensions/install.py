@@ -13,12 +13,15 @@ in a subprocess; the new extension loads on the next start.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from pathlib import Path
 
 from modules.extensions.url_check import refuse_private_host
 from modules.paths import login_configured, serves_only_locally
+
+log = logging.getLogger("easel")
 
 ACCESS_DENIED = ("Extension access is disabled because the server is not local "
                  "(--listen, --share, --server-name, --subpath or --allowed-hosts); start with "
@@ -79,6 +82,7 @@ def install_from_url(args, target_root: Path, url: str, *, dirname: str | None =
                *(["--branch", branch] if branch else []), "--", url, str(target)]
     target_root.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(command, capture_output=True, text=True, timeout=CLONE_TIMEOUT_S)
-    if done.returncode != 0:
-        raise RuntimeError(f"git clone failed: {done.stderr.strip() or done.stdout.strip()}")
+    if done.returncode != 0:  # git's own words (host, port) stay in the log: no oracle
+        log.warning("git clone of %s failed: %s", url, done.stderr.strip() or done.stdout.strip())
+        raise RuntimeError("git clone failed (the reason is in the server log)")
     return target

@@ -22,6 +22,7 @@ from typing import Literal
 from PIL import Image
 
 from modules.errors import ParamsError
+from modules.imaging.decode import DEFAULT_MAX_INPUT_PIXELS, check_size
 from modules.imaging.save import read_infotext, save_image
 from modules.upscaling.extras import ExtrasParams, run_extras
 from modules.upscaling.registry import upscalers_of
@@ -99,7 +100,8 @@ def _open_all(paths: list[Path]) -> tuple[list[tuple[str, Image.Image]], list[st
     opened, warnings = [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # the header only: refuse a bomb unread
+                check_size(image.size, field="image_folder", max_pixels=DEFAULT_MAX_INPUT_PIXELS)
                 image.load()
                 opened.append((path.stem, image.copy()))
         except Exception as error:  # any unreadable file: skip it and say which
