@@ -56,3 +56,11 @@ def test_selecting_saves_the_setting_through_the_store(runtime):
     finally:
         widgets.apply_quick_setting(runtime, widgets.MODULES, [])
     assert runtime.settings.current.forge_additional_modules == ()
+
+
+def test_the_vae_quick_setting_takes_only_listed_vaes(runtime):
+    """As /options does: a typed path is refused before it is stored (issue #17 item 7)."""
+    before = runtime.settings.current.sd_vae
+    with pytest.raises(gr.Error, match="SD VAE"):
+        widgets.apply_quick_setting(runtime, "sd_vae", "../../../etc/passwd")
+    assert runtime.settings.current.sd_vae == before

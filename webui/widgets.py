@@ -157,10 +157,13 @@ def quick_values(runtime) -> list:
 
 def _save_setting(runtime, name: str, value) -> None:
     try:
-        if name == MODULES:  # names inside the folders, as the API's /options checks them
-            from modules.api.generation import check_module_names
+        # Names inside the model folders, checked as the API's /options checks them.
+        from modules.api.generation import check_module_names, check_vae_name
 
+        if name == MODULES:
             check_module_names(runtime, value)
+        elif name == "sd_vae":
+            check_vae_name(runtime, value)
         runtime.settings.update({name: value}, origin="ui")
     except (SettingsError, PermissionError) as error:
         label = Settings.describe(name)["label"]
