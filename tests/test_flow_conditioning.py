@@ -24,8 +24,6 @@ from modules.conditioning.t5_tokenizer import load_t5_tokenizer
 from modules.conditioning.tokenizer import ClipTokenizer
 from tests.flow_tiny import TINY_FLUX_DEV, TINY_SD35, random_encoders
 
-pytest.importorskip("diffusers")
-
 TOLERANCE = 1e-6
 PROMPTS = ["a photo of an astronaut riding a horse", "a red cube, studio light"]
 NEGATIVES = ["", "blurry"]

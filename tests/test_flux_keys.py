@@ -24,8 +24,6 @@ from modules.nn.flux import FluxTransformer, tiny_flux_config
 from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
 from tests.helpers.layouts import fixture_shapes
 
-pytest.importorskip("diffusers")
-
 
 def _random_model(guidance_embed: bool) -> FluxTransformer:
     torch.manual_seed(3)

@@ -26,8 +26,6 @@ from modules.nn.flux import (
 )
 from tests.flux_oracle import bfl_to_diffusers, diffusers_flux
 
-pytest.importorskip("diffusers")
-
 RELATIVE_TOLERANCE = 1e-5
 BATCH, TOKENS = 2, 5
 

@@ -20,8 +20,6 @@ from modules.models.flow_model import FlowModel
 from modules.networks.names import NameMap
 from tests.mmdit_configs import sd3_diffusers_config
 
-pytest.importorskip("diffusers")
-
 
 def linears(module: nn.Module) -> list[str]:
     return [name for name, child in module.named_modules() if isinstance(child, nn.Linear)]

@@ -58,9 +58,6 @@ from tests.helpers.flow_lora import (
 from tests.helpers.lora_files import kohya_lora
 from tests.mmdit_configs import TINY_MMDITS, random_mmdit, sd3_diffusers_config
 
-pytest.importorskip("diffusers")
-pytest.importorskip("peft")
-
 
 @pytest.fixture(scope="module")
 def flux():

@@ -36,8 +36,6 @@ from modules.pipeline.txt2img import txt2img
 from tests.helpers.checkpoints import finish
 from tests.helpers.flow_files import TINY_MMDIT, TINY_VAE, random_parts, write_all_in_one
 
-pytest.importorskip("diffusers")
-
 LATENT_TOLERANCE = 1e-4
 PIXEL_TOLERANCE = 1 / 255
 FAMILY_VAE = {"sd3": (1.5305, 0.0609), "flux": (0.3611, 0.1159)}

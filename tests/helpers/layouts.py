@@ -23,7 +23,7 @@ def fixture_shapes(name: str, prefix: str = "") -> dict[str, tuple[int, ...]]:
     """
     path = FIXTURES / name
     if not path.exists():
-        pytest.skip(f"fixture {path} not available")
+        pytest.fail(f"fixture {path} is missing: the key layouts ship with the tests")
     shapes = {}
     for line in path.read_text().splitlines()[1:]:
         key, shape, _dtype = line.split("\t")
