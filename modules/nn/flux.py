@@ -38,6 +38,7 @@ from modules.nn.flux_blocks import (
     PositionEmbedding,
     SingleStreamBlock,
 )
+from modules.nn.lowbit import weight_dtype
 from modules.nn.timestep import timestep_embedding
 
 # Side of the square image patch that becomes one token.
@@ -163,7 +164,7 @@ class FluxTransformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The weights' dtype, in which the network computes."""
-        return self.img_in.weight.dtype
+        return weight_dtype(self.img_in)  # per step: never dequantize a low-bit weight for it
 
     def set_attention_backend(self, name: str | AttentionBackend) -> AttentionBackend:
         """Choose the attention kernel ("sdpa", "xformers", "sliced", "auto") for this model."""

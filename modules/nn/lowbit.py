@@ -53,6 +53,13 @@ def is_low_bit(value: object) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype in FLOAT8_FORMATS.values()
 
 
+def weight_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype `layer` computes in, read without dequantizing a low-bit weight."""
+    if isinstance(layer, LowBitWeight):
+        return layer.compute_dtype
+    return layer.weight.dtype
+
+
 class LowBitWeight:
     """The weight storage shared by `LowBitLinear` and `LowBitConv2d` (a mixin)."""
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.nn.attention import Cancel, check
+from modules.nn.lowbit import weight_dtype
 from modules.nn.mmdit_blocks import (
     EmbedderMLP,
     FinalLayer,
@@ -159,7 +160,7 @@ class MMDiT(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         rows, cols = x.shape[-2] // p, x.shape[-1] // p
-        dtype = self.context_embedder.weight.dtype
+        dtype = weight_dtype(self.context_embedder)  # no dequantizing per step
         tokens = self.x_embedder(x.to(dtype))
         # `.to(tokens)`: under --lowvram only the blocks visit the device, not this buffer.
         tokens = tokens + self.cropped_pos_embed(rows, cols).to(tokens)
