@@ -131,6 +131,7 @@ class ModelManager:
         self.modules_source = modules_source or list
         self.storage_source = storage_source or (lambda: "Automatic")
         self.job_modules: tuple[str, ...] | None = None  # one get()'s, under the lock
+        self.job_storage: str | None = None  # likewise (models/storage_option.py)
         self.channels_last = channels_last
         self.upcast_attention = upcast_attention
         self.compile_mode = compile_mode
