@@ -27,3 +27,16 @@ def test_a_failed_clone_tells_the_client_nothing_about_the_target(tmp_path, capl
         install_from_url(args, tmp_path, "http://127.0.0.1:9/x.git")
     assert str(failure.value) == "git clone failed (the reason is in the server log)"
     assert "127.0.0.1:9" in caplog.text  # the details are kept for the operator
+
+
+@pytest.mark.parametrize("data_root", ["a" * 300, "[a:b:0.5]" * 50, "x\x00y"])
+def test_a_data_root_the_os_refuses_is_a_named_error(tmp_path, data_root):
+    """Found by tests/test_security_fuzz.py: a 300-character name raised OSError 36 (500)."""
+    from types import SimpleNamespace
+
+    from modules.errors import ParamsError
+    from modules.training.concept_jobs import dataset_folder
+
+    runtime = SimpleNamespace(args=parse_args([]), paths=SimpleNamespace(data_dir=tmp_path))
+    with pytest.raises(ParamsError, match="data_root"):
+        dataset_folder(runtime, data_root)

@@ -113,10 +113,18 @@ def dataset_folder(runtime, data_root: str) -> Path:
     text = str(data_root or "").strip()
     folder = Path(text).expanduser()
     allowed = serves_only_locally(runtime.args) or inside(runtime.paths.data_dir, folder)
-    if not text or not allowed or not folder.is_dir():
+    if not text or not allowed or not _is_folder(folder):
         where = "" if serves_only_locally(runtime.args) else " inside the data directory"
         raise ParamsError("data_root", f"{text[:200]!r} is not a dataset folder{where}")
     return folder
+
+
+def _is_folder(path: Path) -> bool:
+    """`Path.is_dir`, False also for names the OS refuses (too long, invalid)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def training_size(params: ConceptDataParams, native: int) -> tuple[int, int]:
