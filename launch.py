@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
     run_tests = "--run-tests" in argv
     if not bootstrap.inside_project_venv(ROOT) and not os.environ.get("EASEL_NO_VENV"):
         python = bootstrap.ensure_environment(
-            ROOT, with_tests=run_tests, upscaler_env="--skip-upscaler-env" not in argv)
+            ROOT, with_tests=run_tests, upscaler_env="--skip-upscaler-env" not in argv,
+            cluster="--ray" in argv)
         os.execv(str(python), [str(python), str(ROOT / "launch.py"), *argv])
     if run_tests:
         launch_only = ("--run-tests", "--skip-upscaler-env")

@@ -23,6 +23,14 @@ class ParamsError(ValueError):
         self.field = field_name
         self.reason = reason
 
+    def __reduce__(self):  # rebuilt from its fields when sent between processes (cluster)
+        return type(self), (self.field, self.reason)
+
+
+class Unavailable(RuntimeError):
+    """A worker the request needed went away (a cluster replica that died mid-job, a cluster
+    that failed to start): HTTP 503, with the cause in the message."""
+
 
 def require_number(name: str, value: Any, low: float, high: float) -> None:
     """Refuse a value that is not a number (bools included) or lies outside [low, high]."""

@@ -4,7 +4,12 @@ A job is a generator function (see `processing`). It yields `Progress` events an
 returns its result. The worker thread drives it and answers each event with a
 command, sent back into the generator: `None` to go on, `"skip"` to end the current
 batch, `"interrupt"` to end the job (the generator still returns what it has).
-Progress, interrupt and skip always refer to the running job.
+Progress, interrupt and skip refer to a job by id, or to the running job(s).
+
+Jobs can also run elsewhere (cluster mode, `modules.cluster`): `adopt` registers a job
+whose work a remote worker does; its dispatcher calls `begin`, sets `progress` and calls
+`finish`, and forwards the job's stop requests (`Cancellation.listen`). Then several jobs
+run at once, and `current` is the oldest running one.
 
 A step can be long (a huge image's attention, a VAE decode): each job owns a
 `Cancellation` that code inside the step checks (U-Net blocks, attention chunks, VAE
@@ -63,15 +68,27 @@ class Cancellation:
         self._lock = threading.Lock()
         self._pending: Command = None
         self._stopped = False
+        self._listeners: list[Callable[[str], None]] = []
+
+    def listen(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(command)` on every later request (a remote job forwards them)."""
+        with self._lock:
+            self._listeners.append(callback)
 
     def request(self, command: str) -> None:
         with self._lock:
             if self._pending != "interrupt":  # an interrupt is never downgraded to a skip
                 self._pending = command
+            listeners = list(self._listeners)
+        for callback in listeners:
+            callback(command)
 
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
+            listeners = list(self._listeners)
+        for callback in listeners:
+            callback("interrupt")
 
     @property
     def stopped(self) -> bool:
@@ -104,7 +121,8 @@ class Job:
     """A queued or running generation."""
 
     id: str
-    task: JobFunction
+    task: JobFunction | None  # None: the work runs elsewhere (`JobQueue.adopt`)
+    owner: str | None = None  # the client that asked (its login), for "stop my jobs"
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -118,6 +136,10 @@ class Job:
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    def finished_within(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the job to end; whether it has."""
+        return self._done.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; re-raise its error in the caller's thread."""
@@ -167,7 +189,7 @@ class JobQueue:
     def __init__(self) -> None:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._current: Job | None = None
+        self._running: list[Job] = []  # in start order; more than one only in cluster mode
         self._worker: threading.Thread | None = None
         self._recent: OrderedDict[str, Job] = OrderedDict()
         # Requests that decode or upscale pictures outside the queue (extras, PNG info,
@@ -198,19 +220,39 @@ class JobQueue:
             if job is not None:
                 job.error = JobInterrupted("cancelled: the server is stopping")
                 job._done.set()
-        with self._lock:
-            if self._current is not None:
-                self._current.cancel.stop()
+        for job in self.running():
+            job.cancel.stop()
 
-
-    def submit(self, task: JobFunction, job_id: str | None = None) -> Job:
+    def submit(self, task: JobFunction, job_id: str | None = None, *,
+               owner: str | None = None) -> Job:
         self.start()
-        job = Job(id=job_id or new_job_id(), task=task)
+        job = self._remember(Job(id=job_id or new_job_id(), task=task, owner=owner))
+        self._queue.put(job)
+        return job
+
+    def adopt(self, job_id: str | None = None, *, owner: str | None = None) -> Job:
+        """A job that runs elsewhere, known here for progress, stop requests and waiting;
+        its dispatcher calls `begin` and `finish`."""
+        return self._remember(Job(id=job_id or new_job_id(), task=None, owner=owner))
+
+    def begin(self, job: Job) -> None:
+        job.started = job.started or time.time()
+        with self._lock:
+            if job not in self._running:
+                self._running.append(job)
+
+    def finish(self, job: Job, *, result: Any = None, error: BaseException | None = None) -> None:
+        job.result, job.error, job.finished = result, error, time.time()
+        with self._lock:
+            if job in self._running:
+                self._running.remove(job)
+        job._done.set()
+
+    def _remember(self, job: Job) -> Job:
         with self._lock:
             self._recent[job.id] = job
             while len(self._recent) > RECENT_JOBS_KEPT:
                 self._recent.popitem(last=False)
-        self._queue.put(job)
         return job
 
     def find(self, job_id: str) -> Job | None:
@@ -224,45 +266,57 @@ class JobQueue:
 
     @property
     def current(self) -> Job | None:
+        """The oldest running job."""
         with self._lock:
-            return self._current
+            return self._running[0] if self._running else None
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            return list(self._running)
 
     def pending(self) -> int:
-        return self._queue.qsize()
-
-    def interrupt(self) -> bool:
-        return self._command("interrupt")
-
-    def skip(self) -> bool:
-        return self._command("skip")
-
-    def _command(self, command: str) -> bool:
         with self._lock:
-            if self._current is None:
-                return False
-            self._current.cancel.request(command)
-            return True
+            adopted = sum(1 for job in self._recent.values()
+                          if job.task is None and job.started is None and not job.done)
+        return self._queue.qsize() + adopted
+
+    def interrupt(self, job_id: str | None = None, *, owner: str | None = None) -> bool:
+        return self._command("interrupt", job_id, owner)
+
+    def skip(self, job_id: str | None = None, *, owner: str | None = None) -> bool:
+        return self._command("skip", job_id, owner)
+
+    def targets(self, job_id: str | None = None, owner: str | None = None) -> list[Job]:
+        """The job `job_id` (queued or running), else the running jobs of `owner` (every
+        running job when `owner` is None)."""
+        if job_id is not None:
+            job = self.find(job_id)
+            return [job] if job is not None and not job.done else []
+        return [job for job in self.running() if owner is None or job.owner == owner]
+
+    def _command(self, command: str, job_id: str | None, owner: str | None) -> bool:
+        jobs = self.targets(job_id, owner)
+        for job in jobs:
+            job.cancel.request(command)
+        return bool(jobs)
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
-            with self._lock:
-                self._current = job
+            self.begin(job)
             worker = threading.current_thread()
             if isinstance(worker, JobWorker):
                 worker.cancel = job.cancel
+            result, error = None, None
             try:
-                job.result = drive(job)
-            except BaseException as error:  # a failed job must never stop the worker
-                job.error = error
+                result = drive(job)
+            except BaseException as failure:  # a failed job must never stop the worker
+                error = failure
                 job.error_text = traceback.format_exc()
             finally:
-                job.finished = time.time()
-                with self._lock:
-                    self._current = None
-                job._done.set()
+                self.finish(job, result=result, error=error)
 
 
 def drive(job: Job) -> Any:

@@ -30,6 +30,18 @@ class SettingsStore:
         self._settings = load_settings(path)
         self._frozen = frozen
         self.access = access or ClientAccess(data_dir=path.parent, folders_locked=frozen)
+        self.version = 0  # counts saved changes: a cluster's replicas adopt newer snapshots
+
+    def snapshot(self) -> tuple[int, Settings]:
+        """(version, settings), read together."""
+        with self._lock:
+            return self.version, self._settings
+
+    def adopt(self, version: int, settings: Settings) -> None:
+        """Make another process's snapshot current (a cluster replica; never saved here)."""
+        with self._lock:
+            if version >= self.version:  # a late job never rolls a replica back
+                self.version, self._settings = version, settings
 
     @property
     def current(self) -> Settings:
@@ -45,6 +57,7 @@ class SettingsStore:
             updated = self._settings.with_overrides(changes, access=self.access, origin=origin)
             save_settings(updated, self._path)
             self._settings = updated
+            self.version += 1
             return updated
 
     def for_request(self, overrides: Mapping[str, Any]) -> Settings:
@@ -64,17 +77,24 @@ class Runtime:
     extensions: Any = None  # modules.extensions.registry.ExtensionRegistry (scripts, callbacks)
     upscalers: Any = None  # modules.upscaling.registry.UpscalerRegistry (loaded models cached)
     jobs: JobQueue = field(default_factory=JobQueue)
+    # Cluster mode: where generations run instead of `jobs` (modules.cluster.dispatch), and
+    # the image writer the pipeline saves through (a replica records, its ingress writes).
+    remote: Any = None
+    saver: Any = None
     version: str = VERSION
     ready: threading.Event = field(default_factory=threading.Event)
 
     @staticmethod
-    def create(args) -> "Runtime":
+    def create(args, settings: SettingsStore | None = None) -> "Runtime":
+        """The process's Runtime from its flags; `settings`: a store other than config.json's
+        (a cluster replica adopts its ingress's)."""
         from modules import devices
         from modules.models.manager import ModelManager
 
         paths = Paths.from_args(args)
-        settings = SettingsStore(paths.config_file, frozen=getattr(args, "freeze_settings", False),
-                                 access=ClientAccess.from_args(args, paths.data_dir))
+        settings = settings or SettingsStore(
+            paths.config_file, frozen=getattr(args, "freeze_settings", False),
+            access=ClientAccess.from_args(args, paths.data_dir))
         device = devices.choose_device(args)
         compile_mode, messages = devices.compile_mode(args, device)
         for message in [*messages, *devices.precision_warnings(args, device)]:

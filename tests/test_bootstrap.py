@@ -35,15 +35,17 @@ def fake_venv(tmp_path, monkeypatch):
     return tmp_path, calls
 
 
-@pytest.mark.parametrize("with_tests", [False, True])
-def test_the_installed_list_is_pyprojects(fake_venv, with_tests):
+@pytest.mark.parametrize("with_tests,cluster", [(False, False), (True, False), (False, True)])
+def test_the_installed_list_is_pyprojects(fake_venv, with_tests, cluster):
     root, calls = fake_venv
     project = toml()["project"]
-    wanted = project["dependencies"] + (
-        project["optional-dependencies"]["test"] if with_tests else [])
-    bootstrap._install(root, root / "python", with_tests=with_tests)
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + (extras["test"] if with_tests else []) + (
+        extras["cluster"] if with_tests or cluster else [])  # the suite starts Ray too
+    bootstrap._install(root, root / "python", with_tests=with_tests, cluster=cluster)
     [(args, kw)] = calls
-    assert args == without_torch(wanted) == bootstrap.requirements(ROOT, with_tests)
+    assert args == without_torch(wanted) == bootstrap.requirements(ROOT, with_tests, cluster)
+    assert any(spec.startswith("ray[serve]==") for spec in extras["cluster"])  # pinned
     assert "torch>=2.1" in project["dependencies"]  # the floor; the torch policy decides
     assert (root / bootstrap.VENV_DIR / "torch-constraint.txt").read_text() == "torch==2.13.0\n"
     assert kw["constraint"] == root / bootstrap.VENV_DIR / "torch-constraint.txt"
@@ -110,7 +112,7 @@ def test_a_changed_list_reinstalls_once(tmp_path, monkeypatch):
     python.parent.mkdir(parents=True)
     python.touch()
     installs = []
-    monkeypatch.setattr(bootstrap, "_install", lambda root, py, with_tests: installs.append(1))
+    monkeypatch.setattr(bootstrap, "_install", lambda root, py, **kw: installs.append(kw))
     monkeypatch.setattr(bootstrap, "_ensure_upscalers", lambda *a, **kw: None)
     for _ in range(2):
         bootstrap.ensure_environment(tmp_path, with_tests=False)
@@ -119,6 +121,8 @@ def test_a_changed_list_reinstalls_once(tmp_path, monkeypatch):
     (tmp_path / "pyproject.toml").write_text(text.replace("einops==0.8.2", "einops==0.8.3"))
     bootstrap.ensure_environment(tmp_path, with_tests=False)
     assert len(installs) == 2
+    bootstrap.ensure_environment(tmp_path, with_tests=False, cluster=True)  # first --ray
+    assert installs[-1] == {"with_tests": False, "cluster": True} and len(installs) == 3
 
 
 def test_the_separate_env_installs_its_pins_under_the_pair(tmp_path, monkeypatch):

@@ -38,7 +38,8 @@ ALLOWED: dict[str, set[str]] = {
                  "runtime", "app"},
     "api": {"app", "extensions", "imaging", "models", "networks", "pipeline", "sampling",
             "scripts", "training", "upscaling"},
-    "app": {"api", "extensions", "runtime"},
+    "app": {"api", "extensions", "runtime", "cluster"},
+    "cluster": {"pipeline", "imaging", "models", "runtime", "app"},
 }
 # Rooms stricter than BASE: the model code knows nothing of settings, jobs or files.
 STRICT = {"nn": {"devices"}, "imaging": {"paths", "errors", "infotext", "settings"}}

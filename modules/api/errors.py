@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modules.errors import without_paths
+from modules.errors import Unavailable, without_paths
 from modules.jobs import JobInterrupted
 from modules.models.errors import ModelLoadError
 from modules.pipeline.params import ParamsError
@@ -61,6 +61,8 @@ def status_for(exc: BaseException) -> int:
         return 422
     if isinstance(exc, PermissionError):
         return 403
+    if isinstance(exc, Unavailable):
+        return 503
     if isinstance(exc, JobInterrupted):  # a queued job cancelled because the server stops
         return 503
     if isinstance(exc, NotImplementedError):

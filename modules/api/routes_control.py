@@ -12,16 +12,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
 from modules.api.convert import encode_data_uri, encode_png_base64
 from modules.api.errors import ApiError
 from modules.api.generation import check_module_names, check_vae_name, job_timestamp
 from modules.api.schemas import (
     InternalProgressRequest,
+    JobControlRequest,
     ProgressResponse,
     check_finite,
 )
+from modules.api.security import basic_user
 from modules.jobs import Job
 from modules.models.errors import ModelLoadError
 from modules.settings import SettingsError, validate
@@ -71,9 +73,13 @@ class ControlRoutes:
         add("/sdapi/v1/reload-checkpoint", self.reload_checkpoint, methods=["POST"])
         add("/sdapi/v1/memory", self.memory, methods=["GET"])
 
-    def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
-        job = self.runtime.jobs.current
-        if job is None:
+    def progress(self, skip_current_image: bool = False,
+                 id_task: str | None = None) -> dict[str, Any]:
+        """The job `id_task` (Easel's addition, for a cluster's many jobs) or the oldest
+        running one."""
+        jobs = self.runtime.jobs
+        job = jobs.find(id_task) if id_task else jobs.current
+        if job is None or job.done:
             return {"progress": 0.0, "eta_relative": 0.0, "state": {}, "current_image": None,
                     "textinfo": None}
         p, fraction = job.progress, job_fraction(job)
@@ -87,27 +93,27 @@ class ControlRoutes:
                 "current_image": encode_png_base64(preview) if preview is not None else None,
                 "textinfo": (p.text or None) if p else None}
 
-    def _stop(self, how: str) -> None:
-        job = self.runtime.jobs.current
-        if job is not None:
-            self.stopped[job.id] = how
+    def _stop(self, command: str, body: JobControlRequest | None, http: Request) -> None:
+        """Stop the job `id_task` when given, else the caller's running jobs (every running
+        job without auth; with one worker, that is the running job, as A1111)."""
+        owner = basic_user(http.headers.get("authorization"))
+        for job in self.runtime.jobs.targets(body.id_task if body else None, owner):
+            job.cancel.request(command)
+            self.stopped[job.id] = "interrupted" if command == "interrupt" else "skipped"
             while len(self.stopped) > 256:
                 self.stopped.pop(next(iter(self.stopped)))
 
-    def interrupt(self) -> dict:
-        self._stop("interrupted")
-        self.runtime.jobs.interrupt()
+    def interrupt(self, http: Request, body: JobControlRequest | None = Body(None)) -> dict:
+        self._stop("interrupt", body, http)
         return {}
 
-    def skip(self) -> None:
-        self._stop("skipped")
-        self.runtime.jobs.skip()
+    def skip(self, http: Request, body: JobControlRequest | None = Body(None)) -> None:
+        self._stop("skip", body, http)
 
     def internal_progress(self, request: InternalProgressRequest) -> dict[str, Any]:
         """The UI's progress poll for one task id (A1111's `/internal/progress`)."""
         job = self.runtime.jobs.find(request.id_task) if request.id_task else None
-        current = self.runtime.jobs.current
-        active = job is not None and job is current
+        active = job is not None and job.started is not None and not job.done
         queued = job is not None and job.started is None and not job.done
         completed = job is not None and job.done
         if not active:
@@ -149,7 +155,9 @@ class ControlRoutes:
         if checkpoint:
             info = self._find_checkpoint(checkpoint)
             changes = {**changes, "sd_model_checkpoint": info.title}
-        if checkpoint:  # loaded first: a checkpoint that cannot be loaded is never saved
+        if checkpoint and self.runtime.remote is None:
+            # Loaded first: a checkpoint that cannot be loaded is never saved. A cluster's
+            # replicas load it on their next job for it (Serve's model multiplexing).
             self.runtime.jobs.submit(in_queue(lambda: self.runtime.models.select(info))).wait()
         self.runtime.settings.update(changes)
 
@@ -171,10 +179,12 @@ class ControlRoutes:
         self.runtime.models.checkpoints()
 
     def unload_checkpoint(self) -> dict:
+        self._refuse_in_cluster("Unloading the checkpoint")
         self.runtime.jobs.submit(in_queue(self.runtime.models.unload)).wait()
         return {}
 
     def reload_checkpoint(self) -> dict:
+        self._refuse_in_cluster("Reloading the checkpoint")
         models, settings = self.runtime.models, self.runtime.settings.current
 
         def reload() -> None:
@@ -188,6 +198,12 @@ class ControlRoutes:
 
         self.runtime.jobs.submit(in_queue(reload)).wait()
         return {}
+
+    def _refuse_in_cluster(self, what: str) -> None:
+        if self.runtime.remote is not None:
+            raise ApiError(501, f"{what} is not available in cluster mode: each replica keeps "
+                                "its own --replica-models most recent checkpoints",
+                           error="NotImplementedError")
 
     def memory(self) -> dict[str, Any]:
         return {"ram": ram_stats(), "cuda": cuda_stats()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from modules.api.convert import decode_image, encode_png_base64, input_pixel_limit
 from modules.api.errors import ApiError, not_available
@@ -35,13 +35,13 @@ from modules.api.schemas import (
     TrainResponse,
     Txt2ImgRequest,
 )
+from modules.api.security import basic_user
 from modules.errors import without_paths
 from modules.imaging.grid import image_grid
 from modules.imaging.save import read_image_info
 from modules.infotext import parse_infotext
-from modules.pipeline.img2img import img2img
 from modules.pipeline.params import GenerationResult, ParamsError
-from modules.pipeline.txt2img import txt2img
+from modules.pipeline.submit import submit_generation
 from modules.training.concept_jobs import (
     CreateEmbeddingParams,
     TrainEmbeddingParams,
@@ -79,14 +79,15 @@ class GenerationRoutes:
         add("/sdapi/v1/train/embedding", self.train_embedding, methods=["POST"],
             response_model=TrainResponse)
 
-    def txt2img(self, request: Txt2ImgRequest) -> dict[str, Any]:
+    def txt2img(self, request: Txt2ImgRequest, http: Request) -> dict[str, Any]:
         request = apply_infotext(request, self.runtime.settings.current, self.runtime)
-        return self._generate(request, to_params(request, self.runtime), txt2img)
+        return self._generate(request, to_params(request, self.runtime), "txt2img", http)
 
-    def _generate(self, request, params, process) -> dict[str, Any]:
-        """Queue `process(runtime, params)`, wait, keep overrides if asked, build the body."""
+    def _generate(self, request, params, kind: str, http: Request) -> dict[str, Any]:
+        """Queue generation `kind`, wait, keep overrides if asked, build the body."""
         runtime = self.runtime
-        job = runtime.jobs.submit(lambda: process(runtime, params), job_id=request.force_task_id)
+        job = submit_generation(runtime, kind, params, job_id=request.force_task_id,
+                                owner=basic_user(http.headers.get("authorization")))
         result: GenerationResult = job.wait()
         if not request.override_settings_restore_afterwards and params.override_settings:
             runtime.settings.update(params.override_settings)
@@ -112,9 +113,9 @@ class GenerationRoutes:
             parameters.update(init_images=None, mask=None)
         return {"images": encoded, "parameters": parameters, "info": info_json(info)}
 
-    def img2img(self, request: Img2ImgRequest) -> dict[str, Any]:
+    def img2img(self, request: Img2ImgRequest, http: Request) -> dict[str, Any]:
         request = apply_infotext(request, self.runtime.settings.current, self.runtime)
-        return self._generate(request, to_img2img_params(request, self.runtime), img2img)
+        return self._generate(request, to_img2img_params(request, self.runtime), "img2img", http)
 
     def _extras_params(self, request) -> ExtrasParams:
         return ExtrasParams(**{name: getattr(request, name) for name in EXTRAS_FIELDS})

@@ -205,6 +205,12 @@ class ProgressResponse(ApiModel):
     textinfo: str | None = None
 
 
+class JobControlRequest(ApiModel):
+    """The optional body of `/interrupt` and `/skip`: which job (Easel's addition)."""
+
+    id_task: str | None = Field(None, max_length=256)
+
+
 class InternalProgressRequest(ApiModel):
     id_task: str | None = None
     id_live_preview: int = -1

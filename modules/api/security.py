@@ -28,6 +28,18 @@ async def send_json(send: Send, status: int, body: dict,
     await send({"type": "http.response.body", "body": payload})
 
 
+def basic_user(header: str | None) -> str | None:
+    """The user name of an `Authorization: Basic ...` header (already checked by the auth
+    middleware when auth is on), or None: whose jobs "stop my jobs" stops."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
 def credentials_match(header: str | None, users: Mapping[str, str]) -> bool:
     """True when an `Authorization: Basic ...` header names a known user and password."""
     if not header or not header.lower().startswith("basic "):

@@ -13,8 +13,9 @@ Every later install is constrained to the torch version found, so no package can
 silently replace it.
 
 What is installed is pyproject.toml's list (`modules/app/pyproject.py`):
-`[project].dependencies`, plus the `test` extra for `--run-tests`; torch is left out of it
-(the policy above decides torch).
+`[project].dependencies`, plus the `test` extra for `--run-tests` and the `cluster` extra
+(Ray Serve) for `--ray` and for the tests, which start a local Ray instance; torch is left
+out of it (the policy above decides torch).
 """
 
 from __future__ import annotations
@@ -41,19 +42,21 @@ def venv_python(root: Path) -> Path:
     return root / VENV_DIR / "bin" / "python"
 
 
-def ensure_environment(root: Path, *, with_tests: bool, upscaler_env: bool = True) -> Path:
+def ensure_environment(root: Path, *, with_tests: bool, upscaler_env: bool = True,
+                       cluster: bool = False) -> Path:
     """Create and fill `.venv` if needed, then set up spandrel; return its interpreter.
 
-    `upscaler_env` False (`--skip-upscaler-env`) never builds `.venv-upscalers`.
+    `upscaler_env` False (`--skip-upscaler-env`) never builds `.venv-upscalers`; `cluster`
+    (`--ray`) adds the `cluster` extra.
     """
     python = venv_python(root)
     if not python.exists():
         _create_venv(root)
-    wanted = _requirements_digest(root, with_tests)
+    wanted = _requirements_digest(root, with_tests, cluster)
     marker = root / VENV_DIR / MARKER
     installed = marker.read_text().split() if marker.exists() else []
     if wanted not in installed and _full_digest(root) not in installed:
-        _install(root, python, with_tests=with_tests)
+        _install(root, python, with_tests=with_tests, cluster=cluster)
         installed.append(wanted)
         marker.write_text("\n".join(installed))
     _ensure_upscalers(root, python, marker, build_env=upscaler_env)
@@ -132,19 +135,22 @@ def _system_has_torch() -> bool:
     return probe.returncode == 0
 
 
-def requirements(root: Path, with_tests: bool) -> list[str]:
-    """What `_install` gives `.venv` besides torch: pyproject's dependencies (+ `test`)."""
-    specs = pyproject.dependencies(root, *(["test"] if with_tests else []))
+def requirements(root: Path, with_tests: bool, cluster: bool = False) -> list[str]:
+    """What `_install` gives `.venv` besides torch: pyproject's dependencies (+ `test` and
+    `cluster` for the tests, + `cluster` for `--ray`)."""
+    extras = ["test", "cluster"] if with_tests else ["cluster"] if cluster else []
+    specs = pyproject.dependencies(root, *extras)
     return [spec for spec in specs if pyproject.requirement_name(spec) != "torch"]
 
 
-def _requirements_digest(root: Path, with_tests: bool) -> str:
-    listed = "\n".join(requirements(root, with_tests)).encode()
-    return ("test-" if with_tests else "app-") + hashlib.sha256(listed).hexdigest()[:16]
+def _requirements_digest(root: Path, with_tests: bool, cluster: bool = False) -> str:
+    listed = "\n".join(requirements(root, with_tests, cluster)).encode()
+    kind = "test-" if with_tests else "cluster-" if cluster else "app-"
+    return kind + hashlib.sha256(listed).hexdigest()[:16]
 
 
 def _full_digest(root: Path) -> str:
-    """A venv set up for the tests also serves the app."""
+    """A venv set up for the tests also serves the app, with or without `--ray`."""
     return _requirements_digest(root, True)
 
 
@@ -169,7 +175,7 @@ def _installed_torch(python: Path) -> str | None:
     return probe.stdout.strip() if probe.returncode == 0 else None
 
 
-def _install(root: Path, python: Path, *, with_tests: bool) -> None:
+def _install(root: Path, python: Path, *, with_tests: bool, cluster: bool = False) -> None:
     torch_version = _installed_torch(python)
     local_wheel = _local_torch_wheel()
     if torch_version is None:
@@ -180,7 +186,7 @@ def _install(root: Path, python: Path, *, with_tests: bool) -> None:
             raise SystemExit("torch failed to install; see the pip output above")
     constraint = root / VENV_DIR / "torch-constraint.txt"
     constraint.write_text(f"torch=={torch_version}\n")
-    _pip(python, requirements(root, with_tests), constraint=constraint,
+    _pip(python, requirements(root, with_tests, cluster), constraint=constraint,
          fast=local_wheel is not None)
     if _installed_torch(python) != torch_version:
         raise SystemExit(f"an install replaced torch {torch_version}; refusing to continue")

@@ -44,9 +44,14 @@ def main(argv: list[str], *, frontend: Frontend | None = None) -> int:
     from modules.runtime import Runtime
 
     runtime = Runtime.create(args)
+    try:
+        cluster = start_cluster(runtime)  # --ray: the replicas generate, this process serves
+    except ValueError as error:  # flags the cluster cannot hold (ClusterError)
+        log.error("%s", error)
+        return 2
     app = build_app(runtime, frontend)  # before the model load, so importing gradio has the CPU
     add_server_middleware(app, args)
-    if not args.skip_load_model_at_start:
+    if cluster is None and not args.skip_load_model_at_start:
         threading.Thread(target=_load_initial_model, args=(runtime,), daemon=True).start()
     else:
         runtime.ready.set()
@@ -58,7 +63,19 @@ def main(argv: list[str], *, frontend: Frontend | None = None) -> int:
         return 2
     finally:
         runtime.jobs.stop()
+        if cluster is not None:
+            cluster.stop()
     return 0
+
+
+def start_cluster(runtime):
+    """Cluster mode (`--ray` / `--ray-address`, docs/cluster.md), else None: without those
+    flags Ray is never imported."""
+    if not (runtime.args.ray or runtime.args.ray_address):
+        return None
+    from modules.cluster.start import begin_cluster
+
+    return begin_cluster(runtime)
 
 
 def start_early_page(args):

@@ -66,6 +66,7 @@ def build_parser(*, preloads: Sequence[Callable[[argparse.ArgumentParser], None]
     _server_flags(parser)
     _path_flags(parser)
     _performance_flags(parser)
+    _cluster_flags(parser)
     for flag in (*COMPAT_NO_OPS, *UNSUPPORTED):
         parser.add_argument(flag, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
     for preload in preloads:
@@ -151,6 +152,27 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not above 0")
     return value
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    """Cluster mode on Ray Serve (docs/cluster.md); none of these imports Ray without --ray."""
+    g = p.add_argument_group("cluster (Ray Serve)")
+    g.add_argument("--ray", action="store_true",
+                   help="generate on Ray Serve replicas (starts a local Ray instance)")
+    g.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="join this Ray cluster instead of starting one (implies --ray)")
+    g.add_argument("--replicas", type=positive_int, default=None,
+                   help="replicas to start (default: 1 per GPU, else 1)")
+    g.add_argument("--min-replicas", type=positive_int, default=None,
+                   help="autoscaling floor (with --max-replicas)")
+    g.add_argument("--max-replicas", type=positive_int, default=None,
+                   help="autoscaling ceiling: Serve adds replicas while each has a job")
+    g.add_argument("--replica-threads", type=positive_int, default=None,
+                   help="CPU threads per replica on CPU nodes (default 1)")
+    g.add_argument("--replica-models", type=positive_int, default=1,
+                   help="checkpoints each replica keeps loaded (its LRU)")
+    g.add_argument("--ray-start-timeout", type=positive_int, default=600,
+                   help="seconds to wait for the replicas to come up")
 
 
 def _path_flags(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,12 @@ def _save_options(image: Image.Image, image_format: str, infotext: str | None, *
     if infotext is not None:
         options["exif"] = exif_with_comment(infotext)
     return image, options
+
+
+def saver_of(runtime) -> Callable[..., Path]:
+    """How a job saves a picture: `save_image`, unless the runtime routes saving elsewhere
+    (a cluster replica records what to save; its ingress writes it, `modules.cluster`)."""
+    return getattr(runtime, "saver", None) or save_image
 
 
 def save_image(image: Image.Image, directory: str | os.PathLike[str], *, seed: int | None,

@@ -18,6 +18,9 @@ class ModelLoadError(Exception):
         self.path = os.fspath(path)
         self.reason = reason
 
+    def __reduce__(self):  # rebuilt from its fields when sent between processes (cluster)
+        return type(self), (self.path, self.reason)
+
 
 class UnsafePickleError(ModelLoadError):
     """A pickled file that asks for something outside the allow-list."""

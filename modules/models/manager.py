@@ -119,10 +119,8 @@ class ModelManager:
         :param modules_source: the `forge_additional_modules` setting (SD3 / Flux parts)
         :param storage_source: the `forge_unet_storage_dtype` setting (models/storage_option)
         """
-        self.paths = paths
-        self.device = device
-        self.dtype = dtype
-        self.vae_dtype = vae_dtype
+        self.paths, self.device = paths, device
+        self.dtype, self.vae_dtype = dtype, vae_dtype
         self.hashing = hashing
         self.cache_limit = cache_limit
         self.cache_limit_source = cache_limit_source or (lambda: self.cache_limit)
@@ -135,8 +133,8 @@ class ModelManager:
         self.channels_last = channels_last
         self.upcast_attention = upcast_attention
         self.compile_mode = compile_mode
-        self.attention = attention
-        self.vae_path = vae_path
+        self.attention, self.vae_path = attention, vae_path
+        self.loads_refused: str | None = None  # why this process never loads (cluster ingress)
         self._vaes: OrderedDict[tuple, AutoencoderKL] = OrderedDict()
         self.hash_cache = HashCache(path=paths.cache_file)
         self._tokenizer: ClipTokenizer | None = None
@@ -186,7 +184,7 @@ class ModelManager:
         (A1111 falls back too). Each failure is logged and kept in `startup_warnings`."""
         self.startup_warnings = []
         errors: list[ModelLoadError] = []
-        for info in self._initial_candidates(setting, ckpt_flag):
+        for info in self.initial_candidates(setting, ckpt_flag):
             try:
                 loaded = self.select(info)
             except ModelLoadError as error:
@@ -200,7 +198,7 @@ class ModelManager:
             raise errors[0]
         raise ModelLoadError(str(self.paths.checkpoint_dirs[-1]), "no checkpoints found")
 
-    def _initial_candidates(self, setting: str, ckpt_flag: str | None) -> list[CheckpointInfo]:
+    def initial_candidates(self, setting: str, ckpt_flag: str | None) -> list[CheckpointInfo]:
         listed = self.checkpoints()
         first: list[CheckpointInfo] = []
         if ckpt_flag:
@@ -328,6 +326,8 @@ class ModelManager:
 
     def _load_reported(self, info: CheckpointInfo) -> LoadedModel:
         """`_load`, any failure but running out of memory a `ModelLoadError` naming the file."""
+        if self.loads_refused:
+            raise ModelLoadError(info.name, self.loads_refused)
         try:
             return self._load(info)
         except (ModelLoadError, MemoryError, torch.OutOfMemoryError):

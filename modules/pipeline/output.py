@@ -155,8 +155,8 @@ def save(runtime, plan: Plan, image: Image.Image, index: int, infotext: str, bat
         model_hash=plan.loaded.shorthash, batch_number=None, generation_number=index)
     pattern = settings.samples_filename_pattern or ("[seed]" if settings.save_to_dirs
                                                     else "[seed]-[prompt_spaces]")
-    return image_io.save_image(image, directory, seed=plan.seeds[index],
-                               prompt=plan.prompts[index], infotext=infotext,
-                               extension=settings.samples_format, pattern=pattern, fields=fields,
-                               jpeg_quality=settings.jpeg_quality,
-                               write_metadata=settings.enable_pnginfo)
+    save = image_io.saver_of(runtime)
+    return save(image, directory, seed=plan.seeds[index], prompt=plan.prompts[index],
+                infotext=infotext, extension=settings.samples_format, pattern=pattern,
+                fields=fields, jpeg_quality=settings.jpeg_quality,
+                write_metadata=settings.enable_pnginfo)

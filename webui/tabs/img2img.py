@@ -4,7 +4,7 @@ The generation panel (`webui.panel`) around A1111's img2img inputs: one sub-tab 
 mode (Gradio 6's `ImageEditor` for drawn masks and sketches), resize mode, "Resize
 to" / "Resize by", denoising strength and the inpainting options, shown for the
 inpaint modes. The handler turns the widgets into an `Img2ImgParams`
-(`webui.img2img_fields`) and submits `modules.pipeline.img2img.img2img` to the job queue; the
+(`webui.img2img_fields`) and submits img2img (`modules.pipeline.submit`) to the job queue; the
 Batch sub-tab runs `modules.pipeline.img2img_batch.img2img_batch` over folders.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import gradio as gr
 
-from modules.pipeline.img2img import img2img
 from modules.pipeline.img2img_batch import PNG_INFO_PROPS, img2img_batch
 from modules.pipeline.params import MASKED_CONTENT, RESIZE_MODES, GenerationResult, ParamsError
+from modules.pipeline.submit import submit_generation
 from webui import img2img_fields as I
 from webui import panel as PN
 from webui.panel_results import build_results, gr_error, poll_job
@@ -220,7 +220,10 @@ def generate(runtime, fields: dict[str, Any], mode: str, pictures: dict[str, Any
         except ParamsError as error:
             raise gr_error(error) from error
         params = checked_request(runtime, params, is_img2img=True)
-        task = lambda: img2img(runtime, params)  # noqa: E731
+        started = time.time()
+        job = submit_generation(runtime, "img2img", params)
+        yield from poll_job(runtime, job, started=started, folder=folder)
+        return
     started = time.time()
     job = runtime.jobs.submit(task)
     yield from poll_job(runtime, job, started=started, folder=folder)

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from modules.pipeline.params import Txt2ImgParams
-from modules.pipeline.txt2img import txt2img
+from modules.pipeline.submit import submit_generation
 from webui import fields as F
 from webui import panel as PN
 from webui.panel_results import (  # noqa: F401
@@ -100,7 +100,7 @@ def upscale_selected(runtime, values: dict[str, Any], gallery, results: dict[str
 
         raise gr_error(error) from error
     started = time.time()
-    job = runtime.jobs.submit(lambda: txt2img(runtime, params))
+    job = submit_generation(runtime, "txt2img", params)
     yield from poll_job(runtime, job, started=started,
                         folder=runtime.settings.current.outdir_txt2img_samples)
 
@@ -109,6 +109,6 @@ def generate(runtime, values: dict[str, Any]) -> Iterator[tuple]:
     """Submit a txt2img job; yield (gallery, infotext, progress, results) while it runs."""
     params = checked_params(runtime, values)
     started = time.time()
-    job = runtime.jobs.submit(lambda: txt2img(runtime, params))
+    job = submit_generation(runtime, "txt2img", params)
     yield from poll_job(runtime, job, started=started,
                         folder=runtime.settings.current.outdir_txt2img_samples)

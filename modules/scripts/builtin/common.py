@@ -67,9 +67,10 @@ def save_grid(runtime, params, grid, infotext: str, *, kind: str) -> str | None:
         return None
     root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_grids"))
     directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
-    path = image_io.save_image(grid, directory, seed=None, prompt=params.prompt,
-                               infotext=infotext, extension=settings.samples_format,
-                               pattern="grid", write_metadata=settings.enable_pnginfo)
+    save = image_io.saver_of(runtime)
+    path = save(grid, directory, seed=None, prompt=params.prompt, infotext=infotext,
+                extension=settings.samples_format, pattern="grid",
+                write_metadata=settings.enable_pnginfo)
     return str(path)
 
 
@@ -98,10 +99,10 @@ def save_sample(runtime, params, image, *, seed: int | None, infotext: str,
         return None
     root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_samples"))
     directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
-    path = image_io.save_image(image, directory, seed=seed, prompt=params.prompt,
-                               infotext=infotext, extension=settings.samples_format,
-                               pattern="[seed]", jpeg_quality=settings.jpeg_quality,
-                               write_metadata=settings.enable_pnginfo)
+    save = image_io.saver_of(runtime)
+    path = save(image, directory, seed=seed, prompt=params.prompt, infotext=infotext,
+                extension=settings.samples_format, pattern="[seed]",
+                jpeg_quality=settings.jpeg_quality, write_metadata=settings.enable_pnginfo)
     return str(path)
 
 

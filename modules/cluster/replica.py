@@ -1,0 +1,124 @@
+"""A replica: one Easel Runtime on one device, running the jobs its ingress sends.
+
+Ray Serve makes one instance per replica (`start.deploy`) and gives it one request at a
+time (`max_ongoing_requests=1`: generation is not re-entrant). `generate` answers a
+`RemoteJob` with a stream: `Started`, the job's `Progress` events (live previews
+included), then `Finished` (the result and the pictures to save) or `Failed`. The
+checkpoint is loaded through Serve's model multiplexing (`get_model`, made by
+`replica_class` with the LRU size), so the router sends a job to a replica that holds its
+model. While a job runs the replica polls the control board for stop requests. A job
+that fails (a model that cannot be loaded, a bad request) is answered with `Failed`;
+the replica stays in service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+from modules.cluster.board import BOARD_NAME
+from modules.cluster.messages import Failed, Finished, RemoteJob, Started, portable
+from modules.cluster.saving import RecordingSaver
+from modules.jobs import Job
+from modules.pipeline.submit import GENERATIONS
+from modules.runtime import Runtime, SettingsStore
+from modules.settings import ClientAccess
+
+POLL_S = 0.05  # how often a running job looks for stop requests and new progress
+
+
+class ReplicaCore:
+    """The replica's state and work; `replica_class` adds the multiplexed loader."""
+
+    def __init__(self, args: argparse.Namespace, *, namespace: str, threads: int,
+                 models_kept: int) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.namespace = namespace
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.runtime = replica_runtime(args, models_kept=models_kept)
+        self._board = None
+
+    def board(self):
+        if self._board is None:
+            import ray
+
+            self._board = ray.get_actor(BOARD_NAME, namespace=self.namespace)
+        return self._board
+
+    def select_checkpoint(self, title: str) -> str:
+        """Load `title` (if not cached) and make it the default of jobs naming none."""
+        models = self.runtime.models
+        models.select(models.find(title))
+        return title
+
+    async def generate(self, job: RemoteJob):
+        """The stream answering one job (see the module docstring)."""
+        yield Started(replica=self.name)
+        try:
+            await self.get_model(job.checkpoint)
+        except Exception as error:  # the usual clear error; the replica keeps serving
+            yield Failed(portable(error))
+            return
+        runtime = self.runtime
+        runtime.settings.adopt(job.settings_version, job.settings)
+        local = runtime.jobs.submit(lambda: self._run(job), job_id=job.job_id)
+        try:
+            async for event in self._follow(local):
+                yield event
+        finally:  # the ingress went away (shutdown, cancelled stream): stop the work
+            if not local.done:
+                local.cancel.stop()
+        if local.error is not None:
+            runtime.saver.take()
+            yield Failed(portable(local.error))
+        else:
+            yield Finished(result=local.result, saves=runtime.saver.take())
+
+    def _run(self, job: RemoteJob):
+        """The job function: the job's default checkpoint (as `/options` selects it on one
+        process), then the generation itself."""
+        self.select_checkpoint(job.checkpoint)
+        return (yield from GENERATIONS[job.kind](self.runtime, job.params))
+
+    async def _follow(self, local: Job):
+        """Progress events of the local job while it runs; stop requests handed to it."""
+        sent = None
+        while not await asyncio.to_thread(local.finished_within, POLL_S):
+            command = await self.board().take.remote(local.id)
+            if command is not None:
+                local.cancel.request(command)
+            if local.progress is not None and local.progress is not sent:
+                sent = local.progress
+                yield sent
+
+
+def replica_runtime(args: argparse.Namespace, *, models_kept: int) -> Runtime:
+    """A Runtime that adopts its ingress's settings per job, records its saves, keeps
+    `models_kept` checkpoints and loads none before its first job."""
+    from modules.paths import Paths
+
+    paths = Paths.from_args(args)
+    store = SettingsStore(paths.config_file, frozen=True,
+                          access=ClientAccess.from_args(args, paths.data_dir))
+    runtime = Runtime.create(args, settings=store)
+    runtime.models.cache_limit_source = lambda: models_kept
+    runtime.saver = RecordingSaver(paths.data_dir)
+    runtime.ready.set()
+    return runtime
+
+
+def replica_class(models_kept: int) -> type:
+    """The deployment class, with Serve's per-replica model LRU of `models_kept` entries."""
+    from ray import serve
+
+    class EaselReplica(ReplicaCore):
+        @serve.multiplexed(max_num_models_per_replica=models_kept)
+        async def get_model(self, title: str) -> Any:
+            return await asyncio.to_thread(self.select_checkpoint, title)
+
+    return EaselReplica
