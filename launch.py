@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     if not bootstrap.inside_project_venv(ROOT) and not os.environ.get("EASEL_NO_VENV"):
         python = bootstrap.ensure_environment(
             ROOT, with_tests=run_tests, upscaler_env="--skip-upscaler-env" not in argv,
-            cluster="--ray" in argv)
+            cluster=wants_cluster(argv))
         os.execv(str(python), [str(python), str(ROOT / "launch.py"), *argv])
     if run_tests:
         launch_only = ("--run-tests", "--skip-upscaler-env")
@@ -54,6 +54,14 @@ def main(argv: list[str]) -> int:
     from webui import frontend
 
     return cli_main(argv, frontend=frontend)
+
+
+def wants_cluster(argv: list[str]) -> bool:
+    """`--ray` or `--ray-address`, on the command line or in COMMANDLINE_ARGS (A1111's)."""
+    import shlex
+
+    given = [*shlex.split(os.environ.get("COMMANDLINE_ARGS", "")), *argv]
+    return any(arg == "--ray" or arg.startswith("--ray-address") for arg in given)
 
 
 if __name__ == "__main__":

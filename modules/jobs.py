@@ -123,6 +123,7 @@ class Job:
     id: str
     task: JobFunction | None  # None: the work runs elsewhere (`JobQueue.adopt`)
     owner: str | None = None  # the client that asked (its login), for "stop my jobs"
+    worker: str | None = None  # where it runs when not here (a cluster replica's name)
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None

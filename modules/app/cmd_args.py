@@ -168,7 +168,11 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-replicas", type=positive_int, default=None,
                    help="autoscaling ceiling: Serve adds replicas while each has a job")
     g.add_argument("--replica-threads", type=positive_int, default=None,
-                   help="CPU threads per replica on CPU nodes (default 1)")
+                   help="CPU threads per replica (default: 1 on CPU replicas, torch's own "
+                        "count on GPU replicas)")
+    g.add_argument("--replica-device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: one GPU per replica if the cluster has GPUs when Easel "
+                        "connects; cuda: always (GPU nodes may join later); cpu: never")
     g.add_argument("--replica-models", type=positive_int, default=1,
                    help="checkpoints each replica keeps loaded (its LRU)")
     g.add_argument("--ray-start-timeout", type=positive_int, default=600,

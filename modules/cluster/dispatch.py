@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from modules.cluster.messages import Failed, Finished, RemoteJob, Started
 from modules.cluster.saving import replay, with_real_paths
@@ -26,19 +25,10 @@ log = logging.getLogger("easel.cluster")
 RETRIES = 1  # another replica gets a job whose replica died, once
 
 
-def checkpoint_for(runtime, settings, overrides: dict[str, Any]) -> str:
-    """The title of a job's default checkpoint: its override, the `sd_model_checkpoint`
-    option, else the one a single process would load at start (`--ckpt`, the first listed)."""
-    models = runtime.models
-    query = overrides.get("sd_model_checkpoint") or settings.sd_model_checkpoint
-    if query:
-        return models.find(query).title  # ModelLoadError (404) for an unknown one
-    candidates = models.initial_candidates("", getattr(runtime.args, "ckpt", None))
-    if not candidates:
-        from modules.models.errors import ModelLoadError
-
-        raise ModelLoadError(str(runtime.paths.checkpoint_dirs[-1]), "no checkpoints found")
-    return candidates[0].title
+def checkpoint_title(runtime, query: str | None) -> str:
+    """The title of the checkpoint `query` names ("" for none); an unknown one is a 404
+    here, before any replica works."""
+    return runtime.models.find(query).title if query else ""
 
 
 class ClusterDispatcher:
@@ -61,9 +51,12 @@ class ClusterDispatcher:
     def submit(self, kind: str, params, *, job_id: str | None = None,
                owner: str | None = None) -> Job:
         version, settings = self.runtime.settings.snapshot()
-        checkpoint = checkpoint_for(self.runtime, settings, params.override_settings)
+        default = checkpoint_title(self.runtime, settings.sd_model_checkpoint)
+        override = checkpoint_title(self.runtime,
+                                    params.override_settings.get("sd_model_checkpoint"))
         job = self.runtime.jobs.adopt(job_id, owner=owner)
-        remote = RemoteJob(kind=kind, params=params, job_id=job.id, checkpoint=checkpoint,
+        remote = RemoteJob(kind=kind, params=params, job_id=job.id,
+                           checkpoint=override or default, default_checkpoint=default,
                            settings=settings, settings_version=version)
         job.cancel.listen(self._forwarder(job.id))
         threading.Thread(target=self._follow, args=(job, remote), daemon=True,
@@ -111,6 +104,7 @@ class ClusterDispatcher:
             if isinstance(event, Progress):
                 job.progress = event
             elif isinstance(event, Started):
+                job.worker = event.replica
                 self.runtime.jobs.begin(job)
             elif isinstance(event, Finished):
                 return with_real_paths(event.result, replay(self.runtime, event.saves))

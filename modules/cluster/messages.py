@@ -20,7 +20,9 @@ class RemoteJob:
     kind: str  # a name of `modules.pipeline.submit.GENERATIONS`
     params: Any  # its validated Txt2ImgParams / Img2ImgParams
     job_id: str
-    checkpoint: str  # the title of the job's default checkpoint (the multiplexing key)
+    checkpoint: str  # the title of the checkpoint it runs on: the multiplexing key ("":
+    # the start-up default, any replica)
+    default_checkpoint: str  # the `sd_model_checkpoint` option's title, or ""
     settings: Settings  # the ingress's settings when the job was submitted ...
     settings_version: int  # ... and their version (`SettingsStore.version`)
 

@@ -26,13 +26,13 @@ from modules.pipeline.submit import GENERATIONS
 from modules.runtime import Runtime, SettingsStore
 from modules.settings import ClientAccess
 
-POLL_S = 0.05  # how often a running job looks for stop requests and new progress
+POLL_S = 0.2  # a running job looks for stop requests and sends progress 5 times a second
 
 
 class ReplicaCore:
     """The replica's state and work; `replica_class` adds the multiplexed loader."""
 
-    def __init__(self, args: argparse.Namespace, *, namespace: str, threads: int,
+    def __init__(self, args: argparse.Namespace, *, namespace: str, threads: int | None,
                  models_kept: int) -> None:
         import torch
 
@@ -42,6 +42,7 @@ class ReplicaCore:
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.runtime = replica_runtime(args, models_kept=models_kept)
         self._board = None
+        self._startup = None  # the start-up default checkpoint, once loaded
 
     def board(self):
         if self._board is None:
@@ -50,17 +51,28 @@ class ReplicaCore:
             self._board = ray.get_actor(BOARD_NAME, namespace=self.namespace)
         return self._board
 
-    def select_checkpoint(self, title: str) -> str:
-        """Load `title` (if not cached) and make it the default of jobs naming none."""
-        models = self.runtime.models
-        models.select(models.find(title))
+    def load_checkpoint(self, title: str) -> str:
+        """Load `title` into the model cache (Serve's multiplexed loader calls this)."""
+        self.runtime.models.get(title)
         return title
+
+    def use_default(self, title: str) -> None:
+        """Make `title` the model of jobs that name none, as `/options` does on one process;
+        "" is the start-up default (`--ckpt`, else the first listed that loads)."""
+        models = self.runtime.models
+        if title:
+            models.select(models.find(title))
+        elif self._startup is None:
+            self._startup = models.load_initial("", getattr(self.runtime.args, "ckpt", None)).info
+        else:
+            models.select(self._startup)
 
     async def generate(self, job: RemoteJob):
         """The stream answering one job (see the module docstring)."""
         yield Started(replica=self.name)
         try:
-            await self.get_model(job.checkpoint)
+            if job.checkpoint:  # a named one goes through Serve's multiplexed LRU
+                await self.get_model(job.checkpoint)
         except Exception as error:  # the usual clear error; the replica keeps serving
             yield Failed(portable(error))
             return
@@ -80,9 +92,11 @@ class ReplicaCore:
             yield Finished(result=local.result, saves=runtime.saver.take())
 
     def _run(self, job: RemoteJob):
-        """The job function: the job's default checkpoint (as `/options` selects it on one
-        process), then the generation itself."""
-        self.select_checkpoint(job.checkpoint)
+        """The job function: the default checkpoint when the job runs on it (a job naming
+        another gets that one from the pipeline, leaving the default alone), then the
+        generation itself."""
+        if job.checkpoint == job.default_checkpoint:
+            self.use_default(job.default_checkpoint)
         return (yield from GENERATIONS[job.kind](self.runtime, job.params))
 
     async def _follow(self, local: Job):
@@ -95,6 +109,8 @@ class ReplicaCore:
             if local.progress is not None and local.progress is not sent:
                 sent = local.progress
                 yield sent
+        if local.progress is not None and local.progress is not sent:
+            yield local.progress  # the last step, so the ingress's record is exact
 
 
 def replica_runtime(args: argparse.Namespace, *, models_kept: int) -> Runtime:
@@ -119,6 +135,6 @@ def replica_class(models_kept: int) -> type:
     class EaselReplica(ReplicaCore):
         @serve.multiplexed(max_num_models_per_replica=models_kept)
         async def get_model(self, title: str) -> Any:
-            return await asyncio.to_thread(self.select_checkpoint, title)
+            return await asyncio.to_thread(self.load_checkpoint, title)
 
     return EaselReplica

@@ -60,20 +60,20 @@ class ClusterPlan:
 def plan_cluster(args, *, cpus: float, gpus: float, local: bool) -> ClusterPlan:
     """Check the cluster flags against the cluster's resources (`local`: this machine is
     all of it, so a plan that cannot fit is an error now rather than a wait forever)."""
-    use_gpus = gpus >= 1 and "all" not in (getattr(args, "use_cpu", None) or [])
+    use_gpus = replicas_use_gpus(args, gpus)
     threads = args.replica_threads or 1
     low, high = args.min_replicas, args.max_replicas
     if low is not None and high is None:
         raise ClusterError("--min-replicas needs --max-replicas (the autoscaling range)")
     if high is not None and (low or 1) > high:
         raise ClusterError(f"--min-replicas {low} is above --max-replicas {high}")
-    default = int(gpus) if use_gpus else 1
+    default = max(int(gpus), 1) if use_gpus else 1
     replicas = args.replicas or (max(low or 1, min(default, high)) if high else default)
     if high is not None and not (low or 1) <= replicas <= high:
         raise ClusterError(f"--replicas {replicas} is outside --min-replicas {low or 1} .. "
                            f"--max-replicas {high}")
     most = high or replicas
-    if local and use_gpus and most > gpus:
+    if local and use_gpus and most > gpus:  # (none at all: --replica-device cuda, no GPU)
         raise ClusterError(f"{most} replicas need {most} GPUs (one each); this machine has "
                            f"{int(gpus)}")
     if local and not use_gpus and most * threads > cpus:
@@ -82,6 +82,15 @@ def plan_cluster(args, *, cpus: float, gpus: float, local: bool) -> ClusterPlan:
     return ClusterPlan(replicas=replicas, min_replicas=(low or 1) if high else None,
                        max_replicas=high, threads=threads, gpus=1 if use_gpus else 0,
                        models_kept=args.replica_models)
+
+
+def replicas_use_gpus(args, gpus: float) -> bool:
+    """One GPU per replica: `--replica-device cuda`, or `auto` with GPUs in the cluster now
+    (and not `--use-cpu all`)."""
+    device = getattr(args, "replica_device", "auto")
+    if device != "auto":
+        return device == "cuda"
+    return gpus >= 1 and "all" not in (getattr(args, "use_cpu", None) or [])
 
 
 def replica_args(args) -> argparse.Namespace:
@@ -174,12 +183,14 @@ def deploy(args, plan: ClusterPlan):
     from modules.cluster.replica import replica_class
 
     board = board_actor(NAMESPACE)
-    serve.start(http_options={"location": "NoServer"})
+    serve.start(proxy_location="Disabled")  # the ingress is the only front door
     deployment = serve.deployment(
         replica_class(plan.models_kept), name="EaselReplica", max_ongoing_requests=1,
         ray_actor_options={"num_cpus": plan.threads, "num_gpus": plan.gpus},
         logging_config={"log_level": "WARNING"}, **plan.serve_options())
-    app = deployment.bind(replica_args(args), namespace=NAMESPACE, threads=plan.threads,
+    # GPU replicas keep torch's own thread count unless --replica-threads says otherwise.
+    threads = plan.threads if not plan.gpus or args.replica_threads else None
+    app = deployment.bind(replica_args(args), namespace=NAMESPACE, threads=threads,
                           models_kept=plan.models_kept)
     return run_with_deadline(app, args.ray_start_timeout), board
 
