@@ -104,17 +104,19 @@ def own_ray_processes() -> list[psutil.Process]:
                                         ("gcs_server", "raylet"))]
 
 
-def wait_for_replicas(count: int = 2, timeout: float = START_S) -> None:
-    """Until Serve reports `count` replicas running (one killed by a test comes back)."""
-    from ray import serve
-
-    deadline = time.monotonic() + timeout
+def wait_for_replicas(client: TestClient, runtime, count: int = 2) -> None:
+    """Until `count` replicas serve (one killed by a test comes back, and the ingress's
+    router must hear of it): `count` concurrent short jobs land on `count` replicas."""
+    deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
-        states = serve.status().applications["easel"].deployments["EaselReplica"].replica_states
-        if states.get("RUNNING", 0) >= count:
+        ids = [f"warm-{index}-{time.time_ns()}" for index in range(count)]
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            list(pool.map(lambda job_id: txt2img(client, prompt="x", steps=8, width=64,
+                                                 height=64, force_task_id=job_id), ids))
+        if len({runtime.jobs.find(job_id).worker for job_id in ids}) == count:
             return
-        time.sleep(0.2)
-    raise AssertionError(f"{count} replicas not running within {timeout} s: {states}")
+        time.sleep(0.5)
+    raise AssertionError(f"{count} replicas did not serve within {START_S} s")
 
 
 def txt2img(client: TestClient, **body) -> dict:
@@ -167,7 +169,7 @@ def test_concurrent_requests_equal_the_single_process(cluster, plain):
 
 def test_options_set_through_the_api_reach_both_replicas(cluster, plain):
     runtime, client, _ = cluster
-    wait_for_replicas(2)
+    wait_for_replicas(client, runtime)
     response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2},
                            headers=AUTH)
     assert response.status_code == 200, response.text
@@ -215,7 +217,7 @@ def wait_until_running(runtime, job_id: str, *, step: int = 2, timeout: float = 
 
 def test_a_replica_killed_mid_job_costs_a_retry_not_a_hang(cluster, plain):
     runtime, client, _ = cluster
-    wait_for_replicas(2)
+    wait_for_replicas(client, runtime)
     job_id = f"doomed-{time.time_ns()}"
     body = {"prompt": "a red circle", "seed": 99, "steps": 150, "width": 64, "height": 64,
             "force_task_id": job_id}
@@ -241,7 +243,7 @@ def test_a_replica_killed_mid_job_costs_a_retry_not_a_hang(cluster, plain):
 
 def test_progress_and_interrupt_by_id_task(cluster):
     runtime, client, _ = cluster
-    wait_for_replicas(2)  # one job each, at the same time
+    wait_for_replicas(client, runtime)  # one job each, at the same time
     long_id, other_id = f"long-{time.time_ns()}", f"other-{time.time_ns()}"
     long_thread, long_outcome = start_in_background(client, {
         "prompt": "a red circle", "seed": 1, "steps": 900, "width": 64, "height": 64,

@@ -1,14 +1,15 @@
 """A replica: one Easel Runtime on one device, running the jobs its ingress sends.
 
-Ray Serve makes one instance per replica (`start.deploy`) and gives it one request at a
-time (`max_ongoing_requests=1`: generation is not re-entrant). `generate` answers a
-`RemoteJob` with a stream: `Started`, the job's `Progress` events (live previews
-included), then `Finished` (the result and the pictures to save) or `Failed`. The
-checkpoint is loaded through Serve's model multiplexing (`get_model`, made by
-`replica_class` with the LRU size), so the router sends a job to a replica that holds its
-model. While a job runs the replica polls the control board for stop requests. A job
-that fails (a model that cannot be loaded, a bad request) is answered with `Failed`;
-the replica stays in service.
+Ray Serve makes one instance per replica (`start.deploy`). Its jobs run one at a time on
+the replica's own job queue; Serve may hand it the next one meanwhile
+(`start.REPLICA_QUEUE`), so no time is lost between jobs. `generate` answers a `RemoteJob`
+with a stream: `Started` when the job starts, its `Progress` events (live previews
+included), then `Finished` (the result and the pictures to save) or `Failed`. Serve's
+model multiplexing (`get_model`, made by `replica_class` with the LRU size) records which
+checkpoints the replica serves, so the router sends a job where its model is loaded; the
+loading itself happens on the job thread. While a job runs the replica polls the control
+board for stop requests. A job that fails (a model that cannot be loaded, a bad request)
+is answered with `Failed`; the replica stays in service.
 """
 
 from __future__ import annotations
@@ -51,11 +52,6 @@ class ReplicaCore:
             self._board = ray.get_actor(BOARD_NAME, namespace=self.namespace)
         return self._board
 
-    def load_checkpoint(self, title: str) -> str:
-        """Load `title` into the model cache (Serve's multiplexed loader calls this)."""
-        self.runtime.models.get(title)
-        return title
-
     def use_default(self, title: str) -> None:
         """Make `title` the model of jobs that name none, as `/options` does on one process;
         "" is the start-up default (`--ckpt`, else the first listed that loads)."""
@@ -69,40 +65,47 @@ class ReplicaCore:
 
     async def generate(self, job: RemoteJob):
         """The stream answering one job (see the module docstring)."""
-        yield Started(replica=self.name)
-        try:
-            if job.checkpoint:  # a named one goes through Serve's multiplexed LRU
-                await self.get_model(job.checkpoint)
-        except Exception as error:  # the usual clear error; the replica keeps serving
-            yield Failed(portable(error))
-            return
-        runtime = self.runtime
-        runtime.settings.adopt(job.settings_version, job.settings)
-        local = runtime.jobs.submit(lambda: self._run(job), job_id=job.job_id)
+        if job.checkpoint:  # tells Serve's router which checkpoints this replica serves
+            await self.get_model(job.checkpoint)
+        local = self.runtime.jobs.submit(lambda: self._run(job), job_id=job.job_id)
         try:
             async for event in self._follow(local):
                 yield event
         finally:  # the ingress went away (shutdown, cancelled stream): stop the work
             if not local.done:
                 local.cancel.stop()
-        if local.error is not None:
-            runtime.saver.take()
+        if local.error is not None:  # the usual clear error; the replica keeps serving
             yield Failed(portable(local.error))
         else:
-            yield Finished(result=local.result, saves=runtime.saver.take())
+            result, saves = local.result
+            yield Finished(result=result, saves=saves)
 
     def _run(self, job: RemoteJob):
-        """The job function: the default checkpoint when the job runs on it (a job naming
-        another gets that one from the pipeline, leaving the default alone), then the
-        generation itself."""
+        """The job function, on the replica's job thread (so one job's settings, model and
+        saves never mix with the next's, which may already wait here): the ingress's
+        settings, the default checkpoint when the job runs on it (a job naming another gets
+        that one from the pipeline, leaving the default alone), the generation; returns
+        (result, the pictures to save)."""
+        runtime = self.runtime
+        runtime.settings.adopt(job.settings_version, job.settings)
+        runtime.saver.take()  # what a failed job before this one left
         if job.checkpoint == job.default_checkpoint:
             self.use_default(job.default_checkpoint)
-        return (yield from GENERATIONS[job.kind](self.runtime, job.params))
+        result = yield from GENERATIONS[job.kind](runtime, job.params)
+        return result, runtime.saver.take()
 
     async def _follow(self, local: Job):
-        """Progress events of the local job while it runs; stop requests handed to it."""
+        """`Started` once the local job starts, its progress events while it runs; stop
+        requests handed to it."""
         sent = None
-        while not await asyncio.to_thread(local.finished_within, POLL_S):
+        started = False
+        while True:
+            finished = await asyncio.to_thread(local.finished_within, POLL_S)
+            if not started and local.started is not None:
+                started = True
+                yield Started(replica=self.name)
+            if finished:
+                break
             command = await self.board().take.remote(local.id)
             if command is not None:
                 local.cancel.request(command)
@@ -135,6 +138,8 @@ def replica_class(models_kept: int) -> type:
     class EaselReplica(ReplicaCore):
         @serve.multiplexed(max_num_models_per_replica=models_kept)
         async def get_model(self, title: str) -> Any:
-            return await asyncio.to_thread(self.load_checkpoint, title)
+            # Only the routing record: loading happens on the job thread, never beside a
+            # running job (a replica holds a running job and the next one).
+            return title
 
     return EaselReplica

@@ -29,6 +29,11 @@ NAMESPACE = "easel"
 APP_NAME = "easel"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "GRADIO_ANALYTICS_ENABLED": "False"}
+# Jobs a replica holds: the running one and the next, which waits on the replica's own job
+# queue. With only the running one, Serve's router learns that a replica is free only
+# after the job's stream ends and then backs off between tries: measured here, a 1-replica
+# cluster lost a third of the single process's throughput in those gaps.
+REPLICA_QUEUE = 2
 INGRESS_REFUSES = ("this server is a cluster ingress: checkpoints load on the replicas "
                    "(generate through txt2img / img2img; see docs/cluster.md)")
 
@@ -185,7 +190,8 @@ def deploy(args, plan: ClusterPlan):
     board = board_actor(NAMESPACE)
     serve.start(proxy_location="Disabled")  # the ingress is the only front door
     deployment = serve.deployment(
-        replica_class(plan.models_kept), name="EaselReplica", max_ongoing_requests=1,
+        replica_class(plan.models_kept), name="EaselReplica",
+        max_ongoing_requests=REPLICA_QUEUE,
         ray_actor_options={"num_cpus": plan.threads, "num_gpus": plan.gpus},
         logging_config={"log_level": "WARNING"}, **plan.serve_options())
     # GPU replicas keep torch's own thread count unless --replica-threads says otherwise.
