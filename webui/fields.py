@@ -17,7 +17,7 @@ from modules.pipeline.infotext_fields import (
     infotext_to_request_fields,
     infotext_to_settings_overrides,
 )
-from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.params import ParamsError, Txt2ImgParams
 from modules.settings import Settings
 
 # Widget label for each request field, used to name a field in error messages.
@@ -47,6 +47,8 @@ FIELDS: tuple[str, ...] = tuple(FIELD_LABELS)  # the txt2img tab's fields, in wi
 INT_FIELDS = ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed",
               "seed_resize_from_w", "seed_resize_from_h", "hr_second_pass_steps",
               "hr_resize_x", "hr_resize_y", "mask_blur", "inpaint_full_res_padding")
+# Number boxes every request reads (hidden ones, such as the variation seed, may be empty).
+REQUIRED_NUMBERS = ("steps", "width", "height", "n_iter", "batch_size", "cfg_scale", "seed")
 
 # Dropdown entries meaning "same as the first pass" (sent on as None).
 SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = ("Use same checkpoint", "Use same sampler",
@@ -70,6 +72,11 @@ def as_int(value: Any) -> Any:
 
 
 def normalized(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Widget values by name, whole numbers as ints; an emptied number box is an error
+    naming its field (never a default picked in its place)."""
+    for name in REQUIRED_NUMBERS:
+        if name in names and name in values and values[name] is None:
+            raise ParamsError(name, "is empty: enter a number")
     return {name: as_int(values[name]) if name in INT_FIELDS else values[name]
             for name in names if name in values}
 

@@ -38,6 +38,9 @@ POLL_SECONDS = 0.25
 SAVE_DIR = "log/images"  # A1111's default folder for the 💾 button
 FOLDER_SYMBOL, SAVE_SYMBOL, ZIP_SYMBOL = "\U0001f4c2", "\U0001f4be", "\U0001f5c3\ufe0f"
 UPSCALE_SYMBOL = "\u2728"  # txt2img: hires fix on the selected image (A1111's button)
+# Marks bad numbers beside their field and holds Generate back (issue #25: nothing is
+# silently clamped); runs once per page, whichever panel mounts first.
+FORM_CHECKS_JS = Path(__file__).with_name("form_checks.js").read_text(encoding="utf-8")
 SEND_TARGETS: dict[str, tuple[str, str]] = {  # target -> (symbol, tooltip)
     "img2img": ("\U0001f5bc\ufe0f", "Send image and generation parameters to img2img tab."),
     "inpaint": ("\U0001f3a8\ufe0f", "Send image and generation parameters to img2img inpaint "
@@ -63,6 +66,9 @@ class ResultsUI:
 
 def build_results(prefix: str, *, upscale: bool = False) -> ResultsUI:
     progress = gr.HTML(P.idle_html(), elem_id=f"{prefix}_progress")
+    # Checks the number boxes in the browser (form_checks.js); renders nothing itself.
+    gr.HTML("", js_on_load=FORM_CHECKS_JS, elem_id=f"{prefix}_form_checks",
+            elem_classes=["easel-form-checks"])
     gallery = gr.Gallery(label="Output", format="png", columns=2, height=512,
                          object_fit="contain", elem_id=f"{prefix}_gallery",
                          interactive=False, buttons=["download", "fullscreen"])
@@ -92,11 +98,24 @@ def empty_results() -> dict[str, Any]:
 # ---------------------------------------------------------------- running a job
 
 
+def error_message(error: Exception) -> str:
+    """What the page says about `error`: "<widget label>: <reason>" for a `ParamsError`."""
+    if isinstance(error, ParamsError):
+        return f"{F.label_for(error.field)}: {error.reason}"
+    if isinstance(error, gr.Error):
+        return str(error.message)
+    return without_paths(str(error))
+
+
 def gr_error(error: Exception) -> gr.Error:
     """A visible error naming the widget for a `ParamsError`, else the message."""
-    if isinstance(error, ParamsError):
-        return gr.Error(f"{F.label_for(error.field)}: {error.reason}")
-    return gr.Error(without_paths(str(error)))
+    return gr.Error(error_message(error))
+
+
+def error_html(message: str) -> str:
+    """An error as the result panel shows it until the next run (a toast fades away)."""
+    return (f'<div class="easel-error" role="alert"><strong>Error</strong> '
+            f'<span class="easel-error-text">{html.escape(message)}</span></div>')
 
 
 def poll_job(runtime, job, *, started: float, folder: str) -> Iterator[tuple]:

@@ -9,6 +9,7 @@ here, so txt2img and img2img behave the same.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,8 @@ from webui.extra_networks import wire_networks
 from webui.panel import GenerationPanel
 from webui.styles_ui import wire_styles
 from webui.widgets import loaded_model
+
+log = logging.getLogger(__name__)
 
 
 def token_counter(runtime, text: str, steps: float, *, is_positive: bool = True) -> str:
@@ -121,7 +124,8 @@ def wire_generate(runtime, panel: GenerationPanel,
 
 def wire_run(panel: GenerationPanel, trigger, generate: Callable[..., Iterator[tuple]],
              extra_inputs: list | None = None) -> None:
-    """`trigger` runs `generate(fields, *extra)` into the gallery, as Generate does."""
+    """`trigger` runs `generate(fields, *extra)` into the gallery, as Generate does; an
+    error shows in the progress area, naming the field, until the next run clears it."""
     extra_inputs = list(extra_inputs or [])
     script_inputs = panel.scripts.inputs() if panel.scripts is not None else []
     inputs = [*panel.field_widgets(), *extra_inputs, *script_inputs]
@@ -135,13 +139,17 @@ def wire_run(panel: GenerationPanel, trigger, generate: Callable[..., Iterator[t
         if panel.scripts is not None:
             fields.update(panel.scripts.request(list(values[count + extra_count:])))
         keep = [gr.skip()] * 3
-        yield (*[gr.skip()] * 4, *running(True))
+        # The idle bar replaces the last run's error (it stays until this next run).
+        yield (gr.skip(), gr.skip(), P.idle_html(), gr.skip(), *running(True))
         try:
             for update in generate(fields, *extra):
                 yield (*update, *keep)
-        except Exception:
-            yield (gr.skip(), gr.skip(), P.idle_html(), gr.skip(), *running(False))
-            raise
+        except Exception as error:  # shown where the result would be, until the next run
+            if not isinstance(error, gr.Error):
+                log.exception("generation failed")
+            yield (gr.skip(), gr.skip(), R.error_html(R.error_message(error)), gr.skip(),
+                   *running(False))
+            return
         yield (*[gr.skip()] * 4, *running(False))
 
     trigger.click(run, inputs, outputs, concurrency_limit=None, show_progress="hidden",

@@ -15,6 +15,7 @@ from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationParams, ParamsError
 from modules.styles import StyleError, apply_styles, load_styles
 from webui.panel_results import gr_error
+from webui.widgets import loaded_model
 
 
 def with_styles(runtime, params: GenerationParams) -> GenerationParams:
@@ -27,6 +28,20 @@ def with_styles(runtime, params: GenerationParams) -> GenerationParams:
     except StyleError as error:
         raise gr.Error(f"Styles: {error}") from error
     return dataclasses.replace(params, prompt=prompt, negative_prompt=negative)
+
+
+def check_size_multiple(runtime, params: GenerationParams) -> None:
+    """Width and height fit the loaded family's latent grid: 16 px for SD3 / Flux (2x2
+    patches), refused here naming the field rather than cropped later."""
+    loaded = loaded_model(runtime)
+    if loaded is None:
+        return  # validate() has checked the 8 px grid every family shares
+    multiple = getattr(loaded.family, "size_multiple", 8)
+    for name in ("width", "height"):
+        value = getattr(params, name)
+        if isinstance(value, int) and value % multiple:
+            raise ParamsError(name, f"{value} is not a multiple of {multiple} "
+                                    f"({loaded.family.label} draws on a {multiple} px grid)")
 
 
 def check_script(runtime, params: GenerationParams, *, is_img2img: bool) -> None:
@@ -46,6 +61,7 @@ def checked_request(runtime, params: GenerationParams, *, is_img2img: bool,
     params = with_styles(runtime, params)
     try:
         params.validate() if full else params.validate_common()
+        check_size_multiple(runtime, params)
         check_pixel_budget(params, PixelBudget.from_args(runtime.args))  # as the API
         check_script(runtime, params, is_img2img=is_img2img)
     except (ParamsError, ValueError, LookupError) as error:
