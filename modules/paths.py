@@ -2,7 +2,8 @@
 
 A1111's layout under `--data-dir` (default: the install folder): `models/<kind>/`,
 `outputs/`, `config.json`, `styles.csv`, `extensions/`. Single folders can be moved
-with `--ckpt-dir`, `--lora-dir`, ... as in A1111.
+with `--ckpt-dir`, `--lora-dir`, ... as in A1111. The shipped demo checkpoint's folder
+(`SHIPPED_CHECKPOINTS`) stays listed whatever the data folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The demo checkpoint ships with the code, not with the user's data: listed under any
+# --data-dir / --models-dir too (after the data's own folders), so the box is never empty.
+SHIPPED_CHECKPOINTS = ROOT / "models" / "Stable-diffusion"
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
@@ -46,6 +50,8 @@ class Paths:
         ckpt_dirs = [models / "Stable-diffusion"]
         if args.ckpt_dir:
             ckpt_dirs.insert(0, Path(args.ckpt_dir).resolve())
+        if SHIPPED_CHECKPOINTS not in ckpt_dirs:  # the code folder is the data folder: once
+            ckpt_dirs.append(SHIPPED_CHECKPOINTS)
         return Paths(
             data_dir=data,
             models_dir=models,

@@ -220,7 +220,7 @@ def test_diffusers_folder_loads_and_generates_with_hashing_on(diffusers_runtime,
     client = TestClient(create_api_app(diffusers_runtime))
     _, info = txt2img(client, prompt="a cat",
                       override_settings={"sd_model_checkpoint": "tiny-diffusers"})
-    unet = (diffusers_runtime.paths.checkpoint_dirs[-1] / "tiny-diffusers" / "unet"
+    unet = (diffusers_runtime.paths.checkpoint_dirs[0] / "tiny-diffusers" / "unet"
             / "diffusion_pytorch_model.safetensors")
     expected = diffusers_runtime.models.hash_cache.sha256(unet)
     assert info["sd_model_name"] == "tiny-diffusers" and expected.startswith(info["sd_model_hash"])

@@ -57,8 +57,9 @@ def test_app_serves_the_page_and_config(runtime):
 
 def test_checkpoint_dropdown_lists_titles(runtime):
     titles = widgets.checkpoint_titles(runtime)
-    assert len(titles) == 1 and titles[0].startswith("tiny.safetensors")
-    update = widgets.select_checkpoint(runtime, titles[0])
+    assert len(titles) == 2 and titles[0].startswith("easel-demo")  # shipped, always listed
+    assert titles[1].startswith("tiny.safetensors")
+    update = widgets.select_checkpoint(runtime, titles[1])
     assert update["value"] == runtime.models.current.info.title
     assert runtime.settings.current.sd_model_checkpoint == update["value"]
     with pytest.raises(gr.Error, match="Stable Diffusion checkpoint"):

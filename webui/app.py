@@ -88,6 +88,7 @@ def build_ui(runtime) -> gr.Blocks:
         _wire_top_bar(runtime, top, settings)
         _wire_send_to_txt2img(runtime, info, t2i, tabs)
         targets = send_targets(runtime, i2i, extras=extras)
+        png_info.wire_send(info, targets, tabs)
         for panel in (t2i, i2i.panel):
             wire_send(panel, targets, tabs)
             _wire_checkpoint_cards(runtime, top, panel)

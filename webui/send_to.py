@@ -36,6 +36,16 @@ def editor_value(picture: Image.Image) -> dict[str, Any]:
     return {"background": picture, "layers": [], "composite": picture}
 
 
+def send_values(target: SendTarget, picture: Image.Image, text: str) -> list:
+    """The outputs of sending `picture` (with its infotext `text`) to `target`. The
+    picture carries `text` as its PNG `parameters`, so Extras writes them into its result
+    as it does for an uploaded file (A1111 keeps them too)."""
+    if text:
+        picture.info["parameters"] = text
+    return [target.picture_value(picture), *target.extra_values(picture, text),
+            gr.Tabs(selected=target.tab)]
+
+
 def wire_send(panel: GenerationPanel, targets: dict[str, SendTarget], tabs: gr.Tabs) -> None:
     """Each of the panel's "Send to" buttons to its target (hidden when it has none)."""
     ui = panel.results_ui
@@ -47,8 +57,7 @@ def wire_send(panel: GenerationPanel, targets: dict[str, SendTarget], tabs: gr.T
 
         def send(gallery, results, target=target):
             picture, text = selected_image(gallery, results)
-            return [target.picture_value(picture), *target.extra_values(picture, text),
-                    gr.Tabs(selected=target.tab)]
+            return send_values(target, picture, text)
 
         button.click(send, [ui.gallery, ui.results],
                      [target.image, *target.extra_outputs, tabs], queue=False)

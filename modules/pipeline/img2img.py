@@ -37,7 +37,7 @@ from modules.imaging.color_correction import ColorCorrection
 from modules.imaging.resize import resize, resize_image
 from modules.jobs import Command, JobInterrupted, Progress
 from modules.pipeline.image_conditioning import inpaint_image_cond
-from modules.pipeline.output import collect_batch, new_result
+from modules.pipeline.output import collect_batch, new_result, save_batch_grid
 from modules.pipeline.params import MASKED_CONTENT, GenerationResult, Img2ImgParams, ParamsError
 from modules.pipeline.plan import LatentStart, Plan, plan_txt2img
 from modules.pipeline.sample import sample_batch
@@ -111,6 +111,7 @@ def img2img(runtime, params: Img2ImgParams) -> Generator[Progress, Command, Gene
         if command == "interrupt" or result.interrupted:
             result.interrupted = True
             break
+    save_batch_grid(runtime, plan, result)
     plan.scripts.call("postprocess", plan, result)
     return result
 

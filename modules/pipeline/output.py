@@ -3,7 +3,8 @@
 `collect_batch` turns a batch's latents into images and appends them, with their
 infotexts, seeds and prompts, to the job's `GenerationResult`; `infotext_for` writes
 A1111's "parameters" text, including the sampler settings A1111 records only when they
-differ from their defaults.
+differ from their defaults. At the end of a job of several pictures `save_batch_grid`
+saves them as one grid (A1111's "Always save all generated image grids").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from modules.imaging import save as image_io
+from modules.imaging.grid import image_grid
 from modules.infotext import GenerationInfo, create_infotext
 from modules.jobs import JobInterrupted
 from modules.pipeline.params import GenerationResult
@@ -160,3 +162,32 @@ def save(runtime, plan: Plan, image: Image.Image, index: int, infotext: str, bat
                 infotext=infotext, extension=settings.samples_format, pattern=pattern,
                 fields=fields, jpeg_quality=settings.jpeg_quality,
                 write_metadata=settings.enable_pnginfo)
+
+
+def save_batch_grid(runtime, plan: Plan, result: GenerationResult) -> None:
+    """A job that made several pictures saves them as one grid, with the first picture's
+    infotext, when `grid_save` is on and the request saves grids (A1111 does this in the
+    pipeline, so the API and every UI get it). Its path goes in `result.extra["grid_path"]`
+    (not `saved_paths`, which lists the pictures themselves)."""
+    if len(result.images) < 2 or not plan.settings.grid_save or plan.params.do_not_save_grid:
+        return
+    grid = image_grid(result.images)  # the layout the API and the gallery show
+    path = save_grid(runtime, plan.params, grid, result.infotexts[0], kind=plan.kind)
+    if path is not None:
+        result.extra["grid_path"] = path
+
+
+def save_grid(runtime, params, grid: Image.Image, infotext: str, *, kind: str) -> str | None:
+    """Save `grid` to the `kind` ("txt2img"/"img2img") grids folder when `grid_save` is on
+    and the request saves grids; the path, else None. Through `saver_of(runtime)`: a
+    cluster replica records the save for its ingress to write."""
+    settings = runtime.settings.for_request(params.override_settings)
+    if not settings.grid_save or params.do_not_save_grid:
+        return None
+    root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_grids"))
+    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+    save = image_io.saver_of(runtime)
+    path = save(grid, directory, seed=None, prompt=params.prompt, infotext=infotext,
+                extension=settings.samples_format, pattern="grid",
+                write_metadata=settings.enable_pnginfo)
+    return str(path)

@@ -18,7 +18,7 @@ from collections.abc import Generator
 
 from modules.jobs import Command, Progress
 from modules.pipeline import hires
-from modules.pipeline.output import collect_batch, new_result
+from modules.pipeline.output import collect_batch, new_result, save_batch_grid
 from modules.pipeline.params import GenerationResult, Txt2ImgParams
 from modules.pipeline.plan import plan_txt2img
 from modules.pipeline.sample import sample_batch
@@ -57,5 +57,6 @@ def txt2img(runtime, params: Txt2ImgParams) -> Generator[Progress, Command, Gene
         if command == "interrupt" or result.interrupted:
             result.interrupted = True
             break
+    save_batch_grid(runtime, plan, result)
     plan.scripts.call("postprocess", plan, result)
     return result

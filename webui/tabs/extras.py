@@ -65,8 +65,10 @@ def build(runtime) -> ExtrasTab:
 def _inputs(f: dict[str, Any], mode: gr.State) -> gr.Image:
     with gr.Tabs(elem_id="mode_extras") as modes:
         with gr.Tab("Single Image", id="extras_single_tab", elem_id="extras_single_tab") as single:
+            # PNG: a sent picture's `parameters` chunk survives the trip to the browser and
+            # back (Gradio's default WebP drops it), so the result keeps them.
             image = gr.Image(label="Source", type="pil", sources=["upload", "clipboard"],
-                             elem_id="extras_image", height=360)
+                             elem_id="extras_image", height=360, format="png")
         with gr.Tab("Batch Process", id="extras_batch_process_tab",
                     elem_id="extras_batch_process_tab") as batch:
             f["files"] = gr.File(label="Batch Process", file_count="multiple", type="filepath",

@@ -8,6 +8,7 @@ import random
 
 from modules.imaging import save as image_io
 from modules.infotext import quote
+from modules.pipeline.output import save_grid  # noqa: F401 (scripts call common.save_grid)
 from modules.pipeline.params import GenerationResult
 
 
@@ -58,20 +59,6 @@ def put_grid_first(result: GenerationResult, grid, infotext: str, *,
         values = getattr(like, name)
         getattr(result, name).insert(0, values[0] if values else None)
     result.extra["grid_included"] = True
-
-
-def save_grid(runtime, params, grid, infotext: str, *, kind: str) -> str | None:
-    """Save to the grids folder when `grid_save` is on and the request saves images."""
-    settings = runtime.settings.for_request(params.override_settings)
-    if not settings.grid_save or params.do_not_save_grid:
-        return None
-    root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_grids"))
-    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
-    save = image_io.saver_of(runtime)
-    path = save(grid, directory, seed=None, prompt=params.prompt, infotext=infotext,
-                extension=settings.samples_format, pattern="grid",
-                write_metadata=settings.enable_pnginfo)
-    return str(path)
 
 
 def insert_infotext_params(infotext: str, extra: dict) -> str:
