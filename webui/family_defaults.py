@@ -7,6 +7,10 @@ img2img) takes the loaded flow family's `family.defaults`, or the page's own def
 an SD1 / SD2 / SDXL model, but only when the user has not changed it: its value is still
 the page's default or some flow family's default. The HTTP API keeps A1111's defaults
 (docs/a1111-semantics.md).
+
+While the shipped demo model is loaded, a one-line note beside the hires-fix options says
+what it can do (it draws at 64 px; a larger pass redraws its shapes), so a blurred or
+changed hires picture reads as the demo's limit rather than a bug.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from typing import Any
 import gradio as gr
 
 from modules.models.flow_families import FLOW_FAMILIES
+from modules.models.manager import DEMO_MODEL_STEM
 from webui.widgets import loaded_model
+
+DEMO_NOTE_CLASS = "demo-model-note"
+DEMO_NOTE = ("Note: the Easel demo model draws at 64×64 px. Hires. fix and the ✨ Upscale "
+             "button redraw its shapes at larger sizes rather than sharpen them; load a real "
+             "checkpoint for detailed large pictures.")
 
 # The widgets a preset sets, as the flow families' `GenerationDefaults` names them.
 PRESET_FIELDS = {"sampler_name": "sampler", "scheduler": "scheduler", "steps": "steps",
@@ -49,9 +59,28 @@ def preset_updates(runtime, values: Mapping[str, Any], page: Mapping[str, Any]) 
                    else gr.skip()) for name, value in values.items()}
 
 
+def demo_loaded(runtime) -> bool:
+    """Whether the loaded model is the shipped demo (by its file's stem, as the manager)."""
+    loaded = loaded_model(runtime)
+    return loaded is not None and loaded.info.stem == DEMO_MODEL_STEM
+
+
+def build_demo_note(runtime, prefix: str) -> gr.Markdown:
+    """The demo model's note; `wire_family_defaults` finds it by its class and keeps its
+    visibility in step with the loaded model."""
+    return gr.Markdown(DEMO_NOTE, visible=demo_loaded(runtime), elem_id=f"{prefix}_demo_note",
+                       elem_classes=[DEMO_NOTE_CLASS])
+
+
+def demo_notes(blocks: gr.Blocks) -> list:
+    return [block for block in blocks.blocks.values()
+            if DEMO_NOTE_CLASS in (getattr(block, "elem_classes", None) or [])]
+
+
 def wire_family_defaults(runtime, blocks: gr.Blocks, checkpoint: gr.Dropdown,
                          panels: list) -> None:
-    """On page load and on every checkpoint change, the loaded family's preset."""
+    """On page load and on every checkpoint change, the loaded family's preset (and the
+    demo model's note shown or hidden)."""
     targets = [(name, panel.fields[name]) for panel in panels for name in PRESET_FIELDS
                if name in panel.fields]
     widgets = [widget for _, widget in targets]
@@ -63,3 +92,10 @@ def wire_family_defaults(runtime, blocks: gr.Blocks, checkpoint: gr.Dropdown,
 
     blocks.load(apply, widgets, widgets, queue=False, show_progress="hidden")
     checkpoint.change(apply, widgets, widgets, queue=False, show_progress="hidden")
+    notes = demo_notes(blocks)
+    if notes:
+        def show_notes() -> list:
+            return [gr.update(visible=demo_loaded(runtime))] * len(notes)
+
+        blocks.load(show_notes, None, notes, queue=False, show_progress="hidden")
+        checkpoint.change(show_notes, None, notes, queue=False, show_progress="hidden")

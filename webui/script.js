@@ -155,7 +155,23 @@
     const prompt = document.querySelector(`#${tab}_prompt textarea`);
     if (!prompt) return;
     const text = prompt.value;
+    const without = withoutCardTag(text, card);  // a second click takes it out (A1111)
+    if (without !== null) { setText(prompt, without); return; }
     const joiner = text === "" || /[\s,]$/.test(text) ? "" : " ";
     setText(prompt, text + joiner + value);
   });
+
+  // The prompt less the card's tag (a LoRA at any weight) and one separator before it;
+  // null when the tag is not there.
+  const withoutCardTag = (text, card) => {
+    const name = card.dataset.name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    // An embedding's name counts as a whole word only (not inside a LoRA tag of that name).
+    const tag = card.dataset.kind === "lora" ? `<lora:${name}:[^>]*>`
+      : `(?<![\\w\\-:<])${name}(?![\\w\\-:>])`;
+    const found = new RegExp(`(,?\\s*)${tag}`).exec(text);
+    if (!found) return null;
+    const rest = text.slice(found.index + found[0].length);
+    const head = text.slice(0, found.index);
+    return head === "" ? rest.replace(/^[\s,]+/, "") : head + rest;
+  };
 }

@@ -79,6 +79,7 @@ class TrainLoraParams(ConceptDataParams):
     learn_rate: str = "1e-4"
     steps: int = 1000
     template_filename: str = "filewords.txt"
+    log_directory: str = "lora_training"  # its own folder, not the embeddings' log
 
 
 def templates_dirs(runtime) -> list[Path]:
@@ -99,7 +100,8 @@ def log_folder(runtime, params: ConceptDataParams, name: str) -> Path:
     """`<data dir>/<log_directory>/<date>/<name>`; the log directory must stay inside the data
     dir."""
     base = runtime.paths.data_dir.resolve()
-    folder = (base / (params.log_directory or "textual_inversion")).resolve()
+    default = type(params).log_directory  # the trainer's own folder when the box is empty
+    folder = (base / (params.log_directory or default)).resolve()
     if not folder.is_relative_to(base):
         raise ParamsError("log_directory",
                           f"{params.log_directory!r} leads outside the data directory")

@@ -91,8 +91,8 @@ def create_embedding(*, folder: Path, name: str, token_embedding: torch.Tensor,
     existing = path if path.is_file() else existing_embedding(folder, path.stem)
     if existing is not None and not overwrite_old:
         raise ParamsError("name", f"an embedding named {path.stem!r} already exists "
-                                  f"({existing.relative_to(folder).as_posix()}); set "
-                                  "overwrite_old to replace it")
+                                  f"({existing.relative_to(folder).as_posix()}); tick "
+                                  "\"Overwrite Old Embedding\" (overwrite_old) to replace it")
     if existing is not None:
         if existing.suffix not in FORMATS:
             raise ParamsError("name", f"{existing.name} exists and is not a {FORMATS} file "

@@ -2,8 +2,9 @@
 
 Widgets become the params objects of `modules.training.concept_jobs`; the handlers
 validate them (errors name the widget), submit the training job to the runtime's queue
-(the one generation and the API use), and poll it for the progress bar. Interrupt
-stops training; what was learned up to then is saved.
+(the one generation and the API use), and poll it for the progress bar. Interrupt,
+shown only while a training job runs, stops training; what was learned up to then is saved.
+Each sub-tab opens with one line saying what it does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ from modules.training.concept_jobs import (
 from webui.progress import idle_html, progress_html
 
 POLL_SECONDS = 0.5
+
+# One line per sub-tab, shown at its top: what it makes and from what.
+DESCRIPTIONS = {
+    "create": "Makes a new, untrained embedding (a word for the prompt) in the embeddings "
+              "folder; train it on the next tab.",
+    "embedding": "Teaches an existing embedding a concept from a folder of images; the model "
+                 "itself stays unchanged.",
+    "lora": "Trains a LoRA (a small add-on to the model) from a folder of images; use it in a "
+            "prompt as `<lora:name:1>`.",
+}
 
 # Widget labels (A1111's where it has the widget), by params field: errors name them.
 LABELS = {
@@ -122,10 +133,16 @@ def _data_widgets(runtime, defaults: ConceptDataParams,
     return w
 
 
+def _description(key: str) -> None:
+    gr.Markdown(DESCRIPTIONS[key], elem_id=f"train_{key}_description",
+                elem_classes=["train-description"])
+
+
 def build(runtime) -> TrainTab:
     outputs: dict[str, gr.components.Component] = {}
     with gr.Tabs(elem_id="train_tabs"):
         with gr.Tab("Create embedding", id="train_create_embedding"):
+            _description("create")
             create = {"name": _widget("name", gr.Textbox),
                       "init_text": _widget("init_text", gr.Textbox, value="*"),
                       "num_vectors_per_token": _widget("num_vectors_per_token", gr.Slider,
@@ -136,6 +153,7 @@ def build(runtime) -> TrainTab:
             outputs["create_info"] = gr.Textbox(label="Output", interactive=False,
                                                 elem_id="train_create_info")
         with gr.Tab("Train embedding", id="train_embedding"):
+            _description("embedding")
             embedding = {"embedding_name": _widget("embedding_name", gr.Dropdown,
                                                    choices=embedding_names(runtime))}
             refresh = gr.Button("🔄", elem_id="train_refresh_embeddings", size="sm")
@@ -143,6 +161,7 @@ def build(runtime) -> TrainTab:
             embedding_button = gr.Button("Train Embedding", variant="primary",
                                          elem_id="train_embedding_button")
         with gr.Tab("Train LoRA", id="train_lora"):
+            _description("lora")
             defaults = TrainLoraParams()
             lora = {"lora_name": _widget("lora_name", gr.Textbox),
                     "rank": _widget("rank", gr.Number, value=defaults.rank, precision=0),
@@ -151,7 +170,7 @@ def build(runtime) -> TrainTab:
             lora |= _data_widgets(runtime, defaults, "train_lora")
             lora_button = gr.Button("Train LoRA", variant="primary", elem_id="train_lora_button")
     with gr.Row():
-        interrupt = gr.Button("Interrupt", elem_id="train_interrupt")
+        interrupt = gr.Button("Interrupt", elem_id="train_interrupt", visible=False)
     outputs["progress"] = gr.HTML(idle_html(), elem_id="train_progress")
     outputs["info"] = gr.Textbox(label="Training output", interactive=False, elem_id="train_info")
     tab = TrainTab(create=create, embedding=embedding, lora=lora, outputs=outputs)
@@ -178,9 +197,20 @@ def _wire(runtime, tab: TrainTab, create_button, refresh, embedding_button, lora
                         [tab.outputs["create_info"], tab.embedding["embedding_name"]])
     refresh.click(lambda: gr.Dropdown(choices=embedding_names(runtime)), None,
                   tab.embedding["embedding_name"], queue=False)
-    embedding_button.click(train_embedding, list(tab.embedding.values()), progress)
-    lora_button.click(train_lora, list(tab.lora.values()), progress)
+    # Interrupt shows once the inputs passed validation and hides when the job ends (or fails).
+    for button, train, inputs in ((embedding_button, train_embedding, tab.embedding),
+                                  (lora_button, train_lora, tab.lora)):
+        button.click(_with_interrupt(train), list(inputs.values()), [*progress, interrupt]
+                     ).then(lambda: gr.update(visible=False), None, interrupt, queue=False)
     interrupt.click(stop, None, None, queue=False)
+
+
+def _with_interrupt(train):
+    """The training generator with the Interrupt button shown beside each update."""
+    def run(*values):
+        for update in train(*values):
+            yield *update, gr.update(visible=True)
+    return run
 
 
 def _params(cls, values: dict[str, Any]):

@@ -19,6 +19,7 @@ from modules.pipeline.params import Txt2ImgParams
 from modules.pipeline.submit import submit_generation
 from webui import fields as F
 from webui import panel as PN
+from webui.family_defaults import build_demo_note
 from webui.panel_results import (  # noqa: F401
     POLL_SECONDS,
     build_results,
@@ -57,6 +58,7 @@ def build(runtime) -> PN.GenerationPanel:
             PN.build_cfg(PREFIX, w, runtime)
             extra_rows = PN.build_seed_rows(PREFIX, w, tools)
             toggles = [PN.build_hires(runtime, PREFIX, w), PN.build_refiner(runtime, PREFIX, w)]
+            build_demo_note(runtime, PREFIX)  # the demo model's limits, beside hires fix
             scripts = build_scripts(runtime, PREFIX, is_img2img=False)
             PN.build_hidden_fields(PREFIX, w)
         with gr.Column(scale=1, elem_id=f"{PREFIX}_results"):
