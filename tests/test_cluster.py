@@ -303,10 +303,12 @@ def test_pictures_are_saved_once_by_the_ingress(cluster):
     answer = txt2img(client, prompt="a green triangle", seed=5, steps=3, width=64, height=64,
                      batch_size=2, save_images=True)
     written = sorted(set(runtime.paths.data_dir.rglob("*.png")) - before)
-    assert len(written) == 2, written
-    assert all("txt2img-images" in str(path) for path in written)
-    saved = [Image.open(path) for path in written]
+    grids = [path for path in written if "txt2img-grids" in str(path)]
+    assert len(written) == 3 and len(grids) == 1, written  # the two pictures and their grid
+    pictures = [path for path in written if "txt2img-images" in str(path)]
+    saved = [Image.open(path) for path in pictures]
     assert [image.info["parameters"] for image in saved] == infotexts(answer)[-2:]
+    assert Image.open(grids[0]).info["parameters"] == infotexts(answer)[-2]
 
 
 def test_every_ingress_route_needs_credentials(cluster):

@@ -55,4 +55,7 @@ def replay(runtime, records: list[SaveRecord]) -> dict[str, str]:
 def with_real_paths(result, paths: dict[str, str]):
     """`result` with its provisional saved paths replaced by the written ones."""
     result.saved_paths[:] = [paths.get(path, path) for path in result.saved_paths]
+    if "grid_path" in result.extra:  # a batch's grid (modules/pipeline/output.py)
+        result.extra["grid_path"] = paths.get(result.extra["grid_path"],
+                                              result.extra["grid_path"])
     return result
