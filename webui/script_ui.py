@@ -4,12 +4,17 @@ Controls come from the script's typed `Args` (`modules.scripts.args.arg_specs`):
 checkbox for a bool, a slider for a bounded number, a dropdown for declared choices,
 a multi-select for a list, a text box for the rest. A script that builds its own
 Gradio controls (`Script.ui` overridden, one component per `Args` field) gets those
-instead. Every script's controls are built once, hidden, and the dropdown shows the
+instead. A script may also give UI hints without importing a UI library:
+`ui_dropdowns()` (fields shown as dropdowns although the API takes more, such as the
+X/Y/Z plot's axis types, which also take A1111's indices) and `ui_value_helpers()`
+(a values field and the field whose `value_choices` a 📒 button fills it with).
+Every script's controls are built once, hidden, and the dropdown shows the
 chosen script's group; the handler sends only that script's values, by field name.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +24,7 @@ import gradio as gr
 from modules.scripts.args import ArgSpec, arg_specs
 from modules.scripts.base import Script
 from webui.fields import as_int
+from webui.widgets import tool_button
 
 log = logging.getLogger(__name__)
 NO_SCRIPT = "None"
@@ -70,27 +76,91 @@ def build_scripts(runtime, prefix: str, *, is_img2img: bool) -> ScriptsUI | None
     titles = [script.title() for script in scripts]
     dropdown = gr.Dropdown([NO_SCRIPT, *titles], value=NO_SCRIPT, label="Script",
                            elem_id=f"{prefix}_script")
-    controls = [_script_group(script, prefix, is_img2img) for script in scripts]
+    controls = [_script_group(script, runtime, prefix, is_img2img) for script in scripts]
     ui = ScriptsUI(dropdown=dropdown, controls=controls)
     dropdown.change(lambda title: [gr.update(visible=c.title == title) for c in controls],
                     dropdown, [c.group for c in controls], queue=False)
     return ui
 
 
-def _script_group(script: Script, prefix: str, is_img2img: bool) -> ScriptControls:
+def _script_group(script: Script, runtime, prefix: str, is_img2img: bool) -> ScriptControls:
     title = script.title()
     slug = "".join(ch if ch.isalnum() else "_" for ch in title.lower())
     with gr.Group(visible=False, elem_id=f"{prefix}_script_{slug}") as group:
         controls = ScriptControls(title=title, group=group)
         specs = arg_specs(script.Args)
         own = _own_ui(script, is_img2img, len(specs))
+        dropdowns = _hook(script, "ui_dropdowns")
+        helpers = _hook(script, "ui_value_helpers")
+        fills: dict[str, Any] = {}
         for spec, widget in zip(specs, own or [None] * len(specs)):
-            widget = widget if own else control_for(spec, f"{prefix}_script_{slug}_{spec.name}")
+            elem_id = f"{prefix}_script_{slug}_{spec.name}"
+            if not own and spec.name in helpers:
+                with gr.Row(equal_height=True):
+                    widget = control_for(spec, elem_id)
+                    fills[spec.name] = tool_button(FILL_SYMBOL, elem_id=f"{elem_id}_fill",
+                                                   visible=False)
+            elif not own and spec.name in dropdowns:
+                widget = gr.Dropdown(list(dropdowns[spec.name]), value=spec.default,
+                                     label=spec.label, elem_id=elem_id)
+            else:
+                widget = widget if own else control_for(spec, elem_id)
             if widget is not None:
                 controls.names.append(spec.name)
                 controls.kinds.append(spec.kind)
                 controls.widgets.append(widget)
+        _wire_fills(script, runtime, controls, fills, helpers)
     return controls
+
+
+def _hook(script: Script, name: str) -> dict[str, Any]:
+    """A script's optional UI hint (`ui_dropdowns`, `ui_value_helpers`): {} if absent."""
+    method = getattr(script, name, None)
+    return dict(method()) if callable(method) else {}
+
+
+def _wire_fills(script: Script, runtime, controls: ScriptControls, fills: dict[str, Any],
+                helpers: dict[str, str]) -> None:
+    """Each 📒 button fills its values box with every valid choice of the axis type
+    chosen beside it (A1111's "fill" button), and shows only for a type that has a list."""
+    if not fills:
+        return
+    widgets = dict(zip(controls.names, controls.widgets))
+    for values_name, button in fills.items():
+        type_widget = widgets[helpers[values_name]]
+
+        def choices(kind, script=script):
+            return script.value_choices(runtime, kind)
+
+        def fill(kind, choices=choices):
+            return script.join_choices(choices(kind))
+
+        button.click(fill, type_widget, widgets[values_name], queue=False)
+        type_widget.change(lambda kind, choices=choices: gr.update(visible=bool(choices(kind))),
+                           type_widget, button, queue=False)
+    ids = [button.elem_id for button in fills.values()]
+    gr.HTML("", container=False, padding=False, visible="hidden",
+            js_on_load=_TITLES_JS.replace("__IDS__", json.dumps(ids))
+                                 .replace("__TITLE__", json.dumps(FILL_TITLE)))
+
+
+FILL_SYMBOL = "\U0001f4d2"  # 📒
+FILL_TITLE = "Fill in all valid values for this axis type"
+# Gradio buttons take no `title`: this sets the tooltip (and the screen readers' label)
+# of the fill buttons once they are on the page; they mount when the script is chosen.
+_TITLES_JS = """
+const ids = __IDS__, title = __TITLE__;
+const mark = () => ids.forEach((id) => {
+  const button = document.getElementById(id);
+  if (button && button.title !== title) {
+    button.title = title;
+    button.setAttribute("aria-label", title);
+  }
+});
+mark();
+new MutationObserver(mark).observe(element.closest(".gradio-container") || document.body,
+                                   {childList: true, subtree: true});
+"""
 
 
 def _own_ui(script: Script, is_img2img: bool, count: int) -> list | None:

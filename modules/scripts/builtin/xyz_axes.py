@@ -81,6 +81,31 @@ AXES: tuple[Axis, ...] = (
 AXIS_LABELS = tuple(axis.label for axis in AXES)
 
 
+def axis_choices(label: str, runtime) -> list[str]:
+    """Every valid value of an axis that has a fixed list (samplers, schedule types,
+    checkpoints), for the UI's 📒 fill-in button; [] for an axis of free values."""
+    from modules.sampling import registry
+
+    if label == "Sampler":
+        return [spec.label for spec in registry.SAMPLERS]
+    if label == "Schedule type":
+        return [spec.label for spec in registry.SCHEDULERS]
+    if label == "Checkpoint name":
+        return [info.title for info in runtime.models.checkpoints()]
+    return []
+
+
+def join_values(values: list[str]) -> str:
+    """Values as the values box reads them back: comma-separated, CSV-quoted where a
+    name holds a comma or a quote."""
+    def quoted(value: str) -> str:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow([value])
+        return out.getvalue()
+
+    return ", ".join(quoted(value) for value in values)
+
+
 def find_axis(choice: int | str) -> Axis:
     """An axis by A1111's index (API clients send indices) or by label."""
     if isinstance(choice, int) and not isinstance(choice, bool):

@@ -24,8 +24,10 @@ from modules.scripts.builtin import common
 from modules.scripts.builtin.xyz_axes import (
     AXIS_LABELS,
     Axis,
+    axis_choices,
     find_axis,
     format_value,
+    join_values,
     parse_values,
 )
 
@@ -74,6 +76,27 @@ class XYZPlot(Script):
 
     def title(self) -> str:
         return "X/Y/Z plot"
+
+    # UI hints, read by the web UI's script controls (no UI library here).
+    def ui_dropdowns(self) -> dict[str, tuple[str, ...]]:
+        """The axis types are shown as dropdowns of the axis names. They are not
+        `arg(choices=...)`: the API also takes A1111's axis indices there."""
+        return {name: AXIS_LABELS for name in ("x_type", "y_type", "z_type")}
+
+    def ui_value_helpers(self) -> dict[str, str]:
+        """Values box -> the type field whose valid values its 📒 button fills in."""
+        return {"x_values": "x_type", "y_values": "y_type", "z_values": "z_type"}
+
+    def value_choices(self, runtime, axis_type) -> list[str]:
+        """Every valid value of the chosen axis type ([] for free values or a bad type)."""
+        try:
+            return axis_choices(find_axis(axis_type).label, runtime)
+        except ValueError:
+            return []
+
+    def join_choices(self, values: list[str]) -> str:
+        """Values as the values box takes them back."""
+        return join_values(values)
 
     def cells(self, params, axes: list[tuple[Axis, list]]) -> list:
         """Cell requests in z, y, x order (x fastest), all validated."""
