@@ -258,7 +258,9 @@ def test_generate_streams_progress_and_previews(runtime, monkeypatch):
                                 subseeds=[1], prompts=["x"], negative_prompts=[""],
                                 warnings=["something was ignored"])
 
-    monkeypatch.setattr(txt2img, "txt2img", fake_txt2img)
+    from modules.pipeline.submit import GENERATIONS
+
+    monkeypatch.setitem(GENERATIONS, "txt2img", fake_txt2img)  # what the UI submits by name
     warned = []
     monkeypatch.setattr(gr, "Warning", warned.append)
     updates = list(txt2img.generate(runtime, FAST))
