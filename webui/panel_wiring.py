@@ -154,6 +154,10 @@ def wire_run(panel: GenerationPanel, trigger, generate: Callable[..., Iterator[t
 
     trigger.click(run, inputs, outputs, concurrency_limit=None, show_progress="hidden",
                   api_name=False)
+    download = getattr(getattr(panel, "results_ui", None), "download", None)
+    if download is not None:  # the last result's download link goes with that result
+        trigger.click(lambda: gr.update(value=None, visible=False), None, download,
+                      queue=False, api_name=False)
 
 
 def running(on: bool) -> list:

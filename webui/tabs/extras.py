@@ -19,6 +19,7 @@ from modules.pipeline.params import ParamsError
 from modules.upscaling.extras import ExtrasParams
 from modules.upscaling.extras_jobs import ExtrasJob, run_extras_job
 from modules.upscaling.registry import upscalers_of
+from webui.panel_results import error_html, error_message
 from webui.widgets import REFRESH_SYMBOL, tool_button
 
 MODES = ("single", "batch", "directory")
@@ -129,8 +130,11 @@ def _wire(runtime, tab: ExtrasTab) -> None:
     inputs = [tab.mode, tab.resize_mode, tab.image, *(tab.fields[n] for n in VALUE_FIELDS)]
 
     def run(mode, resize_mode, image, *values):
-        return process(runtime, {"mode": mode, "resize_mode": resize_mode, "image": image,
-                                 **dict(zip(VALUE_FIELDS, values))})
+        try:
+            return process(runtime, {"mode": mode, "resize_mode": resize_mode, "image": image,
+                                     **dict(zip(VALUE_FIELDS, values))})
+        except gr.Error as error:  # stays where the result would be, until the next run
+            return gr.skip(), error_html(error_message(error))
 
     tab.generate.click(run, inputs, [tab.gallery, tab.info], concurrency_limit=1)
     dropdowns = [tab.fields["upscaler_1"], tab.fields["upscaler_2"]]
