@@ -74,3 +74,24 @@ def test_wired_on_page_load_and_checkpoint_change():
     for index, _ in wired:
         assert blocks.fns[index].fn(20, 7.0) == [gr.skip(), 1.0]  # Flux.1 dev: CFG 1
         assert blocks.fns[index].fn(20, 5.0) == [gr.skip(), gr.skip()]  # chosen: kept
+
+
+def test_size_sliders_step_on_the_loaded_familys_grid():
+    """Width and height step 16 px for SD3 / Flux.1 (2x2 patches), 8 px for the U-Nets; the
+    page's form check (webui/form_checks.js) reads the slider's step."""
+    assert FD.size_step(fake_runtime(TINY_FLUX_DEV)) == 16
+    assert FD.size_step(fake_runtime(TINY_SD15)) == 8
+    assert FD.size_step(fake_runtime(TINY_FLUX_DEV, ready=False)) == 8
+    runtime = fake_runtime(TINY_FLUX_DEV)
+    fields = {}
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=["a"], value="a")
+        fields["width"] = gr.Slider(64, 2048, value=512, step=8)
+        fields["height"] = gr.Slider(64, 2048, value=512, step=8)
+        FD.wire_family_defaults(runtime, blocks, checkpoint, [SimpleNamespace(fields=fields)])
+    outputs = [fields["width"]._id, fields["height"]._id]
+    wired = [index for index, d in enumerate(blocks.config["dependencies"])
+             if d["outputs"] == outputs]
+    assert len(wired) == 2  # page load and checkpoint change
+    for index in wired:
+        assert [update["step"] for update in blocks.fns[index].fn()] == [16, 16]

@@ -59,6 +59,12 @@ def preset_updates(runtime, values: Mapping[str, Any], page: Mapping[str, Any]) 
                    else gr.skip()) for name, value in values.items()}
 
 
+def size_step(runtime) -> int:
+    """Width / height step of the loaded family (8 px, or its `size_multiple`)."""
+    loaded = loaded_model(runtime)
+    return getattr(loaded.family, "size_multiple", 8) if loaded is not None else 8
+
+
 def demo_loaded(runtime) -> bool:
     """Whether the loaded model is the shipped demo (by its file's stem, as the manager)."""
     loaded = loaded_model(runtime)
@@ -92,6 +98,14 @@ def wire_family_defaults(runtime, blocks: gr.Blocks, checkpoint: gr.Dropdown,
 
     blocks.load(apply, widgets, widgets, queue=False, show_progress="hidden")
     checkpoint.change(apply, widgets, widgets, queue=False, show_progress="hidden")
+    sizes = [panel.fields[name] for panel in panels for name in ("width", "height")
+             if name in panel.fields]
+    if sizes:  # the sliders step on the loaded family's grid: 16 px for SD3 / Flux.1
+        def size_steps() -> list:
+            return [gr.update(step=size_step(runtime))] * len(sizes)
+
+        blocks.load(size_steps, None, sizes, queue=False, show_progress="hidden")
+        checkpoint.change(size_steps, None, sizes, queue=False, show_progress="hidden")
     notes = demo_notes(blocks)
     if notes:
         def show_notes() -> list:
