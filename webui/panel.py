@@ -29,6 +29,7 @@ from webui.widgets import checkpoint_titles, loaded_model, tool_button
 RANDOM_SYMBOL, REUSE_SYMBOL = "\U0001f3b2", "\u267b\ufe0f"  # 🎲 ♻️
 PASTE_SYMBOL, SWAP_SYMBOL = "\u2199\ufe0f", "\u21c5"  # ↙️ ⇅
 CLEAR_SYMBOL, NETWORKS_SYMBOL = "\U0001f5d1\ufe0f", "\U0001f3b4"  # 🗑️ 🎴
+HIRES_MIN = 180  # px: a hires field narrower than this goes to its own line
 
 
 @dataclass
@@ -198,21 +199,25 @@ def build_hires(runtime, prefix: str, w: dict[str, Any]) -> tuple[Any, Any]:
     upscalers = [*LATENT_UPSCALE_MODES, *upscalers_of(runtime).names()]
     w["enable_hr"] = gr.Checkbox(label="Hires. fix", value=False, elem_id=f"{prefix}_enable_hr")
     with gr.Group(visible=False, elem_id=f"{prefix}_hires_fix") as group:
+        # Two fields a row (one on a phone), so no label or value is cut short.
         with gr.Row():
             w["hr_upscaler"] = gr.Dropdown(upscalers, value="Latent", label="Upscaler",
-                                           elem_id=f"{prefix}_hr_upscaler")
+                                           elem_id=f"{prefix}_hr_upscaler", min_width=HIRES_MIN)
+            w["hr_scale"] = gr.Slider(1, 4, value=2.0, step=0.05, label="Upscale by",
+                                      elem_id=f"{prefix}_hr_scale", min_width=HIRES_MIN)
+        with gr.Row():
             w["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
-                                                  elem_id=f"{prefix}_hires_steps")
+                                                  elem_id=f"{prefix}_hires_steps",
+                                                  min_width=HIRES_MIN)
             w["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01,
                                                 label="Denoising strength",
-                                                elem_id=f"{prefix}_denoising_strength")
+                                                elem_id=f"{prefix}_denoising_strength",
+                                                min_width=HIRES_MIN)
         with gr.Row():
-            w["hr_scale"] = gr.Slider(1, 4, value=2.0, step=0.05, label="Upscale by",
-                                      elem_id=f"{prefix}_hr_scale")
             w["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
-                                         elem_id=f"{prefix}_hr_resize_x")
+                                         elem_id=f"{prefix}_hr_resize_x", min_width=HIRES_MIN)
             w["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
-                                         elem_id=f"{prefix}_hr_resize_y")
+                                         elem_id=f"{prefix}_hr_resize_y", min_width=HIRES_MIN)
         w["hr_distilled_cfg"] = gr.Slider(0, 30, value=3.5, step=0.1,
                                           label="Hires Distilled CFG Scale",
                                           elem_id=f"{prefix}_hr_distilled_cfg",
@@ -222,16 +227,16 @@ def build_hires(runtime, prefix: str, w: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _hires_names(runtime, prefix: str, w: dict[str, Any]) -> None:
+    w["hr_checkpoint_name"] = gr.Dropdown(
+        [F.SAME_CHECKPOINT, *checkpoint_titles(runtime)], value=F.SAME_CHECKPOINT,
+        label="Hires checkpoint", elem_id=f"{prefix}_hr_checkpoint", allow_custom_value=True)
     with gr.Row():
-        w["hr_checkpoint_name"] = gr.Dropdown(
-            [F.SAME_CHECKPOINT, *checkpoint_titles(runtime)], value=F.SAME_CHECKPOINT,
-            label="Hires checkpoint", elem_id=f"{prefix}_hr_checkpoint", allow_custom_value=True)
         w["hr_sampler_name"] = gr.Dropdown(
             [F.SAME_SAMPLER, *[s.label for s in registry.SAMPLERS]], value=F.SAME_SAMPLER,
-            label="Hires sampling method", elem_id=f"{prefix}_hr_sampler")
+            label="Hires sampling method", elem_id=f"{prefix}_hr_sampler", min_width=HIRES_MIN)
         w["hr_scheduler"] = gr.Dropdown(
             [F.SAME_SCHEDULER, *[s.label for s in registry.SCHEDULERS]], value=F.SAME_SCHEDULER,
-            label="Hires schedule type", elem_id=f"{prefix}_hr_scheduler")
+            label="Hires schedule type", elem_id=f"{prefix}_hr_scheduler", min_width=HIRES_MIN)
     with gr.Row():
         w["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, placeholder=(
             "Prompt for hires fix pass.\nLeave empty to use the same prompt as in first pass."),

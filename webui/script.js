@@ -174,4 +174,103 @@
     const head = text.slice(0, found.index);
     return head === "" ? rest.replace(/^[\s,]+/, "") : head + rest;
   };
+
+  // ------------------------------------------------------------ icon buttons (issue #25)
+  // Gradio 6 buttons take no `title`, so the page gives every icon-only button a tooltip
+  // and an aria-label from its id (or, for Gradio's own and unknown ones, its symbol).
+  // Where no font draws the emoji (a bare Linux box), the symbol is replaced by a word.
+  const TIPS = {  // id, or id less its "txt2img_"/"img2img_" prefix: [tooltip, short word]
+    refresh_sd_model_checkpoint: ["Refresh the list of checkpoints", "Refresh"],
+    paste: ["Read generation parameters from the prompt, or from the last generation if "
+            + "the prompt is empty, into the fields", "Read"],
+    clear_prompt: ["Clear the prompt and the negative prompt", "Clear"],
+    extra_networks: ["Show or hide the extra networks (LoRA, embeddings, checkpoints)", "Networks"],
+    extra_networks_refresh: ["Refresh the extra-network cards", "Refresh"],
+    style_apply: ["Apply the selected styles to the prompts", "Apply"],
+    styles_edit_button: ["Edit styles", "Edit"],
+    res_switch_btn: ["Swap width and height", "Swap"],
+    random_seed: ["Set the seed to -1: a new random seed every time", "Random"],
+    reuse_seed: ["Reuse the seed of the last generation", "Reuse"],
+    random_subseed: ["Set the variation seed to -1: a new random one every time", "Random"],
+    reuse_subseed: ["Reuse the variation seed of the last generation", "Reuse"],
+    open_folder: ["Open the output folder", "Folder"],
+    save: ["Save the selected image (with its parameters)", "Save"],
+    zip: ["Save the images as a zip archive", "Zip"],
+    send_to_img2img: ["Send the image and its parameters to img2img", "img2img"],
+    send_to_inpaint: ["Send the image and its parameters to img2img inpaint", "Inpaint"],
+    send_to_extras: ["Send the image and its parameters to Extras", "Extras"],
+    upscale: ["Hires fix the selected image with the current hires settings", "Upscale"],
+    extras_refresh_upscalers: ["Refresh the list of upscalers", "Refresh"],
+    modelmerger_refresh: ["Refresh the list of checkpoints", "Refresh"],
+    train_refresh_embeddings: ["Refresh the list of embeddings", "Refresh"],
+  };
+  const SYMBOL_TIPS = {  // buttons without a known id: Gradio's own, or an extension's
+    "\u{1f504}": ["Refresh", "Refresh"], "\u21ba": ["Reset to the default value", "Reset"],
+    "\u22ee": ["More options", "More"], "\u{1f4d2}": ["Fill in all the values", "Fill"],
+    "\u{1f3b2}": ["Random", "Random"], "\u267b\ufe0f": ["Reuse", "Reuse"],
+    "\u2716": ["Close", "Close"], "\u00d7": ["Close", "Close"],
+  };
+  const isSymbol = (text) => text.length > 0 && [...text].length <= 3
+    && !/[\p{L}\p{N}]/u.test(text);
+  const tipFor = (button, text) => {
+    const id = button.id || "";
+    const own = TIPS[id] || TIPS[id.replace(/^(txt2img|img2img)_/, "")];
+    return own || SYMBOL_TIPS[text] || SYMBOL_TIPS[text.replace(/\ufe0f/g, "")] || null;
+  };
+
+  // Whether a font draws `text` as something other than the missing-glyph box (or nothing).
+  const drawn = {};
+  const glyphDrawn = (text, family) => {
+    const key = `${text}|${family}`;
+    if (key in drawn) return drawn[key];
+    const paint = (t) => {
+      const canvas = document.createElement("canvas");
+      canvas.width = canvas.height = 40;
+      const pen = canvas.getContext("2d");
+      pen.font = `28px ${family}`;
+      pen.textBaseline = "top";
+      pen.fillText(t, 4, 4);
+      return pen.getImageData(0, 0, 40, 40).data.join(",");
+    };
+    const picture = paint(text);
+    drawn[key] = picture !== paint("\u{10fffd}") && picture !== paint("");
+    return drawn[key];
+  };
+
+  const labelIconButton = (button) => {
+    const text = button.innerText.trim();
+    if (button.dataset.easelIcon === text || !isSymbol(text)) return;
+    const tip = tipFor(button, text);
+    if (!tip) return;
+    if (!button.title) button.title = tip[0];
+    if (!button.getAttribute("aria-label")) button.setAttribute("aria-label", tip[0]);
+    if (!glyphDrawn(text, getComputedStyle(button).fontFamily)) {
+      button.textContent = tip[1];
+      button.classList.add("easel-icon-word");
+    }
+    button.dataset.easelIcon = button.innerText.trim();
+  };
+
+  // Gradio 6 writes a Group's elem_id on two nested elements: keep the outer one only.
+  const dropNestedIds = () => {
+    for (const inner of document.querySelectorAll(".gr-group[id]")) {
+      const outer = inner.parentElement && inner.parentElement.closest(`[id="${inner.id}"]`);
+      if (outer) inner.removeAttribute("id");
+    }
+  };
+
+  let pending = false;
+  const tidy = () => {
+    pending = false;
+    document.querySelectorAll("button").forEach(labelIconButton);
+    dropNestedIds();
+    // The styles box shows no label (kept compact beside its buttons): say what it is.
+    for (const box of document.querySelectorAll('[id$="_styles"] input')) {
+      if (!box.placeholder) box.placeholder = "Styles";
+    }
+  };
+  new MutationObserver(() => {
+    if (!pending) { pending = true; requestAnimationFrame(tidy); }
+  }).observe(document.body, { childList: true, subtree: true, characterData: true });
+  tidy();
 }

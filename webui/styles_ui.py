@@ -49,7 +49,7 @@ def build_styles(runtime, prefix: str, w: dict[str, Any]) -> StylesUI:
     names = style_names(runtime)
     with gr.Row(elem_id=f"{prefix}_styles_row", equal_height=True):
         w["styles"] = gr.Dropdown(names, value=[], multiselect=True, label="Styles",
-                                  elem_id=f"{prefix}_styles", scale=4)
+                                  elem_id=f"{prefix}_styles", scale=4, container=False)
         apply = tool_button(APPLY_SYMBOL, elem_id=f"{prefix}_style_apply")
         edit = tool_button(EDIT_SYMBOL, elem_id=f"{prefix}_styles_edit_button")
     with gr.Group(visible=False, elem_id=f"{prefix}_styles_editor") as editor:

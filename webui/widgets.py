@@ -20,6 +20,9 @@ from modules.settings import Settings, SettingsError
 REFRESH_SYMBOL = "\U0001f504"  # 🔄
 MODULES = "forge_additional_modules"
 QUICK_SETTINGS = ("sd_vae", MODULES, "CLIP_stop_at_last_layers")
+# Settings whose `setting_<name>` id the top bar already uses (as A1111's checkpoint box):
+# their widget on the Settings tab gets another id, so no two elements share one.
+TOP_BAR_SETTING_IDS = frozenset({"sd_model_checkpoint"})
 
 
 def tool_button(symbol: str, *, elem_id: str | None = None, visible: bool = True) -> gr.Button:
@@ -63,7 +66,7 @@ def setting_widget(name: str, value, *, elem_id: str | None = None) -> gr.compon
     spec = Settings.__dataclass_fields__[name]
     meta = spec.metadata
     kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
-    common = dict(label=meta["label"], value=value, elem_id=elem_id or f"setting_{name}")
+    common = dict(label=meta["label"], value=value, elem_id=elem_id or default_setting_id(name))
     if kind == "bool":
         return gr.Checkbox(**common)
     if kind == "tuple":  # a list of file names (forge_additional_modules)
@@ -78,6 +81,11 @@ def setting_widget(name: str, value, *, elem_id: str | None = None) -> gr.compon
             return gr.Slider(minimum=low, maximum=high, step=step, **common)
         return gr.Number(precision=0 if kind == "int" else None, **common)
     return gr.Textbox(**common)
+
+
+def default_setting_id(name: str) -> str:
+    """The Settings tab's id for a setting: `setting_<name>`, unless the top bar has it."""
+    return f"settings_tab_{name}" if name in TOP_BAR_SETTING_IDS else f"setting_{name}"
 
 
 def _float_step(low: float, high: float) -> float:
