@@ -17,7 +17,6 @@ from PIL import Image
 from modules.app.cmd_args import parse_args
 from modules.runtime import Runtime
 from tests.helpers.browser import opened_ui, screenshot, set_number
-from webui.tabs import img2img as img2img_tab
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +51,10 @@ def test_inpaint_changes_only_under_the_drawn_mask(served, monkeypatch):
         sent.append(params)
         return real(rt, params)
 
-    real = img2img_tab.img2img
-    monkeypatch.setattr(img2img_tab, "img2img", spy)
+    from modules.pipeline.submit import GENERATIONS
+
+    real = GENERATIONS["img2img"]
+    monkeypatch.setitem(GENERATIONS, "img2img", spy)  # what the UI submits by name
 
     page.locator("#txt2img_prompt textarea").fill(SOURCE_PROMPT)
     set_number(page, "txt2img_seed", 5)
