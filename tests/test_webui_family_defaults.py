@@ -95,3 +95,18 @@ def test_size_sliders_step_on_the_loaded_familys_grid():
     assert len(wired) == 2  # page load and checkpoint change
     for index in wired:
         assert [update["step"] for update in blocks.fns[index].fn()] == [16, 16]
+
+
+def test_a_single_demo_note_gets_a_single_update(monkeypatch):
+    """Gradio refuses a list for one output (ComponentProcessingError in the server log)."""
+    runtime = fake_runtime(TINY_SD15)
+    monkeypatch.setattr(FD, "demo_loaded", lambda rt: False)
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=["a"], value="a")
+        note = FD.build_demo_note(runtime, "txt2img")
+        FD.wire_family_defaults(runtime, blocks, checkpoint, [])
+    wired = [index for index, d in enumerate(blocks.config["dependencies"])
+             if d["outputs"] == [note._id]]
+    assert len(wired) == 2
+    for index in wired:
+        assert blocks.fns[index].fn() == gr.update(visible=False)  # not the demo model

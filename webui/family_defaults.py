@@ -108,8 +108,9 @@ def wire_family_defaults(runtime, blocks: gr.Blocks, checkpoint: gr.Dropdown,
         checkpoint.change(size_steps, None, sizes, queue=False, show_progress="hidden")
     notes = demo_notes(blocks)
     if notes:
-        def show_notes() -> list:
-            return [gr.update(visible=demo_loaded(runtime))] * len(notes)
+        def show_notes():
+            update = gr.update(visible=demo_loaded(runtime))
+            return update if len(notes) == 1 else [update] * len(notes)  # one output: no list
 
         blocks.load(show_notes, None, notes, queue=False, show_progress="hidden")
         checkpoint.change(show_notes, None, notes, queue=False, show_progress="hidden")
