@@ -12,22 +12,16 @@ import time
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.helpers.browser import opened_ui, screenshot, set_number
-from tests.helpers.webui_runtime import make_runtime
+from tests.helpers.browser import open_tab, screenshot, served_tiny_ui, set_number
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    runtime = make_runtime(tmp_path_factory.mktemp("data"))
-    with opened_ui(runtime) as page:
-        yield runtime, page
-    runtime.jobs.stop()
+    with served_tiny_ui(tmp_path_factory.mktemp("data")) as served:
+        yield served
 
-
-def open_tab(page, label: str) -> None:
-    page.get_by_role("tab", name=label).click()
 
 
 def test_generate_shows_image_and_infotext(served):

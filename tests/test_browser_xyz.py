@@ -13,8 +13,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.helpers.browser import ARTIFACTS, opened_ui, screenshot, set_number
-from tests.helpers.webui_runtime import make_runtime
+from tests.helpers.browser import ARTIFACTS, screenshot, served_tiny_ui, set_number
 
 pytestmark = pytest.mark.browser
 
@@ -23,10 +22,8 @@ XYZ = "txt2img_script_x_y_z_plot"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    runtime = make_runtime(tmp_path_factory.mktemp("data"))
-    with opened_ui(runtime) as page:
-        yield runtime, page
-    runtime.jobs.stop()
+    with served_tiny_ui(tmp_path_factory.mktemp("data")) as served:
+        yield served
 
 
 def open_options(page, elem_id: str) -> list[str]:

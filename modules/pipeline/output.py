@@ -148,8 +148,7 @@ def sampler_extra_params(plan: Plan) -> dict:
 
 def save(runtime, plan: Plan, image: Image.Image, index: int, infotext: str, batch_index: int):
     settings = plan.settings
-    root = runtime.paths.output_dir(getattr(settings, f"outdir_{plan.kind}_samples"))
-    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+    directory = output_folder(runtime, settings, f"outdir_{plan.kind}_samples")
     fields = image_io.FilenameFields(
         seed=plan.seeds[index], prompt=plan.prompts[index], width=image.width,
         height=image.height, sampler=plan.sampler.label, steps=plan.params.steps,
@@ -177,6 +176,13 @@ def save_batch_grid(runtime, plan: Plan, result: GenerationResult) -> None:
         result.extra["grid_path"] = path
 
 
+def output_folder(runtime, settings, setting: str):
+    """The folder of an output setting (`outdir_txt2img_samples`, ...), in a dated
+    sub-folder when `save_to_dirs` is on."""
+    root = runtime.paths.output_dir(getattr(settings, setting))
+    return root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+
+
 def save_grid(runtime, params, grid: Image.Image, infotext: str, *, kind: str) -> str | None:
     """Save `grid` to the `kind` ("txt2img"/"img2img") grids folder when `grid_save` is on
     and the request saves grids; the path, else None. Through `saver_of(runtime)`: a
@@ -184,8 +190,7 @@ def save_grid(runtime, params, grid: Image.Image, infotext: str, *, kind: str) -
     settings = runtime.settings.for_request(params.override_settings)
     if not settings.grid_save or params.do_not_save_grid:
         return None
-    root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_grids"))
-    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+    directory = output_folder(runtime, settings, f"outdir_{kind}_grids")
     save = image_io.saver_of(runtime)
     path = save(grid, directory, seed=None, prompt=params.prompt, infotext=infotext,
                 extension=settings.samples_format, pattern="grid",

@@ -96,3 +96,20 @@ def set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]").first
     box.fill(str(value))
     box.press("Tab")
+
+
+@contextlib.contextmanager
+def served_tiny_ui(data_dir: Path) -> Iterator[tuple]:
+    """(runtime, page): the tiny random model's UI (`make_runtime`) opened in Chromium."""
+    from tests.helpers.webui_runtime import make_runtime
+
+    runtime = make_runtime(data_dir)
+    try:
+        with opened_ui(runtime) as page:
+            yield runtime, page
+    finally:
+        runtime.jobs.stop()
+
+
+def open_tab(page, label: str) -> None:
+    page.get_by_role("tab", name=label).click()

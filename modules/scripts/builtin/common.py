@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import random
 
 from modules.imaging import save as image_io
 from modules.infotext import quote
-from modules.pipeline.output import save_grid  # noqa: F401 (scripts call common.save_grid)
+from modules.pipeline.output import (
+    output_folder,
+    save_grid,  # noqa: F401 (scripts call common.save_grid)
+)
 from modules.pipeline.params import GenerationResult
 
 
@@ -84,8 +86,7 @@ def save_sample(runtime, params, image, *, seed: int | None, infotext: str,
     settings = runtime.settings.for_request(params.override_settings)
     if not settings.samples_save or params.do_not_save_samples:
         return None
-    root = runtime.paths.output_dir(getattr(settings, f"outdir_{kind}_samples"))
-    directory = root / dt.date.today().strftime("%Y-%m-%d") if settings.save_to_dirs else root
+    directory = output_folder(runtime, settings, f"outdir_{kind}_samples")
     save = image_io.saver_of(runtime)
     path = save(image, directory, seed=seed, prompt=params.prompt, infotext=infotext,
                 extension=settings.samples_format, pattern="[seed]",
