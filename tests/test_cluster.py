@@ -66,6 +66,7 @@ def cluster(tmp_path_factory, ckpts):
                                          "--replica-threads", "1"))
     started = begin_cluster(runtime)
     ray_processes = own_ray_processes()
+    assert ray_processes, "the local Ray instance's daemons should be this process's children"
     assert started.dispatcher.connected.wait(START_S), "the replicas did not come up"
     assert started.dispatcher.failure is None, started.dispatcher.failure
     with TestClient(create_api_app(runtime)) as client:
