@@ -16,6 +16,10 @@ computes its keys from `transform(source)[0]` and its values from `transform(sou
 where `source` is the text context (cross-attention) or the pixel tokens
 (self-attention). Hypernetworks use it (`modules/networks/hypernetwork.py`); it is an
 argument of the call, so one job's transform never reaches another job's call.
+
+Hook point `patches` (`modules.nn.unet_patches.UNetPatches`, with the `BlockPlace` of the
+U-Net block this transformer sits in): a patch may wrap the self-attention kernel of any
+transformer block (`SelfAttention`), e.g. HyperTile's tiles or PAG's identity attention.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import nn
 from modules.nn.attention import AttentionLayer, Cancel, attention, check
 from modules.nn.ops import add_fresh, mul_fresh
 from modules.nn.token_merging import MapMerging, TokenMerging
+from modules.nn.unet_patches import AttentionPlace, BlockPlace, SelfAttention, UNetPatches
 
 
 class ContextTransform(Protocol):
@@ -99,10 +104,12 @@ class CrossAttention(AttentionLayer):
         context: torch.Tensor | None = None,
         context_transform: ContextTransform | None = None,
         cancel: Cancel | None = None,
+        self_attention: SelfAttention | None = None,
     ) -> torch.Tensor:
         """:param x: (B, T, query_dim); :param context: (B, S, context_dim) or None;
         :param context_transform: per-call change of the key / value sources (module docstring)
         :param cancel: checked between query chunks of a large attention (`attention`)
+        :param self_attention: patches around the kernel (self-attention only, module docstring)
         """
         source = x if context is None else context
         if context_transform is None:
@@ -112,9 +119,15 @@ class CrossAttention(AttentionLayer):
             q = self._split_heads(self.to_q(x))
             k = self._split_heads(self.to_k(key_source))
             v = self._split_heads(self.to_v(value_source))
-        # softmax(q k^T / sqrt(d)) v with this layer's kernel.
-        out = attention(q, k, v, backend=self.attention_backend, upcast=self.attention_upcast,
-                        cancel=cancel)
+        # softmax(q k^T / sqrt(d)) v with this layer's kernel (through the call's patches).
+        def kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return attention(q, k, v, backend=self.attention_backend,
+                             upcast=self.attention_upcast, cancel=cancel)
+
+        if self_attention is not None and context is None:
+            out = self_attention(q, k, v, kernel)
+        else:
+            out = kernel(q, k, v)
         # Merge the heads back into channels.
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out(out)
@@ -169,25 +182,30 @@ class BasicTransformerBlock(nn.Module):
         context_transform: ContextTransform | None = None,
         merging: MapMerging | None = None,
         cancel: Cancel | None = None,
+        self_attention: SelfAttention | None = None,
     ) -> torch.Tensor:
         """:param merging: token merging of the self-attention (`modules.nn.token_merging`);
-        :param cancel: a stop request checked inside long attentions"""
+        :param cancel: a stop request checked inside long attentions;
+        :param self_attention: the call's patches around `attn1`'s kernel, if any"""
         # Pixels attend to each other (each branch output is fresh: add into it).
-        x = add_fresh(self._self_attention(x, context_transform, merging, cancel), x)
+        x = add_fresh(self._self_attention(x, context_transform, merging, cancel,
+                                           self_attention), x)
         # Pixels attend to the text tokens.
         x = add_fresh(self.attn2(self.norm2(x), context, context_transform, cancel), x)
         # Per-token MLP.
         return add_fresh(self.ff(self.norm3(x)), x)
 
     def _self_attention(self, x: torch.Tensor, context_transform: ContextTransform | None,
-                        merging: MapMerging | None, cancel: Cancel | None) -> torch.Tensor:
+                        merging: MapMerging | None, cancel: Cancel | None,
+                        self_attention: SelfAttention | None) -> torch.Tensor:
         normed = self.norm1(x)
         if merging is None:
-            return self.attn1(normed, context_transform=context_transform, cancel=cancel)
+            return self.attn1(normed, context_transform=context_transform, cancel=cancel,
+                              self_attention=self_attention)
         # ToMe: attend over merged tokens, then give every token its group's output.
         plan = merging.plan(x)
         return plan.unmerge(self.attn1(plan.merge(normed), context_transform=context_transform,
-                                       cancel=cancel))
+                                       cancel=cancel, self_attention=self_attention))
 
 
 class SpatialTransformer(nn.Module):
@@ -240,11 +258,14 @@ class SpatialTransformer(nn.Module):
         context_transform: ContextTransform | None = None,
         token_merging: TokenMerging | None = None,
         cancel: Cancel | None = None,
+        patches: UNetPatches | None = None,
+        place: BlockPlace | None = None,
     ) -> torch.Tensor:
         """:param x: (B, C, H, W); :param context: (B, S, context_dim);
         :param context_transform: see the module docstring;
         :param token_merging: ToMe for this call (`modules.nn.token_merging`);
-        :param cancel: a stop request checked between blocks and inside long attentions"""
+        :param cancel: a stop request checked between blocks and inside long attentions;
+        :param patches: the call's U-Net patches, with `place` the block this one is in"""
         batch, channels, height, width = x.shape
         merging = token_merging.for_map(height, width) if token_merging is not None else None
         h = self.norm(x)
@@ -254,9 +275,13 @@ class SpatialTransformer(nn.Module):
         h = h.flatten(2).transpose(1, 2)
         if self.use_linear:
             h = self.proj_in(h)
-        for block in self.transformer_blocks:
+        for index, block in enumerate(self.transformer_blocks):
             check(cancel)
-            h = block(h, context, context_transform, merging, cancel)
+            self_attention = None
+            if patches and place is not None:
+                self_attention = patches.self_attention_at(
+                    AttentionPlace(place, index, height, width))
+            h = block(h, context, context_transform, merging, cancel, self_attention)
         # Project out and fold the tokens back into a map.
         if self.use_linear:
             h = self.proj_out(h)

@@ -23,6 +23,10 @@ what a ControlNet needs, since it runs on the same x_t, t and text as the U-Net.
 
 Hypernetwork hook point: `forward(..., context_transform=...)` is handed to every
 attention layer (see `modules.nn.transformer`), for this call only.
+
+Guidance tools' hook point: `forward(..., patches=UNetPatches(...))`
+(`modules.nn.unet_patches`): FreeU, Deep Shrink, HyperTile, SAG and PAG change this call
+only, at the documented points between blocks and around the self-attention kernels.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modules.nn.attention import AttentionBackend, Cancel, check, set_attention_backend
@@ -47,6 +52,7 @@ from modules.nn.unet_encoder import (
     res_block,
     transformer,
 )
+from modules.nn.unet_patches import UNetPatches, block_places
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,9 @@ class UNetModel(nn.Module):
         self.input_blocks, skip_channels = build_input_blocks(config)
         self.middle_block = build_middle_block(config)
         self._build_output_blocks(skip_channels)
+        # Where each block sits (stage, index, level, attention depth), for `patches`.
+        self.places = block_places(transformer_depth=tuple(config.transformer_depth),
+                                   num_res_blocks=config.num_res_blocks)
         # Final GroupNorm-SiLU-conv to the output channels.
         self.out = nn.Sequential(
             nn.GroupNorm(config.norm_num_groups, config.model_channels),
@@ -165,6 +174,7 @@ class UNetModel(nn.Module):
         context_transform: ContextTransform | None = None,
         token_merging: float = 0.0,
         cancel: Cancel | None = None,
+        patches: UNetPatches | None = None,
     ) -> torch.Tensor:
         """Predict the noise (or v) of latents `x`.
 
@@ -177,6 +187,7 @@ class UNetModel(nn.Module):
         :param token_merging: ToMe ratio for this call, 0 = off (`modules.nn.token_merging`)
         :param cancel: its `check()` runs between blocks and attention chunks and raises
             to abandon the call (a job's stop request, `modules.jobs.Cancellation`)
+        :param patches: the guidance tools' changes to this call (`modules.nn.unet_patches`)
         :return: (B, out_channels, H, W) in the dtype of `x`; computed in the weights' dtype
         """
         dtype = self.dtype
@@ -194,26 +205,46 @@ class UNetModel(nn.Module):
         tome = TokenMerging(ratio=token_merging, latent_tokens=x.shape[-2] * x.shape[-1])
         attention_args = dict(context_transform=context_transform, token_merging=tome,
                               cancel=cancel)
+        patches = patches or None
+        input_places, middle_place, output_places = self.places
         # Encoder: keep every block's output as a skip connection.
         skips = []
-        for block in self.input_blocks:
+        for block, place in zip(self.input_blocks, input_places, strict=True):
             check(cancel)
-            h = block(h, emb, context, **attention_args)
+            h = block(h, emb, context, patches=patches, place=place, **attention_args)
+            if patches is not None:
+                h = patches.after_input_block(h, place)
             skips.append(h)
+            if patches is not None:
+                h = patches.after_skip(h, place)
         check(cancel)
-        h = self.middle_block(h, emb, context, **attention_args)
+        h = self.middle_block(h, emb, context, patches=patches, place=middle_place,
+                              **attention_args)
         if control is not None:
-            h = h + control.middle.to(dtype)
+            h = h + _sized_like(control.middle.to(dtype), h)
             skips = [
-                skip + residual.to(dtype)
+                skip + _sized_like(residual.to(dtype), skip)
                 for skip, residual in zip(skips, control.down, strict=True)
             ]
         # Decoder: concatenate the matching skip, upsample to the next skip's size.
-        for block in self.output_blocks:
+        for block, place in zip(self.output_blocks, output_places, strict=True):
             check(cancel)
-            h = torch.cat([h, skips.pop()], dim=1)
+            skip = skips.pop()
+            if patches is not None:
+                h, skip = patches.before_output_block(h, skip, place)
+            h = torch.cat([h, skip], dim=1)
             size = tuple(skips[-1].shape[-2:]) if skips else None
-            h = block(h, emb, context, upsample_size=size, **attention_args)
+            h = block(h, emb, context, upsample_size=size, patches=patches, place=place,
+                      **attention_args)
         # The final GroupNorm-SiLU-conv (called as a module: --lowvram streams it by its
         # hooks); callers get the ordinary layout back.
         return self.out(h).to(x.dtype).contiguous()
+
+
+def _sized_like(residual: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """A ControlNet residual at the size of the map it is added to, which a patch (Deep
+    Shrink) may have made smaller than the ControlNet's own map."""
+    if residual.shape[-2:] == h.shape[-2:]:
+        return residual
+    return F.interpolate(residual, size=tuple(h.shape[-2:]), mode="bilinear",
+                         align_corners=False)

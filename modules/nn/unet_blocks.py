@@ -18,6 +18,7 @@ from modules.nn.attention import Cancel
 from modules.nn.ops import add_fresh, norm_silu_conv
 from modules.nn.token_merging import TokenMerging
 from modules.nn.transformer import ContextTransform, SpatialTransformer
+from modules.nn.unet_patches import BlockPlace, UNetPatches
 
 
 class ResBlock(nn.Module):
@@ -107,12 +108,15 @@ class TimestepEmbedSequential(nn.Sequential):
         context_transform: ContextTransform | None = None,
         token_merging: TokenMerging | None = None,
         cancel: Cancel | None = None,
+        patches: UNetPatches | None = None,
+        place: BlockPlace | None = None,
     ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, context_transform, token_merging, cancel=cancel)
+                x = layer(x, context, context_transform, token_merging, cancel=cancel,
+                          patches=patches, place=place)
             elif isinstance(layer, Upsample):
                 x = layer(x, upsample_size)
             else:

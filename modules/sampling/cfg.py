@@ -13,7 +13,10 @@ step, walk a prompt schedule built over twice the steps (`registry.prompt_schedu
 Rows with equal cond shapes go through the U-Net in one batch. Extensions observe or
 change a step through typed hooks passed in at construction: `before_model`
 (`CFGDenoiserParams`), `after_model` (`CFGDenoisedParams`) and `after_cfg`
-(`AfterCFGParams`), in A1111's order (cfg_denoiser, cfg_denoised, cfg_after_cfg).
+(`AfterCFGParams`), in A1111's order (cfg_denoiser, cfg_denoised, cfg_after_cfg), and
+`guidance` (`guidance.GuidanceParams`) between the combination and `after_cfg`: the
+guidance tools (SAG, PAG, CFG rescale, dynamic thresholding) change D there and may run
+the model again (`modules/sampling/guidance.py`).
 
 Extra U-Net inputs: a `before_model` hook may put keyword arguments for the U-Net in
 `params.unet_kwargs` (e.g. ControlNet's `control=`, see `modules.nn.unet`); they go
@@ -33,6 +36,8 @@ import torch
 from torch import Tensor
 
 from modules.conditioning.conds import Cond, MultiCond, ScheduledCond
+from modules.nn.unet_patches import UNetPatches
+from modules.sampling.guidance import GuidanceParams, narrowed_params, rows_per_image
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Hooks:
     before_model: list[Callable[[CFGDenoiserParams], None]] = field(default_factory=list)
     after_model: list[Callable[[CFGDenoisedParams], None]] = field(default_factory=list)
     after_cfg: list[Callable[[AfterCFGParams], None]] = field(default_factory=list)
+    guidance: list[Callable[[GuidanceParams], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +157,8 @@ class CFGDenoiser:
         for hook in self.hooks.after_model:
             hook(CFGDenoisedParams(x_out, self.step, self.total_steps))
         denoised = self._combine(x_out, rows, len(self.conds))
+        if self.hooks.guidance:
+            denoised = self._guide(x, sigma, params, rows, x_out, denoised)
         # Inpainting: keep the known region of the original latent.
         if self.inpaint is not None:
             mask = self.inpaint.mask.to(denoised)
@@ -225,6 +233,33 @@ class CFGDenoiser:
             x_out[index] = self.denoiser(params.x[index], params.sigma[index], context=context, y=y,
                                          c_concat=c_concat, **extra).to(x_out.dtype)
         return x_out
+
+    def _guide(self, x: Tensor, sigma: Tensor, params: CFGDenoiserParams, rows: list[_Row],
+               x_out: Tensor, denoised: Tensor) -> Tensor:
+        """Run the guidance hooks (`modules/sampling/guidance.py`) on the combined D."""
+        batch = len(self.conds)
+        has_uncond = any(row.is_uncond for row in rows)
+        uncond = x_out[rows_per_image(params.row_images, params.row_is_uncond, batch, True)] \
+            if has_uncond else None
+        scale = self.cfg_scale * self.cfg_scale_multiplier
+        # D = U + scale * (cond - U), so cond = U + (D - U) / scale (U: uncond or stand-in).
+        base = uncond if uncond is not None else x_out[
+            rows_per_image(params.row_images, params.row_is_uncond, batch, False)]
+        cond = base + (denoised - base) / scale if scale != 0 else base
+
+        def rerun(patches: UNetPatches, *, x: Tensor | None = None,
+                  uncond: bool = False) -> Tensor:
+            chosen = rows_per_image(params.row_images, params.row_is_uncond, batch, uncond)
+            sub = narrowed_params(params, chosen, patches, x)
+            return self._run_model(sub, [rows[k] for k in chosen])
+
+        guide = GuidanceParams(x=x, sigma=sigma, denoised=denoised, cond=cond, uncond=uncond,
+                               cfg_scale=scale, step=self.step, total_steps=self.total_steps,
+                               rerun=rerun, row_images=list(params.row_images),
+                               row_is_uncond=list(params.row_is_uncond))
+        for hook in self.hooks.guidance:
+            hook(guide)
+        return guide.denoised
 
     def _combine(self, x_out: Tensor, rows: list[_Row], batch: int) -> Tensor:
         """uncond + sum_k w_k * scale * (cond_k - uncond), per image."""
