@@ -47,8 +47,8 @@ class BlockPlace:
     """One block of the U-Net: its stage, its index there, and its resolution level.
 
     `level` counts the downsamplings before the block (0 = the latent's own size);
-    `depth` is its attention depth (module docstring), or None at a level without
-    attention.
+    `depth` is its attention depth (module docstring), or None for a block without
+    attention (the input convolution, downsampling blocks, levels without attention).
     """
 
     stage: Stage
@@ -174,7 +174,7 @@ def block_places(*, transformer_depth: tuple[int, ...], num_res_blocks: int
     def depth(level: int) -> int | None:
         return level - first if transformer_depth[level] > 0 else None
 
-    inputs = [BlockPlace("input", 0, 0, depth(0))]
+    inputs = [BlockPlace("input", 0, 0, None)]  # the input convolution
     for level in range(levels):
         for _ in range(num_res_blocks):
             inputs.append(BlockPlace("input", len(inputs), level, depth(level)))
