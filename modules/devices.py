@@ -1,6 +1,16 @@
 """Device, precision, layout and memory-mode choice: plain functions, nothing probed at import.
 
-CUDA (or MPS) when present, else the CPU. Precision, as A1111 users know the flags:
+Devices, in order (`choose_device`; docs/desktops.md): CUDA (NVIDIA, and AMD through a
+ROCm build of torch, which also calls its device "cuda"), Intel XPU (`torch.xpu`),
+Apple's MPS, else the CPU. `--device-id N` picks the CUDA/XPU card; `--use-cpu all`
+(or `sd`) forces the CPU. A GPU build of torch that sees no GPU runs on the CPU and says
+why. What the probe found is an `Accelerators` record, so the tests pass recorded ones.
+
+Per device, as A1111 sets them (its macOS start script adds `--upcast-sampling
+--no-half-vae`): on MPS the VAE is float32 and attention is upcast to float32 by default;
+on MPS, XPU and ROCm attention is SDPA (no xformers there).
+
+Precision, as A1111 users know the flags:
 
 * GPUs: fp16 weights; `--bf16` for bfloat16 instead; `--no-half` or `--precision full`
   for fp32. `--no-half-vae` keeps only the VAE in fp32. A half-precision VAE decode that
@@ -22,7 +32,9 @@ because oneDNN's convolutions are measurably faster there (`bench/bench_core.py`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,16 +44,77 @@ from torch import nn
 EXECUTION_DEVICE_ATTR = "easel_execution_device"
 
 
-def choose_device(args) -> torch.device:
+log = logging.getLogger("easel")
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    """What this torch build was made for and what it can see (one probe, or a record)."""
+
+    cuda: bool = False  # torch.cuda.is_available(): NVIDIA, or AMD with a ROCm build
+    xpu: bool = False  # torch.xpu.is_available(): Intel Arc / Data Center GPUs
+    mps: bool = False  # torch.backends.mps.is_available(): Apple silicon
+    cuda_version: str | None = None  # torch.version.cuda: a CUDA build
+    hip_version: str | None = None  # torch.version.hip: a ROCm build
+
+    @property
+    def rocm(self) -> bool:
+        return self.hip_version is not None
+
+
+def probe_accelerators() -> Accelerators:
+    """The running torch's answer (cheap; nothing is allocated on a device)."""
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return Accelerators(
+        cuda=torch.cuda.is_available(),
+        xpu=bool(xpu is not None and xpu.is_available()),
+        mps=bool(mps is not None and mps.is_available()),
+        cuda_version=getattr(torch.version, "cuda", None),
+        hip_version=getattr(torch.version, "hip", None),
+    )
+
+
+def choose_device(args, accelerators: Accelerators | None = None) -> torch.device:
+    """CUDA/ROCm, XPU, MPS, else the CPU (`--use-cpu all`/`sd` forces the CPU);
+    `--device-id` picks the card on CUDA and XPU. Warnings are logged once."""
     use_cpu = set(getattr(args, "use_cpu", []) or [])
     if "all" in use_cpu or "sd" in use_cpu:
         return torch.device("cpu")
-    if torch.cuda.is_available():
-        index = getattr(args, "device_id", None)
-        return torch.device(f"cuda:{index}" if index is not None else "cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    found = accelerators or probe_accelerators()
+    index = getattr(args, "device_id", None)
+    for warning in device_warnings(args, found):
+        _warn_once(warning)
+    for kind, present in (("cuda", found.cuda), ("xpu", found.xpu)):
+        if present:
+            return torch.device(f"{kind}:{index}" if index is not None else kind)
+    return torch.device("mps" if found.mps else "cpu")
+
+
+def device_warnings(args, found: Accelerators) -> list[str]:
+    """Why a GPU build of torch runs on the CPU, and flags the device chosen ignores."""
+    warnings = []
+    if not found.cuda and (found.cuda_version or found.hip_version):
+        build = f"ROCm {found.hip_version}" if found.rocm else f"CUDA {found.cuda_version}"
+        hint = ("the amdgpu/ROCm driver, HIP_VISIBLE_DEVICES, HSA_OVERRIDE_GFX_VERSION for "
+                "cards ROCm does not list" if found.rocm
+                else "the NVIDIA driver and CUDA_VISIBLE_DEVICES")
+        where = "XPU" if found.xpu else "MPS" if found.mps else "the CPU"
+        warnings.append(f"torch is a {build} build but sees no GPU (torch.cuda.is_available() "
+                        f"is False; check {hint}); running on {where}")
+    if (getattr(args, "device_id", None) is not None and not found.cuda and not found.xpu):
+        warnings.append("--device-id selects a CUDA, ROCm or XPU card; none is available, "
+                        "so it is ignored")
+    return warnings
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 def choose_dtype(args, device: torch.device) -> torch.dtype:
@@ -54,7 +127,9 @@ def choose_dtype(args, device: torch.device) -> torch.dtype:
 
 
 def choose_vae_dtype(args, device: torch.device) -> torch.dtype:
-    if getattr(args, "no_half_vae", False):
+    """`--no-half-vae`, or MPS (A1111's macOS default: its fp16 VAE decodes to NaN/black),
+    keep the VAE in float32; otherwise the weights' dtype."""
+    if getattr(args, "no_half_vae", False) or device.type == "mps":
         return torch.float32
     return choose_dtype(args, device)
 
@@ -115,9 +190,12 @@ def precision_warnings(args, device: torch.device) -> list[str]:
     return warnings
 
 
-def upcast_attention(args) -> bool:
-    """Attention in float32 over half-precision weights (`--upcast-sampling`)."""
-    return bool(getattr(args, "upcast_sampling", False))
+def upcast_attention(args, device: torch.device | None = None) -> bool:
+    """Attention in float32 over half-precision weights: `--upcast-sampling`, and the
+    default on MPS (A1111's macOS flags). `device` defaults to `choose_device(args)`."""
+    if getattr(args, "upcast_sampling", False):
+        return True
+    return (device or choose_device(args)).type == "mps"
 
 
 def use_channels_last(args, device: torch.device) -> bool:
@@ -133,32 +211,49 @@ def memory_policy(args):
 
 
 def memory_stats(device: torch.device) -> dict[str, int]:
-    """Free/total memory of the device in bytes (RAM for the CPU)."""
-    if device.type == "cuda":
+    """Free/total memory of the device in bytes (RAM for the CPU).
+
+    Only the device's own API is called (no CUDA call for MPS or XPU). MPS shares the
+    system's RAM: free is the RAM available, total what Metal recommends for one process.
+    """
+    if device.type == "cuda":  # NVIDIA, and AMD under ROCm
         free, total = torch.cuda.mem_get_info(device)
         return {"free": free, "total": total, "peak": torch.cuda.max_memory_allocated(device)}
+    if device.type == "xpu" and hasattr(torch.xpu, "mem_get_info"):
+        free, total = torch.xpu.mem_get_info(device)
+        return {"free": free, "total": total, "peak": torch.xpu.max_memory_allocated(device)}
     import psutil
 
     memory = psutil.virtual_memory()
-    return {"free": memory.available, "total": memory.total}
+    stats = {"free": memory.available, "total": memory.total}
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        stats["total"] = min(memory.total, int(torch.mps.recommended_max_memory()))
+        stats["peak"] = int(torch.mps.driver_allocated_memory())
+    return stats
 
 
-def attention_backend(args) -> str:
+def attention_backend(args, device: torch.device | None = None,
+                      accelerators: Accelerators | None = None) -> str:
     """The attention backend A1111's flags ask for ("auto" picks xformers on CUDA if present).
 
-    `--xformers` without xformers installed falls back to SDPA (A1111 does the same).
+    `--xformers` without xformers installed falls back to SDPA (A1111 does the same). On
+    MPS, XPU and ROCm builds, which have no xformers, "auto" and `--xformers` are SDPA.
+    `device` defaults to `choose_device(args)`, `accelerators` to the probe.
     """
     from modules.nn.attention import xformers_available
 
+    found = accelerators or probe_accelerators()
+    device = device or choose_device(args, found)
+    no_xformers = device.type in ("mps", "xpu") or (device.type == "cuda" and found.rocm)
     if getattr(args, "xformers", False) or getattr(args, "force_enable_xformers", False):
-        return "xformers" if xformers_available() else "sdpa"
+        return "xformers" if xformers_available() and not no_xformers else "sdpa"
     if (getattr(args, "opt_sub_quad_attention", False)
             or getattr(args, "opt_split_attention", False)):
         return "sliced"
     if (getattr(args, "opt_sdp_attention", False)
             or getattr(args, "opt_sdp_no_mem_attention", False)):
         return "sdpa"
-    return "auto"
+    return "sdpa" if no_xformers else "auto"
 
 
 def compile_mode(args, device: torch.device) -> tuple[str | None, list[str]]:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modules.app import pyproject
+from modules.app import os_support, pyproject
 
 VENV_DIR = ".venv"
 MARKER = ".easel-installed"
@@ -38,8 +38,9 @@ def inside_project_venv(root: Path) -> bool:
     return Path(sys.prefix).resolve() == (root / VENV_DIR).resolve()
 
 
-def venv_python(root: Path) -> Path:
-    return root / VENV_DIR / "bin" / "python"
+def venv_python(root: Path, os_name: str = os.name) -> Path:
+    """`.venv/bin/python`, or `.venv\\Scripts\\python.exe` on Windows."""
+    return os_support.venv_python(root / VENV_DIR, os_name)
 
 
 def ensure_environment(root: Path, *, with_tests: bool, upscaler_env: bool = True,
@@ -108,7 +109,7 @@ def ensure_chromium() -> None:
     """
     if shutil.which("chromium"):
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not os_support.is_admin() or not shutil.which("apt-get"):  # never on Windows
         print("chromium not found and cannot be installed here; browser tests will fail",
               flush=True)
         return
@@ -120,6 +121,9 @@ def ensure_chromium() -> None:
 
 
 def _create_venv(root: Path) -> None:
+    warning = os_support.long_paths_warning(root)
+    if warning:
+        print(warning, flush=True)
     keep_system_torch = _system_has_torch()
     args = [sys.executable, "-m", "venv", str(root / VENV_DIR)]
     if keep_system_torch:
@@ -206,9 +210,9 @@ def _pip(python: Path, args: list[str], *, constraint: Path | None, fast: bool =
     """Install with uv when local wheels make it safe (it ignores pip's config), else pip."""
     extra = ["-c", str(constraint)] if constraint else []
     if fast and _ensure_uv(python):
-        env = dict(os.environ, VIRTUAL_ENV=str(python.parent.parent),
+        env = dict(os.environ, VIRTUAL_ENV=str(os_support.venv_of(python)),
                    UV_FIND_LINKS=os.environ.get("PIP_FIND_LINKS", ""))
-        uv = python.parent / "uv"
+        uv = uv_path(python)
         command = [str(uv), "pip", "install", "--python", str(python), *extra, *args]
         print("+", " ".join(command), flush=True)
         if subprocess.call(command, env=env) == 0:
@@ -219,8 +223,13 @@ def _pip(python: Path, args: list[str], *, constraint: Path | None, fast: bool =
     subprocess.check_call(command)
 
 
+def uv_path(python: Path, os_name: str = os.name) -> Path:
+    """uv beside the venv's interpreter (`uv.exe` in `Scripts` on Windows)."""
+    return os_support.venv_executable(os_support.venv_of(python), "uv", os_name)
+
+
 def _ensure_uv(python: Path) -> bool:
-    if (python.parent / "uv").exists():
+    if uv_path(python).exists():
         return True
     result = subprocess.call([str(python), "-m", "pip", "install", "-q", "uv"])
     return result == 0 and shutil.which("uv", path=str(python.parent)) is not None

@@ -24,11 +24,12 @@ checks that after any install).
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from modules.app import pyproject
+from modules.app import os_support, pyproject
 
 UPSCALER_VENV_DIR = ".venv-upscalers"
 MARKER = ".easel-installed"
@@ -57,8 +58,10 @@ def digest(root: Path) -> str:
     return "upscalers-" + hashlib.sha256("\n".join(listed).encode()).hexdigest()[:16]
 
 
-def env_python(root: Path) -> Path:
-    return root / UPSCALER_VENV_DIR / "bin" / "python"
+def env_python(root: Path, os_name: str = os.name) -> Path:
+    """The upscaler environment's interpreter, as the venv of this OS names it
+    (`.venv-upscalers\\Scripts\\python.exe` on Windows)."""
+    return os_support.venv_python(root / UPSCALER_VENV_DIR, os_name)
 
 
 def ensure(root: Path, python: Path, *, install, build_env: bool) -> str:

@@ -11,7 +11,8 @@ patterns, and where the infotext lives inside the file:
 The number in front is one more than the highest number already in the folder. Each
 file is created with ``O_EXCL`` and the next number is tried if the name is taken, so
 two workers saving at once never overwrite each other. Every name is sanitised to a
-single path component: patterns and prompts cannot climb out of the folder.
+single path component: patterns and prompts cannot climb out of the folder, and valid on
+Windows as on Linux and macOS (`modules/imaging/filenames.py`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ import piexif
 import piexif.helper
 from PIL import Image, PngImagePlugin
 
+from modules.imaging import filenames
+
 OUTPUT_KINDS: tuple[str, ...] = (
     "txt2img-images", "txt2img-grids", "img2img-images", "img2img-grids",
     "extras-images", "init-images",
 )
 FORMATS: Mapping[str, str] = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 
-INVALID_FILENAME_CHARS = '#<>:"/\\|?*\n\r\t'
+# Windows' reserved characters (filenames.py) and '#', which A1111 also replaces.
+INVALID_FILENAME_CHARS = '#' + filenames.WINDOWS_INVALID_CHARS
 MAX_FILENAME_PART_LENGTH = 128
 MAX_FILENAME_BYTES = 255  # the usual NAME_MAX of Linux/macOS file systems
 MAX_NUMBER_ATTEMPTS = 1000
@@ -63,8 +67,7 @@ NOVELAI_SAMPLERS: Mapping[str, str] = {
 
 def _replace_invalid_chars(text: str) -> str:
     """Reserved characters (separators included) become '_'; control characters go."""
-    return "".join("_" if ch in INVALID_FILENAME_CHARS else ch
-                   for ch in text if ch >= " " and ch != "\x7f")
+    return filenames.replace_invalid_chars(text, extra="#")
 
 
 def sanitize_filename_part(text: str, *, replace_spaces: bool = True) -> str:
@@ -155,17 +158,14 @@ def next_sequence_number(directory: Path) -> int:
     return highest + 1
 
 
-def _truncate_utf8(text: str, max_bytes: int) -> str:
-    return text.encode("utf-8")[:max(max_bytes, 0)].decode("utf-8", errors="ignore")
-
-
 def numbered_filename(number: int, decoration: str, extension: str) -> str:
     """``NNNNN-<decoration>.<ext>``, sanitised to one component and at most 255 bytes."""
     # Literal pattern text is not sanitised tag by tag, so the whole is cleaned here.
     decoration = _replace_invalid_chars(decoration).lstrip(" ")
     stem = f"{number:05}"
     budget = MAX_FILENAME_BYTES - len(stem) - len(extension) - 2  # '-' and '.'
-    decoration = _truncate_utf8(decoration, budget).rstrip(" .")
+    decoration = filenames.truncate_utf8(decoration, budget).rstrip(" .")
+    # Starting with digits, the name is never a Windows device name (CON, NUL, COM1...).
     return f"{stem}-{decoration}.{extension}" if decoration else f"{stem}.{extension}"
 
 

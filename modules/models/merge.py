@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from modules.errors import ParamsError
+from modules.imaging.filenames import safe_name
 from modules.models.checkpoints import CheckpointInfo, find_checkpoint
 from modules.models.family_metadata import METADATA_KEY
 from modules.models.loader import load_vae_state_dict
@@ -229,7 +230,8 @@ def output_stem(params: MergeParams, models: list[CheckpointInfo],
                 }[params.interp_method]()
     if params.interp_method != NO_INTERPOLATION and INPUT_CONV in a:
         stem += VARIANT_SUFFIX.get(a[INPUT_CONV].shape[1], "")
-    return stem
+    # Valid on Windows too: no device name (CON...), no trailing dot, a fitting length.
+    return safe_name(stem, suffix=".safetensors").removesuffix(".safetensors")
 
 
 def _output_path(runtime, params: MergeParams, models, a) -> Path:

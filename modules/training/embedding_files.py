@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from modules.conditioning.tokenizer import ClipTokenizer
 from modules.errors import ParamsError
+from modules.imaging.filenames import is_reserved_name
 
 MAX_VECTORS = 75  # one prompt chunk
 MAX_NAME_BYTES = 200  # a file name holds 255 bytes; room for ".safetensors" and more
@@ -42,10 +43,17 @@ class EmbeddingData:
 
 
 def clean_name(name: str, *, field: str = "name") -> str:
-    """A1111's rule for embedding names: letters, digits, '.', '_', '-' and space only."""
+    """A1111's rule for embedding names: letters, digits, '.', '_', '-' and space only.
+
+    A Windows device name (`con`, `NUL`, `com1`) is refused on every OS, not renamed: the
+    name is the word prompts use, and its file must open on Windows too.
+    """
     cleaned = "".join(c for c in str(name) if c.isalnum() or c in "._- ").strip()
     if not cleaned or cleaned.strip(".") == "":
         raise ParamsError(field, f"{name!r} has no usable characters (letters, digits, '._- ')")
+    if is_reserved_name(cleaned):
+        raise ParamsError(field, f"{cleaned!r} is a device name on Windows (CON, PRN, AUX, NUL, "
+                                 "COM1-9, LPT1-9); choose another name")
     check_name_length(cleaned, field)
     return cleaned
 

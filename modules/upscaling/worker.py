@@ -1,6 +1,7 @@
 """The spandrel worker: runs upscaler models in the separate upscaler environment.
 
     <upscaler env>/bin/python -m modules.upscaling.worker --device cpu
+    <upscaler env>\\Scripts\\python.exe -m modules.upscaling.worker --device cpu  (Windows)
 
 When the app's torch has no working torchvision (our CPU torch 2.13 build), spandrel
 cannot be imported in the app. The bootstrap then builds `.venv-upscalers/` with a
@@ -14,7 +15,8 @@ Protocol (`remote.py` is the other end): each message is one JSON line, followed
 `{"op": "run", "path", "width", "height", "tile", "overlap", "payload"}` + pixels ->
 `{"ok", "width", "height", "payload"}` + pixels; `{"op": "unload", "path"}`.
 A failure answers `{"ok": false, "error": "..."}` and the worker keeps serving. The
-worker exits when its stdin closes (the app ended).
+worker exits when its stdin closes (the app ended); it needs no signal, so the app
+stops it the same way on Windows and POSIX (closing the pipe, else `Popen.kill`).
 """
 
 from __future__ import annotations
