@@ -9,6 +9,10 @@ from __future__ import annotations
 
 
 def builtin_scripts() -> list:
+    from modules.scripts.builtin.cfg_rescale import CFGRescale
+    from modules.scripts.builtin.deep_shrink import DeepShrink
+    from modules.scripts.builtin.dynamic_thresholding import DynamicThresholding
+    from modules.scripts.builtin.freeu import FreeU
     from modules.scripts.builtin.loopback import Loopback
     from modules.scripts.builtin.outpainting_mk2 import OutpaintingMk2
     from modules.scripts.builtin.poor_mans_outpainting import PoorMansOutpainting
@@ -17,5 +21,8 @@ def builtin_scripts() -> list:
     from modules.scripts.builtin.sd_upscale import SDUpscale
     from modules.scripts.builtin.xyz_plot import XYZPlot
 
+    # CFG-step tools first: their guidance hooks replace the combination (dynamic
+    # thresholding recomputes it) before SAG / PAG add their terms.
     return [PromptMatrix(), PromptsFromFile(), XYZPlot(), Loopback(), OutpaintingMk2(),
-            PoorMansOutpainting(), SDUpscale()]
+            PoorMansOutpainting(), SDUpscale(), DynamicThresholding(), CFGRescale(),
+            FreeU(), DeepShrink()]
