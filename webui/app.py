@@ -121,10 +121,12 @@ def _wire_top_bar(runtime, top: widgets.TopBar, settings: settings_tab.SettingsT
 def _wire_send_to_txt2img(runtime, info: png_info.PngInfoTab, t2i: txt2img.Txt2ImgTab,
                           tabs: gr.Tabs) -> None:
     def send(text: str):
-        values = txt2img.paste_values(runtime, text, txt2img.empty_results()) if text else {}
-        return [*txt2img.updates_for(values), gr.Tabs(selected="txt2img")]
+        # The fields and the always-on scripts' widgets, as the ↙️ button sets them.
+        updates = txt2img.paste_updates(runtime, t2i, text, txt2img.empty_results()) \
+            if text else [gr.skip()] * len(t2i.paste_widgets())
+        return [*updates, gr.Tabs(selected="txt2img")]
 
-    info.send_to_txt2img.click(send, info.parameters, [*t2i.field_widgets(), tabs], queue=False)
+    info.send_to_txt2img.click(send, info.parameters, [*t2i.paste_widgets(), tabs], queue=False)
 
 
 def send_targets(runtime, i2i: img2img.Img2ImgTab, *, extras=None) -> dict[str, SendTarget]:

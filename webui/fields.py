@@ -50,6 +50,9 @@ INT_FIELDS = ("steps", "width", "height", "n_iter", "batch_size", "seed", "subse
 # Number boxes every request reads (hidden ones, such as the variation seed, may be empty).
 REQUIRED_NUMBERS = ("steps", "width", "height", "n_iter", "batch_size", "cfg_scale", "seed")
 
+# Request fields the scripts' controls fill (`webui.script_ui`), kept by every tab.
+SCRIPT_FIELDS = ("script_name", "script_args", "alwayson_scripts")
+
 # Dropdown entries meaning "same as the first pass" (sent on as None).
 SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = ("Use same checkpoint", "Use same sampler",
                                                  "Use same scheduler")
@@ -78,7 +81,7 @@ def normalized(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, A
         if name in names and name in values and values[name] is None:
             raise ParamsError(name, "is empty: enter a number")
     return {name: as_int(values[name]) if name in INT_FIELDS else values[name]
-            for name in names if name in values}
+            for name in dict.fromkeys((*names, *SCRIPT_FIELDS)) if name in values}
 
 
 def common_params(v: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,6 +102,7 @@ def common_params(v: Mapping[str, Any]) -> dict[str, Any]:
         seed_resize_from_h=v.get("seed_resize_from_h", 0) if extras else 0,
         override_settings=overrides_from_entries(v.get("override_settings") or []),
         script_name=v.get("script_name") or None, script_args=v.get("script_args") or {},
+        alwayson_scripts=dict(v.get("alwayson_scripts") or {}),
         **refiner_params(v),
     )
 
@@ -113,7 +117,7 @@ def refiner_params(v: Mapping[str, Any]) -> dict[str, Any]:
 
 def params_from_fields(values: Mapping[str, Any]) -> Txt2ImgParams:
     """A request from widget values (by field name); validation is the caller's next step."""
-    v = normalized(values, (*FIELDS, "script_name", "script_args"))
+    v = normalized(values, FIELDS)
     return Txt2ImgParams(**common_params(v), **hires_params(v))
 
 

@@ -57,6 +57,12 @@ class GenerationPanel:
     def field_widgets(self) -> list[Any]:
         return [self.fields[name] for name in self.names]
 
+    def paste_widgets(self) -> list[Any]:
+        """What pasting an infotext sets: the fields, then the always-on scripts'
+        widgets (`webui.panel_wiring.paste_updates` gives one update for each)."""
+        alwayson = self.scripts.alwayson_widgets() if self.scripts is not None else []
+        return [*self.field_widgets(), *alwayson]
+
     # The results widgets under their old names (the txt2img tests and app.py use them).
     @property
     def gallery(self) -> gr.Gallery:

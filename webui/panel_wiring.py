@@ -36,14 +36,21 @@ def token_counter(runtime, text: str, steps: float, *, is_positive: bool = True)
     return f"{tokens}/{capacity}"
 
 
+def pasted_text(text: str | None, results: dict[str, Any]) -> str:
+    """The infotext a paste reads: the prompt box's, or with it empty the last
+    generation's ("" when there is none)."""
+    if (text or "").strip():
+        return text or ""
+    texts = results.get("infotexts") or []
+    return texts[0] if texts else ""
+
+
 def paste_values(runtime, text: str, results: dict[str, Any], *,
                  names: tuple[str, ...] = F.FIELDS) -> dict[str, Any]:
     """Field values from pasted infotext; an empty prompt box pastes the last generation."""
-    if not (text or "").strip():
-        texts = results.get("infotexts") or []
-        if not texts:
-            return {}
-        text = texts[0]
+    text = pasted_text(text, results)
+    if not text:
+        return {}
     loaded = loaded_model(runtime)
     return F.fields_from_infotext(text, runtime.settings.current,
                                   loaded.shorthash if loaded is not None else None, names=names)
@@ -63,6 +70,17 @@ def updates_for(values: dict[str, Any], names: tuple[str, ...] = F.FIELDS) -> li
     return updates
 
 
+def paste_updates(runtime, panel: GenerationPanel, text: str | None,
+                  results: dict[str, Any]) -> list:
+    """One update per `panel.paste_widgets()` for pasting `text` (the ↙️ button, "Send
+    to"): the fields, then the always-on scripts' widgets; what the text lacks is kept."""
+    values = paste_values(runtime, text or "", results, names=panel.names)
+    updates = updates_for(values, panel.names)
+    if panel.scripts is not None:
+        updates += panel.scripts.paste_updates(pasted_text(text, results))
+    return updates
+
+
 def wire_panel(runtime, panel: GenerationPanel, *, output_folder: Callable[[], str]) -> None:
     """Everything but Generate (see `wire_generate`)."""
     f = panel.fields
@@ -72,10 +90,8 @@ def wire_panel(runtime, panel: GenerationPanel, *, output_folder: Callable[[], s
                        [f[name], f["steps"]], panel.token_counters[name],
                        trigger_mode="always_last", show_progress="hidden",
                        concurrency_limit=None)
-    names, inputs = panel.names, panel.field_widgets()
-    panel.paste.click(lambda text, results: updates_for(
-        paste_values(runtime, text, results, names=names), names),
-        [f["prompt"], panel.results], inputs, queue=False)
+    panel.paste.click(lambda text, results: paste_updates(runtime, panel, text, results),
+                      [f["prompt"], panel.results], panel.paste_widgets(), queue=False)
     panel.clear.click(lambda: ("", ""), None, [f["prompt"], f["negative_prompt"]], queue=False)
     for checkbox, group in panel.toggles:
         checkbox.change(lambda on: gr.update(visible=on), checkbox, group, queue=False)

@@ -10,6 +10,13 @@ X/Y/Z plot's axis types, which also take A1111's indices) and `ui_value_helpers(
 (a values field and the field whose `value_choices` a 📒 button fills it with).
 Every script's controls are built once, hidden, and the dropdown shows the
 chosen script's group; the handler sends only that script's values, by field name.
+
+Always-on scripts (`Script.show` returns `AlwaysVisible`) get one closed accordion each,
+just above the dropdown (where A1111 puts them), with the same controls (a bool `enabled`
+field first). Every generation sends all of their values as `alwayson_scripts`; the
+script's own `enabled` decides whether it acts. Paste (↙️) and "Send to" set them from
+the infotext keys the script declares (`Script.infotext_fields`). A script with an
+argument these controls cannot show (e.g. ControlNet's structured units) gets no accordion.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any
 
 import gradio as gr
 
+from modules.infotext import parse_infotext
+from modules.pipeline.infotext_fields import infotext_to_alwayson
 from modules.scripts.args import ArgSpec, arg_specs
 from modules.scripts.base import Script
 from webui.fields import as_int
@@ -37,30 +46,67 @@ class ScriptControls:
     names: list[str] = field(default_factory=list)  # the Args fields the widgets feed
     widgets: list[Any] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    script: Script | None = None  # always-on controls: the script, for pasting infotext
+
+    def args(self, values: list[Any]) -> dict[str, Any]:
+        """The widgets' values as the script's arguments, by field name."""
+        return {name: arg_value(kind, value)
+                for name, kind, value in zip(self.names, self.kinds, values)}
 
 
 @dataclass
 class ScriptsUI:
     dropdown: gr.Dropdown
     controls: list[ScriptControls]
+    alwayson: list[ScriptControls] = field(default_factory=list)  # one per accordion
+
+    def alwayson_widgets(self) -> list[Any]:
+        return [w for c in self.alwayson for w in c.widgets]
 
     def inputs(self) -> list[Any]:
-        """The dropdown, then every script's widgets (the handler's trailing inputs)."""
-        return [self.dropdown, *[w for c in self.controls for w in c.widgets]]
+        """The dropdown, then every selectable script's widgets, then the always-on
+        scripts' widgets (the handler's trailing inputs)."""
+        return [self.dropdown, *[w for c in self.controls for w in c.widgets],
+                *self.alwayson_widgets()]
 
     def request(self, values: list[Any]) -> dict[str, Any]:
-        """`script_name` / `script_args` from the values of `inputs()`."""
+        """`script_name` / `script_args` (and `alwayson_scripts`, with always-on
+        accordions) from the values of `inputs()`."""
         title, rest = values[0], list(values[1:])
         chosen: dict[str, Any] = {}
         for controls in self.controls:
             count = len(controls.widgets)
             own, rest = rest[:count], rest[count:]
             if controls.title == title:
-                chosen = {name: arg_value(kind, value)
-                          for name, kind, value in zip(controls.names, controls.kinds, own)}
-        if not title or title == NO_SCRIPT:
-            return {"script_name": None, "script_args": {}}
-        return {"script_name": title, "script_args": chosen}
+                chosen = controls.args(own)
+        request: dict[str, Any] = {"script_name": None, "script_args": {}}
+        if title and title != NO_SCRIPT:
+            request = {"script_name": title, "script_args": chosen}
+        if self.alwayson:
+            request["alwayson_scripts"] = self.alwayson_request(rest)
+        return request
+
+    def alwayson_request(self, values: list[Any]) -> dict[str, Any]:
+        """`{title: {"args": {...}}}` for every accordion, from its widgets' values."""
+        entries: dict[str, Any] = {}
+        for controls in self.alwayson:
+            count = len(controls.widgets)
+            own, values = values[:count], values[count:]
+            entries[controls.title] = {"args": controls.args(own)}
+        return entries
+
+    def paste_updates(self, text: str | None) -> list[Any]:
+        """One update per always-on widget for pasting `text`: the value its script's
+        infotext key carries, or `gr.skip()` (kept as it is) where the key is absent."""
+        widgets = self.alwayson_widgets()
+        if not text or not widgets:
+            return [gr.skip()] * len(widgets)
+        found = infotext_to_alwayson(parse_infotext(text), [c.script for c in self.alwayson])
+        updates = []
+        for controls in self.alwayson:
+            args = found.get(controls.title, {}).get("args", {})
+            updates.extend(args[name] if name in args else gr.skip() for name in controls.names)
+        return updates
 
 
 def arg_value(kind: str, value: Any) -> Any:
@@ -72,20 +118,78 @@ def arg_value(kind: str, value: Any) -> Any:
 
 def build_scripts(runtime, prefix: str, *, is_img2img: bool) -> ScriptsUI | None:
     registry = runtime.extensions
+    alwayson = build_alwayson(registry, prefix, is_img2img=is_img2img)
     scripts = registry.selectable(is_img2img) if registry is not None else []
     titles = [script.title() for script in scripts]
     dropdown = gr.Dropdown([NO_SCRIPT, *titles], value=NO_SCRIPT, label="Script",
                            elem_id=f"{prefix}_script")
     controls = [_script_group(script, runtime, prefix, is_img2img) for script in scripts]
-    ui = ScriptsUI(dropdown=dropdown, controls=controls)
+    ui = ScriptsUI(dropdown=dropdown, controls=controls, alwayson=alwayson)
     dropdown.change(lambda title: [gr.update(visible=c.title == title) for c in controls],
                     dropdown, [c.group for c in controls], queue=False)
     return ui
 
 
+def slug_of(title: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in title.lower())
+
+
+RENDERED_KINDS = ("bool", "int", "float", "str", "list")
+
+
+def renders(spec: ArgSpec) -> bool:
+    """`control_for` gives this argument a control that round-trips its value (not a
+    structured one, such as a ControlNet unit, shown as text)."""
+    if spec.choices:
+        return True
+    return spec.kind in RENDERED_KINDS and not (spec.kind == "str" and spec.default is None)
+
+
+def alwayson_specs(script: Script) -> list[ArgSpec] | None:
+    """The script's arguments in accordion order (a bool `enabled` first, A1111's
+    checkbox-first accordions), or None when one of them has no control."""
+    specs = arg_specs(script.Args)
+    if not all(renders(spec) for spec in specs):
+        return None
+    first = [s for s in specs if s.name == "enabled" and s.kind == "bool"]
+    return [*first, *[s for s in specs if s not in first]]
+
+
+def build_alwayson(registry, prefix: str, *, is_img2img: bool) -> list[ScriptControls]:
+    """One closed accordion per always-on script whose arguments all render."""
+    built = []
+    for script in registry.alwayson(is_img2img) if registry is not None else []:
+        specs = alwayson_specs(script)
+        if specs is None:
+            log.debug("always-on script %r has arguments the UI cannot show: no accordion",
+                      script.title())
+            continue
+        built.append(_alwayson_accordion(script, specs, prefix, is_img2img))
+    return built
+
+
+def _alwayson_accordion(script: Script, specs: list[ArgSpec], prefix: str,
+                        is_img2img: bool) -> ScriptControls:
+    title = script.title()
+    slug = slug_of(title)
+    with gr.Accordion(title, open=False, elem_id=f"{prefix}_alwayson_{slug}",
+                      elem_classes=["alwayson-script"]) as accordion:
+        controls = ScriptControls(title=title, group=accordion, script=script)
+        # The script's own ui() builds its controls in `Args` order.
+        own = _own_ui(script, is_img2img, len(specs))
+        by_name = dict(zip([s.name for s in arg_specs(script.Args)], own)) if own else {}
+        for spec in specs:
+            widget = by_name.get(spec.name) or control_for(
+                spec, f"{prefix}_alwayson_{slug}_{spec.name}")
+            controls.names.append(spec.name)
+            controls.kinds.append(spec.kind)
+            controls.widgets.append(widget)
+    return controls
+
+
 def _script_group(script: Script, runtime, prefix: str, is_img2img: bool) -> ScriptControls:
     title = script.title()
-    slug = "".join(ch if ch.isalnum() else "_" for ch in title.lower())
+    slug = slug_of(title)
     with gr.Group(visible=False, elem_id=f"{prefix}_script_{slug}") as group:
         controls = ScriptControls(title=title, group=group)
         specs = arg_specs(script.Args)

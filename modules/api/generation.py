@@ -1,7 +1,8 @@
 """From an A1111 txt2img request to `Txt2ImgParams`, and from a result to A1111's answer.
 
 Request rules follow docs/a1111-semantics.md, "Request rules": `infotext` fills the fields the
-client did not set and adds the settings it implies to `override_settings`; the sampler is
+client did not set, adds the settings it implies to `override_settings` and the always-on
+scripts' arguments it carries (`Script.infotext_fields`) to `alwayson_scripts`; the sampler is
 `sampler_name or sampler_index` (legacy "DPM++ 2M Karras" names are split); styles
 are merged from `styles.csv`; `save_images` decides saving. Everything is checked
 before the job is queued, so a bad request fails at once with the field named.
@@ -26,6 +27,7 @@ from modules.models.errors import ModelLoadError
 from modules.models.flow_parts import MODULES_SETTING, module_folders, resolve_modules
 from modules.models.vae_select import AUTOMATIC, NONE, resolve_vae
 from modules.pipeline.infotext_fields import (
+    infotext_to_alwayson,
     infotext_to_request_fields,
     infotext_to_settings_overrides,
 )
@@ -70,8 +72,23 @@ def apply_infotext(request: GenerationRequest, settings: Settings, runtime) -> G
         if name == MODULES_SETTING and not _known_modules(runtime, value):
             continue  # modules (Forge's "Module N") this server does not have
         overrides[name] = value
+    fields["alwayson_scripts"] = alwayson_from_infotext(request, parsed, runtime)
     updated = request.model_copy(update={**fields, "override_settings": overrides or None})
     return type(request).model_validate(updated.model_dump(exclude_unset=False))
+
+
+def alwayson_from_infotext(request: GenerationRequest, parsed, runtime) -> dict[str, Any]:
+    """The request's `alwayson_scripts` plus an entry for each always-on script whose
+    infotext keys the infotext has; the client's own entry for a script wins, whole."""
+    own = dict(request.alwayson_scripts or {})
+    registry = getattr(runtime, "extensions", None)
+    if registry is None:
+        return own
+    scripts = registry.alwayson(isinstance(request, Img2ImgRequest))
+    taken = {title.strip().lower() for title in own}
+    implied = {title: entry for title, entry in infotext_to_alwayson(parsed, scripts).items()
+               if title.strip().lower() not in taken}
+    return {**own, **implied}
 
 
 def _known_modules(runtime, names) -> bool:

@@ -149,3 +149,76 @@ def infotext_to_settings_overrides(parsed: Mapping[str, Any],
         return overrides
     return {name: value for name, value in overrides.items()
             if name not in current or current[name] != value}
+
+
+def _strict_bool(value: Any) -> bool:
+    """"True"/"False" (any case) or a bool; anything else does not convert."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"not a boolean: {value!r}")
+    return text == "true"
+
+
+def _whole(value: Any) -> int:
+    """An int from "3" or "3.0"; "3.5" does not convert (the field is an integer)."""
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"not a whole number: {value!r}")
+    return int(number)
+
+
+# An always-on script's `Args` kind -> how its infotext value converts.
+ALWAYSON_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "bool": _strict_bool, "int": _whole, "float": float, "str": str,
+}
+
+
+def _fits(spec, value: Any) -> bool:
+    """The value is one the script's `Args` accepts (declared choices and range)."""
+    if spec.choices and value not in spec.choices:
+        return False
+    if spec.minimum is not None and value < spec.minimum:
+        return False
+    return spec.maximum is None or value <= spec.maximum
+
+
+def _script_keys(script) -> dict[str, str]:
+    """A script's `infotext_fields()`; a broken one (an extension's) counts as none."""
+    try:
+        return dict(script.infotext_fields() or {})
+    except Exception:  # noqa: BLE001 - an extension's bug must not break pasting
+        return {}
+
+
+def infotext_to_alwayson(parsed: Mapping[str, Any], scripts) -> dict[str, dict]:
+    """`{title: {"args": {field: value}}}` for each always-on script of `scripts` that has
+    at least one of its infotext keys (`Script.infotext_fields`) in `parsed`.
+
+    Values get the `Args` field's declared type (bool/int/float/str); one that does not
+    convert, or falls outside the field's choices or range, is left out, as the other
+    pasted fields, so the request (or widget) keeps its current value.
+    """
+    from modules.scripts.args import arg_specs
+
+    found: dict[str, dict] = {}
+    for script in scripts:
+        keys = _script_keys(script)
+        if not any(key in parsed for key in keys.values()):
+            continue
+        specs = {spec.name: spec for spec in arg_specs(script.Args)}
+        args: dict[str, Any] = {}
+        for name, key in keys.items():
+            spec = specs.get(name)
+            convert = ALWAYSON_CONVERTERS.get(spec.kind) if spec is not None else None
+            if key not in parsed or convert is None:
+                continue
+            try:
+                value = convert(parsed[key])
+            except (TypeError, ValueError):
+                continue
+            if _fits(spec, value):
+                args[name] = value
+        found[script.title()] = {"args": args}
+    return found

@@ -10,6 +10,11 @@ method names (docs/a1111-semantics.md, "Script hooks") and typed arguments inste
 - `Args` is a dataclass of its arguments (`modules.scripts.args.arg` declares labels
   and ranges); `ui(is_img2img)` builds the Gradio controls, one per field, and is
   called by `webui/` only (this module never imports gradio).
+- `infotext_fields()` maps `Args` field names to the infotext keys the script writes in
+  `plan.extra_params` (A1111's `self.infotext_fields` (component, key) pairs, by field
+  name instead of component). Pasting an infotext (the UI's paste button, PNG Info's
+  "Send to", an API request's `infotext`) sets those fields of an always-on script from
+  the keys present (`modules.pipeline.infotext_fields.infotext_to_alwayson`).
 - Lifecycle hooks receive the job's `Plan` (`modules.pipeline.txt2img.Plan`: params,
   settings, prompts, seeds, `extra_params` for the infotext, `warnings`) plus typed
   per-call data. They may change the plan (e.g. `plan.prompts`) before sampling.
@@ -109,6 +114,11 @@ class Script:
     def ui(self, is_img2img: bool) -> list:
         """Gradio components, one per `Args` field in order (called by webui only)."""
         return []
+
+    def infotext_fields(self) -> dict[str, str]:
+        """`Args` field name -> the infotext key `process` writes it under, e.g.
+        `{"enabled": "freeu_enabled", "b1": "freeu_b1"}`; pasting reads them back."""
+        return {}
 
     def check(self, runtime, params, args: Any) -> None:
         """Selectable scripts: raise ValueError for a request `run` would reject; called

@@ -288,11 +288,13 @@ def send_target(runtime, tab: Img2ImgTab, mode: str):
     def extra(picture, text: str) -> list:
         values = paste_values(runtime, text, empty_results(), names=I.IMG2IMG_FIELDS) \
             if text else {}
+        scripts = tab.panel.scripts
+        alwayson = scripts.paste_updates(text) if scripts is not None else []
         return [mode, gr.Tabs(selected=mode), gr.update(visible=mode in I.INPAINT_MODES),
-                *updates_for(values, I.IMG2IMG_FIELDS)]
+                *updates_for(values, I.IMG2IMG_FIELDS), *alwayson]
 
     return SendTarget(tab="img2img", image=tab.pictures["image" if mode == "img2img" else mode],
                       picture_value=(lambda p: p) if mode == "img2img" else editor_value,
                       extra_outputs=[tab.mode, tab.mode_tabs, tab.inpaint_options,
-                                     *tab.panel.field_widgets()],
+                                     *tab.panel.paste_widgets()],
                       extra_values=extra)

@@ -31,6 +31,7 @@ from webui.panel_results import (  # noqa: F401
     selected_image,
 )
 from webui.panel_wiring import (  # noqa: F401
+    paste_updates,
     paste_values,
     token_counter,
     updates_for,
