@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -239,7 +238,10 @@ def _performance_flags(p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse `argv` plus `COMMANDLINE_ARGS` (environment first, command line wins)."""
-    extra = shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
+    from modules.app.os_support import split_command_line
+
+    # Windows rules on Windows: backslashes in paths are kept (C:\models stays C:\models).
+    extra = split_command_line(os.environ.get("COMMANDLINE_ARGS", ""))
     argv = [*extra, *argv]
     args = build_parser(preloads=extension_preloads(argv)).parse_args(argv)
     args.port_given = args.port is not None  # without --port the UI may move to a free one

@@ -88,8 +88,9 @@ class GroupStats:
     count: int = 0
 
     def add(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-        self.total += mean.double() * count
-        self.squares += (var.double() + mean.double() ** 2) * count
+        mean, var = mean.to(self.total.dtype), var.to(self.total.dtype)
+        self.total += mean * count
+        self.squares += (var + mean**2) * count
         self.count += count
 
     def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +132,9 @@ class SharedNorm:
         y0, y1, x0, x1 = (round(v * factor) for v in self.core)
         region = x[..., y0:y1, x0:x1]
         if len(self.sums) <= self.index:
-            zeros = torch.zeros(x.shape[0], groups, dtype=torch.float64, device=x.device)
+            # float64 where the device has it (MPS does not: float32 there).
+            dtype = torch.float32 if x.device.type == "mps" else torch.float64
+            zeros = torch.zeros(x.shape[0], groups, dtype=dtype, device=x.device)
             self.sums.append(GroupStats(total=zeros, squares=zeros.clone()))
         mean, var = group_moments(region, groups)
         self.sums[self.index].add(mean, var, region[0].numel() // groups)

@@ -48,12 +48,9 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 def available_memory(device: torch.device) -> int:
     """Free bytes for tensors on `device`."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    import psutil  # a base requirement; imported here to keep import time low
+    from modules.devices import memory_stats  # CUDA/ROCm, XPU, MPS and CPU each by their API
 
-    return int(psutil.virtual_memory().available)
+    return int(memory_stats(device)["free"])
 
 
 def use_tiles(settings, estimate: int, device: torch.device) -> bool:

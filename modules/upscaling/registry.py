@@ -237,13 +237,13 @@ class UpscalerRegistry:
 
 def upscaler_python(args) -> Path | None:
     """`--upscaler-python`, else the bootstrap's `.venv-upscalers` interpreter if it exists."""
-    from modules.app.bootstrap_upscalers import UPSCALER_VENV_DIR
+    from modules.app.bootstrap_upscalers import env_python
     from modules.paths import ROOT
 
     flag = getattr(args, "upscaler_python", None)
     if flag:
         return Path(flag)
-    default = ROOT / UPSCALER_VENV_DIR / "bin" / "python"
+    default = env_python(ROOT)  # bin/python, or Scripts\python.exe on Windows
     return default if default.exists() else None
 
 
