@@ -133,7 +133,7 @@ class IdentityAttention(UNetPatch):
 
 @dataclass
 class PAGHook:
-    """The CFG guidance hook: one perturbed pass per step inside [start, end)."""
+    """The CFG guidance hook: one perturbed pass per step whose progress is in [start, end]."""
 
     scale: float
     adaptive: float
@@ -144,7 +144,7 @@ class PAGHook:
 
     def __call__(self, params: GuidanceParams) -> None:
         fraction = params.step / max(1, params.total_steps)
-        if not self.start <= fraction < self.end:
+        if not self.start <= fraction <= self.end:
             return
         t = float(self.sigma_to_t(params.sigma[:1])[0])
         scale = adaptive_scale(self.scale, self.adaptive, t)
