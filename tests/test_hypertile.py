@@ -1,0 +1,194 @@
+"""HyperTile (`modules.nn.hypertile`, the "Hypertile" script).
+
+Proof: regrouping into tiles and back is exact; tiled attention equals attention computed
+directly on each tile's tokens (sliced from the map); one tile is the untiled call bit for
+bit; the tile counts follow A1111's rule (min side max(128, tile) // 8 * 2^depth, first
+`swap_size` divisors) and depths deeper than max depth run unchanged; the seeded choice
+is reproducible; a ToMe-merged map runs unchanged; through the tiny U-Net the patch
+changes only the layers it should; off (or a map that fits one tile) is bit-identical
+through txt2img, on at a larger size changes the image and writes A1111's keys.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from modules.nn.hypertile import (
+    HyperTileUNet,
+    HyperTileVAE,
+    TileOptions,
+    from_tiles,
+    min_tile_side,
+    pick_tiles,
+    tile_candidates,
+    tiled_attention,
+    to_tiles,
+)
+from modules.nn.unet import UNetModel
+from modules.nn.unet_patches import AttentionPlace, BlockPlace, UNetPatch, UNetPatches
+from modules.pipeline.params import Txt2ImgParams
+from modules.pipeline.txt2img import txt2img
+from tests.helpers.checkpoints import finish, tiny_runtime
+from tests.tiny import TINY_SD15
+
+
+def sdpa(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def _qkv(h=8, w=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, h * w, 4, generator=g) for _ in range(3)]
+
+
+def test_tiles_round_trip_and_order():
+    q, _, _ = _qkv()
+    tiles = to_tiles(q, 8, 12, 2, 3)
+    assert tiles.shape == (2 * 6, 3, 4 * 4, 4)
+    assert torch.equal(from_tiles(tiles, 8, 12, 2, 3), q)
+    grid = q.reshape(2, 3, 8, 12, 4)
+    # Tile (1, 2) of image 1: rows 4..7, columns 8..11, row-major.
+    expected = grid[1, :, 4:8, 8:12].reshape(3, 16, 4)
+    assert torch.equal(tiles[1 * 6 + 1 * 3 + 2], expected)
+
+
+def test_tiled_attention_equals_attention_per_tile():
+    q, k, v = _qkv()
+    out = tiled_attention(q, k, v, 8, 12, 2, 3, sdpa).reshape(2, 3, 8, 12, 4)
+    grid = [t.reshape(2, 3, 8, 12, 4) for t in (q, k, v)]
+    for i in range(2):
+        for j in range(3):
+            rows, cols = slice(4 * i, 4 * i + 4), slice(4 * j, 4 * j + 4)
+            tq, tk, tv = (t[:, :, rows, cols].reshape(2, 3, 16, 4) for t in grid)
+            torch.testing.assert_close(out[:, :, rows, cols].reshape(2, 3, 16, 4),
+                                       sdpa(tq, tk, tv))
+    assert not torch.allclose(out.reshape(q.shape), sdpa(q, k, v), atol=1e-3)
+
+
+def test_one_tile_is_the_untiled_call_bit_for_bit():
+    q, k, v = _qkv()
+    assert torch.equal(tiled_attention(q, k, v, 8, 12, 1, 1, sdpa), sdpa(q, k, v))
+    patch = HyperTileUNet(TileOptions(3, 256, 3), random.Random(0))
+    place = AttentionPlace(BlockPlace("input", 1, 0, 0), 0, 8, 12)  # 8 < 32: one tile
+    assert torch.equal(patch.self_attention(q, k, v, place, sdpa), sdpa(q, k, v))
+
+
+def test_tile_rule_and_depths():
+    assert min_tile_side(256, 0) == 32 and min_tile_side(64, 0) == 16
+    assert min_tile_side(256, 2) == 128
+    assert tile_candidates(128, 32, 3) == [4, 2, 1]
+    assert tile_candidates(128, 32, 1) == [4]
+    assert tile_candidates(96, 32, 2) == [3, 2]
+    assert tile_candidates(20, 32, 3) == [1]  # smaller than one tile
+    assert tile_candidates(128, 32, 0) == [4]  # swap 0 still leaves one choice
+    patch = HyperTileUNet(TileOptions(max_depth=1), random.Random(0))
+    at = [patch.changes_self_attention(AttentionPlace(BlockPlace("input", 1, d, d), 0, 8, 8))
+          for d in (0, 1, 2, 3)]
+    assert at == [True, True, False, False]
+    assert not patch.changes_self_attention(
+        AttentionPlace(BlockPlace("input", 1, 0, None), 0, 8, 8))
+
+
+def test_seeded_choice_is_reproducible_and_varies():
+    first = [pick_tiles(128, 32, 3, rng) for rng in [random.Random(7)] for _ in range(20)]
+    again = [pick_tiles(128, 32, 3, rng) for rng in [random.Random(7)] for _ in range(20)]
+    assert first == again and set(first) == {1, 2, 4}
+    rng = random.Random(1)
+    state = rng.getstate()
+    assert pick_tiles(128, 32, 1, rng) == 4 and rng.getstate() == state  # no choice: no draw
+
+
+def test_merged_map_runs_unchanged():
+    q, k, v = _qkv(8, 8)
+    patch = HyperTileUNet(TileOptions(3, 0, 1), random.Random(0))
+    place = AttentionPlace(BlockPlace("input", 1, 0, 0), 0, 64, 64)  # 4096 != 64 tokens
+    assert torch.equal(patch.self_attention(q, k, v, place, sdpa), sdpa(q, k, v))
+
+
+def test_vae_tiles_a_map_layer():
+    x = torch.randn(1, 2, 32, 32)
+    seen = []
+
+    def layer(t):
+        seen.append(tuple(t.shape))
+        return t * 2 + t.mean(dim=(2, 3), keepdim=True)  # depends on the tile's content
+
+    out = HyperTileVAE(TileOptions(3, 128, 1), random.Random(0)).around(layer, x)
+    assert seen == [(4, 2, 16, 16)]
+    tile = x[:, :, 16:, :16]
+    torch.testing.assert_close(out[:, :, 16:, :16], layer(tile))
+
+
+class Spy(UNetPatch):
+    """Records the token maps that reach the kernel after HyperTile."""
+
+    def __init__(self):
+        self.seen = []
+
+    def changes_self_attention(self, place):
+        return True
+
+    def self_attention(self, q, k, v, place, attend):
+        self.seen.append((place.depth, q.shape[0], q.shape[2]))
+        return attend(q, k, v)
+
+
+def test_through_the_unet_only_allowed_depths_are_tiled():
+    torch.manual_seed(0)
+    model = UNetModel(config=TINY_SD15.unet).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 32, 32, generator=g)
+    context = torch.randn(1, 7, 32, generator=g)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        plain = model(x, t, context)
+        spy = Spy()
+        tiled = HyperTileUNet(TileOptions(max_depth=1, max_tile=128, swap_size=1),
+                              random.Random(0))
+        out = model(x, t, context, patches=UNetPatches((tiled, spy)))
+        assert not torch.allclose(out, plain, atol=1e-4)
+        # Depth 0 (32 x 32): 2 x 2 tiles of 256 tokens; the middle (depth 1, 16 x 16) fits one.
+        assert {s for s in spy.seen if s[0] == 0} == {(0, 4, 256)}
+        assert {s for s in spy.seen if s[0] == 1} == {(1, 1, 256)}
+        none = HyperTileUNet(TileOptions(max_depth=1, max_tile=256, swap_size=1),
+                             random.Random(0))  # min side 32: one tile everywhere
+        assert torch.equal(model(x, t, context, patches=UNetPatches((none,))), plain)
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    return tiny_runtime(tmp_path_factory.mktemp("data"), {"tiny": TINY_SD15})
+
+
+def generate(runtime, size=64, **fields):
+    fields = {"prompt": "a red circle", "width": size, "height": size, "steps": 2, "seed": 5,
+              "sampler_name": "Euler", "do_not_save_samples": True, **fields}
+    result, _ = finish(txt2img(runtime, Txt2ImgParams(**fields)))
+    return result
+
+
+def test_off_or_one_tile_means_bit_identical(runtime):
+    plain = generate(runtime)
+    off = generate(runtime, alwayson_scripts={"Hypertile": {"args": {"unet": False}}})
+    fits = generate(runtime, alwayson_scripts={"hypertile": {"args": {"unet": True}}})
+    assert off.images[0].tobytes() == plain.images[0].tobytes() == fits.images[0].tobytes()
+    assert "Hypertile" not in off.infotexts[0]
+    assert "Hypertile U-Net: True" in fits.infotexts[0]
+
+
+@pytest.mark.slow
+def test_on_at_a_larger_size_changes_the_image_by_args_or_settings(runtime):
+    big_plain = generate(runtime, 256)
+    by_args = generate(runtime, 256, alwayson_scripts={
+        "Hypertile": {"args": {"unet": True, "max_tile_unet": 128, "swap_size_unet": 1}}})
+    by_settings = generate(runtime, 256, override_settings={
+        "hypertile_enable_unet": True, "hypertile_max_tile_unet": 128,
+        "hypertile_swap_size_unet": 1})
+    assert by_args.images[0].tobytes() != big_plain.images[0].tobytes()
+    assert by_args.images[0].tobytes() == by_settings.images[0].tobytes()
+    info = by_args.infotexts[0]
+    assert "Hypertile U-Net max tile size: 128" in info and "Hypertile U-Net swap size: 1" in info
+    assert "Hypertile U-Net max depth" not in info  # default: left out, as A1111 does
