@@ -192,3 +192,16 @@ def test_on_at_a_larger_size_changes_the_image_by_args_or_settings(runtime):
     info = by_args.infotexts[0]
     assert "Hypertile U-Net max tile size: 128" in info and "Hypertile U-Net swap size: 1" in info
     assert "Hypertile U-Net max depth" not in info  # default: left out, as A1111 does
+
+
+def test_pasted_a1111_infotext_sets_the_settings():
+    from modules.infotext import parse_infotext
+    from modules.pipeline.infotext_fields import infotext_to_settings_overrides
+
+    text = ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, "
+            "Hypertile U-Net: True, Hypertile U-Net max tile size: 128, Hypertile VAE: True")
+    overrides = infotext_to_settings_overrides(parse_infotext(text))
+    assert overrides["hypertile_enable_unet"] is True
+    assert overrides["hypertile_max_tile_unet"] == 128
+    assert overrides["hypertile_enable_vae"] is True
+    assert "hypertile_swap_size_unet" not in overrides
