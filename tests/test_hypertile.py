@@ -180,28 +180,75 @@ def test_off_or_one_tile_means_bit_identical(runtime):
 
 
 @pytest.mark.slow
-def test_on_at_a_larger_size_changes_the_image_by_args_or_settings(runtime):
+def test_on_at_a_larger_size_changes_the_image(runtime):
     big_plain = generate(runtime, 256)
     by_args = generate(runtime, 256, alwayson_scripts={
         "Hypertile": {"args": {"unet": True, "max_tile_unet": 128, "swap_size_unet": 1}}})
-    by_settings = generate(runtime, 256, override_settings={
-        "hypertile_enable_unet": True, "hypertile_max_tile_unet": 128,
-        "hypertile_swap_size_unet": 1})
     assert by_args.images[0].tobytes() != big_plain.images[0].tobytes()
-    assert by_args.images[0].tobytes() == by_settings.images[0].tobytes()
     info = by_args.infotexts[0]
     assert "Hypertile U-Net max tile size: 128" in info and "Hypertile U-Net swap size: 1" in info
     assert "Hypertile U-Net max depth" not in info  # default: left out, as A1111 does
 
 
-def test_pasted_a1111_infotext_sets_the_settings():
+def test_pasted_a1111_infotext_sets_the_script_args():
     from modules.infotext import parse_infotext
-    from modules.pipeline.infotext_fields import infotext_to_settings_overrides
+    from modules.pipeline.infotext_fields import infotext_to_alwayson
+    from modules.scripts.builtin.hypertile import Hypertile
 
     text = ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, "
             "Hypertile U-Net: True, Hypertile U-Net max tile size: 128, Hypertile VAE: True")
-    overrides = infotext_to_settings_overrides(parse_infotext(text))
-    assert overrides["hypertile_enable_unet"] is True
-    assert overrides["hypertile_max_tile_unet"] == 128
-    assert overrides["hypertile_enable_vae"] is True
-    assert "hypertile_swap_size_unet" not in overrides
+    args = infotext_to_alwayson(parse_infotext(text), [Hypertile()])["Hypertile"]["args"]
+    assert args == {"unet": True, "max_tile_unet": 128, "vae": True}
+
+
+def test_settings_enable_it_where_declared_and_args_win():
+    from types import SimpleNamespace
+
+    from modules.scripts.builtin.hypertile import HypertileArgs, unet_choice, vae_choice
+
+    plan = SimpleNamespace(settings=SimpleNamespace(
+        hypertile_enable_unet=True, hypertile_max_tile_unet=128, hypertile_enable_vae=True))
+    choice = unet_choice(plan, HypertileArgs())
+    assert choice.all_passes and choice.options == TileOptions(3, 128, 3)
+    assert vae_choice(plan, HypertileArgs()) == TileOptions(3, 128, 3)
+    mine = unet_choice(plan, HypertileArgs(unet=True, max_tile_unet=64))
+    assert mine.options == TileOptions(3, 64, 3)
+    bare = SimpleNamespace(settings=SimpleNamespace())  # Settings without the fields: off
+    assert not unet_choice(bare, HypertileArgs()).all_passes
+    assert vae_choice(bare, HypertileArgs()) is None
+
+
+def test_vae_decode_hook_tiles_only_the_middle_attention():
+    from modules.nn.autoencoder import AutoencoderKL
+    from tests.tiny import TINY_VAE
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(config=TINY_VAE).eval()
+    z = torch.randn(1, TINY_VAE.embed_dim, 32, 32)
+    seen = []
+
+    def spy(layer, x):
+        seen.append(tuple(x.shape))
+        return layer(x)
+
+    with torch.no_grad():
+        plain = vae.decode(z)
+        assert torch.equal(vae.decode(z, mid_attention=spy), plain)  # a pass-through hook
+        assert seen == [(1, vae.decoder.mid.attn_1.q.in_channels, 32, 32)]
+        one = HyperTileVAE(TileOptions(3, 512, 3), random.Random(0))  # min side 64: one tile
+        assert torch.equal(vae.decode(z, mid_attention=one.around), plain)
+        tiled = vae.decode(z, mid_attention=HyperTileVAE(TileOptions(3, 128, 1),
+                                                         random.Random(0)).around)
+    assert not torch.allclose(tiled, plain, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_vae_option_through_txt2img(runtime):
+    plain = generate(runtime, 256)
+    on = generate(runtime, 256, alwayson_scripts={
+        "Hypertile": {"args": {"vae": True, "swap_size_vae": 1}}})
+    assert on.images[0].tobytes() != plain.images[0].tobytes()
+    assert "Hypertile VAE: True" in on.infotexts[0]
+    assert "Hypertile VAE swap size: 1" in on.infotexts[0]
+    small = generate(runtime, alwayson_scripts={"Hypertile": {"args": {"vae": True}}})
+    assert small.images[0].tobytes() == generate(runtime).images[0].tobytes()

@@ -23,7 +23,14 @@ from torch import nn
 from modules.nn.attention import AttentionBackend, Cancel, check, set_attention_backend
 from modules.nn.configs import VAEConfig
 from modules.nn.ops import silu_fresh
-from modules.nn.vae_blocks import Downsample, MidBlock, ResnetBlock, Upsample, group_norm
+from modules.nn.vae_blocks import (
+    AroundLayer,
+    Downsample,
+    MidBlock,
+    ResnetBlock,
+    Upsample,
+    group_norm,
+)
 
 
 class DiagonalGaussian:
@@ -139,9 +146,11 @@ class Decoder(nn.Module):
         self.norm_out = group_norm(widths[0], groups)
         self.conv_out = nn.Conv2d(widths[0], config.out_channels, kernel_size=3, padding=1)
 
-    def forward(self, z: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
-        """:param cancel: its `check()` runs between blocks and attention chunks"""
-        h = self.mid(self.conv_in(z), cancel)
+    def forward(self, z: torch.Tensor, cancel: Cancel | None = None,
+                mid_attention: AroundLayer | None = None) -> torch.Tensor:
+        """:param cancel: its `check()` runs between blocks and attention chunks;
+        :param mid_attention: runs the middle attention block for this call (`MidBlock`)"""
+        h = self.mid(self.conv_in(z), cancel, mid_attention)
         for level in reversed(self.up):
             for block in level.block:
                 check(cancel)
@@ -192,8 +201,10 @@ class AutoencoderKL(nn.Module):
         moments = self.quant_conv(self.encoder(self._prepare(x), cancel))
         return DiagonalGaussian(moments.to(x.dtype).contiguous())
 
-    def decode(self, z: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, cancel: Cancel | None = None,
+               mid_attention: AroundLayer | None = None) -> torch.Tensor:
         """Unscaled latent (B, embed_dim, h, w) -> image in about [-1, 1] (input's dtype);
-        `cancel.check()` may abandon it between blocks."""
-        h = self.decoder(self.post_quant_conv(self._prepare(z)), cancel)
+        `cancel.check()` may abandon it between blocks; `mid_attention` wraps the decoder's
+        middle attention block for this call (HyperTile's VAE option), default unchanged."""
+        h = self.decoder(self.post_quant_conv(self._prepare(z)), cancel, mid_attention)
         return h.to(z.dtype).contiguous()

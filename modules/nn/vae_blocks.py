@@ -9,12 +9,17 @@ lowest resolution. Names follow CompVis `ldm/modules/diffusionmodules/model.py`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modules.nn.attention import AttentionLayer, Cancel, attention
 from modules.nn.ops import add_fresh, silu_fresh
+
+# A per-call wrapper of one layer: (layer, input) -> output (see `MidBlock.forward`).
+AroundLayer = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -106,5 +111,13 @@ class MidBlock(nn.Module):
             in_channels=channels, out_channels=channels, norm_num_groups=norm_num_groups
         )
 
-    def forward(self, x: torch.Tensor, cancel: Cancel | None = None) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x), cancel))
+    def forward(self, x: torch.Tensor, cancel: Cancel | None = None,
+                around_attention: AroundLayer | None = None) -> torch.Tensor:
+        """:param around_attention: runs the attention block for this call, as
+        `around_attention(layer, h)` (HyperTile's VAE option: the block per tile)"""
+        h = self.block_1(x)
+        if around_attention is None:
+            h = self.attn_1(h, cancel)
+        else:
+            h = around_attention(lambda t: self.attn_1(t, cancel), h)
+        return self.block_2(h)

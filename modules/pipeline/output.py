@@ -28,9 +28,10 @@ from modules.settings import Settings
 
 
 def decode_latents(loaded, latents: torch.Tensor, settings: Settings | None = None,
-                   cancel=None) -> list[Image.Image]:
-    """VAE decode with the family's scale factor (tiled when `settings` call for it)."""
-    return vae_decode_latents(loaded, latents, settings, cancel)
+                   cancel=None, mid_attention=None) -> list[Image.Image]:
+    """VAE decode with the family's scale factor (tiled when `settings` call for it);
+    `mid_attention`: the job's wrapper of the VAE's middle attention (`Plan.vae_attention`)."""
+    return vae_decode_latents(loaded, latents, settings, cancel, mid_attention)
 
 
 def new_result(plan: Plan, **extra: object) -> GenerationResult:
@@ -56,7 +57,8 @@ def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
     if latents is None:
         return
     try:
-        images = decode_latents(plan.loaded, latents, plan.settings, plan.cancel)
+        images = decode_latents(plan.loaded, latents, plan.settings, plan.cancel,
+                                plan.vae_attention)
     except JobInterrupted as stopped:
         command = plan.cancel.take() or stopped.command
         result.interrupted = result.interrupted or command == "interrupt"

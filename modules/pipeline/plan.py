@@ -49,6 +49,9 @@ class Plan:
     token_merging: float = 0.0  # ToMe ratio of this plan's sampling (modules/nn/token_merging.py)
     extra_params: dict = field(default_factory=dict)  # infotext keys before the sampler's
     refiner: object | None = None  # modules.pipeline.refiner.Refiner taking over part-way
+    # A script's wrapper of the VAE decoder's middle attention for this job's decodes
+    # (`AutoencoderKL.decode(mid_attention=...)`; HyperTile's VAE option), or None.
+    vae_attention: object | None = None
     # The job's stop requests, checked inside long steps (U-Net blocks, attention, VAE).
     cancel: Cancellation = field(default_factory=Cancellation)
 

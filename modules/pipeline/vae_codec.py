@@ -61,20 +61,23 @@ def use_tiles(settings, estimate: int, device: torch.device) -> bool:
     return estimate > MEMORY_HEADROOM * available_memory(device)
 
 
-def decode(vae: AutoencoderKL, z: torch.Tensor, settings=None, cancel=None) -> torch.Tensor:
+def decode(vae: AutoencoderKL, z: torch.Tensor, settings=None, cancel=None,
+           mid_attention=None) -> torch.Tensor:
     """Unscaled latent -> image tensor in about [-1, 1], float32.
 
     A half-precision VAE can overflow to NaN (the SD1.x VAE in fp16 at some sizes); as in
     A1111 (`auto_vae_precision`), such a decode is redone once with a float32 copy of the
     VAE. The copy is made for that call only: the shared model is never changed.
-    `cancel` (a job's `Cancellation`) is checked between blocks and tiles.
+    `cancel` (a job's `Cancellation`) is checked between blocks and tiles. `mid_attention`
+    wraps the decoder's middle attention for this job (`AutoencoderKL.decode`; HyperTile's
+    VAE option); a tiled decode, already split into tiles, runs without it.
     """
-    image = _decode_once(vae, z, settings, cancel)
+    image = _decode_once(vae, z, settings, cancel, mid_attention)
     if vae.dtype != torch.float32 and getattr(settings, "auto_vae_precision", True) \
             and not torch.isfinite(image).all():
         log.warning("A tensor with NaNs was produced by the %s VAE; decoding again in "
                     "float32", str(vae.dtype).removeprefix("torch."))
-        image = _decode_once(float32_copy(vae), z, settings, cancel)
+        image = _decode_once(float32_copy(vae), z, settings, cancel, mid_attention)
     return image
 
 
@@ -90,14 +93,15 @@ def float32_copy(vae: AutoencoderKL) -> AutoencoderKL:
     return twin.eval().requires_grad_(False)
 
 
-def _decode_once(vae: AutoencoderKL, z: torch.Tensor, settings, cancel=None) -> torch.Tensor:
+def _decode_once(vae: AutoencoderKL, z: torch.Tensor, settings, cancel=None,
+                 mid_attention=None) -> torch.Tensor:
     with torch.inference_mode():
         if settings is not None and use_tiles(settings, decode_memory_estimate(
                 tuple(z.shape), vae.dtype), z.device):
             return tiled_decode(vae, z.to(vae.dtype), tile=settings.tiled_vae_decoder_tile,
                                 overlap=settings.tiled_vae_decoder_overlap,
                                 refine=settings.tiled_vae_refine, cancel=cancel).float()
-        return vae.decode(z.to(vae.dtype), cancel).float()
+        return vae.decode(z.to(vae.dtype), cancel, mid_attention).float()
 
 
 def encode(vae: AutoencoderKL, x: torch.Tensor, settings=None, cancel=None):
@@ -117,11 +121,11 @@ def encode(vae: AutoencoderKL, x: torch.Tensor, settings=None, cancel=None):
 
 
 def decode_latents(loaded, latents: torch.Tensor, settings=None,
-                   cancel=None) -> list[Image.Image]:
+                   cancel=None, mid_attention=None) -> list[Image.Image]:
     """Diffusion latents -> 8-bit RGB images, with the family's scale factor."""
     config = loaded.family.vae
     z = latents / config.scale_factor + config.shift_factor
-    return tensor_to_images(decode(loaded.vae, z, settings, cancel))
+    return tensor_to_images(decode(loaded.vae, z, settings, cancel, mid_attention))
 
 
 def encode_images(loaded, pixels: torch.Tensor, settings=None, *,

@@ -2,17 +2,22 @@
 (`modules.nn.hypertile`).
 
 A1111 drives it by its settings (Optimizations: `hypertile_enable_unet`, ...); here the
-settings still do (an `override_settings` or a pasted infotext sets them per job), and
-the script's own arguments can switch it on too: where an argument enables a part
-(`unet`, `vae`), that part uses the arguments' depth / tile / swap values, else the
-settings'. The infotext follows A1111: "Hypertile U-Net: True" (or "Hypertile U-Net
-second pass: True" for the hires pass only) and the max depth / max tile size / swap
-size keys when they differ from the defaults; the same for "Hypertile VAE".
+script's own arguments switch it on (a pasted A1111 infotext sets them through
+`infotext_fields`), and the settings of A1111's names do too where `Settings` declares
+them (not yet: `modules/settings.py` is at its line limit; read with A1111's defaults
+until then): where an argument enables a part (`unet`, `vae`), that part uses the
+arguments' depth / tile / swap values, else the settings'. The infotext follows A1111:
+"Hypertile U-Net: True" (or "Hypertile U-Net second pass: True" for the hires pass
+only) and the max depth / max tile size / swap size keys when they differ from the
+defaults; the same for "Hypertile VAE".
 
 U-Net only (SD1, SD2, SDXL): on a flow model (SD3, Flux.1: no U-Net self-attention
 layers of these depths) the U-Net part is not applied and one warning says so.
-The tile choice draws from a `random.Random` seeded with the job's first seed, made
-afresh for every sampling pass (A1111 reseeds it for the job and for the hires pass).
+The VAE part (any family's VAE) tiles the decoder's middle attention block in the job's
+final decodes (`Plan.vae_attention`; a tiled VAE decode runs without it). The tile choice
+draws from a `random.Random` seeded with the job's first seed, made afresh for every
+sampling pass (A1111 reseeds it for the job and for the hires pass) and once for the
+job's decodes.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from modules.nn.hypertile import HyperTileUNet, TileOptions
+from modules.nn.hypertile import HyperTileUNet, HyperTileVAE, TileOptions
 from modules.nn.unet_patches import with_patch
 from modules.scripts.args import arg
 from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
@@ -54,25 +59,32 @@ class UNetChoice:
     options: TileOptions
 
 
+def setting(plan, name: str, default):
+    """A job setting of A1111's name, or its A1111 default where `Settings` lacks it."""
+    return getattr(plan.settings, name, default)
+
+
 def unet_choice(plan, args: HypertileArgs) -> UNetChoice:
     """The arguments where they enable the U-Net part, else the job's settings."""
-    s = plan.settings
     if args.unet or args.unet_second_pass:
         return UNetChoice(args.unet, args.unet_second_pass,
                           TileOptions(args.max_depth_unet, args.max_tile_unet, args.swap_size_unet))
-    return UNetChoice(s.hypertile_enable_unet, s.hypertile_enable_unet_secondpass,
-                      TileOptions(s.hypertile_max_depth_unet, s.hypertile_max_tile_unet,
-                                  s.hypertile_swap_size_unet))
+    return UNetChoice(
+        setting(plan, "hypertile_enable_unet", False),
+        setting(plan, "hypertile_enable_unet_secondpass", False),
+        TileOptions(setting(plan, "hypertile_max_depth_unet", DEFAULT_UNET.max_depth),
+                    setting(plan, "hypertile_max_tile_unet", DEFAULT_UNET.max_tile),
+                    setting(plan, "hypertile_swap_size_unet", DEFAULT_UNET.swap_size)))
 
 
 def vae_choice(plan, args: HypertileArgs) -> TileOptions | None:
     """The VAE part's options, or None when it is off."""
-    s = plan.settings
     if args.vae:
         return TileOptions(args.max_depth_vae, args.max_tile_vae, args.swap_size_vae)
-    if s.hypertile_enable_vae:
-        return TileOptions(s.hypertile_max_depth_vae, s.hypertile_max_tile_vae,
-                           s.hypertile_swap_size_vae)
+    if setting(plan, "hypertile_enable_vae", False):
+        return TileOptions(setting(plan, "hypertile_max_depth_vae", DEFAULT_VAE.max_depth),
+                           setting(plan, "hypertile_max_tile_vae", DEFAULT_VAE.max_tile),
+                           setting(plan, "hypertile_swap_size_vae", DEFAULT_VAE.swap_size))
     return None
 
 
@@ -115,6 +127,9 @@ class Hypertile(Script):
                                                       DEFAULT_UNET))
         vae = vae_choice(plan, args)
         if vae is not None:
+            # One RNG for the job's decodes (the plan is the job's own: no other job sees it).
+            tiles = HyperTileVAE(vae, random.Random(plan.seeds[0] if plan.seeds else 0))
+            plan.vae_attention = tiles.around
             plan.extra_params["Hypertile VAE"] = True
             plan.extra_params.update(_option_keys("Hypertile VAE", vae, DEFAULT_VAE))
 
