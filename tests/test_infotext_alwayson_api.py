@@ -54,11 +54,10 @@ def test_infotext_without_the_keys_leaves_scripts_alone(client):
     assert "Test key" not in parsed
 
 
-def test_img2img_infotext_fills_alwayson_scripts(runtime):
-    # Checked on the request: img2img's infotext is rebuilt after the scripts' `process`
-    # (modules/pipeline/img2img.py), so a probe's key does not reach its picture yet.
+def test_img2img_infotext_fills_alwayson_scripts(runtime, client):
     from modules.api.generation import apply_infotext
     from modules.api.schemas import Img2ImgRequest
+    from tests.helpers.api_runtime import png_base64
 
     request = Img2ImgRequest(**SMALL, init_images=["x"], infotext=PROBE_TEXT)
     filled = apply_infotext(request, runtime.settings.current, runtime)
@@ -67,3 +66,9 @@ def test_img2img_infotext_fills_alwayson_scripts(runtime):
     request = Img2ImgRequest(**SMALL, init_images=["x"], infotext=PROBE_TEXT,
                              alwayson_scripts=own)
     assert apply_infotext(request, runtime.settings.current, runtime).alwayson_scripts == own
+    # The scripts' keys reach the picture: img2img keeps what `process` wrote.
+    from PIL import Image
+
+    picture = png_base64(Image.new("RGB", (64, 64), (200, 30, 30)))
+    parsed = post(client, "img2img", init_images=[picture], infotext=PROBE_TEXT)
+    assert parsed["Test key"] == "1.25" and "Denoising strength" in parsed

@@ -95,7 +95,10 @@ def img2img(runtime, params: Img2ImgParams) -> Generator[Progress, Command, Gene
     plan.info_fields = {"denoising_strength": p.denoising_strength}
     if plan.loaded.family.is_inpainting:
         plan.info_fields["conditional_mask_weight"] = settings.inpainting_mask_weight
-    plan.extra_params = extra_params(p, noise_multiplier(p, settings), prepared)
+    # img2img's own keys first; those the plan (low bits, refiner) and the scripts' `process`
+    # wrote already are kept after them.
+    plan.extra_params = {**extra_params(p, noise_multiplier(p, settings), prepared),
+                         **plan.extra_params}
     result = new_result(
         plan, is_using_inpainting_conditioning=plan.loaded.family.is_inpainting)
     size = p.batch_size
