@@ -154,3 +154,16 @@ def test_paste_and_send_set_the_alwayson_widgets(runtime):
                                             "img2img_alwayson_test_probe_strength"]
     sent = target.extra_values(None, text)
     assert len(sent) == len(target.extra_outputs) and probe_slice(scripts, sent) == [True, 1.25]
+
+
+def test_the_ui_refuses_a_bad_alwayson_value_before_queuing(runtime):
+    from modules.pipeline.params import Txt2ImgParams
+    from webui.requests import checked_request
+
+    bad = {TITLE: {"args": {"enabled": True, "strength": 7.5}}}  # the maximum is 2.0
+    with pytest.raises(gr.Error, match="strength"):
+        checked_request(runtime, Txt2ImgParams(width=64, height=64, alwayson_scripts=bad),
+                        is_img2img=False)
+    good = {TITLE: {"args": {"enabled": True, "strength": 1.5}}}
+    checked_request(runtime, Txt2ImgParams(width=64, height=64, alwayson_scripts=good),
+                    is_img2img=False)

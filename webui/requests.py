@@ -45,7 +45,12 @@ def check_size_multiple(runtime, params: GenerationParams) -> None:
 
 
 def check_script(runtime, params: GenerationParams, *, is_img2img: bool) -> None:
-    """The selected script exists, its arguments parse, and its own check passes."""
+    """The always-on scripts' arguments parse; the selected script exists, its arguments
+    parse, and its own check passes."""
+    registry = runtime.extensions
+    if registry is not None and params.alwayson_scripts:
+        registry.script_run(alwayson_args=params.alwayson_scripts, is_img2img=is_img2img,
+                            warnings=[])
     if not params.script_name:
         return
     from modules.scripts.selected import resolve_selected
