@@ -101,6 +101,20 @@ def test_cfg_scale_one_works(runtime):
         assert on.images[0].tobytes() != plain.images[0].tobytes(), title
 
 
+def test_both_on_with_a_batch_and_composable_prompts(runtime):
+    fields = dict(prompt="a red circle AND a blue square:0.5", batch_size=2,
+                  negative_prompt="blurry, " * 60)  # over 77 tokens: its own U-Net call
+    plain = generate(runtime, **fields)
+    both = generate(runtime, {PAG: {"args": {"enabled": True, "layers": "mid,up"}},
+                              SAG: {"args": {"enabled": True}}}, **fields)
+    assert len(both.images) == 2 and both.warnings == plain.warnings
+    for on, off in zip(both.images, plain.images):
+        assert on.tobytes() != off.tobytes()
+    parsed = parse_infotext(both.infotexts[1])
+    assert parsed["sag_enabled"] is True or str(parsed["sag_enabled"]) == "True"
+    assert str(parsed["pag_layers"]) == "mid,up"
+
+
 def test_bad_arguments_name_the_field(runtime):
     with pytest.raises(ScriptArgsError, match="layers"):
         parse_args(PAGArgs, {"layers": "mid.*"}, script=PAG)

@@ -60,9 +60,10 @@ def gaussian_blur(x: torch.Tensor, blur_sigma: float) -> torch.Tensor:
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) per head, (B, heads, queries, keys), computed explicitly."""
+    """softmax(q k^T / sqrt(d)) per head, (B, heads, queries, keys), computed explicitly;
+    the softmax in float32 (half-precision scores could overflow), as the sliced kernel."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    return scores.softmax(dim=-1)
+    return scores.softmax(dim=-1, dtype=torch.float32)
 
 
 def attention_mass(probs: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ class AttentionRecorder(UNetPatch):
         for i, row in enumerate(rows):
             self.masses[row] = mass[i]
         self.size = (place.height, place.width)
-        return torch.matmul(probs, v)
+        return torch.matmul(probs.to(v.dtype), v)
 
 
 @dataclass(frozen=True)
