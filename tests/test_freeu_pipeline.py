@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from modules.pipeline.params import Txt2ImgParams
 from modules.pipeline.txt2img import txt2img
-from tests.helpers.api_runtime import make_runtime
+from tests.helpers.api_runtime import make_runtime, png_base64
 from tests.helpers.checkpoints import finish
+from tests.helpers.controlnet import write_tiny_controlnet
+from tests.tiny import TINY_SD15
 
 FREEU = "FreeU Integrated (SD 1.x, SD 2.x, SDXL)"
 SHRINK = "Kohya HRFix Integrated"
@@ -22,7 +26,10 @@ SHRINK = "Kohya HRFix Integrated"
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    rt = make_runtime(tmp_path_factory.mktemp("freeu"))
+    data = tmp_path_factory.mktemp("freeu")
+    write_tiny_controlnet(data / "models" / "ControlNet" / "control_tiny.safetensors",
+                          TINY_SD15.unet, scale=0.2)
+    rt = make_runtime(data)
     yield rt
     rt.jobs.stop()
 
@@ -95,3 +102,18 @@ def test_both_with_hires_fix_leave_the_model_unchanged(runtime):
     assert pixels(both) != pixels(plain)
     assert model_hash(runtime) == before
     assert pixels(run(runtime, **hires)) == pixels(plain)  # the next plain job is untouched
+
+
+def test_deep_shrink_and_freeu_compose_with_controlnet(runtime):
+    """ControlNet's residuals are resized to the shrunk maps (before and after the skip)."""
+    square = np.zeros((64, 64, 3), dtype=np.uint8)
+    square[16:48, 16:48] = 255
+    unit = {"enabled": True, "module": "canny", "model": "control_tiny",
+            "image": png_base64(Image.fromarray(square)), "processor_res": 64}
+    control = {"controlnet": {"args": [unit]}}
+    controlled = run(runtime, control)
+    for after_skip in (True, False):
+        both = run(runtime, {**control, SHRINK: {"args": [True, 1, 2.0, 0.0, 0.5, after_skip]},
+                             FREEU: {"args": [True, 1.5, 1.6, 0.5, 0.4]}})
+        assert both.warnings == [] and pixels(both) != pixels(controlled)
+        assert "ControlNet 0" in both.infotexts[0] and "kohya_hrfix_enabled" in both.infotexts[0]
