@@ -158,3 +158,22 @@ def test_window_hook_adds_the_patch_only_inside_the_window():
         hook(params)
         active.append(bool(params.unet_kwargs.get("patches")))
     assert active == [False, False, True, True, True, True, False, False, False, False]
+
+
+def test_pasted_forge_infotext_fills_both_scripts():
+    from modules.infotext import parse_infotext
+    from modules.pipeline.infotext_fields import infotext_to_alwayson
+
+    text = ("a square\nSteps: 4, Sampler: Euler, freeu_enabled: True, freeu_b1: 1.3, "
+            "freeu_b2: 1.4, freeu_s1: 0.9, freeu_s2: 0.2, freeu_version: 1, "
+            "kohya_hrfix_enabled: True, kohya_hrfix_block_number: 5, "
+            "kohya_hrfix_downscale_factor: 1.5, kohya_hrfix_start_percent: 0.1, "
+            "kohya_hrfix_end_percent: 0.4, kohya_hrfix_downscale_after_skip: False, "
+            "kohya_hrfix_downscale_method: area, kohya_hrfix_upscale_method: bislerp")
+    found = infotext_to_alwayson(parse_infotext(text), [FreeU(), DeepShrink()])
+    assert found[FreeU().title()]["args"] == {"enabled": True, "b1": 1.3, "b2": 1.4, "s1": 0.9,
+                                              "s2": 0.2, "version": "1"}
+    # "bislerp" is not offered: left out, so the field keeps its value.
+    assert found[DeepShrink().title()]["args"] == {
+        "enabled": True, "block_number": 5, "downscale_factor": 1.5, "start_percent": 0.1,
+        "end_percent": 0.4, "downscale_after_skip": False, "downscale_method": "area"}
