@@ -250,5 +250,44 @@ def test_vae_option_through_txt2img(runtime):
     assert on.images[0].tobytes() != plain.images[0].tobytes()
     assert "Hypertile VAE: True" in on.infotexts[0]
     assert "Hypertile VAE swap size: 1" in on.infotexts[0]
-    small = generate(runtime, alwayson_scripts={"Hypertile": {"args": {"vae": True}}})
+    # 64 px: a 32 x 32 latent (the tiny VAE downscales by 2) within one 512 px tile.
+    small = generate(runtime, alwayson_scripts={"Hypertile": {"args": {"vae": True,
+                                                                       "max_tile_vae": 512}}})
     assert small.images[0].tobytes() == generate(runtime).images[0].tobytes()
+
+
+def test_second_pass_option_adds_the_patch_only_to_the_hires_pass():
+    from types import SimpleNamespace
+
+    from modules.sampling.cfg import Hooks
+    from modules.scripts.builtin.hypertile import Hypertile, HypertileArgs
+
+    def hooks_for(second_pass: bool, args: HypertileArgs) -> int:
+        plan = SimpleNamespace(settings=SimpleNamespace(), seeds=[3], second_pass=second_pass,
+                               loaded=SimpleNamespace(family=SimpleNamespace(is_flow=False)))
+        sampling = SimpleNamespace(cfg_hooks=Hooks())
+        Hypertile().process_before_every_sampling(plan, args, sampling)
+        return len(sampling.cfg_hooks.before_model)
+
+    only_hires = HypertileArgs(unet_second_pass=True)
+    assert (hooks_for(False, only_hires), hooks_for(True, only_hires)) == (0, 1)
+    assert (hooks_for(False, HypertileArgs(unet=True)), hooks_for(True, HypertileArgs(unet=True))) \
+        == (1, 1)
+    assert hooks_for(True, HypertileArgs()) == 0
+
+
+@pytest.mark.slow
+def test_second_pass_option_through_hires_fix(runtime):
+    hires = {"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
+             "denoising_strength": 0.6}
+    plain = generate(runtime, 64, **hires)
+    tile = {"swap_size_unet": 1}  # tiles of 32 tokens (256 px / 8)
+    second = generate(runtime, 64, alwayson_scripts={
+        "Hypertile": {"args": {"unet_second_pass": True, **tile}}}, **hires)
+    both = generate(runtime, 64, alwayson_scripts={
+        "Hypertile": {"args": {"unet": True, **tile}}}, **hires)
+    # The tiny VAE downscales by 2: the first pass's 32 x 32 map fits one tile, the hires
+    # pass's 64 x 64 map is split 2 x 2; so only the hires pass can differ.
+    assert second.images[0].tobytes() != plain.images[0].tobytes()
+    assert second.images[0].tobytes() == both.images[0].tobytes()
+    assert "Hypertile U-Net second pass: True" in second.infotexts[0]

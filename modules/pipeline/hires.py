@@ -176,6 +176,7 @@ def prepare(runtime, plan: Plan) -> HiresPass:
         sampling.networks = _networks(runtime, sampling)
         plan.warnings += [w for w in sampling.networks.warnings if w not in plan.warnings]
     plan.passes = sampling.passes = 2
+    sampling.second_pass = True
     plan.refiner, sampling.refiner = split_for_hires(plan.refiner, plan.settings)
     # A1111: the high-res pass merges with its own ratio when set, else the first pass's.
     sampling.token_merging = plan.settings.token_merging_ratio_hr or plan.token_merging

@@ -136,9 +136,7 @@ class Hypertile(Script):
     def process_before_every_sampling(self, plan, args: HypertileArgs,
                                       sampling: SamplingInfo) -> None:
         unet = unet_choice(plan, args)
-        # The hires pass is flagged by the pipeline where it can tell (`second_pass`).
-        second = bool(getattr(sampling, "second_pass", False))
-        wanted = unet.all_passes or (second and unet.second_pass)
+        wanted = unet.all_passes or (plan.second_pass and unet.second_pass)
         if not wanted or sampling.cfg_hooks is None or plan.loaded.family.is_flow:
             return
         patch = HyperTileUNet(unet.options, random.Random(plan.seeds[0] if plan.seeds else 0))
