@@ -291,3 +291,33 @@ def test_second_pass_option_through_hires_fix(runtime):
     assert second.images[0].tobytes() != plain.images[0].tobytes()
     assert second.images[0].tobytes() == both.images[0].tobytes()
     assert "Hypertile U-Net second pass: True" in second.infotexts[0]
+
+
+def test_isolation_with_the_cfg_step_tools(runtime):
+    """Hypertile (U-Net and VAE), CFG Rescale and dynamic thresholding on in one job between
+    two plain jobs: the plain images are identical and the loaded model is unchanged."""
+    import hashlib
+
+    def model_hash() -> str:
+        model = runtime.models.get(None).model
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+    before_hash = model_hash()
+    before = generate(runtime, cfg_scale=9.0)
+    on = generate(runtime, cfg_scale=9.0, alwayson_scripts={
+        "Hypertile": {"args": {"unet": True, "max_tile_unet": 0, "swap_size_unet": 2,
+                               "vae": True, "max_tile_vae": 0}},
+        "CFG Rescale": {"args": {"enabled": True, "phi": 0.5}},
+        "DynamicThresholding (CFG-Fix) Integrated": {"args": {"enabled": True,
+                                                              "mimic_scale": 4.0}}})
+    after = generate(runtime, cfg_scale=9.0)
+    assert on.images[0].tobytes() != before.images[0].tobytes()
+    assert before.images[0].tobytes() == after.images[0].tobytes()
+    assert model_hash() == before_hash
+    for key in ("Hypertile U-Net: True", "Hypertile VAE: True", "CFG Rescale: 0.5",
+                "dynthres_enabled: True"):
+        assert key in on.infotexts[0]
