@@ -149,16 +149,13 @@ def test_txt2img_refusals(client, fields, status, needle):
         assert set(body) >= {"error", "detail"}
 
 
-@pytest.mark.parametrize("path, body", [
-    # create/embedding and train/embedding are real: tests/test_api_training.py covers them.
-    ("/sdapi/v1/interrogate", {"image": "", "model": "clip"}),
-])
-def test_unavailable_routes_say_so(client, path, body):
-    # img2img, extras and hires fix are real now: tests/test_hires.py covers their routes.
-    response = client.post(path, json=body)
-    assert response.status_code == 501
-    assert response.json()["error"] == "NotImplementedError"
-    assert "not available yet" in response.json()["detail"]
+def test_interrogate_without_models_names_the_folder(client):
+    # the whole path with models installed: tests/test_interrogate.py
+    response = client.post("/sdapi/v1/interrogate", json={"image": "", "model": "clip"})
+    assert response.status_code == 404 and response.json()["detail"] == "Image not found"
+    image = png_base64(Image.new("RGB", (8, 8)))
+    response = client.post("/sdapi/v1/interrogate", json={"image": image, "model": "clip"})
+    assert response.status_code == 404 and "models/BLIP/" in response.json()["detail"]
 
 
 def test_png_info_round_trip(client):

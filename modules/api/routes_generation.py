@@ -1,6 +1,6 @@
 """Generation routes: txt2img and img2img through the job queue, extras (upscaling),
-PNG info, creating and training textual-inversion embeddings (as jobs on the queue), and
-the routes whose capability does not exist yet (interrogate), which answer 501.
+PNG info, interrogation (CLIP / DeepBooru captions, `modules/upscaling/interrogate/`), and
+creating and training textual-inversion embeddings (as jobs on the queue).
 
 Handlers are plain `def`s: FastAPI runs them in its thread pool, so a handler waiting
 for its job never blocks the event loop and `/progress` stays responsive.
@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from modules.api.convert import decode_image, encode_png_base64, input_pixel_limit
-from modules.api.errors import ApiError, not_available
+from modules.api.errors import ApiError
 from modules.api.generation import (
     apply_infotext,
     info_dict,
@@ -51,6 +51,13 @@ from modules.training.concept_jobs import (
     validate_embedding_training,
 )
 from modules.upscaling.extras import ExtrasParams, info_html, run_extras, run_extras_batch
+from modules.upscaling.interrogate.service import (
+    InterrogatorMissing,
+    UnknownInterrogator,
+    interrogate,
+    interrogators_of,
+    kind_of,
+)
 from modules.upscaling.registry import upscalers_of
 
 log = logging.getLogger(__name__)
@@ -61,7 +68,7 @@ EXTRAS_FIELDS = ("resize_mode", "upscaling_resize", "upscaling_resize_w", "upsca
 
 
 class GenerationRoutes:
-    """`/sdapi/v1/txt2img`, `/png-info` and the not-yet-available generation routes."""
+    """`/sdapi/v1/txt2img`, `/img2img`, extras, `/png-info`, `/interrogate` and embeddings."""
 
     def __init__(self, runtime) -> None:
         self.runtime = runtime
@@ -147,8 +154,22 @@ class GenerationRoutes:
             return {"html_info": info_html(info),
                     "images": [encode_png_base64(image) for image in results]}
 
-    def interrogate(self, request: InterrogateRequest) -> None:
-        raise not_available("Interrogate (CLIP / DeepBooru captions)")
+    def interrogate(self, request: InterrogateRequest) -> dict[str, str]:
+        """A1111's `{"caption": ...}` by "clip" (BLIP caption + CLIP-ranked terms) or
+        "deepdanbooru" (tags); 404 "Model not found" for another name, 404 naming the
+        folder and file when the model is not installed, 422 for an unusable file."""
+        if not request.image:
+            raise ApiError(404, "Image not found")
+        try:
+            kind_of(request.model)
+            with self.runtime.jobs.side_work:  # a bounded number of these at once
+                image = self._decode(request.image, "image")
+                interrogators_of(self.runtime).check(request.model)
+                return {"caption": interrogate(self.runtime, image, request.model)}
+        except UnknownInterrogator:
+            raise ApiError(404, "Model not found") from None
+        except InterrogatorMissing as error:
+            raise ApiError(404, str(error), error="ModelNotFound") from None
 
     def create_embedding(self, request: CreateEmbeddingRequest) -> dict[str, str]:
         """A1111's answer: `{"info": "create embedding filename: <path>"}`."""

@@ -18,9 +18,12 @@ from typing import Any
 
 import gradio as gr
 
+from modules.errors import without_paths
+from modules.models.errors import ModelLoadError
 from modules.pipeline.img2img_batch import PNG_INFO_PROPS, img2img_batch
 from modules.pipeline.params import MASKED_CONTENT, RESIZE_MODES, GenerationResult, ParamsError
 from modules.pipeline.submit import submit_generation
+from modules.upscaling.interrogate.service import InterrogatorMissing, interrogate
 from webui import img2img_fields as I
 from webui import panel as PN
 from webui.panel_results import build_results, gr_error, poll_job
@@ -55,6 +58,7 @@ def build(runtime) -> Img2ImgTab:
     w: dict[str, Any] = {}
     tools: dict[str, gr.Button] = {}
     top = PN.build_prompt_row(runtime, PREFIX, w)
+    interrogators = _interrogate_row()
     mode = gr.State("img2img")
     with gr.Row(elem_id=f"{PREFIX}_main"):
         with gr.Column(scale=1, elem_id=f"{PREFIX}_settings"):
@@ -80,7 +84,37 @@ def build(runtime) -> Img2ImgTab:
     tab = Img2ImgTab(panel=panel, mode=mode, mode_tabs=mode_tabs, pictures=pictures,
                      batch=batch, inpaint_options=inpaint_options)
     _wire(runtime, tab, tabs)
+    _wire_interrogate(runtime, tab, interrogators)
     return tab
+
+
+def _interrogate_row() -> dict[str, gr.Button]:
+    """A1111's "Interrogate CLIP" / "Interrogate DeepBooru" under the prompts."""
+    with gr.Row(elem_id=f"{PREFIX}_interrogate_row"):
+        return {"clip": gr.Button("Interrogate CLIP", elem_id="interrogate", size="sm"),
+                "deepdanbooru": gr.Button("Interrogate DeepBooru", elem_id="deepbooru",
+                                          size="sm")}
+
+
+def _wire_interrogate(runtime, tab: Img2ImgTab, buttons: dict[str, gr.Button]) -> None:
+    """Each button replaces the prompt with the interrogation of the sub-tab's picture."""
+    for model, button in buttons.items():
+        button.click(lambda mode, *values, m=model: interrogate_prompt(
+            runtime, m, mode, dict(zip(PICTURES, values))),
+            [tab.mode, *tab.picture_inputs()], [tab.panel.fields["prompt"]])
+
+
+def interrogate_prompt(runtime, model: str, mode: str, pictures: dict[str, Any]) -> str:
+    """The caption of the selected sub-tab's picture by `model` ("clip" / "deepdanbooru");
+    a missing picture or model, or an unusable file, is a visible error."""
+    picture = {"img2img": pictures.get("image"), "inpaint_upload": pictures.get("upload")
+               }.get(mode) or I.editor_background(pictures.get(mode))
+    if picture is None:
+        raise gr.Error(f"{I.MODE_TITLES.get(mode, mode)}: add a picture to interrogate first")
+    try:
+        return interrogate(runtime, picture.convert("RGB"), model)
+    except (InterrogatorMissing, ModelLoadError) as error:
+        raise gr.Error(without_paths(str(error))) from error
 
 
 def _mode_tabs() -> tuple[gr.Tabs, dict[str, Any], dict[str, Any], dict[str, gr.Tab]]:

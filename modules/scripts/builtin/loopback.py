@@ -17,8 +17,10 @@ also put in a one-row grid, first in the result (`return_grid`). Each image keep
 its own infotext (A1111 gives every image the first pass's), with the keys
 `Final denoising strength` and `Denoising curve`.
 
-Not supported: appending an interrogated caption to the prompt each loop (A1111's
-`append_interrogation` must be "None" here).
+With `append_interrogation` "CLIP" or "DeepBooru" every pass's prompt is the request's
+prompt, ", " and the interrogation of that pass's init image (A1111's behaviour; the
+interrogators of `modules/upscaling/interrogate/`); a missing model is refused before
+the job is queued, naming the folder and file expected.
 """
 
 from __future__ import annotations
@@ -32,10 +34,16 @@ from modules.imaging.grid import image_grid
 from modules.scripts.args import ScriptArgsError, arg
 from modules.scripts.base import Script, ScriptProcessing
 from modules.scripts.builtin import common
+from modules.upscaling.interrogate.service import (
+    InterrogatorMissing,
+    interrogate,
+    interrogators_of,
+)
 
 TITLE = "Loopback"
 CURVES: tuple[str, ...] = ("Aggressive", "Linear", "Lazy")
 INTERROGATORS: tuple[str, ...] = ("None", "CLIP", "DeepBooru")
+INTERROGATOR_MODELS = {"CLIP": "clip", "DeepBooru": "deepdanbooru"}
 
 
 def denoising_strength(initial: float, final: float, curve: str, loop: int, loops: int) -> float:
@@ -69,10 +77,13 @@ class Loopback(Script):
         return is_img2img
 
     def check(self, runtime, params, args: "Loopback.Args") -> None:
-        if args.append_interrogation != "None":
+        if args.append_interrogation == "None":
+            return
+        try:
+            interrogators_of(runtime).check(INTERROGATOR_MODELS[args.append_interrogation])
+        except InterrogatorMissing as error:
             raise ScriptArgsError(TITLE, "append_interrogation",
-                                  f"{args.append_interrogation!r} is not available (no "
-                                  "interrogator is installed); use 'None'")
+                                  f"{args.append_interrogation!r}: {error}") from None
 
     def run(self, p: ScriptProcessing, args: "Loopback.Args"):
         params = common.fixed_seed_params(common.resolve_scale_by(p.params))
@@ -111,6 +122,9 @@ class Loopback(Script):
                                           args.denoising_curve, i, args.loops)
             job = dataclasses.replace(job, seed=params.seed + number * args.loops + i,
                                       denoising_strength=strength)
+            if args.append_interrogation != "None":
+                job = dataclasses.replace(job, prompt=interrogated_prompt(
+                    p.runtime, params.prompt, job.init_images[0], args.append_interrogation))
             part = yield from p.process(job)
             if part.interrupted or not part.images:
                 part.interrupted = True
@@ -120,3 +134,9 @@ class Loopback(Script):
                 common.append(collect, part)
             job = dataclasses.replace(job, init_images=[part.images[0]], inpainting_fill=1)
         return last
+
+
+def interrogated_prompt(runtime, prompt: str, image, interrogator: str) -> str:
+    """A1111's loop prompt: the request's prompt, ", " and the pass's interrogation."""
+    caption = interrogate(runtime, image, INTERROGATOR_MODELS[interrogator])
+    return f"{prompt}, {caption}" if prompt else caption
