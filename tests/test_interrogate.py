@@ -323,3 +323,57 @@ def test_loopback_refuses_a_missing_interrogator(empty_client):
             "script_args": [2, 0.5, "Linear", "CLIP"]}
     response = client.post("/sdapi/v1/img2img", json=body)
     assert response.status_code == 422 and "models/BLIP/" in response.text
+
+
+def test_img2img_tab_wires_both_buttons_to_the_prompt(runtime):
+    from webui.tabs import img2img
+
+    with gr.Blocks() as blocks:
+        tab = img2img.build(runtime)
+    buttons = {c["props"].get("elem_id"): c["id"] for c in blocks.config["components"]
+               if c["props"].get("value") in ("Interrogate CLIP", "Interrogate DeepBooru")}
+    assert set(buttons) == {"interrogate", "deepbooru"}
+    prompt = tab.panel.fields["prompt"]._id
+    wired = {}
+    for fn in blocks.fns.values():
+        for block_id, event in fn.targets:
+            if block_id in buttons.values() and event == "click":
+                assert [o._id for o in fn.outputs] == [prompt]
+                wired[block_id] = fn.fn
+    assert set(wired) == set(buttons.values())
+    pictures = [picture() if name == "image" else None for name in img2img.PICTURES]
+    assert wired[buttons["deepbooru"]]("img2img", *pictures) == \
+        "1girl, long hair, red \\(color\\)"
+
+
+def test_blip_bin_weights_load_through_the_allow_list_unpickler(data, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    models = tmp_path / "models"
+    shutil.copytree(data / "models", models)
+    folder = models / "BLIP" / "tiny"
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    settings = {**DEFAULTS, "interrogate_clip_max_length": 10, "interrogate_clip_min_length": 4}
+    assert Interrogators(models).interrogate(picture(), "clip", settings) == \
+        Interrogators(data / "models").interrogate(picture(), "clip", settings)
+
+
+@pytest.mark.slow
+def test_full_size_deepbooru_file_loads_by_name_and_tags(tmp_path):
+    """The real layer shapes (base 64, 9176 tags, about 600 MB) saved as A1111's file."""
+    from modules.models.interrogate_files import load_deepbooru
+
+    network = DeepDanbooruNet()
+    tags = [f"tag_{i}" for i in range(9176)]
+    path = tmp_path / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({**network.state_dict(), "tags": tags}, path)
+    del network
+    loaded, names = load_deepbooru(tmp_path / "models", torch.device("cpu"))
+    assert names == tags and sum(p.numel() for p in loaded.parameters()) > 100_000_000
+    with torch.inference_mode():
+        scores = loaded(torch.rand(1, 512, 512, 3))
+    assert scores.shape == (1, 9176) and bool(((scores >= 0) & (scores <= 1)).all())

@@ -11,7 +11,8 @@ Flux transformer names to BFL's);
 `loader.py` builds an `SDModel`; `manager.py` holds the loaded model, VAE choice and
 hash cache; `patcher.py` gives per-job clones with LoRA patches; `offload.py` moves
 components for --medvram / --lowvram; `merge*.py` is the Checkpoint Merger;
-`folders.py` walks every kind of model folder by one rule for links.
+`folders.py` walks every kind of model folder by one rule for links;
+`interrogate_files.py` finds and loads the interrogators' BLIP / CLIP / DeepBooru files.
 SD3 / SD3.5 / Flux.1: `flow_families.py` declares them, `flow_detection.py` recognises
 files and parts from headers, `flow_parts.py` finds separate text encoders / VAEs,
 `flow_loader.py` plans a load (every layout), `flow_model.py` assembles the `FlowModel`,

@@ -110,6 +110,7 @@ def load_transformers(cls, folder: Path):
             model = cls(config)
             state = load_pickle_checkpoint(folder / "pytorch_model.bin", mmap=False)
             missing, _ = model.load_state_dict(state, strict=False)
+            missing = _untied(model, state, missing)
         else:
             model, info = cls.from_pretrained(folder, local_files_only=True,
                                               use_safetensors=True, output_loading_info=True)
@@ -123,6 +124,15 @@ def load_transformers(cls, folder: Path):
         raise ModelLoadError(folder, f"weights missing from the file: {', '.join(missing[:3])}"
                                      + (" ..." if len(missing) > 3 else ""))
     return model.eval()
+
+
+def _untied(model, state: dict, missing: list[str]) -> list[str]:
+    """`missing` less the weights tied to loaded ones (BLIP's decoder shares the word
+    embeddings; a file need not store them twice)."""
+    model.tie_weights()
+    named = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {id(named[key]) for key in state if key in named}
+    return [key for key in missing if id(named.get(key)) not in loaded]
 
 
 def _first_line(error: BaseException) -> str:

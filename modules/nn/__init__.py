@@ -8,7 +8,8 @@ name: `unet*.py`, `autoencoder.py` / `vae_blocks.py` / `vae_tiled.py`, `controln
 XXL through transformers' `T5EncoderModel`), `attention.py`
 (SDPA, sliced, xformers), `token_merging.py`, `configs.py` (typed dataclasses),
 `lowbit.py` (layers keeping float8 / GGUF weights, dequantized per call) with
-`gguf_quants.py` (GGML block formats in torch).
+`gguf_quants.py` (GGML block formats in torch), `deepbooru.py` (DeepDanbooru's tagger
+ResNet, TorchDeepDanbooru names).
 May import: torch, transformers, gguf (GGML type names and block sizes) and other `nn/`
 files only: it knows nothing of prompts, files or HTTP.
 """

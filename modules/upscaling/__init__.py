@@ -4,7 +4,8 @@
 folders); `files.py` / `keys.py` read ESRGAN-family files safely, `rrdbnet.py` and
 `network.py` are our own networks, `spandrel_models.py` runs other architectures
 through spandrel, in the app or in the separate environment through `remote.py` and
-`worker.py`; `extras.py` / `extras_jobs.py` are the Extras operations.
+`worker.py`; `extras.py` / `extras_jobs.py` are the Extras operations; `interrogate/` is
+the CLIP and DeepBooru interrogators (a prompt from a picture).
 May import: models (safe readers), imaging, errors, paths, and `app.bootstrap_upscalers`
 for the environment's location; never `pipeline/`, `api/` or `webui/`.
 """
