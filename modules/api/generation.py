@@ -6,8 +6,9 @@ scripts' arguments it carries (`Script.infotext_fields`) to `alwayson_scripts`; 
 `sampler_name or sampler_index` (legacy "DPM++ 2M Karras" names are split); styles
 are merged from `styles.csv`; `save_images` decides saving. Everything is checked
 before the job is queued, so a bad request fails at once with the field named.
-Options whose capability Easel does not have yet (face restoration, tiling)
-are refused with a clear error, never silently ignored; `script_name` and
+Options whose capability Easel does not have yet (tiling) are refused with a clear
+error, never silently ignored; `restore_faces` needs the chosen restorer's file (a
+422 naming the folder and file otherwise: docs/face_restoration.md); `script_name` and
 `alwayson_scripts` must name installed scripts, with args their `Args` accept. img2img requests are
 converted by `to_img2img_params` (init images and mask decoded from base64 or URLs).
 """
@@ -157,10 +158,23 @@ def check_script_params(params, runtime) -> None:
 
 def refuse_unavailable(request: GenerationRequest) -> None:
     """Capabilities that do not exist yet."""
-    if request.restore_faces:
-        raise not_available("Face restoration (restore_faces)")
     if request.tiling:
         raise not_available("Tiling (tiling)")
+
+
+def check_restore_faces(request: GenerationRequest, runtime) -> bool:
+    """`restore_faces`, unset meaning the `face_restoration` setting (A1111); when on, the
+    chosen restorer's file must be installed (422 naming the folder and the file)."""
+    settings = runtime.settings.current
+    wanted = request.restore_faces
+    if wanted is None:
+        wanted = bool(getattr(settings, "face_restoration", False))
+    if wanted:
+        from modules.pipeline.output import face_model_name
+        from modules.upscaling.face_registry import face_restorers_of
+
+        face_restorers_of(runtime).path_for(face_model_name(settings))
+    return bool(wanted)
 
 
 def check_refiner(runtime, name: str | None) -> str | None:
@@ -286,6 +300,7 @@ def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
     return dict(
         prompt=prompt, negative_prompt=negative, styles=styles, sampler_name=sampler,
         scheduler=scheduler, override_settings=overrides, tiling=False,
+        restore_faces=check_restore_faces(request, runtime),
         do_not_save_samples=not request.save_images, do_not_save_grid=not request.save_images,
         script_name=request.script_name or None, script_args=list(request.script_args or []),
         alwayson_scripts=dict(request.alwayson_scripts or {}),
@@ -312,7 +327,9 @@ def info_dict(request: GenerationRequest, params, result: GenerationResult,
         "width": params.width, "height": params.height,
         "sampler_name": extra.get("sampler_name", params.sampler_name),
         "cfg_scale": params.cfg_scale, "steps": params.steps, "batch_size": params.batch_size,
-        "restore_faces": bool(request.restore_faces), "face_restoration_model": None,
+        "restore_faces": bool(params.restore_faces),
+        "face_restoration_model": (dict(params.override_settings or {}).get(
+            "face_restoration_model") or "CodeFormer") if params.restore_faces else None,
         "sd_model_name": extra.get("sd_model_name"), "sd_model_hash": extra.get("sd_model_hash"),
         "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": params.seed_resize_from_w,

@@ -51,6 +51,7 @@ from modules.training.concept_jobs import (
     validate_embedding_training,
 )
 from modules.upscaling.extras import ExtrasParams, info_html, run_extras, run_extras_batch
+from modules.upscaling.face_registry import face_restorers_of
 from modules.upscaling.interrogate.service import (
     InterrogatorMissing,
     UnknownInterrogator,
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 
 EXTRAS_FIELDS = ("resize_mode", "upscaling_resize", "upscaling_resize_w", "upscaling_resize_h",
                  "upscaling_crop", "upscaler_1", "upscaler_2", "extras_upscaler_2_visibility",
-                 "gfpgan_visibility", "codeformer_visibility")
+                 "gfpgan_visibility", "codeformer_visibility", "codeformer_weight")
 
 
 class GenerationRoutes:
@@ -140,7 +141,8 @@ class GenerationRoutes:
             image = self._decode(request.image, "image")
             result, info = run_extras(upscalers_of(self.runtime), image,
                                       self._extras_params(request), settings,
-                                      max_pixels=input_pixel_limit(self.runtime))
+                                      max_pixels=input_pixel_limit(self.runtime),
+                                      faces=face_restorers_of(self.runtime))
             return {"html_info": info_html(info), "image": encode_png_base64(result)}
 
     def extra_batch(self, request: ExtrasBatchImagesRequest) -> dict[str, Any]:
@@ -150,7 +152,8 @@ class GenerationRoutes:
                       for index, item in enumerate(request.imageList)]
             results, info = run_extras_batch(upscalers_of(self.runtime), images,
                                              self._extras_params(request), settings,
-                                             max_pixels=input_pixel_limit(self.runtime))
+                                             max_pixels=input_pixel_limit(self.runtime),
+                                             faces=face_restorers_of(self.runtime))
             return {"html_info": info_html(info),
                     "images": [encode_png_base64(image) for image in results]}
 

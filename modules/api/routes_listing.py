@@ -80,7 +80,7 @@ class ListingRoutes:
             ("samplers", self.samplers), ("schedulers", self.schedulers),
             ("upscalers", self.upscalers), ("latent-upscale-modes", self.latent_upscale_modes),
             ("sd-models", self.sd_models), ("sd-vae", self.sd_vae), ("sd-modules", self.sd_modules),
-            ("hypernetworks", self.hypernetworks), ("face-restorers", self.empty_list),
+            ("hypernetworks", self.hypernetworks), ("face-restorers", self.face_restorers),
             ("realesrgan-models", self.realesrgan_models), ("prompt-styles", self.prompt_styles),
             ("embeddings", self.embeddings), ("loras", self.loras), ("scripts", self.scripts),
             ("script-info", self.script_info), ("extensions", self.extensions),
@@ -95,6 +95,13 @@ class ListingRoutes:
 
     def schedulers(self) -> list[dict[str, Any]]:
         return [scheduler_item(spec) for spec in R.SCHEDULERS]
+
+    def face_restorers(self) -> list[dict[str, Any]]:
+        """A1111's `[{name, cmd_dir}]`: the restorers whose files are installed."""
+        from modules.upscaling.face_registry import face_restorers_of
+
+        return [{"name": info.name, "cmd_dir": info.cmd_dir}
+                for info in face_restorers_of(self.runtime).list()]
 
     def upscalers(self) -> list[dict[str, Any]]:
         from modules.upscaling.registry import upscalers_of

@@ -67,6 +67,8 @@ def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
     plan.scripts.call("postprocess_batch", plan, decoded)
     for offset, image in enumerate(decoded.images):
         index = part.start + offset
+        if plan.params.restore_faces:  # A1111: right after decode, before the overlay
+            image = restore_faces(runtime, plan.settings, image)
         if finish is not None:
             image = finish(index, image)
         hooked = PostprocessImage(image=image, index=index)
@@ -85,6 +87,20 @@ def collect_batch(runtime, plan: Plan, part: slice, latents: torch.Tensor,
             plan.scripts.image_saved(image, plan, path, infotext)
 
 
+def face_model_name(settings) -> str:
+    """A1111's `face_restoration_model` ("CodeFormer" by default)."""
+    return getattr(settings, "face_restoration_model", None) or "CodeFormer"
+
+
+def restore_faces(runtime, settings, image: Image.Image) -> Image.Image:
+    """A1111's "Restore faces": the chosen restorer at full visibility, CodeFormer with
+    the `code_former_weight` setting (`modules/upscaling/face_registry.py`)."""
+    from modules.upscaling.face_registry import face_restorers_of
+
+    weight = float(getattr(settings, "code_former_weight", 0.5))
+    return face_restorers_of(runtime).restore(image, face_model_name(settings), weight)
+
+
 def infotext_for(runtime, plan: Plan, index: int) -> str:
     p, settings, loaded = plan.params, plan.settings, plan.loaded
     info = GenerationInfo(
@@ -101,6 +117,7 @@ def infotext_for(runtime, plan: Plan, index: int) -> str:
         sampler_uses_ensd=plan.sampler.uses_ensd and (p.eta if p.eta is not None
                                                       else settings.eta_ancestral) != 0,
         randn_source=settings.randn_source, tiling=p.tiling,
+        face_restoration=face_model_name(settings) if p.restore_faces else None,
         **{"token_merging_ratio": plan.token_merging, **plan.info_fields},
     )
     version = runtime.version if settings.add_version_to_infotext else None

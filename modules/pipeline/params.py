@@ -48,6 +48,7 @@ class GenerationParams:
     width: int = 512
     height: int = 512
     tiling: bool = False
+    restore_faces: bool = False  # face restoration after decode (face_restoration_model)
     eta: float | None = None
     s_min_uncond: float | None = None
     s_churn: float | None = None

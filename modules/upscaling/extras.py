@@ -3,8 +3,9 @@
 A1111's "Upscale" postprocessing (docs/a1111-semantics.md, "Extras upscaling"): "Scale by" a factor,
 or "Scale to" width x height (the factor that covers the box, then an optional centre crop to
 exactly that size); "Upscaler 1", and "Upscaler 2" blended over it with a visibility
-weight. Upscaler 1 "None" leaves the image as it is. Face restoration (GFPGAN,
-CodeFormer) is not available yet and is refused when asked for.
+weight. Upscaler 1 "None" leaves the image as it is. Then, in A1111's order, face
+restoration: GFPGAN blended over the picture by `gfpgan_visibility`, then CodeFormer
+(fidelity `codeformer_weight`) by `codeformer_visibility` (`face_registry.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from PIL import Image
 
 from modules.errors import ParamsError, require_number
 from modules.imaging.decode import DEFAULT_MAX_INPUT_PIXELS
+from modules.upscaling.face_registry import FaceRestorers
 from modules.upscaling.registry import UpscalerRegistry
 
 
@@ -32,6 +34,7 @@ class ExtrasParams:
     extras_upscaler_2_visibility: float = 0.0
     gfpgan_visibility: float = 0.0
     codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
 
     def validate(self, names: list[str]) -> None:
         if self.resize_mode not in (0, 1):
@@ -47,9 +50,8 @@ class ExtrasParams:
             if getattr(self, name) not in names:
                 raise ParamsError(name, f"unknown upscaler {getattr(self, name)!r}; "
                                         f"available: {', '.join(names)}")
-        for name in ("gfpgan_visibility", "codeformer_visibility"):
-            if getattr(self, name):
-                raise ParamsError(name, "face restoration is not available yet")
+        for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+            require_number(name, getattr(self, name), 0, 1)
 
 
 def _upscale(registry: UpscalerRegistry, image: Image.Image, name: str, p: ExtrasParams,
@@ -89,16 +91,35 @@ def _check_result_size(image: Image.Image, scale: float, p: ExtrasParams,
                                      f"{image.width}x{image.height}); at least 8 px is needed")
 
 
+def _restore_faces(faces: FaceRestorers | None, image: Image.Image, p: ExtrasParams,
+                   info: dict) -> Image.Image:
+    """A1111's GFPGAN then CodeFormer postprocessing, each blended by its visibility."""
+    steps = (("GFPGAN", p.gfpgan_visibility, 0.5), ("CodeFormer", p.codeformer_visibility,
+                                                    p.codeformer_weight))
+    for name, visibility, weight in steps:
+        if visibility <= 0:
+            continue
+        if faces is None:
+            raise ParamsError(f"{name.lower()}_visibility", "face restoration is not "
+                                                            "available here")
+        image = faces.apply(image, name, weight=weight, visibility=visibility)
+        info[f"{name} visibility"] = visibility
+        if name == "CodeFormer":
+            info["CodeFormer weight"] = weight
+    return image
+
+
 def run_extras(registry: UpscalerRegistry, image: Image.Image, p: ExtrasParams,
-               settings, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS
-               ) -> tuple[Image.Image, dict]:
-    """One image through the upscale step; returns it and its info entries. A result over
+               settings, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+               faces: FaceRestorers | None = None) -> tuple[Image.Image, dict]:
+    """One image through the upscale step, then face restoration (`faces`, when the
+    visibilities ask for it); returns it and its info entries. A result over
     `max_pixels` pixels is refused before upscaling."""
     p.validate(registry.names())
     info: dict = {}
     image = image.convert("RGB")
     if p.upscaler_1 == "None":
-        return image, info
+        return _restore_faces(faces, image, p, info), info
     first = _upscale(registry, image, p.upscaler_1, p, settings, info, max_pixels)
     info["Postprocess upscaler"] = p.upscaler_1
     if p.upscaler_2 != "None" and p.extras_upscaler_2_visibility > 0:
@@ -108,15 +129,16 @@ def run_extras(registry: UpscalerRegistry, image: Image.Image, p: ExtrasParams,
         first = Image.blend(first, second, p.extras_upscaler_2_visibility)
         info["Postprocess upscaler 2"] = p.upscaler_2
         info["Postprocess upscaler 2 visibility"] = p.extras_upscaler_2_visibility
-    return first, info
+    return _restore_faces(faces, first, p, info), info
 
 
 def run_extras_batch(registry: UpscalerRegistry, images: list[Image.Image], p: ExtrasParams,
-                     settings, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS
-                     ) -> tuple[list[Image.Image], dict]:
+                     settings, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+                     faces: FaceRestorers | None = None) -> tuple[list[Image.Image], dict]:
     results, info = [], {}
     for image in images:
-        result, info = run_extras(registry, image, p, settings, max_pixels=max_pixels)
+        result, info = run_extras(registry, image, p, settings, max_pixels=max_pixels,
+                                  faces=faces)
         results.append(result)
     return results, info
 

@@ -25,6 +25,7 @@ from modules.errors import ParamsError
 from modules.imaging.decode import DEFAULT_MAX_INPUT_PIXELS, check_size
 from modules.imaging.save import read_infotext, save_image
 from modules.upscaling.extras import ExtrasParams, run_extras
+from modules.upscaling.face_registry import face_restorers_of
 from modules.upscaling.registry import upscalers_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -64,7 +65,8 @@ def run_extras_job(runtime, job: ExtrasJob) -> ExtrasOutcome:
     outcome = ExtrasOutcome(images=[], info={}, saved_paths=[], warnings=warnings)
     for name, image in sources:
         _check_size(image, job.params)
-        result, outcome.info = run_extras(registry, image, job.params, settings)
+        result, outcome.info = run_extras(registry, image, job.params, settings,
+                                          faces=face_restorers_of(runtime))
         outcome.saved_paths.append(str(_save(result, image, name, folder, job, settings,
                                              outcome.info)))
         if job.show_results:

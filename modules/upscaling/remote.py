@@ -141,3 +141,15 @@ class RemoteModel:
             self.worker.request({"op": "unload", "path": str(self.path)})
         except WorkerError:
             pass  # a stopped worker holds nothing
+
+
+def restore_faces_remote(worker: SpandrelWorker, path: Path, image: Image.Image,
+                         weight: float) -> tuple[Image.Image, list[list[int]]]:
+    """`image` with its faces restored by the face model at `path`, in the worker
+    (`worker.py`'s "faces" op); also the boxes the paste-back changed."""
+    image = image.convert("RGB")
+    header, payload = worker.request(
+        {"op": "faces", "path": str(path), "weight": float(weight), "width": image.width,
+         "height": image.height}, image.tobytes())
+    restored = Image.frombytes("RGB", (header["width"], header["height"]), payload)
+    return restored, list(header.get("boxes", []))

@@ -13,7 +13,10 @@ Protocol (`remote.py` is the other end): each message is one JSON line, followed
 `payload` bytes of raw RGB pixels when the header says so. Requests:
 `{"op": "load", "path"}` -> `{"ok", "scale", "arch"}`;
 `{"op": "run", "path", "width", "height", "tile", "overlap", "payload"}` + pixels ->
-`{"ok", "width", "height", "payload"}` + pixels; `{"op": "unload", "path"}`.
+`{"ok", "width", "height", "payload"}` + pixels; `{"op": "unload", "path"}`;
+`{"op": "faces", "path", "weight", "width", "height", "payload"}` + pixels -> the
+picture with its faces restored by the face model at `path` (`face_restore.py`), with
+`"boxes"`: the regions the paste-back changed.
 A failure answers `{"ok": false, "error": "..."}` and the worker keeps serving. The
 worker exits when its stdin closes (the app ended); it needs no signal, so the app
 stops it the same way on Windows and POSIX (closing the pipe, else `Popen.kill`).
@@ -31,6 +34,7 @@ from typing import BinaryIO
 import torch
 from PIL import Image
 
+from modules.upscaling.face_models import FaceModel, FaceModelError, load_face_model
 from modules.upscaling.files import load_weights
 from modules.upscaling.network import UpscaleModel
 from modules.upscaling.spandrel_models import SpandrelError, load_spandrel
@@ -61,6 +65,7 @@ class Worker:
     def __init__(self, *, device: torch.device) -> None:
         self.device = device
         self.models: dict[str, tuple[tuple, UpscaleModel]] = {}
+        self.face_models: dict[str, tuple[tuple, FaceModel]] = {}
 
     def model(self, path: str) -> UpscaleModel:
         stat = os.stat(path)
@@ -70,6 +75,29 @@ class Worker:
             file = Path(path)
             self.models[path] = (stamp, load_spandrel(load_weights(file), file, self.device))
         return self.models[path][1]
+
+    def face_model(self, path: str) -> FaceModel:
+        stat = os.stat(path)
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self.face_models.get(path)
+        if cached is None or cached[0] != stamp:
+            file = Path(path)
+            self.face_models.clear()  # one face model at a time: they are large
+            self.face_models[path] = (stamp, load_face_model(load_weights(file), file,
+                                                             self.device))
+        return self.face_models[path][1]
+
+    def faces(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
+        import numpy as np
+
+        from modules.upscaling.face_restore import restore_faces
+
+        size = (int(header["width"]), int(header["height"]))
+        image = np.asarray(Image.frombytes("RGB", size, payload))
+        out, done = restore_faces(image, self.face_model(header["path"]),
+                                  float(header.get("weight", 0.5)))
+        return {"ok": True, "width": size[0], "height": size[1],
+                "boxes": [[int(v) for v in face.box] for face in done]}, out.tobytes()
 
     def handle(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
         op, path = header.get("op"), header.get("path", "")
@@ -82,8 +110,11 @@ class Worker:
             out = self.model(path).apply(image, tile=int(header["tile"]),
                                          overlap=int(header["overlap"]))
             return {"ok": True, "width": out.width, "height": out.height}, out.tobytes()
+        if op == "faces":
+            return self.faces(header, payload)
         if op == "unload":
             self.models.pop(path, None)
+            self.face_models.pop(path, None)
             return {"ok": True}, b""
         return {"ok": False, "error": f"unknown op {op!r}"}, b""
 
@@ -92,7 +123,7 @@ def serve(requests: BinaryIO, answers: BinaryIO, worker: Worker) -> None:
     while (message := read_message(requests)) is not None:
         try:
             header, payload = worker.handle(*message)
-        except SpandrelError as error:  # its message names the file already
+        except (SpandrelError, FaceModelError) as error:  # its message names the file
             header, payload = {"ok": False, "error": str(error)}, b""
         except Exception as error:  # reported to the app, which names the file
             header, payload = {"ok": False, "error": f"{type(error).__name__}: {error}"}, b""

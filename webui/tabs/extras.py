@@ -18,7 +18,7 @@ import gradio as gr
 from modules.pipeline.params import ParamsError
 from modules.upscaling.extras import ExtrasParams
 from modules.upscaling.extras_jobs import ExtrasJob, run_extras_job
-from modules.upscaling.registry import upscalers_of
+from modules.upscaling.registry import UpscalerError, upscalers_of
 from webui.panel_results import error_html, error_message
 from webui.widgets import REFRESH_SYMBOL, tool_button
 
@@ -29,6 +29,8 @@ LABELS = {
     "upscaling_resize": "Resize", "upscaling_resize_w": "Width", "upscaling_resize_h": "Height",
     "upscaler_1": "Upscaler 1", "upscaler_2": "Upscaler 2",
     "extras_upscaler_2_visibility": "Upscaler 2 visibility",
+    "gfpgan_visibility": "GFPGAN Visibility", "codeformer_visibility": "CodeFormer Visibility",
+    "codeformer_weight": "CodeFormer Weight (0 = maximum effect, 1 = minimum effect)",
 }
 
 
@@ -52,6 +54,7 @@ def build(runtime) -> ExtrasTab:
             image = _inputs(f, mode)
             generate = gr.Button("Generate", variant="primary", elem_id="extras_generate")
             _upscale_section(f, resize_mode, names)
+            _face_section(f)
         with gr.Column():
             gallery = gr.Gallery(label="Result", format="png", columns=2, height=512,
                                  object_fit="contain", elem_id="extras_gallery",
@@ -121,9 +124,19 @@ def _upscale_section(f: dict[str, Any], resize_mode: gr.State, names: list[str])
             elem_id="extras_upscaler_2_visibility")
 
 
+def _face_section(f: dict[str, Any]) -> None:
+    """A1111's GFPGAN and CodeFormer postprocessing sliders (restorers from
+    models/GFPGAN/ and models/Codeformer/; docs/face_restoration.md)."""
+    with gr.Group(elem_id="extras_face_restoration"):
+        for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+            f[name] = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label=LABELS[name],
+                                elem_id=f"extras_{name}")
+
+
 VALUE_FIELDS = ("files", "input_dir", "output_dir", "show_results", "upscaling_resize",
                 "upscaling_resize_w", "upscaling_resize_h", "upscaling_crop", "upscaler_1",
-                "upscaler_2", "extras_upscaler_2_visibility")
+                "upscaler_2", "extras_upscaler_2_visibility", "gfpgan_visibility",
+                "codeformer_visibility", "codeformer_weight")
 
 
 def _wire(runtime, tab: ExtrasTab) -> None:
@@ -151,7 +164,10 @@ def job_from_values(values: dict[str, Any]) -> ExtrasJob:
         upscaling_resize_h=int(values["upscaling_resize_h"]),
         upscaling_crop=bool(values["upscaling_crop"]), upscaler_1=values["upscaler_1"] or "None",
         upscaler_2=values["upscaler_2"] or "None",
-        extras_upscaler_2_visibility=float(values["extras_upscaler_2_visibility"]))
+        extras_upscaler_2_visibility=float(values["extras_upscaler_2_visibility"]),
+        gfpgan_visibility=float(values.get("gfpgan_visibility") or 0),
+        codeformer_visibility=float(values.get("codeformer_visibility") or 0),
+        codeformer_weight=float(values.get("codeformer_weight") or 0))
     files = values.get("files") or []
     return ExtrasJob(mode=values["mode"], image=values.get("image"),
                      files=[getattr(f, "name", f) for f in files],
@@ -166,6 +182,8 @@ def process(runtime, values: dict[str, Any]) -> tuple[list, str]:
         outcome = run_extras_job(runtime, job_from_values(values))
     except ParamsError as error:
         raise gr.Error(f"{LABELS.get(error.field, error.field)}: {error.reason}") from error
+    except UpscalerError as error:  # a restorer or upscaler file missing or unusable
+        raise gr.Error(str(error)) from error
     text = "<p>" + html.escape(", ".join(f"{k}: {v}" for k, v in outcome.info.items())) + "</p>"
     if outcome.warnings:
         text += "".join(f"<p class='extras-warning'>{html.escape(w)}</p>"
