@@ -6,9 +6,8 @@ scripts' arguments it carries (`Script.infotext_fields`) to `alwayson_scripts`; 
 `sampler_name or sampler_index` (legacy "DPM++ 2M Karras" names are split); styles
 are merged from `styles.csv`; `save_images` decides saving. Everything is checked
 before the job is queued, so a bad request fails at once with the field named.
-Options whose capability Easel does not have yet (tiling) are refused with a clear
-error, never silently ignored; `restore_faces` needs the chosen restorer's file (a
-422 naming the folder and file otherwise: docs/face_restoration.md); `script_name` and
+`restore_faces` needs the chosen restorer's file (a 422 naming the folder and file
+otherwise: docs/face_restoration.md); `script_name` and
 `alwayson_scripts` must name installed scripts, with args their `Args` accept. img2img requests are
 converted by `to_img2img_params` (init images and mask decoded from base64 or URLs).
 """
@@ -20,7 +19,7 @@ import time
 from typing import Any
 
 from modules.api.convert import decode_image, input_pixel_limit
-from modules.api.errors import ApiError, not_available
+from modules.api.errors import ApiError
 from modules.api.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from modules.errors import without_paths
 from modules.infotext import parse_infotext
@@ -156,12 +155,6 @@ def check_script_params(params, runtime) -> None:
         raise ApiError(422, str(error)) from error
 
 
-def refuse_unavailable(request: GenerationRequest) -> None:
-    """Capabilities that do not exist yet."""
-    if request.tiling:
-        raise not_available("Tiling (tiling)")
-
-
 def check_restore_faces(request: GenerationRequest, runtime) -> bool:
     """`restore_faces`, unset meaning the `face_restoration` setting (A1111); when on, the
     chosen restorer's file must be installed (422 naming the folder and the file)."""
@@ -290,7 +283,6 @@ def to_img2img_params(request: Img2ImgRequest, runtime) -> Img2ImgParams:
 
 def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
     """The fields txt2img and img2img share, checked and resolved."""
-    refuse_unavailable(request)
     check_scripts(request, runtime)
     sampler, scheduler = resolve_sampler_names(request)
     styles = list(request.styles or [])
@@ -299,7 +291,7 @@ def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
     overrides = check_overrides(runtime, dict(request.override_settings or {}))
     return dict(
         prompt=prompt, negative_prompt=negative, styles=styles, sampler_name=sampler,
-        scheduler=scheduler, override_settings=overrides, tiling=False,
+        scheduler=scheduler, override_settings=overrides, tiling=bool(request.tiling),
         restore_faces=check_restore_faces(request, runtime),
         do_not_save_samples=not request.save_images, do_not_save_grid=not request.save_images,
         script_name=request.script_name or None, script_args=list(request.script_args or []),

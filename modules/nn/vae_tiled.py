@@ -273,16 +273,33 @@ def _refine(run, h: torch.Tensor, tiles: list[Tile], stats, passes: int,
 
 
 def _run_tiles(run, h: torch.Tensor, tiles: list[Tile], stats, out: torch.Tensor,
-               factor: float, cancel: Cancel | None = None) -> torch.Tensor:
-    """Run every tile with `stats`; write each core (scaled by `factor`) into `out`."""
+               factor: float, cancel: Cancel | None = None, origin: int = 0) -> torch.Tensor:
+    """Run every tile with `stats`; write each core (less `origin`, scaled by `factor`)
+    into `out`."""
     norm = SharedNorm(mode="apply", stats=stats)
     for tile in tiles:
         check(cancel)
         norm.start_tile(None, 1)
         result = run(_crop(h, tile.padded), norm)
-        y0, y1, x0, x1 = (int(v * factor) for v in tile.core)
+        y0, y1, x0, x1 = (int((v - origin) * factor) for v in tile.core)
         out[..., y0:y1, x0:x1] = _crop(result, tile.core_in_padded, factor).to(out.dtype)
     return out
+
+
+def wrapped_tiles(h: torch.Tensor, *, tile: int, overlap: int
+                  ) -> tuple[torch.Tensor, list[Tile], int]:
+    """For a picture that wraps around (seamless tiling, `modules/nn/tiling.py`): `h`
+    padded circularly by the overlap, and tiles over it whose context beyond the
+    picture's border is the opposite border. Every tile then has its full overlap, so
+    the picture wraps at its border only, never inside a tile. Returns the padded
+    input, the tiles (in padded coordinates) and the padding (the cores' origin)."""
+    pad = min(overlap, h.shape[-2], h.shape[-1])  # circular padding is at most one period
+    padded = F.pad(h, (pad, pad, pad, pad), mode="circular")
+    tiles = [Tile(core=(y0 + pad, y1 + pad, x0 + pad, x1 + pad),
+                  padded=(y0, y1 + 2 * pad, x0, x1 + 2 * pad))
+             for y0, y1, _, _ in _spans(h.shape[-2], tile, overlap)
+             for x0, x1, _, _ in _spans(h.shape[-1], tile, overlap)]
+    return padded, tiles, pad
 
 
 # ---------------------------------------------------------------- public API
@@ -290,27 +307,35 @@ def _run_tiles(run, h: torch.Tensor, tiles: list[Tile], stats, out: torch.Tensor
 
 @torch.no_grad()
 def tiled_decode(vae: AutoencoderKL, z: torch.Tensor, *, tile: int = 64, overlap: int = 16,
-                 refine: int = 1, cancel: Cancel | None = None) -> torch.Tensor:
+                 refine: int = 1, cancel: Cancel | None = None,
+                 wrap: bool = False) -> torch.Tensor:
     """Like `vae.decode(z)` (unscaled latent in, image out) in tiles of `tile` latent px;
-    `cancel.check()` runs between tiles and attention chunks."""
+    `cancel.check()` runs between tiles and attention chunks. `wrap`: the picture wraps
+    around (`wrapped_tiles`)."""
     decoder, factor = vae.decoder, vae.config.downscale
     h = decoder_head(decoder, vae.post_quant_conv(z.to(vae.dtype)), cancel)
 
     def run(x: torch.Tensor, norm: NormFn) -> torch.Tensor:
         return decoder_tail(decoder, x, norm)
 
-    tiles = tile_grid(h.shape[-2], h.shape[-1], tile=tile, overlap=overlap)
-    stats = _refine(run, h, tiles, _estimate(run, h, tile + 2 * overlap), refine, cancel)
+    stats = _estimate(run, h, tile + 2 * overlap)
     out = torch.empty(z.shape[0], vae.config.out_channels, h.shape[-2] * factor,
                       h.shape[-1] * factor, dtype=z.dtype, device=z.device)
-    return _run_tiles(run, h, tiles, stats, out, factor, cancel)
+    if wrap:
+        h, tiles, origin = wrapped_tiles(h, tile=tile, overlap=overlap)
+    else:
+        tiles, origin = tile_grid(h.shape[-2], h.shape[-1], tile=tile, overlap=overlap), 0
+    stats = _refine(run, h, tiles, stats, refine, cancel)
+    return _run_tiles(run, h, tiles, stats, out, factor, cancel, origin)
 
 
 @torch.no_grad()
 def tiled_encode(vae: AutoencoderKL, x: torch.Tensor, *, tile: int = 512, overlap: int = 64,
-                 refine: int = 1, cancel: Cancel | None = None) -> DiagonalGaussian:
+                 refine: int = 1, cancel: Cancel | None = None,
+                 wrap: bool = False) -> DiagonalGaussian:
     """Like `vae.encode(x)` in tiles of `tile` pixels; sides must divide by the VAE factor.
-    `cancel.check()` runs between tiles and attention chunks."""
+    `cancel.check()` runs between tiles and attention chunks. `wrap`: the picture wraps
+    around (`wrapped_tiles`)."""
     encoder, factor = vae.encoder, vae.config.downscale
     if x.shape[-2] % factor or x.shape[-1] % factor:
         raise ValueError(f"tiled_encode: image sides must be multiples of {factor}, "
@@ -321,14 +346,18 @@ def tiled_encode(vae: AutoencoderKL, x: torch.Tensor, *, tile: int = 512, overla
     def run(part: torch.Tensor, norm: NormFn) -> torch.Tensor:
         return encoder_head(encoder, part, norm)
 
-    tiles = tile_grid(x.shape[-2], x.shape[-1], tile=tile, overlap=overlap)
     check(cancel)
     stats = _estimate(run, pixels, tile + 2 * overlap)
-    stats = _refine(run, pixels, tiles, stats, refine, cancel)
     width = encoder.conv_out.in_channels
     h = torch.empty(x.shape[0], width, x.shape[-2] // factor, x.shape[-1] // factor,
                     dtype=vae.dtype, device=x.device)
-    h = _run_tiles(run, pixels, tiles, stats, h, 1 / factor, cancel)
+    if wrap:  # the padding stays a multiple of the factor: tiles keep the latent grid
+        pad = min(overlap, *x.shape[-2:]) // factor * factor
+        pixels, tiles, origin = wrapped_tiles(pixels, tile=tile, overlap=pad)
+    else:
+        tiles, origin = tile_grid(x.shape[-2], x.shape[-1], tile=tile, overlap=overlap), 0
+    stats = _refine(run, pixels, tiles, stats, refine, cancel)
+    h = _run_tiles(run, pixels, tiles, stats, h, 1 / factor, cancel, origin)
     check(cancel)
     moments = vae.quant_conv(encoder_tail(encoder, h, cancel))
     return DiagonalGaussian(moments.to(x.dtype))

@@ -53,6 +53,7 @@ class Prepared:
     images: list[Image.Image]  # one per batch slot (or one for the whole batch)
     mask: Image.Image | None = None  # "L", the processing size; white = repaint
     overlays: list[Image.Image] = field(default_factory=list)
+    originals: list[Image.Image] = field(default_factory=list)  # under the overlays
     paste_to: tuple[int, int, int, int] | None = None  # x, y, w, h for "Only masked"
     corrections: list[ColorCorrection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -110,7 +111,7 @@ def img2img(runtime, params: Img2ImgParams) -> Generator[Progress, Command, Gene
                                                            plan.seeds[part], plan.subseeds[part]))
         latents, command = yield from sample_batch(plan, part, job_no=batch, start=start)
         collect_batch(runtime, plan, part, latents, result, batch_index=batch,
-                      finish=finisher(prepared, size))
+                      finish=finisher(soft_overlays(plan, prepared, start, latents), size))
         if command == "interrupt" or result.interrupted:
             result.interrupted = True
             break
@@ -187,6 +188,7 @@ def prepare_images(p: Img2ImgParams, settings, *, upscale=None) -> Prepared:
         if mask is not None and (settings.overlay_inpaint or region is not None):
             base = image if image.size == for_overlay.size else resize(image, *for_overlay.size)
             prepared.overlays.append(M.overlay(base, for_overlay))
+            prepared.originals.append(base)
         if settings.img2img_color_correction:
             prepared.corrections.append(ColorCorrection.from_image(image))
         if region is not None:
@@ -280,6 +282,19 @@ def inpainting_cond(plan: Plan, prepared: Prepared) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- results
+
+
+def soft_overlays(plan: Plan, prepared: Prepared, start: LatentStart, latents) -> Prepared:
+    """With soft inpainting, overlays whose opacity follows the change in the mask's
+    band (`SoftBlend.overlay_masks`); "Only masked" keeps the plain ones."""
+    blend = plan.inpaint_blend
+    if blend is None or latents is None or not prepared.overlays or prepared.paste_to:
+        return prepared
+    masks = blend.overlay_masks(prepared.mask, start.init_latent, latents)
+    originals = prepared.originals
+    layers = [M.overlay(originals[min(slot, len(originals) - 1)], mask)
+              for slot, mask in enumerate(masks)]
+    return replace(prepared, overlays=layers)
 
 
 def finisher(prepared: Prepared, batch_size: int):

@@ -41,6 +41,7 @@ REQUEST_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Mask blur", "mask_blur", int), ("Masked area padding", "inpaint_full_res_padding", int),
     ("Distilled CFG Scale", "distilled_cfg_scale", float),
     ("Hires Distilled CFG Scale", "hr_distilled_cfg", float),
+    ("Tiling", "tiling", to_bool),  # A1111 1.10's request field, not a setting
 )
 
 def _convert_fields(parsed: Mapping[str, Any],
@@ -109,7 +110,7 @@ SETTINGS_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("UniPC order", "uni_pc_order", int),
     ("UniPC lower order final", "uni_pc_lower_order_final", to_bool),
     ("Pad conds", "pad_cond_uncond", to_bool), ("Pad conds v0", "pad_cond_uncond_v0", to_bool),
-    ("Face restoration", "face_restoration_model", str), ("Tiling", "tiling", to_bool),
+    ("Face restoration", "face_restoration_model", str),
     ("Skip Early CFG", "skip_early_cond", float), ("Noise Schedule", "sd_noise_schedule", str),
     ("VAE Encoder", "sd_vae_encode_method", str), ("VAE Decoder", "sd_vae_decode_method", str),
     ("Old prompt editing timelines", "use_old_scheduling", to_bool),

@@ -21,6 +21,7 @@ from modules.pipeline.limits import PixelBudget, check_pixel_budget
 from modules.pipeline.params import GenerationParams, ParamsError, Txt2ImgParams
 from modules.pipeline.refiner import infotext_params as refiner_infotext
 from modules.pipeline.refiner import prepare_refiner
+from modules.pipeline.tiling import apply_tiling
 from modules.sampling import registry as R
 from modules.sampling.seeds import ImageRNG, batch_seeds, fix_seed
 from modules.scripts.run import ScriptRun, script_run_for
@@ -52,6 +53,8 @@ class Plan:
     # A script's wrapper of the VAE decoder's middle attention for this job's decodes
     # (`AutoencoderKL.decode(mid_attention=...)`; HyperTile's VAE option), or None.
     vae_attention: object | None = None
+    # Soft inpainting's blend (`InpaintBlend.blend`, scripts/builtin/soft_inpainting.py).
+    inpaint_blend: object | None = None
     second_pass: bool = False  # the hires fix's sampling plan (scripts may act on one pass)
     # The job's stop requests, checked inside long steps (U-Net blocks, attention, VAE).
     cancel: Cancellation = field(default_factory=Cancellation)
@@ -109,6 +112,8 @@ def plan_txt2img(runtime, params: Txt2ImgParams) -> Plan:
     if plan.refiner is not None:
         plan.extra_params.update(refiner_infotext(plan.refiner, settings,
                                                   hires=getattr(params, "enable_hr", False)))
+    if params.tiling:  # circular padding on per-job views (modules/pipeline/tiling.py)
+        apply_tiling(plan)
     plan.scripts = script_run_for(runtime, params, plan.warnings)
     return plan
 

@@ -81,7 +81,8 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
         total_steps=R.prompt_schedule_steps(plan.sampler, steps),
         image_cond=None if image_cond is None else image_cond.to(device),
         inpaint=None if start is None or start.keep is None else InpaintBlend(
-            init_latent=start.init_latent.to(device), mask=start.keep.to(device)),
+            init_latent=start.init_latent.to(device), mask=start.keep.to(device),
+            blend=plan.inpaint_blend),
         s_min_uncond=p.s_min_uncond if p.s_min_uncond is not None else settings.s_min_uncond,
         skip_early_cond=settings.skip_early_cond,
         cfg_scale_multiplier=plan.sampler.cfg_scale_multiplier,
@@ -110,7 +111,10 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
                                              flow=family.is_flow)
     if start is not None and start.keep is not None:
         keep = start.keep.to(latents)
-        latents = latents * (1 - keep) + start.init_latent.to(latents) * keep
+        if plan.inpaint_blend is not None:  # soft inpainting: its final blend
+            latents = plan.inpaint_blend(start.init_latent.to(latents), latents, keep, None)
+        else:
+            latents = latents * (1 - keep) + start.init_latent.to(latents) * keep
     return latents, command
 
 

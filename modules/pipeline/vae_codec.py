@@ -23,6 +23,7 @@ from PIL import Image
 
 from modules.devices import execution_device
 from modules.nn.autoencoder import AutoencoderKL
+from modules.nn.tiling import wraps
 from modules.nn.vae_tiled import tiled_decode, tiled_encode
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def _decode_once(vae: AutoencoderKL, z: torch.Tensor, settings, cancel=None,
                 tuple(z.shape), vae.dtype), z.device):
             return tiled_decode(vae, z.to(vae.dtype), tile=settings.tiled_vae_decoder_tile,
                                 overlap=settings.tiled_vae_decoder_overlap,
-                                refine=settings.tiled_vae_refine, cancel=cancel).float()
+                                refine=settings.tiled_vae_refine, cancel=cancel,
+                                wrap=wraps(vae)).float()
         return vae.decode(z.to(vae.dtype), cancel, mid_attention).float()
 
 
@@ -116,7 +118,7 @@ def encode(vae: AutoencoderKL, x: torch.Tensor, settings=None, cancel=None):
                 tuple(x.shape), vae.dtype), x.device):
             return tiled_encode(vae, x, tile=settings.tiled_vae_encoder_tile,
                                 overlap=settings.tiled_vae_encoder_overlap,
-                                refine=settings.tiled_vae_refine, cancel=cancel)
+                                refine=settings.tiled_vae_refine, cancel=cancel, wrap=wraps(vae))
         return vae.encode(x, cancel)
 
 

@@ -76,10 +76,13 @@ class AfterCFGParams:
 @dataclass(frozen=True)
 class InpaintBlend:
     """Keep the original latent where `mask` is 1:
-    denoised = denoised * (1 - mask) + init * mask."""
+    denoised = denoised * (1 - mask) + init * mask.
+
+    `blend(init, denoised, mask, sigma)`, when set, replaces that rule (soft inpainting)."""
 
     init_latent: Tensor
     mask: Tensor
+    blend: Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,11 @@ class CFGDenoiser:
         # Inpainting: keep the known region of the original latent.
         if self.inpaint is not None:
             mask = self.inpaint.mask.to(denoised)
-            denoised = denoised * (1 - mask) + self.inpaint.init_latent.to(denoised) * mask
+            if self.inpaint.blend is not None:
+                denoised = self.inpaint.blend(self.inpaint.init_latent.to(denoised), denoised,
+                                              mask, sigma)
+            else:
+                denoised = denoised * (1 - mask) + self.inpaint.init_latent.to(denoised) * mask
         after = AfterCFGParams(denoised, self.step, self.total_steps)
         for hook in self.hooks.after_cfg:
             hook(after)

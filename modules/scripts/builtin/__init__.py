@@ -22,6 +22,7 @@ def builtin_scripts() -> list:
     from modules.scripts.builtin.prompts_from_file import PromptsFromFile
     from modules.scripts.builtin.sag import SelfAttentionGuidance
     from modules.scripts.builtin.sd_upscale import SDUpscale
+    from modules.scripts.builtin.soft_inpainting import SoftInpainting
     from modules.scripts.builtin.xyz_plot import XYZPlot
 
     # CFG-step tools first: their guidance hooks replace the combination (dynamic
@@ -29,4 +30,4 @@ def builtin_scripts() -> list:
     return [PromptMatrix(), PromptsFromFile(), XYZPlot(), Loopback(), OutpaintingMk2(),
             PoorMansOutpainting(), SDUpscale(), DynamicThresholding(), CFGRescale(),
             FreeU(), DeepShrink(), Hypertile(),
-            SelfAttentionGuidance(), PerturbedAttentionGuidance()]
+            SelfAttentionGuidance(), PerturbedAttentionGuidance(), SoftInpainting()]
