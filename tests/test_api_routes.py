@@ -135,7 +135,6 @@ def test_override_settings_apply_to_one_job(client, runtime):
     ({"refiner_checkpoint": "alpha"}, 422, "refiner_switch_at"),
     ({"firstpass_image": png_base64(Image.new("RGB", (64, 64)))}, 422, "firstpass_image"),
     ({"restore_faces": True}, 422, "codeformer-v0.1.0.pth"),
-    ({"tiling": True}, 501, "Tiling"),
     ({"width": 65}, 422, "width"),
     ({"steps": 0}, 422, "steps"),
     ({"cfg_scale": "high"}, 422, "cfg_scale"),
