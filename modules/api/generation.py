@@ -302,6 +302,11 @@ def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
     )
 
 
+def face_model_of(infotexts: list[str]) -> str | None:
+    """The restorer the job used, as its infotext names it (`Face restoration: ...`)."""
+    return parse_infotext(infotexts[0]).get("Face restoration") if infotexts else None
+
+
 def info_dict(request: GenerationRequest, params, result: GenerationResult,
               *, started: float | None, version: str, index_of_first_image: int,
               infotexts: list[str]) -> dict[str, Any]:
@@ -320,8 +325,7 @@ def info_dict(request: GenerationRequest, params, result: GenerationResult,
         "sampler_name": extra.get("sampler_name", params.sampler_name),
         "cfg_scale": params.cfg_scale, "steps": params.steps, "batch_size": params.batch_size,
         "restore_faces": bool(params.restore_faces),
-        "face_restoration_model": (dict(params.override_settings or {}).get(
-            "face_restoration_model") or "CodeFormer") if params.restore_faces else None,
+        "face_restoration_model": face_model_of(infotexts) if params.restore_faces else None,
         "sd_model_name": extra.get("sd_model_name"), "sd_model_hash": extra.get("sd_model_hash"),
         "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": params.seed_resize_from_w,
