@@ -18,5 +18,6 @@ files and parts from headers, `flow_parts.py` finds separate text encoders / VAE
 `flow_loader.py` plans a load (every layout), `flow_model.py` assembles the `FlowModel`,
 `flow_manager.py` is the manager's path for them.
 May import: nn, conditioning and sampling (to assemble a model's parts), networks
-(patch math), imaging (file-name rules), devices, paths, errors; never `pipeline/`, `api/` or `webui/`.
+(patch math), imaging (file-name rules), devices, paths, errors; never `pipeline/`,
+`api/` or `webui/`.
 """

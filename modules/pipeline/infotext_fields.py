@@ -121,6 +121,15 @@ SETTINGS_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Beta schedule beta", "beta_dist_beta", float),
     ("FP8 weight", "fp8_storage", str),
     ("Cache FP16 weight for LoRA", "cache_fp16_weight", to_bool),
+    ("Hypertile U-Net", "hypertile_enable_unet", to_bool),
+    ("Hypertile U-Net second pass", "hypertile_enable_unet_secondpass", to_bool),
+    ("Hypertile U-Net max depth", "hypertile_max_depth_unet", int),
+    ("Hypertile U-Net max tile size", "hypertile_max_tile_unet", int),
+    ("Hypertile U-Net swap size", "hypertile_swap_size_unet", int),
+    ("Hypertile VAE", "hypertile_enable_vae", to_bool),
+    ("Hypertile VAE max depth", "hypertile_max_depth_vae", int),
+    ("Hypertile VAE max tile size", "hypertile_max_tile_vae", int),
+    ("Hypertile VAE swap size", "hypertile_swap_size_vae", int),
 )
 
 

@@ -3,10 +3,9 @@
 
 A1111 drives it by its settings (Optimizations: `hypertile_enable_unet`, ...); here the
 script's own arguments switch it on (a pasted A1111 infotext sets them through
-`infotext_fields`), and the settings of A1111's names do too where `Settings` declares
-them (not yet: `modules/settings.py` is at its line limit; read with A1111's defaults
-until then): where an argument enables a part (`unet`, `vae`), that part uses the
-arguments' depth / tile / swap values, else the settings'. The infotext follows A1111:
+`infotext_fields`), and the settings of A1111's names do too (`modules/settings/tools.py`;
+`override_settings` per request): where an argument enables a part (`unet`, `vae`), that
+part uses the arguments' depth / tile / swap values, else the settings'. The infotext follows A1111:
 "Hypertile U-Net: True" (or "Hypertile U-Net second pass: True" for the hires pass
 only) and the max depth / max tile size / swap size keys when they differ from the
 defaults; the same for "Hypertile VAE".
@@ -60,8 +59,8 @@ class UNetChoice:
 
 
 def setting(plan, name: str, default):
-    """A job setting of A1111's name, or its A1111 default where `Settings` lacks it."""
-    return getattr(plan.settings, name, default)
+    """A job setting of A1111's name (`default`: A1111's, for a plan without settings)."""
+    return getattr(getattr(plan, "settings", None), name, default)
 
 
 def unet_choice(plan, args: HypertileArgs) -> UNetChoice:
