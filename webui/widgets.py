@@ -69,6 +69,9 @@ def setting_widget(name: str, value, *, elem_id: str | None = None) -> gr.compon
     common = dict(label=meta["label"], value=value, elem_id=elem_id or default_setting_id(name))
     if kind == "bool":
         return gr.Checkbox(**common)
+    if kind == "tuple" and meta.get("choices"):  # a list from fixed names
+        return gr.Dropdown(choices=list(meta["choices"]), multiselect=True,
+                           **{**common, "value": list(value)})
     if kind == "tuple":  # a list of file names (forge_additional_modules)
         return gr.Dropdown(choices=list(value), multiselect=True, allow_custom_value=True,
                            **{**common, "value": list(value)})

@@ -107,7 +107,11 @@ def validate(name: str, value: Any) -> Any:
     spec = Settings.__dataclass_fields__[name]
     value = _coerce(name, spec.type, value)
     meta = spec.metadata
-    if meta.get("choices") and value not in meta["choices"]:
+    if meta.get("choices") and isinstance(value, tuple):  # a list setting: each item
+        unknown = [item for item in value if item not in meta["choices"]]
+        if unknown:
+            raise SettingsError(f"{name}: {unknown[0]!r} is not one of {list(meta['choices'])}")
+    elif meta.get("choices") and value not in meta["choices"]:
         raise SettingsError(f"{name}: {value!r} is not one of {list(meta['choices'])}")
     if meta.get("minimum") is not None and value < meta["minimum"]:
         raise SettingsError(f"{name}: {value} is below the minimum {meta['minimum']}")
@@ -153,7 +157,8 @@ MAX_LIST_ITEMS = 16
 
 
 def _name_tuple(name: str, value: Any) -> tuple[str, ...]:
-    """A list of file names (`forge_additional_modules`) as a tuple."""
+    """A list of names (`forge_additional_modules`' file names, skipped categories) as a
+    tuple."""
     if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST_ITEMS or not all(
             isinstance(item, str) and 0 < len(item) <= 256 for item in value):
         raise SettingsError(f"{name}: expected a list of at most {MAX_LIST_ITEMS} file names, "

@@ -1,11 +1,15 @@
 """Settings of the built-in tools, A1111's names and defaults: HyperTile (A1111 1.10's
-"Optimizations" section; the "Hypertile" script reads them, `modules/nn/hypertile.py`)."""
+"Optimizations" section; the "Hypertile" script reads them, `modules/nn/hypertile.py`)
+and the interrogators (A1111's "Interrogate" section, `modules/upscaling/interrogate/`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modules.settings.declare import OPTIMIZATIONS, opt
+from modules.settings.declare import INTERROGATE, OPTIMIZATIONS, opt
+
+# The CLIP interrogator's word lists (modules/assets/interrogate/), which it may skip.
+INTERROGATE_CATEGORIES = ("artists", "flavors", "mediums", "movements")
 
 
 @dataclass(frozen=True)
@@ -36,3 +40,25 @@ class ToolOptions:
                                       minimum=0, maximum=512)
     hypertile_swap_size_vae: int = opt(3, "Hypertile VAE swap size", OPTIMIZATIONS,
                                        infotext="Hypertile VAE swap size", minimum=0, maximum=64)
+    # Interrogate (CLIP interrogator and DeepBooru)
+    interrogate_keep_models_in_memory: bool = opt(False, "Keep models in VRAM", INTERROGATE)
+    interrogate_return_ranks: bool = opt(
+        False, "Include ranks of model tags matches in results", INTERROGATE)
+    interrogate_clip_num_beams: int = opt(1, "BLIP: num_beams", INTERROGATE, minimum=1,
+                                          maximum=16)
+    interrogate_clip_min_length: int = opt(24, "BLIP: minimum description length",
+                                           INTERROGATE, minimum=1, maximum=128)
+    interrogate_clip_max_length: int = opt(48, "BLIP: maximum description length",
+                                           INTERROGATE, minimum=1, maximum=256)
+    interrogate_clip_dict_limit: int = opt(
+        1500, "CLIP: maximum number of lines in text file (0 = no limit)", INTERROGATE,
+        minimum=0, maximum=100_000)
+    interrogate_clip_skip_categories: tuple = opt(
+        (), "CLIP: skip inquire categories", INTERROGATE, choices=INTERROGATE_CATEGORIES)
+    interrogate_deepbooru_score_threshold: float = opt(
+        0.5, "deepbooru: score threshold", INTERROGATE, minimum=0.0, maximum=1.0)
+    deepbooru_sort_alpha: bool = opt(True, "deepbooru: sort tags alphabetically", INTERROGATE)
+    deepbooru_use_spaces: bool = opt(True, "deepbooru: use spaces in tags", INTERROGATE)
+    deepbooru_escape: bool = opt(True, "deepbooru: escape (\\) brackets", INTERROGATE)
+    deepbooru_filter_tags: str = opt("", "deepbooru: filter out those tags (comma-separated)",
+                                     INTERROGATE)

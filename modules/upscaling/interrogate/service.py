@@ -10,9 +10,9 @@ Models are loaded on first use and stay in RAM; between uses they wait on the CP
 runs one interrogation at a time: each moves models between devices, and a GPU holds
 one such job's tensors comfortably where several might not.
 
-Settings: A1111's names and defaults (`DEFAULTS`); they are read from the settings
-object where it declares them, otherwise A1111's default applies (the `Settings`
-dataclass in `modules/settings.py` is at its file-size limit).
+Settings: A1111's names and defaults, declared in `modules/settings/tools.py` (so
+`/options`, `override_settings` and the Settings tab set them); `DEFAULTS` repeats the
+defaults for callers without a settings object.
 """
 
 from __future__ import annotations
