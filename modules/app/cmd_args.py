@@ -53,7 +53,8 @@ UNSUPPORTED = {
     "--update-all-extensions": "not implemented", "--lyco-dir-backcompat": "use --lora-dir",
     "--textual-inversion-templates-dir": "not implemented",
     "--localizations-dir": "not implemented", "--codeformer-models-path": "no face restoration",
-    "--gfpgan-models-path": "no face restoration", "--clip-models-path": "no interrogator",
+    "--gfpgan-models-path": "no face restoration",
+    "--clip-models-path": "the interrogator reads models/clip/ and models/BLIP/ (--models-dir)",
 }
 
 
