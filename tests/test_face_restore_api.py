@@ -97,3 +97,25 @@ def test_extras_gfpgan_then_codeformer_by_visibility(client, runtime):
     # GFPGAN fully: inverted; CodeFormer at half: halfway back to the original.
     assert np.abs(out - 127).max() <= 1
     assert "CodeFormer weight: 0.25" in response.json()["html_info"]
+
+
+def test_settings_choose_the_restorer_and_turn_it_on(client, runtime):
+    from modules.settings import Settings, SettingsError, validate
+
+    defaults = Settings()
+    assert (defaults.face_restoration, defaults.face_restoration_model,
+            defaults.code_former_weight) == (False, "CodeFormer", 0.5)
+    with pytest.raises(SettingsError, match="face_restoration_model"):
+        validate("face_restoration_model", "Nope")
+    fake = install(runtime, "Codeformer/codeformer-v0.1.0.pth", "GFPGAN/GFPGANv1.4.pth")
+    overrides = {"face_restoration": True, "face_restoration_model": "GFPGAN",
+                 "code_former_weight": 0.3}
+    body = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": overrides})
+    assert body.status_code == 200, body.text
+    assert fake.calls == [("GFPGAN", 0.3)]  # restore_faces unset: the setting decides
+    image = decode_png(body.json()["images"][0])
+    assert parse_infotext(image.info["parameters"])["Face restoration"] == "GFPGAN"
+    assert json.loads(body.json()["info"])["face_restoration_model"] == "GFPGAN"
+    off = client.post("/sdapi/v1/txt2img", json={**SMALL, "restore_faces": False,
+                                                  "override_settings": overrides})
+    assert off.status_code == 200 and fake.calls == [("GFPGAN", 0.3)]  # the field wins

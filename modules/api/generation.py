@@ -155,10 +155,11 @@ def check_script_params(params, runtime) -> None:
         raise ApiError(422, str(error)) from error
 
 
-def check_restore_faces(request: GenerationRequest, runtime) -> bool:
-    """`restore_faces`, unset meaning the `face_restoration` setting (A1111); when on, the
-    chosen restorer's file must be installed (422 naming the folder and the file)."""
-    settings = runtime.settings.current
+def check_restore_faces(request: GenerationRequest, runtime, overrides: dict) -> bool:
+    """`restore_faces`, unset meaning the `face_restoration` setting (A1111; the request's
+    overrides included); when on, the chosen restorer's file must be installed (422
+    naming the folder and the file)."""
+    settings = runtime.settings.for_request(overrides)
     wanted = request.restore_faces
     if wanted is None:
         wanted = bool(getattr(settings, "face_restoration", False))
@@ -292,7 +293,7 @@ def common_fields(request: GenerationRequest, runtime) -> dict[str, Any]:
     return dict(
         prompt=prompt, negative_prompt=negative, styles=styles, sampler_name=sampler,
         scheduler=scheduler, override_settings=overrides, tiling=bool(request.tiling),
-        restore_faces=check_restore_faces(request, runtime),
+        restore_faces=check_restore_faces(request, runtime, overrides),
         do_not_save_samples=not request.save_images, do_not_save_grid=not request.save_images,
         script_name=request.script_name or None, script_args=list(request.script_args or []),
         alwayson_scripts=dict(request.alwayson_scripts or {}),

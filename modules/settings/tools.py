@@ -1,13 +1,16 @@
 """Settings of the built-in tools, A1111's names and defaults: HyperTile (A1111 1.10's
 "Optimizations" section; the "Hypertile" script reads them, `modules/nn/hypertile.py`)
-and the interrogators (A1111's "Interrogate" section, `modules/upscaling/interrogate/`)."""
+the interrogators (A1111's "Interrogate" section, `modules/upscaling/interrogate/`) and
+face restoration (A1111's "Face restoration" section, docs/face_restoration.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modules.settings.declare import INTERROGATE, OPTIMIZATIONS, opt
+from modules.settings.declare import FACE_RESTORATION, INTERROGATE, OPTIMIZATIONS, opt
 
+# The face restorers `modules/upscaling/face_registry.py` knows.
+FACE_RESTORERS = ("CodeFormer", "GFPGAN", "RestoreFormer", "RestoreFormer++")
 # The CLIP interrogator's word lists (modules/assets/interrogate/), which it may skip.
 INTERROGATE_CATEGORIES = ("artists", "flavors", "mediums", "movements")
 
@@ -62,3 +65,10 @@ class ToolOptions:
     deepbooru_escape: bool = opt(True, "deepbooru: escape (\\) brackets", INTERROGATE)
     deepbooru_filter_tags: str = opt("", "deepbooru: filter out those tags (comma-separated)",
                                      INTERROGATE)
+    # Face restoration (modules/upscaling/face_registry.py; "Face restoration" infotext)
+    face_restoration: bool = opt(False, "Restore faces", FACE_RESTORATION)
+    face_restoration_model: str = opt("CodeFormer", "Face restoration model",
+                                      FACE_RESTORATION, choices=FACE_RESTORERS)
+    code_former_weight: float = opt(0.5, "CodeFormer weight (0 = maximum effect, "
+                                    "1 = minimum effect)", FACE_RESTORATION,
+                                    minimum=0.0, maximum=1.0)
