@@ -31,7 +31,7 @@ COMMON_LABELS: dict[str, str] = {
     "seed_resize_from_w": "Resize seed from width", "seed_resize_from_h": "Resize seed from height",
     "override_settings": "Override settings", "styles": "Styles",
     "refiner_enabled": "Refiner", "refiner_checkpoint": "Refiner checkpoint",
-    "refiner_switch_at": "Refiner switch at",
+    "refiner_switch_at": "Refiner switch at", "tiling": "Tiling",
 }
 HIRES_LABELS: dict[str, str] = {
     "enable_hr": "Hires. fix", "hr_upscaler": "Upscaler", "hr_second_pass_steps": "Hires steps",
@@ -103,6 +103,7 @@ def common_params(v: Mapping[str, Any]) -> dict[str, Any]:
         override_settings=overrides_from_entries(v.get("override_settings") or []),
         script_name=v.get("script_name") or None, script_args=v.get("script_args") or {},
         alwayson_scripts=dict(v.get("alwayson_scripts") or {}),
+        tiling=bool(v.get("tiling")),
         **refiner_params(v),
     )
 
@@ -179,5 +180,7 @@ def fields_from_infotext(text: str, current: Settings, current_model_hash: str |
     values["seed_extras"] = bool(has_variation or has_resize)
     if "refiner_enabled" in names:
         values["refiner_enabled"] = bool(request.get("refiner_checkpoint"))
+    if "tiling" in names:  # written only when on: an image without it was made without
+        values["tiling"] = bool(request.get("tiling"))
     values["override_settings"] = override_entries(parsed, current, current_model_hash)
     return values

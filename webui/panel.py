@@ -2,7 +2,7 @@
 
 Prompts with token counters, styles and the Generate / Interrupt / Skip buttons on top;
 generation settings on the left (sampler, schedule type, steps, size with ⇅, batch,
-CFG, seed with 🎲/♻️ and the "Extra" variation row, hires fix, refiner, scripts); the
+CFG, seed with 🎲/♻️ and the "Extra" variation row, Tiling, hires fix, refiner, scripts); the
 gallery with its buttons, progress bar and generation info on the right
 (`webui.panel_results`). Each tab composes these builders in its own order (img2img
 puts its pictures first and the size under "Resize to") and adds its own handler;
@@ -264,6 +264,11 @@ def build_refiner(runtime, prefix: str, w: dict[str, Any]) -> tuple[Any, Any]:
         w["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
                                            elem_id=f"{prefix}_switch_at")
     return w["refiner_enabled"], group
+
+
+def build_tiling(prefix: str, w: dict[str, Any]) -> None:
+    """A1111's "Tiling" checkbox: the picture wraps around (seamless textures)."""
+    w["tiling"] = gr.Checkbox(label="Tiling", value=False, elem_id=f"{prefix}_tiling")
 
 
 def build_hidden_fields(prefix: str, w: dict[str, Any]) -> None:

@@ -73,6 +73,7 @@ def build(runtime) -> Img2ImgTab:
                                                 elem_id=f"{PREFIX}_denoising_strength")
             extra_rows = PN.build_seed_rows(PREFIX, w, tools)
             inpaint_options = _inpaint_options(w)
+            PN.build_tiling(PREFIX, w)
             toggles = [PN.build_refiner(runtime, PREFIX, w)]
             scripts = build_scripts(runtime, PREFIX, is_img2img=True)
             PN.build_hidden_fields(PREFIX, w)

@@ -58,6 +58,7 @@ def build(runtime) -> PN.GenerationPanel:
             PN.build_size_and_batch(PREFIX, w, PN.native_size(runtime))
             PN.build_cfg(PREFIX, w, runtime)
             extra_rows = PN.build_seed_rows(PREFIX, w, tools)
+            PN.build_tiling(PREFIX, w)
             toggles = [PN.build_hires(runtime, PREFIX, w), PN.build_refiner(runtime, PREFIX, w)]
             build_demo_note(runtime, PREFIX)  # the demo model's limits, beside hires fix
             scripts = build_scripts(runtime, PREFIX, is_img2img=False)
