@@ -6,8 +6,10 @@ samples one batch; `output.py` decodes, writes infotext and saves; `txt2img.py`,
 `img2img.py` (+ `img2img_batch.py`), `hires.py` and `refiner.py` are the jobs and passes
 built from them; `vae_codec.py` moves between pixels and latents, `previews.py` makes
 live previews, `image_conditioning.py` the extra channels of inpainting U-Nets,
-`infotext_fields.py` maps a pasted infotext onto request fields, and `flow_plan.py` holds
-what SD3.x / Flux.1 jobs add (size multiple, conditioner, distilled guidance, infotext).
+`infotext_fields.py` maps a pasted infotext onto request fields, `tiling.py` gives a
+job with `tiling` circularly padded views of its U-Net and VAE (seamless textures), and
+`flow_plan.py` holds what SD3.x / Flux.1 jobs add (size multiple, conditioner,
+distilled guidance, infotext).
 May import: conditioning, sampling, networks, models, nn, imaging, upscaling, scripts
 (hook dispatch) and the top-level modules (settings, jobs, infotext, errors, devices);
 never `api/`, `app/` or `webui/`.
