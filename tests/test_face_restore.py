@@ -74,13 +74,15 @@ def restorers(made):
 
 
 @pytest.mark.slow
-def test_detection_finds_drawn_faces_and_none_in_demo_shapes(made):
+def test_detection_finds_drawn_faces_and_eyes_and_none_in_demo_shapes(made):
     _, report = made
     boxes = sorted(report["faces"])
     assert len(boxes) == 2
     for (x, y, w, h), (cx, cy) in zip(boxes, [(200, 250), (560, 230)], strict=True):
         assert x < cx < x + w and y < cy < y + h
     assert report["shape_faces"] == 0  # 24 demo pictures of circles, squares, triangles
+    [eyes] = report["eyes"]  # face.png's eyes, found by the eye cascade (aligned on them)
+    assert np.abs(np.array(eyes) - [[154, 178], [226, 178]]).max() <= 4
 
 
 @pytest.mark.slow

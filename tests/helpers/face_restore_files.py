@@ -36,21 +36,32 @@ from modules.upscaling.face_models import RESTORE_SEED
 WEIGHT = 0.7  # CodeFormer fidelity used by the test
 
 
+def draw_eye(image: np.ndarray, ex: int, ey: int, s: int) -> None:
+    """An almond eye: socket shadow, white, iris, pupil and a dark upper lid."""
+    cv2.ellipse(image, (ex, ey), (int(0.24 * s), int(0.12 * s)), 0, 0, 360, (150, 115, 95), -1,
+                cv2.LINE_AA)
+    cv2.ellipse(image, (ex, ey), (int(0.17 * s), int(0.075 * s)), 0, 0, 360, (235, 235, 235),
+                -1, cv2.LINE_AA)
+    cv2.circle(image, (ex, ey), int(0.07 * s), (70, 50, 35), -1, cv2.LINE_AA)
+    cv2.circle(image, (ex, ey), int(0.035 * s), (10, 10, 10), -1, cv2.LINE_AA)
+    cv2.ellipse(image, (ex, ey), (int(0.17 * s), int(0.075 * s)), 0, 180, 360, (30, 20, 15),
+                max(1, s // 40), cv2.LINE_AA)
+
+
 def draw_face(image: np.ndarray, cx: int, cy: int, s: int) -> None:
-    """A frontal cartoon face (skin oval, brows, eyes, nose, mouth) of half-width s."""
+    """A frontal face (skin oval, brows, eyes, nose, mouth) of half-width s, its eyes at
+    (cx -/+ 0.4 s, cy - 0.25 s)."""
     cv2.ellipse(image, (cx, cy), (s, int(s * 1.3)), 0, 0, 360, (200, 160, 130), -1, cv2.LINE_AA)
     for side in (-1, 1):
         ex, ey = cx + side * int(0.4 * s), cy - int(0.25 * s)
-        cv2.ellipse(image, (ex, ey - int(0.28 * s)), (int(0.28 * s), int(0.07 * s)), 0, 180,
+        cv2.ellipse(image, (ex, ey - int(0.25 * s)), (int(0.26 * s), int(0.06 * s)), 0, 180,
                     360, (60, 40, 30), -1, cv2.LINE_AA)
-        cv2.ellipse(image, (ex, ey), (int(0.2 * s), int(0.1 * s)), 0, 0, 360,
-                    (245, 245, 245), -1, cv2.LINE_AA)
-        cv2.circle(image, (ex, ey), int(0.09 * s), (40, 30, 20), -1, cv2.LINE_AA)
+        draw_eye(image, ex, ey, s)
     cv2.ellipse(image, (cx, cy + int(0.2 * s)), (int(0.12 * s), int(0.08 * s)), 0, 0, 360,
                 (160, 120, 95), -1, cv2.LINE_AA)
     cv2.ellipse(image, (cx, cy + int(0.6 * s)), (int(0.35 * s), int(0.1 * s)), 0, 0, 360,
                 (150, 60, 60), -1, cv2.LINE_AA)
-    image[:] = cv2.GaussianBlur(image, (0, 0), s * 0.04)
+    image[:] = cv2.GaussianBlur(image, (0, 0), s * 0.03)
 
 
 def picture(size: tuple[int, int], faces: list[tuple[int, int, int]]) -> np.ndarray:
@@ -98,9 +109,10 @@ def main(out: Path) -> dict:
     Image.fromarray(faces).save(out / "faces.png")
     rng = np.random.default_rng(7)
     shapes = [render(random_truth(rng), resolution=512) for _ in range(24)]
-    report = {"faces": [list(f.box) for f in detect_faces(faces)],
-              "shape_faces": sum(len(detect_faces(s)) for s in shapes), "boxes": {}}
     found = detect_faces(face)
+    report = {"faces": [list(f.box) for f in detect_faces(faces)],
+              "shape_faces": sum(len(detect_faces(s)) for s in shapes), "boxes": {},
+              "eyes": [f.landmarks.tolist() for f in found if not f.estimated]}
     for name, path in write_models(out).items():
         descriptor = spandrel.ModelLoader().load_from_file(path).eval()
         result, boxes = face.copy(), []
