@@ -52,8 +52,7 @@ UNSUPPORTED = {
     "--reinstall-xformers": "launch.py keeps the installed torch",
     "--update-all-extensions": "not implemented", "--lyco-dir-backcompat": "use --lora-dir",
     "--textual-inversion-templates-dir": "not implemented",
-    "--localizations-dir": "not implemented", "--codeformer-models-path": "no face restoration",
-    "--gfpgan-models-path": "no face restoration",
+    "--localizations-dir": "not implemented",
     "--clip-models-path": "the interrogator reads models/clip/ and models/BLIP/ (--models-dir)",
 }
 
@@ -194,7 +193,8 @@ def _path_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hypernetwork-dir", default=None)
     g.add_argument("--controlnet-dir", default=None)
     g.add_argument("--esrgan-models-path", default=None)
-    for name in ("realesrgan", "swinir", "dat", "hat", "scunet", "bsrgan"):
+    for name in ("realesrgan", "swinir", "dat", "hat", "scunet", "bsrgan", "gfpgan",
+                 "codeformer"):
         g.add_argument(f"--{name}-models-path", default=None)
     g.add_argument("--upscaler-python", default=None,
                    help="interpreter of the separate upscaler environment that runs spandrel "
