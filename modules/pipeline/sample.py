@@ -96,11 +96,12 @@ def sample_batch(plan: Plan, part: slice, *, job_no: int, start: LatentStart | N
                                              seeds=plan.seeds[part])
                      if plan.sampler.brownian_noise else rng.noise_sampler(like=x))
     sampling = SamplingInfo(x=x, sigmas=sigmas, conds=conds, unconds=unconds,
-                            batch_number=part.start // max(1, p.batch_size), cfg_hooks=hooks)
+                            batch_number=part.start // max(1, p.batch_size), cfg_hooks=hooks,
+                            denoiser=cfg, start=start)
     plan.scripts.call("process_before_every_sampling", plan, sampling)
     x = sampling.x
-    generator = R.start_sampler(plan.sampler, cfg, x, sigmas, options=sampler_options(p, settings),
-                                noise_sampler=noise_sampler)
+    generator = R.start_sampler(plan.sampler, sampling.denoiser, x, sigmas,
+                                options=sampler_options(p, settings), noise_sampler=noise_sampler)
     latents, command = yield from drive_sampler(generator, job_no=job_no,
                                                 job_count=p.n_iter * plan.passes,
                                                 steps=len(sigmas) - 1, preview=preview_maker(plan),

@@ -65,6 +65,11 @@ class SamplingInfo:
     # The CFG hooks of this sampler call (`modules.sampling.cfg.Hooks`): a script may
     # append per-job step hooks, e.g. one filling `params.unet_kwargs["control"]`.
     cfg_hooks: Any = None
+    # The guided model D(x, sigma) the sampler will call (`CFGDenoiser`); a script may
+    # replace it with a wrapper (Tiled Diffusion denoises it tile by tile).
+    denoiser: Any = None
+    # img2img and the hires pass: their `LatentStart` (init latent); None in txt2img.
+    start: Any = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ Control modes (docs/model-formats.md, "ControlNet files"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,19 @@ class ActiveUnit:
             self._sized[size] = hint
         return self._sized[size]
 
+    def cropped(self, views) -> "ActiveUnit":
+        """This unit over tiles (Tiled Diffusion's `TileView`s, one per tiled image): the
+        hint at the whole latent's pixel size, cropped to each tile's window."""
+        scale = self.model.config.downscale
+        crops = []
+        for view in views:
+            full = self.hint_for(view.full_height, view.full_width)
+            w = view.window
+            crops.append(full[min(view.image, full.shape[0] - 1), :,
+                              w.top * scale:(w.top + w.height) * scale,
+                              w.left * scale:(w.left + w.width) * scale])
+        return replace(self, hint=torch.stack(crops), _sized={})
+
     def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                   y: torch.Tensor | None, rows_image: list[int],
                   cancel=None) -> ControlResiduals:
@@ -103,6 +116,12 @@ class ControlProvider:
     def for_rows(self, rows: list[int]) -> "ControlProvider":
         return ControlProvider(self.units, [self.row_images[r] for r in rows],
                                [self.row_is_uncond[r] for r in rows])
+
+    def for_tiles(self, views) -> "ControlProvider":
+        """The provider of a tiled step (`modules.sampling.tiled_diffusion`): the step's
+        images are tiles, so each unit's hint becomes the crops of those tiles."""
+        return ControlProvider([unit.cropped(views) for unit in self.units],
+                               self.row_images, self.row_is_uncond)
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                  y: torch.Tensor | None, *, cancel=None) -> ControlResiduals | None:

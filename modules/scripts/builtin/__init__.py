@@ -23,6 +23,7 @@ def builtin_scripts() -> list:
     from modules.scripts.builtin.sag import SelfAttentionGuidance
     from modules.scripts.builtin.sd_upscale import SDUpscale
     from modules.scripts.builtin.soft_inpainting import SoftInpainting
+    from modules.scripts.builtin.tiled_diffusion import TiledDiffusion
     from modules.scripts.builtin.xyz_plot import XYZPlot
 
     # CFG-step tools first: their guidance hooks replace the combination (dynamic
@@ -30,4 +31,5 @@ def builtin_scripts() -> list:
     return [PromptMatrix(), PromptsFromFile(), XYZPlot(), Loopback(), OutpaintingMk2(),
             PoorMansOutpainting(), SDUpscale(), DynamicThresholding(), CFGRescale(),
             FreeU(), DeepShrink(), Hypertile(),
-            SelfAttentionGuidance(), PerturbedAttentionGuidance(), SoftInpainting()]
+            SelfAttentionGuidance(), PerturbedAttentionGuidance(), TiledDiffusion(),
+            SoftInpainting()]
