@@ -19,12 +19,20 @@ pictures. Soft inpainting treats the band as partly denoised instead:
   where it changed a lot the new content does.
 
 Where the mask is exactly 0 or 1 both rules give plain inpainting bit for bit (the
-tests check it), so only the band differs; like A1111, the script turns mask rounding
-off, or there would be no band. Deliberate differences from A1111: the distance-based
-opacity applies inside the band only (A1111 lets it reach into fully masked and
-unmasked pixels too), it is computed from the latent distance upsampled bilinearly
-(A1111 filters the distance with percentile filters first), and "Inpaint only masked"
-keeps the plain overlay.
+tests check it), so only the band differs. Like A1111, the script turns mask rounding
+off, or there would be no band; unlike A1111, it leaves rounding on when the mask the
+user gave is already hard (only 0 and 255, no mask blur). Why: the latent mask is the
+processing mask shrunk 8x with PIL's antialiased bicubic filter, whose support reaches
+16 px (two latent pixels) each side, so every edge of a hard mask -- even one on the
+8 px latent grid -- becomes fractional in the latent pixel on either side (20/255 and
+235/255 beside an edge on the grid). Unrounded, that band would be blended softly
+although the user drew none; rounded, a hard mask gives plain inpainting bit for bit
+through the whole pipeline (`tests/test_soft_inpainting.py`).
+
+Further differences from A1111: the distance-based opacity applies inside the band
+only (A1111 lets it reach into fully masked and unmasked pixels too), it is computed
+from the latent distance upsampled bilinearly (A1111 filters the distance with
+percentile filters first), and "Inpaint only masked" keeps the plain overlay.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from modules.imaging import masks as M
 from modules.scripts.args import arg
 from modules.scripts.base import AlwaysVisible, Script
 
@@ -85,10 +94,26 @@ class SoftInpainting(Script):
         has_mask = getattr(params, "mask", None) is not None or _has_alpha(params)
         if not args.enabled or plan.kind != "img2img" or not has_mask:
             return
-        plan.params = dataclasses.replace(params, mask_round=False)  # keep the band soft
+        if not _hard_mask(params):  # keep the band soft (a hard mask has none to keep)
+            plan.params = dataclasses.replace(params, mask_round=False)
         plan.inpaint_blend = SoftBlend(args)
         plan.extra_params.update({INFOTEXT[name]: True if name == "enabled" else value
                                   for name, value in dataclasses.asdict(args).items()})
+
+
+def _hard_mask(params) -> bool:
+    """Whether the processing mask will hold only 0 and 255: a hard mask (or an init
+    image's transparency, always made hard), no mask blur and no resizing (which would
+    make the resized edges fractional; "Inpaint only masked" overlays plainly anyway)."""
+    if params.mask_blur_x > 0 or params.mask_blur_y > 0:
+        return False
+    source = params.mask if params.mask is not None else params.init_images[0]
+    if source.size != (params.width, params.height) and not params.inpaint_full_res:
+        return False
+    if params.mask is None:
+        return True  # from the alpha channel: `masks.mask_from_alpha` is binary
+    values = set(np.unique(np.asarray(M.binary_mask(params.mask, round=False))).tolist())
+    return values <= {0, 255}
 
 
 def _has_alpha(params) -> bool:
