@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from modules.nn.guidance_freeu import FreeUPatch
-from modules.scripts.builtin.freeu import PatchWindowHook
+from modules.scripts.builtin.tool_script import PatchWindowHook
 from tests.helpers.parity import assert_close
 from tests.test_pag_sag_parity import STEPS, TOLERANCE, _inputs, _ours, _scheduler, _vae
 from tests.test_unet_parity import _pair

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from modules.sampling.cfg_rescale import CFGRescaleHook
 from modules.scripts.args import arg
-from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
+from modules.scripts.base import SamplingInfo
+from modules.scripts.builtin.tool_script import ToolScript
 
 INFOTEXT_PHI = "CFG Rescale"
 
@@ -22,19 +23,12 @@ class CFGRescaleArgs:
     phi: float = arg(0.0, "CFG Rescale phi", minimum=0.0, maximum=1.0, step=0.05)
 
 
-class CFGRescale(Script):
+class CFGRescale(ToolScript):
     """Rescales the guided prediction toward the positive one's spread (Lin et al., 2024)."""
 
     Args = CFGRescaleArgs
-
-    def title(self) -> str:
-        return "CFG Rescale"
-
-    def show(self, is_img2img: bool):
-        return AlwaysVisible
-
-    def infotext_fields(self) -> dict[str, str]:
-        return {"phi": INFOTEXT_PHI}
+    TITLE = "CFG Rescale"
+    INFOTEXT_KEYS = {"phi": INFOTEXT_PHI}
 
     @staticmethod
     def active(args: CFGRescaleArgs) -> bool:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from modules.nn.guidance_deep_shrink import METHODS, DeepShrinkPatch
 from modules.nn.unet_patches import block_places
 from modules.scripts.args import arg
-from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
-from modules.scripts.builtin.freeu import PatchWindowHook, unet_only_warning
+from modules.scripts.base import SamplingInfo
+from modules.scripts.builtin.tool_script import PatchWindowHook, ToolScript, unet_only_warning
 
 TITLE = "Kohya HRFix Integrated"
 FIELDS = ("enabled", "block_number", "downscale_factor", "start_percent", "end_percent",
@@ -48,19 +48,11 @@ def encoder_block_count(plan) -> int:
     return len(inputs)
 
 
-class DeepShrink(Script):
+class DeepShrink(ToolScript):
     """Shrinks the deep feature maps for the early steps so large images keep one composition."""
 
     Args = DeepShrinkArgs
-
-    def title(self) -> str:
-        return TITLE
-
-    def show(self, is_img2img: bool):
-        return AlwaysVisible
-
-    def infotext_fields(self) -> dict[str, str]:
-        return dict(INFOTEXT_KEYS)
+    TITLE, INFOTEXT_KEYS = TITLE, INFOTEXT_KEYS
 
     @staticmethod
     def active(args: DeepShrinkArgs) -> bool:

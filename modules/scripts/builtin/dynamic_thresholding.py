@@ -19,7 +19,8 @@ from modules.sampling.dynamic_thresholding import (
     DynThreshHook,
 )
 from modules.scripts.args import arg
-from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
+from modules.scripts.base import SamplingInfo
+from modules.scripts.builtin.tool_script import ToolScript
 
 _MODES = tuple(MODES)
 
@@ -51,19 +52,12 @@ def settings_of(args: DynThreshArgs) -> DynThresh:
     return DynThresh(**values)
 
 
-class DynamicThresholding(Script):
+class DynamicThresholding(ToolScript):
     """Keeps the value spread of `mimic_scale` while guiding at the job's CFG scale."""
 
     Args = DynThreshArgs
-
-    def title(self) -> str:
-        return "DynamicThresholding (CFG-Fix) Integrated"
-
-    def show(self, is_img2img: bool):
-        return AlwaysVisible
-
-    def infotext_fields(self) -> dict[str, str]:
-        return {f.name: f"dynthres_{f.name}" for f in fields(DynThreshArgs)}
+    TITLE = "DynamicThresholding (CFG-Fix) Integrated"
+    INFOTEXT_KEYS = {f.name: f"dynthres_{f.name}" for f in fields(DynThreshArgs)}
 
     def process(self, plan, args: DynThreshArgs) -> None:
         if args.enabled:

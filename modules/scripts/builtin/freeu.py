@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modules.nn.guidance_freeu import FreeUPatch
-from modules.nn.unet_patches import UNetPatch, with_patch
 from modules.scripts.args import arg
-from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
+from modules.scripts.base import SamplingInfo
+from modules.scripts.builtin.tool_script import PatchWindowHook, ToolScript, unet_only_warning
 
 TITLE = "FreeU Integrated (SD 1.x, SD 2.x, SDXL)"
 INFOTEXT_KEYS = {"enabled": "freeu_enabled", "b1": "freeu_b1", "b2": "freeu_b2",
@@ -42,47 +42,11 @@ class FreeUArgs:
                       choices=("channels", "levels"))
 
 
-@dataclass
-class PatchWindowHook:
-    """CFG `before_model` hook: adds `patch` to the U-Net call of the steps whose progress
-    (step / total steps) lies in [start, end]; the patch itself knows nothing of time."""
-
-    patch: UNetPatch
-    start: float
-    end: float
-
-    def __call__(self, params) -> None:
-        progress = params.step / params.total_steps if params.total_steps > 0 else 0.0
-        if self.start <= progress <= self.end:
-            params.unet_kwargs["patches"] = with_patch(params.unet_kwargs.get("patches"),
-                                                       self.patch)
-
-
-def unet_only_warning(plan, tool: str) -> bool:
-    """On a flow model: add the warning that `tool` does not apply and return True."""
-    family = plan.loaded.family
-    if not family.is_flow:
-        return False
-    message = (f"{tool}: applies to U-Net models (SD1, SD2, SDXL); not applied to this "
-               f"{family.label} model")
-    if message not in plan.warnings:
-        plan.warnings.append(message)
-    return True
-
-
-class FreeU(Script):
+class FreeU(ToolScript):
     """Backbone and skip scaling in the decoder (Si et al., 2023)."""
 
     Args = FreeUArgs
-
-    def title(self) -> str:
-        return TITLE
-
-    def show(self, is_img2img: bool):
-        return AlwaysVisible
-
-    def infotext_fields(self) -> dict[str, str]:
-        return dict(INFOTEXT_KEYS)
+    TITLE, INFOTEXT_KEYS = TITLE, INFOTEXT_KEYS
 
     @staticmethod
     def active(args: FreeUArgs) -> bool:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from modules.nn.hypertile import HyperTileUNet, HyperTileVAE, TileOptions
 from modules.nn.unet_patches import with_patch
 from modules.scripts.args import arg
-from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
+from modules.scripts.base import SamplingInfo
+from modules.scripts.builtin.tool_script import ToolScript
 
 DEFAULT_UNET = TileOptions(max_depth=3, max_tile=256, swap_size=3)
 DEFAULT_VAE = TileOptions(max_depth=3, max_tile=128, swap_size=3)
@@ -92,16 +93,11 @@ def _option_keys(prefix: str, options: TileOptions, default: TileOptions) -> dic
             if getattr(options, name) != getattr(default, name)}
 
 
-class Hypertile(Script):
+class Hypertile(ToolScript):
     """Splits self-attention into tiles of the token map (faster at large sizes)."""
 
     Args = HypertileArgs
-
-    def title(self) -> str:
-        return "Hypertile"
-
-    def show(self, is_img2img: bool):
-        return AlwaysVisible
+    TITLE = "Hypertile"
 
     def infotext_fields(self) -> dict[str, str]:
         fields = {"unet": "Hypertile U-Net", "unet_second_pass": "Hypertile U-Net second pass",

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from modules.sampling.denoiser import DiscreteSchedule
 from modules.sampling.guidance_pag import add_pag, parse_layers, unmatched_layers
 from modules.scripts.args import ScriptArgsError, arg
-from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
+from modules.scripts.base import SamplingInfo
+from modules.scripts.builtin.tool_script import ToolScript, unet_only_warning
 
 TITLE = "PerturbedAttentionGuidance Integrated"
 INFOTEXT_KEYS = {"enabled": "pag_enabled", "scale": "pag_scale",
@@ -47,31 +48,11 @@ class PAGArgs:
             raise ScriptArgsError(TITLE, "layers", str(error)) from None
 
 
-def unet_only_warning(plan, tool: str) -> bool:
-    """On a flow model: add the warning that `tool` does not apply and return True."""
-    family = plan.loaded.family
-    if not family.is_flow:
-        return False
-    message = (f"{tool}: applies to U-Net models (SD1, SD2, SDXL); not applied to this "
-               f"{family.label} model")
-    if message not in plan.warnings:
-        plan.warnings.append(message)
-    return True
-
-
-class PerturbedAttentionGuidance(Script):
+class PerturbedAttentionGuidance(ToolScript):
     """Guidance away from an identity-self-attention pass (Ahn et al., 2024)."""
 
     Args = PAGArgs
-
-    def title(self) -> str:
-        return TITLE
-
-    def show(self, is_img2img: bool):
-        return AlwaysVisible
-
-    def infotext_fields(self) -> dict[str, str]:
-        return dict(INFOTEXT_KEYS)
+    TITLE, INFOTEXT_KEYS = TITLE, INFOTEXT_KEYS
 
     @staticmethod
     def active(args: PAGArgs) -> bool:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from modules.sampling.guidance_sag import add_sag
 from modules.scripts.args import arg
-from modules.scripts.base import AlwaysVisible, SamplingInfo, Script
-from modules.scripts.builtin.pag import unet_only_warning
+from modules.scripts.base import SamplingInfo
+from modules.scripts.builtin.tool_script import ToolScript, unet_only_warning
 
 TITLE = "SelfAttentionGuidance Integrated (SD 1.x, SD 2.x, SDXL)"
 INFOTEXT_KEYS = {"enabled": "sag_enabled", "scale": "sag_scale",
@@ -34,19 +34,11 @@ class SAGArgs:
     threshold: float = arg(1.0, "Blur mask threshold", minimum=0.0, maximum=2.0, step=0.01)
 
 
-class SelfAttentionGuidance(Script):
+class SelfAttentionGuidance(ToolScript):
     """Guidance away from a blurred-where-attended pass (Hong et al., 2023)."""
 
     Args = SAGArgs
-
-    def title(self) -> str:
-        return TITLE
-
-    def show(self, is_img2img: bool):
-        return AlwaysVisible
-
-    def infotext_fields(self) -> dict[str, str]:
-        return dict(INFOTEXT_KEYS)
+    TITLE, INFOTEXT_KEYS = TITLE, INFOTEXT_KEYS
 
     @staticmethod
     def active(args: SAGArgs) -> bool:
