@@ -104,8 +104,8 @@ def test_blurred_mask_keeps_the_outside_and_has_no_hard_edge(runtime):
     inside = change[repaint == 255].max()
     print(f"largest step of the change across the band: {steps:.0f}/255 "
           f"(largest change inside the mask {inside:.0f}/255)")
-    # Not asserted yet: on random weights the new content is pixel noise, so the change
-    # itself jumps between neighbours; the bound needs the demo model (issue 21, open).
+    # Not asserted here: on random weights the new content is pixel noise, so the change
+    # itself jumps between neighbours; the bound is `test_demo_band_has_no_hard_edge`.
     fields = parse_infotext(result.infotexts[0])
     assert fields[INFOTEXT["enabled"]] in (True, "True")
     assert float(fields[INFOTEXT["schedule_bias"]]) == 1.0
