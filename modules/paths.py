@@ -37,6 +37,7 @@ class Paths:
     hypernetwork_dir: Path
     controlnet_dir: Path
     esrgan_dir: Path
+    facexlib_dir: Path  # facexlib's face detector file (RetinaFace), as A1111 keeps it
     upscaler_dirs: tuple[Path, ...]  # esrgan_dir first, then A1111's other upscaler folders
     extensions_dirs: tuple[Path, ...]
     config_file: Path
@@ -64,6 +65,7 @@ class Paths:
             hypernetwork_dir=_pick(args.hypernetwork_dir, models / "hypernetworks"),
             controlnet_dir=_pick(args.controlnet_dir, models / "ControlNet"),
             esrgan_dir=_pick(args.esrgan_models_path, models / "ESRGAN"),
+            facexlib_dir=models / "facexlib",
             upscaler_dirs=_upscaler_dirs(args, models),
             extensions_dirs=(ROOT / "extensions", data / "extensions")
             if data != ROOT else (ROOT / "extensions",),

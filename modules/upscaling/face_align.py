@@ -74,17 +74,20 @@ def pasted_box(matrix: np.ndarray, width: int, height: int) -> tuple[int, int, i
     return max(0, int(x0)), max(0, int(y0)), min(width, int(x1)), min(height, int(y1))
 
 
-def paste_face(image: np.ndarray, restored: np.ndarray, matrix: np.ndarray
+def paste_face(image: np.ndarray, restored: np.ndarray, matrix: np.ndarray,
+               mask: np.ndarray | None = None
                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """`restored` (the 512x512 crop after restoration) blended back into `image` through
-    the feathered mask; returns the new picture and the box it may differ in."""
+    `mask` (crop space, in [0, 1]; the feathered mask unless facexlib's parsing network
+    made one); returns the new picture and the box it may differ in."""
     import cv2
 
     height, width = image.shape[:2]
     inverse = cv2.invertAffineTransform(matrix)
     back = cv2.warpAffine(restored, inverse, (width, height), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    mask = cv2.warpAffine(feather_mask(), inverse, (width, height), flags=cv2.INTER_LINEAR,
+    crop_mask = feather_mask() if mask is None else np.asarray(mask, dtype=np.float32)
+    mask = cv2.warpAffine(crop_mask, inverse, (width, height), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     x0, y0, x1, y1 = box = pasted_box(matrix, width, height)
     out = image.copy()

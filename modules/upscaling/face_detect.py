@@ -7,14 +7,18 @@ in the upper half of the box when it finds one eye in each half (at about the sa
 height and a plausible distance apart); otherwise they are estimated from the box at
 the places the frontal-face cascade puts them (`EYE_Y`, `EYE_X`): box-based cropping.
 
-facexlib's RetinaFace (five landmarks) and its parsing network are not implemented;
-`docs/face_restoration.md` says so.
+When the user has facexlib's RetinaFace file (`models/facexlib/detection_Resnet50_Final.pth`,
+A1111's detector) `detector_for` picks it instead (`face_retinaface.py`: boxes and five
+landmarks); the Haar cascades are the fallback. facexlib's parsing file beside it
+(`parsing_parsenet.pth`) gives the paste-back mask (`parser_for`, `face_parsenet.py`).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -79,3 +83,47 @@ def _eyes(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None
         return None
     a, b = max(pairs, key=lambda pair: pair[0][2] + pair[1][2])  # the largest pair
     return np.array([[a[0], a[1]], [b[0], b[1]]], dtype=np.float64)
+
+
+Detector = Callable[[np.ndarray], list[Face]]
+
+
+def retinaface_file(folder: Path | None) -> Path | None:
+    """facexlib's RetinaFace file in `folder` (models/facexlib/), when it is there."""
+    from modules.upscaling.face_retinaface import FILE_NAME
+
+    return _file_in(folder, FILE_NAME)
+
+
+def parsenet_file(folder: Path | None) -> Path | None:
+    """facexlib's ParseNet file in `folder` (models/facexlib/), when it is there."""
+    from modules.upscaling.face_parsenet import FILE_NAME
+
+    return _file_in(folder, FILE_NAME)
+
+
+def _file_in(folder: Path | None, name: str) -> Path | None:
+    if folder is None:
+        return None
+    path = Path(folder) / name
+    return path if path.is_file() else None
+
+
+def parser_for(parsenet: Path | None, device="cpu"):
+    """The paste-back mask maker from the ParseNet file at `parsenet` (a ParseNetError
+    naming it when it cannot be used); None without a file (the feathered square)."""
+    if parsenet is None:
+        return None
+    from modules.upscaling.face_parsenet import FaceParser, load_parsenet
+
+    return FaceParser(load_parsenet(Path(parsenet), device))
+
+
+def detector_for(retinaface: Path | None, device="cpu") -> Detector:
+    """RetinaFace from the file at `retinaface` when given (a RetinaFaceError naming it
+    when it cannot be used), otherwise OpenCV's cascades (`detect_faces`)."""
+    if retinaface is None:
+        return detect_faces
+    from modules.upscaling.face_retinaface import RetinaFaceDetector, load_retinaface
+
+    return RetinaFaceDetector(load_retinaface(Path(retinaface), device))

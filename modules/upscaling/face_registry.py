@@ -7,6 +7,9 @@ RestoreFormer++ (`RestoreFormerPlusPlus.pth`), which A1111's core does not have;
 `--gfpgan-models-path` / `--codeformer-models-path` replace those folders. Nothing is
 ever downloaded: a restorer whose file is missing is an error naming the folder and
 the file expected. Files are read by the safe readers (`files.load_weights`).
+Faces are found by facexlib's RetinaFace when `models/facexlib/detection_Resnet50_Final.pth`
+is there (A1111's detector), else by OpenCV's cascades (`face_detect.detector_for`), and
+pasted back through facexlib's ParseNet mask when `parsing_parsenet.pth` is there too.
 
 The network runs where spandrel runs, as for upscalers (`registry.py`): in this
 process when spandrel imports here, otherwise the whole restoration (detection,
@@ -27,6 +30,13 @@ from PIL import Image
 
 from modules.models.errors import ModelLoadError
 from modules.models.folders import walk_files
+from modules.upscaling.face_detect import (
+    detect_faces,
+    detector_for,
+    parsenet_file,
+    parser_for,
+    retinaface_file,
+)
 from modules.upscaling.files import MODEL_SUFFIXES, load_weights
 from modules.upscaling.registry import UpscalerError, UpscalerRegistry, upscalers_of
 from modules.upscaling.remote import WorkerError, restore_faces_remote
@@ -74,12 +84,14 @@ class FaceRestorerInfo:
 
 
 class FaceRestorers:
-    """Face restorers over `folders` ({"GFPGAN": path, "Codeformer": path})."""
+    """Face restorers over `folders` ({"GFPGAN": path, "Codeformer": path}, and
+    optionally "facexlib": the folder of facexlib's detector and parsing files)."""
 
     def __init__(self, *, folders: dict[str, Path], upscalers: UpscalerRegistry) -> None:
         self.folders = {key: Path(value) for key, value in folders.items()}
         self.upscalers = upscalers
         self._local: tuple[tuple, object] | None = None  # the in-process model, if any
+        self._facexlib: dict[str, tuple[tuple, object]] = {}  # in-process, by path
         self._lock = threading.Lock()
 
     def _file(self, restorer: Restorer) -> Path | None:
@@ -116,16 +128,20 @@ class FaceRestorers:
         path = self.path_for(name)
         image = image.convert("RGB")
         access = self.upscalers.spandrel()
+        detector = retinaface_file(self.folders.get("facexlib"))
+        parser = parsenet_file(self.folders.get("facexlib"))
         if access.in_process:
             from modules.upscaling.face_restore import restore_faces
 
-            out, _ = restore_faces(np.asarray(image), self._model(path), weight)
+            out, _ = restore_faces(np.asarray(image), self._model(path), weight,
+                                   self._detect(detector), self._parser(parser))
             return Image.fromarray(out)
         if access.worker is None:
             raise FaceRestoreError(f"{name}: face restoration needs spandrel: "
                                    f"{access.unavailable()}")
         try:
-            return restore_faces_remote(access.worker, path, image, weight)[0]
+            return restore_faces_remote(access.worker, path, image, weight, detector,
+                                        parser)[0]
         except WorkerError as error:
             raise FaceRestoreError(f"{name} ({path.name}): {error}") from error
 
@@ -136,6 +152,33 @@ class FaceRestorers:
         if visibility >= 1:
             return restored
         return Image.blend(image.convert("RGB"), restored, visibility)
+
+    def _detect(self, detector: Path | None):
+        """The in-process face detector: RetinaFace from `detector`, else OpenCV's."""
+        if detector is None:
+            return detect_faces
+        return self._facexlib_file(detector, detector_for)
+
+    def _parser(self, parser: Path | None):
+        """The in-process ParseNet mask maker from `parser`, else None."""
+        return None if parser is None else self._facexlib_file(parser, parser_for)
+
+    def _facexlib_file(self, path: Path, build):
+        """`build(path, device)`, kept while the file is unchanged; its errors (which
+        name the file) as FaceRestoreErrors."""
+        from modules.upscaling.face_parsenet import ParseNetError
+        from modules.upscaling.face_retinaface import RetinaFaceError
+
+        with self._lock:
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            cached = self._facexlib.get(str(path))
+            if cached is None or cached[0] != stamp:
+                try:
+                    self._facexlib[str(path)] = (stamp, build(path, self.upscalers.device))
+                except (RetinaFaceError, ParseNetError) as error:
+                    raise FaceRestoreError(str(error)) from error
+            return self._facexlib[str(path)][1]
 
     def _model(self, path: Path):
         from modules.upscaling.face_models import FaceModelError, load_face_model
@@ -163,6 +206,8 @@ def face_folders(runtime) -> dict[str, Path]:
     for folder, flag in ARGS.items():
         given = getattr(args, flag, None) if args is not None else None
         folders[folder] = Path(given) if given else runtime.paths.models_dir / folder
+    folders["facexlib"] = getattr(runtime.paths, "facexlib_dir", None) or (
+        runtime.paths.models_dir / "facexlib")
     return folders
 
 

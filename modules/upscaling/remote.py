@@ -144,12 +144,18 @@ class RemoteModel:
 
 
 def restore_faces_remote(worker: SpandrelWorker, path: Path, image: Image.Image,
-                         weight: float) -> tuple[Image.Image, list[list[int]]]:
+                         weight: float, detector: Path | None = None,
+                         parser: Path | None = None) -> tuple[Image.Image, list[list[int]]]:
     """`image` with its faces restored by the face model at `path`, in the worker
-    (`worker.py`'s "faces" op); also the boxes the paste-back changed."""
+    (`worker.py`'s "faces" op); also the boxes the paste-back changed. `detector`: the
+    RetinaFace file to find faces with (None: OpenCV's cascades); `parser`: the ParseNet
+    file whose mask pastes the faces back (None: the feathered square)."""
     image = image.convert("RGB")
-    header, payload = worker.request(
-        {"op": "faces", "path": str(path), "weight": float(weight), "width": image.width,
-         "height": image.height}, image.tobytes())
+    request = {"op": "faces", "path": str(path), "weight": float(weight),
+               "width": image.width, "height": image.height}
+    for key, file in (("detector", detector), ("parser", parser)):
+        if file is not None:
+            request[key] = str(file)
+    header, payload = worker.request(request, image.tobytes())
     restored = Image.frombytes("RGB", (header["width"], header["height"]), payload)
     return restored, list(header.get("boxes", []))

@@ -16,7 +16,9 @@ Protocol (`remote.py` is the other end): each message is one JSON line, followed
 `{"ok", "width", "height", "payload"}` + pixels; `{"op": "unload", "path"}`;
 `{"op": "faces", "path", "weight", "width", "height", "payload"}` + pixels -> the
 picture with its faces restored by the face model at `path` (`face_restore.py`), with
-`"boxes"`: the regions the paste-back changed.
+`"boxes"`: the regions the paste-back changed; with `"detector"` (the path of facexlib's
+RetinaFace file) faces are found by RetinaFace, else by OpenCV's cascades; with
+`"parser"` (facexlib's ParseNet file) its face mask replaces the feathered square.
 A failure answers `{"ok": false, "error": "..."}` and the worker keeps serving. The
 worker exits when its stdin closes (the app ended); it needs no signal, so the app
 stops it the same way on Windows and POSIX (closing the pipe, else `Popen.kill`).
@@ -35,6 +37,8 @@ import torch
 from PIL import Image
 
 from modules.upscaling.face_models import FaceModel, FaceModelError, load_face_model
+from modules.upscaling.face_parsenet import ParseNetError
+from modules.upscaling.face_retinaface import RetinaFaceError
 from modules.upscaling.files import load_weights
 from modules.upscaling.network import UpscaleModel
 from modules.upscaling.spandrel_models import SpandrelError, load_spandrel
@@ -66,6 +70,7 @@ class Worker:
         self.device = device
         self.models: dict[str, tuple[tuple, UpscaleModel]] = {}
         self.face_models: dict[str, tuple[tuple, FaceModel]] = {}
+        self.facexlib: dict[str, tuple[tuple, object]] = {}  # detector, parser by path
 
     def model(self, path: str) -> UpscaleModel:
         stat = os.stat(path)
@@ -87,6 +92,26 @@ class Worker:
                                                              self.device))
         return self.face_models[path][1]
 
+    def detector(self, path: str | None):
+        """RetinaFace from `path` (kept while the file is unchanged), else OpenCV's."""
+        from modules.upscaling.face_detect import detect_faces, detector_for
+
+        return self._facexlib(path, detector_for) if path else detect_faces
+
+    def parser(self, path: str | None):
+        """ParseNet's mask maker from `path`, else None (the feathered square)."""
+        from modules.upscaling.face_detect import parser_for
+
+        return self._facexlib(path, parser_for) if path else None
+
+    def _facexlib(self, path: str, build):
+        stat = os.stat(path)
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self.facexlib.get(path)
+        if cached is None or cached[0] != stamp:
+            self.facexlib[path] = (stamp, build(Path(path), self.device))
+        return self.facexlib[path][1]
+
     def faces(self, header: dict, payload: bytes) -> tuple[dict, bytes]:
         import numpy as np
 
@@ -95,7 +120,9 @@ class Worker:
         size = (int(header["width"]), int(header["height"]))
         image = np.asarray(Image.frombytes("RGB", size, payload))
         out, done = restore_faces(image, self.face_model(header["path"]),
-                                  float(header.get("weight", 0.5)))
+                                  float(header.get("weight", 0.5)),
+                                  self.detector(header.get("detector")),
+                                  self.parser(header.get("parser")))
         return {"ok": True, "width": size[0], "height": size[1],
                 "boxes": [[int(v) for v in face.box] for face in done]}, out.tobytes()
 
@@ -123,7 +150,8 @@ def serve(requests: BinaryIO, answers: BinaryIO, worker: Worker) -> None:
     while (message := read_message(requests)) is not None:
         try:
             header, payload = worker.handle(*message)
-        except (SpandrelError, FaceModelError) as error:  # its message names the file
+        except (SpandrelError, FaceModelError, RetinaFaceError, ParseNetError) as error:
+            # Their messages name the file.
             header, payload = {"ok": False, "error": str(error)}, b""
         except Exception as error:  # reported to the app, which names the file
             header, payload = {"ok": False, "error": f"{type(error).__name__}: {error}"}, b""
