@@ -272,3 +272,12 @@ def test_flow_latents_tile_like_any_other():
     generator = R.start_sampler(R.find_sampler("Euler"), model, x, sigmas)
     steps = list(generator)
     assert len(steps) == 3 and torch.isfinite(steps[-1].x).all()
+
+
+def test_bench_runs_on_the_tiny_unet():
+    from bench import bench_tiled_diffusion
+
+    rows = bench_tiled_diffusion.main(["--tiny", "--size", "256", "--tile", "16", "--overlap",
+                                       "8", "--modes", "tiled", "--timeout", "300"])
+    assert rows[0]["largest_unet_input"] == [8, 4, 16, 16] and rows[0]["unet_calls"] == 3
+    assert rows[0]["finite"] and rows[0]["peak_rss_gb"] > 0
