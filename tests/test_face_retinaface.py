@@ -293,3 +293,51 @@ class Exploit:
     def __reduce__(self):
         import os
         return os.system, ("echo pwned",)
+
+
+@pytest.fixture(scope="module")
+def restorer_files(tmp_path_factory):
+    """Random-weight restorer files and face.png (`tests/helpers/face_restore_files.py`)."""
+    from tests.test_upscalers_spandrel import run_in, spandrel_python
+
+    models = tmp_path_factory.mktemp("models")
+    report = run_in(spandrel_python(), "tests/helpers/face_restore_files.py", str(models))
+    return models, json.loads(report)
+
+
+@pytest.mark.slow
+def test_the_worker_uses_the_facexlib_files(restorer_files, net, tmp_path):
+    """Through the real upscaler worker with a random-weight GFPGAN file: ParseNet's
+    mask changes the paste-back (within the same boxes), and a RetinaFace that scores
+    every prior as background finds nothing where OpenCV's cascades find the face."""
+    from modules.upscaling.face_parsenet import FILE_NAME, ParseNet
+    from tests.test_upscalers_spandrel import spandrel_python
+
+    models, report = restorer_files
+    facexlib = tmp_path / "facexlib"
+    facexlib.mkdir()
+    upscalers = UpscalerRegistry(folders=[models / "ESRGAN"], spandrel_python=spandrel_python())
+    restorers = FaceRestorers(folders={"GFPGAN": models / "GFPGAN", "facexlib": facexlib,
+                                       "Codeformer": models / "Codeformer"}, upscalers=upscalers)
+    face = Image.open(models / "face.png").convert("RGB")
+    original = np.asarray(face, dtype=np.int16)
+    square = np.asarray(Image.open(models / "GFPGAN.expected.png"), dtype=np.int16)
+    try:
+        torch.manual_seed(1)
+        torch.save(ParseNet().state_dict(), facexlib / FILE_NAME)
+        parsed = np.asarray(restorers.restore(face, "GFPGAN"), dtype=np.int16)
+        assert not np.array_equal(parsed, square)  # not the feathered square's paste
+        outside = np.ones(original.shape[:2], bool)
+        for x0, y0, x1, y1 in report["boxes"]["GFPGAN"]:
+            outside[y0:y1, x0:x1] = False
+        assert np.abs(parsed - original)[outside].max() <= 1
+
+        (facexlib / FILE_NAME).unlink()
+        state = dict(net.state_dict())
+        for level in range(3):
+            state[f"ClassHead.{level}.conv1x1.weight"] = torch.zeros(4, 256, 1, 1)
+            state[f"ClassHead.{level}.conv1x1.bias"] = torch.tensor([10.0, -10, 10, -10])
+        torch.save(state, facexlib / rf.FILE_NAME)
+        assert np.array_equal(np.asarray(restorers.restore(face, "GFPGAN")), np.asarray(face))
+    finally:
+        upscalers.close()
