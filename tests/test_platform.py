@@ -120,7 +120,10 @@ IGNORING_CHILD = ("import signal, time; signal.signal(signal.SIGINT, signal.SIG_
 def start_parent(os_name: str, child: str) -> subprocess.Popen:
     """A launcher-like parent (`run_child`, then `sys.exit`), in a process group of its own
     so a signal to the group reaches parent and child as a console's Ctrl+C does."""
-    code = (f"import sys; from modules.app import os_support; "
+    # Python leaves SIGINT ignored when it starts with it ignored (a background job, as CI
+    # may run the suite): a console parent has Python's own handler, so install it.
+    code = (f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"from modules.app import os_support; "
             f"sys.exit(os_support.run_child([sys.executable, '-c', {child!r}], "
             f"os_name={os_name!r}))")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
