@@ -11,9 +11,9 @@ txt2img job (Euler, CFG 7, batch 1, so each step is one U-Net call on a batch of
 with one tool on through `alwayson_scripts`, as an API client sends it; "plain" has none.
 A step's time is the interval between two consecutive progress events of the job (the
 first step, which follows prompt encoding, is not counted); the job is closed after its
-last step, so the VAE decode is not timed. Configurations alternate within each run so
-load drift on the shared machine hits them alike; medians are reported, with each
-tool's added time per step against the plain step of the same run.
+last step, so the VAE decode is not timed. Each tool's job runs right after a plain job,
+so the pair sees nearly the same load on a shared machine; medians over the runs are
+reported, with each tool's added time per step against its plain neighbour.
 
 HyperTile: plain and HyperTile (U-Net, A1111's defaults: max tile 256, swap size 3,
 max depth 3) at `--hypertile-size` (1024 x 1024: a 128 x 128 latent), same protocol.
@@ -81,17 +81,25 @@ def step_times(runtime, scripts: dict, *, size: int, steps: int) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def compare(runtime, configs: dict[str, dict], *, runs: int, size: int, steps: int) -> dict:
-    samples: dict[str, list[float]] = {name: [] for name in configs}
+def compare(runtime, tools: dict[str, dict], *, runs: int, size: int, steps: int) -> dict:
+    """Each tool's step time against a plain job run right before it (load on a shared
+    machine drifts; adjacent pairs see nearly the same load), medians over the runs."""
+    plain: dict[str, list[float]] = {name: [] for name in tools}
+    timed: dict[str, list[float]] = {name: [] for name in tools}
     for run in range(runs):
-        for name, scripts in configs.items():
+        for name, scripts in tools.items():
+            before = step_times(runtime, {}, size=size, steps=steps)
             times = step_times(runtime, scripts, size=size, steps=steps)
-            samples[name].extend(times)
-            print(f"run {run + 1} {name}: {[round(t, 2) for t in times]}", flush=True)
-    medians = {name: statistics.median(times) for name, times in samples.items()}
-    plain = medians["plain"]
-    return {name: {"step_s": round(m, 2), "added_s": round(m - plain, 2),
-                   "ratio": round(m / plain, 3)} for name, m in medians.items()}
+            plain[name].extend(before)
+            timed[name].extend(times)
+            print(f"run {run + 1} plain: {[round(t, 2) for t in before]} "
+                  f"{name}: {[round(t, 2) for t in times]}", flush=True)
+    report = {}
+    for name in tools:
+        base, tool = statistics.median(plain[name]), statistics.median(timed[name])
+        report[name] = {"plain_step_s": round(base, 2), "step_s": round(tool, 2),
+                        "added_s": round(tool - base, 2), "ratio": round(tool / base, 3)}
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,11 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             report = {}
             if not args.skip_per_step:
-                report["per_step"] = compare(runtime, {"plain": {}, **TOOLS}, runs=args.runs,
-                                             size=args.size, steps=args.steps)
+                report["per_step"] = compare(runtime, TOOLS, runs=args.runs, size=args.size,
+                                             steps=args.steps)
             if not args.skip_hypertile:
                 report["hypertile"] = compare(
-                    runtime, {"plain": {}, "HyperTile": TOOLS["HyperTile"]}, runs=args.runs,
+                    runtime, {"HyperTile": TOOLS["HyperTile"]}, runs=args.runs,
                     size=args.hypertile_size, steps=args.hypertile_steps)
         finally:
             runtime.jobs.stop()
