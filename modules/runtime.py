@@ -76,6 +76,8 @@ class Runtime:
     networks: Any = None  # modules.networks.activate.NetworkRegistry (LoRA, embeddings)
     extensions: Any = None  # modules.extensions.registry.ExtensionRegistry (scripts, callbacks)
     upscalers: Any = None  # modules.upscaling.registry.UpscalerRegistry (loaded models cached)
+    # modules.upscaling.interrogate.service.Interrogators, made on first use (interrogators_of)
+    interrogators: Any = None
     jobs: JobQueue = field(default_factory=JobQueue)
     # Cluster mode: where generations run instead of `jobs` (modules.cluster.dispatch), and
     # the image writer the pipeline saves through (a replica records, its ingress writes).
