@@ -42,8 +42,8 @@ def no_job_queued(runtime, submitted, before: int) -> None:
     assert runtime.jobs.pending() == 0 and runtime.jobs.current is None
 
 
-def small_txt2img(page) -> None:
-    page.locator("#txt2img_prompt textarea").fill("a red circle")
+def small_txt2img(page, prompt: str = "a red circle") -> None:
+    page.locator("#txt2img_prompt textarea").fill(prompt)
     for elem_id, value in (("txt2img_steps", 2), ("txt2img_width", 64),
                            ("txt2img_height", 64), ("txt2img_batch_count", 1)):
         set_number(page, elem_id, value)
@@ -81,7 +81,10 @@ def test_img2img_error_stays_in_the_panel_until_the_next_run(served, tmp_path):
 def test_bad_width_is_named_kept_and_queues_nothing(served, value, reason):
     runtime, page, submitted = served
     open_tab(page, "txt2img")
-    small_txt2img(page)
+    # A prompt of its own, so the wait below sees this run's infotext, not an
+    # earlier test's (the page is shared across the module).
+    prompt = f"a red circle, width {value} fixed"
+    small_txt2img(page, prompt)
     before = len(submitted)
     set_number(page, "txt2img_width", value)
     message = page.locator("#txt2img_width .easel-field-error")
@@ -101,7 +104,7 @@ def test_bad_width_is_named_kept_and_queues_nothing(served, value, reason):
     set_number(page, "txt2img_width", 64)
     assert page.locator("#txt2img_width .easel-field-error").count() == 0
     page.locator("#txt2img_generate").click()
-    page.locator("#txt2img_infotext").get_by_text("Steps: 2").wait_for()
+    page.locator("#txt2img_infotext").get_by_text(prompt).wait_for()
     page.locator("#txt2img_generate").wait_for(state="visible")
     assert page.locator("#txt2img_results .easel-error").count() == 0
     assert len(submitted) == before + 1
