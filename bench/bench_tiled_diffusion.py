@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/bench_tiled_diffusion.py [--size 2048]
         [--tile 96] [--overlap 48] [--tile-batch 4] [--timeout 600] [--rss-limit-gb 12]
-        [--modes tiled,untiled] [--tiny]
+        [--modes tiled,untiled] [--tiny] [--max-unet-calls N]
 
 The full-size SD1.5 U-Net (random weights, float32, channels_last as the app runs it on
 a CPU) behind the k-diffusion denoiser and the CFG denoiser: one call at the first sigma
@@ -14,7 +14,10 @@ Each mode runs in a fresh process, so its peak resident set (VmHWM) is its own. 
 that runs past `--timeout` seconds, or whose resident set passes `--rss-limit-gb` (a
 watchdog thread ends it before the machine's memory runs out), is reported as failed
 with the time and resident set it had reached. The step is timed cold (no warm-up: one
-untiled 2048² step is already minutes on a CPU).
+untiled 2048² step is already minutes on a CPU). `--max-unet-calls N` measures memory
+only: the step stops after N U-Net calls and the peak resident set after each call is
+reported (flat from the first call on: memory bounded by one tile batch), for sizes such
+as 4096² whose whole tiled step takes most of an hour on a CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ WORKER = r"""
 import json, os, sys, threading, time
 sys.path.insert(0, {root!r})
 import torch
-from bench.bench_tiled_diffusion import build, hwm, rss
+from bench.bench_tiled_diffusion import StopAfterCalls, build, hwm, rss
 
 options = {options!r}
 def watchdog():
@@ -49,14 +52,44 @@ threading.Thread(target=watchdog, daemon=True).start()
 model, x, sigma, calls = build(options)
 model_gb = round(hwm() / 1e9, 3)
 start = time.perf_counter()
-with torch.inference_mode():
-    out = model(x, sigma)
+try:
+    with torch.inference_mode():
+        out = model(x, sigma)
+except StopAfterCalls:
+    out = None
 seconds = time.perf_counter() - start
-print("RESULT " + json.dumps({{"seconds": round(seconds, 2), "peak_rss_gb": round(hwm() / 1e9, 3),
-                              "model_rss_gb": model_gb, "unet_calls": len(calls),
-                              "largest_unet_input": max(calls),
-                              "finite": bool(torch.isfinite(out).all())}}), flush=True)
+row = {{"seconds": round(seconds, 2), "peak_rss_gb": round(hwm() / 1e9, 3),
+       "model_rss_gb": model_gb, "unet_calls": len(calls), "largest_unet_input": max(calls),
+       "finite": None if out is None else bool(torch.isfinite(out).all())}}
+if options["max_unet_calls"]:
+    row["stopped_after_calls"] = len(calls)
+    row["peak_rss_gb_after_each_call"] = calls.peaks
+print("RESULT " + json.dumps(row), flush=True)
 """
+
+
+class StopAfterCalls(Exception):
+    """Raised by `CallLog` after `--max-unet-calls` U-Net calls (a memory-only run)."""
+
+
+class CallLog(list):
+    """The U-Net input shapes, and the peak resident set once each call has returned.
+
+    Appending the next call's shape means the previous call returned, so the peak after
+    call i is read then; with `limit` set, the call past the limit stops the step.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        super().__init__()
+        self.limit = limit
+        self.peaks: list[float] = []
+
+    def append(self, shape) -> None:
+        if len(self):
+            self.peaks.append(round(hwm() / 1e9, 3))
+        if self.limit and len(self) >= self.limit:
+            raise StopAfterCalls
+        super().append(shape)
 
 
 def hwm() -> int:
@@ -99,7 +132,7 @@ def build(options: dict):
         for parameter in unet.parameters():
             parameter.normal_(0, 0.02)
     unet.set_channels_last(True)
-    calls: list = []
+    calls = CallLog(options.get("max_unet_calls", 0))
     denoiser = td.observed(Denoiser(unet, sigmas=model_sigmas(SD15.schedule)), calls)
     g = torch.Generator().manual_seed(1)
     context = torch.randn(2, 77, config.context_dim, generator=g)
@@ -140,12 +173,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rss-limit-gb", type=float, default=12)
     parser.add_argument("--modes", default="tiled,untiled")
     parser.add_argument("--tiny", action="store_true", help="tiny U-Net (seconds; tests)")
+    parser.add_argument("--max-unet-calls", type=int, default=0,
+                        help="memory only: stop the step after this many U-Net calls and "
+                             "report the peak resident set after each (0: the whole step)")
     args = parser.parse_args(argv)
     rows = []
     for mode in args.modes.split(","):
         options = {"mode": mode, "size": args.size, "tile": args.tile, "overlap": args.overlap,
                    "tile_batch": args.tile_batch, "rss_limit_gb": args.rss_limit_gb,
-                   "tiny": args.tiny}
+                   "tiny": args.tiny, "max_unet_calls": args.max_unet_calls}
         row = {**options, **measure(options, args.timeout)}
         print(json.dumps(row), flush=True)
         rows.append(row)

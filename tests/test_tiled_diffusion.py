@@ -281,3 +281,14 @@ def test_bench_runs_on_the_tiny_unet():
                                        "8", "--modes", "tiled", "--timeout", "300"])
     assert rows[0]["largest_unet_input"] == [8, 4, 16, 16] and rows[0]["unet_calls"] == 3
     assert rows[0]["finite"] and rows[0]["peak_rss_gb"] > 0
+
+
+def test_bench_memory_run_stops_after_the_calls_asked():
+    from bench import bench_tiled_diffusion
+
+    rows = bench_tiled_diffusion.main(["--tiny", "--size", "256", "--tile", "16", "--overlap",
+                                       "8", "--modes", "tiled", "--timeout", "300",
+                                       "--max-unet-calls", "2"])
+    row = rows[0]
+    assert row["stopped_after_calls"] == 2 and row["unet_calls"] == 2
+    assert len(row["peak_rss_gb_after_each_call"]) == 2 and row["finite"] is None
