@@ -36,6 +36,9 @@ class Paths:
     embeddings_dir: Path
     hypernetwork_dir: Path
     controlnet_dir: Path
+    # CLIP image encoders for IP-Adapter / the style T2I-Adapter: A1111's and Forge's
+    # `models/clip_vision` (neither has a flag for it)
+    clip_vision_dir: Path
     esrgan_dir: Path
     facexlib_dir: Path  # facexlib's face detector file (RetinaFace), as A1111 keeps it
     upscaler_dirs: tuple[Path, ...]  # esrgan_dir first, then A1111's other upscaler folders
@@ -64,6 +67,7 @@ class Paths:
             embeddings_dir=_pick(args.embeddings_dir, models / "embeddings"),
             hypernetwork_dir=_pick(args.hypernetwork_dir, models / "hypernetworks"),
             controlnet_dir=_pick(args.controlnet_dir, models / "ControlNet"),
+            clip_vision_dir=models / "clip_vision",
             esrgan_dir=_pick(args.esrgan_models_path, models / "ESRGAN"),
             facexlib_dir=models / "facexlib",
             upscaler_dirs=_upscaler_dirs(args, models),
