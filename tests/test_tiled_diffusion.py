@@ -219,6 +219,19 @@ def test_infotext_round_trips_through_paste(runtime):
     assert pixels(again) == pixels(result)
 
 
+def test_extra_network_tags_in_a_region_prompt_are_named_not_silently_dropped(runtime):
+    regions = [{"x": 0.0, "y": 0.0, "w": 0.5, "h": 1.0, "prompt": "a red circle <lora:bar:0.8>"}]
+    tagged = run(runtime, tiled(tile_width=8, tile_height=8, overlap=4,
+                                enable_bbox_control=True, regions=regions))
+    assert any("<lora:bar>" in w and "region prompt is not applied" in w
+               for w in tagged.warnings), tagged.warnings
+    # The tag is removed before encoding: the image equals the region without it.
+    regions[0]["prompt"] = "a red circle "
+    untagged = run(runtime, tiled(tile_width=8, tile_height=8, overlap=4,
+                                  enable_bbox_control=True, regions=regions))
+    assert untagged.warnings == [] and pixels(untagged) == pixels(tagged)
+
+
 def _img2img(runtime, scripts):
     from modules.pipeline.img2img import img2img
 

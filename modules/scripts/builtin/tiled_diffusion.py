@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from modules.conditioning.prompt_parser import extract_extra_networks
 from modules.pipeline.sample import encode_prompts, initial_scale
 from modules.sampling import tiled_diffusion as td
 from modules.sampling.tiled_diffusion_inversion import (
@@ -90,6 +91,20 @@ def parse_regions(raw: list) -> list[dict]:
         if region["enable"]:
             regions.append(region)
     return regions
+
+
+def warn_region_networks(plan, region: dict) -> None:
+    """Extra-network tags in a region's prompt are removed, not applied: the networks are
+    merged into the job's model once, for the whole image (the extension does not apply
+    them either). Say so, naming the tags, instead of dropping them silently."""
+    tags = [tag for text in (region["prompt"], region["neg_prompt"])
+            for tag in extract_extra_networks(text)[1]]
+    if tags:
+        names = ", ".join(f"<{tag.name}:{tag.items[0] if tag.items else ''}>" for tag in tags)
+        message = (f"Tiled Diffusion: {names} in a region prompt is not applied (extra "
+                   f"networks act on the whole image: put them in the main prompt)")
+        if message not in plan.warnings:
+            plan.warnings.append(message)
 
 
 def settings_info(args: TiledDiffusionArgs, is_img2img: bool) -> dict:
@@ -193,6 +208,7 @@ class TiledDiffusion(Script):
         prompts = [joined(text, region["prompt"]) for text in plan.prompts[first:first + count]]
         negatives = [joined(text, region["neg_prompt"])
                      for text in plan.negative_prompts[first:first + count]]
+        warn_region_networks(plan, region)
         seen = replace(plan, prompts=prompts, negative_prompts=negatives)
         conds, unconds = encode_prompts(seen, slice(0, count))
         return td.Region(window, conds, unconds, region["blend_mode"] == "Foreground",
