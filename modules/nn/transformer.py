@@ -19,7 +19,9 @@ argument of the call, so one job's transform never reaches another job's call.
 
 Hook point `patches` (`modules.nn.unet_patches.UNetPatches`, with the `BlockPlace` of the
 U-Net block this transformer sits in): a patch may wrap the self-attention kernel of any
-transformer block (`SelfAttention`), e.g. HyperTile's tiles or PAG's identity attention.
+transformer block (`SelfAttention`), e.g. HyperTile's tiles or PAG's identity attention,
+and change the output of any cross-attention kernel before `to_out`
+(`CrossAttentionPatches`), e.g. IP-Adapter's decoupled attention to image tokens.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from torch import nn
 from modules.nn.attention import AttentionLayer, Cancel, attention, check
 from modules.nn.ops import add_fresh, mul_fresh
 from modules.nn.token_merging import MapMerging, TokenMerging
-from modules.nn.unet_patches import AttentionPlace, BlockPlace, SelfAttention, UNetPatches
+from modules.nn.unet_patches import (
+    AttentionPlace,
+    BlockPlace,
+    CrossAttentionPatches,
+    SelfAttention,
+    UNetPatches,
+)
 
 
 class ContextTransform(Protocol):
@@ -105,11 +113,13 @@ class CrossAttention(AttentionLayer):
         context_transform: ContextTransform | None = None,
         cancel: Cancel | None = None,
         self_attention: SelfAttention | None = None,
+        cross_attention: CrossAttentionPatches | None = None,
     ) -> torch.Tensor:
         """:param x: (B, T, query_dim); :param context: (B, S, context_dim) or None;
         :param context_transform: per-call change of the key / value sources (module docstring)
         :param cancel: checked between query chunks of a large attention (`attention`)
         :param self_attention: patches around the kernel (self-attention only, module docstring)
+        :param cross_attention: patches of the kernel's output (cross-attention only)
         """
         source = x if context is None else context
         if context_transform is None:
@@ -128,6 +138,8 @@ class CrossAttention(AttentionLayer):
             out = self_attention(q, k, v, kernel)
         else:
             out = kernel(q, k, v)
+            if cross_attention is not None and context is not None:
+                out = cross_attention(q, out)
         # Merge the heads back into channels.
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out(out)
@@ -183,15 +195,18 @@ class BasicTransformerBlock(nn.Module):
         merging: MapMerging | None = None,
         cancel: Cancel | None = None,
         self_attention: SelfAttention | None = None,
+        cross_attention: CrossAttentionPatches | None = None,
     ) -> torch.Tensor:
         """:param merging: token merging of the self-attention (`modules.nn.token_merging`);
         :param cancel: a stop request checked inside long attentions;
-        :param self_attention: the call's patches around `attn1`'s kernel, if any"""
+        :param self_attention: the call's patches around `attn1`'s kernel, if any;
+        :param cross_attention: the call's patches of `attn2`'s output, if any"""
         # Pixels attend to each other (each branch output is fresh: add into it).
         x = add_fresh(self._self_attention(x, context_transform, merging, cancel,
                                            self_attention), x)
         # Pixels attend to the text tokens.
-        x = add_fresh(self.attn2(self.norm2(x), context, context_transform, cancel), x)
+        x = add_fresh(self.attn2(self.norm2(x), context, context_transform, cancel,
+                                 cross_attention=cross_attention), x)
         # Per-token MLP.
         return add_fresh(self.ff(self.norm3(x)), x)
 
@@ -277,11 +292,13 @@ class SpatialTransformer(nn.Module):
             h = self.proj_in(h)
         for index, block in enumerate(self.transformer_blocks):
             check(cancel)
-            self_attention = None
+            self_attention = cross_attention = None
             if patches and place is not None:
-                self_attention = patches.self_attention_at(
-                    AttentionPlace(place, index, height, width))
-            h = block(h, context, context_transform, merging, cancel, self_attention)
+                attention_place = AttentionPlace(place, index, height, width)
+                self_attention = patches.self_attention_at(attention_place)
+                cross_attention = patches.cross_attention_at(attention_place)
+            h = block(h, context, context_transform, merging, cancel, self_attention,
+                      cross_attention)
         # Project out and fold the tokens back into a map.
         if self.use_linear:
             h = self.proj_out(h)

@@ -17,6 +17,11 @@ at four documented points:
 * `self_attention(q, k, v, place, attend)`: the self-attention (`attn1`) of one
   transformer block, with q, k, v shaped (batch, heads, tokens, head_dim) and `attend`
   the layer's own kernel; a patch returns the attention output in the same shape.
+* `cross_attention(q, out, place)`: the cross-attention (`attn2`) of one transformer
+  block, with `q` its queries and `out` its kernel's output over the text context, both
+  (batch, heads, tokens, head_dim), before the heads are merged and `to_out` projects
+  them; a patch returns a new `out` (IP-Adapter adds the attention to image tokens).
+  Only patches whose class overrides it are called, so the others cost nothing there.
 
 Patches are chained in order: each sees what the previous one returned, and for
 `self_attention` each wraps the next (the last one wraps the kernel). A patch that the
@@ -59,7 +64,8 @@ class BlockPlace:
 
 @dataclass(frozen=True)
 class AttentionPlace:
-    """One self-attention layer: its block, which transformer block, the token map size."""
+    """One transformer block's attention layer (`attn1` or `attn2`): its U-Net block,
+    which transformer block there, and the token map size."""
 
     block: BlockPlace
     transformer: int
@@ -95,6 +101,15 @@ class UNetPatch:
     def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        place: AttentionPlace, attend: Attend) -> torch.Tensor:
         return attend(q, k, v)
+
+    def changes_cross_attention(self, place: AttentionPlace) -> bool:
+        """Whether `cross_attention` does anything at this layer: by default, whether the
+        class overrides it (patches that don't are never called there)."""
+        return type(self).cross_attention is not UNetPatch.cross_attention
+
+    def cross_attention(self, q: torch.Tensor, out: torch.Tensor,
+                        place: AttentionPlace) -> torch.Tensor:
+        return out
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,11 @@ class UNetPatches:
         active = tuple(p for p in self.patches if p.changes_self_attention(place))
         return SelfAttention(active, place) if active else None
 
+    def cross_attention_at(self, place: AttentionPlace) -> CrossAttentionPatches | None:
+        """The chained cross-attention changes of one layer, or None where no patch has any."""
+        active = tuple(p for p in self.patches if p.changes_cross_attention(place))
+        return CrossAttentionPatches(active, place) if active else None
+
 
 def with_patch(existing: UNetPatches | None, patch: UNetPatch) -> UNetPatches:
     """`existing` (a step's `unet_kwargs["patches"]`, maybe absent) plus one more patch."""
@@ -153,6 +173,19 @@ class SelfAttention:
         for patch in reversed(self.patches):
             attend = _wrapped(patch, self.place, attend)
         return attend(q, k, v)
+
+
+@dataclass(frozen=True)
+class CrossAttentionPatches:
+    """The patches that change one `attn2` layer's output, applied in order."""
+
+    patches: tuple[UNetPatch, ...]
+    place: AttentionPlace
+
+    def __call__(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        for patch in self.patches:
+            out = patch.cross_attention(q, out, self.place)
+        return out
 
 
 def _wrapped(patch: UNetPatch, place: AttentionPlace, inner: Attend) -> Attend:
