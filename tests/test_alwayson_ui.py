@@ -1,6 +1,6 @@
 """Always-on scripts in the txt2img / img2img tabs, without a browser: one accordion per
-script whose arguments all render (`enabled` first; none for ControlNet's structured
-units), every generation sends their values as `alwayson_scripts`, and pasting an
+script whose arguments all render (`enabled` first; ControlNet builds its own from its
+`ui()`), every generation sends their values as `alwayson_scripts`, and pasting an
 infotext sets them from the script's `infotext_fields` keys.
 
 A test extension with one always-on script ("Test probe") is written into the data
@@ -102,7 +102,7 @@ def test_one_accordion_per_renderable_alwayson_script(runtime):
     with gr.Blocks():
         ui = build_scripts(runtime, "txt2img", is_img2img=False)
     shown = [c.title for c in ui.alwayson]
-    assert TITLE in shown and "ControlNet" not in shown  # ControlNet's units: no accordion
+    assert TITLE in shown and "ControlNet" in shown  # ControlNet: its own ui()
     probe = ui.alwayson[shown.index(TITLE)]
     assert isinstance(probe.group, gr.Accordion) and probe.group.open is False
     assert probe.group.label == TITLE

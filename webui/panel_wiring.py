@@ -152,12 +152,12 @@ def wire_run(panel: GenerationPanel, trigger, generate: Callable[..., Iterator[t
     def run(*values):
         fields = dict(zip(panel.names, values[:count]))
         extra = values[count:count + extra_count]
-        if panel.scripts is not None:
-            fields.update(panel.scripts.request(list(values[count + extra_count:])))
         keep = [gr.skip()] * 3
         # The idle bar replaces the last run's error (it stays until this next run).
         yield (gr.skip(), gr.skip(), P.idle_html(), gr.skip(), *running(True))
         try:
+            if panel.scripts is not None:  # may refuse a script's values (gr.Error)
+                fields.update(panel.scripts.request(list(values[count + extra_count:])))
             for update in generate(fields, *extra):
                 yield (*update, *keep)
         except Exception as error:  # shown where the result would be, until the next run

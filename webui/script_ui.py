@@ -16,7 +16,11 @@ just above the dropdown (where A1111 puts them), with the same controls (a bool 
 field first). Every generation sends all of their values as `alwayson_scripts`; the
 script's own `enabled` decides whether it acts. Paste (↙️) and "Send to" set them from
 the infotext keys the script declares (`Script.infotext_fields`). A script with an
-argument these controls cannot show (e.g. ControlNet's structured units) gets no accordion.
+argument these controls cannot show gets no accordion, unless its own `ui()` builds one
+component per field (ControlNet: one hidden `gr.State` per unit holding the unit's API
+dict, fed by the unit's tab); such a structured field's component gets the raw infotext
+text when pasting, and the script's optional `ui_check(args, is_img2img)` refuses values
+before the job is queued (a ValueError, shown naming the script).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class ScriptsUI:
     dropdown: gr.Dropdown
     controls: list[ScriptControls]
     alwayson: list[ScriptControls] = field(default_factory=list)  # one per accordion
+    is_img2img: bool = False
 
     def alwayson_widgets(self) -> list[Any]:
         return [w for c in self.alwayson for w in c.widgets]
@@ -92,7 +97,14 @@ class ScriptsUI:
         for controls in self.alwayson:
             count = len(controls.widgets)
             own, values = values[:count], values[count:]
-            entries[controls.title] = {"args": controls.args(own)}
+            args = controls.args(own)
+            check = getattr(controls.script, "ui_check", None)
+            if callable(check):
+                try:
+                    check(args, self.is_img2img)
+                except ValueError as error:
+                    raise gr.Error(f"{controls.title}: {error}") from None
+            entries[controls.title] = {"args": args}
         return entries
 
     def paste_updates(self, text: str | None) -> list[Any]:
@@ -101,12 +113,25 @@ class ScriptsUI:
         widgets = self.alwayson_widgets()
         if not text or not widgets:
             return [gr.skip()] * len(widgets)
-        found = infotext_to_alwayson(parse_infotext(text), [c.script for c in self.alwayson])
+        parsed = parse_infotext(text)
+        found = infotext_to_alwayson(parsed, [c.script for c in self.alwayson])
         updates = []
         for controls in self.alwayson:
             args = found.get(controls.title, {}).get("args", {})
-            updates.extend(args[name] if name in args else gr.skip() for name in controls.names)
+            raw = structured_infotext(controls, parsed)
+            updates.extend(args[name] if name in args else raw.get(name, gr.skip())
+                           for name in controls.names)
         return updates
+
+
+def structured_infotext(controls: ScriptControls, parsed: dict[str, Any]) -> dict[str, str]:
+    """The raw infotext text of the fields no plain control shows (a ControlNet unit's
+    `ControlNet 0` value), for the script's own component to read."""
+    keys = _hook(controls.script, "infotext_fields") if controls.script else {}
+    plain = {name for name, kind in zip(controls.names, controls.kinds)
+             if kind in RENDERED_KINDS}
+    return {name: str(parsed[key]) for name, key in keys.items()
+            if name not in plain and key in parsed}
 
 
 def arg_value(kind: str, value: Any) -> Any:
@@ -124,7 +149,8 @@ def build_scripts(runtime, prefix: str, *, is_img2img: bool) -> ScriptsUI | None
     dropdown = gr.Dropdown([NO_SCRIPT, *titles], value=NO_SCRIPT, label="Script",
                            elem_id=f"{prefix}_script")
     controls = [_script_group(script, runtime, prefix, is_img2img) for script in scripts]
-    ui = ScriptsUI(dropdown=dropdown, controls=controls, alwayson=alwayson)
+    ui = ScriptsUI(dropdown=dropdown, controls=controls, alwayson=alwayson,
+                   is_img2img=is_img2img)
     dropdown.change(lambda title: [gr.update(visible=c.title == title) for c in controls],
                     dropdown, [c.group for c in controls], queue=False)
     return ui
@@ -160,6 +186,8 @@ def build_alwayson(registry, prefix: str, *, is_img2img: bool) -> list[ScriptCon
     built = []
     for script in registry.alwayson(is_img2img) if registry is not None else []:
         specs = alwayson_specs(script)
+        if specs is None and has_own_ui(script):
+            specs = arg_specs(script.Args)  # structured fields: the script's own controls
         if specs is None:
             log.debug("always-on script %r has arguments the UI cannot show: no accordion",
                       script.title())
@@ -179,8 +207,11 @@ def _alwayson_accordion(script: Script, specs: list[ArgSpec], prefix: str,
         own = _own_ui(script, is_img2img, len(specs))
         by_name = dict(zip([s.name for s in arg_specs(script.Args)], own)) if own else {}
         for spec in specs:
-            widget = by_name.get(spec.name) or control_for(
-                spec, f"{prefix}_alwayson_{slug}_{spec.name}")
+            widget = by_name.get(spec.name)
+            if widget is None and not renders(spec):
+                continue  # its own ui() failed: the field keeps its default
+            if widget is None:
+                widget = control_for(spec, f"{prefix}_alwayson_{slug}_{spec.name}")
             controls.names.append(spec.name)
             controls.kinds.append(spec.kind)
             controls.widgets.append(widget)
@@ -267,9 +298,14 @@ new MutationObserver(mark).observe(element.closest(".gradio-container") || docum
 """
 
 
+def has_own_ui(script: Script) -> bool:
+    """The script overrides `Script.ui`."""
+    return getattr(type(script).ui, "__func__", type(script).ui) is not Script.ui
+
+
 def _own_ui(script: Script, is_img2img: bool, count: int) -> list | None:
     """The script's own controls, if it builds them (one per field); else None."""
-    if getattr(type(script).ui, "__func__", type(script).ui) is Script.ui:
+    if not has_own_ui(script):
         return None
     try:
         widgets = list(script.ui(is_img2img) or [])
