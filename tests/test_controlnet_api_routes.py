@@ -19,7 +19,8 @@ from tests.helpers.controlnet import use_extension_package
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"user:pw").decode()}
 FILES = ("control_sd15_canny.safetensors", "control_v11p_sd15_canny.safetensors",
-         "control_v11f1p_sd15_depth.pth", "t2iadapter_color_sd14v1.pth")
+         "control_v11f1p_sd15_depth.pth", "t2iadapter_color_sd14v1.pth",
+         "ip-adapter_sd15.safetensors", "ip-adapter-plus_sd15.bin")
 ENTRY_KEYS = {"module_list", "model_list", "default_option", "default_model"}
 
 
@@ -65,7 +66,36 @@ def test_control_types_groups_modules_and_models(client):
     assert "color" in types["T2I-Adapter"]["module_list"]  # by its label t2ia_color_grid
     assert types["T2I-Adapter"]["default_model"].startswith("t2iadapter_color_sd14v1 [")
     assert {"Tile/Blur", "Scribble/Sketch", "Inpaint", "InstructP2P"} <= set(types)
-    assert not {"Recolor", "IP-Adapter", "Revision", "Reference"} & set(types)
+    assert not {"Recolor", "Revision", "Reference"} & set(types)
+
+
+def test_adapters_are_listed_as_the_extension_lists_them(client):
+    models = get(client, "/controlnet/model_list")["model_list"]
+    assert [m.split(" [")[0] for m in models if "adapter" in m] == [
+        "ip-adapter-plus_sd15", "ip-adapter_sd15", "t2iadapter_color_sd14v1"]
+    clip = ["ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith"]
+    modules = get(client, "/controlnet/module_list")
+    assert {"pidinet_sketch", "clip_vision", *clip} <= set(modules["module_list"])
+    assert modules["module_detail"]["ip-adapter_clip_sd15"] == {
+        "model_free": False, "sliders": [], "files": []}
+    labelled = get(client, "/controlnet/module_list?alias_names=true")["module_list"]
+    assert {"t2ia_sketch_pidi", "t2ia_style_clipvision", "ip-adapter_clip_h",
+            "ip-adapter_clip_g", "ip-adapter_clip_sdxl_plus_vith"} <= set(labelled)
+    types = get(client, "/controlnet/control_types")["control_types"]
+    ip = types["IP-Adapter"]
+    assert ip["module_list"] == ["none", *clip]
+    assert ip["default_option"] == "ip-adapter_clip_sd15"  # the extension's ip-adapter_clip_h
+    assert [m.split(" [")[0] for m in ip["model_list"]] == [
+        "None", "ip-adapter-plus_sd15", "ip-adapter_sd15"]
+    assert ip["default_model"].startswith("ip-adapter-plus_sd15 [")
+    t2i = types["T2I-Adapter"]
+    assert {"color", "pidinet_sketch", "clip_vision"} <= set(t2i["module_list"])
+    assert t2i["default_option"] == "clip_vision"  # t2ia_style_clipvision, as the extension
+    for module in ("ip-adapter_clip_h", "t2ia_style_clipvision"):  # no picture to show
+        response = client.post("/controlnet/detect", headers=AUTH, json={
+            "controlnet_module": module, "controlnet_input_images": [png_base64(
+                Image.new("RGB", (64, 64)))]})
+        assert response.status_code == 422 and "Module not supported" in response.text
 
 
 def test_module_labels_are_listed_and_accepted(client):

@@ -6,13 +6,16 @@ Registered from the extension's `app_started` callback through `ExtensionApp.add
 so they sit behind `--api-auth` like `/sdapi/v1/*`:
 
 - GET  /controlnet/version      -> {"version": 2}
-- GET  /controlnet/model_list   -> {"model_list": ["stem [hash8]", ...]}
+- GET  /controlnet/model_list   -> {"model_list": ["stem [hash8]", ...]} (ControlNets,
+  T2I-Adapters and IP-Adapters alike, as the extension lists them)
 - GET  /controlnet/module_list  -> {"module_list": [...], "module_detail": {...}}
   (`alias_names=true`: the extension's UI labels, e.g. "t2ia_color_grid" for "color")
 - GET  /controlnet/control_types -> {"control_types": {"All": {"module_list", "model_list",
   "default_option", "default_model"}, "Canny": {...}, ...}} (`control_types.py`)
 - GET  /controlnet/settings     -> {"control_net_unit_count": n}
-- POST /controlnet/detect       -> {"images": [base64 PNG], "info": "Success"}
+- POST /controlnet/detect       -> {"images": [base64 PNG], "info": "Success"}; the CLIP
+  modules (IP-Adapter's, the style adapter's) make no picture: a 422 (the extension
+  answers "Module not supported" for `clip_vision` and a pickled tensor for the others)
 - POST /controlnet/render_openpose_json [{people, canvas_width, canvas_height}, ...]
   -> {"images": [base64 PNG], "info": "Success"} (`openpose_render.py`)
 """
@@ -28,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from easel_controlnet.control_types import control_types
 from easel_controlnet.hint import decode_image, map_to_png_base64
-from easel_controlnet.library import list_models
+from easel_controlnet.library import KindCache, list_models
 from easel_controlnet.openpose_render import MAX_PICTURES, PoseData, png_base64, render
 from easel_controlnet.prepare import detect_map
 from easel_controlnet.preprocessors import (
@@ -79,6 +82,10 @@ def detect(request: DetectRequest, annotator_dir: Path | None) -> dict[str, Any]
         raise HTTPException(422, "No image selected")
     try:
         entry = get_preprocessor(request.controlnet_module, annotator_dir)
+        if entry.embeds:
+            raise HTTPException(422, f"Module not supported: {entry.name} makes a CLIP image "
+                                     f"embedding for IP-Adapter / the style adapter, not a "
+                                     f"picture")
         if entry.needs_mask and len(request.controlnet_masks) < len(
                 request.controlnet_input_images):
             raise PreprocessorError(f"Module {entry.name} requires a mask for every image")
@@ -114,9 +121,10 @@ def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
                     unit_count: int) -> None:
     """Add the routes to an `ExtensionApp`."""
     app.add_api_route("/controlnet/version", lambda: {"version": API_VERSION})
+    kinds = KindCache()  # headers read once per file version, for this app's listings
 
     def model_list(update: bool = True) -> dict[str, list[str]]:
-        return {"model_list": [entry.name for entry in list_models(model_dir)]}
+        return {"model_list": [entry.name for entry in list_models(model_dir, kinds)]}
 
     def module_list(alias_names: bool = False) -> dict[str, Any]:
         names = [ui_label(n) if alias_names else n for n in preprocessor_names()]
@@ -124,7 +132,7 @@ def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
 
     def types() -> dict[str, Any]:
         names = list(preprocessor_names())
-        models = [entry.name for entry in list_models(model_dir)]
+        models = [entry.name for entry in list_models(model_dir, kinds)]
         return {"control_types": control_types(names, {n: ui_label(n) for n in names}, models)}
 
     app.add_api_route("/controlnet/model_list", model_list)

@@ -22,11 +22,13 @@ DEFAULTS = {
     "OpenPose": "openpose_full", "MLSD": "mlsd", "Lineart": "lineart_standard",
     "SoftEdge": "softedge_pidinet", "Scribble/Sketch": "scribble_pidinet",
     "Segmentation": "seg_ofade20k", "Shuffle": "shuffle", "Tile/Blur": "tile_resample",
-    "Inpaint": "inpaint_only", "InstructP2P": "none", "T2I-Adapter": "none",
+    "Inpaint": "inpaint_only", "InstructP2P": "none", "T2I-Adapter": "clip_vision",
+    "IP-Adapter": "ip-adapter_clip_sd15",
 }
 KEYWORDS = {
     "instructp2p": ("ip2p",), "segmentation": ("seg",), "normalmap": ("normal",),
     "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia"),
+    "ip-adapter": ("ip_adapter", "ipadapter"),
     "scribble/sketch": ("scribble", "sketch"), "tile/blur": ("tile", "blur"),
     "openpose": ("openpose", "densepose"),
 }

@@ -5,6 +5,9 @@ each unit's ControlNet runs on the U-Net's own input (x_t, t, text, SDXL's ADM v
 plus its hint; its residuals, scaled per level, are summed over units and added to the
 U-Net's skip connections and middle block (`modules.nn.unet.ControlResiduals`).
 
+T2I-Adapter and IP-Adapter units ride on the same hook as U-Net patches
+(`easel_controlnet/adapters.py`).
+
 Nothing is patched: `ControlStepHook` is a CFG `before_model` hook of one sampler call
 (added from the script's `process_before_every_sampling`). At each step it keeps the
 units whose [guidance_start, guidance_end] holds the sampling progress step / total
@@ -147,11 +150,17 @@ class ControlProvider:
 
 @dataclass
 class ControlStepHook:
-    """CFG `before_model` hook: the units active at this step, as the U-Net's `control`."""
+    """CFG `before_model` hook: the units active at this step, as the U-Net's `control`,
+    and the adapter units' patches and context tokens (`easel_controlnet/adapters.py`)."""
 
     units: list[ActiveUnit]
+    adapters: list = field(default_factory=list)  # adapters.AdapterUnit, in unit order
 
     def __call__(self, params) -> None:
+        for adapter in self.adapters:
+            if unit_active(params.step, params.total_steps, adapter.guidance_start,
+                           adapter.guidance_end):
+                adapter.apply(params)
         active = [u for u in self.units
                   if unit_active(params.step, params.total_steps, u.guidance_start,
                                  u.guidance_end)]

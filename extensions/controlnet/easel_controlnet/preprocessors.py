@@ -11,6 +11,10 @@ Choosing one reports which file is missing, or that its network is not built in 
 
 Every preprocessor takes an (H, W, 3) uint8 RGB picture and returns an (h, w, 3)
 float32 map in [0, 1] (the inpaint map also uses -1 for "to be painted").
+
+The CLIP ones (`clip_vision`, shown as "t2ia_style_clipvision", for the style
+T2I-Adapter; `ip-adapter_clip_*` for IP-Adapter) make no picture: the unit's picture goes
+through a CLIP image encoder from `models/clip_vision/` (`embeds=True`; `prepare.py`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Preprocessor:
     slider_b: Slider | None = None
     files: tuple[str, ...] = ()  # annotator weights under models/ControlNet/annotators/
     needs_mask: bool = False
+    embeds: bool = False  # a CLIP image encoder's embedding, not a picture (module docstring)
 
 
 class PreprocessorError(ValueError):
@@ -215,12 +220,24 @@ def all_preprocessors() -> dict[str, Preprocessor]:
         "lineart_anime": ("netG.pth",), "seg_ufade20k": ("upernet_global_small.pth",),
     }
     entries += [Preprocessor(name, None, files=files) for name, files in weights.items()]
+    entries.append(Preprocessor("pidinet_sketch", None, uses_resolution=False,
+                                files=("table5_pidinet.pth",)))
+    entries += [Preprocessor(name, None, uses_resolution=False, embeds=True)
+                for name in CLIP_MODULES]
     return {entry.name: entry for entry in entries}
 
 
 # The ControlNet extension's other spellings of our modules: its UI labels (what
 # `module_list?alias_names=true` and the web UI show) and its older internal keys.
-UI_LABELS = {"invert": "invert (from white bg & black line)", "color": "t2ia_color_grid"}
+UI_LABELS = {"invert": "invert (from white bg & black line)", "color": "t2ia_color_grid",
+             "pidinet_sketch": "t2ia_sketch_pidi", "clip_vision": "t2ia_style_clipvision",
+             "ip-adapter_clip_sd15": "ip-adapter_clip_h",
+             "ip-adapter_clip_sdxl": "ip-adapter_clip_g"}
+# CLIP image-encoder modules: the style T2I-Adapter's, then IP-Adapter's (`embeds=True`)
+STYLE_MODULE = "clip_vision"
+IP_ADAPTER_MODULES = ("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl",
+                      "ip-adapter_clip_sdxl_plus_vith")
+CLIP_MODULES = (STYLE_MODULE, *IP_ADAPTER_MODULES)
 LEGACY_KEYS = {"depth": "depth_midas", "hed": "softedge_hed", "pidinet": "softedge_pidinet",
                "lineart": "lineart_realistic", "segmentation": "seg_ufade20k"}
 
@@ -246,7 +263,7 @@ def get_preprocessor(name: str, annotator_dir: Path | None) -> Preprocessor:
     entry = all_preprocessors().get(canonical_module(name))
     if entry is None:
         raise PreprocessorError(f"unknown preprocessor {name!r}")
-    if entry.run is None:
+    if entry.run is None and not entry.embeds:
         folder = (annotator_dir if annotator_dir is not None
                   else Path("models/ControlNet/annotators"))
         missing = [f for f in entry.files if not (folder / f).is_file()]
@@ -263,6 +280,9 @@ def run_preprocessor(entry: Preprocessor, image: np.ndarray, *, resolution: int 
                      a: float = -1, b: float = -1, mask: np.ndarray | None = None,
                      seed: int = 0) -> np.ndarray:
     """Apply `entry`; -1 values take the preprocessor's defaults (as the extension does)."""
+    if entry.run is None:
+        raise PreprocessorError(f"preprocessor {entry.name!r} makes a CLIP image embedding, "
+                                f"not a picture")
     resolution = DEFAULT_RESOLUTION if resolution is None or resolution < 0 else int(resolution)
     a = entry.slider_a.default if entry.slider_a is not None and a == -1 else a
     b = entry.slider_b.default if entry.slider_b is not None and b == -1 else b

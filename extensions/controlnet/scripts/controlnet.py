@@ -9,7 +9,8 @@ in `easel_controlnet/units.py`). It uses the public extension API only:
 - `process_before_every_sampling` (first pass and hires pass): loads each unit's model
   (cached per Runtime on this script instance), preprocesses its picture, and appends a
   `ControlStepHook` to this sampler call's CFG hooks; the hook passes the residuals to
-  the U-Net through its documented `control=` input (`easel_controlnet/inject.py`);
+  the U-Net through its documented `control=` input (`easel_controlnet/inject.py`), and
+  the T2I-Adapter / IP-Adapter units' U-Net patches (`easel_controlnet/adapters.py`);
 - `setup(ctx)`: registers `/controlnet/*` routes from `app_started` (behind --api-auth).
 
 A unit that cannot run (missing, damaged or unsafe model file, missing picture,
@@ -21,6 +22,7 @@ was applied), and the job goes on without it.
 from dataclasses import dataclass
 
 import torch
+from easel_controlnet.adapters import AdapterUnit
 from easel_controlnet.api import register_routes
 from easel_controlnet.inject import ActiveUnit, ControlStepHook
 from easel_controlnet.library import ControlNetCache
@@ -86,7 +88,8 @@ class ControlNetScript(Script):
         return Target(width=plan.params.width, height=plan.params.height, model_dir=model_dir,
                       annotator_dir=model_dir / "annotators" if model_dir else None,
                       base=plan.loaded.family.unet, device=parameter.device,
-                      dtype=parameter.dtype, seed=plan.seeds[0] if plan.seeds else 0)
+                      dtype=parameter.dtype, seed=plan.seeds[0] if plan.seeds else 0,
+                      clip_vision_dir=getattr(paths, "clip_vision_dir", None))
 
     def process_before_every_sampling(self, plan, args, sampling: SamplingInfo) -> None:
         units = self.units(args)
@@ -95,6 +98,7 @@ class ControlNetScript(Script):
         target = self._target(plan)
         init_images = getattr(plan.params, "init_images", None) or [None]
         active: list[ActiveUnit] = []
+        adapters: list[AdapterUnit] = []
         for index, unit in units:
             try:
                 with torch.inference_mode(False):
@@ -107,9 +111,9 @@ class ControlNetScript(Script):
                 skip_unit(plan, index, f"the model could not be used ({type(error).__name__}: "
                                        f"{error})")
                 continue
-            active.append(ready)
-        if active:
-            sampling.cfg_hooks.before_model.append(ControlStepHook(active))
+            (active if isinstance(ready, ActiveUnit) else adapters).append(ready)
+        if active or adapters:
+            sampling.cfg_hooks.before_model.append(ControlStepHook(active, adapters))
 
 
 def skip_unit(plan, index: int, reason: str) -> None:
