@@ -26,6 +26,7 @@ from modules.models.ip_adapter_files import (
     load_clip_vision,
     load_ip_adapter,
 )
+from modules.models.t2i_adapter_files import load_t2i_adapter
 from modules.nn.ip_adapter import (
     IPAdapter,
     IPAdapterConfig,
@@ -33,6 +34,7 @@ from modules.nn.ip_adapter import (
     cross_attention_layers,
     encode_reference,
 )
+from modules.nn.t2i_adapter import StyleAdapter, T2IAdapter, T2IAdapterConfig, T2IAdapterPatch
 from modules.nn.unet_patches import UNetPatches
 from modules.pipeline.params import Img2ImgParams, Txt2ImgParams
 from modules.pipeline.txt2img import txt2img
@@ -40,6 +42,7 @@ from modules.sampling.cfg import CFGDenoiserParams
 from tests.helpers.api_runtime import decode_png, make_runtime, png_base64
 from tests.helpers.checkpoints import finish
 from tests.helpers.controlnet import use_extension_package, write_tiny_controlnet
+from tests.helpers.parity import perturb
 from tests.tiny import TINY_SD15, TINY_SDXL
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"user:pw").decode()}
@@ -77,6 +80,26 @@ def tiny_ip_adapter(unet_config, *, image_dim: int = IMAGE_DIM, seed: int = 0,
     return {k: v.contiguous() for k, v in adapter_state_to_file(adapter).items()}
 
 
+def tiny_t2i_adapter(*, channels=(32, 64), seed: int = 0, scale: float = 0.3,
+                     kind: str = "full", downscale: int = 8) -> dict[str, torch.Tensor]:
+    """A random full T2I-Adapter (TencentARC names) for the tiny SD1 U-Net by default."""
+    torch.manual_seed(seed)
+    adapter = T2IAdapter(config=T2IAdapterConfig(kind=kind, channels=channels,
+                                                 num_res_blocks=2, downscale=downscale))
+    perturb(adapter, seed, scale=scale)
+    return {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
+
+
+def tiny_style_adapter(*, width: int = 32, context_dim: int = 32, seed: int = 0):
+    """A random style adapter reading the tiny encoder's 32-wide hidden states."""
+    torch.manual_seed(seed)
+    adapter = StyleAdapter(config=T2IAdapterConfig(kind="style", width=width,
+                                                   context_dim=context_dim, num_heads=8,
+                                                   num_layers=1, num_tokens=8))
+    perturb(adapter, seed, scale=0.5)
+    return {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
+
+
 def write_nested_bin(path, tensors: dict[str, torch.Tensor]) -> None:
     """The original IP-Adapter `.bin` layout: {"image_proj": {...}, "ip_adapter": {...}}."""
     nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
@@ -97,6 +120,11 @@ def data(tmp_path_factory):
     save_file(tiny_ip_adapter(TINY_SD15.unet, image_dim=24),
               str(folder / "ip-adapter_wide.safetensors"))  # no encoder of width 24
     (folder / "ip-adapter_broken.bin").write_bytes(b"PK\x03\x04 not really a zip" * 40)
+    save_file(tiny_t2i_adapter(), str(folder / "t2iadapter_tiny.safetensors"))
+    torch.save(tiny_t2i_adapter(seed=1), folder / "t2iadapter_tiny_pth.pth")
+    save_file(tiny_t2i_adapter(channels=(32, 64, 64, 64), kind="full_xl", downscale=16),
+              str(folder / "t2iadapter_xl.safetensors"))
+    save_file(tiny_style_adapter(), str(folder / "t2iadapter_style_tiny.safetensors"))
     write_tiny_clip_vision(data / "models" / "clip_vision" / "clip_tiny.safetensors")
     return data
 
@@ -133,6 +161,16 @@ def pixels(result) -> bytes:
 def ip_unit(**fields):
     return {"enabled": True, "module": "ip-adapter_clip_sd15", "model": "ip-adapter_tiny",
             "image": picture((255, 0, 0)), **fields}
+
+
+def t2i_unit(**fields):
+    return {"enabled": True, "module": "none", "model": "t2iadapter_tiny", "image": picture(),
+            **fields}
+
+
+def style_unit(**fields):
+    return {"enabled": True, "module": "t2ia_style_clipvision", "model": "t2iadapter_style_tiny",
+            "image": picture((0, 255, 0)), **fields}
 
 
 def cn_unit(**fields):
@@ -181,6 +219,8 @@ def test_adapter_files_are_listed_with_their_kinds(data):
     assert entries["ip-adapter_tiny"] == "ip_adapter"
     assert entries["ip-adapter_tiny_bin"] == "ip_adapter"  # nested pickle, header only
     assert entries["ip-adapter_broken"] == "controlnet"  # unreadable: its loader explains
+    assert entries["t2iadapter_tiny"] == entries["t2iadapter_tiny_pth"] == "t2i_adapter"
+    assert entries["t2iadapter_style_tiny"] == "t2i_adapter"
 
 
 def test_ip_adapter_unit_changes_the_image_and_equals_the_direct_patch(data, runtime):
@@ -255,6 +295,8 @@ def test_an_ip_adapter_job_leaves_other_jobs_and_the_model_alone(runtime):
 
 @pytest.mark.parametrize(("unit", "reason"), [
     (ip_unit(model="ip-adapter_xl"), "the loaded model is SD1"),
+    (t2i_unit(model="t2iadapter_xl"), "t2iadapter_xl.safetensors"),
+    (style_unit(module="none"), "needs the t2ia_style_clipvision preprocessor"),
     (ip_unit(model="ip-adapter_broken"), "ip-adapter_broken.bin"),
     (ip_unit(model="ip-adapter_wide"), "models/clip_vision"),
     (ip_unit(module="canny"), "needs a CLIP preprocessor"),
@@ -308,3 +350,103 @@ def test_api_units_with_an_ip_adapter(client):
     detect = client.post("/controlnet/detect", headers=AUTH, json={
         "controlnet_module": "ip-adapter_clip_sd15", "controlnet_input_images": [picture()]})
     assert detect.status_code == 422 and "CLIP image embedding" in detect.text
+
+
+def test_t2i_adapter_unit_changes_the_image_and_equals_the_direct_patch(data, runtime):
+    plain = run(runtime)
+    with_t2i = run(runtime, t2i_unit())
+    assert with_t2i.warnings == [] and pixels(with_t2i) != pixels(plain)
+    from_pth = run(runtime, t2i_unit(model="t2iadapter_tiny_pth"))
+    assert from_pth.warnings == [] and pixels(from_pth) not in (pixels(plain), pixels(with_t2i))
+    use_extension_package()
+    from easel_controlnet.inject import ControlStepHook
+
+    loaded = runtime.models.get()
+    unet = loaded.model.unet
+    adapter = load_t2i_adapter(data / "models" / "ControlNet" / "t2iadapter_tiny.safetensors",
+                               base=loaded.family.unet, device="cpu", dtype=torch.float32)
+    hint = torch.from_numpy(np.asarray(decode_png(picture()).convert("RGB"),
+                                       dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        features = adapter(hint)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 8, 8, generator=generator)
+    context = torch.randn(2, 77, 32, generator=generator)
+    t = torch.tensor([500.0, 500.0])
+    outputs = {}
+    for mode in ("Balanced", "My prompt is more important", "ControlNet is more important"):
+        params = step_params(x, context)
+        ready = unit_ready(data, runtime, t2i_unit(weight=0.7, control_mode=mode))
+        ControlStepHook([], [ready])(params)
+        with torch.no_grad():
+            outputs[mode] = unet(x, t, context, patches=params.unet_kwargs["patches"])
+    soft = [0.25, 0.62][:len(features)]
+    direct = {
+        "Balanced": T2IAdapterPatch(features=features, weight=0.7, row_images=[0, 0],
+                                    unet=loaded.family.unet),
+        "soft": T2IAdapterPatch(features=[f * s for f, s in zip(features, soft)], weight=0.7,
+                                row_images=[0, 0], unet=loaded.family.unet),
+    }
+    with torch.no_grad():
+        by_hand = {k: unet(x, t, context, patches=UNetPatches((p,))) for k, p in direct.items()}
+        without = unet(x, t, context)
+    assert torch.equal(outputs["Balanced"], by_hand["Balanced"])
+    assert torch.equal(outputs["My prompt is more important"], by_hand["soft"])
+    cond_only = outputs["ControlNet is more important"]  # soft, positive rows only
+    assert torch.equal(cond_only[0], by_hand["soft"][0])
+    assert torch.equal(cond_only[1], without[1])
+    assert not torch.allclose(by_hand["Balanced"], without)
+
+
+def test_t2i_features_are_computed_once_per_size(data, runtime):
+    use_extension_package()
+    from easel_controlnet.inject import ControlStepHook
+
+    ready = unit_ready(data, runtime, t2i_unit())
+    calls = []
+    ready.model.register_forward_hook(lambda *_: calls.append(1))
+    context = torch.zeros(2, 77, 32)
+    for step in range(3):
+        ControlStepHook([], [ready])(step_params(torch.zeros(2, 4, 8, 8), context, step=step))
+    ControlStepHook([], [ready])(step_params(torch.zeros(2, 4, 16, 16), context, step=1))
+    assert len(calls) == 2  # the 8x8 latent once, the 16x16 (hires) latent once
+
+
+def test_style_adapter_appends_tokens_to_the_positive_rows(data, runtime):
+    use_extension_package()
+    from easel_controlnet.inject import ControlStepHook
+
+    ready = unit_ready(data, runtime, style_unit(weight=0.5))
+    context = torch.randn(2, 77, 32)
+    params = step_params(torch.zeros(2, 4, 8, 8), context)
+    ControlStepHook([], [ready])(params)
+    positive, negative = (c.crossattn for c in params.conds)
+    assert positive.shape == negative.shape == (85, 32)
+    assert torch.equal(positive[:77], context[0]) and torch.equal(negative[:77], context[1])
+    assert torch.equal(positive[77:], ready.tokens * 0.5) and ready.tokens.abs().sum() > 0
+    assert not negative[77:].any()  # the negative prompt gets zeros, as in the extension
+    styled = run(runtime, style_unit())
+    assert styled.warnings == [] and pixels(styled) != pixels(run(runtime))
+
+
+def test_t2i_ip_adapter_and_controlnet_in_one_job(runtime):
+    results = [run(runtime, *units) for units in (
+        (), (t2i_unit(),), (ip_unit(),), (cn_unit(),), (t2i_unit(), ip_unit(), cn_unit()),
+        (t2i_unit(), ip_unit(), cn_unit(guidance_end=0.3)))]
+    assert all(result.warnings == [] for result in results)
+    assert len({pixels(result) for result in results}) == len(results)
+    infotext = results[4].infotexts[0]
+    assert all(f"ControlNet {i}: " in infotext for i in range(3))
+
+
+def test_t2i_adapter_with_hires_fix(runtime):
+    def job(*units):
+        params = Txt2ImgParams(prompt="a square", seed=11, width=64, height=64, steps=2,
+                               sampler_name="Euler", do_not_save_samples=True, enable_hr=True,
+                               hr_scale=2.0, hr_upscaler="Latent", denoising_strength=0.5,
+                               alwayson_scripts={"controlnet": {"args": list(units)}})
+        return finish(txt2img(runtime, params))[0]
+
+    controlled = job(t2i_unit(), ip_unit())
+    assert controlled.warnings == [] and controlled.images[0].size == (128, 128)
+    assert pixels(controlled) != pixels(job())
