@@ -209,6 +209,7 @@
     "\u22ee": ["More options", "More"], "\u{1f4d2}": ["Fill in all the values", "Fill"],
     "\u{1f3b2}": ["Random", "Random"], "\u267b\ufe0f": ["Reuse", "Reuse"],
     "\u2716": ["Close", "Close"], "\u00d7": ["Close", "Close"],
+    "\u{1f4a5}": ["Run the preprocessor on the picture and show its map", "Preview"],
   };
   const isSymbol = (text) => text.length > 0 && [...text].length <= 3
     && !/[\p{L}\p{N}]/u.test(text);

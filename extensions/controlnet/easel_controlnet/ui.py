@@ -107,13 +107,15 @@ def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | No
         pixel_perfect = gr.Checkbox(label="Pixel Perfect", elem_id=f"{eid}_pixel_perfect")
     control_type = gr.Radio(ui_spec.control_type_names(modules, models), value="All",
                             label="Control Type", elem_id=f"{eid}_control_type")
-    with gr.Row(equal_height=True):
-        module = gr.Dropdown(modules, value="none", label="Preprocessor",
-                             elem_id=f"{eid}_module")
-        preview_button = _tool(PREVIEW_SYMBOL, f"{eid}_preview_button")
-        model = gr.Dropdown([ui_spec.NO_MODEL, *models], value=ui_spec.NO_MODEL, label="Model",
-                            allow_custom_value=True, elem_id=f"{eid}_model")
-        refresh = _tool(REFRESH_SYMBOL, f"{eid}_refresh")
+    with gr.Row():
+        with gr.Row(equal_height=True):
+            module = gr.Dropdown(modules, value="none", label="Preprocessor",
+                                 elem_id=f"{eid}_module")
+            preview_button = _tool(PREVIEW_SYMBOL, f"{eid}_preview_button")
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown([ui_spec.NO_MODEL, *models], value=ui_spec.NO_MODEL,
+                                label="Model", allow_custom_value=True, elem_id=f"{eid}_model")
+            refresh = _tool(REFRESH_SYMBOL, f"{eid}_refresh")
     weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control Weight",
                        elem_id=f"{eid}_weight")
     with gr.Row():
@@ -123,9 +125,9 @@ def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | No
                         elem_id=f"{eid}_guidance_end")
     sliders = [gr.Slider(64, 2048, value=512, step=1, visible=False, label="Preprocessor "
                          "Resolution", elem_id=f"{eid}_processor_res"),
-               gr.Slider(0, 1, value=-1, visible=False, label="Threshold A",
+               gr.Slider(0, 1, value=0, visible=False, label="Threshold A",
                          elem_id=f"{eid}_threshold_a"),
-               gr.Slider(0, 1, value=-1, visible=False, label="Threshold B",
+               gr.Slider(0, 1, value=0, visible=False, label="Threshold B",
                          elem_id=f"{eid}_threshold_b")]
     control_mode = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control Mode",
                             elem_id=f"{eid}_control_mode")
