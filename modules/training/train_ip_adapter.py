@@ -332,7 +332,8 @@ def evaluation_references(count: int = 16, *, seed: int = 4321,
 @torch.no_grad()
 def generate_with_reference(model, adapter: IPAdapter | None, tokens, *, prompt: str,
                             seeds: Sequence[int], tokenizer: ClipTokenizer,
-                            steps: int = 20, cfg_scale: float = 7.0) -> np.ndarray:
+                            steps: int = 20, cfg_scale: float = 7.0,
+                            weight: float = 1.0) -> np.ndarray:
     """Images of `prompt` (one per seed) with CFG, the adapter's patch on both halves of
     every U-Net call (reference tokens on the prompt rows, "no image" on the negative
     rows) when `adapter` is given: (N, H, W, 3) uint8."""
@@ -354,7 +355,7 @@ def generate_with_reference(model, adapter: IPAdapter | None, tokens, *, prompt:
     if adapter is not None:
         cond_tokens, uncond_tokens = tokens
         extra["patches"] = UNetPatches((IPAdapterPatch(
-            adapter=adapter, cond_tokens=cond_tokens, uncond_tokens=uncond_tokens, weight=1.0,
+            adapter=adapter, cond_tokens=cond_tokens, uncond_tokens=uncond_tokens, weight=weight,
             row_images=[0] * (2 * n), row_is_uncond=[False] * n + [True] * n),))
 
     def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -372,7 +373,7 @@ def generate_with_reference(model, adapter: IPAdapter | None, tokens, *, prompt:
 
 def measure(*, base: str | os.PathLike[str], adapter_path: str | os.PathLike[str],
             encoder_folder: str | os.PathLike[str], references: int = 16,
-            seeds: Sequence[int] = (0, 1, 2, 3)) -> dict[str, float]:
+            seeds: Sequence[int] = (0, 1, 2, 3), weight: float = 1.0) -> dict[str, float]:
     """Fraction of images whose shape has the reference's colour, with and without the
     adapter (prompt `EVAL_PROMPT`, no colour named), judged by the pixel checker."""
     from modules.models.ip_adapter_files import find_clip_vision, load_clip_vision, load_ip_adapter
@@ -389,7 +390,7 @@ def measure(*, base: str | os.PathLike[str], adapter_path: str | os.PathLike[str
     for colour, picture in evaluation_references(references):
         tokens = encode_reference(encoder, adapter, Image.fromarray(picture))
         images = generate_with_reference(model, adapter, tokens, prompt=EVAL_PROMPT,
-                                         seeds=seeds, tokenizer=tokenizer)
+                                         seeds=seeds, tokenizer=tokenizer, weight=weight)
         hits += sum(analyze_image(image).color == colour for image in images)
         misses_plain += sum(found == colour for found in plain)
         total += len(seeds)
