@@ -15,6 +15,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
@@ -450,3 +451,53 @@ def test_t2i_adapter_with_hires_fix(runtime):
     controlled = job(t2i_unit(), ip_unit())
     assert controlled.warnings == [] and controlled.images[0].size == (128, 128)
     assert pixels(controlled) != pixels(job())
+
+
+# ---- Tiled Diffusion: adapter maps follow the tiles --------------------------------------
+
+def tiled_diffusion(**fields) -> dict:
+    return {"Tiled Diffusion": {"args": {"enabled": True, **fields}}}
+
+
+def run_tiled(runtime, units: list, tiling: dict):
+    params = Txt2ImgParams(prompt="a square", seed=11, width=64, height=64, steps=3,
+                           sampler_name="Euler", do_not_save_samples=True,
+                           alwayson_scripts={"controlnet": {"args": units}, **tiling})
+    return finish(txt2img(runtime, params))[0]
+
+
+def test_one_tile_over_the_latent_with_adapters_is_the_untiled_image(runtime):
+    units = [t2i_unit(), ip_unit()]
+    plain = run(runtime, *units)
+    one_tile = run_tiled(runtime, units, tiled_diffusion(tile_width=96, tile_height=96))
+    assert one_tile.warnings == [] and pixels(one_tile) == pixels(plain)
+    several = run_tiled(runtime, units, tiled_diffusion(tile_width=4, tile_height=4, overlap=2))
+    assert several.warnings == [] and pixels(several) != pixels(plain)
+
+
+def test_t2i_features_are_cropped_to_each_tile_not_squeezed():
+    use_extension_package()
+    from easel_controlnet.adapters import T2IAdapterUnit, UnitT2IPatch
+
+    from modules.sampling import tiled_diffusion as td
+
+    class Adapter:
+        class config:  # noqa: N801 (stands in for T2IAdapterConfig)
+            downscale = 8
+
+        def __call__(self, hint):  # the "features": the hint at 1/8 and 1/16 of its size
+            return [F.avg_pool2d(hint, 8), F.avg_pool2d(hint, 16)]
+
+    hint = torch.rand(2, 3, 64, 128)
+    unit = T2IAdapterUnit(model=Adapter(), hint=hint, unet=TINY_SD15.unet, weight=1.0)
+    full = unit.features_for(8, 16)
+    patch = UnitT2IPatch(features=unit.features_for(4, 6), weight=1.0, row_images=[0, 1],
+                         unet=TINY_SD15.unet, unit=unit)
+    views = [td.TileView(1, td.Window(2, 4, 4, 6), 8, 16),
+             td.TileView(0, td.Window(4, 10, 4, 6), 8, 16)]
+    tiled = patch.for_tiles(views)
+    assert torch.equal(tiled.features[0][0], full[0][1, :, 2:6, 4:10])
+    assert torch.equal(tiled.features[0][1], full[0][0, :, 4:8, 10:16])
+    assert torch.equal(tiled.features[1][0], full[1][1, :, 1:3, 2:5])
+    assert torch.equal(tiled.features[1][1], full[1][0, :, 2:4, 5:8])
+    assert tiled.row_images == [0, 1]

@@ -84,6 +84,12 @@ class UNetPatch:
         """This patch for a U-Net call over some of the CFG step's rows (default: itself)."""
         return self
 
+    def for_tiles(self, views: list) -> UNetPatch:
+        """This patch for a Tiled Diffusion step, whose "images" are tiles
+        (`modules.sampling.tiled_diffusion.TileView`s): a patch holding maps of the whole
+        latent crops them to each tile (default: itself, nothing positional)."""
+        return self
+
     def after_input_block(self, h: torch.Tensor, place: BlockPlace) -> torch.Tensor:
         return h
 
@@ -127,6 +133,9 @@ class UNetPatches:
 
     def for_rows(self, rows: list[int]) -> UNetPatches:
         return UNetPatches(tuple(patch.for_rows(rows) for patch in self.patches))
+
+    def for_tiles(self, views: list) -> UNetPatches:
+        return UNetPatches(tuple(patch.for_tiles(views) for patch in self.patches))
 
     def after_input_block(self, h: torch.Tensor, place: BlockPlace) -> torch.Tensor:
         for patch in self.patches:

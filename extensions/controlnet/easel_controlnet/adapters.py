@@ -25,6 +25,7 @@ the unit's [guidance_start, guidance_end]:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -62,6 +63,9 @@ class CondRowsOnly(UNetPatch):
     def for_rows(self, rows: list[int]) -> CondRowsOnly:
         return CondRowsOnly(self.inner.for_rows(rows),
                             tuple(self.row_is_uncond[r] for r in rows))
+
+    def for_tiles(self, views: list) -> CondRowsOnly:
+        return CondRowsOnly(self.inner.for_tiles(views), self.row_is_uncond)
 
     def after_input_block(self, h: torch.Tensor, place: BlockPlace) -> torch.Tensor:
         changed = self.inner.after_input_block(h, place)
@@ -114,11 +118,48 @@ class T2IAdapterUnit:
 
     def apply(self, params) -> None:
         features = self.features_for(*params.x.shape[-2:])
-        patch: UNetPatch = T2IAdapterPatch(features=features, weight=self.weight,
-                                           row_images=list(params.row_images), unet=self.unet)
+        patch: UNetPatch = UnitT2IPatch(features=features, weight=self.weight,
+                                        row_images=list(params.row_images), unet=self.unet,
+                                        unit=self)
         if self.control_mode == "ControlNet is more important":
             patch = CondRowsOnly(patch, tuple(params.row_is_uncond))
         _add_patch(params, patch)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class UnitT2IPatch(T2IAdapterPatch):
+    """A unit's T2I patch that can follow Tiled Diffusion: each tile gets the crop of the
+    whole latent's features at its window (as a ControlNet's hint is cropped), not the
+    whole map squeezed into the tile."""
+
+    unit: T2IAdapterUnit
+
+    def for_tiles(self, views: list) -> T2IAdapterPatch:
+        full = self.unit.features_for(views[0].full_height, views[0].full_width)
+        return T2IAdapterPatch(features=[_tile_crops(f, views) for f in full],
+                               weight=self.weight, row_images=self.row_images, unet=self.unet)
+
+
+def _tile_crops(feature: torch.Tensor, views: list) -> torch.Tensor:
+    """(tiles, C, h, w): each view's window of `feature` (a map of the whole latent, one
+    row per image or one for all), in the feature's own resolution; a window that does
+    not fall on the feature's grid is rounded outwards (the patch resizes it to the
+    block's size)."""
+    crops = []
+    for view in views:
+        scale_y = feature.shape[-2] / view.full_height
+        scale_x = feature.shape[-1] / view.full_width
+        w = view.window
+        top, left = math.floor(w.top * scale_y), math.floor(w.left * scale_x)
+        bottom = max(top + 1, math.ceil((w.top + w.height) * scale_y))
+        right = max(left + 1, math.ceil((w.left + w.width) * scale_x))
+        row = feature[min(view.image, feature.shape[0] - 1)]
+        crops.append(row[:, top:bottom, left:right])
+    if len({tuple(c.shape) for c in crops}) > 1:  # tiles at the edge may differ by a cell
+        size = crops[0].shape[-2:]
+        crops = [F.interpolate(c[None], size=tuple(size), mode="bilinear",
+                               align_corners=False)[0] for c in crops]
+    return torch.stack(crops)
 
 
 @dataclass
