@@ -1,8 +1,8 @@
 """The ControlNet units in headless Chromium, with the demo model and its silhouette
 ControlNet: open the accordion, upload a silhouette (white circle on black), pick the
 preprocessor and model, preview the map (💥), generate 64x64 in 2 steps and find the
-unit in the infotext; and an enabled unit without a model refused before queueing,
-naming the unit. Screenshots go to test-artifacts/controlnet_*.png.
+unit in the infotext, then paste it back; and an enabled unit without a model refused
+before queueing, naming the unit. Screenshots go to test-artifacts/controlnet_*.png.
 """
 
 from __future__ import annotations
@@ -96,6 +96,17 @@ def test_unit_previews_generates_and_reaches_the_infotext(served, tmp_path):
     assert page.locator("#txt2img_results .easel-error").count() == 0
     assert len(submitted) == before + 1
     screenshot(page, "controlnet_generated")
+
+    # Paste (↙️ with an empty prompt box reads the last result) fills the unit back in.
+    enabled = page.locator(f"#{UNIT0}_enabled input[type=checkbox]")
+    enabled.uncheck()
+    set_number(page, f"{UNIT0}_weight", 0.3)
+    page.locator("#txt2img_prompt textarea").fill("")
+    page.locator("#txt2img_paste").click()
+    page.wait_for_function(
+        f"document.querySelector('#{UNIT0}_weight input[type=number]').value === '1'")
+    assert enabled.is_checked()
+    assert "easel-demo-silhouette" in page.locator(f"#{UNIT0}_model input").first.input_value()
 
 
 def test_enabled_unit_without_model_is_refused_naming_it(served):

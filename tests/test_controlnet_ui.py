@@ -152,7 +152,7 @@ def controlnet_controls(runtime, is_img2img: bool):
 def test_accordion_sends_each_units_state_and_checks_it(runtime) -> None:
     ui, controls = controlnet_controls(runtime, is_img2img=False)
     assert controls.names == ["unit_0", "unit_1", "unit_2"]
-    assert all(isinstance(w, gr.State) for w in controls.widgets)
+    assert all(isinstance(w, gr.JSON) for w in controls.widgets)
     start = len(ui.inputs()) - len(ui.alwayson_widgets())
     values = ["None", *[None] * (start - 1)]
     enabled = ui_spec.unit_dict({**DEFAULTS, "enabled": True, "image": circle(),
@@ -175,6 +175,22 @@ def test_paste_gives_the_unit_its_raw_infotext(runtime) -> None:
     updates = ui.paste_updates(text)
     offset = sum(len(c.widgets) for c in ui.alwayson[:ui.alwayson.index(controls)])
     mine = updates[offset:offset + 3]
-    assert mine[1] == "Module: none, Model: easel-demo-silhouette, Weight: 0.5"
+    assert mine[1] == {"infotext": "Module: none, Model: easel-demo-silhouette, Weight: 0.5"}
     assert mine[0] == gr.skip() and mine[2] == gr.skip()  # units not in the text: kept
-    assert ui_spec.unit_from_infotext(mine[1])["weight"] == 0.5
+    assert ui_spec.unit_from_infotext(mine[1]["infotext"])["weight"] == 0.5
+
+
+def test_preview_runs_the_detect_code_and_names_the_unit() -> None:
+    from easel_controlnet.ui import preview_map
+
+    shown = preview_map(2, circle(), "none", 512, 0, 0, False, None)
+    assert shown.shape == (64, 64, 3) and shown.dtype.name == "uint8"
+    assert tuple(shown[32, 32]) == (255, 255, 255) and tuple(shown[2, 2]) == (0, 0, 0)
+    edges = preview_map(2, circle(), "canny", 64, 100, 200, False, None)
+    assert edges.shape[:2] == (64, 64) and edges[32, 32].max() == 0 and edges.max() == 255
+    with pytest.raises(gr.Error, match="ControlNet Unit 2: Image"):
+        preview_map(2, None, "none", 512, 0, 0, False, None)
+    with pytest.raises(gr.Error, match="ControlNet Unit 1: Preprocessor: .*embedding"):
+        preview_map(1, circle(), "ip-adapter_clip_sd15", 512, 0, 0, False, None)
+    with pytest.raises(gr.Error, match="ControlNet Unit 0: Preprocessor: .*depth_midas"):
+        preview_map(0, circle(), "depth_midas", 512, 0, 0, False, None)

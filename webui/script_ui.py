@@ -17,10 +17,11 @@ field first). Every generation sends all of their values as `alwayson_scripts`; 
 script's own `enabled` decides whether it acts. Paste (↙️) and "Send to" set them from
 the infotext keys the script declares (`Script.infotext_fields`). A script with an
 argument these controls cannot show gets no accordion, unless its own `ui()` builds one
-component per field (ControlNet: one hidden `gr.State` per unit holding the unit's API
-dict, fed by the unit's tab); such a structured field's component gets the raw infotext
-text when pasting, and the script's optional `ui_check(args, is_img2img)` refuses values
-before the job is queued (a ValueError, shown naming the script).
+component per field (ControlNet: one hidden `gr.JSON` per unit holding the unit's API
+dict, fed by the unit's tab); such a structured field's component gets
+`{"infotext": <its key's raw text>}` when pasting (its own change handler reads it),
+and the script's optional `ui_check(args, is_img2img)` refuses values before the job
+is queued (a ValueError, shown naming the script).
 """
 
 from __future__ import annotations
@@ -124,13 +125,13 @@ class ScriptsUI:
         return updates
 
 
-def structured_infotext(controls: ScriptControls, parsed: dict[str, Any]) -> dict[str, str]:
-    """The raw infotext text of the fields no plain control shows (a ControlNet unit's
-    `ControlNet 0` value), for the script's own component to read."""
+def structured_infotext(controls: ScriptControls, parsed: dict[str, Any]) -> dict[str, dict]:
+    """`{"infotext": raw text}` for the fields no plain control shows (a ControlNet
+    unit's `ControlNet 0` value), for the script's own component to read."""
     keys = _hook(controls.script, "infotext_fields") if controls.script else {}
     plain = {name for name, kind in zip(controls.names, controls.kinds)
              if kind in RENDERED_KINDS}
-    return {name: str(parsed[key]) for name, key in keys.items()
+    return {name: {"infotext": str(parsed[key])} for name, key in keys.items()
             if name not in plain and key in parsed}
 
 

@@ -1,17 +1,19 @@
 """The ControlNet units' Gradio controls (built by `webui/` through `Script.ui`).
 
 One tab per unit with sd-webui-controlnet's controls; the values they hold are turned
-into the unit dict of the API (`ui_spec.unit_dict`) and kept in one hidden `gr.State`
+into the unit dict of the API (`ui_spec.unit_dict`) and kept in one hidden `gr.JSON`
 per unit, which is what `Script.ui` returns (one component per `Args` field), so the
 generation request carries `alwayson_scripts.controlnet` units exactly as an API client
-sends them. Pasting an infotext sets a unit's state to the raw `ControlNet <i>` text;
-its change handler fills the tab's widgets from it (`ui_spec.unit_from_infotext`).
+sends them. Pasting an infotext sets a unit's state to `{"infotext": <the raw
+`ControlNet <i>` text>}` (`webui/script_ui.py`); its change handler fills the tab's
+widgets from it (`ui_spec.unit_from_infotext`).
 
 Gradio is imported here only; nothing in `modules/` imports this file.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,13 @@ import gradio as gr
 import numpy as np
 
 from easel_controlnet import ui_spec
-from easel_controlnet.library import list_models
-from easel_controlnet.preprocessors import PreprocessorError, canonical_module, preprocessor_names
+from easel_controlnet.library import KindCache, list_models
+from easel_controlnet.preprocessors import (
+    PreprocessorError,
+    all_preprocessors,
+    canonical_module,
+    preprocessor_names,
+)
 from easel_controlnet.units import CONTROL_MODES, RESIZE_MODES, ControlNetUnit
 
 PREVIEW_SYMBOL = "\U0001f4a5"  # 💥
@@ -33,8 +40,8 @@ def _tool(symbol: str, elem_id: str) -> gr.Button:
                      scale=0, variant="secondary")
 
 
-def model_names(model_dir: Path | None) -> list[str]:
-    return [entry.name for entry in list_models(model_dir)]
+def model_names(model_dir: Path | None, kinds: KindCache | None = None) -> list[str]:
+    return [entry.name for entry in list_models(model_dir, kinds)]
 
 
 def slider_updates(module: str, pixel_perfect: bool, values: list | None = None) -> list:
@@ -59,6 +66,10 @@ def preview_map(index: int, picture, module: str, resolution, a, b, pixel_perfec
     label = f"ControlNet Unit {index}"
     if picture is None:
         raise gr.Error(f"{label}: Image: upload a picture to preview its map")
+    entry = all_preprocessors().get(canonical_module(module or "none"))
+    if entry is not None and getattr(entry, "embeds", False):
+        raise gr.Error(f"{label}: Preprocessor: {entry.name} makes a CLIP image embedding "
+                       f"(IP-Adapter, style adapter), not a map to preview")
     shown = ui_spec.sliders_for(module, pixel_perfect=pixel_perfect)
     values = [v if s.visible and v is not None else -1
               for s, v in zip(shown, (resolution, a, b))]
@@ -81,19 +92,30 @@ def unit_tabs(script, is_img2img: bool) -> list:
     annotator_dir = model_dir / "annotators" if model_dir is not None else None
     prefix = "img2img" if is_img2img else "txt2img"
     count = len(fields(script.Args))
+    kinds = KindCache()  # each model file's header read once for the tabs' listings
     states = []
     with gr.Tabs(elem_id=f"{prefix}_controlnet_tabs"):
         for index in range(count):
             with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{prefix}_controlnet_unit{index}"):
-                states.append(_unit(index, f"{prefix}_controlnet_unit{index}", model_dir,
-                                    annotator_dir, is_img2img))
+                states.append(_unit(index, f"{prefix}_controlnet_unit{index}",
+                                    _Folders(model_dir, annotator_dir, kinds), is_img2img))
     return states
 
 
-def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | None,
-          is_img2img: bool) -> Any:
+@dataclass(frozen=True)
+class _Folders:
+    models: Path | None
+    annotators: Path | None
+    kinds: KindCache
+
+
+def _unit(index: int, eid: str, folders: _Folders, is_img2img: bool) -> Any:
     modules = list(preprocessor_names())
-    models = model_names(model_dir)
+
+    def listed() -> list[str]:
+        return model_names(folders.models, folders.kinds)
+
+    models = listed()
     with gr.Row(equal_height=True):
         image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"],
                          image_mode="RGB", height=220, elem_id=f"{eid}_image")
@@ -101,7 +123,7 @@ def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | No
                            elem_id=f"{eid}_preview")
     if is_img2img:
         gr.Markdown("Without a picture the unit uses the img2img image.",
-                    elem_classes=["easel-hint"])
+                    elem_classes=["controlnet-note"])
     with gr.Row():
         enabled = gr.Checkbox(label="Enable", elem_id=f"{eid}_enabled")
         pixel_perfect = gr.Checkbox(label="Pixel Perfect", elem_id=f"{eid}_pixel_perfect")
@@ -135,11 +157,13 @@ def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | No
                            elem_id=f"{eid}_resize_mode")
     widgets = [enabled, image, pixel_perfect, module, model, weight, start, end, *sliders,
                control_mode, resize_mode]  # ui_spec.WIDGETS order
-    state = gr.State(ui_spec.unit_dict({"enabled": False, "module": "none",
-                                        "model": ui_spec.NO_MODEL, "weight": 1.0,
-                                        "guidance_start": 0.0, "guidance_end": 1.0,
-                                        "control_mode": CONTROL_MODES[0],
-                                        "resize_mode": "Crop and Resize"}))
+    # The unit's API dict, on the page but not shown: pasting sets it to the raw infotext
+    # text and its change handler (which a `gr.State` would not get after a direct,
+    # unqueued event such as the paste button) fills the widgets in.
+    defaults = {"enabled": False, "module": "none", "model": ui_spec.NO_MODEL, "weight": 1.0,
+                "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": CONTROL_MODES[0],
+                "resize_mode": "Crop and Resize"}
+    state = gr.JSON(ui_spec.unit_dict(defaults), visible="hidden", elem_id=f"{eid}_value")
 
     def to_state(*values):
         return ui_spec.unit_dict(dict(zip(ui_spec.WIDGETS, values)))
@@ -148,7 +172,7 @@ def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | No
         widget.change(to_state, widgets, state, queue=False, show_progress="hidden")
 
     def choose_type(kind):
-        choice = ui_spec.type_choices(kind, modules, model_names(model_dir))
+        choice = ui_spec.type_choices(kind, modules, listed())
         return [gr.update(choices=choice["module_list"], value=choice["default_option"]),
                 gr.update(choices=choice["model_list"], value=choice["default_model"]),
                 *slider_updates(choice["default_option"], False)]
@@ -160,18 +184,19 @@ def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | No
                         sliders[:1], queue=False)
 
     def refresh_models(kind, current):
-        choices = ui_spec.type_choices(kind, modules, model_names(model_dir))["model_list"]
+        choices = ui_spec.type_choices(kind, modules, listed())["model_list"]
         return gr.update(choices=choices, value=current if current in choices else choices[0])
 
     refresh.click(refresh_models, [control_type, model], model, queue=False)
     preview_button.click(
         lambda picture, name, res, a, b, pp: preview_map(index, picture, name, res, a, b, pp,
-                                                         annotator_dir),
+                                                         folders.annotators),
         [image, module, *sliders, pixel_perfect], preview, show_progress="minimal")
 
     def pasted(value, picture):
         """A pasted `ControlNet <i>` text -> the tab's widgets and the state from them."""
-        unit = ui_spec.unit_from_infotext(value) if isinstance(value, str) else None
+        text = value.get("infotext") if isinstance(value, dict) and len(value) == 1 else None
+        unit = ui_spec.unit_from_infotext(text) if isinstance(text, str) else None
         if unit is None:
             return [gr.skip()] * 14
         name = canonical_module(unit.get("module", "none"))
@@ -188,7 +213,7 @@ def _unit(index: int, eid: str, model_dir: Path | None, annotator_dir: Path | No
             value = unit.get(key)
             values[key] = value if value not in (None, -1) else spec.value
         return [True, pp, gr.update(choices=modules, value=name),
-                gr.update(choices=[ui_spec.NO_MODEL, *model_names(model_dir)],
+                gr.update(choices=[ui_spec.NO_MODEL, *listed()],
                           value=values["model"]),
                 values["weight"], values["guidance_start"], values["guidance_end"],
                 *slider_updates(name, pp, [values["processor_res"], values["threshold_a"],
