@@ -4,8 +4,9 @@
         [--tile 96] [--overlap 48] [--tile-batch 4] [--timeout 600] [--rss-limit-gb 12]
         [--modes tiled,untiled] [--tiny] [--max-unet-calls N]
 
-The full-size SD1.5 U-Net (random weights, float32, channels_last as the app runs it on
-a CPU) behind the k-diffusion denoiser and the CFG denoiser: one call at the first sigma
+The full-size SD1.5 U-Net (random weights, channels_last, in the app's CPU precision:
+bfloat16 on a CPU with native bf16, as `modules.devices` picks, else float32; `--dtype`
+overrides) behind the k-diffusion denoiser and the CFG denoiser: one call at the first sigma
 of a 20-step schedule, a batch of 2 rows (cond and uncond) with a 77-token context. The
 tiled mode wraps the same CFG denoiser in `modules.sampling.tiled_diffusion.TiledDenoiser`
 (the extension's defaults: 96x96 latent tiles overlapping by 48, 4 tiles per U-Net call).
@@ -127,7 +128,8 @@ def build(options: dict):
     torch.manual_seed(0)
     with torch.device("meta"):
         unet = UNetModel(config=config)
-    unet = unet.to_empty(device="cpu").eval()
+    dtype = getattr(torch, options.get("dtype") or "float32")
+    unet = unet.to_empty(device="cpu").to(dtype).eval()
     with torch.no_grad():  # random weights, small enough to keep activations finite
         for parameter in unet.parameters():
             parameter.normal_(0, 0.02)
@@ -135,7 +137,7 @@ def build(options: dict):
     calls = CallLog(options.get("max_unet_calls", 0))
     denoiser = td.observed(Denoiser(unet, sigmas=model_sigmas(SD15.schedule)), calls)
     g = torch.Generator().manual_seed(1)
-    context = torch.randn(2, 77, config.context_dim, generator=g)
+    context = torch.randn(2, 77, config.context_dim, generator=g).to(dtype)
     cfg = CFGDenoiser(denoiser, [MultiCond.single(ScheduledCond.constant(Cond(context[0])))],
                       [ScheduledCond.constant(Cond(context[1]))], 7.0, total_steps=20)
     side = options["size"] // 8
@@ -143,7 +145,7 @@ def build(options: dict):
     if options["mode"] == "tiled":
         grid = td.tile_grid(side, side, options["tile"], options["tile"], options["overlap"])
         model = td.TiledDenoiser(cfg, grid, td.MULTIDIFFUSION, options["tile_batch"])
-    x = torch.randn(1, config.in_channels, side, side, generator=g) * 14.6
+    x = (torch.randn(1, config.in_channels, side, side, generator=g) * 14.6).to(dtype)
     return model, x, torch.full((1,), 14.6), calls
 
 
@@ -173,15 +175,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rss-limit-gb", type=float, default=12)
     parser.add_argument("--modes", default="tiled,untiled")
     parser.add_argument("--tiny", action="store_true", help="tiny U-Net (seconds; tests)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                        help="default: the app's CPU precision on this machine")
     parser.add_argument("--max-unet-calls", type=int, default=0,
                         help="memory only: stop the step after this many U-Net calls and "
                              "report the peak resident set after each (0: the whole step)")
     args = parser.parse_args(argv)
     rows = []
+    if args.dtype is None:
+        from modules.devices import cpu_has_native_bf16
+
+        args.dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
     for mode in args.modes.split(","):
         options = {"mode": mode, "size": args.size, "tile": args.tile, "overlap": args.overlap,
                    "tile_batch": args.tile_batch, "rss_limit_gb": args.rss_limit_gb,
-                   "tiny": args.tiny, "max_unet_calls": args.max_unet_calls}
+                   "tiny": args.tiny, "max_unet_calls": args.max_unet_calls,
+                   "dtype": args.dtype}
         row = {**options, **measure(options, args.timeout)}
         print(json.dumps(row), flush=True)
         rows.append(row)
