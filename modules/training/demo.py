@@ -14,7 +14,8 @@ Stages (each with a tqdm progress bar):
 6. with `--extras` (the default), what ships beside it, each trained on the new
    checkpoint with everything else frozen: the silhouette ControlNet
    (`train_controlnet`), the held-out bar's textual-inversion embedding
-   (`train_embedding`) and LoRA (`train_lora`).
+   (`train_embedding`) and LoRA (`train_lora`), the silhouette T2I-Adapter
+   (`train_t2i_adapter`, 12 minutes on one thread).
 
 Every random draw comes from `--seed`, and torch runs on one thread (`--threads`), so a
 rerun on the same machine gives the same weights. Stages 2 and 4 depend only on stage
@@ -50,6 +51,7 @@ from modules.training.checkpoint import save_checkpoint
 from modules.training.demo_config import DEMO_FAMILY, with_scale_factor
 from modules.training.loop import EMA
 from modules.training.train_controlnet import ControlNetTrainingConfig
+from modules.training.train_t2i_adapter import T2IAdapterTrainingConfig
 from modules.training.train_unet import UNetTrainingConfig, build_latent_set, train_unet
 from modules.training.train_vae import (
     DecoderTrainingConfig,
@@ -85,12 +87,14 @@ class DemoRecipe:
     )
 
     controlnet: ControlNetTrainingConfig = ControlNetTrainingConfig(steps=1200)
+    t2i_adapter: T2IAdapterTrainingConfig = T2IAdapterTrainingConfig()
 
     def seeded(self, seed: int) -> "DemoRecipe":
         """The same recipe with every stage seeded from `seed`."""
         return replace(self, vae=replace(self.vae, seed=seed),
                        decoder=replace(self.decoder, seed=seed), unet=replace(self.unet, seed=seed),
                        controlnet=replace(self.controlnet, seed=seed),
+                       t2i_adapter=replace(self.t2i_adapter, seed=seed),
                        refine=tuple(replace(r, seed=seed + 1 + i)
                                     for i, r in enumerate(self.refine)))
 
@@ -108,6 +112,8 @@ class DemoRecipe:
                          for r in self.refine),
             controlnet=replace(self.controlnet, steps=part(self.controlnet.steps),
                                dataset_size=part(self.controlnet.dataset_size)),
+            t2i_adapter=replace(self.t2i_adapter, steps=part(self.t2i_adapter.steps),
+                                dataset_size=part(self.t2i_adapter.dataset_size)),
         )
 
 
@@ -158,6 +164,7 @@ def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path,
     from modules.training.train_controlnet import save_controlnet, train_controlnet
     from modules.training.train_embedding import BAR_EMBEDDING_CONFIG, train_bar_embedding
     from modules.training.train_lora import BAR_LORA_CONFIG, train_bar_lora
+    from modules.training.train_t2i_adapter import train_t2i_adapter
 
     controlnet, _ = train_controlnet(base=checkpoint, config=recipe.controlnet, progress=progress)
     written = [save_controlnet(controlnet,
@@ -173,6 +180,9 @@ def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path,
         out = models / folder / "easel-bar.safetensors"
         train(checkpoint, config=config, out=out, progress=progress, **options)
         written.append(out)
+    written.append(train_t2i_adapter(
+        checkpoint, recipe.t2i_adapter,
+        models / "ControlNet" / "easel-demo-t2i-silhouette.safetensors", progress=progress))
     return written
 
 
