@@ -131,3 +131,26 @@ def test_the_extras_check_names_only_what_is_missing():
 
     assert missing("json", "no_such_module_here", "no.such.package") == [
         "no_such_module_here", "no.such.package"]
+
+
+def test_adapter_bench_files_are_the_real_full_size_layouts():
+    """bench_adapters writes what users have: TencentARC's SD1 full T2I-Adapter, the plain
+    SD1.5 IP-Adapter and a ViT-H/14 image encoder (checked from the shapes, no weights)."""
+    from bench import bench_adapters
+    from modules.models.families import SD15
+    from modules.models.ip_adapter_files import clip_vision_config, infer_ip_adapter_config
+    from modules.models.t2i_adapter_files import infer_t2i_adapter_config, is_t2i_adapter
+
+    files = bench_adapters.layouts()
+    t2i, ip, encoder = files.values()
+    assert is_t2i_adapter(t2i)
+    config = infer_t2i_adapter_config(t2i, base=SD15.unet)
+    assert config.kind == "full" and config.channels == (320, 640, 1280, 1280)
+    ip_config = infer_ip_adapter_config(ip, path="ip")
+    assert (ip_config.kind, ip_config.image_dim, ip_config.n_tokens) == ("plain", 1024, 4)
+    assert len(ip_config.layer_widths) == 16
+    vision = clip_vision_config(encoder, {}, path="encoder")
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads,
+            vision.projection_dim, vision.patch_size) == (1280, 32, 16, 1024, 14)
+    units = bench_adapters.units(64)
+    assert units["IP-Adapter"]["controlnet"]["args"][0]["module"] == "ip-adapter_clip_sd15"
