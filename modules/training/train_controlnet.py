@@ -25,16 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from modules.conditioning.tokenizer import ClipTokenizer
-from modules.models.loader import inspect_checkpoint
 from modules.nn.controlnet import ControlNet, ControlNetConfig
 from modules.sampling.denoiser import scaled_linear_alphas_cumprod
 from modules.training.captions import token_ids
 from modules.training.checkpoint import save_model_file
-from modules.training.evaluate import load_model
-from modules.training.loop import EMA, Trainer
+from modules.training.frozen_base import load_frozen, min_snr_mse, train_rows
 from modules.training.shapes import (
     POSITION_JITTER,
     POSITIONS,
@@ -161,44 +158,33 @@ def control_loss(*, controlnet: ControlNet, unet, text_encoder, data: ControlSet
     noisy = abar.sqrt() * latents + (1 - abar).sqrt() * eps
     residuals = controlnet(noisy, data.hints[rows], timesteps, context)
     prediction = unet(noisy, timesteps, context, control=residuals)
-    per_sample = (prediction - eps).pow(2).mean(dim=(1, 2, 3))
-    snr = abar.flatten() / (1 - abar.flatten())
-    return (per_sample * snr.clamp(max=config.min_snr_gamma) / snr).mean()
+    return min_snr_mse(prediction, eps, abar, config.min_snr_gamma)
 
 
 def train_controlnet(*, base: str | os.PathLike[str], config: ControlNetTrainingConfig,
                      progress: bool = True) -> tuple[ControlNet, list[float]]:
     """Train a silhouette ControlNet for the checkpoint at `base`; returns it (EMA weights) and
     the losses."""
-    _, family = inspect_checkpoint(base)
-    model = load_model(base)
-    unet, vae = model.model.diffusion_model, model.first_stage_model
-    text_encoder = model.text_encoders[family.text_encoders[0].name]
-    for frozen in (unet, vae, text_encoder):
-        frozen.requires_grad_(False)
+    frozen = load_frozen(base)
     tokenizer = ClipTokenizer()
     with torch.no_grad():
-        data = build_control_set(vae=vae, tokenizer=tokenizer, config=config, progress=progress)
+        data = build_control_set(vae=frozen.vae, tokenizer=tokenizer, config=config,
+                                 progress=progress)
     torch.manual_seed(config.seed)
-    controlnet = controlnet_from_unet(unet).train()
-    trainer = Trainer(parameters=controlnet.parameters(), learning_rate=config.learning_rate,
-                      total_steps=config.steps, warmup_steps=min(100, config.steps // 10 + 1))
-    ema = EMA(modules=[controlnet], decay=config.ema_decay)
-    alphas_cumprod = scaled_linear_alphas_cumprod(family.schedule)
-    generator = torch.Generator().manual_seed(config.seed + 2)
+    controlnet = controlnet_from_unet(frozen.unet).train()
+    alphas_cumprod = scaled_linear_alphas_cumprod(frozen.family.schedule)
     empty_ids = token_ids(tokenizer, [""])[0]
-    losses: list[float] = []
-    bar = tqdm(range(config.steps), desc="controlnet", disable=not progress, mininterval=2.0)
-    for _ in bar:
-        rows = torch.randint(config.dataset_size, (config.batch_size,), generator=generator)
-        loss = control_loss(controlnet=controlnet, unet=unet, text_encoder=text_encoder, data=data,
-                            rows=rows, scale_factor=family.vae.scale_factor,
+
+    def loss(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return control_loss(controlnet=controlnet, unet=frozen.unet,
+                            text_encoder=frozen.text_encoder, data=data, rows=rows,
+                            scale_factor=frozen.family.vae.scale_factor,
                             alphas_cumprod=alphas_cumprod, config=config, empty_ids=empty_ids,
                             generator=generator)
-        losses.append(trainer.step(loss))
-        ema.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-    ema.copy_to_modules()
+    losses = train_rows(controlnet, loss, steps=config.steps, batch_size=config.batch_size,
+                        dataset_size=config.dataset_size, learning_rate=config.learning_rate,
+                        ema_decay=config.ema_decay, seed=config.seed, desc="controlnet",
+                        progress=progress)
     return controlnet.eval(), losses
 
 

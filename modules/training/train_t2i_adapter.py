@@ -29,11 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from modules.conditioning.conds import Cond, MultiCond, ScheduledCond
 from modules.conditioning.tokenizer import ClipTokenizer
-from modules.models.loader import inspect_checkpoint
 from modules.nn.t2i_adapter import T2IAdapter, T2IAdapterConfig, T2IAdapterPatch
 from modules.nn.unet_patches import UNetPatches, with_patch
 from modules.sampling.base import run_sampler
@@ -42,8 +40,7 @@ from modules.sampling.denoiser import Denoiser, model_sigmas, scaled_linear_alph
 from modules.sampling.registry import compute_sigmas, resolve_sampler, start_sampler
 from modules.training.captions import token_ids
 from modules.training.checkpoint import save_model_file
-from modules.training.evaluate import load_model
-from modules.training.loop import EMA, Trainer
+from modules.training.frozen_base import load_frozen, min_snr_mse, train_rows
 from modules.training.train_controlnet import (
     ControlNetTrainingConfig,
     ControlSet,
@@ -116,45 +113,32 @@ def adapter_loss(*, adapter: T2IAdapter, unet, text_encoder, data: ControlSet,
     patch = T2IAdapterPatch(features=adapter(data.hints[rows]), weight=1.0,
                             row_images=list(range(len(rows))), unet=unet.config)
     prediction = unet(noisy, timesteps, context, patches=UNetPatches((patch,)))
-    per_sample = (prediction - eps).pow(2).mean(dim=(1, 2, 3))
-    snr = abar.flatten() / (1 - abar.flatten())
-    return (per_sample * snr.clamp(max=config.min_snr_gamma) / snr).mean()
+    return min_snr_mse(prediction, eps, abar, config.min_snr_gamma)
 
 
 def train_adapter(*, base: str | os.PathLike[str], config: T2IAdapterTrainingConfig,
                   progress: bool = True) -> tuple[T2IAdapter, list[float]]:
     """Train a silhouette adapter for the checkpoint at `base`; returns it (EMA weights) and
     the losses."""
-    _, family = inspect_checkpoint(base)
-    model = load_model(base)
-    unet, vae = model.model.diffusion_model, model.first_stage_model
-    text_encoder = model.text_encoders[family.text_encoders[0].name]
-    for frozen in (unet, vae, text_encoder):
-        frozen.requires_grad_(False)
+    frozen = load_frozen(base)
     tokenizer = ClipTokenizer()
     with torch.no_grad():
-        data = build_control_set(vae=vae, tokenizer=tokenizer, config=config.data(),
+        data = build_control_set(vae=frozen.vae, tokenizer=tokenizer, config=config.data(),
                                  progress=progress)
     torch.manual_seed(config.seed)
-    adapter = adapter_for_unet(unet.config, num_res_blocks=config.num_res_blocks).train()
-    trainer = Trainer(parameters=adapter.parameters(), learning_rate=config.learning_rate,
-                      total_steps=config.steps, warmup_steps=min(100, config.steps // 10 + 1))
-    ema = EMA(modules=[adapter], decay=config.ema_decay)
-    alphas_cumprod = scaled_linear_alphas_cumprod(family.schedule)
-    generator = torch.Generator().manual_seed(config.seed + 2)
+    adapter = adapter_for_unet(frozen.unet.config, num_res_blocks=config.num_res_blocks).train()
+    alphas_cumprod = scaled_linear_alphas_cumprod(frozen.family.schedule)
     empty_ids = token_ids(tokenizer, [""])[0]
-    losses: list[float] = []
-    bar = tqdm(range(config.steps), desc="t2i-adapter", disable=not progress, mininterval=2.0)
-    for _ in bar:
-        rows = torch.randint(config.dataset_size, (config.batch_size,), generator=generator)
-        loss = adapter_loss(adapter=adapter, unet=unet, text_encoder=text_encoder, data=data,
-                            rows=rows, scale_factor=family.vae.scale_factor,
+
+    def loss(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return adapter_loss(adapter=adapter, unet=frozen.unet, text_encoder=frozen.text_encoder,
+                            data=data, rows=rows, scale_factor=frozen.family.vae.scale_factor,
                             alphas_cumprod=alphas_cumprod, config=config, empty_ids=empty_ids,
                             generator=generator)
-        losses.append(trainer.step(loss))
-        ema.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-    ema.copy_to_modules()
+    losses = train_rows(adapter, loss, steps=config.steps, batch_size=config.batch_size,
+                        dataset_size=config.dataset_size, learning_rate=config.learning_rate,
+                        ema_decay=config.ema_decay, seed=config.seed, desc="t2i-adapter",
+                        progress=progress)
     return adapter.eval(), losses
 
 
