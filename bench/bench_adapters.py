@@ -119,17 +119,11 @@ def units(size: int) -> dict[str, dict]:
 
 
 def make_runtime(data: Path):
-    from bench.bench_core import write_sd15_fp16
-    from modules.app.cmd_args import parse_args
-    from modules.runtime import Runtime
+    """The adapter files, then the SD1.5 checkpoint and a Runtime (as bench_guidance)."""
+    from bench.bench_guidance import make_runtime as runtime_with_sd15
 
-    folder = data / "models" / "Stable-diffusion"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_sd15_fp16(folder / "sd15-random.safetensors")
     write_files(data)
-    runtime = Runtime.create(parse_args(["--data-dir", str(data), "--nowebui"]))
-    runtime.ready.set()
-    return runtime
+    return runtime_with_sd15(data)
 
 
 def _params(scripts: dict, *, size: int, steps: int):
