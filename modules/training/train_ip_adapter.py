@@ -10,12 +10,20 @@ attn2 layer of the frozen U-Net. Here:
    `image_embeds` (linear heads, thrown away), then frozen and shipped beside the adapter
    (`models/clip_vision/`), as the real adapters ship with their CLIP encoder;
 2. the plain adapter (4 tokens) learns, with the demo U-Net, its text encoder and the
-   image encoder frozen, the usual eps loss on pictures whose caption names no colour,
-   with the image tokens of *another* picture of the same colour (other shape, place,
-   size and background). The only source of the colour is then the reference.
+   image encoder frozen, the usual eps loss (1500 steps of 32) on pictures whose caption
+   names no colour and no background ("a large circle in the center", like the user's
+   prompt), with the image tokens of *another* picture of the same colour (other shape,
+   place, size and background). The only source of the colour is then the reference.
    `to_k_ip` / `to_v_ip` start as copies of each layer's `to_k` / `to_v` (the paper's
-   initialisation); 10 % of the samples drop the picture (zero image embeds, which is
-   what the negative rows get at inference) and 10 % the caption.
+   initialisation) and the projection is first fitted so that the tokens are the text
+   encoder's hidden states of the colour's name: the adapter starts out attending to a
+   colour word, and the eps loss then only has to sharpen it (without that start,
+   neighbouring colours - blue / purple, orange / red - were confused). 10 % of the
+   samples drop the picture (zero image embeds, which is what the negative rows get at
+   inference, so CFG amplifies the reference) and 10 % the caption.
+
+`measure()` generates through `processing.txt2img` with the ControlNet extension's
+IP-Adapter unit, as the API does.
 
     python -m modules.training.train_ip_adapter \\
         --out models/ControlNet/easel-demo-ip-adapter.safetensors \\
@@ -76,13 +84,23 @@ ENCODER_HEADS = 4
 class IPAdapterTrainingConfig:
     """How long and on what to train the encoder and the adapter."""
 
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 32
     dataset_size: int = 2048
     learning_rate: float = 1e-3
     image_dropout: float = 0.1
     caption_dropout: float = 0.1
-    background_omitted: float = 0.5
+    # Captions never name the background: the user's prompt ("a large circle in the
+    # center") names neither colour, so training should see that kind of caption only.
+    background_omitted: float = 1.0
+    # Timesteps drawn as T * u**(1 / bias): 1 is uniform, 2 draws noisier steps more often
+    # (mean 2/3 T), where a flat shape's colour is decided.
+    timestep_bias: float = 1.0
+    # Steps of fitting the image projection, before the eps loss, so that a reference's
+    # tokens are the text encoder's hidden states of its colour's name ("red": BOS, red,
+    # EOS, ...) and "no image" those of "": with `to_k_ip` / `to_v_ip` copied from the
+    # text ones, the adapter starts out attending to the colour word. 0 skips it.
+    colour_init_steps: int = 300
     n_tokens: int = 4
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.98
@@ -163,7 +181,17 @@ def train_encoder(config: IPAdapterTrainingConfig, *, progress: bool = False):
         loss = sum(F.cross_entropy(head(embeds), labels[key][rows])
                    for key, head in heads.items())
         trainer.step(loss)
-    return encoder.eval().requires_grad_(False)
+    encoder.eval().requires_grad_(False)
+    if progress:  # the colour must be readable from image_embeds: held-out accuracy
+        test = np.random.default_rng([config.seed, 17])
+        truths = [random_truth(test) for _ in range(256)]
+        embeds = encoder(pixels_of([jittered(t, test, config.resolution) for t in truths],
+                                   encoder.config.image_size)).image_embeds
+        for key, values in names.items():
+            found = heads[key](embeds).argmax(-1)
+            right = sum(values[int(i)] == getattr(t, key) for i, t in zip(found, truths))
+            print(f"encoder {key} accuracy on new pictures: {right / len(truths):.3f}")
+    return encoder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,14 +202,16 @@ class ReferenceSet:
     stds: torch.Tensor
     embeds: torch.Tensor  # (N, projection_dim)
     token_ids: torch.Tensor  # (N, 77)
+    colours: torch.Tensor  # (N,) index of the reference's colour in COLORS
 
 
 def build_reference_set(*, vae, encoder, tokenizer: ClipTokenizer,
                         config: IPAdapterTrainingConfig, progress: bool = False) -> ReferenceSet:
-    images, references, captions = [], [], []
+    images, references, captions, colours = [], [], [], []
     for index in range(config.dataset_size):
         rng = np.random.default_rng([config.seed, index, 13])
         truth = random_truth(rng)
+        colours.append(COLORS.index(truth.color))
         images.append(jittered(truth, rng, config.resolution))
         references.append(jittered(same_colour_reference(truth, rng), rng, config.resolution))
         captions.append(colourless_caption(
@@ -191,7 +221,25 @@ def build_reference_set(*, vae, encoder, tokenizer: ClipTokenizer,
     embeds = torch.cat([encoder(pixels[i:i + 256]).image_embeds
                         for i in range(0, len(pixels), 256)])
     return ReferenceSet(means=means, stds=stds, embeds=embeds,
-                        token_ids=token_ids(tokenizer, captions))
+                        token_ids=token_ids(tokenizer, captions), colours=torch.tensor(colours))
+
+
+def fit_colour_tokens(adapter: IPAdapter, *, text_encoder, tokenizer: ClipTokenizer,
+                      data: ReferenceSet, config: IPAdapterTrainingConfig) -> float:
+    """Fit `image_proj` so each reference's tokens are the first `n_tokens` hidden states
+    of its colour's name, and zero embeds' those of ""; returns the last MSE."""
+    with torch.no_grad():
+        names = text_encoder(token_ids(tokenizer, [*COLORS, ""])).hidden[:, :config.n_tokens]
+    embeds = torch.cat([data.embeds, torch.zeros_like(data.embeds[:1])])
+    targets = names[torch.cat([data.colours, torch.tensor([len(COLORS)])])]
+    optimizer = torch.optim.Adam(adapter.image_proj.parameters(), lr=1e-2)
+    loss = torch.zeros(())
+    for _ in range(config.colour_init_steps):
+        loss = F.mse_loss(adapter.image_tokens(embeds), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return float(loss)
 
 
 def adapter_for(unet, *, image_dim: int, n_tokens: int) -> IPAdapter:
@@ -239,7 +287,8 @@ def ip_loss(*, adapter: IPAdapter, unet, text_encoder, data: ReferenceSet, rows:
     embeds[torch.rand(len(rows), generator=generator) < config.image_dropout] = 0.0
     with torch.no_grad():
         context = text_encoder(ids).hidden
-    timesteps = torch.randint(len(alphas_cumprod), (len(rows),), generator=generator)
+    draws = torch.rand(len(rows), generator=generator) ** (1 / config.timestep_bias)
+    timesteps = (draws * len(alphas_cumprod)).long().clamp(max=len(alphas_cumprod) - 1)
     eps = torch.randn(latents.shape, generator=generator)
     abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     noisy = abar.sqrt() * latents + (1 - abar).sqrt() * eps
@@ -254,8 +303,13 @@ def ip_loss(*, adapter: IPAdapter, unet, text_encoder, data: ReferenceSet, rows:
 
 
 def train_ip_adapter(*, base: str | os.PathLike[str], config: IPAdapterTrainingConfig,
-                     progress: bool = True):
-    """Train the encoder, then the adapter; returns (adapter (EMA weights), encoder, losses)."""
+                     progress: bool = True, snapshot_steps: Sequence[int] = (),
+                     on_snapshot=None):
+    """Train the encoder, then the adapter; returns (adapter (EMA weights), encoder, losses).
+
+    `on_snapshot(step, adapter, encoder)` gets a copy of the EMA adapter after each of
+    `snapshot_steps` (to measure a run before it ends).
+    """
     _, family = inspect_checkpoint(base)
     model = load_model(base)
     unet, vae = model.model.diffusion_model, model.first_stage_model
@@ -270,6 +324,11 @@ def train_ip_adapter(*, base: str | os.PathLike[str], config: IPAdapterTrainingC
     torch.manual_seed(config.seed)
     adapter = adapter_for(unet, image_dim=encoder.config.projection_dim,
                           n_tokens=config.n_tokens).train()
+    if config.colour_init_steps:
+        error = fit_colour_tokens(adapter, text_encoder=text_encoder, tokenizer=tokenizer,
+                                  data=data, config=config)
+        if progress:
+            print(f"image tokens fitted to the colour names: MSE {error:.4f}")
     trainer = Trainer(parameters=adapter.parameters(), learning_rate=config.learning_rate,
                       total_steps=config.steps, warmup_steps=min(50, config.steps // 10 + 1))
     ema = EMA(modules=[adapter], decay=config.ema_decay)
@@ -287,6 +346,8 @@ def train_ip_adapter(*, base: str | os.PathLike[str], config: IPAdapterTrainingC
         losses.append(trainer.step(loss))
         ema.update()
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        if on_snapshot is not None and len(losses) in snapshot_steps:
+            on_snapshot(len(losses), ema.averaged_copies()[0].eval(), encoder)
     ema.copy_to_modules()
     return adapter.eval().requires_grad_(False), encoder, losses
 
@@ -329,72 +390,87 @@ def evaluation_references(count: int = 16, *, seed: int = 4321,
     return references
 
 
-@torch.no_grad()
-def generate_with_reference(model, adapter: IPAdapter | None, tokens, *, prompt: str,
-                            seeds: Sequence[int], tokenizer: ClipTokenizer,
-                            steps: int = 20, cfg_scale: float = 7.0,
-                            weight: float = 1.0) -> np.ndarray:
-    """Images of `prompt` (one per seed) with CFG, the adapter's patch on both halves of
-    every U-Net call (reference tokens on the prompt rows, "no image" on the negative
-    rows) when `adapter` is given: (N, H, W, 3) uint8."""
-    from modules.sampling.base import run_sampler
-    from modules.sampling.denoiser import Denoiser, model_sigmas
-    from modules.sampling.registry import compute_sigmas, resolve_sampler, start_sampler
+def png_base64(picture: np.ndarray) -> str:
+    """A picture as the API takes a unit's image: base64 PNG."""
+    import base64
+    import io
 
-    family = model.family
-    encoder = next(iter(model.text_encoders.values()))
-    n = len(seeds)
-    context = encoder(token_ids(tokenizer, [prompt])).hidden.expand(n, -1, -1)
-    uncond = encoder(token_ids(tokenizer, [""])).hidden.expand(n, -1, -1)
-    side = family.native_resolution // family.vae.downscale
-    noise = torch.cat([torch.randn((1, family.latent_channels, side, side),
-                                   generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-    table = model_sigmas(family.schedule)
-    denoiser = Denoiser(model.unet, sigmas=table, prediction=family.prediction)
-    extra = {}
-    if adapter is not None:
-        cond_tokens, uncond_tokens = tokens
-        extra["patches"] = UNetPatches((IPAdapterPatch(
-            adapter=adapter, cond_tokens=cond_tokens, uncond_tokens=uncond_tokens, weight=weight,
-            row_images=[0] * (2 * n), row_is_uncond=[False] * n + [True] * n),))
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
-    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                        context=torch.cat([context, uncond]), **extra)
-        cond, unc = both.chunk(2)
-        return unc + cfg_scale * (cond - unc)
 
-    sampler, scheduler = resolve_sampler("DPM++ 2M Karras")
-    sigmas = compute_sigmas(sampler, scheduler, steps, table)
-    latents = run_sampler(start_sampler(sampler, guided, noise * sigmas[0], sigmas))
-    images = model.vae.decode(latents / family.vae.scale_factor + family.vae.shift_factor)
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+def reference_job(*, seed: int, count: int, adapter_name: str | None,
+                  picture: np.ndarray | None, weight: float = 1.0):
+    """txt2img parameters for `EVAL_PROMPT` (64 px, 20 DPM++ 2M Karras steps, CFG 7, seeds
+    `seed`..`seed + count - 1`), with one IP-Adapter unit of `picture` when it is given."""
+    from modules.pipeline.params import Txt2ImgParams
+
+    scripts = {}
+    if adapter_name is not None and picture is not None:
+        unit = {"enabled": True, "module": "ip-adapter_clip_sd15", "model": adapter_name,
+                "image": png_base64(picture), "weight": weight}
+        scripts = {"controlnet": {"args": [unit]}}
+    return Txt2ImgParams(prompt=EVAL_PROMPT, width=64, height=64, steps=20, cfg_scale=7.0,
+                         sampler_name="DPM++ 2M", scheduler="Karras", seed=seed,
+                         batch_size=count, do_not_save_samples=True, alwayson_scripts=scripts)
+
+
+def run_job(runtime, params):
+    """Drive `processing.txt2img` to its end; the result (warnings must be empty)."""
+    from modules.pipeline.txt2img import txt2img
+
+    job = txt2img(runtime, params)
+    try:
+        while True:
+            next(job)
+    except StopIteration as stop:
+        result = stop.value
+    if result.warnings:
+        raise RuntimeError(f"txt2img warned: {result.warnings}")
+    return result
 
 
 def measure(*, base: str | os.PathLike[str], adapter_path: str | os.PathLike[str],
-            encoder_folder: str | os.PathLike[str], references: int = 16,
-            seeds: Sequence[int] = (0, 1, 2, 3), weight: float = 1.0) -> dict[str, float]:
+            models_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
+            references: int = 16, seeds_per_reference: int = 4,
+            weight: float = 1.0) -> dict[str, float]:
     """Fraction of images whose shape has the reference's colour, with and without the
-    adapter (prompt `EVAL_PROMPT`, no colour named), judged by the pixel checker."""
-    from modules.models.ip_adapter_files import find_clip_vision, load_clip_vision, load_ip_adapter
-    from modules.nn.ip_adapter import encode_reference
+    adapter, through `processing.txt2img` and the ControlNet extension's IP-Adapter unit
+    (prompt `EVAL_PROMPT`, no colour named), judged by the pixel checker.
+
+    `models_dir` holds `clip_vision/` (the image encoder, as `Paths.clip_vision_dir`
+    finds it); outputs and settings go to `data_dir`. Reference `i` uses the seeds
+    `1000 + i * seeds_per_reference` onwards, with and without the unit, so "without"
+    compares that many distinct images, not one set reused for every colour.
+    """
+    from modules.app.cmd_args import parse_args
+    from modules.runtime import Runtime
     from modules.training.checker import analyze_image
 
-    model = load_model(base)
-    adapter = load_ip_adapter(adapter_path, base=model.family.unet)
-    encoder = load_clip_vision(find_clip_vision(encoder_folder, adapter))
-    tokenizer = ClipTokenizer()
-    plain = [analyze_image(image).color for image in generate_with_reference(
-        model, None, None, prompt=EVAL_PROMPT, seeds=seeds, tokenizer=tokenizer)]
-    hits = misses_plain = total = 0
-    for colour, picture in evaluation_references(references):
-        tokens = encode_reference(encoder, adapter, Image.fromarray(picture))
-        images = generate_with_reference(model, adapter, tokens, prompt=EVAL_PROMPT,
-                                         seeds=seeds, tokenizer=tokenizer, weight=weight)
-        hits += sum(analyze_image(image).color == colour for image in images)
-        misses_plain += sum(found == colour for found in plain)
-        total += len(seeds)
-    return {"with": hits / total, "without": misses_plain / total, "images": total}
+    base, adapter_path = Path(base), Path(adapter_path)
+    runtime = Runtime.create(parse_args([
+        "--data-dir", str(data_dir), "--models-dir", str(models_dir),
+        "--ckpt-dir", str(base.parent), "--controlnet-dir", str(adapter_path.parent)]))
+    runtime.ready.set()
+    hits = plain_hits = total = 0
+    try:
+        for index, (colour, picture) in enumerate(evaluation_references(references)):
+            seed = 1000 + index * seeds_per_reference
+            with_unit = run_job(runtime, reference_job(
+                seed=seed, count=seeds_per_reference, adapter_name=adapter_path.stem,
+                picture=picture, weight=weight))
+            if not any("ControlNet 0:" in text for text in with_unit.infotexts):
+                raise RuntimeError("the IP-Adapter unit did not run (no 'ControlNet 0:' in "
+                                   "the infotext)")
+            plain = run_job(runtime, reference_job(seed=seed, count=seeds_per_reference,
+                                                   adapter_name=None, picture=None))
+            hits += sum(analyze_image(image).color == colour for image in with_unit.images)
+            plain_hits += sum(analyze_image(image).color == colour for image in plain.images)
+            total += seeds_per_reference
+    finally:
+        runtime.jobs.stop()
+    return {"with": hits / total, "without": plain_hits / total, "images": total}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -406,13 +482,35 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the image encoder to write")
     parser.add_argument("--steps", type=int, default=IPAdapterTrainingConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float,
+                        default=IPAdapterTrainingConfig.learning_rate)
+    parser.add_argument("--timestep-bias", type=float,
+                        default=IPAdapterTrainingConfig.timestep_bias)
+    parser.add_argument("--n-tokens", type=int, default=IPAdapterTrainingConfig.n_tokens)
+    parser.add_argument("--colour-init-steps", type=int,
+                        default=IPAdapterTrainingConfig.colour_init_steps)
+    parser.add_argument("--snapshot-steps", type=int, nargs="*", default=(),
+                        help="also write the EMA adapter after these steps (<out>-<step>)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    config = IPAdapterTrainingConfig(steps=args.steps, seed=args.seed)
-    adapter, encoder, _ = train_ip_adapter(base=args.base, config=config)
+    config = IPAdapterTrainingConfig(steps=args.steps, seed=args.seed,
+                                     learning_rate=args.learning_rate,
+                                     timestep_bias=args.timestep_bias, n_tokens=args.n_tokens,
+                                     colour_init_steps=args.colour_init_steps)
     args.encoder_out.parent.mkdir(parents=True, exist_ok=True)
+
+    def snapshot(step: int, adapter: IPAdapter, encoder) -> None:
+        save_encoder(encoder, args.encoder_out)
+        save_ip_adapter(adapter, args.out.with_name(f"{args.out.stem}-{step}{args.out.suffix}"),
+                        base_title=args.base.stem)
+        print(f"snapshot at step {step} after {(time.perf_counter() - start) / 60:.1f} min",
+              flush=True)
+
+    adapter, encoder, _ = train_ip_adapter(base=args.base, config=config,
+                                           snapshot_steps=args.snapshot_steps,
+                                           on_snapshot=snapshot)
     encoder_path = save_encoder(encoder, args.encoder_out)
     path = save_ip_adapter(adapter, args.out, base_title=args.base.stem)
     minutes = (time.perf_counter() - start) / 60
