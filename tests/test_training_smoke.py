@@ -190,3 +190,30 @@ def test_the_demo_command_runs_every_stage_at_a_tiny_scale(tmp_path):
                     base=family.unet)
     assert read_embedding(tmp_path / "models" / "embeddings" / "easel-bar.safetensors")
     assert (tmp_path / "models" / "Lora" / "easel-bar.safetensors").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_every_extra_of_the_demo_recipe_trains_and_loads(tmp_path, one_thread):  # noqa: F811
+    """Stage 6 at 0.2 % of its steps on the shipped checkpoint: every file that ships
+    beside it (ControlNet, embedding, LoRA, T2I-Adapter, IP-Adapter and its encoder) is
+    written where the app reads it, and the adapters load as what they are."""
+    from pathlib import Path
+
+    from modules.models.ip_adapter_files import load_clip_vision, load_ip_adapter
+    from modules.models.t2i_adapter_files import load_t2i_adapter
+    from modules.training.demo import DemoRecipe, train_extras
+
+    checkpoint = Path("models/Stable-diffusion/easel-demo.safetensors")
+    models = tmp_path / "models"
+    written = train_extras(DemoRecipe().scaled(0.002), checkpoint=checkpoint, models=models,
+                           progress=False)
+    names = {path.relative_to(models).as_posix() for path in written}
+    assert names == {"ControlNet/easel-demo-silhouette.safetensors",
+                     "embeddings/easel-bar.safetensors", "Lora/easel-bar.safetensors",
+                     "ControlNet/easel-demo-t2i-silhouette.safetensors",
+                     "clip_vision/easel-demo-clip-vision.safetensors",
+                     "ControlNet/easel-demo-ip-adapter.safetensors"}
+    unet = inspect_checkpoint(checkpoint)[1].unet
+    load_t2i_adapter(models / "ControlNet/easel-demo-t2i-silhouette.safetensors", base=unet)
+    load_ip_adapter(models / "ControlNet/easel-demo-ip-adapter.safetensors", base=unet)
+    load_clip_vision(models / "clip_vision/easel-demo-clip-vision.safetensors")

@@ -15,7 +15,8 @@ Stages (each with a tqdm progress bar):
    checkpoint with everything else frozen: the silhouette ControlNet
    (`train_controlnet`), the held-out bar's textual-inversion embedding
    (`train_embedding`) and LoRA (`train_lora`), the silhouette T2I-Adapter
-   (`train_t2i_adapter`, 12 minutes on one thread).
+   (`train_t2i_adapter`, 12 minutes on one thread) and the IP-Adapter with its tiny image
+   encoder (`train_ip_adapter`, 11-16 minutes).
 
 Every random draw comes from `--seed`, and torch runs on one thread (`--threads`), so a
 rerun on the same machine gives the same weights. Stages 2 and 4 depend only on stage
@@ -51,6 +52,7 @@ from modules.training.checkpoint import save_checkpoint
 from modules.training.demo_config import DEMO_FAMILY, with_scale_factor
 from modules.training.loop import EMA
 from modules.training.train_controlnet import ControlNetTrainingConfig
+from modules.training.train_ip_adapter import IPAdapterTrainingConfig
 from modules.training.train_t2i_adapter import T2IAdapterTrainingConfig
 from modules.training.train_unet import UNetTrainingConfig, build_latent_set, train_unet
 from modules.training.train_vae import (
@@ -88,6 +90,7 @@ class DemoRecipe:
 
     controlnet: ControlNetTrainingConfig = ControlNetTrainingConfig(steps=1200)
     t2i_adapter: T2IAdapterTrainingConfig = T2IAdapterTrainingConfig()
+    ip_adapter: IPAdapterTrainingConfig = IPAdapterTrainingConfig()
 
     def seeded(self, seed: int) -> "DemoRecipe":
         """The same recipe with every stage seeded from `seed`."""
@@ -95,6 +98,7 @@ class DemoRecipe:
                        decoder=replace(self.decoder, seed=seed), unet=replace(self.unet, seed=seed),
                        controlnet=replace(self.controlnet, seed=seed),
                        t2i_adapter=replace(self.t2i_adapter, seed=seed),
+                       ip_adapter=replace(self.ip_adapter, seed=seed),
                        refine=tuple(replace(r, seed=seed + 1 + i)
                                     for i, r in enumerate(self.refine)))
 
@@ -114,6 +118,10 @@ class DemoRecipe:
                                dataset_size=part(self.controlnet.dataset_size)),
             t2i_adapter=replace(self.t2i_adapter, steps=part(self.t2i_adapter.steps),
                                 dataset_size=part(self.t2i_adapter.dataset_size)),
+            ip_adapter=replace(self.ip_adapter, steps=part(self.ip_adapter.steps),
+                               dataset_size=part(self.ip_adapter.dataset_size),
+                               encoder_steps=part(self.ip_adapter.encoder_steps),
+                               colour_init_steps=part(self.ip_adapter.colour_init_steps)),
         )
 
 
@@ -163,6 +171,7 @@ def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path,
     """The files that ship beside the demo checkpoint, trained on it (stage 6)."""
     from modules.training.train_controlnet import save_controlnet, train_controlnet
     from modules.training.train_embedding import BAR_EMBEDDING_CONFIG, train_bar_embedding
+    from modules.training.train_ip_adapter import save_encoder, save_ip_adapter, train_ip_adapter
     from modules.training.train_lora import BAR_LORA_CONFIG, train_bar_lora
     from modules.training.train_t2i_adapter import train_t2i_adapter
 
@@ -183,6 +192,13 @@ def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path,
     written.append(train_t2i_adapter(
         checkpoint, recipe.t2i_adapter,
         models / "ControlNet" / "easel-demo-t2i-silhouette.safetensors", progress=progress))
+    adapter, encoder, _ = train_ip_adapter(base=checkpoint, config=recipe.ip_adapter,
+                                           progress=progress)
+    written.append(save_encoder(encoder, models / "clip_vision" /
+                                "easel-demo-clip-vision.safetensors"))
+    written.append(save_ip_adapter(adapter, models / "ControlNet" /
+                                   "easel-demo-ip-adapter.safetensors",
+                                   base_title=checkpoint.stem))
     return written
 
 
