@@ -36,6 +36,10 @@ class Paths:
     embeddings_dir: Path
     hypernetwork_dir: Path
     controlnet_dir: Path
+    # Where control models are listed from: `controlnet_dir`, then the folder A1111's
+    # ControlNet extension kept its models in (`extensions/sd-webui-controlnet/models`
+    # under the data folder), read when it exists, so a migrated A1111 folder works.
+    controlnet_dirs: tuple[Path, ...]
     # CLIP image encoders for IP-Adapter / the style T2I-Adapter: A1111's and Forge's
     # `models/clip_vision` (neither has a flag for it)
     clip_vision_dir: Path
@@ -67,6 +71,8 @@ class Paths:
             embeddings_dir=_pick(args.embeddings_dir, models / "embeddings"),
             hypernetwork_dir=_pick(args.hypernetwork_dir, models / "hypernetworks"),
             controlnet_dir=_pick(args.controlnet_dir, models / "ControlNet"),
+            controlnet_dirs=(_pick(args.controlnet_dir, models / "ControlNet"),
+                             data / "extensions" / "sd-webui-controlnet" / "models"),
             clip_vision_dir=models / "clip_vision",
             esrgan_dir=_pick(args.esrgan_models_path, models / "ESRGAN"),
             facexlib_dir=models / "facexlib",

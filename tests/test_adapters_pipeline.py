@@ -501,3 +501,19 @@ def test_t2i_features_are_cropped_to_each_tile_not_squeezed():
     assert torch.equal(tiled.features[1][0], full[1][1, :, 1:3, 2:5])
     assert torch.equal(tiled.features[1][1], full[1][0, :, 2:4, 5:8])
     assert tiled.row_images == [0, 1]
+
+
+def test_models_in_a1111s_extension_folder_are_listed_and_run(runtime, data, client):
+    """A1111's ControlNet extension kept models in extensions/sd-webui-controlnet/models:
+    a migrated data folder's files there are listed after models/ControlNet's and run."""
+    import shutil
+
+    legacy = data / "extensions" / "sd-webui-controlnet" / "models"
+    legacy.mkdir(parents=True, exist_ok=True)
+    shutil.copy(data / "models" / "ControlNet" / "t2iadapter_tiny.safetensors",
+                legacy / "t2i_legacy.safetensors")
+    listed = client.get("/controlnet/model_list", headers=AUTH).json()["model_list"]
+    assert any(name.startswith("t2i_legacy [") for name in listed)
+    moved = run(runtime, t2i_unit(model="t2i_legacy"))
+    assert moved.warnings == [] and "t2i_legacy" in moved.infotexts[0]
+    assert pixels(moved) == pixels(run(runtime, t2i_unit()))  # the same weights

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from easel_controlnet.control_types import control_types
 from easel_controlnet.hint import decode_image, map_to_png_base64
-from easel_controlnet.library import KindCache, list_models
+from easel_controlnet.library import Folders, KindCache, list_models
 from easel_controlnet.openpose_render import MAX_PICTURES, PoseData, png_base64, render
 from easel_controlnet.prepare import detect_map
 from easel_controlnet.preprocessors import (
@@ -117,7 +117,7 @@ def render_openpose_json(
     return {"images": images, "info": "Success"}
 
 
-def register_routes(app, *, model_dir: Path | None, annotator_dir: Path | None,
+def register_routes(app, *, model_dir: Folders, annotator_dir: Path | None,
                     unit_count: int) -> None:
     """Add the routes to an `ExtensionApp`."""
     app.add_api_route("/controlnet/version", lambda: {"version": API_VERSION})

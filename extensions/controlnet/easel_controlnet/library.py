@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -111,18 +111,28 @@ class KindCache:
         return kind
 
 
-def list_models(folder: Path | None, kinds: KindCache | None = None) -> list[ModelEntry]:
-    """Control model files in `folder` (recursive, sorted by name), annotators excluded;
-    `kinds` (a cache to reuse) tells each file's kind."""
+Folders = Path | Sequence[Path] | None
+
+
+def _folders(folder: Folders) -> list[Path]:
     if folder is None:
         return []
+    return [folder] if isinstance(folder, Path) else list(folder)
+
+
+def list_models(folder: Folders, kinds: KindCache | None = None) -> list[ModelEntry]:
+    """Control model files in `folder` (one, or several in order: `Paths.controlnet_dirs`;
+    recursive, sorted by name), annotators excluded; `kinds` (a cache to reuse) tells each
+    file's kind. A name found in two folders is the first folder's."""
     kinds = kinds if kinds is not None else KindCache()
-    files = walk_files(folder, SUFFIXES, skip_folders=(ANNOTATORS,))  # links: one rule
-    files.sort(key=lambda p: p.stem.lower())
+    files: list[Path] = []
+    for one in _folders(folder):  # walk_files: a missing folder has no files
+        files += walk_files(one, SUFFIXES, skip_folders=(ANNOTATORS,))  # links: one rule
+    files.sort(key=lambda p: p.stem.lower())  # stable: the first folder's file first
     return [ModelEntry(f"{p.stem} [{legacy_model_hash(p)}]", p, kinds.kind(p)) for p in files]
 
 
-def find_model(folder: Path | None, name: str, kinds: KindCache | None = None) -> ModelEntry:
+def find_model(folder: Folders, name: str, kinds: KindCache | None = None) -> ModelEntry:
     """The entry named `name` ("stem [hash]" or "stem"); KeyError naming what exists."""
     entries = list_models(folder, kinds)
     wanted = name.strip()
@@ -134,7 +144,8 @@ def find_model(folder: Path | None, name: str, kinds: KindCache | None = None) -
         if entry.stem == stem:
             return entry
     known = ", ".join(e.name for e in entries) or "none"
-    where = folder.name if folder is not None else "no ControlNet folder"
+    where = (" or ".join(one.name for one in _folders(folder) if one.is_dir())
+             or "no ControlNet folder")
     raise KeyError(f"ControlNet model {name!r} not found in {where} (available: {known})")
 
 

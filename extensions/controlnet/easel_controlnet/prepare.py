@@ -28,7 +28,7 @@ from easel_controlnet.hint import (
     pixel_perfect_resolution,
 )
 from easel_controlnet.inject import ActiveUnit
-from easel_controlnet.library import ControlNetCache, ModelEntry, find_model
+from easel_controlnet.library import ControlNetCache, Folders, ModelEntry, find_model
 from easel_controlnet.preprocessors import (
     CLIP_MODULES,
     IP_ADAPTER_MODULES,
@@ -56,7 +56,7 @@ class Target:
 
     width: int
     height: int
-    model_dir: Path | None
+    model_dir: Folders  # `Paths.controlnet_dirs`
     annotator_dir: Path | None
     base: UNetConfig
     device: torch.device

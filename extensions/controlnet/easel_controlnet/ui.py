@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 
 from easel_controlnet import ui_spec
-from easel_controlnet.library import KindCache, list_models
+from easel_controlnet.library import Folders, KindCache, list_models
 from easel_controlnet.preprocessors import (
     PreprocessorError,
     all_preprocessors,
@@ -40,7 +40,7 @@ def _tool(symbol: str, elem_id: str) -> gr.Button:
                      scale=0, variant="secondary")
 
 
-def model_names(model_dir: Path | None, kinds: KindCache | None = None) -> list[str]:
+def model_names(model_dir: Folders, kinds: KindCache | None = None) -> list[str]:
     return [entry.name for entry in list_models(model_dir, kinds)]
 
 
@@ -98,13 +98,14 @@ def unit_tabs(script, is_img2img: bool) -> list:
         for index in range(count):
             with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{prefix}_controlnet_unit{index}"):
                 states.append(_unit(index, f"{prefix}_controlnet_unit{index}",
-                                    _Folders(model_dir, annotator_dir, kinds), is_img2img))
+                                    _Folders(paths.controlnet_dirs if paths else None,
+                                             annotator_dir, kinds), is_img2img))
     return states
 
 
 @dataclass(frozen=True)
 class _Folders:
-    models: Path | None
+    models: Folders
     annotators: Path | None
     kinds: KindCache
 

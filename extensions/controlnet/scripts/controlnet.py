@@ -85,7 +85,8 @@ class ControlNetScript(Script):
         parameter = next(unet.parameters())
         paths = getattr(self.context, "paths", None)
         model_dir = paths.controlnet_dir if paths is not None else None
-        return Target(width=plan.params.width, height=plan.params.height, model_dir=model_dir,
+        return Target(width=plan.params.width, height=plan.params.height,
+                      model_dir=paths.controlnet_dirs if paths is not None else None,
                       annotator_dir=model_dir / "annotators" if model_dir else None,
                       base=plan.loaded.family.unet, device=parameter.device,
                       dtype=parameter.dtype, seed=plan.seeds[0] if plan.seeds else 0,
@@ -128,7 +129,7 @@ def setup(ctx) -> None:
     """Register the `/controlnet/*` API routes once the app starts."""
     def app_started(app) -> None:
         model_dir = ctx.paths.controlnet_dir if ctx.paths is not None else None
-        register_routes(app, model_dir=model_dir,
+        register_routes(app, model_dir=ctx.paths.controlnet_dirs if ctx.paths else None,
                         annotator_dir=model_dir / "annotators" if model_dir else None,
                         unit_count=UNIT_COUNT)
 
