@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from modules.training.ip_adapter_demo import measure
 from modules.training.shapes import COLORS
-from modules.training.train_ip_adapter import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "Stable-diffusion" / "easel-demo.safetensors"

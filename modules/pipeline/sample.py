@@ -277,6 +277,12 @@ def conditioning_text(prompt: str, settings: Settings, warnings: list[str]) -> s
     return extract_extra_networks(text)[0]
 
 
+def extra_network_tags(text: str) -> list[str]:
+    """Each extra-network tag of `text` as `<name:first argument>` (for messages)."""
+    return [f"<{tag.name}:{tag.items[0] if tag.items else ''}>"
+            for tag in extract_extra_networks(text)[1]]
+
+
 def initial_scale(plan: Plan, sigma_first: float, settings: Settings) -> float:
     if plan.loaded.family.is_flow:  # x = sigma * noise: the noise itself at sigma_max = 1
         return R.initial_noise_scale(plan.sampler, plan.scheduler, sigma_first, flow=True)

@@ -169,9 +169,10 @@ def train_demo(recipe: DemoRecipe, *, out: Path, progress: bool = True,
 def train_extras(recipe: DemoRecipe, *, checkpoint: Path, models: Path,
                  progress: bool = True) -> list[Path]:
     """The files that ship beside the demo checkpoint, trained on it (stage 6)."""
+    from modules.training.ip_adapter_demo import save_encoder, save_ip_adapter
     from modules.training.train_controlnet import save_controlnet, train_controlnet
     from modules.training.train_embedding import BAR_EMBEDDING_CONFIG, train_bar_embedding
-    from modules.training.train_ip_adapter import save_encoder, save_ip_adapter, train_ip_adapter
+    from modules.training.train_ip_adapter import train_ip_adapter
     from modules.training.train_lora import BAR_LORA_CONFIG, train_bar_lora
     from modules.training.train_t2i_adapter import train_t2i_adapter
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from modules.conditioning.prompt_parser import extract_extra_networks
-from modules.pipeline.sample import encode_prompts, initial_scale
+from modules.pipeline.sample import encode_prompts, extra_network_tags, initial_scale
 from modules.sampling import tiled_diffusion as td
 from modules.sampling.tiled_diffusion_inversion import (
     inversion_sigmas,
@@ -98,9 +97,9 @@ def warn_region_networks(plan, region: dict) -> None:
     merged into the job's model once, for the whole image (the extension does not apply
     them either). Say so, naming the tags, instead of dropping them silently."""
     tags = [tag for text in (region["prompt"], region["neg_prompt"])
-            for tag in extract_extra_networks(text)[1]]
+            for tag in extra_network_tags(text)]
     if tags:
-        names = ", ".join(f"<{tag.name}:{tag.items[0] if tag.items else ''}>" for tag in tags)
+        names = ", ".join(tags)
         message = (f"Tiled Diffusion: {names} in a region prompt is not applied (extra "
                    f"networks act on the whole image: put them in the main prompt)")
         if message not in plan.warnings:
