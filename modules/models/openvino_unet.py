@@ -1,0 +1,292 @@
+"""The U-Net through OpenVINO's CPU runtime (`--cpu-backend openvino`).
+
+Why: on a CPU, eager PyTorch is at par with diffusers and ~85 % of a step is already
+inside oneDNN / MKL / SDPA kernels, so eager code has little left to take. OpenVINO
+compiles the whole graph: fused convolutions with their bias / activation / residual
+adds, fused GroupNorm and attention, weights repacked once for its kernels. Measured
+(`bench/bench_cpu_backend.py`, docs/performance.md) it is the faster CPU path.
+
+How, in three layers, each cached at its own cost:
+
+1. **Template** (per architecture, on disk): our own `UNetModel` is traced once with every
+   parameter as a graph *input* (its name as the input's name) and dynamic batch, latent
+   size and token count, then saved as OpenVINO IR under the cache folder. Weights are
+   not in it (a few MB), so one template serves every checkpoint of that architecture.
+   The file name is a hash of the config, the U-Net source and the library versions, so
+   a code change never loads a stale graph. Converting costs ~45 s for SD1.5 (once).
+2. **Compiled model** (per weight set, in memory): a clone of the template whose weight
+   inputs are replaced by constants holding the tensors to use: the checkpoint's, or a
+   LoRA set's merged copies (`modules.models.patcher`). Compiling folds and repacks them
+   (~4 s for SD1.5 on 2 cores). Shapes stay dynamic, so every image size (and batch,
+   and prompt length) runs on the same compiled model; a LoRA switch is one compile,
+   never a conversion. The last `compiled_limit` weight sets are kept.
+3. **Call**: inputs as numpy arrays, the inference runs asynchronously so that a stop
+   request (`cancel.check()`) is honoured while it runs (the request is cancelled).
+
+ControlNet residuals are graph inputs as well (zeros when a call has none), so ControlNet
+units keep the fast path. Everything that changes the computation inside the U-Net (guidance
+patches, T2I / IP-Adapter, hypernetworks, ToMe, another attention kernel) runs on the eager
+module: `eager_reason` names why, and results are the same either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from modules.nn.attention import AttentionBackend, AttentionLayer
+from modules.nn.unet import ControlResiduals, UNetModel
+from modules.nn.unet_patches import UNetPatch, UNetPatches
+
+# The sources whose change makes a saved template stale.
+_TRACED_SOURCES = ("unet.py", "unet_blocks.py", "unet_encoder.py", "transformer.py",
+                   "attention.py", "ops.py", "timestep.py", "configs.py")
+# Seconds between stop-request checks while an inference runs.
+_CANCEL_POLL_S = 0.05
+# Latent side of the calls that trace the U-Net and read its block shapes.
+_PROBE = 16
+
+
+def openvino_missing() -> str | None:
+    """Why the OpenVINO backend cannot run here (None: it can)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as error:
+        return f"the openvino package is not installed ({error})"
+    return None
+
+
+class _RecordShapes(UNetPatch):
+    """Records each encoder block's output (channels, times halved): the shapes of the
+    ControlNet residuals, which match those outputs."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.shapes: list[tuple[int, int]] = []
+
+    def after_input_block(self, h: Tensor, place) -> Tensor:
+        self.shapes.append((h.shape[1], round(math.log2(self.size / h.shape[-1]))))
+        return h
+
+
+class _TracedCall(torch.nn.Module):
+    """`unet(x, t, context, y, control)` with the parameters taken from the arguments.
+
+    The tracer records how the inputs flow; passing the parameters in (as
+    `torch.func.functional_call` does for a call, which refuses to run under the tracer)
+    makes each weight a named graph input instead of a baked-in constant. The module's
+    own parameters are put back when the call returns."""
+
+    def __init__(self, unet: UNetModel, names: list[str], *, has_y: bool, controls: int):
+        super().__init__()
+        self.unet, self.names, self.has_y, self.controls = unet, names, has_y, controls
+        self.slots = [(unet.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])
+                      for n in names]
+
+    def forward(self, x, t, context, *rest):
+        y = rest[0] if self.has_y else None
+        rest = rest[1:] if self.has_y else rest
+        # `controls` residual inputs: one per encoder block, then the middle block's.
+        down, middle = rest[:self.controls - 1], rest[self.controls - 1]
+        weights = rest[self.controls:]
+        saved = [module._parameters[name] for module, name in self.slots]
+        for (module, name), weight in zip(self.slots, weights, strict=True):
+            module._parameters[name] = weight
+        try:
+            return self.unet(x, t, context, y, control=ControlResiduals(down=tuple(down),
+                                                                         middle=middle))
+        finally:
+            for (module, name), weight in zip(self.slots, saved, strict=True):
+                module._parameters[name] = weight
+
+
+class OpenVINOUNet:
+    """Runs calls of one loaded `UNetModel` through OpenVINO (module docstring)."""
+
+    def __init__(self, *, unet: UNetModel, cache_dir: Path, compiled_limit: int = 1) -> None:
+        """:param unet: the loaded U-Net (its weights are read, never written)
+        :param cache_dir: where templates are saved (`<models>/openvino-cache`)
+        :param compiled_limit: compiled weight sets kept in memory (each holds a copy)"""
+        self.unet = unet
+        self.cache_dir = cache_dir
+        self.compiled_limit = max(1, compiled_limit)
+        self.names = [name for name, _ in unet.named_parameters()]
+        self.has_y = unet.config.adm_in_channels is not None
+        self._template: Any = None
+        self._control_shapes: list[tuple[int, int]] = []
+        self._compiled: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.timings: dict[str, float] = {}
+
+    # --- when the fast path applies -------------------------------------------------
+    def eager_reason(self, kwargs: Mapping[str, Any]) -> str | None:
+        """Why a call with these keyword arguments must run eagerly (None: it need not)."""
+        if kwargs.get("patches"):
+            return "U-Net patches (guidance tools, T2I / IP-Adapter)"
+        if kwargs.get("context_transform") is not None:
+            return "a hypernetwork"
+        if kwargs.get("token_merging", 0.0) > 0:
+            return "token merging"
+        if self.unet.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return f"weights stored as {self.unet.dtype}"
+        if any(module.attention_backend not in (AttentionBackend.SDPA, AttentionBackend.XFORMERS)
+               for module in self.unet.modules() if isinstance(module, AttentionLayer)):
+            return "an attention kernel other than SDPA"
+        return None
+
+    # --- the call --------------------------------------------------------------------
+    def __call__(self, weights: Mapping[str, Tensor], key: Hashable, x: Tensor,
+                 timesteps: Tensor, context: Tensor, y: Tensor | None = None, *,
+                 control=None, cancel=None) -> Tensor:
+        """The U-Net's output for these inputs, computed with `weights` (name -> tensor,
+        replacing the module's; `key` identifies the set)."""
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        if control is not None and not isinstance(control, ControlResiduals):
+            control = control(x, timesteps, context, y, cancel=cancel)
+        compiled = self.compiled(weights, key)
+        inputs = [x, timesteps, context, *([y] if self.has_y else [])]
+        inputs += self._control_inputs(control, x)
+        request = compiled.create_infer_request()
+        request.start_async([_array(value) for value in inputs])
+        while not request.wait_for(int(_CANCEL_POLL_S * 1000)):
+            if cancel is not None:
+                try:
+                    cancel.check()
+                except BaseException:
+                    request.cancel()
+                    raise
+        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        return out.to(x.dtype)
+
+    def _control_inputs(self, control: ControlResiduals | None, x: Tensor) -> list[Tensor]:
+        """The residual inputs: the ControlNet's, or zeros (adding zero changes nothing)."""
+        if control is not None:
+            return [*control.down, control.middle]
+        batch, _, height, width = x.shape
+        config = self.unet.config
+        # The middle block keeps the deepest map; its channels are the last level's.
+        middle = (config.model_channels * config.channel_mult[-1], self._control_shapes[-1][1])
+        # A stride-2 convolution with padding 1 halves a side rounding up.
+        return [torch.zeros(batch, channels, -(-height // 2**halved), -(-width // 2**halved))
+                for channels, halved in [*self._control_shapes, middle]]
+
+    # --- building --------------------------------------------------------------------
+    def compiled(self, weights: Mapping[str, Tensor], key: Hashable) -> Any:
+        """The compiled model for this weight set (built on first use, LRU-kept)."""
+        with self._lock:
+            if key in self._compiled:
+                self._compiled.move_to_end(key)
+                return self._compiled[key]
+            # Drop the oldest first: two compiled copies of the weights may not fit.
+            while len(self._compiled) >= self.compiled_limit:
+                self._compiled.popitem(last=False)
+            start = time.perf_counter()
+            model = self._with_weights(self.template(), weights)
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": self._precision(ov)})
+            self.timings["compile_s"] = time.perf_counter() - start
+            self._compiled[key] = compiled
+            return compiled
+
+    def _precision(self, ov) -> str:
+        """bf16 where the weights are bf16 and the CPU computes bf16 natively, else f32."""
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if self.unet.dtype == torch.bfloat16 and "BF16" in capabilities:
+            return "bf16"
+        return "f32"
+
+    def _with_weights(self, template: Any, weights: Mapping[str, Tensor]) -> Any:
+        """A clone of the template whose weight inputs are constants of these tensors."""
+        import openvino as ov
+
+        model = template.clone()
+        parameters = list(model.get_parameters())
+        fixed = len(parameters) - len(self.names)
+        own = dict(self.unet.named_parameters())
+        for parameter, name in zip(parameters[fixed:], self.names, strict=True):
+            tensor = weights.get(name, own[name]).detach().float().contiguous()
+            parameter.output(0).replace(ov.op.Constant(ov.Tensor(tensor.numpy())).output(0))
+        for parameter in parameters[fixed:]:
+            model.remove_parameter(parameter)
+        model.validate_nodes_and_infer_types()
+        return model
+
+    def template(self) -> Any:
+        """The architecture's weight-less graph: read from the cache folder, else converted."""
+        if self._template is not None:
+            return self._template
+        import openvino as ov
+
+        self._control_shapes = self._record_control_shapes()
+        path = self.cache_dir / f"unet-{self._template_hash(ov)}.xml"
+        start = time.perf_counter()
+        if path.is_file():
+            self._template = ov.Core().read_model(path)
+        else:
+            self._template = self._convert(ov)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial.xml")
+            ov.save_model(self._template, partial, compress_to_fp16=False)
+            partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
+            partial.replace(path)  # the .xml last: a half-written pair is never read
+        self.timings["template_s"] = time.perf_counter() - start
+        return self._template
+
+    def _record_control_shapes(self) -> list[tuple[int, int]]:
+        recorder = _RecordShapes(_PROBE)
+        x = torch.zeros(1, self.unet.config.in_channels, _PROBE, _PROBE, dtype=self.unet.dtype)
+        context = torch.zeros(1, 1, self.unet.config.context_dim, dtype=self.unet.dtype)
+        y = (torch.zeros(1, self.unet.config.adm_in_channels, dtype=self.unet.dtype)
+             if self.has_y else None)
+        with torch.inference_mode():
+            self.unet(x, torch.zeros(1), context, y, patches=UNetPatches((recorder,)))
+        return recorder.shapes
+
+    def _template_hash(self, ov) -> str:
+        digest = hashlib.sha256(repr(self.unet.config).encode())
+        digest.update(f"{ov.__version__} {torch.__version__}".encode())
+        folder = Path(__file__).resolve().parent.parent / "nn"
+        for name in _TRACED_SOURCES:
+            digest.update((folder / name).read_bytes())
+        return digest.hexdigest()[:20]
+
+    def _convert(self, ov) -> Any:
+        """Trace the U-Net with its parameters and the ControlNet residuals as inputs."""
+        config = self.unet.config
+        x = torch.zeros(1, config.in_channels, _PROBE, _PROBE)
+        shapes = [[-1, config.in_channels, -1, -1], [-1], [-1, -1, config.context_dim]]
+        example = [x, torch.zeros(1), torch.zeros(1, 2, config.context_dim)]
+        if self.has_y:
+            shapes.append([-1, config.adm_in_channels])
+            example.append(torch.zeros(1, config.adm_in_channels))
+        for control in self._control_inputs(None, x):
+            shapes.append([-1, control.shape[1], -1, -1])
+            example.append(control)
+        params = [p.detach().float().contiguous() for p in self.unet.parameters()]
+        shapes += [list(p.shape) for p in params]
+        traced = _TracedCall(self.unet, self.names, has_y=self.has_y,
+                             controls=len(self._control_shapes) + 1)
+        # The tracer warns of every shape test it records as a constant; ours are
+        # layout choices (in-place adds, a residual already at its map's size).
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return ov.convert_model(traced, example_input=tuple(example + params),
+                                    input=[ov.PartialShape(s) for s in shapes])
+
+
+def _array(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().float().contiguous().numpy()

@@ -1,0 +1,138 @@
+"""The OpenVINO CPU backend computes what the eager U-Net computes.
+
+Tiny U-Nets with random weights (SD1-like and SDXL-like, with ADM `y`): the same outputs
+as the eager module within fp32 rounding, for several latent sizes (odd ones included)
+on one compiled model, with ControlNet residuals, with a changed weight set (a LoRA's
+merged copies) without a new conversion, from a template read back from the cache
+folder, and a stop request that ends a running inference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("openvino", reason="the openvino extra is installed by launch.py")
+
+from modules.models.openvino_unet import OpenVINOUNet  # noqa: E402
+from modules.nn.unet import ControlResiduals, UNetModel  # noqa: E402
+from tests.tiny import TINY_SD15, TINY_SDXL  # noqa: E402
+
+TOLERANCE = 2e-5
+
+
+def tiny_unet(config, seed: int = 0) -> UNetModel:
+    torch.manual_seed(seed)
+    unet = UNetModel(config=config).eval().requires_grad_(False)
+    with torch.no_grad():  # non-zero everywhere, so every path matters
+        for parameter in unet.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    unet.set_channels_last(True)
+    return unet
+
+
+def inputs(config, batch: int, height: int, width: int, tokens: int = 77, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, config.in_channels, height, width, generator=generator)
+    t = torch.rand(batch, generator=generator) * 999
+    context = torch.randn(batch, tokens, config.context_dim, generator=generator)
+    y = (torch.randn(batch, config.adm_in_channels, generator=generator)
+         if config.adm_in_channels else None)
+    return x, t, context, y
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    unet = tiny_unet(TINY_SD15.unet)
+    return unet, OpenVINOUNet(unet=unet, cache_dir=tmp_path_factory.mktemp("ov"))
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16), (1, 24, 8), (2, 13, 17), (3, 8, 40)])
+def test_every_size_matches_eager_on_one_compiled_model(sd15, shape):
+    unet, backend = sd15
+    x, t, context, y = inputs(unet.config, *shape)
+    with torch.inference_mode():
+        expected = unet(x, t, context, y)
+        got = backend({}, "base", x, t, context, y)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert (got - expected).abs().max().item() < TOLERANCE
+    assert list(backend._compiled) == ["base"]  # no compile per size
+
+
+def test_control_residuals_are_added_as_eagerly(sd15):
+    unet, backend = sd15
+    x, t, context, y = inputs(unet.config, 2, 16, 24)
+    zeros = backend._control_inputs(None, x)
+    generator = torch.Generator().manual_seed(5)
+    residuals = [torch.randn(z.shape, generator=generator) for z in zeros]
+    control = ControlResiduals(down=tuple(residuals[:-1]), middle=residuals[-1])
+    with torch.inference_mode():
+        expected = unet(x, t, context, y, control=control)
+        plain = unet(x, t, context, y)
+        got = backend({}, "base", x, t, context, y, control=control)
+    assert (expected - plain).abs().max().item() > 1e-3  # the residuals matter
+    assert (got - expected).abs().max().item() < TOLERANCE
+
+
+def test_a_new_weight_set_compiles_without_converting_again(sd15):
+    unet, backend = sd15
+    backend.template()
+    template = backend._template
+    names = [n for n in backend.names if "attn2.to_k" in n or "proj_in" in n]
+    before = {n: unet.get_parameter(n).clone() for n in names}
+    weights = {n: before[n] * 1.5 for n in names}
+    x, t, context, y = inputs(unet.config, 2, 16, 16)
+    with torch.inference_mode():
+        expected = torch.func.functional_call(unet, weights, (x, t, context, y))
+        plain = unet(x, t, context, y)
+        got = backend(weights, "lora-a", x, t, context, y)
+    assert (expected - plain).abs().max().item() > 1e-3
+    assert (got - expected).abs().max().item() < TOLERANCE
+    assert backend._template is template  # the same graph, other constants
+    assert list(backend._compiled) == ["lora-a"]  # compiled_limit 1: the base was dropped
+    assert all(torch.equal(unet.get_parameter(n), before[n]) for n in names)  # never written
+
+
+def test_sdxl_like_unet_with_adm_vector_and_a_cached_template(tmp_path):
+    unet = tiny_unet(TINY_SDXL.unet, seed=3)
+    x, t, context, y = inputs(unet.config, 2, 16, 16)
+    first = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
+    with torch.inference_mode():
+        expected = unet(x, t, context, y)
+        got = first({}, "base", x, t, context, y)
+    assert (got - expected).abs().max().item() < TOLERANCE
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert len(saved) == 2 and saved[0].endswith(".bin") and saved[1].endswith(".xml")
+    second = OpenVINOUNet(unet=unet, cache_dir=tmp_path)  # reads the saved template
+    with torch.inference_mode():
+        again = second({}, "base", x, t, context, y)
+    assert torch.equal(again, got)
+
+
+class StopAfter:
+    """A stop request that fires on its n-th check."""
+
+    def __init__(self, checks: int) -> None:
+        self.checks = checks
+
+    def check(self) -> None:
+        self.checks -= 1
+        if self.checks < 0:
+            raise InterruptedError("stopped")
+
+
+def test_a_stop_request_ends_the_inference(sd15):
+    unet, backend = sd15
+    x, t, context, y = inputs(unet.config, 8, 128, 128)  # long enough to be polled
+    with torch.inference_mode(), pytest.raises(InterruptedError):
+        backend({}, "base", x, t, context, y, cancel=StopAfter(0))
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"token_merging": 0.5}, "token merging"),
+    ({"context_transform": lambda c: c}, "hypernetwork"),
+    ({"patches": [object()]}, "patches"),
+])
+def test_calls_that_change_the_unet_are_named_for_eager(sd15, kwargs, reason):
+    assert reason in sd15[1].eager_reason(kwargs)
+    assert sd15[1].eager_reason({"token_merging": 0.0, "patches": None}) is None
