@@ -269,9 +269,30 @@ def compile_mode(args, device: torch.device) -> tuple[str | None, list[str]]:
             return "reduce-overhead", messages
         messages.append(f"--cuda-graphs needs a CUDA device; the model runs on {device.type}, "
                         "so CUDA graphs are off")
-    if getattr(args, "compile", False):
+    if getattr(args, "compile", False) or (
+            device.type == "cpu" and getattr(args, "cpu_backend", "eager") == "inductor"):
         return "default", messages
     return None, messages
+
+
+def cpu_backend(args, device: torch.device, openvino_missing) -> tuple[str, str]:
+    """How the U-Net runs ("openvino", "inductor" or "eager") and the line saying so.
+
+    `--cpu-backend auto` (the default) picks OpenVINO on a CPU when it is installed
+    (launch.py installs it): it is the faster CPU path (docs/performance.md).
+    `openvino_missing()` says why OpenVINO cannot run, or None. On other devices the flag
+    does not apply and the U-Net runs as PyTorch runs it."""
+    asked = getattr(args, "cpu_backend", "eager")
+    if device.type != "cpu":
+        note = "" if asked in ("auto", "eager") else f" (--cpu-backend {asked} is for CPUs)"
+        return "eager", f"U-Net runs on {device.type} with PyTorch{note}"
+    if asked in ("eager", "inductor"):
+        return asked, f"CPU backend: {asked} (--cpu-backend {asked})"
+    missing = openvino_missing()
+    if missing is None:
+        how = "default" if asked == "auto" else "--cpu-backend openvino"
+        return "openvino", f"CPU backend: openvino ({how}; --cpu-backend eager to turn it off)"
+    return "eager", f"CPU backend: eager, because {missing} (run launch.py to install it)"
 
 
 def execution_device(module: nn.Module) -> torch.device:

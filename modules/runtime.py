@@ -99,6 +99,10 @@ class Runtime:
             access=ClientAccess.from_args(args, paths.data_dir))
         device = devices.choose_device(args)
         compile_mode, messages = devices.compile_mode(args, device)
+        from modules.models import openvino_unet
+
+        backend, backend_line = devices.cpu_backend(args, device, openvino_unet.openvino_missing)
+        messages.append(backend_line)
         for message in [*messages, *devices.precision_warnings(args, device)]:
             print(f"Easel: {message}")
         models = ModelManager(
@@ -114,6 +118,8 @@ class Runtime:
             channels_last=devices.use_channels_last(args, device),
             upcast_attention=devices.upcast_attention(args),
             compile_mode=compile_mode,
+            unet_accelerator=openvino_unet.accelerator_factory(paths) if backend == "openvino"
+            else None,
             precision=devices.precision_policy(args, device),
             modules_source=lambda: list(settings.current.forge_additional_modules),
             storage_source=lambda: settings.current.forge_unet_storage_dtype,

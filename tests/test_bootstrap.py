@@ -32,19 +32,24 @@ def fake_venv(tmp_path, monkeypatch):
     monkeypatch.setattr(bootstrap, "_pip", lambda python, args, **kw: calls.append((args, kw)))
     monkeypatch.setattr(bootstrap, "_installed_torch", lambda python: "2.13.0")
     monkeypatch.setattr(bootstrap, "_local_torch_wheel", lambda: None)
+    monkeypatch.setattr(bootstrap, "_cpu_only", lambda python: False)
     return tmp_path, calls
 
 
+@pytest.mark.parametrize("cpu_only", [False, True])
 @pytest.mark.parametrize("with_tests,cluster", [(False, False), (True, False), (False, True)])
-def test_the_installed_list_is_pyprojects(fake_venv, with_tests, cluster):
+def test_the_installed_list_is_pyprojects(fake_venv, monkeypatch, with_tests, cluster, cpu_only):
     root, calls = fake_venv
+    monkeypatch.setattr(bootstrap, "_cpu_only", lambda python: cpu_only)
     project = toml()["project"]
     extras = project["optional-dependencies"]
     wanted = project["dependencies"] + (extras["test"] if with_tests else []) + (
-        extras["cluster"] if with_tests or cluster else [])  # the suite starts Ray too
+        extras["cluster"] if with_tests or cluster else []) + (  # the suite starts Ray too
+        extras["openvino"] if with_tests or cpu_only else [])  # the CPU's default backend
     bootstrap._install(root, root / "python", with_tests=with_tests, cluster=cluster)
     [(args, kw)] = calls
-    assert args == without_torch(wanted) == bootstrap.requirements(ROOT, with_tests, cluster)
+    assert args == without_torch(wanted) == bootstrap.requirements(ROOT, with_tests, cluster,
+                                                                   cpu_only=cpu_only)
     assert any(spec.startswith("ray[serve]==") for spec in extras["cluster"])  # pinned
     assert "torch>=2.1" in project["dependencies"]  # the floor; the torch policy decides
     assert (root / bootstrap.VENV_DIR / "torch-constraint.txt").read_text() == "torch==2.13.0\n"

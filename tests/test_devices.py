@@ -36,3 +36,25 @@ def test_loaded_model_uses_the_flagged_backend(tmp_path):
     loaded = runtime.models.get()
     layers = [m for m in loaded.model.unet.modules() if isinstance(m, AttentionLayer)]
     assert layers and all(m.attention_backend is AttentionBackend.SLICED for m in layers)
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_cpu_backend_default_is_openvino_on_a_cpu_when_installed_and_says_so():
+    installed, missing = (lambda: None), (lambda: "the openvino package is not installed")
+    backend, line = devices.cpu_backend(parse_args([]), CPU, installed)
+    assert backend == "openvino" and "default" in line and "--cpu-backend eager" in line
+    backend, line = devices.cpu_backend(parse_args([]), CPU, missing)
+    assert backend == "eager" and "not installed" in line and "launch.py" in line
+    for asked in ("eager", "inductor"):
+        assert devices.cpu_backend(parse_args(["--cpu-backend", asked]), CPU, installed)[0] == asked
+    assert devices.compile_mode(parse_args(["--cpu-backend", "inductor"]), CPU)[0] == "default"
+    assert devices.compile_mode(parse_args(["--cpu-backend", "openvino"]), CPU)[0] is None
+
+
+def test_cpu_backend_does_not_apply_to_a_gpu_and_an_explicit_choice_is_named():
+    backend, line = devices.cpu_backend(parse_args(["--cpu-backend", "openvino"]), CUDA,
+                                        lambda: None)
+    assert backend == "eager" and "--cpu-backend openvino is for CPUs" in line
+    assert devices.cpu_backend(parse_args([]), CUDA, lambda: None)[0] == "eager"

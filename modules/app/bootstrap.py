@@ -14,8 +14,9 @@ silently replace it.
 
 What is installed is pyproject.toml's list (`modules/app/pyproject.py`):
 `[project].dependencies`, plus the `test` extra for `--run-tests` and the `cluster` extra
-(Ray Serve) for `--ray` and for the tests, which start a local Ray instance; torch is left
-out of it (the policy above decides torch).
+(Ray Serve) for `--ray` and for the tests, which start a local Ray instance, and the
+`openvino` extra where torch sees no GPU (and for the tests); torch is left out of it (the
+policy above decides torch).
 """
 
 from __future__ import annotations
@@ -139,10 +140,14 @@ def _system_has_torch() -> bool:
     return probe.returncode == 0
 
 
-def requirements(root: Path, with_tests: bool, cluster: bool = False) -> list[str]:
-    """What `_install` gives `.venv` besides torch: pyproject's dependencies (+ `test` and
-    `cluster` for the tests, + `cluster` for `--ray`)."""
-    extras = ["test", "cluster"] if with_tests else ["cluster"] if cluster else []
+def requirements(root: Path, with_tests: bool, cluster: bool = False,
+                 cpu_only: bool = False) -> list[str]:
+    """What `_install` gives `.venv` besides torch: pyproject's dependencies (+ `test`,
+    `cluster` and `openvino` for the tests, + `cluster` for `--ray`, + `openvino` where
+    the U-Net runs on the CPU, whose default backend it is)."""
+    extras = ["test", "cluster", "openvino"] if with_tests else ["cluster"] if cluster else []
+    if cpu_only and "openvino" not in extras:
+        extras.append("openvino")
     specs = pyproject.dependencies(root, *extras)
     return [spec for spec in specs if pyproject.requirement_name(spec) != "torch"]
 
@@ -190,10 +195,19 @@ def _install(root: Path, python: Path, *, with_tests: bool, cluster: bool = Fals
             raise SystemExit("torch failed to install; see the pip output above")
     constraint = root / VENV_DIR / "torch-constraint.txt"
     constraint.write_text(f"torch=={torch_version}\n")
-    _pip(python, requirements(root, with_tests, cluster), constraint=constraint,
-         fast=local_wheel is not None)
+    _pip(python, requirements(root, with_tests, cluster, cpu_only=_cpu_only(python)),
+         constraint=constraint, fast=local_wheel is not None)
     if _installed_torch(python) != torch_version:
         raise SystemExit(f"an install replaced torch {torch_version}; refusing to continue")
+
+
+def _cpu_only(python: Path) -> bool:
+    """Whether torch sees no GPU here (no CUDA, no Apple MPS): then the U-Net runs on the
+    CPU, and OpenVINO, the CPU's default backend (`--cpu-backend`), is installed."""
+    probe = subprocess.run(
+        [str(python), "-c", "import torch; print(torch.cuda.is_available() or "
+         "torch.backends.mps.is_available())"], capture_output=True, text=True, check=False)
+    return probe.stdout.strip() == "False"
 
 
 def _install_into_app(root: Path, python: Path, args: list[str]) -> None:

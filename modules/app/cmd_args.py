@@ -231,6 +231,10 @@ def _performance_flags(p: argparse.ArgumentParser) -> None:
                    help="bfloat16 weights: instead of fp16 on GPUs, of fp32 on CPUs")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the U-Net (slow first step per image size)")
+    g.add_argument("--cpu-backend", choices=("auto", "eager", "openvino", "inductor"),
+                   default="auto",
+                   help="how the U-Net runs on a CPU: OpenVINO (auto's pick when installed), "
+                        "eager PyTorch, or torch.compile's inductor")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="CUDA only: compile the U-Net with CUDA graphs (reduce-overhead)")
     g.add_argument("--use-cpu", nargs="+", default=[])

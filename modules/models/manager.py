@@ -105,7 +105,8 @@ class ModelManager:
                  compile_mode: str | None = None,
                  precision: Callable[[Family], tuple[torch.dtype, torch.dtype]] | None = None,
                  modules_source: Callable[[], list[str]] | None = None,
-                 storage_source: Callable[[], str] | None = None) -> None:
+                 storage_source: Callable[[], str] | None = None,
+                 unet_accelerator: Callable[[torch.nn.Module], object] | None = None) -> None:
         """
         :param cache_limit_source: read at every load for the number of checkpoints to keep
             (the `sd_checkpoints_limit` setting); `cache_limit` when not given
@@ -118,11 +119,10 @@ class ModelManager:
             `dtype` and `vae_dtype` for every family when not given
         :param modules_source: the `forge_additional_modules` setting (SD3 / Flux parts)
         :param storage_source: the `forge_unet_storage_dtype` setting (models/storage_option)
+        :param unet_accelerator: builds the U-Net's fast path (`--cpu-backend openvino`)
         """
-        self.paths, self.device = paths, device
-        self.dtype, self.vae_dtype = dtype, vae_dtype
-        self.hashing = hashing
-        self.cache_limit = cache_limit
+        self.paths, self.device, self.dtype, self.vae_dtype = paths, device, dtype, vae_dtype
+        self.hashing, self.cache_limit = hashing, cache_limit
         self.cache_limit_source = cache_limit_source or (lambda: self.cache_limit)
         self.memory_policy = memory_policy or (lambda family: MemoryMode.NORMAL)
         self.precision = precision or (lambda family: (self.dtype, self.vae_dtype))
@@ -130,9 +130,8 @@ class ModelManager:
         self.storage_source = storage_source or (lambda: "Automatic")
         self.job_modules: tuple[str, ...] | None = None  # one get()'s, under the lock
         self.job_storage: str | None = None  # likewise (models/storage_option.py)
-        self.channels_last = channels_last
-        self.upcast_attention = upcast_attention
-        self.compile_mode = compile_mode
+        self.channels_last, self.upcast_attention = channels_last, upcast_attention
+        self.compile_mode, self.unet_accelerator = compile_mode, unet_accelerator
         self.attention, self.vae_path = attention, vae_path
         self.loads_refused: str | None = None  # why this process never loads (cluster ingress)
         self._vaes: OrderedDict[tuple, AutoencoderKL] = OrderedDict()
@@ -364,7 +363,8 @@ class ModelManager:
         sha256 = self.hash_cache.sha256(info.hash_target) if self.hashing else None
         info = replace(info, sha256=sha256) if sha256 else info
         # The conditioner calls the encoders through the patcher: it holds the model's lock.
-        patcher = ModelPatcher(model=model)
+        patcher = ModelPatcher(model=model, accelerator=self.unet_accelerator and
+                               self.unet_accelerator(model.unet))
         encoders = [patcher.text_encoder(spec.name) for spec in family.text_encoders]
         return LoadedModel(
             info=info, family=family, model=model, sigmas=model_sigmas(

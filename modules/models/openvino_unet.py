@@ -37,7 +37,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ from modules.nn.unet_patches import UNetPatch, UNetPatches
 # The sources whose change makes a saved template stale.
 _TRACED_SOURCES = ("unet.py", "unet_blocks.py", "unet_encoder.py", "transformer.py",
                    "attention.py", "ops.py", "timestep.py", "configs.py")
+# Under the models folder: the saved templates (weight-less graphs, a few MB each).
+CACHE_FOLDER = "openvino-cache"
 # Seconds between stop-request checks while an inference runs.
 _CANCEL_POLL_S = 0.05
 # Latent side of the calls that trace the U-Net and read its block shapes.
@@ -286,6 +288,16 @@ class OpenVINOUNet:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             return ov.convert_model(traced, example_input=tuple(example + params),
                                     input=[ov.PartialShape(s) for s in shapes])
+
+
+def accelerator_factory(paths) -> Callable[[UNetModel], OpenVINOUNet | None]:
+    """What the model manager calls with each loaded U-Net (`--cpu-backend openvino`):
+    templates go to `<models>/openvino-cache`."""
+    def build(unet) -> OpenVINOUNet | None:
+        # SD3 / Flux transformers are not U-Nets: they keep the eager path.
+        return OpenVINOUNet(unet=unet, cache_dir=paths.models_dir / CACHE_FOLDER) \
+            if isinstance(unet, UNetModel) else None
+    return build
 
 
 def _array(tensor: Tensor) -> np.ndarray:

@@ -151,18 +151,26 @@ class PatchedCall:
     """Calls `module` with some parameters replaced (none: a plain call), under a lock.
 
     `call_kwargs` are keyword arguments added to every call (the U-Net's `context_transform`).
+    `accelerator` (the U-Net's `--cpu-backend openvino`, `modules.models.openvino_unet`)
+    takes the calls it can run, with the same replaced parameters; `key` names them.
     """
 
     def __init__(self, module: nn.Module, params: Mapping[str, Tensor], lock: threading.RLock,
-                 call_kwargs: Mapping[str, Any] | None = None):
+                 call_kwargs: Mapping[str, Any] | None = None, *, accelerator: Any = None,
+                 key: Hashable = ()):
         self.module = module
         self.params = dict(params)
         self.lock = lock
         self.call_kwargs = dict(call_kwargs or {})
+        self.accelerator, self.key = accelerator, key
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs = {**self.call_kwargs, **kwargs}
         with self.lock:
+            if self.accelerator is not None and self.accelerator.eager_reason(kwargs) is None:
+                for name in ("patches", "token_merging", "context_transform"):
+                    kwargs.pop(name, None)  # none of them changes this call (eager_reason)
+                return self.accelerator(self.params, self.key, *args, **kwargs)
             if not self.params:
                 return self.module(*args, **kwargs)
             return functional_call(self.module, self.params, args, kwargs, strict=False)
@@ -197,19 +205,22 @@ class _Shared:
         self.merged: OrderedDict[Hashable, MergedWeights] = OrderedDict()
         self.memos: dict[str, Any] = {}
         self.memo_lock = threading.Lock()
+        self.accelerator: Any = None
 
 
 class ModelPatcher:
     """A model plus one request's patches; `clone()` before adding any."""
 
-    def __init__(self, *, model: nn.Module, cache_size: int = 2) -> None:
-        """:param model: a `StableDiffusionModel`; :param cache_size: merged sets kept."""
+    def __init__(self, *, model: nn.Module, cache_size: int = 2, accelerator: Any = None) -> None:
+        """:param model: a `StableDiffusionModel`; :param cache_size: merged sets kept;
+        :param accelerator: runs the U-Net calls it can (`PatchedCall`), None: eager only"""
         self.model = model
         self.patches: tuple[WeightPatch, ...] = ()
         self.key: tuple = ()
         # Hypernetworks: a `modules.nn.transformer.ContextTransform` for the U-Net calls.
         self.context_transform: Callable | None = None
         self._shared = _Shared(cache_size)
+        self._shared.accelerator = accelerator
 
     def clone(self) -> "ModelPatcher":
         other = object.__new__(ModelPatcher)
@@ -253,7 +264,7 @@ class ModelPatcher:
         transform = self.context_transform
         extra = {} if transform is None else {"context_transform": transform}
         return PatchedCall(self.model.unet, self.merged().params.get("unet", {}), self._shared.lock,
-                           extra)
+                           extra, accelerator=self._shared.accelerator, key=self.key)
 
     def text_encoder(self, name: str) -> PatchedTextEncoder:
         return PatchedTextEncoder(self.model.text_encoders[name],
