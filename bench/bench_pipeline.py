@@ -57,25 +57,30 @@ def measure(options: dict) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
-def compare(options: dict, runs: int) -> dict:
-    """Alternate Easel / diffusers `runs` times; medians of seconds and peak RSS."""
+def compare(options: dict, runs: int, engines: tuple[str, ...] = ("easel", "diffusers")) -> dict:
+    """Alternate the engines `runs` times; medians of seconds and peak RSS, each engine's
+    time as a ratio of diffusers', and its output's largest difference from diffusers'."""
     import torch
 
-    results: dict[str, list[dict]] = {"easel": [], "diffusers": []}
+    results: dict[str, list[dict]] = {engine: [] for engine in engines}
     with tempfile.TemporaryDirectory() as folder:
         saved = {engine: str(Path(folder) / f"{engine}.pt") for engine in results}
         for run in range(runs):
             for engine in results:
                 keep = {"save_to": saved[engine]} if run == 0 else {}
                 results[engine].append(measure({**options, "engine": engine, **keep}))
-        outputs = [torch.load(saved[engine]) for engine in results]
+        outputs = {engine: torch.load(saved[engine]) for engine in results}
     row = dict(options)
     for engine, found in results.items():
         row[f"{engine}_s"] = round(statistics.median(r["seconds"] for r in found), 3)
         row[f"{engine}_peak_rss_gb"] = round(statistics.median(r["peak_rss_gb"] for r in found), 3)
     row["ratio"] = round(row["easel_s"] / row["diffusers_s"], 3)
-    # Same weights, same inputs: how far apart the two engines' outputs are.
-    row["max_abs_diff"] = float((outputs[0] - outputs[1]).abs().max())
+    # Same weights, same inputs: how far apart the engines' outputs are.
+    row["max_abs_diff"] = float((outputs["easel"] - outputs["diffusers"]).abs().max())
+    for engine in engines[2:]:
+        row[f"{engine}_ratio"] = round(row[f"{engine}_s"] / row["diffusers_s"], 3)
+        row[f"easel_vs_{engine}"] = round(row["easel_s"] / row[f"{engine}_s"], 3)
+        row[f"{engine}_max_abs_diff"] = float((outputs[engine] - outputs["diffusers"]).abs().max())
     print(json.dumps(row), flush=True)
     return row
 

@@ -9,6 +9,7 @@ runs each once and returns the largest absolute difference of their outputs inst
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -108,8 +109,10 @@ def image_diffusers(unet, vae, family, z, context, steps: int):
     return vae.decode(latent / family.vae.scale_factor).sample
 
 
-def _jobs(options: dict):
-    """(easel callable, diffusers callable) for the part asked for."""
+def _jobs(options: dict) -> dict:
+    """Engine name -> callable for the part asked for: "easel" (with `cpu_backend`
+    "openvino": its U-Net through `--cpu-backend openvino`), "diffusers", and for whole
+    images "plain_openvino" (diffusers with its U-Net converted by OpenVINO)."""
     family = _family(options["tiny"])
     dtype = getattr(torch, options["dtype"])
     # Easel's own dtype (the app's default may differ from the reference's, `--easel-dtype`).
@@ -118,30 +121,44 @@ def _jobs(options: dict):
     vae_ours.to(mine)
     if options["part"] == "vae":
         z = _latent(family, options["size"], dtype)
-        return ((lambda: decode_easel(vae_ours, z.to(mine))),
-                (lambda: decode_diffusers(vae_theirs, z)))
+        return {"easel": lambda **_: decode_easel(vae_ours, z.to(mine)),
+                "diffusers": lambda **_: decode_diffusers(vae_theirs, z)}
     unet_ours, unet_theirs = build_unets(family, dtype)
     unet_ours.to(mine)
     z = _latent(family, options["size"], dtype)
     generator = torch.Generator().manual_seed(2)
     context = torch.randn(2, 77, family.unet.context_dim, generator=generator).to(dtype)
     steps = options["steps"]
+    engines = {}
+    if options.get("cpu_backend") == "openvino":
+        from bench.openvino_engines import easel_openvino
+
+        cache = options.get("openvino_cache")  # shared by the processes: converted once
+        unet_ours = easel_openvino(unet_ours, Path(cache) if cache else None)
+    if options.get("engine") == "plain_openvino":
+        from bench.openvino_engines import plain_openvino
+
+        plain = plain_openvino(unet_theirs, torch.cat([z, z]), context, dtype)
+        engines["plain_openvino"] = lambda steps=steps: image_diffusers(
+            plain, vae_theirs, family, z, context, steps)
     # As the app: the sampler's latents stay float32 (the U-Net casts), the text encoding
     # comes in the weights' dtype.
-    return (lambda: image_easel(unet_ours, vae_ours, family, z.float() if mine != dtype else z,
-                                context.to(mine), steps),
-            lambda: image_diffusers(unet_theirs, vae_theirs, family, z, context, steps))
+    engines["easel"] = lambda steps=steps: image_easel(
+        unet_ours, vae_ours, family, z.float() if mine != dtype else z, context.to(mine), steps)
+    engines["diffusers"] = lambda steps=steps: image_diffusers(
+        unet_theirs, vae_theirs, family, z, context, steps)
+    return engines
 
 
 def run(options: dict) -> dict:
-    ours, theirs = _jobs(options)
+    engines = _jobs(options)
     with torch.inference_mode():
         if options["engine"] == "both":
-            difference = (ours().float() - theirs().float()).abs().max()
+            difference = (engines["easel"]().float() - engines["diffusers"]().float()).abs().max()
             return {"max_abs_diff": float(difference)}
-        job = ours if options["engine"] == "easel" else theirs
+        job = engines[options["engine"]]
         if options.get("warmup"):  # first calls build oneDNN primitives: time a warm call
-            job()
+            job(**({"steps": options["warmup_steps"]} if options.get("warmup_steps") else {}))
         start = time.perf_counter()
         output = job()
         seconds = time.perf_counter() - start

@@ -90,6 +90,24 @@ def test_pipeline_worker_runs_easel_in_its_own_dtype(part):
     assert same < mixed < 0.25
 
 
+def test_pipeline_worker_openvino_engines_on_tiny_models(tmp_path):
+    pytest.importorskip("openvino")
+    from bench.pipeline_worker import run
+
+    options = {"part": "image", "size": 64, "steps": 3, "dtype": "float32", "tiny": True,
+               "cpu_backend": "openvino", "openvino_cache": str(tmp_path), "warmup": True,
+               "warmup_steps": 1}
+    # Easel's OpenVINO U-Net against diffusers: the same picture as eager Easel's.
+    assert run({**options, "engine": "both"})["max_abs_diff"] < 1e-2
+    outputs = {}
+    for engine in ("easel", "plain_openvino", "diffusers"):
+        saved = tmp_path / f"{engine}.pt"
+        assert run({**options, "engine": engine, "save_to": str(saved)})["seconds"] > 0
+        outputs[engine] = torch.load(saved)
+    assert (outputs["plain_openvino"] - outputs["diffusers"]).abs().max() < 1e-2
+    assert list(tmp_path.glob("unet-*.xml"))  # the template was shared through the folder
+
+
 HIDE_AND_RUN = ("import runpy, sys; sys.modules[{module!r}] = None; sys.argv = {argv!r}; "
                 "runpy.run_path(sys.argv[0], run_name='__main__')")
 

@@ -1,0 +1,175 @@
+"""CPU backends: Easel eager and `--cpu-backend openvino` against diffusers and plain OpenVINO.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py [--parts step,costs,image]
+        [--runs 3] [--steps 20] [--image-size 512] [--image-runs 1]
+
+* step: one SD1.5 U-Net CFG step (batch 2, 64x64 latent, 77 tokens), the same random
+  weights (diffusers' init mapped to our names) in four engines timed alternately in one
+  process: diffusers eager, Easel eager, Easel's OpenVINO backend and plain OpenVINO
+  (diffusers' U-Net through `openvino.convert_model`, static shape). fp32 always; bf16
+  only on a CPU that computes bf16 natively (elsewhere OpenVINO and oneDNN emulate it, and
+  the row would measure the emulation). Medians, ratios to diffusers and to plain
+  OpenVINO, and each output's largest difference from diffusers'.
+* costs: what the OpenVINO backend costs on first use: converting the template (once per
+  architecture and Easel version: cached on disk), reading it back (a new process), compiling
+  a weight set, the first call at a new latent size (no compile: shapes are dynamic), and a
+  LoRA switch: merging a rank-16 LoRA on every transformer linear plus compiling that weight
+  set, against one step.
+* image: a whole 20-step DPM++ 2M Karras 512x512 image, CFG 7, then the VAE decode
+  (`bench_pipeline.py`'s workers, one fresh process per measurement): Easel with
+  `--cpu-backend openvino` against diffusers and against diffusers with a plain OpenVINO
+  U-Net.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def step_inputs(batch: int = 2, side: int = 64):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(batch, 4, side, side, generator=generator)
+    context = torch.randn(batch, 77, 768, generator=generator)
+    return x, torch.full((batch,), 500.0), context
+
+
+def bench_step(ours, theirs, runs: int, dtype: torch.dtype, cache: Path) -> tuple[dict, object]:
+    from bench.openvino_engines import easel_openvino, plain_openvino
+
+    x, t, context = step_inputs()
+    ours.to(dtype), theirs.to(dtype)
+    fast = easel_openvino(ours, cache)
+    plain = plain_openvino(theirs, x, context, dtype)
+    theirs.to(dtype)
+    engines = {
+        "diffusers": lambda: theirs(x.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample,
+        "easel_eager": lambda: ours(x, t, context.to(dtype)),
+        "easel_openvino": lambda: fast(x, t, context.to(dtype)),
+        "plain_openvino": lambda: plain(x, t, context).sample,
+    }
+    with torch.inference_mode():
+        outputs = {name: run().float() for name, run in engines.items()}  # warm-up
+        times = {name: [] for name in engines}
+        for _ in range(runs):
+            for name, run in engines.items():
+                times[name].append(timed(run))
+    row = {"part": "step", "dtype": str(dtype).removeprefix("torch.")}
+    medians = {name: statistics.median(found) for name, found in times.items()}
+    for name, seconds in medians.items():
+        row[f"{name}_s"] = round(seconds, 3)
+        row[f"{name}_vs_diffusers"] = round(seconds / medians["diffusers"], 3)
+        row[f"{name}_vs_plain_openvino"] = round(seconds / medians["plain_openvino"], 3)
+        row[f"{name}_max_abs_diff"] = float((outputs[name] - outputs["diffusers"]).abs().max())
+    row["first_use"] = {k: round(v, 2) for k, v in fast.backend.timings.items()}
+    print(json.dumps(row), flush=True)
+    return row, fast
+
+
+def lora_weights(unet, rank: int = 16) -> dict[str, torch.Tensor]:
+    """W + up @ down on every transformer linear: a LoRA set's merged copies."""
+    generator = torch.Generator().manual_seed(7)
+    merged = {}
+    for name, weight in unet.named_parameters():
+        if ".transformer_blocks." in name and name.endswith("weight") and weight.ndim == 2:
+            down = torch.randn(rank, weight.shape[1], generator=generator) * 0.01
+            up = torch.randn(weight.shape[0], rank, generator=generator) * 0.01
+            merged[name] = weight + (up @ down).to(weight.dtype)
+    return merged
+
+
+def bench_costs(ours, fast, step_seconds: float, cache: Path) -> dict:
+    from modules.models.openvino_unet import OpenVINOUNet
+
+    row = {"part": "costs", "step_s": round(step_seconds, 3)}
+    row["template_convert_s"] = round(fast.backend.timings.get("template_s", float("nan")), 2)
+    row["compile_weight_set_s"] = round(fast.backend.timings.get("compile_s", float("nan")), 2)
+    again = OpenVINOUNet(unet=ours, cache_dir=cache)
+    row["template_read_s"] = round(timed(again.template), 2)
+    x, t, context = step_inputs(side=96)
+    with torch.inference_mode():
+        row["new_size_first_call_s"] = round(timed(lambda: fast(x, t, context)), 3)
+        row["new_size_second_call_s"] = round(timed(lambda: fast(x, t, context)), 3)
+        start = time.perf_counter()
+        merged = lora_weights(ours)
+        row["lora_merge_s"] = round(time.perf_counter() - start, 2)
+        row["lora_layers"] = len(merged)
+        x, t, context = step_inputs()
+        row["lora_switch_first_step_s"] = round(
+            timed(lambda: fast.backend(merged, "lora", x, t, context)), 3)
+        row["lora_compile_s"] = round(fast.backend.timings["compile_s"], 2)
+        row["lora_step_s"] = round(timed(lambda: fast.backend(merged, "lora", x, t, context)), 3)
+    row["lora_switch_vs_step"] = round((row["lora_merge_s"] + row["lora_compile_s"])
+                                       / step_seconds, 3)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def native_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parts", default="step,costs,image")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-runs", type=int, default=1,
+                        help="fresh-process repetitions of each whole image (~4 min each)")
+    args = parser.parse_args(argv)
+    from bench.extras import require_test_extras
+
+    require_test_extras(__file__, "diffusers")
+    parts, rows = args.parts.split(","), []
+    if "step" in parts or "costs" in parts:
+        from bench.bench_core import build_pair
+
+        ours, theirs = build_pair()
+        dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16() else [])
+        if not native_bf16():
+            print(json.dumps({"part": "step", "dtype": "bfloat16",
+                              "skipped": "this CPU has no native bf16"}), flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            for dtype in dtypes:
+                row, fast = bench_step(ours, theirs, args.runs, dtype, Path(folder) / str(dtype))
+                rows.append(row)
+                if "costs" in parts and dtype == torch.float32:
+                    rows.append(bench_costs(ours, fast, row["easel_openvino_s"],
+                                            Path(folder) / str(dtype)))
+                del fast
+        del ours, theirs
+    if "image" in parts:
+        from bench.bench_pipeline import compare
+
+        with tempfile.TemporaryDirectory() as folder:
+            # Warm-up: a 2-step image per process (first calls build kernels; the
+            # conversions run before it, untimed); the template is shared by the processes.
+            rows.append(compare({"part": "image", "size": args.image_size, "steps": args.steps,
+                                 "dtype": "float32", "easel_dtype": None, "tiny": False,
+                                 "warmup": True, "warmup_steps": 2, "cpu_backend": "openvino",
+                                 "openvino_cache": folder}, args.image_runs,
+                                engines=("easel", "diffusers", "plain_openvino")))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
