@@ -136,3 +136,20 @@ def test_a_stop_request_ends_the_inference(sd15):
 def test_calls_that_change_the_unet_are_named_for_eager(sd15, kwargs, reason):
     assert reason in sd15[1].eager_reason(kwargs)
     assert sd15[1].eager_reason({"token_merging": 0.0, "patches": None}) is None
+
+
+def test_without_room_for_the_compiled_copy_it_runs_eagerly_and_says_why(tmp_path, monkeypatch,
+                                                                         caplog):
+    import modules.models.openvino_unet as openvino_unet
+
+    monkeypatch.setattr(openvino_unet, "free_memory", lambda device: 1024)
+    unet = tiny_unet(TINY_SD15.unet, seed=4)
+    backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
+    x, t, context, y = inputs(unet.config, 2, 16, 16)
+    weights = {"out.2.bias": unet.get_parameter("out.2.bias") + 1.0}
+    with torch.inference_mode():
+        got = backend(weights, "lora", x, t, context, y)
+        expected = torch.func.functional_call(unet, weights, (x, t, context, y))
+    assert torch.equal(got, expected)  # the eager module with the same weight set
+    assert "GiB free" in backend.disabled and "GiB free" in caplog.text
+    assert backend.eager_reason({}) == backend.disabled  # the patcher calls eagerly from now on

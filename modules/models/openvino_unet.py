@@ -32,6 +32,7 @@ module: `eager_reason` names why, and results are the same either way.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from modules.models.offload import free_memory
 from modules.nn.attention import AttentionBackend, AttentionLayer
 from modules.nn.unet import ControlResiduals, UNetModel
 from modules.nn.unet_patches import UNetPatch, UNetPatches
@@ -52,6 +54,8 @@ from modules.nn.unet_patches import UNetPatch, UNetPatches
 # The sources whose change makes a saved template stale.
 _TRACED_SOURCES = ("unet.py", "unet_blocks.py", "unet_encoder.py", "transformer.py",
                    "attention.py", "ops.py", "timestep.py", "configs.py")
+log = logging.getLogger(__name__)
+
 # Under the models folder: the saved templates (weight-less graphs, a few MB each).
 CACHE_FOLDER = "openvino-cache"
 # Seconds between stop-request checks while an inference runs.
@@ -130,10 +134,14 @@ class OpenVINOUNet:
         self._compiled: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.timings: dict[str, float] = {}
+        # Why this model runs eagerly from now on (a failed conversion or compile), or None.
+        self.disabled: str | None = None
 
     # --- when the fast path applies -------------------------------------------------
     def eager_reason(self, kwargs: Mapping[str, Any]) -> str | None:
         """Why a call with these keyword arguments must run eagerly (None: it need not)."""
+        if self.disabled is not None:
+            return self.disabled
         if kwargs.get("patches"):
             return "U-Net patches (guidance tools, T2I / IP-Adapter)"
         if kwargs.get("context_transform") is not None:
@@ -158,6 +166,8 @@ class OpenVINOUNet:
         if control is not None and not isinstance(control, ControlResiduals):
             control = control(x, timesteps, context, y, cancel=cancel)
         compiled = self.compiled(weights, key)
+        if compiled is None:  # could not be built: this call (and the next ones) run eagerly
+            return self._eager(weights, x, timesteps, context, y, control, cancel)
         inputs = [x, timesteps, context, *([y] if self.has_y else [])]
         inputs += self._control_inputs(control, x)
         request = compiled.create_infer_request()
@@ -171,6 +181,13 @@ class OpenVINOUNet:
                     raise
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out.to(x.dtype)
+
+    def _eager(self, weights, x, timesteps, context, y, control, cancel) -> Tensor:
+        call_kwargs = {"control": control, "cancel": cancel}
+        if not weights:
+            return self.unet(x, timesteps, context, y, **call_kwargs)
+        return torch.func.functional_call(self.unet, dict(weights), (x, timesteps, context, y),
+                                          call_kwargs, strict=False)
 
     def _control_inputs(self, control: ControlResiduals | None, x: Tensor) -> list[Tensor]:
         """The residual inputs: the ControlNet's, or zeros (adding zero changes nothing)."""
@@ -186,7 +203,8 @@ class OpenVINOUNet:
 
     # --- building --------------------------------------------------------------------
     def compiled(self, weights: Mapping[str, Tensor], key: Hashable) -> Any:
-        """The compiled model for this weight set (built on first use, LRU-kept)."""
+        """The compiled model for this weight set (built on first use, LRU-kept); None
+        when it cannot be built here (`disabled` says why, once, in the log)."""
         with self._lock:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
@@ -194,15 +212,31 @@ class OpenVINOUNet:
             # Drop the oldest first: two compiled copies of the weights may not fit.
             while len(self._compiled) >= self.compiled_limit:
                 self._compiled.popitem(last=False)
-            start = time.perf_counter()
-            model = self._with_weights(self.template(), weights)
-            import openvino as ov
+            try:
+                return self._build(weights, key)
+            except Exception as error:  # noqa: BLE001 - any failure: eager is always right
+                self.disabled = f"OpenVINO could not build this U-Net ({type(error).__name__}: " \
+                                f"{error})"
+                log.warning("%s; it runs on PyTorch instead", self.disabled)
+                return None
 
-            compiled = ov.Core().compile_model(model, "CPU", {
-                "INFERENCE_PRECISION_HINT": self._precision(ov)})
-            self.timings["compile_s"] = time.perf_counter() - start
-            self._compiled[key] = compiled
-            return compiled
+    def _build(self, weights: Mapping[str, Tensor], key: Hashable) -> Any:
+        """Compile a weight set, if the RAM can hold OpenVINO's copy of the weights."""
+        # float32 copies while compiling, then the repacked result: twice the fp32 weights.
+        needed = 2 * 4 * sum(p.numel() for p in self.unet.parameters())
+        available = free_memory(torch.device("cpu"))
+        if needed > available:
+            raise MemoryError(f"{needed / 2**30:.1f} GiB needed next to the loaded model, "
+                              f"{available / 2**30:.1f} GiB free")
+        start = time.perf_counter()
+        model = self._with_weights(self.template(), weights)
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": self._precision(ov)})
+        self.timings["compile_s"] = time.perf_counter() - start
+        self._compiled[key] = compiled
+        return compiled
 
     def _precision(self, ov) -> str:
         """bf16 where the weights are bf16 and the CPU computes bf16 natively, else f32."""
@@ -239,6 +273,8 @@ class OpenVINOUNet:
         if path.is_file():
             self._template = ov.Core().read_model(path)
         else:
+            log.info("OpenVINO: converting the U-Net graph (once per architecture, about a "
+                     "minute for SD1.5 on 2 cores) into %s", path.parent)
             self._template = self._convert(ov)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial.xml")
