@@ -1,6 +1,6 @@
 """CPU backends: Easel eager and `--cpu-backend openvino` against diffusers and plain OpenVINO.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py [--parts step,costs,image]
+    PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py [--parts step,costs,demo,image]
         [--runs 3] [--steps 20] [--image-size 512] [--image-runs 1]
 
 * step: one SD1.5 U-Net CFG step (batch 2, 64x64 latent, 77 tokens), the same random
@@ -15,6 +15,10 @@
   a weight set, the first call at a new latent size (no compile: shapes are dynamic), and a
   LoRA switch: merging a rank-16 LoRA on every transformer linear plus compiling that weight
   set, against one step.
+  The same step with `--cpu-int8` (the linear layers' weights in int8): its time, and its
+  PSNR against the fp32 step and against the same step in bf16.
+* demo: the demo checker's scores (colour, shape, position) on the shipped demo model for
+  eager, OpenVINO and OpenVINO with `--cpu-int8` (24 prompts x 4 seeds).
 * image: a whole 20-step DPM++ 2M Karras 512x512 image, CFG 7, then the VAE decode
   (`bench_pipeline.py`'s workers, one fresh process per measurement): Easel with
   `--cpu-backend openvino` against diffusers and against diffusers with a plain OpenVINO
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -56,6 +61,7 @@ def bench_step(ours, theirs, runs: int, dtype: torch.dtype, cache: Path) -> tupl
     x, t, context = step_inputs()
     ours.to(dtype), theirs.to(dtype)
     fast = easel_openvino(ours, cache)
+    int8 = easel_openvino(ours, cache, int8_linears=True)
     plain = plain_openvino(theirs, x, context, dtype)
     theirs.to(dtype)
     engines = {
@@ -63,6 +69,7 @@ def bench_step(ours, theirs, runs: int, dtype: torch.dtype, cache: Path) -> tupl
         "easel_eager": lambda: ours(x, t, context.to(dtype)),
         "easel_openvino": lambda: fast(x, t, context.to(dtype)),
         "plain_openvino": lambda: plain(x, t, context).sample,
+        "easel_openvino_int8": lambda: int8(x, t, context.to(dtype)),
     }
     with torch.inference_mode():
         outputs = {name: run().float() for name, run in engines.items()}  # warm-up
@@ -78,8 +85,59 @@ def bench_step(ours, theirs, runs: int, dtype: torch.dtype, cache: Path) -> tupl
         row[f"{name}_vs_plain_openvino"] = round(seconds / medians["plain_openvino"], 3)
         row[f"{name}_max_abs_diff"] = float((outputs[name] - outputs["diffusers"]).abs().max())
     row["first_use"] = {k: round(v, 2) for k, v in fast.backend.timings.items()}
+    row["int8_psnr_vs_float32_db"] = round(psnr(outputs["easel_openvino_int8"],
+                                                outputs["easel_eager"]), 2)
+    if dtype == torch.float32:  # the reference the issue names: the same step in bf16
+        with torch.inference_mode():  # diffusers' copy: it is not timed again in this process
+            bf16 = theirs.to(torch.bfloat16)(x.bfloat16(), t, encoder_hidden_states=(
+                context.bfloat16())).sample.float()
+        row["bf16_eager_psnr_vs_float32_db"] = round(psnr(bf16, outputs["easel_eager"]), 2)
+        row["int8_psnr_vs_bf16_db"] = round(psnr(outputs["easel_openvino_int8"], bf16), 2)
     print(json.dumps(row), flush=True)
     return row, fast
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio of `a` against `b`, the peak being `b`'s range."""
+    mse = float(((a - b) ** 2).mean())
+    peak = float(b.max() - b.min())
+    return 10 * math.log10(peak**2 / mse) if mse > 0 else float("inf")
+
+
+def bench_demo_quality(prompts: int) -> dict:
+    """The demo checker's scores (percent of images right) per backend, on the shipped
+    demo model: 24 prompts x 4 seeds, DPM++ 2M Karras, 20 steps, CFG 7."""
+    from modules.app.cmd_args import parse_args
+    from modules.pipeline.params import Txt2ImgParams
+    from modules.pipeline.txt2img import txt2img
+    from modules.runtime import Runtime
+    from modules.training.checker import check
+    from modules.training.shapes import evaluation_prompts
+    from tests.helpers.checkpoints import finish
+
+    row = {"part": "demo_quality", "prompts": prompts, "seeds": 4}
+    for name, flags in (("eager", ["--cpu-backend", "eager"]),
+                        ("openvino", ["--cpu-backend", "openvino"]),
+                        ("openvino_int8", ["--cpu-backend", "openvino", "--cpu-int8"])):
+        with tempfile.TemporaryDirectory() as data:
+            runtime = Runtime.create(parse_args([
+                "--data-dir", data, "--ckpt-dir", str(ROOT / "models" / "Stable-diffusion"),
+                *flags]))
+            runtime.ready.set()
+            results = []
+            for prompt in evaluation_prompts(prompts):
+                params = Txt2ImgParams(prompt=prompt, width=64, height=64, steps=20,
+                                       cfg_scale=7.0, sampler_name="DPM++ 2M",
+                                       scheduler="Karras", seed=0, batch_size=4,
+                                       do_not_save_samples=True)
+                images = finish(txt2img(runtime, params))[0].images
+                results += [check(prompt, image) for image in images]
+            runtime.jobs.stop()
+        for attribute in ("color", "shape", "position"):
+            row[f"{name}_{attribute}_pct"] = round(
+                100 * sum(bool(getattr(r, attribute)) for r in results) / len(results), 1)
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def lora_weights(unet, rank: int = 16) -> dict[str, torch.Tensor]:
@@ -129,7 +187,8 @@ def native_bf16() -> bool:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", default="step,costs,image")
+    parser.add_argument("--parts", default="step,costs,demo,image")
+    parser.add_argument("--prompts", type=int, default=24, help="demo-quality prompts")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=512)
@@ -157,6 +216,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                             Path(folder) / str(dtype)))
                 del fast
         del ours, theirs
+    if "demo" in parts:
+        rows.append(bench_demo_quality(args.prompts))
     if "image" in parts:
         from bench.bench_pipeline import compare
 

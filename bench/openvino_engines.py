@@ -22,12 +22,12 @@ def precision_hint(dtype: torch.dtype) -> str:
     return "bf16" if dtype == torch.bfloat16 else "f32"
 
 
-def easel_openvino(unet, cache_dir: Path | None = None):
+def easel_openvino(unet, cache_dir: Path | None = None, *, int8_linears: bool = False):
     """`unet(x, t, context, y=None, **_)` through Easel's OpenVINO backend."""
     from modules.models.openvino_unet import OpenVINOUNet
 
     folder = cache_dir or Path(tempfile.mkdtemp(prefix="easel-ov-"))
-    backend = OpenVINOUNet(unet=unet, cache_dir=folder)
+    backend = OpenVINOUNet(unet=unet, cache_dir=folder, int8_linears=int8_linears)
 
     def call(x, t, context=None, y=None, **_):
         return backend({}, "base", x, t, context, y)

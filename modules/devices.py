@@ -283,16 +283,21 @@ def cpu_backend(args, device: torch.device, openvino_missing) -> tuple[str, str]
     `openvino_missing()` says why OpenVINO cannot run, or None. On other devices the flag
     does not apply and the U-Net runs as PyTorch runs it."""
     asked = getattr(args, "cpu_backend", "eager")
+    int8 = getattr(args, "cpu_int8", False)
+    unused = " (--cpu-int8 applies to the OpenVINO backend only, so it is off)" if int8 else ""
     if device.type != "cpu":
         note = "" if asked in ("auto", "eager") else f" (--cpu-backend {asked} is for CPUs)"
-        return "eager", f"U-Net runs on {device.type} with PyTorch{note}"
+        return "eager", f"U-Net runs on {device.type} with PyTorch{note}{unused}"
     if asked in ("eager", "inductor"):
-        return asked, f"CPU backend: {asked} (--cpu-backend {asked})"
+        return asked, f"CPU backend: {asked} (--cpu-backend {asked}){unused}"
     missing = openvino_missing()
     if missing is None:
         how = "default" if asked == "auto" else "--cpu-backend openvino"
-        return "openvino", f"CPU backend: openvino ({how}; --cpu-backend eager to turn it off)"
-    return "eager", f"CPU backend: eager, because {missing} (run launch.py to install it)"
+        weights = ", int8 linear weights (--cpu-int8)" if int8 else ""
+        return "openvino", (f"CPU backend: openvino ({how}; --cpu-backend eager to turn it "
+                            f"off){weights}")
+    return "eager", (f"CPU backend: eager, because {missing} (run launch.py to install "
+                     f"it){unused}")
 
 
 def execution_device(module: nn.Module) -> torch.device:

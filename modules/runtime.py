@@ -118,8 +118,9 @@ class Runtime:
             channels_last=devices.use_channels_last(args, device),
             upcast_attention=devices.upcast_attention(args),
             compile_mode=compile_mode,
-            unet_accelerator=openvino_unet.accelerator_factory(paths) if backend == "openvino"
-            else None,
+            unet_accelerator=openvino_unet.accelerator_factory(
+                paths, int8_linears=getattr(args, "cpu_int8", False))
+            if backend == "openvino" else None,
             precision=devices.precision_policy(args, device),
             modules_source=lambda: list(settings.current.forge_additional_modules),
             storage_source=lambda: settings.current.forge_unet_storage_dtype,

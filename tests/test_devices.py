@@ -58,3 +58,11 @@ def test_cpu_backend_does_not_apply_to_a_gpu_and_an_explicit_choice_is_named():
                                         lambda: None)
     assert backend == "eager" and "--cpu-backend openvino is for CPUs" in line
     assert devices.cpu_backend(parse_args([]), CUDA, lambda: None)[0] == "eager"
+
+
+def test_cpu_int8_is_named_where_it_applies_and_where_it_does_not():
+    args = parse_args(["--cpu-int8"])
+    assert "int8" in devices.cpu_backend(args, CPU, lambda: None)[1]
+    for device, missing in ((CPU, lambda: "not installed"), (CUDA, lambda: None)):
+        assert "--cpu-int8 applies to the OpenVINO backend only" in devices.cpu_backend(
+            args, device, missing)[1]

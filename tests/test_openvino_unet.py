@@ -153,3 +153,15 @@ def test_without_room_for_the_compiled_copy_it_runs_eagerly_and_says_why(tmp_pat
     assert torch.equal(got, expected)  # the eager module with the same weight set
     assert "GiB free" in backend.disabled and "GiB free" in caplog.text
     assert backend.eager_reason({}) == backend.disabled  # the patcher calls eagerly from now on
+
+
+def test_int8_linears_stay_close_to_float32(tmp_path):
+    unet = tiny_unet(TINY_SD15.unet, seed=6)
+    x, t, context, y = inputs(unet.config, 2, 16, 16)
+    int8 = OpenVINOUNet(unet=unet, cache_dir=tmp_path, int8_linears=True)
+    with torch.inference_mode():
+        expected = unet(x, t, context, y)
+        got = int8({}, "base", x, t, context, y)
+    error = (got - expected).abs().max().item()
+    # Per-row absmax int8: off by the quantisation step, not by a wrong weight.
+    assert TOLERANCE < error < 0.05 * expected.abs().max().item()

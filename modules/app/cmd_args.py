@@ -235,6 +235,9 @@ def _performance_flags(p: argparse.ArgumentParser) -> None:
                    default="auto",
                    help="how the U-Net runs on a CPU: OpenVINO (auto's pick when installed), "
                         "eager PyTorch, or torch.compile's inductor")
+    g.add_argument("--cpu-int8", action="store_true",
+                   help="with the OpenVINO CPU backend: the U-Net's linear layers in int8 "
+                        "(weight-only; less memory, see docs/performance.md for quality)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="CUDA only: compile the U-Net with CUDA graphs (reduce-overhead)")
     g.add_argument("--use-cpu", nargs="+", default=[])
