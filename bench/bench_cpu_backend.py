@@ -1,6 +1,6 @@
 """CPU backends: Easel eager and `--cpu-backend openvino` against diffusers and plain OpenVINO.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py [--parts step,costs,demo,image]
+    PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py [--parts step,costs,demo,vae,image]
         [--runs 3] [--steps 20] [--image-size 512] [--image-runs 1]
 
 * step: one SD1.5 U-Net CFG step (batch 2, 64x64 latent, 77 tokens), the same random
@@ -19,6 +19,8 @@
   PSNR against the fp32 step and against the same step in bf16.
 * demo: the demo checker's scores (colour, shape, position) on the shipped demo model for
   eager, OpenVINO and OpenVINO with `--cpu-int8` (24 prompts x 4 seeds).
+* vae: decoding at 512x512 and 1024x1024, Easel eager against Easel's decoder converted
+  by OpenVINO and diffusers (whether the VAE pays to move to OpenVINO too).
 * image: a whole 20-step DPM++ 2M Karras 512x512 image, CFG 7, then the VAE decode
   (`bench_pipeline.py`'s workers, one fresh process per measurement): Easel with
   `--cpu-backend openvino` against diffusers and against diffusers with a plain OpenVINO
@@ -179,6 +181,56 @@ def bench_costs(ours, fast, step_seconds: float, cache: Path) -> dict:
     return row
 
 
+class _Decode(torch.nn.Module):
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z):
+        return self.vae.decode(z)
+
+
+def bench_vae(sizes: list[int], runs: int) -> list[dict]:
+    """VAE decode: Easel eager, Easel's decoder converted by OpenVINO (dynamic shapes,
+    weights baked in) and diffusers, the same weights, alternating."""
+    import openvino as ov
+
+    from bench.pipeline_worker import build_vaes
+    from modules.models.families import SD15
+
+    ours, theirs = build_vaes(SD15, torch.float32)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model = ov.convert_model(_Decode(ours), example_input=(torch.zeros(1, 4, 32, 32),),
+                                 input=[ov.PartialShape([-1, 4, -1, -1])])
+    convert_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compile_s = time.perf_counter() - start
+    rows = []
+    for size in sizes:
+        z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(4))
+        engines = {"diffusers": lambda z=z: theirs.decode(z).sample,
+                   "easel_eager": lambda z=z: ours.decode(z),
+                   "easel_openvino": lambda z=z: torch.from_numpy(compiled([z.numpy()])[0].copy())}
+        with torch.inference_mode():
+            outputs = {name: run() for name, run in engines.items()}
+            times = {name: [] for name in engines}
+            for _ in range(runs):
+                for name, run in engines.items():
+                    times[name].append(timed(run))
+        medians = {name: statistics.median(found) for name, found in times.items()}
+        row = {"part": "vae_decode", "size": size, "convert_s": round(convert_s, 1),
+               "compile_s": round(compile_s, 1)}
+        for name, seconds in medians.items():
+            row[f"{name}_s"] = round(seconds, 3)
+            row[f"{name}_vs_diffusers"] = round(seconds / medians["diffusers"], 3)
+            row[f"{name}_max_abs_diff"] = float((outputs[name] - outputs["diffusers"]).abs().max())
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def native_bf16() -> bool:
     import openvino as ov
 
@@ -187,8 +239,9 @@ def native_bf16() -> bool:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", default="step,costs,demo,image")
+    parser.add_argument("--parts", default="step,costs,demo,vae,image")
     parser.add_argument("--prompts", type=int, default=24, help="demo-quality prompts")
+    parser.add_argument("--vae-sizes", default="512,1024")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=512)
@@ -216,6 +269,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                             Path(folder) / str(dtype)))
                 del fast
         del ours, theirs
+    if "vae" in parts:
+        rows += bench_vae([int(size) for size in args.vae_sizes.split(",")], args.runs)
     if "demo" in parts:
         rows.append(bench_demo_quality(args.prompts))
     if "image" in parts:
