@@ -236,8 +236,10 @@ class OpenVINOUNet:
         model = self._with_weights(self.template(), weights)
         import openvino as ov
 
+        # As many threads as torch was given (cluster replicas pin it; --replica-threads).
         compiled = ov.Core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": self._precision(ov)})
+            "INFERENCE_PRECISION_HINT": self._precision(ov),
+            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
         self.timings["compile_s"] = time.perf_counter() - start
         self._compiled[key] = compiled
         return compiled
