@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from modules.models.offload import free_memory
-from modules.nn.attention import AttentionBackend, AttentionLayer
+from modules.nn.attention import AttentionBackend, AttentionLayer, check
 from modules.nn.unet import ControlResiduals, UNetModel
 from modules.nn.unet_patches import UNetPatch, UNetPatches
 
@@ -132,6 +132,10 @@ class OpenVINOUNet:
         self.cache_dir = cache_dir
         self.compiled_limit = max(1, compiled_limit)
         self.names = [name for name, _ in unet.named_parameters()]
+        stored = {str(p.dtype).removeprefix("torch.") for p in unet.parameters()
+                  if p.dtype not in (torch.float32, torch.bfloat16, torch.float16)}
+        # Low-bit storage (float8, GGUF) dequantises in its own layers: those run eagerly.
+        self._storage_reason = f"weights stored as {', '.join(sorted(stored))}" if stored else None
         self.has_y = unet.config.adm_in_channels is not None
         self._template: Any = None
         self._control_shapes: list[tuple[int, int]] = []
@@ -152,8 +156,8 @@ class OpenVINOUNet:
             return "a hypernetwork"
         if kwargs.get("token_merging", 0.0) > 0:
             return "token merging"
-        if self.unet.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return f"weights stored as {self.unet.dtype}"
+        if self._storage_reason is not None:
+            return self._storage_reason
         if any(module.attention_backend not in (AttentionBackend.SDPA, AttentionBackend.XFORMERS)
                for module in self.unet.modules() if isinstance(module, AttentionLayer)):
             return "an attention kernel other than SDPA"
@@ -174,15 +178,18 @@ class OpenVINOUNet:
             return self._eager(weights, x, timesteps, context, y, control, cancel)
         inputs = [x, timesteps, context, *([y] if self.has_y else [])]
         inputs += self._control_inputs(control, x)
+        check(cancel)
         request = compiled.create_infer_request()
         request.start_async([_array(value) for value in inputs])
         while not request.wait_for(int(_CANCEL_POLL_S * 1000)):
-            if cancel is not None:
-                try:
-                    cancel.check()
-                except BaseException:
-                    request.cancel()
-                    raise
+            try:
+                check(cancel)
+            except BaseException:
+                request.cancel()
+                raise
+        # A stop request that came while it ran still wins: the eager module checks
+        # between its blocks, so a call that saw one never returns a result either.
+        check(cancel)
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out.to(x.dtype)
 
@@ -230,8 +237,8 @@ class OpenVINOUNet:
         needed = 2 * 4 * sum(p.numel() for p in self.unet.parameters())
         available = free_memory(torch.device("cpu"))
         if needed > available:
-            raise MemoryError(f"{needed / 2**30:.1f} GiB needed next to the loaded model, "
-                              f"{available / 2**30:.1f} GiB free")
+            raise MemoryError(f"{needed / 2**20:.0f} MiB of RAM needed next to the loaded "
+                              f"model, {available / 2**20:.0f} MiB free")
         start = time.perf_counter()
         model = self._with_weights(self.template(), weights)
         import openvino as ov
@@ -306,6 +313,8 @@ class OpenVINOUNet:
 
     def _template_hash(self, ov) -> str:
         digest = hashlib.sha256(repr(self.unet.config).encode())
+        # The parameters' names and shapes are the template's inputs.
+        digest.update(repr([(n, tuple(p.shape)) for n, p in self.unet.named_parameters()]).encode())
         digest.update(f"{ov.__version__} {torch.__version__}".encode())
         folder = Path(__file__).resolve().parent.parent / "nn"
         for name in _TRACED_SOURCES:

@@ -26,15 +26,16 @@ def write_tiny_checkpoint(path: Path, family: Family, *, seed: int = 0) -> Path:
 
 
 
-def tiny_runtime(data_dir: Path, checkpoints: dict[str, Family]):
-    """A Runtime over `data_dir` whose checkpoint folder holds the named tiny models."""
+def tiny_runtime(data_dir: Path, checkpoints: dict[str, Family], *flags: str):
+    """A Runtime over `data_dir` whose checkpoint folder holds the named tiny models
+    (`flags`: more command-line flags)."""
     from modules.app.cmd_args import parse_args
     from modules.runtime import Runtime
 
     for name, family in checkpoints.items():
         write_tiny_checkpoint(data_dir / "models" / "Stable-diffusion" / f"{name}.safetensors",
                               family)
-    runtime = Runtime.create(parse_args(["--data-dir", str(data_dir)]))
+    runtime = Runtime.create(parse_args(["--data-dir", str(data_dir), *flags]))
     runtime.ready.set()
     return runtime
 
