@@ -41,7 +41,8 @@ def test_loaded_model_uses_the_flagged_backend(tmp_path):
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-def test_cpu_backend_default_is_openvino_on_a_cpu_when_installed_and_says_so():
+def test_cpu_backend_default_is_openvino_on_a_cpu_when_installed_and_says_so(monkeypatch):
+    monkeypatch.delenv("COMMANDLINE_ARGS", raising=False)  # conftest pins eager for the suite
     installed, missing = (lambda: None), (lambda: "the openvino package is not installed")
     backend, line = devices.cpu_backend(parse_args([]), CPU, installed)
     assert backend == "openvino" and "default" in line and "--cpu-backend eager" in line
@@ -53,7 +54,8 @@ def test_cpu_backend_default_is_openvino_on_a_cpu_when_installed_and_says_so():
     assert devices.compile_mode(parse_args(["--cpu-backend", "openvino"]), CPU)[0] is None
 
 
-def test_cpu_backend_does_not_apply_to_a_gpu_and_an_explicit_choice_is_named():
+def test_cpu_backend_does_not_apply_to_a_gpu_and_an_explicit_choice_is_named(monkeypatch):
+    monkeypatch.delenv("COMMANDLINE_ARGS", raising=False)
     backend, line = devices.cpu_backend(parse_args(["--cpu-backend", "openvino"]), CUDA,
                                         lambda: None)
     assert backend == "eager" and "--cpu-backend openvino is for CPUs" in line

@@ -77,7 +77,8 @@ def accelerator(runtime):
     return runtime.models.get().patcher._shared.accelerator
 
 
-def test_the_default_on_a_cpu_is_openvino_and_eager_stays_eager(runtimes):
+def test_the_default_on_a_cpu_is_openvino_and_eager_stays_eager(runtimes, monkeypatch):
+    monkeypatch.delenv("COMMANDLINE_ARGS", raising=False)  # conftest pins eager for the suite
     assert accelerator(runtimes["eager"]) is None
     assert accelerator(runtimes["openvino"]) is not None
     assert Runtime.create(parse_args(["--data-dir", str(runtimes["eager"].paths.data_dir),
