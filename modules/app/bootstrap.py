@@ -153,7 +153,10 @@ def requirements(root: Path, with_tests: bool, cluster: bool = False,
 
 
 def _requirements_digest(root: Path, with_tests: bool, cluster: bool = False) -> str:
-    listed = "\n".join(requirements(root, with_tests, cluster)).encode()
+    # The openvino extra is decided at install time (`_cpu_only`); its pin is part of the
+    # digest so that a new pin, or a venv made before it existed, is installed again.
+    listed = "\n".join(requirements(root, with_tests, cluster)
+                       + pyproject.dependencies(root, "openvino")).encode()
     kind = "test-" if with_tests else "cluster-" if cluster else "app-"
     return kind + hashlib.sha256(listed).hexdigest()[:16]
 
