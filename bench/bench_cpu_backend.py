@@ -1,7 +1,8 @@
 """CPU backends: Easel eager and `--cpu-backend openvino` against diffusers and plain OpenVINO.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py [--parts step,costs,demo,vae,image]
-        [--runs 3] [--steps 20] [--image-size 512] [--image-runs 1]
+    PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py
+        [--parts step,costs,demo,vae,text,image] [--runs 3] [--bf16-reference]
+        [--steps 20] [--image-size 512] [--image-runs 1] [--image-family sd15|sdxl]
 
 * step: one SD1.5 U-Net CFG step (batch 2, 64x64 latent, 77 tokens), the same random
   weights (diffusers' init mapped to our names) in four engines timed alternately in one
@@ -16,15 +17,20 @@
   LoRA switch: merging a rank-16 LoRA on every transformer linear plus compiling that weight
   set, against one step.
   The same step with `--cpu-int8` (the linear layers' weights in int8): its time, and its
-  PSNR against the fp32 step and against the same step in bf16.
+  PSNR against the fp32 step and against the same step in bf16 (diffusers' U-Net in bf16;
+  on a CPU without native bf16 only with `--bf16-reference`: emulated, many minutes).
 * demo: the demo checker's scores (colour, shape, position) on the shipped demo model for
   eager, OpenVINO and OpenVINO with `--cpu-int8` (24 prompts x 4 seeds).
 * vae: decoding at 512x512 and 1024x1024, Easel eager against Easel's decoder converted
   by OpenVINO and diffusers (whether the VAE pays to move to OpenVINO too).
+* text: one prompt pair (batch 2, 77 tokens) through SD1.5's CLIP-L and SDXL's CLIP-G,
+  eager (the transformers module diffusers runs too) against the same module converted by
+  OpenVINO (whether they pay to move).
 * image: a whole 20-step DPM++ 2M Karras 512x512 image, CFG 7, then the VAE decode
   (`bench_pipeline.py`'s workers, one fresh process per measurement): Easel with
   `--cpu-backend openvino` against diffusers and against diffusers with a plain OpenVINO
-  U-Net.
+  U-Net. `--image-family sdxl --image-size 1024`: SDXL (random weights in its real
+  layout; its size conditioning given to both), Easel against diffusers.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def step_inputs(batch: int = 2, side: int = 64):
     return x, torch.full((batch,), 500.0), context
 
 
-def bench_step(ours, theirs, runs: int, dtype: torch.dtype, cache: Path) -> tuple[dict, object]:
+def bench_step(ours, theirs, runs: int, dtype: torch.dtype, cache: Path, *,
+               bf16_reference: bool = False) -> tuple[dict, object]:
     """Two rounds in one process (RAM holds ~4 copies of the weights, not 5): the four
     engines, then, with plain OpenVINO freed, `--cpu-int8` against the fp32 backend."""
     from bench.openvino_engines import easel_openvino, plain_openvino
@@ -97,7 +104,7 @@ def bench_step(ours, theirs, runs: int, dtype: torch.dtype, cache: Path) -> tupl
                                                 outputs["easel_eager"]), 2)
     del held["int8"], engines
     release_memory()
-    if dtype == torch.float32 and native_bf16():  # the issue's reference: the step in bf16
+    if dtype == torch.float32 and (native_bf16() or bf16_reference):  # the issue's reference
         # (Without native bf16, torch's emulated bf16 convolutions take many minutes a step.)
         with torch.inference_mode():  # diffusers' copy: it is not timed again in this process
             bf16 = theirs.to(torch.bfloat16)(x.bfloat16(), t, encoder_hidden_states=(
@@ -214,13 +221,15 @@ def bench_costs(ours, fast, step_seconds: float, cache: Path) -> dict:
     return row
 
 
-class _Decode(torch.nn.Module):
-    def __init__(self, vae) -> None:
-        super().__init__()
-        self.vae = vae
+class _Call(torch.nn.Module):
+    """`function(*inputs)` as a module over `owner`'s parameters, for the converter."""
 
-    def forward(self, z):
-        return self.vae.decode(z)
+    def __init__(self, owner: torch.nn.Module, function) -> None:
+        super().__init__()
+        self.owner, self.function = owner, function
+
+    def forward(self, *inputs):
+        return self.function(*inputs)
 
 
 def bench_vae(sizes: list[int], runs: int) -> list[dict]:
@@ -234,7 +243,8 @@ def bench_vae(sizes: list[int], runs: int) -> list[dict]:
     ours, theirs = build_vaes(SD15, torch.float32)
     start = time.perf_counter()
     with torch.no_grad():
-        model = ov.convert_model(_Decode(ours), example_input=(torch.zeros(1, 4, 32, 32),),
+        model = ov.convert_model(_Call(ours, ours.decode),
+                                 example_input=(torch.zeros(1, 4, 32, 32),),
                                  input=[ov.PartialShape([-1, 4, -1, -1])])
     convert_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -264,6 +274,57 @@ def bench_vae(sizes: list[int], runs: int) -> list[dict]:
     return rows
 
 
+def bench_text(runs: int) -> list[dict]:
+    """Text encoding: the eager module against the same module through OpenVINO."""
+    import openvino as ov
+
+    from modules.models.families import CLIP_G, CLIP_L
+    from modules.nn.text_encoders import TextEncoder
+
+    ids = torch.randint(1, 49406, (2, 77), generator=torch.Generator().manual_seed(5))
+    rows = []
+    for name, config in (("clip_l", CLIP_L), ("clip_g", CLIP_G)):
+        torch.manual_seed(0)
+        encoder = TextEncoder(config=config).eval()
+        with torch.no_grad():
+            model = ov.convert_model(_Call(encoder, lambda i, e=encoder: e(i).hidden),
+                                     example_input=(ids,))
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        engines = {"eager": lambda e=encoder: e(ids).hidden,
+                   "openvino": lambda c=compiled: torch.from_numpy(c([ids.numpy()])[0].copy())}
+        outputs, medians = alternate(engines, runs)
+        row = {"part": "text_encode", "encoder": name, "batch": 2,
+               "eager_s": round(medians["eager"], 3), "openvino_s": round(medians["openvino"], 3),
+               "openvino_vs_eager": round(medians["openvino"] / medians["eager"], 3),
+               "max_abs_diff": float((outputs["openvino"] - outputs["eager"]).abs().max())}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del encoder, model, compiled, engines
+        release_memory()
+    return rows
+
+
+def bench_image(args) -> dict:
+    """A whole image per engine, one fresh process each (`bench_pipeline.compare`)."""
+    from bench.bench_pipeline import compare, measure
+
+    options = {"part": "image", "size": args.image_size, "steps": args.steps,
+               "dtype": "float32", "easel_dtype": None, "tiny": False,
+               "family": args.image_family, "cpu_backend": "openvino"}
+    # plain OpenVINO converts SD1.5's U-Net only (diffusers' SDXL call takes more inputs).
+    engines = ("easel", "diffusers") + (("plain_openvino",) if args.image_family == "sd15"
+                                        else ())
+    with tempfile.TemporaryDirectory() as folder:
+        options["openvino_cache"] = folder
+        # The template is converted once per architecture (`costs` times that): a one-step
+        # image fills the cache first, so the timed processes' peak RSS is a user's.
+        measure({**options, "steps": 1, "engine": "easel"})
+        # Warm-up: a 2-step image per process (first calls build kernels; the compiles
+        # run before it, untimed).
+        return compare({**options, "warmup": True, "warmup_steps": 2}, args.image_runs,
+                       engines=engines)
+
+
 def native_bf16() -> bool:
     import openvino as ov
 
@@ -272,12 +333,15 @@ def native_bf16() -> bool:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", default="step,costs,demo,vae,image")
+    parser.add_argument("--parts", default="step,costs,demo,vae,text,image")
     parser.add_argument("--prompts", type=int, default=24, help="demo-quality prompts")
     parser.add_argument("--vae-sizes", default="512,1024")
+    parser.add_argument("--bf16-reference", action="store_true",
+                        help="the int8 PSNR against bf16 even without native bf16 (slow)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-family", default="sd15", choices=("sd15", "sdxl"))
     parser.add_argument("--image-runs", type=int, default=1,
                         help="fresh-process repetitions of each whole image (~4 min each)")
     args = parser.parse_args(argv)
@@ -295,7 +359,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               "skipped": "this CPU has no native bf16"}), flush=True)
         with tempfile.TemporaryDirectory() as folder:
             for dtype in dtypes:
-                row, fast = bench_step(ours, theirs, args.runs, dtype, Path(folder) / str(dtype))
+                row, fast = bench_step(ours, theirs, args.runs, dtype, Path(folder) / str(dtype),
+                                       bf16_reference=args.bf16_reference)
                 rows.append(row)
                 if "costs" in parts and dtype == torch.float32:
                     rows.append(bench_costs(ours, fast, row["easel_openvino_s"],
@@ -306,19 +371,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         release_memory()
     if "vae" in parts:
         rows += bench_vae([int(size) for size in args.vae_sizes.split(",")], args.runs)
+    if "text" in parts:
+        rows += bench_text(args.runs)
     if "demo" in parts:
         rows.append(bench_demo_quality(args.prompts))
     if "image" in parts:
-        from bench.bench_pipeline import compare
-
-        with tempfile.TemporaryDirectory() as folder:
-            # Warm-up: a 2-step image per process (first calls build kernels; the
-            # conversions run before it, untimed); the template is shared by the processes.
-            rows.append(compare({"part": "image", "size": args.image_size, "steps": args.steps,
-                                 "dtype": "float32", "easel_dtype": None, "tiny": False,
-                                 "warmup": True, "warmup_steps": 2, "cpu_backend": "openvino",
-                                 "openvino_cache": folder}, args.image_runs,
-                                engines=("easel", "diffusers", "plain_openvino")))
+        rows.append(bench_image(args))
     return rows
 
 

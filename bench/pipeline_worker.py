@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from modules.conditioning.sdxl import SizeConditioning, sdxl_vector
 from modules.models.diffusers_keys import unet_diffusers_to_ldm, vae_diffusers_to_ldm
-from modules.models.families import SD15
+from modules.models.families import SD15, SDXL
 from modules.nn.autoencoder import AutoencoderKL
 from modules.nn.unet import UNetModel
 from modules.sampling.denoiser import Denoiser, model_sigmas
@@ -25,12 +26,14 @@ from tests.diffusers_configs import unet_diffusers_config, vae_diffusers_config
 CFG_SCALE = 7.0
 
 
-def _family(tiny: bool):
-    if tiny:
-        from tests.tiny import TINY_SD15
+def _family(options: dict):
+    """SD1.5 (default) or SDXL (`"family": "sdxl"`), full size or the tests' tiny configs."""
+    from tests import tiny
 
-        return TINY_SD15
-    return SD15
+    sdxl = options.get("family", "sd15") == "sdxl"
+    if options["tiny"]:
+        return tiny.TINY_SDXL if sdxl else tiny.TINY_SD15
+    return SDXL if sdxl else SD15
 
 
 def _same_weights(theirs: torch.nn.Module, ours_class, config, to_ldm, dtype: torch.dtype):
@@ -73,13 +76,13 @@ def decode_diffusers(vae, z):
     return vae.decode(z).sample
 
 
-def image_easel(unet, vae, family, z, context, steps: int):
+def image_easel(unet, vae, family, z, context, steps: int, y=None):
     table = model_sigmas(family.schedule)
     sigmas = karras(steps, float(table[0]), float(table[-1])).to(z.dtype)
     denoiser = Denoiser(unet, sigmas=table, prediction=family.prediction)
 
     def guided(x, sigma, **_):
-        both = denoiser(torch.cat([x, x]), sigma.expand(2), context=context)
+        both = denoiser(torch.cat([x, x]), sigma.expand(2), context=context, y=y)
         cond, uncond = both.chunk(2)
         return uncond + CFG_SCALE * (cond - uncond)
 
@@ -92,7 +95,8 @@ def image_easel(unet, vae, family, z, context, steps: int):
     return vae.decode((latent / family.vae.scale_factor).to(next(vae.parameters()).dtype))
 
 
-def image_diffusers(unet, vae, family, z, context, steps: int):
+def image_diffusers(unet, vae, family, z, context, steps: int, added=None):
+    """`added`: SDXL's `added_cond_kwargs` (pooled text, size numbers), else None."""
     from diffusers import DPMSolverMultistepScheduler
 
     schedule = family.schedule
@@ -103,17 +107,31 @@ def image_diffusers(unet, vae, family, z, context, steps: int):
     latent = z * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(torch.cat([latent, latent]), t)
-        eps = unet(model_in, t, encoder_hidden_states=context).sample
+        eps = unet(model_in, t, encoder_hidden_states=context,
+                   **({"added_cond_kwargs": added} if added else {})).sample
         cond, uncond = eps.chunk(2)
         latent = scheduler.step(uncond + CFG_SCALE * (cond - uncond), t, latent).prev_sample
     return vae.decode(latent / family.vae.scale_factor).sample
+
+
+def _size_conditioning(family, size: int, dtype: torch.dtype):
+    """SDXL's ADM input for a `size`² image as Easel takes it (one vector) and as diffusers
+    does (pooled text and six size numbers, embedded inside its U-Net); (None, None) else."""
+    adm = family.unet.adm_in_channels
+    if adm is None:
+        return None, None
+    numbers = SizeConditioning(width=size, height=size)
+    pooled = torch.randn(2, adm - 6 * 256, generator=torch.Generator().manual_seed(3))
+    y = sdxl_vector(pooled, numbers, refiner=False, is_negative=False).to(dtype)
+    time_ids = torch.tensor([numbers.numbers(refiner=False, is_negative=False)] * 2)
+    return y, {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
 
 
 def _jobs(options: dict) -> dict:
     """Engine name -> callable for the part asked for: "easel" (with `cpu_backend`
     "openvino": its U-Net through `--cpu-backend openvino`), "diffusers", and for whole
     images "plain_openvino" (diffusers with its U-Net converted by OpenVINO)."""
-    family = _family(options["tiny"])
+    family = _family(options)
     dtype = getattr(torch, options["dtype"])
     # Easel's own dtype (the app's default may differ from the reference's, `--easel-dtype`).
     mine = getattr(torch, options.get("easel_dtype") or options["dtype"])
@@ -128,6 +146,7 @@ def _jobs(options: dict) -> dict:
     z = _latent(family, options["size"], dtype)
     generator = torch.Generator().manual_seed(2)
     context = torch.randn(2, 77, family.unet.context_dim, generator=generator).to(dtype)
+    y, added = _size_conditioning(family, options["size"], dtype)
     steps = options["steps"]
     engines = {}
     if options.get("cpu_backend") == "openvino":
@@ -136,6 +155,8 @@ def _jobs(options: dict) -> dict:
         cache = options.get("openvino_cache")  # shared by the processes: converted once
         unet_ours = easel_openvino(unet_ours, Path(cache) if cache else None)
     if options.get("engine") == "plain_openvino":
+        if y is not None:
+            raise ValueError("plain_openvino converts SD1.5's U-Net only")
         from bench.openvino_engines import plain_openvino
 
         plain = plain_openvino(unet_theirs, torch.cat([z, z]), context, dtype)
@@ -144,9 +165,10 @@ def _jobs(options: dict) -> dict:
     # As the app: the sampler's latents stay float32 (the U-Net casts), the text encoding
     # comes in the weights' dtype.
     engines["easel"] = lambda steps=steps: image_easel(
-        unet_ours, vae_ours, family, z.float() if mine != dtype else z, context.to(mine), steps)
+        unet_ours, vae_ours, family, z.float() if mine != dtype else z, context.to(mine), steps,
+        None if y is None else y.to(mine))
     engines["diffusers"] = lambda steps=steps: image_diffusers(
-        unet_theirs, vae_theirs, family, z, context, steps)
+        unet_theirs, vae_theirs, family, z, context, steps, added)
     return engines
 
 

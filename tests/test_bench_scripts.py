@@ -6,6 +6,7 @@ code path runs and that Easel and diffusers, holding the same weights, agree.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -77,6 +78,23 @@ def test_pipeline_worker_engines_agree_on_tiny_models(part):
     # Same weights; the VAE is the same function, the image goes through two samplers.
     assert difference < (1e-4 if part == "vae" else 1e-2)
     assert run({**options, "engine": "easel"})["seconds"] > 0
+
+
+def test_pipeline_worker_sdxl_images_agree_on_tiny_models(tmp_path):
+    """SDXL's size conditioning reaches both engines as the same numbers: one ADM vector
+    for Easel, pooled text and time ids for diffusers (a wrong split would differ widely)."""
+    from bench.pipeline_worker import run
+
+    options = {"part": "image", "size": 64, "steps": 4, "dtype": "float32", "tiny": True,
+               "family": "sdxl"}
+    assert run({**options, "engine": "both"})["max_abs_diff"] < 1e-2
+    # Another size: other numbers for both, and still the same picture.
+    assert run({**options, "size": 48, "engine": "both"})["max_abs_diff"] < 1e-2
+    with_openvino = {**options, "cpu_backend": "openvino", "openvino_cache": str(tmp_path)}
+    if importlib.util.find_spec("openvino") is not None:
+        assert run({**with_openvino, "engine": "both"})["max_abs_diff"] < 1e-2
+    with pytest.raises(ValueError, match="SD1.5"):
+        run({**options, "engine": "plain_openvino"})
 
 
 @pytest.mark.parametrize("part", ["vae", "image"])

@@ -9,6 +9,8 @@ folder, and a stop request that ends a running inference.
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -91,6 +93,31 @@ def test_a_new_weight_set_compiles_without_converting_again(sd15):
     assert backend._template is template  # the same graph, other constants
     assert list(backend._compiled) == ["lora-a"]  # compiled_limit 1: the base was dropped
     assert all(torch.equal(unet.get_parameter(n), before[n]) for n in names)  # never written
+    # The compiled model reads the merged tensors in place: it keeps them alive itself.
+    del weights, expected
+    gc.collect()
+    churn = [torch.full_like(before[n], 7.0) for n in names]  # reuse of freed memory shows
+    with torch.inference_mode():
+        assert torch.equal(backend({}, "lora-a", x, t, context, y), got) and churn
+
+
+def test_float32_weights_are_read_in_place_not_copied(tmp_path):
+    unet = tiny_unet(TINY_SD15.unet)
+    unet.set_channels_last(False)  # every parameter contiguous float32
+    backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
+    total = 4 * sum(p.numel() for p in unet.parameters())
+    assert backend._memory_needed({}) == int(0.5 * total)  # the plugin's share alone
+    backend.compiled({}, "base")
+    arrays = backend._compiled["base"][1]
+    assert {a.ctypes.data for a in arrays} == {p.data_ptr() for p in unet.parameters()}
+    # Channels-last convolution weights, bf16 weights and int8 linears need copies.
+    unet.set_channels_last(True)
+    convs = 4 * sum(p.numel() for p in unet.parameters() if not p.is_contiguous())
+    assert convs > 0 and backend._memory_needed({}) == int(0.5 * total) + convs
+    int8 = OpenVINOUNet(unet=unet.to(torch.bfloat16), cache_dir=tmp_path, int8_linears=True)
+    linears = sum(p.numel() for n, p in unet.named_parameters() if int8._as_int8(n, p))
+    # int8 copies of the linears, float32 copies of the other (bf16) weights.
+    assert int8._memory_needed({}) == int(0.5 * total) + linears + (total - 4 * linears)
 
 
 def test_sdxl_like_unet_with_adm_vector_and_a_cached_template(tmp_path):

@@ -13,13 +13,16 @@ How, in three layers, each cached at its own cost:
    size and token count, then saved as OpenVINO IR under the cache folder. Weights are
    not in it (a few MB), so one template serves every checkpoint of that architecture.
    The file name is a hash of the config, the U-Net source and the library versions, so
-   a code change never loads a stale graph. Converting costs ~45 s for SD1.5 (once).
+   a code change never loads a stale graph. Converting costs ~1 min for SD1.5 (once).
 2. **Compiled model** (per weight set, in memory): a clone of the template whose weight
    inputs are replaced by constants holding the tensors to use: the checkpoint's, or a
-   LoRA set's merged copies (`modules.models.patcher`). Compiling folds and repacks them
-   (~4 s for SD1.5 on 2 cores). Shapes stay dynamic, so every image size (and batch,
-   and prompt length) runs on the same compiled model; a LoRA switch is one compile,
-   never a conversion. The last `compiled_limit` weight sets are kept.
+   LoRA set's merged copies (`modules.models.patcher`). The constants share the tensors'
+   memory (float32 ones are not copied, and the plugin reads much of them in place: it
+   adds ~0.4x the weights where copying them first added 1.4x), so the tensors are kept
+   alive with the compiled model and are never written (the patcher writes copies).
+   Compiling takes a few seconds for SD1.5 on 2 cores. Shapes stay dynamic, so every
+   image size, batch and prompt length runs on the same compiled model; a LoRA switch is
+   one compile, never a conversion. The last `compiled_limit` weight sets are kept.
 3. **Call**: inputs as numpy arrays, the inference runs asynchronously so that a stop
    request (`cancel.check()`) is honoured while it runs (the request is cancelled).
 
@@ -47,6 +50,7 @@ import torch
 from torch import Tensor
 
 from modules.models.offload import free_memory
+from modules.models.openvino_constants import as_array, weight_constant
 from modules.nn.attention import AttentionBackend, AttentionLayer, check
 from modules.nn.unet import ControlResiduals, UNetModel
 from modules.nn.unet_patches import UNetPatch, UNetPatches
@@ -62,6 +66,9 @@ CACHE_FOLDER = "openvino-cache"
 _CANCEL_POLL_S = 0.05
 # Latent side of the calls that trace the U-Net and read its block shapes.
 _PROBE = 16
+# What the CPU plugin adds when compiling, as a share of the float32 weights (its repacked
+# layouts; the rest is read in place): 0.40 measured for SD1.5, rounded up.
+_PACKED_SHARE = 0.5
 
 
 def openvino_missing() -> str | None:
@@ -124,9 +131,11 @@ class OpenVINOUNet:
                  int8_linears: bool = False) -> None:
         """:param unet: the loaded U-Net (its weights are read, never written)
         :param cache_dir: where templates are saved (`<models>/openvino-cache`)
-        :param compiled_limit: compiled weight sets kept in memory (each holds a copy)
+        :param compiled_limit: compiled weight sets kept in memory (each holds its
+            weights' repacked layouts, and a LoRA set's merged tensors)
         :param int8_linears: keep the linear layers' weights as int8 (`--cpu-int8`,
-            `int8_weight`): a quarter of the memory, dequantised inside OpenVINO's kernels"""
+            `openvino_constants.int8_weight`): a quarter of the memory, dequantised
+            inside OpenVINO's kernels"""
         self.unet = unet
         self.int8_linears = int8_linears
         self.cache_dir = cache_dir
@@ -180,7 +189,7 @@ class OpenVINOUNet:
         inputs += self._control_inputs(control, x)
         check(cancel)
         request = compiled.create_infer_request()
-        request.start_async([_array(value) for value in inputs])
+        request.start_async([as_array(value) for value in inputs])
         while not request.wait_for(int(_CANCEL_POLL_S * 1000)):
             try:
                 check(cancel)
@@ -219,7 +228,7 @@ class OpenVINOUNet:
         with self._lock:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
-                return self._compiled[key]
+                return self._compiled[key][0]
             # Drop the oldest first: two compiled copies of the weights may not fit.
             while len(self._compiled) >= self.compiled_limit:
                 self._compiled.popitem(last=False)
@@ -232,15 +241,14 @@ class OpenVINOUNet:
                 return None
 
     def _build(self, weights: Mapping[str, Tensor], key: Hashable) -> Any:
-        """Compile a weight set, if the RAM can hold OpenVINO's copy of the weights."""
-        # float32 copies while compiling, then the repacked result: twice the fp32 weights.
-        needed = 2 * 4 * sum(p.numel() for p in self.unet.parameters())
-        available = free_memory(torch.device("cpu"))
+        """Compile a weight set, if the RAM can hold what compiling adds."""
+        template = self.template()  # read or converted first: not part of the compile's cost
+        needed, available = self._memory_needed(weights), free_memory(torch.device("cpu"))
         if needed > available:
             raise MemoryError(f"{needed / 2**20:.0f} MiB of RAM needed next to the loaded "
                               f"model, {available / 2**20:.0f} MiB free")
         start = time.perf_counter()
-        model = self._with_weights(self.template(), weights)
+        model, arrays = self._with_weights(template, weights)
         import openvino as ov
 
         # As many threads as torch was given (cluster replicas pin it; --replica-threads).
@@ -248,8 +256,26 @@ class OpenVINOUNet:
             "INFERENCE_PRECISION_HINT": self._precision(ov),
             "INFERENCE_NUM_THREADS": torch.get_num_threads()})
         self.timings["compile_s"] = time.perf_counter() - start
-        self._compiled[key] = compiled
+        # The compiled model reads its constants in place: their arrays live as long as it.
+        self._compiled[key] = compiled, arrays
         return compiled
+
+    def _memory_needed(self, weights: Mapping[str, Tensor]) -> int:
+        """Bytes a compile adds: copies of the weights that are not contiguous float32
+        already (int8 ones of the linears with `int8_linears`), and the plugin's own
+        repacked layouts (`_PACKED_SHARE` of the float32 weights)."""
+        own, copies, total = dict(self.unet.named_parameters()), 0, 0
+        for name in self.names:
+            tensor = weights.get(name, own[name])
+            total += 4 * tensor.numel()
+            if self._as_int8(name, tensor):
+                copies += tensor.numel()
+            elif tensor.dtype != torch.float32 or not tensor.is_contiguous():
+                copies += 4 * tensor.numel()
+        return copies + int(_PACKED_SHARE * total)
+
+    def _as_int8(self, name: str, tensor: Tensor) -> bool:
+        return self.int8_linears and tensor.ndim == 2 and name.endswith(".weight")
 
     def _precision(self, ov) -> str:
         """bf16 where the weights are bf16 and the CPU computes bf16 natively, else f32."""
@@ -258,25 +284,24 @@ class OpenVINOUNet:
             return "bf16"
         return "f32"
 
-    def _with_weights(self, template: Any, weights: Mapping[str, Tensor]) -> Any:
-        """A clone of the template whose weight inputs are constants of these tensors."""
-        import openvino as ov
-
+    def _with_weights(self, template: Any, weights: Mapping[str, Tensor]
+                      ) -> tuple[Any, list[np.ndarray]]:
+        """A clone of the template whose weight inputs are constants of these tensors, and
+        the arrays those constants share (float32 weights are not copied: the caller keeps
+        the arrays alive while the model or its compiled form may read them)."""
         model = template.clone()
         parameters = list(model.get_parameters())
         fixed = len(parameters) - len(self.names)
-        own = dict(self.unet.named_parameters())
+        own, arrays = dict(self.unet.named_parameters()), []
         for parameter, name in zip(parameters[fixed:], self.names, strict=True):
-            tensor = weights.get(name, own[name]).detach().float().contiguous()
-            if self.int8_linears and tensor.ndim == 2 and name.endswith(".weight"):
-                node = int8_weight(tensor)
-            else:
-                node = ov.op.Constant(ov.Tensor(tensor.numpy()))
+            node, held = weight_constant(weights.get(name, own[name]).detach(),
+                                         int8=self._as_int8(name, own[name]))
+            arrays += held
             parameter.output(0).replace(node.output(0))
         for parameter in parameters[fixed:]:
             model.remove_parameter(parameter)
         model.validate_nodes_and_infer_types()
-        return model
+        return model, arrays
 
     def template(self) -> Any:
         """The architecture's weight-less graph: read from the cache folder, else converted."""
@@ -345,20 +370,6 @@ class OpenVINOUNet:
                                     input=[ov.PartialShape(s) for s in shapes])
 
 
-def int8_weight(weight: Tensor):
-    """A linear layer's weight as int8 with one float32 scale per output row (symmetric,
-    absmax / 127), dequantised in the graph: OpenVINO's CPU plugin keeps such a
-    Convert-Multiply pattern on a MatMul's weight compressed and dequantises inside its
-    fully-connected kernel (weight-only int8; activations stay float)."""
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
-    quantised = torch.round(weight / scale).clamp(-127, 127).to(torch.int8)
-    values = ops.convert(ov.op.Constant(ov.Tensor(quantised.numpy())), "f32")
-    return ops.multiply(values, ov.op.Constant(ov.Tensor(scale.numpy())))
-
-
 def accelerator_factory(paths, *, int8_linears: bool = False
                         ) -> Callable[[UNetModel], OpenVINOUNet | None]:
     """What the model manager calls with each loaded U-Net (`--cpu-backend openvino`):
@@ -368,7 +379,3 @@ def accelerator_factory(paths, *, int8_linears: bool = False
         return OpenVINOUNet(unet=unet, cache_dir=paths.models_dir / CACHE_FOLDER,
                             int8_linears=int8_linears) if isinstance(unet, UNetModel) else None
     return build
-
-
-def _array(tensor: Tensor) -> np.ndarray:
-    return tensor.detach().float().contiguous().numpy()
