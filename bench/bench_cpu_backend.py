@@ -1,7 +1,7 @@
 """CPU backends: Easel eager and `--cpu-backend openvino` against diffusers and plain OpenVINO.
 
     PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py
-        [--parts step,costs,demo,vae,text,image] [--runs 3] [--bf16-reference]
+        [--parts step,costs,demo,vae,text,int8,image] [--runs 3] [--bf16-reference]
         [--steps 20] [--image-size 512] [--image-runs 1] [--image-family sd15|sdxl]
 
 * step: one SD1.5 U-Net CFG step (batch 2, 64x64 latent, 77 tokens), the same random
@@ -26,6 +26,7 @@
 * text: one prompt pair (batch 2, 77 tokens) through SD1.5's CLIP-L and SDXL's CLIP-G,
   eager (the transformers module diffusers runs too) against the same module converted by
   OpenVINO (whether they pay to move).
+* int8: torch's dynamic int8 quantization against `--cpu-int8` (`bench/cpu_int8.py`).
 * image: a whole 20-step DPM++ 2M Karras 512x512 image, CFG 7, then the VAE decode
   (`bench_pipeline.py`'s workers, one fresh process per measurement): Easel with
   `--cpu-backend openvino` against diffusers and against diffusers with a plain OpenVINO
@@ -333,7 +334,7 @@ def native_bf16() -> bool:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", default="step,costs,demo,vae,text,image")
+    parser.add_argument("--parts", default="step,costs,demo,vae,text,int8,image")
     parser.add_argument("--prompts", type=int, default=24, help="demo-quality prompts")
     parser.add_argument("--vae-sizes", default="512,1024")
     parser.add_argument("--bf16-reference", action="store_true",
@@ -373,6 +374,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows += bench_vae([int(size) for size in args.vae_sizes.split(",")], args.runs)
     if "text" in parts:
         rows += bench_text(args.runs)
+    if "int8" in parts:
+        from bench.cpu_int8 import bench_int8
+
+        rows.append(bench_int8(args.runs))
     if "demo" in parts:
         rows.append(bench_demo_quality(args.prompts))
     if "image" in parts:

@@ -271,12 +271,14 @@ def check_progress_and_interrupt(runtime, client, long_id: str, other_id: str) -
     wait_until_running(runtime, long_id)
     wait_until_running(runtime, other_id)
     for job_id, steps in ((long_id, 900), (other_id, 300)):
-        # The replica's first progress report may trail the job's start by a moment.
+        # The replica's first progress report (and its first finished step) may trail
+        # the job's start by a moment.
         deadline = time.monotonic() + 20
         while True:
             progress = client.get("/sdapi/v1/progress", params={"id_task": job_id},
                                   headers=AUTH).json()
-            if progress["state"]["job"] == job_id or time.monotonic() > deadline:
+            reported = progress["state"]["job"] == job_id and progress["progress"] > 0
+            if reported or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         assert progress["state"]["job"] == job_id
