@@ -178,7 +178,20 @@ def test_without_room_for_the_compiled_copy_it_runs_eagerly_and_says_why(tmp_pat
         expected = torch.func.functional_call(unet, weights, (x, t, context, y))
     assert torch.equal(got, expected)  # the eager module with the same weight set
     assert "MiB free" in backend.disabled and "MemoryError" in backend.disabled
+    assert "to convert the U-Net" in backend.disabled  # refused before converting
+    assert not list(tmp_path.iterdir())
     assert backend.eager_reason({}) == backend.disabled  # the patcher calls eagerly from now on
+
+
+def test_room_to_convert_but_not_to_compile_also_runs_eagerly(tmp_path, monkeypatch):
+    import modules.models.openvino_unet as openvino_unet
+
+    unet = tiny_unet(TINY_SD15.unet, seed=4)
+    OpenVINOUNet(unet=unet, cache_dir=tmp_path).template()  # the template is on disk
+    monkeypatch.setattr(openvino_unet, "free_memory", lambda device: 1024)
+    backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
+    assert backend.compiled({}, "base") is None
+    assert "to compile its weights" in backend.disabled and backend._template is not None
 
 
 def test_int8_linears_stay_close_to_float32(tmp_path):

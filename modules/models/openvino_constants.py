@@ -2,7 +2,7 @@
 
 The constants share the tensors' memory rather than copying them: OpenVINO's CPU plugin
 reads much of a compiled model's weights in place, so a copy would stay resident beside the
-loaded model (measured for SD1.5 fp32: a compile added 4.9 GB with copies, 1.4 GB without).
+loaded model (measured for SD1.5 fp32: a compile added 4.9 GB with copies, 1.5 GB without).
 Sharing makes the caller responsible for the memory: each function returns the arrays its
 constants read, to be kept alive as long as the model or its compiled form.
 """

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import threading
 import time
 import warnings
@@ -69,6 +70,8 @@ _PROBE = 16
 # What the CPU plugin adds when compiling, as a share of the float32 weights (its repacked
 # layouts; the rest is read in place): 0.40 measured for SD1.5, rounded up.
 _PACKED_SHARE = 0.5
+# What converting the template holds at its peak, the same way: 2.25 measured for SD1.5.
+_CONVERT_SHARE = 2.5
 
 
 def openvino_missing() -> str | None:
@@ -243,10 +246,7 @@ class OpenVINOUNet:
     def _build(self, weights: Mapping[str, Tensor], key: Hashable) -> Any:
         """Compile a weight set, if the RAM can hold what compiling adds."""
         template = self.template()  # read or converted first: not part of the compile's cost
-        needed, available = self._memory_needed(weights), free_memory(torch.device("cpu"))
-        if needed > available:
-            raise MemoryError(f"{needed / 2**20:.0f} MiB of RAM needed next to the loaded "
-                              f"model, {available / 2**20:.0f} MiB free")
+        _require_memory(self._memory_needed(weights), "to compile its weights")
         start = time.perf_counter()
         model, arrays = self._with_weights(template, weights)
         import openvino as ov
@@ -315,11 +315,15 @@ class OpenVINOUNet:
         if path.is_file():
             self._template = ov.Core().read_model(path)
         else:
+            # A conversion that cannot fit would take the whole process down with it.
+            float32_bytes = 4 * sum(p.numel() for p in self.unet.parameters())
+            _require_memory(int(_CONVERT_SHARE * float32_bytes), "to convert the U-Net")
             log.info("OpenVINO: converting the U-Net graph (once per architecture, about a "
                      "minute for SD1.5 on 2 cores) into %s", path.parent)
             self._template = self._convert(ov)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial.xml")
+            # Per process and thread: cluster replicas may convert the same template at once.
+            partial = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial.xml")
             ov.save_model(self._template, partial, compress_to_fp16=False)
             partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
             partial.replace(path)  # the .xml last: a half-written pair is never read
@@ -368,6 +372,14 @@ class OpenVINOUNet:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             return ov.convert_model(traced, example_input=tuple(example + params),
                                     input=[ov.PartialShape(s) for s in shapes])
+
+
+def _require_memory(needed: int, purpose: str) -> None:
+    """MemoryError (the backend then steps aside) unless the RAM has `needed` bytes free."""
+    available = free_memory(torch.device("cpu"))
+    if needed > available:
+        raise MemoryError(f"{needed / 2**20:.0f} MiB of RAM needed {purpose} next to the "
+                          f"loaded model, {available / 2**20:.0f} MiB free")
 
 
 def accelerator_factory(paths, *, int8_linears: bool = False
