@@ -93,7 +93,9 @@ def test_a_new_weight_set_compiles_without_converting_again(sd15):
     assert backend._template is template  # the same graph, other constants
     assert list(backend._compiled) == ["lora-a"]  # compiled_limit 1: the base was dropped
     assert all(torch.equal(unet.get_parameter(n), before[n]) for n in names)  # never written
-    # The compiled model reads the merged tensors in place: it keeps them alive itself.
+    # The compiled model reads the merged tensors in place: its entry keeps them alive.
+    shared = {w.data_ptr() for w in weights.values() if w.is_contiguous()}
+    assert shared and shared <= {a.ctypes.data for a in backend._compiled["lora-a"][1]}
     del weights, expected
     gc.collect()
     churn = [torch.full_like(before[n], 7.0) for n in names]  # reuse of freed memory shows
