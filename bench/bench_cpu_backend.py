@@ -3,6 +3,7 @@
     PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py
         [--parts step,costs,demo,vae,text,int8,image] [--runs 3] [--bf16-reference]
         [--steps 20] [--image-size 512] [--image-runs 1] [--image-family sd15|sdxl]
+        [--image-dtype float32|bfloat16]
 
 * step: one SD1.5 U-Net CFG step (batch 2, 64x64 latent, 77 tokens), the same random
   weights (diffusers' init mapped to our names) in four engines timed alternately in one
@@ -233,11 +234,12 @@ class _Call(torch.nn.Module):
         return self.function(*inputs)
 
 
-def bench_vae(sizes: list[int], runs: int) -> list[dict]:
+def bench_vae(sizes: list[int], runs: int, dtype: torch.dtype = torch.float32) -> list[dict]:
     """VAE decode: Easel eager, Easel's decoder converted by OpenVINO (dynamic shapes,
-    weights baked in) and diffusers, the same weights, alternating."""
+    weights baked in) and diffusers, the same weights in `dtype`, alternating."""
     import openvino as ov
 
+    from bench.openvino_engines import precision_hint
     from bench.pipeline_worker import build_vaes
     from modules.models.families import SD15
 
@@ -249,13 +251,15 @@ def bench_vae(sizes: list[int], runs: int) -> list[dict]:
                                  input=[ov.PartialShape([-1, 4, -1, -1])])
     convert_s = time.perf_counter() - start
     start = time.perf_counter()
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(model, "CPU",
+                                       {"INFERENCE_PRECISION_HINT": precision_hint(dtype)})
     compile_s = time.perf_counter() - start
+    ours.to(dtype), theirs.to(dtype)
     rows = []
     for size in sizes:
         z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(4))
-        engines = {"diffusers": lambda z=z: theirs.decode(z).sample,
-                   "easel_eager": lambda z=z: ours.decode(z),
+        engines = {"diffusers": lambda z=z: theirs.decode(z.to(dtype)).sample,
+                   "easel_eager": lambda z=z: ours.decode(z.to(dtype)),
                    "easel_openvino": lambda z=z: torch.from_numpy(compiled([z.numpy()])[0].copy())}
         with torch.inference_mode():
             outputs = {name: run() for name, run in engines.items()}
@@ -264,7 +268,8 @@ def bench_vae(sizes: list[int], runs: int) -> list[dict]:
                 for name, run in engines.items():
                     times[name].append(timed(run))
         medians = {name: statistics.median(found) for name, found in times.items()}
-        row = {"part": "vae_decode", "size": size, "convert_s": round(convert_s, 1),
+        row = {"part": "vae_decode", "size": size, "dtype": str(dtype).removeprefix("torch."),
+               "convert_s": round(convert_s, 1),
                "compile_s": round(compile_s, 1)}
         for name, seconds in medians.items():
             row[f"{name}_s"] = round(seconds, 3)
@@ -310,7 +315,7 @@ def bench_image(args) -> dict:
     from bench.bench_pipeline import compare, measure
 
     options = {"part": "image", "size": args.image_size, "steps": args.steps,
-               "dtype": "float32", "easel_dtype": None, "tiny": False,
+               "dtype": args.image_dtype, "easel_dtype": None, "tiny": False,
                "family": args.image_family, "cpu_backend": "openvino"}
     # plain OpenVINO converts SD1.5's U-Net only (diffusers' SDXL call takes more inputs).
     engines = ("easel", "diffusers") + (("plain_openvino",) if args.image_family == "sd15"
@@ -343,6 +348,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--image-family", default="sd15", choices=("sd15", "sdxl"))
+    parser.add_argument("--image-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="every engine's weights (bfloat16: what Easel runs by default "
+                             "on a CPU with native bf16, and the issue's reference)")
     parser.add_argument("--image-runs", type=int, default=1,
                         help="fresh-process repetitions of each whole image (~4 min each)")
     args = parser.parse_args(argv)
@@ -363,7 +371,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row, fast = bench_step(ours, theirs, args.runs, dtype, Path(folder) / str(dtype),
                                        bf16_reference=args.bf16_reference)
                 rows.append(row)
-                if "costs" in parts and dtype == torch.float32:
+                if "costs" in parts:
                     rows.append(bench_costs(ours, fast, row["easel_openvino_s"],
                                             Path(folder) / str(dtype)))
                 del fast
@@ -371,7 +379,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         del ours, theirs
         release_memory()
     if "vae" in parts:
-        rows += bench_vae([int(size) for size in args.vae_sizes.split(",")], args.runs)
+        for dtype in [torch.float32] + ([torch.bfloat16] if native_bf16() else []):
+            rows += bench_vae([int(size) for size in args.vae_sizes.split(",")], args.runs, dtype)
     if "text" in parts:
         rows += bench_text(args.runs)
     if "int8" in parts:

@@ -162,10 +162,10 @@ def _jobs(options: dict) -> dict:
         plain = plain_openvino(unet_theirs, torch.cat([z, z]), context, dtype)
         engines["plain_openvino"] = lambda steps=steps: image_diffusers(
             plain, vae_theirs, family, z, context, steps)
-    # As the app: the sampler's latents stay float32 (the U-Net casts), the text encoding
-    # comes in the weights' dtype.
+    # As the app: the sampler's latents stay float32 whatever the weights' dtype (the U-Net
+    # casts), the text encoding comes in the weights' dtype.
     engines["easel"] = lambda steps=steps: image_easel(
-        unet_ours, vae_ours, family, z.float() if mine != dtype else z, context.to(mine), steps,
+        unet_ours, vae_ours, family, z.float(), context.to(mine), steps,
         None if y is None else y.to(mine))
     engines["diffusers"] = lambda steps=steps: image_diffusers(
         unet_theirs, vae_theirs, family, z, context, steps, added)

@@ -112,14 +112,37 @@ def test_float32_weights_are_read_in_place_not_copied(tmp_path):
     backend.compiled({}, "base")
     arrays = backend._compiled["base"][1]
     assert {a.ctypes.data for a in arrays} == {p.data_ptr() for p in unet.parameters()}
-    # Channels-last convolution weights, bf16 weights and int8 linears need copies.
+    # Channels-last convolution weights and int8 linears need copies (in their own dtype).
     unet.set_channels_last(True)
-    convs = 4 * sum(p.numel() for p in unet.parameters() if not p.is_contiguous())
-    assert convs > 0 and backend._memory_needed({}) == int(0.5 * total) + convs
+    convs = sum(p.numel() for p in unet.parameters() if not p.is_contiguous())
+    assert convs > 0 and backend._memory_needed({}) == int(0.5 * total) + 4 * convs
     int8 = OpenVINOUNet(unet=unet.to(torch.bfloat16), cache_dir=tmp_path, int8_linears=True)
     linears = sum(p.numel() for n, p in unet.named_parameters() if int8._as_int8(n, p))
-    # int8 copies of the linears, float32 copies of the other (bf16) weights.
-    assert int8._memory_needed({}) == int(0.5 * total) + linears + (total - 4 * linears)
+    # int8 copies of the linears, bf16 copies of the convolutions; other bf16 weights shared.
+    assert int8._memory_needed({}) == int(0.5 * total) + linears + 2 * convs
+
+
+def test_bf16_weights_are_shared_as_bf16_and_compute_as_eager(tmp_path):
+    unet = tiny_unet(TINY_SD15.unet, seed=7).to(torch.bfloat16)
+    backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
+    x, t, context, y = inputs(unet.config, 2, 16, 16)
+    with torch.inference_mode():
+        got = backend({}, "base", x, t, context.bfloat16(), y)
+    # The same bf16 values computed in float32.
+    reference = tiny_unet(TINY_SD15.unet)
+    reference.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
+    with torch.inference_mode():
+        expected = reference(x, t, context.bfloat16().float(), y)
+    # No float32 copy: the constants read the bf16 tensors themselves.
+    read = {a.ctypes.data for a in backend._compiled["base"][1]}
+    assert {p.data_ptr() for p in unet.parameters() if p.is_contiguous()} <= read
+    import openvino as ov
+
+    error = (got - expected).abs().max().item()
+    if backend._precision(ov) == "bf16":  # a CPU with native bf16 computes in bf16
+        assert error < 0.05 * expected.abs().max().item()
+    else:  # elsewhere in float32, from the bf16 weights' exact values
+        assert error < TOLERANCE
 
 
 def test_sdxl_like_unet_with_adm_vector_and_a_cached_template(tmp_path):

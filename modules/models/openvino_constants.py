@@ -21,12 +21,24 @@ def as_array(tensor: Tensor) -> np.ndarray:
     return tensor.detach().float().contiguous().numpy()
 
 
+# Half-width weights kept as they are, by their OpenVINO type: numpy has no bfloat16, so
+# their bits travel as int16 and OpenVINO reads them as this type.
+_HALF_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
 def weight_constant(tensor: Tensor, *, int8: bool = False) -> tuple[Any, list[np.ndarray]]:
-    """The node standing for one weight (float32, or `int8_weight`) and the arrays it reads."""
+    """The node standing for one weight, with a float32 output as the template's input was,
+    and the arrays it reads: float32 as it is; bf16 / fp16 as it is, behind a Convert (the
+    CPU plugin computes in bf16 from such weights without a float32 copy); `int8_weight`."""
     if int8:
         return int8_weight(tensor.float())
     import openvino as ov
+    import openvino.opset13 as ops
 
+    if tensor.dtype in _HALF_TYPES:  # (channels-last convolution weights: a half copy)
+        bits = tensor.contiguous().view(torch.int16).numpy()
+        shared = ov.Tensor(bits, list(tensor.shape), getattr(ov.Type, _HALF_TYPES[tensor.dtype]))
+        return ops.convert(ov.op.Constant(shared, shared_memory=True), "f32"), [bits]
     array = as_array(tensor)
     return ov.op.Constant(array, shared_memory=True), [array]
 

@@ -261,16 +261,19 @@ class OpenVINOUNet:
         return compiled
 
     def _memory_needed(self, weights: Mapping[str, Tensor]) -> int:
-        """Bytes a compile adds: copies of the weights that are not contiguous float32
-        already (int8 ones of the linears with `int8_linears`), and the plugin's own
-        repacked layouts (`_PACKED_SHARE` of the float32 weights)."""
+        """Bytes a compile adds: copies of the weights that are not contiguous already
+        (float32, bf16 and fp16 ones are shared as they are; int8 ones of the linears with
+        `int8_linears`), and the plugin's own repacked layouts (`_PACKED_SHARE` of the
+        float32 weights)."""
         own, copies, total = dict(self.unet.named_parameters()), 0, 0
         for name in self.names:
             tensor = weights.get(name, own[name])
             total += 4 * tensor.numel()
             if self._as_int8(name, tensor):
                 copies += tensor.numel()
-            elif tensor.dtype != torch.float32 or not tensor.is_contiguous():
+            elif not tensor.is_contiguous():
+                copies += tensor.element_size() * tensor.numel()
+            elif tensor.dtype not in (torch.float32, torch.bfloat16, torch.float16):
                 copies += 4 * tensor.numel()
         return copies + int(_PACKED_SHARE * total)
 
