@@ -30,7 +30,7 @@ def easel_openvino(unet, cache_dir: Path | None = None, *, int8_linears: bool = 
     backend = OpenVINOUNet(unet=unet, cache_dir=folder, int8_linears=int8_linears)
 
     def call(x, t, context=None, y=None, **_):
-        return backend({}, "base", x, t, context, y)
+        return backend({}, x, t, context, y)
 
     call.backend = backend
     return call

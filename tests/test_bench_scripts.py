@@ -126,6 +126,24 @@ def test_pipeline_worker_openvino_engines_on_tiny_models(tmp_path):
     assert list(tmp_path.glob("unet-*.xml"))  # the template was shared through the folder
 
 
+def test_cpu_backend_costs_switch_lora_sets_without_compiling_on_a_tiny_unet(tmp_path):
+    pytest.importorskip("openvino")
+    from bench.bench_cpu_backend import bench_costs, step_inputs
+    from bench.openvino_engines import easel_openvino
+    from modules.nn.unet import UNetModel
+    from tests.tiny import TINY_SD15
+
+    torch.manual_seed(0)
+    unet = UNetModel(config=TINY_SD15.unet).eval().requires_grad_(False)
+    fast = easel_openvino(unet, tmp_path)
+    with torch.inference_mode():
+        fast(*step_inputs(side=16, context_dim=unet.config.context_dim))  # the base compile
+    row = bench_costs(unet, fast, 1.0, tmp_path)
+    # Two LoRA sets of the same layers and no LoRA: one compile, with those layers as inputs.
+    assert row["lora_layers"] > 0 and row["compiles_for_the_three_sets"] == 1
+    assert row["lora_switch_vs_step"] >= 0 and row["template_read_s"] >= 0
+
+
 HIDE_AND_RUN = ("import runpy, sys; sys.modules[{module!r}] = None; sys.argv = {argv!r}; "
                 "runpy.run_path(sys.argv[0], run_name='__main__')")
 

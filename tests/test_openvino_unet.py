@@ -2,9 +2,10 @@
 
 Tiny U-Nets with random weights (SD1-like and SDXL-like, with ADM `y`): the same outputs
 as the eager module within fp32 rounding, for several latent sizes (odd ones included)
-on one compiled model, with ControlNet residuals, with a changed weight set (a LoRA's
-merged copies) without a new conversion, from a template read back from the cache
-folder, and a stop request that ends a running inference.
+on one compiled model, with ControlNet residuals, with changed weight sets (LoRAs' merged
+copies, fed as inputs: one compile for every set of the same layers, no conversion), from
+a template read back from the cache folder, in bf16, and a stop request that ends a
+running inference.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def test_every_size_matches_eager_on_one_compiled_model(sd15, shape):
     x, t, context, y = inputs(unet.config, *shape)
     with torch.inference_mode():
         expected = unet(x, t, context, y)
-        got = backend({}, "base", x, t, context, y)
+        got = backend({}, x, t, context, y)
     assert got.shape == expected.shape and got.dtype == expected.dtype
     assert (got - expected).abs().max().item() < TOLERANCE
-    assert list(backend._compiled) == ["base"]  # no compile per size
+    assert list(backend._compiled) == [frozenset()]  # no compile per size
 
 
 def test_control_residuals_are_added_as_eagerly(sd15):
@@ -71,36 +72,50 @@ def test_control_residuals_are_added_as_eagerly(sd15):
     with torch.inference_mode():
         expected = unet(x, t, context, y, control=control)
         plain = unet(x, t, context, y)
-        got = backend({}, "base", x, t, context, y, control=control)
+        got = backend({}, x, t, context, y, control=control)
     assert (expected - plain).abs().max().item() > 1e-3  # the residuals matter
     assert (got - expected).abs().max().item() < TOLERANCE
 
 
-def test_a_new_weight_set_compiles_without_converting_again(sd15):
+def test_weight_sets_are_inputs_compiled_once_per_set_of_layers(sd15):
     unet, backend = sd15
     backend.template()
     template = backend._template
     names = [n for n in backend.names if "attn2.to_k" in n or "proj_in" in n]
     before = {n: unet.get_parameter(n).clone() for n in names}
-    weights = {n: before[n] * 1.5 for n in names}
     x, t, context, y = inputs(unet.config, 2, 16, 16)
+    got, expected = {}, {}
+    for scale in (1.5, 0.5):  # two LoRA sets changing the same layers
+        weights = {n: before[n] * scale for n in names}
+        with torch.inference_mode():
+            expected[scale] = torch.func.functional_call(unet, weights, (x, t, context, y))
+            got[scale] = backend(weights, x, t, context, y)
+        if scale == 1.5:
+            entry = backend._compiled[frozenset(names)]
+            compiles = backend.timings["compiles"]
+        del weights
+        gc.collect()
     with torch.inference_mode():
-        expected = torch.func.functional_call(unet, weights, (x, t, context, y))
         plain = unet(x, t, context, y)
-        got = backend(weights, "lora-a", x, t, context, y)
-    assert (expected - plain).abs().max().item() > 1e-3
-    assert (got - expected).abs().max().item() < TOLERANCE
-    assert backend._template is template  # the same graph, other constants
-    assert list(backend._compiled) == ["lora-a"]  # compiled_limit 1: the base was dropped
+        got_plain = backend({}, x, t, context, y)  # the same model, the checkpoint's tensors
+        churn = [torch.full_like(before[n], 7.0) for n in names]  # reuse of freed memory shows
+        again = backend({n: before[n] * 1.5 for n in names}, x, t, context, y)
+    for scale in got:
+        assert (expected[scale] - plain).abs().max().item() > 1e-3  # the weights matter
+        assert (got[scale] - expected[scale]).abs().max().item() < TOLERANCE
+    assert (got_plain - plain).abs().max().item() < TOLERANCE
+    assert torch.equal(again, got[1.5]) and churn  # inputs are read per call, never kept
+    # One compile for both sets and the plain calls after them: no compile per switch.
+    assert backend.timings["compiles"] == compiles
+    assert list(backend._compiled) == [frozenset(names)]  # compiled_limit 1: base dropped
+    assert backend._compiled[frozenset(names)] is entry and entry.inputs == tuple(names)
+    assert backend._template is template  # the same graph, never converted again
     assert all(torch.equal(unet.get_parameter(n), before[n]) for n in names)  # never written
-    # The compiled model reads the merged tensors in place: its entry keeps them alive.
-    shared = {w.data_ptr() for w in weights.values() if w.is_contiguous()}
-    assert shared and shared <= {a.ctypes.data for a in backend._compiled["lora-a"][1]}
-    del weights, expected
-    gc.collect()
-    churn = [torch.full_like(before[n], 7.0) for n in names]  # reuse of freed memory shows
+    # A set changing a layer the cached model holds as a constant needs a new compile.
     with torch.inference_mode():
-        assert torch.equal(backend({}, "lora-a", x, t, context, y), got) and churn
+        backend({"out.2.bias": unet.get_parameter("out.2.bias") + 1.0}, x, t, context, y)
+    assert backend.timings["compiles"] == compiles + 1
+    assert list(backend._compiled) == [frozenset({"out.2.bias"})]
 
 
 def test_float32_weights_are_read_in_place_not_copied(tmp_path):
@@ -108,18 +123,17 @@ def test_float32_weights_are_read_in_place_not_copied(tmp_path):
     unet.set_channels_last(False)  # every parameter contiguous float32
     backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
     total = 4 * sum(p.numel() for p in unet.parameters())
-    assert backend._memory_needed({}) == int(0.5 * total)  # the plugin's share alone
-    backend.compiled({}, "base")
-    arrays = backend._compiled["base"][1]
+    assert backend._memory_needed(frozenset()) == int(0.5 * total)  # the plugin's share alone
+    arrays = backend.compiled(frozenset()).arrays
     assert {a.ctypes.data for a in arrays} == {p.data_ptr() for p in unet.parameters()}
     # Channels-last convolution weights and int8 linears need copies (in their own dtype).
     unet.set_channels_last(True)
     convs = sum(p.numel() for p in unet.parameters() if not p.is_contiguous())
-    assert convs > 0 and backend._memory_needed({}) == int(0.5 * total) + 4 * convs
+    assert convs > 0 and backend._memory_needed(frozenset()) == int(0.5 * total) + 4 * convs
     int8 = OpenVINOUNet(unet=unet.to(torch.bfloat16), cache_dir=tmp_path, int8_linears=True)
     linears = sum(p.numel() for n, p in unet.named_parameters() if int8._as_int8(n, p))
     # int8 copies of the linears, bf16 copies of the convolutions; other bf16 weights shared.
-    assert int8._memory_needed({}) == int(0.5 * total) + linears + 2 * convs
+    assert int8._memory_needed(frozenset()) == int(0.5 * total) + linears + 2 * convs
 
 
 def test_bf16_weights_are_shared_as_bf16_and_compute_as_eager(tmp_path):
@@ -127,14 +141,14 @@ def test_bf16_weights_are_shared_as_bf16_and_compute_as_eager(tmp_path):
     backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
     x, t, context, y = inputs(unet.config, 2, 16, 16)
     with torch.inference_mode():
-        got = backend({}, "base", x, t, context.bfloat16(), y)
+        got = backend({}, x, t, context.bfloat16(), y)
     # The same bf16 values computed in float32.
     reference = tiny_unet(TINY_SD15.unet)
     reference.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
     with torch.inference_mode():
         expected = reference(x, t, context.bfloat16().float(), y)
     # No float32 copy: the constants read the bf16 tensors themselves.
-    read = {a.ctypes.data for a in backend._compiled["base"][1]}
+    read = {a.ctypes.data for a in backend._compiled[frozenset()].arrays}
     assert {p.data_ptr() for p in unet.parameters() if p.is_contiguous()} <= read
     import openvino as ov
 
@@ -151,13 +165,13 @@ def test_sdxl_like_unet_with_adm_vector_and_a_cached_template(tmp_path):
     first = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
     with torch.inference_mode():
         expected = unet(x, t, context, y)
-        got = first({}, "base", x, t, context, y)
+        got = first({}, x, t, context, y)
     assert (got - expected).abs().max().item() < TOLERANCE
     saved = sorted(p.name for p in tmp_path.iterdir())
     assert len(saved) == 2 and saved[0].endswith(".bin") and saved[1].endswith(".xml")
     second = OpenVINOUNet(unet=unet, cache_dir=tmp_path)  # reads the saved template
     with torch.inference_mode():
-        again = second({}, "base", x, t, context, y)
+        again = second({}, x, t, context, y)
     assert torch.equal(again, got)
 
 
@@ -177,7 +191,7 @@ def test_a_stop_request_ends_the_inference(sd15):
     unet, backend = sd15
     x, t, context, y = inputs(unet.config, 8, 128, 128)  # long enough to be polled
     with torch.inference_mode(), pytest.raises(InterruptedError):
-        backend({}, "base", x, t, context, y, cancel=StopAfter(0))
+        backend({}, x, t, context, y, cancel=StopAfter(0))
 
 
 @pytest.mark.parametrize("kwargs, reason", [
@@ -199,7 +213,7 @@ def test_without_room_for_the_compiled_copy_it_runs_eagerly_and_says_why(tmp_pat
     x, t, context, y = inputs(unet.config, 2, 16, 16)
     weights = {"out.2.bias": unet.get_parameter("out.2.bias") + 1.0}
     with torch.inference_mode():
-        got = backend(weights, "lora", x, t, context, y)
+        got = backend(weights, x, t, context, y)
         expected = torch.func.functional_call(unet, weights, (x, t, context, y))
     assert torch.equal(got, expected)  # the eager module with the same weight set
     assert "MiB free" in backend.disabled and "MemoryError" in backend.disabled
@@ -215,7 +229,7 @@ def test_room_to_convert_but_not_to_compile_also_runs_eagerly(tmp_path, monkeypa
     OpenVINOUNet(unet=unet, cache_dir=tmp_path).template()  # the template is on disk
     monkeypatch.setattr(openvino_unet, "free_memory", lambda device: 1024)
     backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
-    assert backend.compiled({}, "base") is None
+    assert backend.compiled(frozenset()) is None
     assert "to compile its weights" in backend.disabled and backend._template is not None
 
 
@@ -225,7 +239,7 @@ def test_int8_linears_stay_close_to_float32(tmp_path):
     int8 = OpenVINOUNet(unet=unet, cache_dir=tmp_path, int8_linears=True)
     with torch.inference_mode():
         expected = unet(x, t, context, y)
-        got = int8({}, "base", x, t, context, y)
+        got = int8({}, x, t, context, y)
     error = (got - expected).abs().max().item()
     # Per-row absmax int8: off by the quantisation step, not by a wrong weight.
     assert TOLERANCE < error < 0.05 * expected.abs().max().item()

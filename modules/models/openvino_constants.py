@@ -5,6 +5,9 @@ reads much of a compiled model's weights in place, so a copy would stay resident
 loaded model (measured for SD1.5 fp32: a compile added 4.9 GB with copies, 1.5 GB without).
 Sharing makes the caller responsible for the memory: each function returns the arrays its
 constants read, to be kept alive as long as the model or its compiled form.
+
+A weight that changes from call to call (a LoRA set's merged copy) is a runtime input
+instead (`weight_input`, fed by `input_tensor`), so that a new set needs no compile.
 """
 
 from __future__ import annotations
@@ -36,11 +39,41 @@ def weight_constant(tensor: Tensor, *, int8: bool = False) -> tuple[Any, list[np
     import openvino.opset13 as ops
 
     if tensor.dtype in _HALF_TYPES:  # (channels-last convolution weights: a half copy)
-        bits = tensor.contiguous().view(torch.int16).numpy()
+        bits = _half_bits(tensor)
         shared = ov.Tensor(bits, list(tensor.shape), getattr(ov.Type, _HALF_TYPES[tensor.dtype]))
         return ops.convert(ov.op.Constant(shared, shared_memory=True), "f32"), [bits]
     array = as_array(tensor)
     return ov.op.Constant(array, shared_memory=True), [array]
+
+
+def input_tensor(tensor: Tensor) -> Any:
+    """An OpenVINO tensor reading `tensor`'s memory (a contiguous copy when it is not): the
+    same bits, typed bf16 / fp16 for half-width weights, float32 for the rest."""
+    import openvino as ov
+
+    if tensor.dtype not in _HALF_TYPES:
+        return ov.Tensor(as_array(tensor), shared_memory=True)
+    return ov.Tensor(_half_bits(tensor), list(tensor.shape),
+                     getattr(ov.Type, _HALF_TYPES[tensor.dtype]))
+
+
+def _half_bits(tensor: Tensor) -> np.ndarray:
+    """A half-width tensor's bits as int16 (its own memory when contiguous; the array keeps
+    the tensor alive)."""
+    return tensor.detach().contiguous().view(torch.int16).numpy()
+
+
+def weight_input(like: Tensor) -> tuple[Any, Any]:
+    """A runtime input for a weight shaped and typed like `like` (fed by `input_tensor`):
+    the Parameter, and the node giving its value in float32 as the template's input was."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    if like.dtype not in _HALF_TYPES:
+        parameter = ops.parameter(list(like.shape), ov.Type.f32)
+        return parameter, parameter
+    parameter = ops.parameter(list(like.shape), getattr(ov.Type, _HALF_TYPES[like.dtype]))
+    return parameter, ops.convert(parameter, "f32")
 
 
 def int8_weight(weight: Tensor) -> tuple[Any, list[np.ndarray]]:

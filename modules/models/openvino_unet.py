@@ -8,23 +8,30 @@ adds, fused GroupNorm and attention, weights repacked once for its kernels. Meas
 
 How, in three layers, each cached at its own cost:
 
-1. **Template** (per architecture, on disk): our own `UNetModel` is traced once with every
-   parameter as a graph *input* (its name as the input's name) and dynamic batch, latent
-   size and token count, then saved as OpenVINO IR under the cache folder. Weights are
-   not in it (a few MB), so one template serves every checkpoint of that architecture.
+1. **Template** (per architecture, on disk; `modules.models.openvino_template`): our own
+   `UNetModel` traced once with every parameter as a graph *input* (its name as the
+   input's name) and dynamic batch, latent size and token count, then saved as OpenVINO
+   IR under the cache folder. Weights are not in it (a few MB), so one template serves
+   every checkpoint of that architecture.
    The file name is a hash of the config, the U-Net source and the library versions, so
    a code change never loads a stale graph. Converting costs ~1 min for SD1.5 (once).
-2. **Compiled model** (per weight set, in memory): a clone of the template whose weight
-   inputs are replaced by constants holding the tensors to use: the checkpoint's, or a
-   LoRA set's merged copies (`modules.models.patcher`). The constants share the tensors'
-   memory (float32 ones are not copied, and the plugin reads much of them in place: it
-   adds ~0.4x the weights where copying them first added 1.4x), so the tensors are kept
-   alive with the compiled model and are never written (the patcher writes copies).
-   Compiling takes a few seconds for SD1.5 on 2 cores. Shapes stay dynamic, so every
-   image size, batch and prompt length runs on the same compiled model; a LoRA switch is
-   one compile, never a conversion. The last `compiled_limit` weight sets are kept.
-3. **Call**: inputs as numpy arrays, the inference runs asynchronously so that a stop
-   request (`cancel.check()`) is honoured while it runs (the request is cancelled).
+2. **Compiled model** (per set of *changing* layers, in memory): a clone of the template
+   whose weight inputs are replaced by constants holding the checkpoint's tensors, except
+   the layers a LoRA set changes (`modules.models.patcher` merges it), which stay runtime
+   inputs. The constants share the tensors' memory (float32 and bf16 ones are not copied,
+   and the plugin reads much of them in place: it adds ~0.4x the weights where copying
+   them first added 1.4x), so the tensors are kept alive with the compiled model and are
+   never written (the patcher writes copies). Compiling takes a few seconds for SD1.5 on
+   2 cores. Shapes stay dynamic, so every image size, batch and prompt length runs on the
+   same compiled model. A LoRA set is fed as inputs: switching to another set of the same
+   layers (every kohya LoRA of a family changes the same ones) needs no compile, and a
+   call without LoRA reuses that model with the checkpoint's tensors as inputs; only a set
+   that changes a layer no cached model takes as an input compiles (once). Weights as
+   inputs cost ~1 % of a step (measured: the plugin cannot prepack them). The last
+   `compiled_limit` models are kept.
+3. **Call**: inputs shared with their tensors (no copies), the inference runs
+   asynchronously so that a stop request (`cancel.check()`) is honoured while it runs
+   (the request is cancelled).
 
 ControlNet residuals are graph inputs as well (zeros when a call has none), so ControlNet
 units keep the fast path. Everything that changes the computation inside the U-Net (guidance
@@ -34,39 +41,36 @@ module: `eager_reason` names why, and results are the same either way.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
 import threading
 import time
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from modules.models.offload import free_memory
-from modules.models.openvino_constants import as_array, weight_constant
+from modules.models.openvino_constants import input_tensor, weight_constant, weight_input
+from modules.models.openvino_template import (
+    PROBE,
+    convert_template,
+    record_control_shapes,
+    template_hash,
+)
 from modules.nn.attention import AttentionBackend, AttentionLayer, check
 from modules.nn.unet import ControlResiduals, UNetModel
-from modules.nn.unet_patches import UNetPatch, UNetPatches
 
-# The sources whose change makes a saved template stale.
-_TRACED_SOURCES = ("unet.py", "unet_blocks.py", "unet_encoder.py", "transformer.py",
-                   "attention.py", "ops.py", "timestep.py", "configs.py")
 log = logging.getLogger(__name__)
 
 # Under the models folder: the saved templates (weight-less graphs, a few MB each).
 CACHE_FOLDER = "openvino-cache"
 # Seconds between stop-request checks while an inference runs.
 _CANCEL_POLL_S = 0.05
-# Latent side of the calls that trace the U-Net and read its block shapes.
-_PROBE = 16
 # What the CPU plugin adds when compiling, as a share of the float32 weights (its repacked
 # layouts; the rest is read in place): 0.40 measured for SD1.5, rounded up.
 _PACKED_SHARE = 0.5
@@ -83,48 +87,13 @@ def openvino_missing() -> str | None:
     return None
 
 
-class _RecordShapes(UNetPatch):
-    """Records each encoder block's output (channels, times halved): the shapes of the
-    ControlNet residuals, which match those outputs."""
+class _Compiled(NamedTuple):
+    """One compiled model: the arrays its constants read (kept alive as long as it), and
+    the weights it takes as inputs, in input order."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.shapes: list[tuple[int, int]] = []
-
-    def after_input_block(self, h: Tensor, place) -> Tensor:
-        self.shapes.append((h.shape[1], round(math.log2(self.size / h.shape[-1]))))
-        return h
-
-
-class _TracedCall(torch.nn.Module):
-    """`unet(x, t, context, y, control)` with the parameters taken from the arguments.
-
-    The tracer records how the inputs flow; passing the parameters in (as
-    `torch.func.functional_call` does for a call, which refuses to run under the tracer)
-    makes each weight a named graph input instead of a baked-in constant. The module's
-    own parameters are put back when the call returns."""
-
-    def __init__(self, unet: UNetModel, names: list[str], *, has_y: bool, controls: int):
-        super().__init__()
-        self.unet, self.names, self.has_y, self.controls = unet, names, has_y, controls
-        self.slots = [(unet.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])
-                      for n in names]
-
-    def forward(self, x, t, context, *rest):
-        y = rest[0] if self.has_y else None
-        rest = rest[1:] if self.has_y else rest
-        # `controls` residual inputs: one per encoder block, then the middle block's.
-        down, middle = rest[:self.controls - 1], rest[self.controls - 1]
-        weights = rest[self.controls:]
-        saved = [module._parameters[name] for module, name in self.slots]
-        for (module, name), weight in zip(self.slots, weights, strict=True):
-            module._parameters[name] = weight
-        try:
-            return self.unet(x, t, context, y, control=ControlResiduals(down=tuple(down),
-                                                                         middle=middle))
-        finally:
-            for (module, name), weight in zip(self.slots, saved, strict=True):
-                module._parameters[name] = weight
+    model: Any
+    arrays: list[np.ndarray]
+    inputs: tuple[str, ...]
 
 
 class OpenVINOUNet:
@@ -134,8 +103,8 @@ class OpenVINOUNet:
                  int8_linears: bool = False) -> None:
         """:param unet: the loaded U-Net (its weights are read, never written)
         :param cache_dir: where templates are saved (`<models>/openvino-cache`)
-        :param compiled_limit: compiled weight sets kept in memory (each holds its
-            weights' repacked layouts, and a LoRA set's merged tensors)
+        :param compiled_limit: compiled models kept in memory (each holds the
+            repacked layouts of the weights it has as constants)
         :param int8_linears: keep the linear layers' weights as int8 (`--cpu-int8`,
             `openvino_constants.int8_weight`): a quarter of the memory, dequantised
             inside OpenVINO's kernels"""
@@ -151,7 +120,8 @@ class OpenVINOUNet:
         self.has_y = unet.config.adm_in_channels is not None
         self._template: Any = None
         self._control_shapes: list[tuple[int, int]] = []
-        self._compiled: OrderedDict[Hashable, Any] = OrderedDict()
+        # Keyed by the weights each takes as inputs (empty: all constants).
+        self._compiled: OrderedDict[frozenset[str], _Compiled] = OrderedDict()
         self._lock = threading.Lock()
         self.timings: dict[str, float] = {}
         # Why this model runs eagerly from now on (a failed conversion or compile), or None.
@@ -176,23 +146,26 @@ class OpenVINOUNet:
         return None
 
     # --- the call --------------------------------------------------------------------
-    def __call__(self, weights: Mapping[str, Tensor], key: Hashable, x: Tensor,
-                 timesteps: Tensor, context: Tensor, y: Tensor | None = None, *,
-                 control=None, cancel=None) -> Tensor:
+    def __call__(self, weights: Mapping[str, Tensor], x: Tensor, timesteps: Tensor,
+                 context: Tensor, y: Tensor | None = None, *, control=None,
+                 cancel=None) -> Tensor:
         """The U-Net's output for these inputs, computed with `weights` (name -> tensor,
-        replacing the module's; `key` identifies the set)."""
+        replacing the module's: a LoRA set's merged copies)."""
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         if control is not None and not isinstance(control, ControlResiduals):
             control = control(x, timesteps, context, y, cancel=cancel)
-        compiled = self.compiled(weights, key)
+        compiled = self.compiled(frozenset(weights))
         if compiled is None:  # could not be built: this call (and the next ones) run eagerly
             return self._eager(weights, x, timesteps, context, y, control, cancel)
-        inputs = [x, timesteps, context, *([y] if self.has_y else [])]
-        inputs += self._control_inputs(control, x)
+        fixed = [x, timesteps, context, *([y] if self.has_y else [])]
+        fixed += self._control_inputs(control, x)
+        inputs = [input_tensor(value.float()) for value in fixed]  # the graph's are float32
+        inputs += [input_tensor(self._weight(weights, name)) for name in compiled.inputs]
         check(cancel)
-        request = compiled.create_infer_request()
-        request.start_async([as_array(value) for value in inputs])
+        request = compiled.model.create_infer_request()
+        # Shared, not copied: every input lives until the request has ended.
+        request.start_async(inputs, share_inputs=True)
         while not request.wait_for(int(_CANCEL_POLL_S * 1000)):
             try:
                 check(cancel)
@@ -204,6 +177,11 @@ class OpenVINOUNet:
         check(cancel)
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out.to(x.dtype)
+
+    def _weight(self, weights: Mapping[str, Tensor], name: str) -> Tensor:
+        """The tensor fed for a weight input, in the input's dtype (the checkpoint's)."""
+        own = self.unet.get_parameter(name)
+        return weights.get(name, own).detach().to(own.dtype)
 
     def _eager(self, weights, x, timesteps, context, y, control, cancel) -> Tensor:
         call_kwargs = {"control": control, "cancel": cancel}
@@ -225,30 +203,34 @@ class OpenVINOUNet:
                 for channels, halved in [*self._control_shapes, middle]]
 
     # --- building --------------------------------------------------------------------
-    def compiled(self, weights: Mapping[str, Tensor], key: Hashable) -> Any:
-        """The compiled model for this weight set (built on first use, LRU-kept); None
-        when it cannot be built here (`disabled` says why, once, in the log)."""
+    def compiled(self, changed: frozenset[str]) -> _Compiled | None:
+        """A compiled model taking at least the `changed` weights as inputs: a cached one
+        (the fewest inputs), else one built for them (LRU-kept); None when it cannot be
+        built here (`disabled` says why, once, in the log)."""
         with self._lock:
-            if key in self._compiled:
-                self._compiled.move_to_end(key)
-                return self._compiled[key][0]
+            usable = [inputs for inputs in self._compiled if changed <= inputs]
+            if usable:
+                inputs = min(usable, key=len)
+                self._compiled.move_to_end(inputs)
+                return self._compiled[inputs]
             # Drop the oldest first: two compiled copies of the weights may not fit.
             while len(self._compiled) >= self.compiled_limit:
                 self._compiled.popitem(last=False)
             try:
-                return self._build(weights, key)
+                return self._build(changed)
             except Exception as error:  # noqa: BLE001 - any failure: eager is always right
                 self.disabled = f"OpenVINO could not build this U-Net ({type(error).__name__}: " \
                                 f"{error})"
                 log.warning("%s; it runs on PyTorch instead", self.disabled)
                 return None
 
-    def _build(self, weights: Mapping[str, Tensor], key: Hashable) -> Any:
-        """Compile a weight set, if the RAM can hold what compiling adds."""
+    def _build(self, changed: frozenset[str]) -> _Compiled:
+        """Compile with the `changed` weights as inputs, if the RAM holds what it adds."""
         template = self.template()  # read or converted first: not part of the compile's cost
-        _require_memory(self._memory_needed(weights), "to compile its weights")
+        _require_memory(self._memory_needed(changed), "to compile its weights")
         start = time.perf_counter()
-        model, arrays = self._with_weights(template, weights)
+        inputs = tuple(name for name in self.names if name in changed)
+        model, arrays = self._with_weights(template, inputs)
         import openvino as ov
 
         # As many threads as torch was given (cluster replicas pin it; --replica-threads).
@@ -256,18 +238,20 @@ class OpenVINOUNet:
             "INFERENCE_PRECISION_HINT": self._precision(ov),
             "INFERENCE_NUM_THREADS": torch.get_num_threads()})
         self.timings["compile_s"] = time.perf_counter() - start
+        self.timings["compiles"] = self.timings.get("compiles", 0) + 1
         # The compiled model reads its constants in place: their arrays live as long as it.
-        self._compiled[key] = compiled, arrays
-        return compiled
+        self._compiled[changed] = _Compiled(compiled, arrays, inputs)
+        return self._compiled[changed]
 
-    def _memory_needed(self, weights: Mapping[str, Tensor]) -> int:
-        """Bytes a compile adds: copies of the weights that are not contiguous already
-        (float32, bf16 and fp16 ones are shared as they are; int8 ones of the linears with
-        `int8_linears`), and the plugin's own repacked layouts (`_PACKED_SHARE` of the
-        float32 weights)."""
-        own, copies, total = dict(self.unet.named_parameters()), 0, 0
-        for name in self.names:
-            tensor = weights.get(name, own[name])
+    def _memory_needed(self, changed: frozenset[str]) -> int:
+        """Bytes a compile with the `changed` weights as inputs adds, for its constants:
+        copies of the weights that are not contiguous already (float32, bf16 and fp16 ones
+        are shared as they are; int8 ones of the linears with `int8_linears`), and the
+        plugin's own repacked layouts (`_PACKED_SHARE` of their float32 size)."""
+        copies, total = 0, 0
+        for name, tensor in self.unet.named_parameters():
+            if name in changed:
+                continue
             total += 4 * tensor.numel()
             if self._as_int8(name, tensor):
                 copies += tensor.numel()
@@ -287,22 +271,27 @@ class OpenVINOUNet:
             return "bf16"
         return "f32"
 
-    def _with_weights(self, template: Any, weights: Mapping[str, Tensor]
+    def _with_weights(self, template: Any, inputs: tuple[str, ...]
                       ) -> tuple[Any, list[np.ndarray]]:
-        """A clone of the template whose weight inputs are constants of these tensors, and
-        the arrays those constants share (float32 weights are not copied: the caller keeps
-        the arrays alive while the model or its compiled form may read them)."""
+        """A clone of the template whose weights are constants of the checkpoint's tensors,
+        but `inputs`, which stay inputs (after the fixed ones, in this order); and the
+        arrays the constants share (the caller keeps them alive as long as the model)."""
         model = template.clone()
         parameters = list(model.get_parameters())
         fixed = len(parameters) - len(self.names)
-        own, arrays = dict(self.unet.named_parameters()), []
-        for parameter, name in zip(parameters[fixed:], self.names, strict=True):
-            node, held = weight_constant(weights.get(name, own[name]).detach(),
-                                         int8=self._as_int8(name, own[name]))
-            arrays += held
+        arrays, kept = [], []
+        for parameter, (name, tensor) in zip(parameters[fixed:], self.unet.named_parameters(),
+                                             strict=True):
+            if name in inputs:
+                kept_input, node = weight_input(tensor)
+                kept.append(kept_input)
+            else:
+                node, held = weight_constant(tensor.detach(), int8=self._as_int8(name, tensor))
+                arrays += held
             parameter.output(0).replace(node.output(0))
         for parameter in parameters[fixed:]:
             model.remove_parameter(parameter)
+        model.add_parameters(kept)
         model.validate_nodes_and_infer_types()
         return model, arrays
 
@@ -312,8 +301,8 @@ class OpenVINOUNet:
             return self._template
         import openvino as ov
 
-        self._control_shapes = self._record_control_shapes()
-        path = self.cache_dir / f"unet-{self._template_hash(ov)}.xml"
+        self._control_shapes = record_control_shapes(self.unet)
+        path = self.cache_dir / f"unet-{template_hash(self.unet, ov)}.xml"
         start = time.perf_counter()
         if path.is_file():
             self._template = ov.Core().read_model(path)
@@ -323,7 +312,8 @@ class OpenVINOUNet:
             _require_memory(int(_CONVERT_SHARE * float32_bytes), "to convert the U-Net")
             log.info("OpenVINO: converting the U-Net graph (once per architecture, about a "
                      "minute for SD1.5 on 2 cores) into %s", path.parent)
-            self._template = self._convert(ov)
+            zeros = self._control_inputs(None, torch.zeros(1, 1, PROBE, PROBE))
+            self._template = convert_template(self.unet, ov, zeros)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             # Per process and thread: cluster replicas may convert the same template at once.
             partial = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial.xml")
@@ -332,49 +322,6 @@ class OpenVINOUNet:
             partial.replace(path)  # the .xml last: a half-written pair is never read
         self.timings["template_s"] = time.perf_counter() - start
         return self._template
-
-    def _record_control_shapes(self) -> list[tuple[int, int]]:
-        recorder = _RecordShapes(_PROBE)
-        x = torch.zeros(1, self.unet.config.in_channels, _PROBE, _PROBE, dtype=self.unet.dtype)
-        context = torch.zeros(1, 1, self.unet.config.context_dim, dtype=self.unet.dtype)
-        y = (torch.zeros(1, self.unet.config.adm_in_channels, dtype=self.unet.dtype)
-             if self.has_y else None)
-        with torch.inference_mode():
-            self.unet(x, torch.zeros(1), context, y, patches=UNetPatches((recorder,)))
-        return recorder.shapes
-
-    def _template_hash(self, ov) -> str:
-        digest = hashlib.sha256(repr(self.unet.config).encode())
-        # The parameters' names and shapes are the template's inputs.
-        digest.update(repr([(n, tuple(p.shape)) for n, p in self.unet.named_parameters()]).encode())
-        digest.update(f"{ov.__version__} {torch.__version__}".encode())
-        folder = Path(__file__).resolve().parent.parent / "nn"
-        for name in _TRACED_SOURCES:
-            digest.update((folder / name).read_bytes())
-        return digest.hexdigest()[:20]
-
-    def _convert(self, ov) -> Any:
-        """Trace the U-Net with its parameters and the ControlNet residuals as inputs."""
-        config = self.unet.config
-        x = torch.zeros(1, config.in_channels, _PROBE, _PROBE)
-        shapes = [[-1, config.in_channels, -1, -1], [-1], [-1, -1, config.context_dim]]
-        example = [x, torch.zeros(1), torch.zeros(1, 2, config.context_dim)]
-        if self.has_y:
-            shapes.append([-1, config.adm_in_channels])
-            example.append(torch.zeros(1, config.adm_in_channels))
-        for control in self._control_inputs(None, x):
-            shapes.append([-1, control.shape[1], -1, -1])
-            example.append(control)
-        params = [p.detach().float().contiguous() for p in self.unet.parameters()]
-        shapes += [list(p.shape) for p in params]
-        traced = _TracedCall(self.unet, self.names, has_y=self.has_y,
-                             controls=len(self._control_shapes) + 1)
-        # The tracer warns of every shape test it records as a constant; ours are
-        # layout choices (in-place adds, a residual already at its map's size).
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return ov.convert_model(traced, example_input=tuple(example + params),
-                                    input=[ov.PartialShape(s) for s in shapes])
 
 
 def _require_memory(needed: int, purpose: str) -> None:

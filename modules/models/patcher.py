@@ -152,17 +152,16 @@ class PatchedCall:
 
     `call_kwargs` are keyword arguments added to every call (the U-Net's `context_transform`).
     `accelerator` (the U-Net's `--cpu-backend openvino`, `modules.models.openvino_unet`)
-    takes the calls it can run, with the same replaced parameters; `key` names them.
+    takes the calls it can run, with the same replaced parameters.
     """
 
     def __init__(self, module: nn.Module, params: Mapping[str, Tensor], lock: threading.RLock,
-                 call_kwargs: Mapping[str, Any] | None = None, *, accelerator: Any = None,
-                 key: Hashable = ()):
+                 call_kwargs: Mapping[str, Any] | None = None, *, accelerator: Any = None):
         self.module = module
         self.params = dict(params)
         self.lock = lock
         self.call_kwargs = dict(call_kwargs or {})
-        self.accelerator, self.key = accelerator, key
+        self.accelerator = accelerator
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs = {**self.call_kwargs, **kwargs}
@@ -170,7 +169,7 @@ class PatchedCall:
             if self.accelerator is not None and self.accelerator.eager_reason(kwargs) is None:
                 for name in ("patches", "token_merging", "context_transform"):
                     kwargs.pop(name, None)  # none of them changes this call (eager_reason)
-                return self.accelerator(self.params, self.key, *args, **kwargs)
+                return self.accelerator(self.params, *args, **kwargs)
             if not self.params:
                 return self.module(*args, **kwargs)
             return functional_call(self.module, self.params, args, kwargs, strict=False)
@@ -264,7 +263,7 @@ class ModelPatcher:
         transform = self.context_transform
         extra = {} if transform is None else {"context_transform": transform}
         return PatchedCall(self.model.unet, self.merged().params.get("unet", {}), self._shared.lock,
-                           extra, accelerator=self._shared.accelerator, key=self.key)
+                           extra, accelerator=self._shared.accelerator)
 
     def text_encoder(self, name: str) -> PatchedTextEncoder:
         return PatchedTextEncoder(self.model.text_encoders[name],
