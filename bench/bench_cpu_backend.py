@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/bench_cpu_backend.py
         [--parts step,costs,demo,vae,text,int8,image] [--runs 3] [--bf16-reference]
+        [--dtypes float32,bfloat16]
         [--steps 20] [--image-size 512] [--image-runs 1] [--image-family sd15|sdxl]
         [--image-dtype float32|bfloat16]
 
@@ -352,6 +353,24 @@ def bench_image(args) -> dict:
                        engines=engines)
 
 
+def easel_step(ours, cache: Path, runs: int):
+    """Easel's OpenVINO backend for `ours` and the median of `runs` warm steps."""
+    from bench.openvino_engines import easel_openvino
+
+    fast = easel_openvino(ours, cache)
+    x, t, context = step_inputs(context_dim=ours.config.context_dim)
+    context = context.to(ours.dtype)
+    with torch.inference_mode():
+        fast(x, t, context)  # compiles, builds the kernels
+        return fast, statistics.median(timed(lambda: fast(x, t, context)) for _ in range(runs))
+
+
+def dtypes(args) -> list[torch.dtype]:
+    """float32, and bf16 where the CPU computes it natively; `--dtypes` picks among them."""
+    found = [torch.float32] + ([torch.bfloat16] if native_bf16() else [])
+    return [d for d in found if str(d).removeprefix("torch.") in args.dtypes.split(",")]
+
+
 def native_bf16() -> bool:
     import openvino as ov
 
@@ -366,6 +385,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--bf16-reference", action="store_true",
                         help="the int8 PSNR against bf16 even without native bf16 (slow)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="of the step, costs and vae parts (bf16 only where native)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--image-family", default="sd15", choices=("sd15", "sdxl"))
@@ -383,24 +404,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from bench.bench_core import build_pair
 
         ours, theirs = build_pair()
-        dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16() else [])
         if not native_bf16():
             print(json.dumps({"part": "step", "dtype": "bfloat16",
                               "skipped": "this CPU has no native bf16"}), flush=True)
         with tempfile.TemporaryDirectory() as folder:
-            for dtype in dtypes:
-                row, fast = bench_step(ours, theirs, args.runs, dtype, Path(folder) / str(dtype),
-                                       bf16_reference=args.bf16_reference)
-                rows.append(row)
+            for dtype in dtypes(args):
+                cache = Path(folder) / str(dtype)
+                if "step" in parts:
+                    row, fast = bench_step(ours, theirs, args.runs, dtype, cache,
+                                           bf16_reference=args.bf16_reference)
+                    rows.append(row)
+                    step_seconds = row["easel_openvino_s"]
+                else:  # the costs alone: the step they are compared with, timed here
+                    fast, step_seconds = easel_step(ours.to(dtype), cache, args.runs)
                 if "costs" in parts:
-                    rows.append(bench_costs(ours, fast, row["easel_openvino_s"],
-                                            Path(folder) / str(dtype)))
+                    rows.append(bench_costs(ours, fast, step_seconds, cache))
                 del fast
                 release_memory()
         del ours, theirs
         release_memory()
     if "vae" in parts:
-        for dtype in [torch.float32] + ([torch.bfloat16] if native_bf16() else []):
+        for dtype in dtypes(args):
             rows += bench_vae([int(size) for size in args.vae_sizes.split(",")], args.runs, dtype)
     if "text" in parts:
         rows += bench_text(args.runs)

@@ -194,6 +194,28 @@ def test_a_stop_request_ends_the_inference(sd15):
         backend({}, x, t, context, y, cancel=StopAfter(0))
 
 
+def test_requests_are_reused_and_a_model_stopped_while_running_is_dropped(sd15):
+    unet, backend = sd15
+    x, t, context, y = inputs(unet.config, 2, 16, 16)
+    with torch.inference_mode():
+        expected = unet(x, t, context, y)
+        backend({}, x, t, context, y)
+        entry = backend.compiled(frozenset())
+        idle = list(entry.idle)
+        backend({}, x, t, context, y)
+        assert len(idle) == 1 and entry.idle == idle  # the same request, not a new one
+        big = inputs(unet.config, 8, 128, 128)  # long enough to be polled while it runs
+        compiles = backend.timings["compiles"]
+        for _ in range(3):  # (freeing a request that still ran crashed the process)
+            with pytest.raises(InterruptedError):
+                backend({}, *big, cancel=StopAfter(1))  # passes the check before it starts
+            # A model whose inference was cancelled half-way is dropped: it would fail next.
+            assert frozenset() not in backend._compiled
+            got = backend({}, x, t, context, y)
+            assert (got - expected).abs().max().item() < TOLERANCE
+    assert backend.timings["compiles"] == compiles + 3
+
+
 @pytest.mark.parametrize("kwargs, reason", [
     ({"token_merging": 0.5}, "token merging"),
     ({"context_transform": lambda c: c}, "hypernetwork"),

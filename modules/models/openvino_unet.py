@@ -88,12 +88,15 @@ def openvino_missing() -> str | None:
 
 
 class _Compiled(NamedTuple):
-    """One compiled model: the arrays its constants read (kept alive as long as it), and
-    the weights it takes as inputs, in input order."""
+    """One compiled model: the arrays its constants read (kept alive as long as it), the
+    weights it takes as inputs, in input order, and its idle inference requests (a request
+    keeps its buffers: a new one per call would allocate and fault in a step's activation
+    memory each time)."""
 
     model: Any
     arrays: list[np.ndarray]
     inputs: tuple[str, ...]
+    idle: list[Any]
 
 
 class OpenVINOUNet:
@@ -163,20 +166,37 @@ class OpenVINOUNet:
         inputs = [input_tensor(value.float()) for value in fixed]  # the graph's are float32
         inputs += [input_tensor(self._weight(weights, name)) for name in compiled.inputs]
         check(cancel)
-        request = compiled.model.create_infer_request()
+        # (list.pop and append are atomic: concurrent calls each take their own request.)
+        request = compiled.idle.pop() if compiled.idle else compiled.model.create_infer_request()
         # Shared, not copied: every input lives until the request has ended.
         request.start_async(inputs, share_inputs=True)
         while not request.wait_for(int(_CANCEL_POLL_S * 1000)):
             try:
                 check(cancel)
             except BaseException:
-                request.cancel()
+                self._cancel(request, compiled)
                 raise
+        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        compiled.idle.append(request)
         # A stop request that came while it ran still wins: the eager module checks
         # between its blocks, so a call that saw one never returns a result either.
         check(cancel)
-        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out.to(x.dtype)
+
+    def _cancel(self, request: Any, compiled: _Compiled) -> None:
+        """Stop a running inference, wait until it has (a request freed while its inference
+        runs crashes the process), and drop its compiled model: an inference cancelled
+        half-way leaves the model's shape state stale, and the next call on it fails (both
+        seen with OpenVINO 2026.4). The next call compiles again."""
+        request.cancel()
+        try:
+            request.wait()
+        except RuntimeError:  # how a cancelled inference ends
+            pass
+        with self._lock:
+            for changed, entry in list(self._compiled.items()):
+                if entry is compiled:
+                    del self._compiled[changed]
 
     def _weight(self, weights: Mapping[str, Tensor], name: str) -> Tensor:
         """The tensor fed for a weight input, in the input's dtype (the checkpoint's)."""
@@ -240,7 +260,7 @@ class OpenVINOUNet:
         self.timings["compile_s"] = time.perf_counter() - start
         self.timings["compiles"] = self.timings.get("compiles", 0) + 1
         # The compiled model reads its constants in place: their arrays live as long as it.
-        self._compiled[changed] = _Compiled(compiled, arrays, inputs)
+        self._compiled[changed] = _Compiled(compiled, arrays, inputs, idle=[])
         return self._compiled[changed]
 
     def _memory_needed(self, changed: frozenset[str]) -> int:
