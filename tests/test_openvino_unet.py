@@ -98,24 +98,62 @@ def test_weight_sets_are_inputs_compiled_once_per_set_of_layers(sd15):
     with torch.inference_mode():
         plain = unet(x, t, context, y)
         got_plain = backend({}, x, t, context, y)  # the same model, the checkpoint's tensors
-        churn = [torch.full_like(before[n], 7.0) for n in names]  # reuse of freed memory shows
         again = backend({n: before[n] * 1.5 for n in names}, x, t, context, y)
     for scale in got:
         assert (expected[scale] - plain).abs().max().item() > 1e-3  # the weights matter
         assert (got[scale] - expected[scale]).abs().max().item() < TOLERANCE
     assert (got_plain - plain).abs().max().item() < TOLERANCE
-    assert torch.equal(again, got[1.5]) and churn  # inputs are read per call, never kept
+    assert torch.equal(again, got[1.5])  # fresh tensors of the same values: read per call
     # One compile for both sets and the plain calls after them: no compile per switch.
     assert backend.timings["compiles"] == compiles
     assert list(backend._compiled) == [frozenset(names)]  # compiled_limit 1: base dropped
     assert backend._compiled[frozenset(names)] is entry and entry.inputs == tuple(names)
     assert backend._template is template  # the same graph, never converted again
     assert all(torch.equal(unet.get_parameter(n), before[n]) for n in names)  # never written
-    # A set changing a layer the cached model holds as a constant needs a new compile.
+    # A set changing a layer the cached model holds as a constant needs a new compile,
+    # which takes the replaced model's inputs too: going back compiles nothing.
+    bias = {"out.2.bias": unet.get_parameter("out.2.bias") + 1.0}
     with torch.inference_mode():
-        backend({"out.2.bias": unet.get_parameter("out.2.bias") + 1.0}, x, t, context, y)
+        backend(bias, x, t, context, y)
+        back = backend({n: before[n] * 0.5 for n in names}, x, t, context, y)
     assert backend.timings["compiles"] == compiles + 1
-    assert list(backend._compiled) == [frozenset({"out.2.bias"})]
+    assert list(backend._compiled) == [frozenset(names) | {"out.2.bias"}]
+    assert (back - expected[0.5]).abs().max().item() < TOLERANCE
+
+
+def test_half_weight_inputs_compute_as_eager(tmp_path):
+    unet = tiny_unet(TINY_SD15.unet, seed=8).to(torch.bfloat16)
+    backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path)
+    names = [n for n in backend.names if "attn1.to_q" in n or "proj_out" in n]
+    weights = {n: unet.get_parameter(n) * 1.5 for n in names}  # bf16, as the patcher merges
+    x, t, context, y = inputs(unet.config, 2, 16, 16)
+    with torch.inference_mode():
+        got = backend(weights, x, t, context.bfloat16(), y)
+        plain = backend({}, x, t, context.bfloat16(), y)  # the same model
+    reference = tiny_unet(TINY_SD15.unet)
+    reference.load_state_dict({k: v.float() for k, v in unet.state_dict().items()})
+    with torch.inference_mode():
+        expected = torch.func.functional_call(
+            reference, {n: w.float() for n, w in weights.items()},
+            (x, t, context.bfloat16().float(), y))
+    import openvino as ov
+
+    bound = (0.05 * expected.abs().max().item() if backend._precision(ov) == "bf16"
+             else TOLERANCE)
+    assert (got - expected).abs().max().item() < bound
+    assert (got - plain).abs().max().item() > 1e-3  # the same model: the inputs were used
+    assert list(backend._compiled) == [frozenset(names)]
+
+
+def test_with_int8_linears_a_model_with_linear_inputs_serves_only_their_sets(tmp_path):
+    unet = tiny_unet(TINY_SD15.unet, seed=9)
+    backend = OpenVINOUNet(unet=unet, cache_dir=tmp_path, int8_linears=True)
+    linears = frozenset(n for n in backend.names if backend._int8_name(n))
+    conv = frozenset(n for n, p in unet.named_parameters() if p.ndim == 4)
+    some = frozenset(sorted(linears)[:2])
+    # Fed as inputs, linears are not int8: a call without them must not run there.
+    assert backend._serves(some, some) and not backend._serves(some, frozenset())
+    assert backend._serves(some | conv, some) and backend._serves(conv, frozenset())
 
 
 def test_float32_weights_are_read_in_place_not_copied(tmp_path):
@@ -194,18 +232,14 @@ def test_a_stop_request_ends_the_inference(sd15):
         backend({}, x, t, context, y, cancel=StopAfter(0))
 
 
-def test_requests_are_reused_and_a_model_stopped_while_running_is_dropped(sd15):
+def test_a_model_stopped_while_running_is_dropped_and_the_next_call_is_right(sd15):
     unet, backend = sd15
     x, t, context, y = inputs(unet.config, 2, 16, 16)
     with torch.inference_mode():
         expected = unet(x, t, context, y)
         backend({}, x, t, context, y)
-        entry = backend.compiled(frozenset())
-        idle = list(entry.idle)
-        backend({}, x, t, context, y)
-        assert len(idle) == 1 and entry.idle == idle  # the same request, not a new one
-        big = inputs(unet.config, 8, 128, 128)  # long enough to be polled while it runs
         compiles = backend.timings["compiles"]
+        big = inputs(unet.config, 8, 128, 128)  # long enough to be polled while it runs
         for _ in range(3):  # (freeing a request that still ran crashed the process)
             with pytest.raises(InterruptedError):
                 backend({}, *big, cancel=StopAfter(1))  # passes the check before it starts

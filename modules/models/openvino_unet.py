@@ -26,12 +26,14 @@ How, in three layers, each cached at its own cost:
    same compiled model. A LoRA set is fed as inputs: switching to another set of the same
    layers (every kohya LoRA of a family changes the same ones) needs no compile, and a
    call without LoRA reuses that model with the checkpoint's tensors as inputs; only a set
-   that changes a layer no cached model takes as an input compiles (once). Weights as
-   inputs cost ~1 % of a step (measured: the plugin cannot prepack them). The last
-   `compiled_limit` models are kept.
+   that changes a layer no cached model takes as an input compiles, and the model it
+   compiles also takes the inputs of the one it replaces (sets of different layers, in
+   turn, compile twice in all). Weights as inputs cost nothing measurable in a step. The
+   last `compiled_limit` models are kept. With `int8_linears`, a linear fed as an input is
+   not int8, so a model is reused only where its extra inputs are no linears.
 3. **Call**: inputs shared with their tensors (no copies), the inference runs
    asynchronously so that a stop request (`cancel.check()`) is honoured while it runs
-   (the request is cancelled).
+   (the request is cancelled, and its compiled model dropped: see `_cancel`).
 
 ControlNet residuals are graph inputs as well (zeros when a call has none), so ControlNet
 units keep the fast path. Everything that changes the computation inside the U-Net (guidance
@@ -88,15 +90,12 @@ def openvino_missing() -> str | None:
 
 
 class _Compiled(NamedTuple):
-    """One compiled model: the arrays its constants read (kept alive as long as it), the
-    weights it takes as inputs, in input order, and its idle inference requests (a request
-    keeps its buffers: a new one per call would allocate and fault in a step's activation
-    memory each time)."""
+    """One compiled model: the arrays its constants read (kept alive as long as it), and
+    the weights it takes as inputs, in input order."""
 
     model: Any
     arrays: list[np.ndarray]
     inputs: tuple[str, ...]
-    idle: list[Any]
 
 
 class OpenVINOUNet:
@@ -166,18 +165,17 @@ class OpenVINOUNet:
         inputs = [input_tensor(value.float()) for value in fixed]  # the graph's are float32
         inputs += [input_tensor(self._weight(weights, name)) for name in compiled.inputs]
         check(cancel)
-        # (list.pop and append are atomic: concurrent calls each take their own request.)
-        request = compiled.idle.pop() if compiled.idle else compiled.model.create_infer_request()
-        # Shared, not copied: every input lives until the request has ended.
+        # A request per call (reusing one measured no faster), which holds the inputs it
+        # was given: they are shared, not copied, and live until it has ended.
+        request = compiled.model.create_infer_request()
         request.start_async(inputs, share_inputs=True)
-        while not request.wait_for(int(_CANCEL_POLL_S * 1000)):
-            try:
+        try:
+            while not request.wait_for(int(_CANCEL_POLL_S * 1000)):
                 check(cancel)
-            except BaseException:
-                self._cancel(request, compiled)
-                raise
+        except BaseException:  # a stop request, or anything raised while it waited
+            self._cancel(request, compiled)
+            raise
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())
-        compiled.idle.append(request)
         # A stop request that came while it ran still wins: the eager module checks
         # between its blocks, so a call that saw one never returns a result either.
         check(cancel)
@@ -228,14 +226,17 @@ class OpenVINOUNet:
         (the fewest inputs), else one built for them (LRU-kept); None when it cannot be
         built here (`disabled` says why, once, in the log)."""
         with self._lock:
-            usable = [inputs for inputs in self._compiled if changed <= inputs]
+            usable = [inputs for inputs in self._compiled if self._serves(inputs, changed)]
             if usable:
                 inputs = min(usable, key=len)
                 self._compiled.move_to_end(inputs)
                 return self._compiled[inputs]
-            # Drop the oldest first: two compiled copies of the weights may not fit.
+            # Drop the oldest first: two compiled copies of the weights may not fit. The
+            # new model also takes the dropped ones' inputs, so that alternating between
+            # LoRA sets of different layers compiles twice, not at every switch.
             while len(self._compiled) >= self.compiled_limit:
-                self._compiled.popitem(last=False)
+                dropped, _ = self._compiled.popitem(last=False)
+                changed |= {name for name in dropped if not self._int8_name(name)}
             try:
                 return self._build(changed)
             except Exception as error:  # noqa: BLE001 - any failure: eager is always right
@@ -243,6 +244,15 @@ class OpenVINOUNet:
                                 f"{error})"
                 log.warning("%s; it runs on PyTorch instead", self.disabled)
                 return None
+
+    def _serves(self, inputs: frozenset[str], changed: frozenset[str]) -> bool:
+        """Whether a model with these weight inputs computes a call changing `changed`
+        as one built for it would: it must take them all, and with `int8_linears` no
+        other linear (fed in full precision, it would not be int8 as it is otherwise)."""
+        return changed <= inputs and not any(self._int8_name(n) for n in inputs - changed)
+
+    def _int8_name(self, name: str) -> bool:
+        return self._as_int8(name, self.unet.get_parameter(name))
 
     def _build(self, changed: frozenset[str]) -> _Compiled:
         """Compile with the `changed` weights as inputs, if the RAM holds what it adds."""
@@ -260,7 +270,7 @@ class OpenVINOUNet:
         self.timings["compile_s"] = time.perf_counter() - start
         self.timings["compiles"] = self.timings.get("compiles", 0) + 1
         # The compiled model reads its constants in place: their arrays live as long as it.
-        self._compiled[changed] = _Compiled(compiled, arrays, inputs, idle=[])
+        self._compiled[changed] = _Compiled(compiled, arrays, inputs)
         return self._compiled[changed]
 
     def _memory_needed(self, changed: frozenset[str]) -> int:
