@@ -74,8 +74,8 @@ FUZZ = settings(max_examples=40, deadline=None,
 @given(body=txt2img_bodies())
 def test_txt2img_never_fails_with_a_server_error(client, body):
     status = post(client, "/sdapi/v1/txt2img", body)
-    if status == 200:
-        assert body["width"] == 64 and body["steps"] in (1, 2)
+    if status == 200:  # valid work fields only; a null takes A1111's default (512, 20 steps)
+        assert body["width"] in (64, None) and body["steps"] in (1, 2, None)
 
 
 @settings(max_examples=80, deadline=None,
