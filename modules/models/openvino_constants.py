@@ -12,6 +12,7 @@ instead (`weight_input`, fed by `input_tensor`), so that a new set needs no comp
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ def as_array(tensor: Tensor) -> np.ndarray:
 
 # Half-width weights kept as they are, by their OpenVINO type: numpy has no bfloat16, so
 # their bits travel as int16 and OpenVINO reads them as this type.
-_HALF_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
+_HALF_TYPES = MappingProxyType({torch.bfloat16: "bf16", torch.float16: "f16"})
 
 
 def weight_constant(tensor: Tensor, *, int8: bool = False) -> tuple[Any, list[np.ndarray]]:
